@@ -1,0 +1,41 @@
+"""The small interface every compression method implements to plug into the shared pipeline.
+
+A *config* is always a list of groups, each a list of gene values (e.g. SparseViT: one group per Swin
+stage, one sparsity ratio per block pair). The search space (search_spaces/*.yaml) says which values each
+gene may take; the method says what the values mean, how to apply them to a model and what they cost.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Protocol, Sequence
+
+import torch.nn as nn
+
+Config = List[List[float]]
+
+
+class Method(Protocol):
+    #: registry name, also the `method:` key of search spaces and config files
+    name: str
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Return a model that can run any config of this method, sharing `model`'s parameters."""
+
+    def group_sizes(self, model: nn.Module) -> List[int]:
+        """Number of genes per group for this model (e.g. Swin-T: [1, 1, 3, 1] block pairs)."""
+
+    def validate(self, model: nn.Module, config: Sequence[Sequence[float]]) -> Config:
+        """Check `config` for this model; raise UserError naming what is wrong. Returns it normalised."""
+
+    def apply(self, wrapped: nn.Module, config: Config) -> None:
+        """Make `wrapped` run `config` from the next forward on."""
+
+    def macs(self, wrapped: nn.Module, config: Config, img_size: int, batch_size: int = 1) -> int:
+        """Exact multiply-accumulates of one forward pass of `wrapped` under `config`."""
+
+
+METHODS: Dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
