@@ -1,0 +1,1 @@
+"""Model families. One family per file, like timm."""

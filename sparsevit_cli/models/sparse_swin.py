@@ -1,0 +1,290 @@
+"""Window-sparse execution of timm's SwinTransformer (SparseViT, arXiv 2303.17605).
+
+`sparsify(model)` patches a timm `SwinTransformer` in place (ToMe-style class swap: same object, same
+parameters, same state-dict keys) so that every Swin block can run on a subset of its windows:
+
+* Once per stage, after patch merging, every token's energy ``||x||^2`` is computed. A window's score
+  is the sum of its tokens' energies (its squared L2 magnitude). Because the score is built from token
+  energies, the same numbers rank the windows of the plain *and* of the shifted grid, and no block
+  re-scores: every block of a stage uses one consistent order.
+* A block with sparsity ``s`` keeps ``max(1, round((1 - s) * nW))`` windows per image. It gathers the
+  tokens of those windows straight from the flat (B, H*W, C) stage buffer through an index table
+  (plain or shifted grid, built once per resolution), runs LN -> window attention (timm's relative
+  position bias and shifted-window masks, selected per kept window) -> LN -> MLP on them, and writes the
+  results back in place. Unkept windows pass through untouched. No roll, partition or copy of the whole
+  map happens per block, so per-block work scales with the kept windows.
+* Padding (resolutions not divisible by the window) follows timm exactly: roll first, then pad with
+  zero tokens *after* norm1. Pad tokens point at one dummy row per image that is never read as output.
+
+At sparsity 0 a block computes exactly what timm's block computes, in the same operation order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
+
+from ..errors import UserError
+
+RATIO_CHOICES = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0 ... 0.8
+
+
+def kept_windows(num_windows: int, sparsity: float) -> int:
+    """Windows a block keeps at `sparsity`: round((1-s)*nW), at least one."""
+    return max(1, min(num_windows, int(math.floor((1.0 - sparsity) * num_windows + 0.5))))
+
+
+@dataclass
+class WindowGrid:
+    """Index tables of one window grid (plain or shifted) at one resolution.
+
+    index: (nW, N) flat token index into the (H*W + 1)-row stage buffer of one image; row H*W is the
+           dummy row that padding tokens read from and write to.
+    valid: (nW, N, 1) 1.0 for real tokens, 0.0 for padding, or None when nothing is padded.
+    mask:  (nW, N, N) timm's shifted-window attention mask, or None for the plain grid.
+    """
+
+    index: torch.Tensor
+    valid: Optional[torch.Tensor]
+    mask: Optional[torch.Tensor]
+
+    @property
+    def num_windows(self) -> int:
+        return self.index.shape[0]
+
+
+def build_grid(block: SwinTransformerBlock, H: int, W: int, device: torch.device) -> WindowGrid:
+    """Token index table of `block`'s window grid, matching timm's roll -> pad -> partition order."""
+    wh, ww = block.window_size
+    sh, sw = block.shift_size
+    Hp, Wp = math.ceil(H / wh) * wh, math.ceil(W / ww) * ww
+    # position (i, j) of the rolled, padded map holds token ((i + sh) % H, (j + sw) % W) of the stage map
+    rows = torch.arange(Hp, device=device)
+    cols = torch.arange(Wp, device=device)
+    src = ((rows[:, None] + sh) % H) * W + (cols[None, :] + sw) % W
+    pad = (rows[:, None] >= H) | (cols[None, :] >= W)
+    src = torch.where(pad, torch.full_like(src, H * W), src)
+    nh, nw = Hp // wh, Wp // ww
+    index = src.view(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(nh * nw, wh * ww)
+    valid = None
+    if bool(pad.any()):
+        valid = (~pad).view(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(nh * nw, wh * ww, 1).float()
+    mask = None
+    if any(block.shift_size):
+        # timm's own mask builder, at this resolution (same -100 regions as the dense model)
+        saved = block.input_resolution
+        block.input_resolution = (H, W)
+        try:
+            mask = block.get_attn_mask(device=device, dtype=torch.float32)
+        finally:
+            block.input_resolution = saved
+    return WindowGrid(index=index.contiguous(), valid=valid, mask=mask)
+
+
+def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+def window_attention(block: SwinTransformerBlock, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """timm WindowAttention.forward for windows that each carry their own mask.
+
+    x: (B_, N, C) kept windows; mask: (G, N, N) with G dividing B_ (window w of x uses mask w % G), or
+    None. Same op order as timm.
+    """
+    attn_mod = block.attn
+    B_, N, _ = x.shape
+    qkv = attn_mod.qkv(x).reshape(B_, N, 3, attn_mod.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    if attn_mod.fused_attn:
+        attn_mask = attn_mod._get_rel_pos_bias()
+        if mask is not None:
+            G = mask.shape[0]
+            attn_mask = (attn_mask.unsqueeze(0) + mask.view(1, G, 1, N, N)).expand(B_ // G, -1, -1, -1, -1)
+            attn_mask = attn_mask.reshape(B_, -1, N, N)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=attn_mod.attn_drop.p if attn_mod.training else 0.0)
+    else:
+        q = q * attn_mod.scale
+        attn = q @ k.transpose(-2, -1)
+        attn = attn + attn_mod._get_rel_pos_bias()
+        if mask is not None:
+            G = mask.shape[0]
+            attn = (attn.view(-1, G, attn_mod.num_heads, N, N) + mask.view(1, G, 1, N, N)).view(B_, -1, N, N)
+        attn = attn_mod.softmax(attn)
+        attn = attn_mod.attn_drop(attn)
+        x = attn @ v
+    x = x.transpose(1, 2).reshape(B_, N, -1)
+    x = attn_mod.proj(x)
+    x = attn_mod.proj_drop(x)
+    return x
+
+
+def sparse_block_(block: SwinTransformerBlock, buf: torch.Tensor, grid: WindowGrid,
+                  window_ids: Optional[torch.Tensor]) -> None:
+    """Run `block` on the kept windows of `buf` (B, H*W + 1, C), writing results back in place.
+
+    window_ids: (B, k) kept windows per image, or None for all windows in grid order.
+    """
+    B, L, C = buf.shape
+    N = grid.index.shape[1]
+    if window_ids is None:
+        idx = grid.index.unsqueeze(0).expand(B, -1, -1)
+        k = grid.num_windows
+    else:
+        idx = grid.index[window_ids]
+        k = window_ids.shape[1]
+    flat_idx = (idx + (torch.arange(B, device=buf.device) * L).view(B, 1, 1)).reshape(-1)
+    flat = buf.view(B * L, C)
+    x = flat.index_select(0, flat_idx).view(B, k * N, C)
+
+    h = block.norm1(x)
+    if grid.valid is not None:  # timm pads with zeros after norm1
+        valid = grid.valid.to(h.dtype)
+        valid = valid.unsqueeze(0).expand(B, -1, -1, -1) if window_ids is None else valid[window_ids]
+        h = h * valid.reshape(B, k * N, 1)
+    mask = None
+    if grid.mask is not None:
+        mask = grid.mask.to(h.dtype)
+        if window_ids is not None:
+            mask = mask[window_ids].reshape(B * k, N, N)
+    h = window_attention(block, h.view(B * k, N, C), mask).view(B, k * N, C)
+    x = x + block.drop_path1(h)
+    x = x + block.drop_path2(block.mlp(block.norm2(x)))
+    flat.index_copy_(0, flat_idx, x.view(B * k * N, C))
+
+
+def _check_ratio(r: float) -> float:
+    for choice in RATIO_CHOICES:
+        if abs(float(r) - choice) < 1e-6:
+            return choice
+    raise UserError(f"sparsity ratio {r!r} is not one of {', '.join(f'{c:g}' for c in RATIO_CHOICES)}")
+
+
+class SparseSwinTransformer(SwinTransformer):
+    """A timm SwinTransformer whose blocks run on their top-scoring windows. Created by `sparsify`."""
+
+    sparsity: List[List[float]]  # one ratio per block pair, per stage
+
+    # --- configuration -------------------------------------------------------------------------
+    def pair_counts(self) -> List[int]:
+        """Block pairs (W-MSA + SW-MSA) per stage: one sparsity ratio each."""
+        return [math.ceil(len(stage.blocks) / 2) for stage in self.layers]
+
+    def validate_sparsity(self, config: Sequence[Sequence[float]]) -> List[List[float]]:
+        counts = self.pair_counts()
+        if not isinstance(config, (list, tuple)) or len(config) != len(counts):
+            n = len(config) if isinstance(config, (list, tuple)) else type(config).__name__
+            raise UserError(f"sparsity config needs one list per stage ({len(counts)} stages, "
+                            f"block pairs {counts}), got {n}")
+        out = []
+        for i, (ratios, n) in enumerate(zip(config, counts)):
+            if isinstance(ratios, (int, float)):
+                ratios = [ratios] * n  # one number for a stage means every pair of it
+            if not isinstance(ratios, (list, tuple)) or len(ratios) != n:
+                got = len(ratios) if isinstance(ratios, (list, tuple)) else ratios
+                raise UserError(f"stage {i + 1} has {n} block pair(s) and needs {n} ratio(s), got {got}")
+            ratios = [_check_ratio(r) for r in ratios]
+            if any(b < a for a, b in zip(ratios, ratios[1:])):
+                raise UserError(f"stage {i + 1} ratios {ratios} decrease: sparsity must be non-decreasing "
+                                f"inside a stage (a pruned window never comes back)")
+            out.append(ratios)
+        return out
+
+    def set_sparsity(self, config) -> "SparseSwinTransformer":
+        """Set one ratio per block pair per stage, e.g. [[0.0], [0.2], [0.4, 0.5, 0.6], [0.8]];
+        a float sets every pair to it (uniform sparsity)."""
+        if isinstance(config, (int, float)):
+            config = [[float(config)] * n for n in self.pair_counts()]
+        self.sparsity = self.validate_sparsity(config)
+        return self
+
+    def block_sparsity(self, stage: int, block: int) -> float:
+        return self.sparsity[stage][block // 2]
+
+    # --- index tables ----------------------------------------------------------------------------
+    def _grids(self, stage_idx: int, H: int, W: int, device: torch.device) -> List[WindowGrid]:
+        """Per-block window grids for a stage at (H, W), built once and cached."""
+        key = (stage_idx, H, W, str(device))
+        grids = self._grid_cache.get(key)
+        if grids is None:
+            stage = self.layers[stage_idx]
+            by_layout: Dict[Tuple, WindowGrid] = {}
+            grids = []
+            for block in stage.blocks:
+                layout = (tuple(block.window_size), tuple(block.shift_size))
+                if layout not in by_layout:
+                    by_layout[layout] = build_grid(block, H, W, device)
+                grids.append(by_layout[layout])
+            self._grid_cache[key] = grids
+        return grids
+
+    # --- forward -----------------------------------------------------------------------------------
+    def _stage_forward(self, stage_idx: int, x: torch.Tensor) -> torch.Tensor:
+        stage = self.layers[stage_idx]
+        x = stage.downsample(x)
+        B, H, W, C = x.shape
+        grids = self._grids(stage_idx, H, W, x.device)
+        keeps = [kept_windows(g.num_windows, self.block_sparsity(stage_idx, i)) for i, g in enumerate(grids)]
+
+        # one stage buffer with a dummy row per image for padding tokens; this is the only full copy
+        buf = x.new_empty(B, H * W + 1, C)
+        buf[:, : H * W] = x.reshape(B, H * W, C)
+        buf[:, H * W] = 0
+
+        orders: Dict[int, torch.Tensor] = {}
+        if any(k < g.num_windows for k, g in zip(keeps, grids)):
+            with torch.no_grad():  # scores pick windows; they are not trained through
+                xs = buf[:, : H * W].detach()
+                energy = torch.einsum("bnc,bnc->bn", xs, xs).float()
+                energy = torch.cat([energy, energy.new_zeros(B, 1)], dim=1)
+                for g in grids:
+                    if id(g) not in orders:
+                        scores = energy[:, g.index].sum(-1)  # (B, nW)
+                        orders[id(g)] = torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+        for block, grid, k in zip(stage.blocks, grids, keeps):
+            window_ids = None if k == grid.num_windows else orders[id(grid)][:, :k]
+            sparse_block_(block, buf, grid, window_ids)
+        return buf[:, : H * W].reshape(B, H, W, C)
+
+    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """All stage outputs, NHWC (the last one before the final norm)."""
+        x = self.patch_embed(x)
+        outs = []
+        for i in range(len(self.layers)):
+            x = self._stage_forward(i, x)
+            outs.append(x)
+        return outs
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.forward_stages(x)[-1])
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Multi-scale stage outputs (NCHW) for dense-prediction heads, like timm's method."""
+        from timm.models._features import feature_take_indices
+        take, _ = feature_take_indices(len(self.layers), indices)
+        stages = self.forward_stages(x)
+        last = len(stages) - 1
+        inter = [(self.norm(s) if (norm and i == last) else s).permute(0, 3, 1, 2).contiguous()
+                 for i, s in enumerate(stages) if i in take]
+        if intermediates_only:
+            return inter
+        return self.norm(stages[-1]), inter
+
+
+def sparsify(model: nn.Module, sparsity=0.0) -> SparseSwinTransformer:
+    """Make a timm SwinTransformer window-sparse, in place (same object, same parameters)."""
+    if isinstance(model, SparseSwinTransformer):
+        return model.set_sparsity(sparsity)
+    if not isinstance(model, SwinTransformer):
+        raise UserError(f"SparseViT needs a timm SwinTransformer (v1), got {type(model).__name__}")
+    model.__class__ = SparseSwinTransformer
+    model._grid_cache = {}
+    model.set_sparsity(sparsity)
+    return model
