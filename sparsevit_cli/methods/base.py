@@ -32,6 +32,12 @@ class Method(Protocol):
     def macs(self, wrapped: nn.Module, config: Config, img_size: int, batch_size: int = 1) -> int:
         """Exact multiply-accumulates of one forward pass of `wrapped` under `config`."""
 
+    def dense_config(self, model: nn.Module) -> Config:
+        """The config that computes exactly what the dense timm model computes."""
+
+    def uniform_config(self, model: nn.Module, value: float) -> Config:
+        """Every gene set to `value` (e.g. uniform sparsity)."""
+
 
 METHODS: Dict[str, Method] = {}
 
@@ -39,3 +45,40 @@ METHODS: Dict[str, Method] = {}
 def register_method(method: Method) -> Method:
     METHODS[method.name] = method
     return method
+
+
+def get_method(name: str) -> Method:
+    from ..errors import UserError
+    _load_builtin_methods()
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+def method_for_model(model: nn.Module) -> Method:
+    """The method that applies to a timm model (SparseViT for Swin, PSViT for plain ViTs)."""
+    from timm.models.swin_transformer import SwinTransformer
+    from ..errors import UserError
+    _load_builtin_methods()
+    families = {SwinTransformer: "sparsevit"}
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+        families[VisionTransformer] = "psvit"
+    except ImportError:  # pragma: no cover
+        pass
+    for cls, name in families.items():
+        if isinstance(model, cls) and name in METHODS:
+            return METHODS[name]
+    raise UserError(f"no method supports {type(model).__name__}: SparseViT needs a timm SwinTransformer"
+                    + (", PSViT a timm VisionTransformer" if "psvit" in METHODS else ""))
+
+
+def _load_builtin_methods() -> None:
+    # importing a method module registers it
+    import importlib
+    for mod in ("sparsevit", "psvit"):
+        try:
+            importlib.import_module(f"{__package__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{mod}":
+                raise

@@ -1,0 +1,100 @@
+"""The `sparsevit` command line. It only parses options and calls the library; user errors become one
+line on stderr and exit code 2."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make vision transformers fast on high-resolution images by searching where to skip "
+                       "computation (SparseViT window pruning for Swin, PSViT for plain ViTs).")
+console = Console()
+
+DEFAULT_MODEL = "swin_tiny_patch4_window7_224"
+
+
+def format_config(config) -> str:
+    """Compact config label: one number when uniform, else stages separated by '|'."""
+    flat = {v for group in config for v in group}
+    if len(flat) == 1:
+        return f"{flat.pop():g}"
+    return "|".join(",".join(f"{v:g}" for v in group) for group in config)
+
+
+@app.callback()
+def _root() -> None:
+    """Subcommands: measure (and more as they land)."""
+
+
+def _sparsity_from_options(sparsity: Optional[float], config: Optional[Path]):
+    from .configs import read_sparsity_file
+    if (sparsity is None) == (config is None):
+        if config is None:
+            return 0.6  # built-in default: the paper's headline operating point
+        raise UserError("give either --sparsity or --config, not both")
+    if config is not None:
+        return read_sparsity_file(config)["sparsity"]
+    return sparsity
+
+
+@app.command()
+def measure(
+    model: str = typer.Option(DEFAULT_MODEL, help="timm model name (a Swin for SparseViT)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Local timm-format checkpoint (.pth/.safetensors)."),
+    img_size: int = typer.Option(672, help="Input resolution in pixels (square)."),
+    batch_size: int = typer.Option(1, min=1, help="Images per forward pass."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 (CUDA only) or bf16."),
+    sparsity: Optional[float] = typer.Option(None, help="Uniform window sparsity for every block, 0.0-0.8 "
+                                                        "in steps of 0.1 (default 0.6 when no --config)."),
+    config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml)."),
+    repeats: int = typer.Option(10, min=1, help="Timed repeats; the median is reported."),
+    warmup: int = typer.Option(3, min=0, help="Untimed warm-up runs."),
+    cuda_graphs: bool = typer.Option(False, help="Capture each model in a CUDA graph (CUDA only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+):
+    """Measure dense vs sparse latency on a device; speedup vs the MAC-ideal speedup (efficiency)."""
+    from .measure import measure_dense_vs_sparse
+    from .methods.base import method_for_model
+    from .models.factory import create_timm_model, load_timm_checkpoint
+
+    cfg = _sparsity_from_options(sparsity, config)
+    dense = create_timm_model(model, img_size=img_size)
+    method = method_for_model(dense)
+    if checkpoint is not None:
+        load_timm_checkpoint(dense, checkpoint)
+    if isinstance(cfg, (int, float)):
+        cfg = method.uniform_config(dense, float(cfg))
+    result = measure_dense_vs_sparse(dense, method, cfg, model, img_size, batch_size, device, dtype,
+                                     warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"{model} @ {img_size}², batch {batch_size}, {result.device} {dtype}")
+    for col in ("model", "GMACs", "ms (median)", "speedup", "ideal (MACs)", "efficiency"):
+        table.add_column(col, justify="right")
+    table.add_row("dense (timm)", f"{result.dense_gmacs:.2f}", f"{result.dense_ms:.1f}", "1.00x", "1.00x", "")
+    table.add_row(f"sparse {format_config(result.sparsity)}", f"{result.sparse_gmacs:.2f}", f"{result.sparse_ms:.1f}",
+                  f"{result.speedup:.2f}x", f"{result.ideal_speedup:.2f}x", f"{result.efficiency:.2f}")
+    console.print(table)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point: run the Typer app, turning user errors into one line and exit code 2."""
+    try:
+        app(args=argv)  # standalone: usage errors are already one line + exit 2
+    except UserError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

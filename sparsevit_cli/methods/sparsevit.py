@@ -1,0 +1,38 @@
+"""SparseViT (window activation pruning for Swin) as a pipeline method."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch.nn as nn
+
+from ..models.sparse_swin import SparseSwinTransformer, sparsify
+from ..models.swin_cost import swin_macs
+from .base import Config, register_method
+
+
+class SparseViT:
+    name = "sparsevit"
+
+    def wrap(self, model: nn.Module) -> SparseSwinTransformer:
+        return sparsify(model)
+
+    def group_sizes(self, model: nn.Module) -> List[int]:
+        return sparsify(model).pair_counts()
+
+    def validate(self, model: nn.Module, config: Sequence[Sequence[float]]) -> Config:
+        return sparsify(model).validate_sparsity(config)
+
+    def apply(self, wrapped: SparseSwinTransformer, config: Config) -> None:
+        wrapped.set_sparsity(config)
+
+    def dense_config(self, model: nn.Module) -> Config:
+        return [[0.0] * n for n in self.group_sizes(model)]
+
+    def uniform_config(self, model: nn.Module, value: float) -> Config:
+        return [[value] * n for n in self.group_sizes(model)]
+
+    def macs(self, wrapped: SparseSwinTransformer, config: Config, img_size: int, batch_size: int = 1) -> int:
+        return swin_macs(wrapped, config, img_size, batch_size)
+
+
+register_method(SparseViT())
