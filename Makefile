@@ -1,0 +1,27 @@
+# All set-up is here: `make install` builds .venv from scratch (torch from the pinned CPU-capable pair).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test bench bench-train repro clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(TORCH_PINS)
+	$(VENV)/bin/pip install -q -e ".[test,export]"
+	touch $@
+
+demo: install  ## the main job on its built-in default
+	$(VENV)/bin/sparsevit measure
+
+test: install
+	$(VENV)/bin/pytest
+
+bench: install  ## ratios measured in one run; never part of the tests
+	$(PY) benchmarks/bench_swin.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

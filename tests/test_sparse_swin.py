@@ -1,0 +1,236 @@
+"""The window-sparse Swin engine against timm's dense model."""
+import copy
+import math
+
+import pytest
+import timm
+import torch
+
+import sparsevit_cli as sv
+from sparsevit_cli.models.sparse_swin import build_grid, kept_windows, sparse_block_
+
+
+def make_pair(name="swin_tiny_patch4_window7_224", img_size=224, seed=0, **kw):
+    torch.manual_seed(seed)
+    dense = timm.create_model(name, img_size=img_size, **kw).eval()
+    # non-trivial weights everywhere (timm zero-inits nothing relevant, but make biases/tables random)
+    with torch.no_grad():
+        for n, p in dense.named_parameters():
+            if "relative_position_bias_table" in n:
+                p.normal_(0, 0.5)
+    sparse = sv.sparsify(copy.deepcopy(dense))
+    return dense, sparse
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+@pytest.mark.parametrize("name,img_size", [
+    ("swin_tiny_patch4_window7_224", 224),
+    ("swin_tiny_patch4_window7_224", 448),
+    ("swin_small_patch4_window7_224", 224),
+    ("swin_small_patch4_window7_224", 448),
+    ("swin_tiny_patch4_window7_224", 256),  # needs padding at every stage
+])
+def test_sparsity_zero_equals_timm(name, img_size):
+    dense, sparse = make_pair(name, img_size)
+    x = torch.randn(2, 3, img_size, img_size)
+    with torch.no_grad():
+        ref = dense(x)
+        out = sparse(x)
+    assert rel_err(ref, out) < 1e-5
+    # multi-scale outputs for dense-prediction heads match too
+    with torch.no_grad():
+        ref_i = dense.forward_intermediates(x, intermediates_only=True)
+        out_i = sparse.forward_intermediates(x, intermediates_only=True)
+    assert len(ref_i) == len(out_i) == 4
+    for a, b in zip(ref_i, out_i):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-5
+
+
+def test_sparsify_is_in_place_and_shares_parameters():
+    dense = timm.create_model("swin_tiny_patch4_window7_224")
+    params = {n: p.data_ptr() for n, p in dense.named_parameters()}
+    sparse = sv.sparsify(dense)
+    assert sparse is dense
+    assert {n: p.data_ptr() for n, p in sparse.named_parameters()} == params
+    assert set(sparse.state_dict()) == set(timm.create_model("swin_tiny_patch4_window7_224").state_dict())
+
+
+def _stage_input(dense, x, stage):
+    """NHWC input of `stage`'s first block in the dense model."""
+    with torch.no_grad():
+        h = dense.patch_embed(x)
+        for i in range(stage):
+            h = dense.layers[i](h)
+        return dense.layers[stage].downsample(h)
+
+
+def _windows(t, grid):
+    """(B, nW, N, C) tokens of each window of `grid` from an NHWC map (padding -> zeros)."""
+    B, H, W, C = t.shape
+    flat = torch.cat([t.reshape(B, H * W, C), t.new_zeros(B, 1, C)], 1)
+    return flat[:, grid.index]
+
+
+@pytest.mark.parametrize("block_idx", [0, 1])  # plain W-MSA and shifted SW-MSA
+@pytest.mark.parametrize("img_size", [224, 256])
+def test_one_pruned_block_matches_dense_on_kept_windows(block_idx, img_size):
+    dense, sparse = make_pair(img_size=img_size)
+    x = torch.randn(2, 3, img_size, img_size)
+    stage = 1
+    h = _stage_input(dense, x, stage)
+    block = dense.layers[stage].blocks[block_idx]
+    with torch.no_grad():
+        ref = block(h)
+    B, H, W, C = h.shape
+    grid = build_grid(block, H, W, h.device)
+    if block_idx == 1:
+        assert grid.mask is not None  # really a shifted block with timm's masks
+    k = kept_windows(grid.num_windows, 0.5)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.stack([torch.randperm(grid.num_windows, generator=g)[:k] for _ in range(B)])
+    buf = torch.cat([h.reshape(B, H * W, C), h.new_zeros(B, 1, C)], 1)
+    with torch.no_grad():
+        sparse_block_(block, buf, grid, ids)
+    out = buf[:, : H * W].reshape(B, H, W, C)
+    ref_w, out_w, in_w = _windows(ref, grid), _windows(out, grid), _windows(h, grid)
+    valid = (grid.index < H * W)
+    for b in range(B):
+        kept = torch.zeros(grid.num_windows, dtype=torch.bool)
+        kept[ids[b]] = True
+        kv = valid[kept]
+        assert rel_err(ref_w[b][kept][kv], out_w[b][kept][kv]) < 1e-5
+        # unkept windows: bit-identical to the input (pass-through)
+        assert torch.equal(out_w[b][~kept], in_w[b][~kept])
+
+
+def test_windows_are_chosen_by_l2_magnitude_once_per_stage():
+    _, sparse = make_pair(img_size=224)
+    sparse.set_sparsity([[0.5], [0.0], [0.0, 0.0, 0.0], [0.0]])
+    x = torch.randn(1, 3, 224, 224) * 0.01
+    x[..., :56, :56] += 5.0  # a bright top-left corner
+    seen = {}
+
+    def spy(block, buf, grid, ids):
+        seen.setdefault(id(block), ids)
+        return orig(block, buf, grid, ids)
+
+    import sparsevit_cli.models.sparse_swin as mod
+    orig = mod.sparse_block_
+    mod.sparse_block_ = spy
+    try:
+        with torch.no_grad():
+            sparse(x)
+    finally:
+        mod.sparse_block_ = orig
+    b0, b1 = sparse.layers[0].blocks
+    ids0 = seen[id(b0)]
+    assert ids0.shape == (1, kept_windows(64, 0.5))
+    # stage input energies decide: windows covering the bright corner (window rows/cols 0-1) rank first
+    with torch.no_grad():
+        h = sparse.patch_embed(x)
+    grid = sparse._grids(0, 56, 56, x.device)[0]
+    e = torch.cat([(h.reshape(1, -1, 96) ** 2).sum(-1), torch.zeros(1, 1)], 1)
+    expect = e[:, grid.index].sum(-1).argsort(dim=1, descending=True)[:, : ids0.shape[1]]
+    assert set(ids0[0].tolist()) == set(expect[0].tolist())
+    assert {0, 1, 8, 9} <= set(ids0[0].tolist())
+
+
+def test_kept_window_count_rule():
+    assert kept_windows(64, 0.0) == 64
+    assert kept_windows(64, 0.5) == 32
+    assert kept_windows(9, 0.8) == 2
+    assert kept_windows(1, 0.8) == 1  # at least one
+    assert kept_windows(5, 0.7) == 2  # round(1.5) -> 2 (half up)
+
+
+def test_pruned_model_differs_and_is_deterministic():
+    dense, sparse = make_pair(img_size=224)
+    x = torch.randn(2, 3, 224, 224)
+    sparse.set_sparsity([[0.0], [0.2], [0.4, 0.5, 0.6], [0.8]])
+    with torch.no_grad():
+        a, b, ref = sparse(x), sparse(x), dense(x)
+    assert torch.equal(a, b)
+    assert rel_err(ref, a) > 1e-3
+
+
+def test_per_image_selection_in_a_batch():
+    """Each image keeps its own windows: a batch gives the same result as images one by one."""
+    _, sparse = make_pair(img_size=224)
+    sparse.set_sparsity(0.6)
+    x = torch.randn(3, 3, 224, 224)
+    x[1, :, 100:, 100:] *= 10
+    with torch.no_grad():
+        batch = sparse(x)
+        single = torch.cat([sparse(x[i: i + 1]) for i in range(3)])
+    assert rel_err(single, batch) < 1e-5
+
+
+def test_training_step_and_gradients():
+    _, sparse = make_pair(img_size=224, drop_path_rate=0.1)
+    sparse.train()
+    sparse.set_sparsity([[0.3], [0.3], [0.3, 0.5, 0.5], [0.8]])
+    x = torch.randn(2, 3, 224, 224)
+    opt = torch.optim.SGD(sparse.parameters(), lr=0.01)
+    loss = torch.nn.functional.cross_entropy(sparse(x), torch.tensor([1, 2]))
+    loss.backward()
+    missing = [n for n, p in sparse.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    zero = [n for n, p in sparse.named_parameters() if p.grad.abs().sum() == 0]
+    assert not zero, zero
+    before = sparse.head.fc.weight.clone()
+    opt.step()
+    assert not torch.equal(before, sparse.head.fc.weight)
+
+
+def test_gradient_matches_dense_at_sparsity_zero():
+    dense, sparse = make_pair(img_size=224)
+    x = torch.randn(2, 3, 224, 224)
+    for m in (dense, sparse):
+        m.zero_grad()
+        m(x).square().mean().backward()
+    for (n, p), (_, q) in zip(dense.named_parameters(), sparse.named_parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), n
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_low_precision(dtype):
+    dense, sparse = make_pair(img_size=224)
+    dense, sparse = dense.to(dtype), sparse.to(dtype)
+    x = torch.randn(2, 3, 224, 224, dtype=dtype)
+    with torch.no_grad():
+        ref, out = dense(x), sparse(x)
+    assert out.dtype == dtype
+    assert rel_err(ref.float(), out.float()) < 2e-2
+    sparse.set_sparsity(0.5)
+    with torch.no_grad():
+        assert torch.isfinite(sparse(x).float()).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16():
+    dense, sparse = make_pair(img_size=224)
+    dense, sparse = dense.cuda().half(), sparse.cuda().half()
+    x = torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.half)
+    with torch.no_grad():
+        assert rel_err(dense(x).float(), sparse(x).float()) < 2e-2
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ([[0.0], [0.2], [0.4, 0.5], [0.8]], "needs 3 ratio"),
+    ([[0.0], [0.2], [0.6, 0.5, 0.6], [0.8]], "non-decreasing"),
+    ([[0.0], [0.25], [0.4, 0.5, 0.6], [0.8]], "not one of"),
+    ([[0.0], [0.2], [0.4, 0.5, 0.6], [0.9]], "not one of"),
+    ([[0.0], [0.2], [0.4, 0.5, 0.6]], "one list per stage"),
+])
+def test_invalid_configs(bad, msg):
+    _, sparse = make_pair(img_size=224)
+    with pytest.raises(sv.UserError, match=msg):
+        sparse.set_sparsity(bad)
+
+
+def test_sparsify_rejects_non_swin():
+    with pytest.raises(sv.UserError, match="SwinTransformer"):
+        sv.sparsify(timm.create_model("vit_tiny_patch16_224"))
