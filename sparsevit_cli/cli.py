@@ -87,6 +87,75 @@ def measure(
     console.print(table)
 
 
+def _run_config(config: Optional[Path], overrides: dict):
+    """Run config from a YAML file (or defaults), with command-line options overriding its keys."""
+    from .train.config import load_run_config, parse_run_config
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config is not None:
+        return load_run_config(config, overrides)
+    data: dict = {}
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_run_config(data, "command line")
+
+
+@app.command()
+def finetune(
+    config: Path = typer.Argument(..., help="Run-config YAML: model, checkpoint, data, task, sparsity "
+                                            "(a list, a number or a search's best.yaml), optimiser, schedule, epochs..."),
+    resume: bool = typer.Option(False, help="Continue bit-for-bit from out/last.pt."),
+    out: Optional[str] = typer.Option(None, help="Output directory (overrides the file's `out`)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (overrides the file)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Train one sparsity config to convergence (all zeros = dense training); writes out/model.safetensors."""
+    from .train.commands import run_finetune
+    cfg = _run_config(config, {"out": out, "epochs": epochs})
+    run_finetune(cfg, resume=resume, progress=progress, console=console)
+
+
+@app.command()
+def adapt(
+    config: Optional[Path] = typer.Option(None, "--config", help="Run-config YAML (same keys as finetune)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Trained model: a sparsevit .safetensors file, or a "
+                                                         "timm-format checkpoint together with --model."),
+    model: Optional[str] = typer.Option(None, help="timm model name (when the checkpoint is timm-format)."),
+    data: Optional[str] = typer.Option(None, help="ImageFolder-style data directory (train/, val/)."),
+    space: Optional[str] = typer.Option(None, help="Search space: packaged name (e.g. swin_t) or YAML path."),
+    sandwich: Optional[bool] = typer.Option(None, help="Also train the dense and the sparsest config every step."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step per process."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    out: Optional[str] = typer.Option(None, help="Output directory."),
+    resume: bool = typer.Option(False, help="Continue bit-for-bit from out/last.pt."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Sparsity-aware adaptation: every step trains a random valid config of the search space."""
+    from .train.commands import run_adapt
+    cfg = _run_config(config, {"checkpoint": checkpoint, "model.name": model, "data.path": data,
+                               "adapt.space": space, "adapt.sandwich": sandwich, "epochs": epochs,
+                               "batch_size": batch_size, "optim.lr": lr, "out": out})
+    run_adapt(cfg, resume=resume, progress=progress, console=console)
+
+
+@app.command("demo-data")
+def demo_data(
+    out_dir: Path = typer.Argument(..., help="Directory to write (train/, val/ and seg/ layouts)."),
+    img_size: int = typer.Option(224, min=32, help="Image side in pixels."),
+    train: int = typer.Option(200, min=1, help="Training images."),
+    val: int = typer.Option(100, min=1, help="Validation images."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+):
+    """Write the built-in high-resolution demo data set: small handwritten digits on large textured canvases."""
+    from .data.demo import write_demo_data
+    info = write_demo_data(out_dir, img_size=img_size, n_train=train, n_val=val, seed=seed, progress=True)
+    console.print(f"wrote demo data to {out_dir}: {info}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: run the Typer app, turning user errors into one line and exit code 2."""
     try:

@@ -38,6 +38,12 @@ class Method(Protocol):
     def uniform_config(self, model: nn.Module, value: float) -> Config:
         """Every gene set to `value` (e.g. uniform sparsity)."""
 
+    def build_latency_table(self, wrapped: nn.Module, x, warmup: int = 2, repeats: int = 5) -> dict:
+        """Time the model's parts on x's device once (JSON-able), for `predict_latency`."""
+
+    def predict_latency(self, table: dict, config: Config) -> float:
+        """Milliseconds of one forward under `config`, predicted from a latency table."""
+
 
 METHODS: Dict[str, Method] = {}
 

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from ..models.sparse_swin import SparseSwinTransformer, sparsify
 from ..models.swin_cost import swin_macs
+from ..models.swin_latency import build_swin_latency_table, predict_swin_latency
 from .base import Config, register_method
 
 
@@ -33,6 +34,12 @@ class SparseViT:
 
     def macs(self, wrapped: SparseSwinTransformer, config: Config, img_size: int, batch_size: int = 1) -> int:
         return swin_macs(wrapped, config, img_size, batch_size)
+
+    def build_latency_table(self, wrapped: SparseSwinTransformer, x, warmup: int = 2, repeats: int = 5) -> dict:
+        return build_swin_latency_table(wrapped, x, warmup=warmup, repeats=repeats)
+
+    def predict_latency(self, table: dict, config: Config) -> float:
+        return predict_swin_latency(table, config)
 
 
 register_method(SparseViT())

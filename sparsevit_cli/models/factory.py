@@ -71,7 +71,7 @@ def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: 
         try:
             sd = filter_fn(sd, model)
         except Exception as e:
-            raise UserError(f"checkpoint '{path}' does not fit {type(model).__name__}: {str(e).splitlines()[0]}")
+            raise UserError(f"checkpoint '{path}' does not match the model ({type(model).__name__}): {str(e).splitlines()[0]}")
     if reset_head:
         head = {k for k in sd if k.startswith("head.")}
         for k in head:

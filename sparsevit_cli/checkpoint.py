@@ -1,0 +1,89 @@
+"""The toolkit's self-describing model file: weights in safetensors plus metadata (method, timm model
+name and constructor args, image size, sparsity config, task, toolkit version), so that
+`sparsevit_cli.load(path)` returns a ready sparse model without any other file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+
+FORMAT = "sparsevit-model/1"
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, meta: Dict[str, Any]) -> None:
+    """Write `model`'s weights and `meta` atomically to a .safetensors file."""
+    from safetensors.torch import save_file
+    from . import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta, format=FORMAT, toolkit_version=__version__)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata={"sparsevit": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def read_meta(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
+    """The toolkit metadata of a model file, or None if it is not one of ours (e.g. a plain timm file)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("sparsevit")
+    except Exception as e:
+        raise UserError(f"model file '{path}' cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise UserError(f"model file '{path}' has corrupt sparsevit metadata")
+
+
+def build_from_meta(meta: Dict[str, Any]) -> Tuple[nn.Module, Any]:
+    """Build the (untrained) model a metadata block describes, wrapped by its method."""
+    from .methods.base import get_method
+    from .models.factory import create_timm_model
+    from .models.tasks import build_task_model
+
+    method = get_method(meta.get("method", "sparsevit"))
+    backbone = create_timm_model(meta["model"], **meta.get("model_args", {}))
+    backbone = method.wrap(backbone)
+    model = build_task_model(backbone, meta.get("task", "classification"), meta.get("num_classes"))
+    return model, method
+
+
+def load(path: str | os.PathLike, config=None) -> nn.Module:
+    """Load a toolkit model file and return the ready model (eval mode) running its stored sparsity
+    config, or `config` if given."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file '{path}' not found")
+    meta = read_meta(path)
+    if meta is None:
+        raise UserError(f"'{path}' is not a sparsevit model file (no sparsevit metadata); "
+                        "plain timm checkpoints are passed with --model and --checkpoint")
+    model, method = build_from_meta(meta)
+    state = load_file(str(path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"model file '{path}' does not match its own metadata: {str(e).splitlines()[0]}")
+    backbone = getattr(model, "backbone", model)
+    cfg = config if config is not None else meta.get("sparsity")
+    if cfg is not None:
+        method.apply(backbone, method.validate(backbone, cfg))
+    model.sparsevit_meta = meta
+    return model.eval()

@@ -1,0 +1,93 @@
+"""Per-block latency lookup table for window-sparse Swin, built once on the target device.
+
+Prediction for a config = fixed part (patch embedding, patch merging, norm, head: the dense model's time
+minus its blocks) + for every block pair the measured time at its ratio + the window-scoring time of
+every stage that prunes. Blocks are timed on real stage inputs (the dense model's activations of one
+random image batch), so the kept-window counts, index tables and masks are exactly the deployed ones.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Dict, List
+
+import torch
+
+from .sparse_swin import RATIO_CHOICES, SparseSwinTransformer, kept_windows, sparse_block_
+
+
+def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def build_swin_latency_table(model: SparseSwinTransformer, x: torch.Tensor, warmup: int = 2,
+                             repeats: int = 5) -> Dict[str, Any]:
+    """Measure every block pair at every ratio, the scoring step, and the fixed part, on x's device."""
+    device = x.device
+    model.eval()
+    dense_cfg = [[0.0] * n for n in model.pair_counts()]
+    model.set_sparsity(dense_cfg)
+    total_dense = _time(lambda: model(x), device, warmup, repeats)
+
+    pairs: List[List[Dict[str, float]]] = []
+    scoring: List[float] = []
+    windows: List[List[int]] = []
+    h = model.patch_embed(x)
+    for s, stage in enumerate(model.layers):
+        h_in = stage.downsample(h)
+        B, H, W, C = h_in.shape
+        grids = model._grids(s, H, W, device)
+        windows.append([g.num_windows for g in grids])
+        base = torch.cat([h_in.reshape(B, H * W, C), h_in.new_zeros(B, 1, C)], 1)
+        stage_pairs = []
+        for p in range(len(range(0, len(stage.blocks), 2))):
+            blocks = list(zip(stage.blocks, grids))[2 * p: 2 * p + 2]
+            per_ratio = {}
+            for r in RATIO_CHOICES:
+                ids = [None if kept_windows(g.num_windows, r) == g.num_windows else
+                       torch.arange(kept_windows(g.num_windows, r), device=device).expand(B, -1)
+                       for _, g in blocks]
+                buf = base.clone()
+
+                def run():
+                    for (blk, g), i in zip(blocks, ids):
+                        sparse_block_(blk, buf, g, i)
+
+                per_ratio[f"{r:g}"] = _time(run, device, warmup, repeats)
+            stage_pairs.append(per_ratio)
+        pairs.append(stage_pairs)
+
+        def score():
+            e = torch.einsum("bnc,bnc->bn", base[:, : H * W], base[:, : H * W]).float()
+            e = torch.cat([e, e.new_zeros(B, 1)], 1)
+            for g in {id(g): g for g in grids}.values():
+                torch.sort(e[:, g.index].sum(-1), dim=1, descending=True, stable=True)
+
+        scoring.append(_time(score, device, warmup, repeats))
+        h = stage(h)  # dense stage output feeds the next stage
+    fixed = total_dense - sum(p["0"] for sp in pairs for p in sp)
+    return {"fixed_ms": fixed, "pairs_ms": pairs, "scoring_ms": scoring, "windows": windows, "dense_ms": total_dense,
+            "batch_size": int(x.shape[0]), "img_size": int(x.shape[-1]), "device": str(device),
+            "dtype": str(x.dtype).replace("torch.", "")}
+
+
+def predict_swin_latency(table: Dict[str, Any], config: List[List[float]]) -> float:
+    ms = table["fixed_ms"]
+    for s, ratios in enumerate(config):
+        for p, r in enumerate(ratios):
+            ms += table["pairs_ms"][s][p][f"{r:g}"]
+        if any(kept_windows(nw, ratios[b // 2]) < nw for b, nw in enumerate(table["windows"][s])):
+            ms += table["scoring_ms"][s]  # the stage prunes, so it scores its windows
+    return ms

@@ -1,0 +1,1 @@
+"""Training: run-config schema, the resumable (and torchrun-distributed) trainer."""

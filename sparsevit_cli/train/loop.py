@@ -1,0 +1,425 @@
+"""Training for `finetune` (one fixed sparsity config) and `adapt` (a random valid config every step).
+
+Resumable bit for bit: every `checkpoint_every` steps and at every epoch end the full state (model,
+optimizer, scheduler, step counters, every RNG the run draws from) is written atomically to
+`out/last.pt`; `resume=True` continues from it, skipping already-seen batches by index (the data order is
+a pure function of seed and epoch). Under torchrun the model is wrapped in DistributedDataParallel,
+each rank reads its shard of every epoch's permutation and metrics are reduced across ranks.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..errors import UserError
+from ..methods.base import Config, Method, method_for_model
+from ..models.tasks import backbone_of, build_task_model
+from . import dist
+from .config import RunConfig, to_dict
+
+STATE_FILE = "last.pt"
+MODEL_FILE = "model.safetensors"
+
+
+# --------------------------------------------------------------------------------------------- data
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool,
+                  rank: int = 0, world: int = 1) -> List[List[int]]:
+    """This rank's batches of one epoch: a permutation seeded by (seed, epoch), sharded like
+    DistributedSampler (padded by wrapping so every rank has the same number of batches)."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+    else:
+        order = list(range(n))
+    if world > 1:
+        total = math.ceil(n / world) * world
+        order = (order + order[: total - n])[rank:total:world] if shuffle else order[rank::world]
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    return [order[i: i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def collate(dataset, indices: Sequence[int]):
+    items = [dataset[i] for i in indices]
+    return torch.stack([it[0] for it in items]), (torch.stack([torch.as_tensor(it[1]) for it in items]))
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def _classification_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([(logits.argmax(1) == target).sum().item(), target.numel()], dtype=torch.float64)
+
+
+def _segmentation_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    pred = logits.argmax(1)
+    keep = target != 255
+    idx = target[keep] * num_classes + pred[keep]
+    return torch.bincount(idx.cpu(), minlength=num_classes * num_classes).double()
+
+
+def _miou(confusion: torch.Tensor, num_classes: int) -> float:
+    cm = confusion.view(num_classes, num_classes)
+    inter = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean() * 100.0) if present.any() else 0.0
+
+
+def _loss(task: str):
+    if task == "segmentation":
+        return lambda logits, y: F.cross_entropy(logits, y, ignore_index=255)
+    return F.cross_entropy
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset, task: str, num_classes: int,
+             batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False) -> float:
+    """Top-1 (%) or mIoU (%) of `model` under `config` on the first `max_samples` images of `dataset`;
+    under torchrun the images are sharded over ranks and the counts summed, so every rank gets the
+    same exact number."""
+    if config is not None:
+        method.apply(backbone_of(model), config)
+    model.eval()
+    n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    idx = list(range(n))[dist.rank()::dist.world_size()]
+    seg = task == "segmentation"
+    acc = torch.zeros(num_classes ** 2 if seg else 2, dtype=torch.float64)
+    for i in range(0, len(idx), batch_size):
+        x, y = collate(dataset, idx[i: i + batch_size])
+        with _autocast(device, amp):
+            logits = model(x.to(device)).float().cpu()
+        acc += _segmentation_counts(logits, y, num_classes) if seg else _classification_counts(logits, y)
+    acc = dist.all_reduce_tensor(acc.to(device)).cpu()
+    if seg:
+        return _miou(acc, num_classes)
+    return float(acc[0] / max(acc[1], 1) * 100.0)
+
+
+# --------------------------------------------------------------------------------------------- trainer
+@dataclass
+class TrainState:
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+class Trainer:
+    """One training run. `mode` is 'finetune' (fixed config) or 'adapt' (random config per step)."""
+
+    def __init__(self, cfg: RunConfig, mode: str = "finetune", progress: bool = True,
+                 console: Optional[Console] = None):
+        from ..data.datasets import build_dataset
+
+        if mode not in ("finetune", "adapt"):
+            raise ValueError(mode)
+        self.cfg, self.mode = cfg, mode
+        dist.init_distributed(cfg.device)
+        self.device = torch.device(cfg.device if cfg.device != "cuda" else f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("device 'cuda' requested but no CUDA GPU is available")
+        self.out = Path(cfg.out)
+        self.console = console or Console()
+        self.progress_enabled = progress and dist.is_main()
+        self._seed_everything(cfg.seed)
+
+        img_size = int(cfg.model.args.get("img_size", 224))
+        self.img_size = img_size
+        self.train_set = build_dataset(cfg.data.path, cfg.data.task, "train", img_size, train=True)
+        self.val_set = build_dataset(cfg.data.path, cfg.data.task, "val", img_size, train=False)
+        self.num_classes = self.train_set.num_classes
+        self.model, self.method = self._build_model()
+        self.model.to(self.device)
+        self.config: Config = self.method.validate(self.backbone, self._fixed_sparsity())
+        self.space = self._load_space() if mode == "adapt" else None
+        self.config_rng = random.Random(cfg.seed + 1)  # per-step config sampling (adapt)
+
+        self.optimizer = self._build_optimizer()
+        self.steps_per_epoch = len(self._batches(0))
+        if self.steps_per_epoch == 0:
+            raise UserError(f"data set has fewer than batch_size={cfg.batch_size} training images per process")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.scheduler = self._build_scheduler()
+        self.scaler = torch.amp.GradScaler("cuda") if (cfg.amp and self.device.type == "cuda") else None
+        self.state = TrainState()
+        self.train_model = self.model
+        if dist.is_distributed():
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.loss_fn = _loss(cfg.data.task)
+
+    # ---- construction
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return backbone_of(self.model)
+
+    def _build_model(self):
+        from ..checkpoint import read_meta, build_from_meta
+        from ..models.factory import create_timm_model, load_timm_checkpoint
+        from safetensors.torch import load_file
+
+        cfg = self.cfg
+        args = dict(cfg.model.args)
+        if cfg.data.task == "classification":
+            args.setdefault("num_classes", self.num_classes)
+        meta = read_meta(cfg.checkpoint) if cfg.checkpoint else None
+        if meta is not None:  # a toolkit model file (e.g. the output of an earlier adapt)
+            model, method = build_from_meta(meta)
+            try:
+                model.load_state_dict(load_file(cfg.checkpoint), strict=True)
+            except RuntimeError as e:
+                raise UserError(f"checkpoint '{cfg.checkpoint}' does not match its metadata: {str(e).splitlines()[0]}")
+            self.model_name, self.model_args = meta["model"], meta.get("model_args", {})
+            if cfg.data.task == "classification" and backbone_of(model).num_classes != self.num_classes:
+                if not cfg.reset_head:
+                    raise UserError(f"checkpoint has {backbone_of(model).num_classes} classes, data has "
+                                    f"{self.num_classes}; set reset_head: true to train a new head")
+                backbone_of(model).reset_classifier(self.num_classes)
+                self.model_args = dict(self.model_args, num_classes=self.num_classes)
+            return model, method
+        backbone = create_timm_model(cfg.model.name, **args)
+        if cfg.checkpoint:
+            load_timm_checkpoint(backbone, cfg.checkpoint, reset_head=cfg.reset_head)
+        method = method_for_model(backbone)
+        backbone = method.wrap(backbone)
+        self.model_name, self.model_args = cfg.model.name, args
+        seg_classes = self.num_classes if cfg.data.task == "segmentation" else None
+        return build_task_model(backbone, cfg.data.task, seg_classes), method
+
+    def _fixed_sparsity(self):
+        sp = self.cfg.sparsity
+        if isinstance(sp, (int, float)):
+            return self.method.uniform_config(self.backbone, float(sp))
+        return sp
+
+    def _load_space(self):
+        from ..search.space import load_space
+        return load_space(self.cfg.adapt.space, group_sizes=self.method.group_sizes(self.backbone))
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        decay, no_decay = [], []
+        skip = set(getattr(self.backbone, "no_weight_decay", lambda: set())())
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or n.split("backbone.")[-1] in skip else decay).append(p)
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizers: Dict[str, Callable[[], torch.optim.Optimizer]] = {
+            "adamw": lambda: torch.optim.AdamW(groups, lr=o.lr),
+            "sgd": lambda: torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum),
+        }
+        if o.name not in optimizers:
+            raise UserError(f"optim.name must be one of {', '.join(optimizers)}, got '{o.name}'")
+        return optimizers[o.name]()
+
+    def _build_scheduler(self):
+        s, total = self.cfg.schedule, self.total_steps
+        base = self.cfg.optim.lr
+        floor = min(s.min_lr / base, 1.0) if base > 0 else 0.0
+
+        def cosine(step: int) -> float:
+            if step < s.warmup_steps:
+                return (step + 1) / s.warmup_steps
+            t = (step - s.warmup_steps) / max(1, total - s.warmup_steps)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        def constant(step: int) -> float:
+            return min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps else 1.0
+
+        schedules = {"cosine": cosine, "constant": constant}
+        if s.name not in schedules:
+            raise UserError(f"schedule.name must be one of {', '.join(schedules)}, got '{s.name}'")
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules[s.name])
+
+    def _batches(self, epoch: int) -> List[List[int]]:
+        return epoch_batches(len(self.train_set), self.cfg.batch_size, self.cfg.seed, epoch, shuffle=True,
+                             drop_last=True, rank=dist.rank(), world=dist.world_size())
+
+    # ---- checkpointing
+    def _rng_state(self) -> Dict[str, Any]:
+        return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "config": self.config_rng.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def _set_rng_state(self, s: Dict[str, Any]) -> None:
+        random.setstate(s["python"])
+        np.random.set_state(s["numpy"])
+        torch.set_rng_state(s["torch"])
+        self.config_rng.setstate(s["config"])
+        if s.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])
+
+    def save_state(self) -> None:
+        """Full training state, atomically (rank 0 writes; RNG states are per rank, so each rank keeps its
+        own RNG file beside it)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        rng_path = self.out / f"rng.rank{dist.rank()}.pt"
+        _atomic_torch_save(self._rng_state(), rng_path)
+        if dist.is_main():
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+                     "train_state": vars(self.state).copy(), "mode": self.mode, "config": to_dict(self.cfg)}
+            _atomic_torch_save(state, self.out / STATE_FILE)
+        dist.barrier()
+
+    def load_state(self) -> bool:
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("mode") != self.mode:
+            raise UserError(f"'{path}' belongs to a {state.get('mode')} run, not {self.mode}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.state = TrainState(**state["train_state"])
+        rng_path = self.out / f"rng.rank{dist.rank()}.pt"
+        if rng_path.is_file():
+            self._set_rng_state(torch.load(rng_path, weights_only=False))
+        return True
+
+    # ---- training
+    def _step_configs(self) -> List[Config]:
+        if self.mode == "finetune":
+            return [self.config]
+        sampled = self.space.decode(self.space.sample(self.config_rng))
+        configs = [sampled]
+        if self.cfg.adapt.sandwich:
+            configs += [self.space.decode(self.space.extreme("dense")), self.space.decode(self.space.extreme("sparsest"))]
+        return configs
+
+    def _autocast(self):
+        return _autocast(self.device, self.cfg.amp)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.train_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        configs = self._step_configs()
+        total = 0.0
+        for cfg in configs:
+            self.method.apply(self.backbone, cfg)
+            with self._autocast():
+                loss = self.loss_fn(self.train_model(x), y) / len(configs)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.item()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.optim.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.method.apply(self.backbone, self.config)
+        return total
+
+    def fit(self, resume: bool = False) -> Dict[str, Any]:
+        if resume and not self.load_state() and dist.is_main():
+            self.console.print(f"[yellow]no checkpoint in {self.out}, starting fresh[/]")
+        cfg, st = self.cfg, self.state
+        done_steps_here, loss = 0, float("nan")
+        with self._progress() as progress:
+            task = progress.add_task(self.mode, total=self.total_steps, completed=st.global_step,
+                                     loss=float("nan"), ips=0.0, epoch=st.epoch + 1)
+            while st.epoch < cfg.epochs:
+                batches = self._batches(st.epoch)
+                while st.step_in_epoch < len(batches):
+                    if cfg.max_steps is not None and done_steps_here >= cfg.max_steps:
+                        self.save_state()
+                        return {"interrupted": True, "global_step": st.global_step}
+                    t0 = time.perf_counter()
+                    x, y = collate(self.train_set, batches[st.step_in_epoch])
+                    loss = self.train_step(x.to(self.device), y.to(self.device))
+                    st.step_in_epoch += 1
+                    st.global_step += 1
+                    done_steps_here += 1
+                    ips = len(x) * dist.world_size() / (time.perf_counter() - t0)
+                    progress.update(task, advance=1, loss=loss, ips=ips, epoch=st.epoch + 1)
+                    if cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0:
+                        self.save_state()
+                st.epoch += 1
+                st.step_in_epoch = 0
+                metric = self.evaluate(self.config)
+                self._log({"epoch": st.epoch, "step": st.global_step, "loss": loss, self.metric_name: metric})
+                progress.console.print(f"epoch {st.epoch}/{cfg.epochs}: {self.metric_name} {metric:.2f}")
+                self.save_state()
+        return {"interrupted": False, "global_step": st.global_step}
+
+    # ---- evaluation
+    @property
+    def metric_name(self) -> str:
+        return "miou" if self.cfg.data.task == "segmentation" else "top1"
+
+    def evaluate(self, config: Optional[Config] = None, max_samples: Optional[int] = None) -> float:
+        """Top-1 (%) or mIoU (%) on the validation split under `config`, reduced over ranks."""
+        metric = evaluate(self.model, self.method, config, self.val_set, self.cfg.data.task, self.num_classes,
+                          self.cfg.eval_batch_size, self.device, max_samples, amp=self.cfg.amp)
+        self.method.apply(self.backbone, self.config)
+        return metric
+
+    # ---- outputs
+    def save_model(self, extra: Optional[Dict[str, Any]] = None) -> Path:
+        from ..checkpoint import save_model
+        path = self.out / MODEL_FILE
+        if dist.is_main():
+            meta = {"method": self.method.name, "model": self.model_name, "model_args": self.model_args,
+                    "img_size": self.img_size, "task": self.cfg.data.task, "num_classes": self.num_classes,
+                    "sparsity": self.config, "trained_by": self.mode, **(extra or {})}
+            save_model(path, self.model, meta)
+        dist.barrier()
+        return path
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("[bold]{task.description}[/] ep {task.fields[epoch]}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
+                        TextColumn("{task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
+                        console=self.console, disable=not self.progress_enabled, transient=False)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def report_table(title: str, rows: List[Dict[str, Any]], columns: Sequence[str]) -> Table:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(*[f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in columns])
+    return table
