@@ -124,9 +124,15 @@ def window_attention(block: SwinTransformerBlock, x: torch.Tensor, mask: Optiona
     return x
 
 
+def _exporting() -> bool:
+    """Graph exporters (ONNX, TorchScript tracing, torch.export) need out-of-place updates."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 def sparse_block_(block: SwinTransformerBlock, buf: torch.Tensor, grid: WindowGrid,
-                  window_ids: Optional[torch.Tensor]) -> None:
-    """Run `block` on the kept windows of `buf` (B, H*W + 1, C), writing results back in place.
+                  window_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """Run `block` on the kept windows of `buf` (B, H*W + 1, C), writing results back in place
+    (out of place while a graph is being exported); returns the updated buffer.
 
     window_ids: (B, k) kept windows per image, or None for all windows in grid order.
     """
@@ -155,7 +161,18 @@ def sparse_block_(block: SwinTransformerBlock, buf: torch.Tensor, grid: WindowGr
     h = window_attention(block, h.view(B * k, N, C), mask).view(B, k * N, C)
     x = x + block.drop_path1(h)
     x = x + block.drop_path2(block.mlp(block.norm2(x)))
+    if _exporting():
+        return flat.index_copy(0, flat_idx, x.view(B * k * N, C)).view(B, L, C)
     flat.index_copy_(0, flat_idx, x.view(B * k * N, C))
+    return buf
+
+
+def rank_windows(scores: torch.Tensor) -> torch.Tensor:
+    """Window ids per image, best first. Stable sort in eager mode (ties keep grid order); exporters get
+    top-k over all windows, which ONNX and friends support."""
+    if _exporting():
+        return torch.topk(scores, scores.shape[1], dim=1, largest=True, sorted=True).indices
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
 def _check_ratio(r: float) -> float:
@@ -232,24 +249,22 @@ class SparseSwinTransformer(SwinTransformer):
         keeps = [kept_windows(g.num_windows, self.block_sparsity(stage_idx, i)) for i, g in enumerate(grids)]
 
         # one stage buffer with a dummy row per image for padding tokens; this is the only full copy
-        buf = x.new_empty(B, H * W + 1, C)
-        buf[:, : H * W] = x.reshape(B, H * W, C)
-        buf[:, H * W] = 0
+        buf = torch.cat([x.reshape(B, H * W, C), x.new_zeros(B, 1, C)], dim=1)
 
         orders: Dict[int, torch.Tensor] = {}
         if any(k < g.num_windows for k, g in zip(keeps, grids)):
             with torch.no_grad():  # scores pick windows; they are not trained through
-                xs = buf[:, : H * W].detach()
+                xs = buf[:, : H * W]
                 energy = torch.einsum("bnc,bnc->bn", xs, xs).float()
                 energy = torch.cat([energy, energy.new_zeros(B, 1)], dim=1)
                 for g in grids:
                     if id(g) not in orders:
                         scores = energy[:, g.index].sum(-1)  # (B, nW)
-                        orders[id(g)] = torch.sort(scores, dim=1, descending=True, stable=True).indices
+                        orders[id(g)] = rank_windows(scores)
 
         for block, grid, k in zip(stage.blocks, grids, keeps):
             window_ids = None if k == grid.num_windows else orders[id(grid)][:, :k]
-            sparse_block_(block, buf, grid, window_ids)
+            buf = sparse_block_(block, buf, grid, window_ids)
         return buf[:, : H * W].reshape(B, H, W, C)
 
     def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
