@@ -156,6 +156,74 @@ def demo_data(
     console.print(f"wrote demo data to {out_dir}: {info}")
 
 
+@app.command()
+def export(
+    checkpoint: Path = typer.Option(..., help="sparsevit model file (.safetensors from finetune/adapt)."),
+    config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. best.yaml); default: the "
+                                                     "config stored in the model file."),
+    format: str = typer.Option("onnx", help="onnx, torchscript or pt2."),
+    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (default: the model's)."),
+    batch_size: int = typer.Option(1, min=1, help="Static batch size of the exported graph."),
+    dtype: str = typer.Option("fp32", help="fp32 (fp16 export is for CUDA runtimes; not verifiable here)."),
+    out: Path = typer.Option(..., help="Output file."),
+    tolerance: float = typer.Option(1e-4, help="Largest accepted relative error vs PyTorch."),
+    data: Optional[str] = typer.Option(None, help="Data directory: verify on real validation images too."),
+    time_it: bool = typer.Option(True, "--time/--no-time", help="Time exported sparse vs exported dense."),
+):
+    """Export a deployable model (window selection inside the graph) and verify it against PyTorch."""
+    from .configs import read_sparsity_file
+    from .export import export_model
+    from .pipeline import load_model_file, real_inputs
+
+    if dtype != "fp32":
+        raise UserError("only fp32 export can be verified on this runtime; use --dtype fp32")
+    cfg = read_sparsity_file(config) if config is not None else None
+    model, method, meta = load_model_file(checkpoint, cfg)
+    size = img_size or int(meta.get("img_size", 224))
+    if size != int(meta.get("img_size", size)):
+        raise UserError(f"model was built for img_size {meta['img_size']}, not {size}")
+    inputs = [torch_randn(batch_size, size, seed) for seed in (0, 1)]
+    if data:
+        inputs.append(real_inputs(data, meta, size, batch_size))
+    report = export_model(model, format, out, inputs, tolerance=tolerance, method=method,
+                          config=model.sparsevit_config, dense_config=method.dense_config(_backbone(model)),
+                          time_it=time_it)
+    table = Table(title=f"export {format} -> {out}")
+    for col in ("input", "max abs error", "relative error"):
+        table.add_column(col, justify="right")
+    for c in report["checks"]:
+        table.add_row(["random 0", "random 1", "real images"][c["input"]], f"{c['max_abs']:.2e}", f"{c['rel']:.2e}")
+    console.print(table)
+    if "speedup" in report:
+        console.print(f"{format} runtime: sparse {report['sparse_ms']:.1f} ms vs dense {report['dense_ms']:.1f} ms "
+                      f"-> {report['speedup']:.2f}x")
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="A sparsevit model file.")):
+    """Show what a sparsevit model file holds: method, model, args, image size, sparsity, metrics."""
+    from .checkpoint import read_meta
+    if not path.is_file():
+        raise UserError(f"model file '{path}' not found")
+    meta = read_meta(path)
+    if meta is None:
+        raise UserError(f"'{path}' is not a sparsevit model file")
+    table = Table(title=str(path), show_header=False)
+    for k, v in meta.items():
+        table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    console.print(table)
+
+
+def torch_randn(batch_size: int, size: int, seed: int):
+    import torch
+    return torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _backbone(model):
+    from .models.tasks import backbone_of
+    return backbone_of(model)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: run the Typer app, turning user errors into one line and exit code 2."""
     try:

@@ -56,3 +56,13 @@ def barrier() -> None:
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+def replica_checksums(model: torch.nn.Module) -> List[float]:
+    """Every rank's float64 checksum of its parameters (DDP replicas must agree exactly)."""
+    local = float(sum(p.detach().double().sum().item() for p in model.parameters()))
+    if not is_distributed():
+        return [local]
+    gathered: List[float] = [0.0] * world_size()
+    dist.all_gather_object(gathered, local)
+    return gathered

@@ -371,6 +371,11 @@ class Trainer:
                 self._log({"epoch": st.epoch, "step": st.global_step, "loss": loss, self.metric_name: metric})
                 progress.console.print(f"epoch {st.epoch}/{cfg.epochs}: {self.metric_name} {metric:.2f}")
                 self.save_state()
+        checksums = dist.replica_checksums(self.model)
+        if dist.is_main():
+            (self.out / "replicas.json").write_text(json.dumps({"world_size": dist.world_size(), "checksums": checksums}))
+        if len(set(checksums)) != 1:
+            raise RuntimeError(f"DDP replicas diverged: parameter checksums {checksums}")
         return {"interrupted": False, "global_step": st.global_step}
 
     # ---- evaluation
