@@ -67,7 +67,7 @@ def bad_files(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--model", "swin_tinyy"], "unknown timm model"),
-    (["--model", "vit_tiny_patch16_224"], "SwinTransformer"),
+    (["--model", "resnet18"], "cannot build 'resnet18'"),
     (["--sparsity", "0.85"], "not one of"),
     (["--sparsity", "-0.1"], "not one of"),
     (["--config", "{decreasing}"], "non-decreasing"),

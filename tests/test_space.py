@@ -155,6 +155,8 @@ def test_packaged_spaces_all_load():
     assert {"swin_t", "swin_s", "swin_b", "swin_l", "swin_auto"} <= set(names)
     expected = {"swin_t": [1, 1, 3, 1], "swin_s": [1, 1, 9, 1], "swin_b": [1, 1, 9, 1], "swin_l": [1, 1, 9, 1]}
     for name in names:
+        if name.startswith("psvit"):
+            continue  # PSViT spaces: tests/test_psvit.py
         space = load_space(name, group_sizes=expected.get(name, [1, 1, 1, 1]))
         assert space.name == name and space.method == "sparsevit"
         assert space.num_configs() > 1

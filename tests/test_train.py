@@ -41,7 +41,7 @@ def write_cfg(tmp_path, data_dir, name="run.yaml", **over):
         node = cfg
         *parents, leaf = k.split(".")
         for p in parents:
-            node = node[p]
+            node = node.setdefault(p, {})
         node[leaf] = v
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
@@ -169,7 +169,7 @@ def test_adapt_samples_configs_and_reports(tmp_path, data_dir):
 
 def _torchrun(args, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "sparsevit_cli.cli"] + args
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
