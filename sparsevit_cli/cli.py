@@ -31,7 +31,7 @@ def format_config(config) -> str:
 
 @app.callback()
 def _root() -> None:
-    """Subcommands: measure (and more as they land)."""
+    """Workflow: adapt -> search -> finetune -> export; measure, info, demo-data, visualize."""
 
 
 def _sparsity_from_options(sparsity: Optional[float], config: Optional[Path]):
@@ -140,6 +140,47 @@ def adapt(
                                "adapt.space": space, "adapt.sandwich": sandwich, "epochs": epochs,
                                "batch_size": batch_size, "optim.lr": lr, "out": out})
     run_adapt(cfg, resume=resume, progress=progress, console=console)
+
+
+@app.command()
+def search(
+    checkpoint: str = typer.Option(..., help="Adapted sparsevit model file (.safetensors from `adapt`)."),
+    data: str = typer.Option(..., help="Data directory; the metric is measured on its val/ split."),
+    out: str = typer.Option("runs/search", help="Output directory: best.yaml, history.jsonl, pareto.png."),
+    space: Optional[str] = typer.Option(None, help="Search space: packaged name (swin_t, psvit_deit, ...) or "
+                                                   "YAML path (default: the one the model was adapted on)."),
+    budget_macs: Optional[str] = typer.Option(None, help="MAC budget: GMACs per image batch (e.g. 2.5) or a "
+                                                         "percentage of the dense model (e.g. 50%)."),
+    budget_latency: Optional[str] = typer.Option(None, help="Latency budget on --device: milliseconds per "
+                                                            "forward (e.g. 20ms) or a percentage of dense (60%)."),
+    min_macs: Optional[str] = typer.Option(None, help="Lower MAC bound (GMACs or % of dense)."),
+    min_latency: Optional[str] = typer.Option(None, help="Lower latency bound (ms or % of dense)."),
+    latency_table: Optional[str] = typer.Option(None, help="Per-block latency table JSON: predicted instead of "
+                                                           "measured; built and saved there if missing."),
+    device: str = typer.Option("cpu", help="cpu or cuda: where accuracy and latency are measured."),
+    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (default: the model's)."),
+    batch_size: int = typer.Option(1, min=1, help="Batch size that costs (MACs, latency) are counted at."),
+    eval_samples: int = typer.Option(200, min=1, help="Held-out images each config is scored on."),
+    population: int = typer.Option(50, min=1, help="Configs in the first (random, in-budget) population."),
+    generations: int = typer.Option(20, min=1, help="Generations."),
+    parents: int = typer.Option(10, min=1, help="Top configs kept each generation."),
+    mutations: int = typer.Option(25, min=0, help="Mutated children per generation."),
+    crossovers: int = typer.Option(25, min=0, help="Crossover children per generation."),
+    mutation_prob: float = typer.Option(0.1, help="Per-gene probability of resampling in a mutant (0-1)."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same search)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted search in --out from its last generation."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Evolutionary search (DEAP) for the most accurate config within a MAC or latency budget."""
+    from .search.evolution import EvolutionSettings
+    from .search.run import SearchOptions, run_search
+    settings = EvolutionSettings(population=population, generations=generations, parents=parents,
+                                 mutations=mutations, crossovers=crossovers, mutation_prob=mutation_prob, seed=seed)
+    opts = SearchOptions(checkpoint=checkpoint, data=data, out=out, space=space, budget_macs=budget_macs,
+                         budget_latency=budget_latency, min_macs=min_macs, min_latency=min_latency,
+                         latency_table=latency_table, device=device, img_size=img_size, batch_size=batch_size,
+                         eval_samples=eval_samples, settings=settings, resume=resume, progress=progress)
+    run_search(opts, console=console)
 
 
 @app.command("demo-data")

@@ -16,6 +16,8 @@ Config = List[List[float]]
 class Method(Protocol):
     #: registry name, also the `method:` key of search spaces and config files
     name: str
+    #: packaged search space used when the user names none (`adapt`, `search`)
+    default_space: str
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """Return a model that can run any config of this method, sharing `model`'s parameters."""

@@ -53,6 +53,7 @@ def _grid(model: nn.Module, img_size=None):
 
 class PSViT:
     name = "psvit"
+    default_space = "psvit_deit"
 
     def wrap(self, model: nn.Module) -> PSViTTransformer:
         return psvit(model)

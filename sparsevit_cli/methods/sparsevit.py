@@ -13,6 +13,7 @@ from .base import Config, register_method
 
 class SparseViT:
     name = "sparsevit"
+    default_space = "swin_auto"  # gene counts from the model: fits every Swin depth
 
     def wrap(self, model: nn.Module) -> SparseSwinTransformer:
         return sparsify(model)

@@ -43,7 +43,7 @@ def run_adapt(cfg: RunConfig, resume: bool = False, progress: bool = True,
         config = trainer.method.uniform_config(trainer.backbone, value)
         rows.append({"config": f"uniform {value:.0%}", "sparsity": value,
                      trainer.metric_name: trainer.evaluate(config), "GMACs": _gmacs(trainer, config)})
-    path = trainer.save_model({"adapted": True, "space": cfg.adapt.space})
+    path = trainer.save_model({"adapted": True, "space": trainer.space_name})
     if dist.is_main():
         console.print(report_table("accuracy of the adapted model", rows, ["config", trainer.metric_name, "GMACs"]))
         (trainer.out / "adapt_report.json").write_text(json.dumps(rows, indent=1))

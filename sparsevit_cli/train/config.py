@@ -49,7 +49,7 @@ class ScheduleCfg:
 @dataclass
 class AdaptCfg:
     #: search space (packaged name or YAML path) the per-step configs are sampled from
-    space: str = "swin_auto"
+    space: Optional[str] = None  # default: the method's own (swin_auto for Swin, psvit_deit for ViT)
     #: sandwich rule: also train the dense and the sparsest config every step
     sandwich: bool = False
     #: configs reported at the end (uniform sparsities)

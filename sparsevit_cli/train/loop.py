@@ -217,7 +217,11 @@ class Trainer:
 
     def _load_space(self):
         from ..search.space import load_space
-        return load_space(self.cfg.adapt.space, group_sizes=self.method.group_sizes(self.backbone))
+        return load_space(self.space_name, group_sizes=self.method.group_sizes(self.backbone))
+
+    @property
+    def space_name(self) -> str:
+        return self.cfg.adapt.space or self.method.default_space
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim

@@ -1,0 +1,197 @@
+"""`sparsevit search`: evolutionary search of an adapted model's config under a MAC or latency budget.
+
+Wires a model, a held-out subset and a cost (analytic MACs, measured latency, or a latency lookup
+table) into the DEAP engine of `evolution.py`, and writes best.yaml, history.jsonl and pareto.png.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..configs import write_yaml_atomic
+from ..errors import UserError
+from ..measure import resolve_device, time_models
+from ..models.tasks import backbone_of
+from ..train import dist
+from ..train.loop import evaluate
+from .evolution import Budget, EvolutionSettings, plot_pareto, run_evolution
+from .space import load_space
+
+
+@dataclass
+class SearchOptions:
+    checkpoint: str
+    data: str
+    out: str = "runs/search"
+    space: Optional[str] = None
+    budget_macs: Optional[str] = None  # "50%" of dense, or absolute GMACs "2.5"
+    budget_latency: Optional[str] = None  # "20ms", "20" (ms) or "60%" of dense latency
+    min_macs: Optional[str] = None
+    min_latency: Optional[str] = None
+    latency_table: Optional[str] = None  # path: load if it exists, else build and save there
+    device: str = "cpu"
+    img_size: Optional[int] = None
+    batch_size: int = 1
+    eval_samples: int = 200
+    eval_batch_size: int = 64
+    settings: EvolutionSettings = field(default_factory=EvolutionSettings)
+    resume: bool = False
+    progress: bool = True
+
+
+def parse_budget(text: Optional[str], dense_value: float, unit: str, what: str) -> Optional[float]:
+    """'50%' -> half of the dense cost; '2.5' or '2.5<unit>' -> absolute."""
+    if text is None:
+        return None
+    t = str(text).strip().lower()
+    try:
+        if t.endswith("%"):
+            return float(t[:-1]) / 100.0 * dense_value
+        for suffix in (unit.lower(), "ms", "gmacs", "g"):
+            if t.endswith(suffix):
+                t = t[: -len(suffix)]
+                break
+        value = float(t)
+    except ValueError:
+        raise UserError(f"{what} must be a number of {unit} or a percentage of dense (e.g. 50%), got '{text}'")
+    if value <= 0:
+        raise UserError(f"{what} must be positive, got '{text}'")
+    return value
+
+
+class LatencyCost:
+    """Latency of a config in ms: measured on the device (cached per config) or predicted from a
+    per-block table."""
+
+    def __init__(self, model, method, img_size: int, batch_size: int, device: torch.device,
+                 table_path: Optional[str], console: Console):
+        self.backbone = backbone_of(model)
+        self.model = model
+        self.method = method
+        self.x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+        self.cache: Dict[str, float] = {}
+        self.table = None
+        if table_path:
+            p = Path(table_path)
+            if p.is_file():
+                self.table = json.loads(p.read_text())
+                if self.table.get("img_size") != img_size or self.table.get("batch_size") != batch_size:
+                    raise UserError(f"latency table '{p}' was built for img_size {self.table.get('img_size')}, "
+                                    f"batch {self.table.get('batch_size')}, not {img_size}, {batch_size}")
+            else:
+                console.print(f"building latency table on {device} (once) -> {p}")
+                self.table = method.build_latency_table(self.backbone, self.x)
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(json.dumps(self.table, indent=1))
+
+    def measure(self, config) -> float:
+        key = json.dumps(config)
+        if key not in self.cache:
+            self.method.apply(self.backbone, config)
+            self.cache[key] = time_models({"m": self.model}, self.x, warmup=1, repeats=5)["m"]
+        return self.cache[key]
+
+    def __call__(self, config) -> float:
+        if self.table is not None:
+            return self.method.predict_latency(self.table, config)
+        return self.measure(config)
+
+    def table_error(self, configs: List) -> Optional[float]:
+        """Median absolute relative error of the table against measurement on `configs`."""
+        if self.table is None:
+            return None
+        errs = [abs(self.method.predict_latency(self.table, c) - self.measure(c)) / self.measure(c) for c in configs]
+        return statistics.median(errs)
+
+
+def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[str, Any]:
+    from ..checkpoint import load
+    from ..data.datasets import build_dataset
+
+    console = console or Console()
+    if (opts.budget_macs is None) == (opts.budget_latency is None):
+        raise UserError("give exactly one budget: --budget-macs or --budget-latency")
+    dist.init_distributed(opts.device)
+    device = resolve_device(opts.device)
+    model = load(opts.checkpoint).to(device)
+    meta = model.sparsevit_meta
+    method_name = meta["method"]
+    from ..methods.base import get_method
+    method = get_method(method_name)
+    backbone = backbone_of(model)
+    img_size = opts.img_size or int(meta.get("img_size", 224))
+    if img_size != int(meta.get("img_size", img_size)):
+        raise UserError(f"model file was built for img_size {meta['img_size']}, not {img_size}")
+    space = load_space(opts.space or meta.get("space") or method.default_space, group_sizes=method.group_sizes(backbone))
+    dataset = build_dataset(opts.data, meta.get("task", "classification"), "val", img_size, train=False)
+    num_classes = meta.get("num_classes") or dataset.num_classes
+
+    def metric(config) -> float:
+        return evaluate(model, method, config, dataset, meta.get("task", "classification"), num_classes,
+                        opts.eval_batch_size, device, max_samples=opts.eval_samples)
+
+    dense_cfg = space.decode(space.extreme("dense"))
+    if opts.budget_macs is not None:
+        unit = "GMACs"
+
+        def cost(config) -> float:
+            return method.macs(backbone, config, img_size, opts.batch_size) / 1e9
+
+        dense_cost = cost(dense_cfg)
+        budget = Budget(max_cost=parse_budget(opts.budget_macs, dense_cost, unit, "--budget-macs"),
+                        min_cost=parse_budget(opts.min_macs, dense_cost, unit, "--min-macs") or 0.0, unit=unit)
+        latency = None
+    else:
+        unit = "ms"
+        latency = LatencyCost(model, method, img_size, opts.batch_size, device, opts.latency_table, console)
+        cost = latency
+        dense_cost = latency(dense_cfg)
+        budget = Budget(max_cost=parse_budget(opts.budget_latency, dense_cost, unit, "--budget-latency"),
+                        min_cost=parse_budget(opts.min_latency, dense_cost, unit, "--min-latency") or 0.0, unit=unit)
+
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "search_state.json"
+    if state_path.exists() and not opts.resume:
+        raise UserError(f"'{out}' holds an unfinished or finished search; pass --resume to continue it "
+                        f"or choose another --out")
+    result = run_evolution(space, metric, cost, budget, opts.settings, state_path=state_path,
+                           history_path=out / "history.jsonl", progress=opts.progress and dist.is_main(),
+                           write_files=dist.is_main())
+    best_cfg = result.best_config
+    report: Dict[str, Any] = {
+        "method": method_name, "model": meta["model"], "model_args": meta.get("model_args", {}),
+        "img_size": img_size, "sparsity": best_cfg, "metric": meta.get("task") == "segmentation" and "miou" or "top1",
+        "metric_value": result.best_metric, "cost": result.best_cost, "cost_unit": unit,
+        "dense_cost": dense_cost, "budget": budget.max_cost,
+        "gmacs": method.macs(backbone, best_cfg, img_size, opts.batch_size) / 1e9,
+        "dense_gmacs": method.macs(backbone, dense_cfg, img_size, opts.batch_size) / 1e9,
+        "searched_on": opts.checkpoint, "eval_samples": opts.eval_samples,
+    }
+    if latency is not None and latency.table is not None:
+        # how far the table is from measurement, on the configs that matter (the top of the search)
+        report["latency_table_median_abs_error"] = latency.table_error([t["config"] for t in result.top[:5]])
+    if dist.is_main():
+        write_yaml_atomic(out / "best.yaml", report)
+        plot_pareto(result, out / "pareto.png")
+        console.print(_top_table(result, unit, dense_cost))
+        console.print(f"best config -> {out / 'best.yaml'}")
+    return report
+
+
+def _top_table(result, unit: str, dense_cost: float) -> Table:
+    table = Table(title="top candidates")
+    for col in ("rank", "metric", unit, "of dense", "generation", "config"):
+        table.add_column(col, justify="right")
+    for i, t in enumerate(result.top[:10]):
+        table.add_row(str(i + 1), f"{t['metric']:.2f}", f"{t['cost']:.3f}", f"{t['cost'] / dense_cost:.0%}",
+                      str(t["generation"]), "|".join(",".join(f"{v:g}" for v in g) for g in t["config"]))
+    return table
