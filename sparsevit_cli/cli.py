@@ -183,6 +183,40 @@ def search(
     run_search(opts, console=console)
 
 
+@app.command()
+def visualize(
+    checkpoint: Path = typer.Option(..., help="SparseViT model file (.safetensors from adapt/finetune)."),
+    image: Path = typer.Option(..., help="Image to draw on (PNG, JPEG, ...); resized and center-cropped to "
+                                         "--img-size like evaluation images."),
+    config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml); "
+                                                     "default: the config stored in the model file."),
+    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels, square (default: the "
+                                                      "model's; must match it)."),
+    out: Path = typer.Option(..., help="Picture to write (.png; .pdf, .svg, .jpg also work), written atomically."),
+):
+    """Draw the windows each stage keeps over an image (pruned windows dimmed), like SparseViT's figure 1."""
+    from .visualize import visualize_windows
+    result = visualize_windows(checkpoint, image, out, config=config, img_size=img_size)
+    for st in result["stages"]:
+        console.print(f"stage {st['stage']}: {st['ratio']:.0%} pruned, {st['kept']}/{st['windows']} windows kept "
+                      f"({st['tokens'][0]}x{st['tokens'][1]} tokens, window {st['window'][0]}x{st['window'][1]})")
+    console.print(f"wrote {result['out']}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Output directory; an interrupted demo continues there."),
+    quick: bool = typer.Option(False, help="Tiny settings (about 2 minutes on 2 CPU cores; used by CI)."),
+    preset: Optional[str] = typer.Option(None, help="quick, default (about 10 minutes on 2 CPU cores) or gpu."),
+    device: str = typer.Option("cpu", help="cpu or cuda (with cuda the 'gpu' preset is the default)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """The whole workflow on built-in data: train, adapt, search (50% MACs), finetune, export, compare."""
+    from .demo import run_demo
+    name = preset or ("quick" if quick else "gpu" if device.startswith("cuda") else "default")
+    run_demo(out, preset=name, device=device, progress=progress, console=console)
+
+
 @app.command("demo-data")
 def demo_data(
     out_dir: Path = typer.Argument(..., help="Directory to write (train/, val/ and seg/ layouts)."),

@@ -167,6 +167,22 @@ def sparse_block_(block: SwinTransformerBlock, buf: torch.Tensor, grid: WindowGr
     return buf
 
 
+def _kept_token_masks(grids: List[WindowGrid], keeps: List[int], orders: Dict[int, torch.Tensor],
+                      B: int, H: int, W: int) -> List[torch.Tensor]:
+    """(B, H, W) bool masks of the tokens each block of a stage computes (for `kept_window_masks`)."""
+    masks = []
+    for grid, k in zip(grids, keeps):
+        device = grid.index.device
+        if k == grid.num_windows:
+            masks.append(torch.ones(B, H, W, dtype=torch.bool, device=device))
+            continue
+        idx = grid.index[orders[id(grid)][:, :k]].reshape(B, -1)  # (B, k*N), may hold the dummy row H*W
+        m = torch.zeros(B, H * W + 1, dtype=torch.bool, device=device)
+        m.scatter_(1, idx, True)
+        masks.append(m[:, : H * W].reshape(B, H, W))
+    return masks
+
+
 def rank_windows(scores: torch.Tensor) -> torch.Tensor:
     """Window ids per image, best first. Stable sort in eager mode (ties keep grid order); exporters get
     top-k over all windows, which ONNX and friends support."""
@@ -186,6 +202,8 @@ class SparseSwinTransformer(SwinTransformer):
     """A timm SwinTransformer whose blocks run on their top-scoring windows. Created by `sparsify`."""
 
     sparsity: List[List[float]]  # one ratio per block pair, per stage
+    #: while `kept_window_masks` runs: a list that every stage appends its per-block kept-token masks to
+    _kept_recorder: Optional[List[List[torch.Tensor]]] = None
 
     # --- configuration -------------------------------------------------------------------------
     def pair_counts(self) -> List[int]:
@@ -262,10 +280,30 @@ class SparseSwinTransformer(SwinTransformer):
                         scores = energy[:, g.index].sum(-1)  # (B, nW)
                         orders[id(g)] = rank_windows(scores)
 
+        if self._kept_recorder is not None:  # one check per stage; nothing else when not recording
+            self._kept_recorder.append(_kept_token_masks(grids, keeps, orders, B, H, W))
+
         for block, grid, k in zip(stage.blocks, grids, keeps):
             window_ids = None if k == grid.num_windows else orders[id(grid)][:, :k]
             buf = sparse_block_(block, buf, grid, window_ids)
         return buf[:, : H * W].reshape(B, H, W, C)
+
+    @torch.no_grad()
+    def kept_window_masks(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
+        """Which tokens every block keeps for `x` under the current sparsity: per stage, per block, a
+        (B, Hs, Ws) bool mask at that stage's token resolution (True = the token's window is computed).
+
+        Runs the stages once without autograd (the head is skipped); the model's outputs and numerics are
+        untouched. Blocks 0, 2, ... use the plain window grid (W-MSA), so their masks are unions of whole
+        windows; blocks 1, 3, ... use the shifted grid (SW-MSA, windows wrap around the map edges). Call it
+        in eval mode to see the windows inference keeps."""
+        recorder: List[List[torch.Tensor]] = []
+        self._kept_recorder = recorder
+        try:
+            self.forward_stages(x)
+        finally:
+            del self._kept_recorder  # back to the class default (None)
+        return recorder
 
     def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
         """All stage outputs, NHWC (the last one before the final norm)."""

@@ -1,0 +1,174 @@
+"""`sparsevit visualize`: draw the windows a SparseViT model keeps in every stage over an image, in the
+style of figure 1 of the SparseViT paper, so one can see that objects are kept and background is pruned.
+
+The image goes through the same evaluation transform the data sets use at the model's resolution, and
+the picture shows that transformed image (what the model sees). One panel per stage shows the windows
+of the stage's *last* block pair (its sparsest one: ratios never decrease inside a stage), on the plain
+window grid of its W-MSA block: kept windows outlined, pruned windows dimmed and hatched.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+#: output formats matplotlib writes without extra packages (chosen by the --out suffix)
+FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+KEPT_COLOUR = "#ffd400"
+PRUNED_ALPHA = 0.62
+
+
+def load_image(path: str | os.PathLike, img_size: int, task: str = "classification") -> Tuple[torch.Tensor, np.ndarray]:
+    """(normalized 3 x S x S tensor for the model, RGB float H x W x 3 in [0, 1] of that same tensor)."""
+    from PIL import Image
+
+    from .data.datasets import _normalize_params, classification_transform
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image '{path}' not found")
+    try:
+        with Image.open(path) as im:
+            pil = im.convert("RGB")
+    except Exception as e:  # PIL raises many types for unreadable / truncated / non-image files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"image '{path}' cannot be read: {msg}") from None
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in _normalize_params())
+    if task == "segmentation":  # SegmentationFolder: plain bicubic resize to S x S, then normalize
+        pil = pil.resize((img_size, img_size), Image.BICUBIC)
+        x = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        x = (x - mean) / std
+    else:  # classification: timm's eval transform (resize + center crop, nothing cut from a square image)
+        x = classification_transform(img_size, train=False)(pil)
+    rgb = (x * std + mean).clamp_(0, 1).permute(1, 2, 0).numpy()
+    return x, rgb
+
+
+def _window_grid(mask: torch.Tensor, window: Tuple[int, int]) -> np.ndarray:
+    """(nh, nw) bool: which windows of the plain grid hold a kept token of `mask` (Hs x Ws)."""
+    Hs, Ws = mask.shape
+    wh, ww = window
+    nh, nw = math.ceil(Hs / wh), math.ceil(Ws / ww)
+    padded = torch.zeros(nh * wh, nw * ww, dtype=torch.bool)
+    padded[:Hs, :Ws] = mask.cpu()
+    return padded.view(nh, wh, nw, ww).any(dim=3).any(dim=1).numpy()
+
+
+def stage_windows(backbone, masks: List[List[torch.Tensor]]) -> List[Dict[str, Any]]:
+    """Per stage: the last block pair's ratio and its kept windows on the plain grid (image 0)."""
+    stages = []
+    for s, (stage, stage_masks) in enumerate(zip(backbone.layers, masks)):
+        pairs = len(backbone.sparsity[s])
+        b = 2 * (pairs - 1)  # W-MSA block of the last (sparsest) pair
+        window = tuple(int(v) for v in stage.blocks[b].window_size)
+        mask = stage_masks[b][0]
+        kept = _window_grid(mask, window)
+        stages.append({"stage": s + 1, "ratio": float(backbone.sparsity[s][-1]), "pairs": pairs,
+                       "tokens": tuple(mask.shape), "window": window, "kept_grid": kept,
+                       "kept": int(kept.sum()), "windows": int(kept.size)})
+    return stages
+
+
+def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, fmt: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    H, W = rgb.shape[:2]
+    n = len(stages) + 1
+    fig = Figure(figsize=(3.4 * n, 3.4 * H / W + 1.0), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    axes[0].imshow(rgb, interpolation="bilinear", extent=(0, W, H, 0))
+    axes[0].set_title(f"input · {W}×{H} px\n(as the model sees it)", fontsize=10)
+    for ax, st in zip(axes[1:], stages):
+        ax.imshow(rgb, interpolation="bilinear", extent=(0, W, H, 0))
+        kept = st["kept_grid"]
+        Hs, Ws = st["tokens"]
+        wh, ww = st["window"]
+        sy, sx = H / Hs, W / Ws  # pixels per token
+        overlay = np.zeros(kept.shape + (4,), dtype=np.float32)
+        overlay[~kept, 3] = PRUNED_ALPHA
+        nh, nw = kept.shape
+        # the grid may overhang the map when padded: extent in pixels of the padded window grid
+        ax.imshow(overlay, interpolation="nearest", extent=(0, nw * ww * sx, nh * wh * sy, 0))
+        for i in range(nh):
+            for j in range(nw):
+                x0, y0 = j * ww * sx, i * wh * sy
+                w, h = min(ww, Ws - j * ww) * sx, min(wh, Hs - i * wh) * sy
+                if kept[i, j]:
+                    ax.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor=KEPT_COLOUR, linewidth=1.3))
+                else:
+                    ax.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor=(1, 1, 1, 0.35),
+                                           linewidth=0, hatch="///"))
+        pair = f" (block pair {st['pairs']}/{st['pairs']})" if st["pairs"] > 1 else ""
+        ax.set_title(f"stage {st['stage']} · {st['ratio']:.0%} pruned\n"
+                     f"{st['kept']}/{st['windows']} windows kept{pair}", fontsize=10)
+    for ax in axes:
+        ax.set_xlim(0, W)
+        ax.set_ylim(H, 0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format=fmt)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike,
+                      config: Optional[str | os.PathLike] = None, img_size: Optional[int] = None) -> Dict[str, Any]:
+    """Draw the kept windows of every stage of a SparseViT model file over `image` into `out`.
+
+    Returns {"out", "img_size", "sparsity", "stages": [{"stage", "ratio", "kept", "windows", ...}]}."""
+    from .checkpoint import read_meta
+    from .configs import read_sparsity_file
+    from .models.tasks import backbone_of
+    from .pipeline import load_model_file
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UserError(f"output '{out}' needs one of the suffixes {', '.join('.' + f for f in FORMATS)}")
+    meta = read_meta(checkpoint) if checkpoint.is_file() else None
+    if meta is not None and meta.get("method", "sparsevit") != "sparsevit":
+        raise UserError(f"'{checkpoint}' is a {meta.get('method')} model file; visualize draws the windows "
+                        f"of SparseViT (Swin) models only")
+    cfg = read_sparsity_file(config) if config is not None else None
+    if not Path(image).is_file():  # before loading the model: a typo should not cost a model load
+        raise UserError(f"image '{image}' not found")
+    model, method, meta = load_model_file(checkpoint, cfg)
+    if method.name != "sparsevit":
+        raise UserError(f"'{checkpoint}' is a {method.name} model file; visualize draws the windows "
+                        f"of SparseViT (Swin) models only")
+    size = int(img_size or meta.get("img_size", 224))
+    if size != int(meta.get("img_size", size)):
+        raise UserError(f"model file was built for img_size {meta['img_size']}, not {size}")
+    x, rgb = load_image(image, size, meta.get("task", "classification"))
+
+    backbone = backbone_of(model)
+    backbone.eval()
+    masks = backbone.kept_window_masks(x.unsqueeze(0))
+    stages = stage_windows(backbone, masks)
+    kept = sum(st["kept"] for st in stages)
+    title = (f"{meta.get('model', 'swin')} · sparsity {_format_config(backbone.sparsity)} · "
+             f"kept windows outlined, pruned dimmed")
+    _draw(rgb, stages, title, out, "jpeg" if fmt == "jpg" else fmt)
+    return {"out": str(out), "img_size": size, "sparsity": backbone.sparsity, "kept_total": kept,
+            "stages": [{k: v for k, v in st.items() if k != "kept_grid"} for st in stages]}
+
+
+def _format_config(config) -> str:
+    return "|".join(",".join(f"{v:g}" for v in group) for group in config)

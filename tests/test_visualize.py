@@ -1,0 +1,179 @@
+"""`SparseSwinTransformer.kept_window_masks` and `sparsevit visualize` (micro Swin model files: fast)."""
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from sparsevit_cli import sparsify
+from sparsevit_cli.checkpoint import save_model
+from sparsevit_cli.cli import main
+from sparsevit_cli.models.sparse_swin import kept_windows
+
+MODEL = "swin_tiny_patch4_window7_224"
+ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4, "num_classes": 10}
+SPARSITY = [[0.5], [0.5]]
+MEAN_RGB = (124, 116, 104)  # ImageNet mean colour as uint8: normalizes to ~0
+
+
+def micro_swin(seed=0, sparsity=SPARSITY):
+    torch.manual_seed(seed)
+    return sparsify(timm.create_model(MODEL, **ARGS), sparsity).eval()
+
+
+def save(path, model, method="sparsevit", model_name=MODEL, args=ARGS, img_size=64, sparsity=SPARSITY):
+    save_model(path, model, {"method": method, "model": model_name, "model_args": args, "img_size": img_size,
+                             "task": "classification", "num_classes": 10, "sparsity": sparsity})
+    return path
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    return save(tmp_path / "micro.safetensors", micro_swin())
+
+
+def object_image(path, box=(20, 36, 8), size=64, background=MEAN_RGB):
+    """A flat background with one bright white square (top, left, side in pixels)."""
+    a = np.empty((size, size, 3), np.uint8)
+    a[:] = background
+    top, left, side = box
+    a[top:top + side, left:left + side] = 255
+    Image.fromarray(a).save(path)
+    return path
+
+
+def run_cli(args, capsys):
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code, err, needle):
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0], err
+
+
+# --------------------------------------------------------------------------------------------- masks
+@pytest.mark.parametrize("sparsity", [SPARSITY, [[0.3], [0.8]], [[0.0], [0.5]]])
+def test_masks_keep_the_configured_number_of_windows(sparsity):
+    model = micro_swin(sparsity=sparsity)
+    masks = model.kept_window_masks(torch.randn(2, 3, 64, 64))
+    assert len(masks) == 2
+    for s, (stage, stage_masks) in enumerate(zip(model.layers, masks)):
+        assert len(stage_masks) == len(stage.blocks)
+        hs = 16 // 2 ** s
+        n_windows = (hs // 4) ** 2
+        k = kept_windows(n_windows, sparsity[s][0])
+        for b, m in enumerate(stage_masks):
+            assert m.dtype == torch.bool and m.shape == (2, hs, hs)
+            assert (m.sum(dim=(1, 2)) == k * 16).all()  # no padding here: k windows of 4x4 tokens
+            if b % 2 == 0:  # W-MSA: whole windows of the plain grid
+                per_window = m.view(2, hs // 4, 4, hs // 4, 4).sum(dim=(2, 4))
+                assert ((per_window == 0) | (per_window == 16)).all()
+                assert ((per_window == 16).sum(dim=(1, 2)) == k).all()
+
+
+def test_masks_are_the_top_windows_by_token_energy():
+    """Stage 1 ranks windows by the summed ||x||^2 of the patch embedding: recompute it independently."""
+    model = micro_swin()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    mask = model.kept_window_masks(x)[0][0][0]
+    with torch.no_grad():
+        tokens = model.patch_embed(x)[0]  # 16 x 16 x C
+    scores = (tokens ** 2).sum(-1).view(4, 4, 4, 4).sum(dim=(1, 3)).flatten()
+    top = set(torch.sort(scores, descending=True, stable=True).indices[:kept_windows(16, 0.5)].tolist())
+    kept = mask.view(4, 4, 4, 4).any(dim=3).any(dim=1).flatten()
+    assert set(torch.nonzero(kept).flatten().tolist()) == top
+
+
+def test_recording_changes_nothing():
+    model = micro_swin()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    model.kept_window_masks(x)
+    assert model._kept_recorder is None
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+
+
+def test_bright_object_window_is_kept(tmp_path):
+    """With random weights the ranking is only meaningful where token energies differ: patch embedding ends
+    in a LayerNorm, so every token has energy ~C except where the embedding barely varies across channels.
+    Constructed case: background at the normalization mean and a bias-free patch embedding make background
+    tokens ~0 before the norm (energy well below C), so the object's window must rank first in stage 1.
+    (A white square on black also ranks first with the weights as built, but only by ~1e-4 of a window
+    score of ~256, a few float32 ulps: too thin a margin to test.)"""
+    from sparsevit_cli.visualize import load_image, stage_windows
+
+    model = micro_swin(sparsity=[[0.8], [0.5]])  # stage 1 keeps 3 of 16 windows
+    with torch.no_grad():
+        model.patch_embed.proj.bias.zero_()
+    x, rgb = load_image(object_image(tmp_path / "obj.png"), 64)
+    assert rgb.shape == (64, 64, 3) and abs(rgb[24, 40, 0] - 1.0) < 1e-3  # the image as the model sees it
+    stages = stage_windows(model, model.kept_window_masks(x[None]))
+    # object pixels 20..27 x 36..43 -> tokens 5..6 x 9..10 -> window (1, 2) of the 4x4 grid of 4x4-token windows
+    assert stages[0]["kept_grid"][1, 2]
+    assert stages[0]["kept"] == kept_windows(16, 0.8) and stages[0]["windows"] == 16
+
+
+# --------------------------------------------------------------------------------------------- command
+def test_cli_writes_a_png(tmp_path, model_file, capsys):
+    image = object_image(tmp_path / "obj.png")
+    out = tmp_path / "viz" / "windows.png"
+    code, stdout, err = run_cli(["visualize", "--checkpoint", model_file, "--image", image, "--out", out], capsys)
+    assert code == 0, err
+    assert "stage 1" in stdout and "8/16 windows kept" in stdout and "2/4 windows kept" in stdout.replace("\n", " ")
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 0 and im.size[1] > 0
+        im.load()
+    assert [p.name for p in out.parent.iterdir()] == ["windows.png"]  # no temp file left
+
+
+def test_cli_config_file_overrides_stored_sparsity(tmp_path, model_file, capsys):
+    cfg = tmp_path / "best.yaml"
+    cfg.write_text("method: sparsevit\nsparsity: [[0.8], [0.0]]\n")
+    image = object_image(tmp_path / "obj.jpg")
+    code, stdout, err = run_cli(["visualize", "--checkpoint", model_file, "--image", image, "--config", cfg,
+                                 "--img-size", "64", "--out", tmp_path / "v.png"], capsys)
+    assert code == 0, err
+    assert "3/16 windows kept" in stdout and "4/4 windows kept" in stdout
+
+
+def test_cli_bad_inputs_give_one_line(tmp_path, model_file, capsys):
+    image = object_image(tmp_path / "obj.png")
+    out = tmp_path / "v.png"
+    code, _, err = run_cli(["visualize", "--checkpoint", model_file, "--image", tmp_path / "nope.png",
+                            "--out", out], capsys)
+    assert_one_line_error(code, err, "nope.png")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    code, _, err = run_cli(["visualize", "--checkpoint", model_file, "--image", broken, "--out", out], capsys)
+    assert_one_line_error(code, err, "broken.png")
+    code, _, err = run_cli(["visualize", "--checkpoint", tmp_path / "missing.safetensors", "--image", image,
+                            "--out", out], capsys)
+    assert_one_line_error(code, err, "missing.safetensors")
+    code, _, err = run_cli(["visualize", "--checkpoint", model_file, "--image", image, "--img-size", "128",
+                            "--out", out], capsys)
+    assert_one_line_error(code, err, "img_size 64")
+    assert not out.exists()
+
+
+def test_cli_rejects_psvit_model_file(tmp_path, capsys):
+    from sparsevit_cli.methods.base import get_method
+
+    args = dict(depth=4, embed_dim=48, num_heads=3, img_size=64, patch_size=16, num_classes=10)
+    method = get_method("psvit")
+    vit = method.wrap(timm.create_model("vit_small_patch16_224", **args))
+    path = save(tmp_path / "psvit.safetensors", vit, method="psvit", model_name="vit_small_patch16_224",
+                args=args, sparsity=method.dense_config(vit))
+    code, _, err = run_cli(["visualize", "--checkpoint", path, "--image", object_image(tmp_path / "o.png"),
+                            "--out", tmp_path / "v.png"], capsys)
+    assert_one_line_error(code, err, "psvit")
