@@ -5,9 +5,11 @@
     sparse = sv.sparsify(model)            # same object and weights, patched in place (like ToMe)
     sparse.set_sparsity([[0.0], [0.2], [0.4, 0.5, 0.6], [0.8]])
     logits = sparse(images)
+    model = sv.load("runs/ft/model.safetensors")   # a model file from finetune/adapt, ready to run
 """
+from .checkpoint import load
 from .errors import UserError
 from .models.sparse_swin import SparseSwinTransformer, sparsify
 
 __version__ = "0.1.0"
-__all__ = ["sparsify", "SparseSwinTransformer", "UserError", "__version__"]
+__all__ = ["sparsify", "load", "SparseSwinTransformer", "UserError", "__version__"]

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 FORMAT = "sparsevit-model/1"
 
@@ -31,6 +31,12 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: Dict[str, Any]) 
     os.replace(tmp, path)
 
 
+def _mismatch(e: RuntimeError) -> str:
+    """The first concrete problem of a load_state_dict error (its first line only names the class)."""
+    lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+    return lines[0] if lines else first_line(e)
+
+
 def read_meta(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
     """The toolkit metadata of a model file, or None if it is not one of ours (e.g. a plain timm file)."""
     path = Path(path)
@@ -41,13 +47,16 @@ def read_meta(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("sparsevit")
     except Exception as e:
-        raise UserError(f"model file '{path}' cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise UserError(f"model file '{path}' cannot be read: {first_line(e)}")
     if raw is None:
         return None
     try:
-        return json.loads(raw)
+        meta = json.loads(raw)
     except json.JSONDecodeError:
         raise UserError(f"model file '{path}' has corrupt sparsevit metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+        raise UserError(f"model file '{path}' has sparsevit metadata without a model name")
+    return meta
 
 
 def build_from_meta(meta: Dict[str, Any]) -> Tuple[nn.Module, Any]:
@@ -76,11 +85,14 @@ def load(path: str | os.PathLike, config=None) -> nn.Module:
         raise UserError(f"'{path}' is not a sparsevit model file (no sparsevit metadata); "
                         "plain timm checkpoints are passed with --model and --checkpoint")
     model, method = build_from_meta(meta)
-    state = load_file(str(path))
+    try:  # read_meta only parsed the header; reading the tensors can still fail (I/O, unsupported dtype)
+        state = load_file(str(path))
+    except Exception as e:
+        raise UserError(f"model file '{path}' cannot be read: {first_line(e)}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise UserError(f"model file '{path}' does not match its own metadata: {str(e).splitlines()[0]}")
+        raise UserError(f"model file '{path}' does not match its own metadata: {_mismatch(e)}")
     backbone = getattr(model, "backbone", model)
     cfg = config if config is not None else meta.get("sparsity")
     if cfg is not None:

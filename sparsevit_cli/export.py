@@ -13,15 +13,17 @@ import statistics
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from .errors import UserError, first_line
+from .models.tasks import backbone_of
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -64,7 +66,9 @@ def _torch_runner(module: Callable) -> Runner:
 
 
 def _load_torchscript(path: Path) -> Runner:
-    return _torch_runner(torch.jit.load(str(path)).eval())
+    with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        return _torch_runner(torch.jit.load(str(path)).eval())
 
 
 def _write_pt2(model: nn.Module, x: torch.Tensor, path: Path) -> None:
@@ -103,49 +107,66 @@ def _time_runner(run: Runner, a: np.ndarray, warmup: int = 2, repeats: int = 7) 
     return statistics.median(ts)
 
 
+@contextmanager
+def _user_errors(what: str) -> Iterator[None]:
+    """Exporters and runtimes fail with many exception types and pages of text; the user gets one line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{what}: {first_line(e)}") from e
+
+
+def _reference(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(x).float().numpy()
+
+
 def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: List[torch.Tensor],
                  tolerance: float = 1e-4, method=None, config=None, dense_config=None,
                  time_it: bool = True) -> Dict[str, object]:
-    """Export `model` (eval, CPU) traced at inputs[0]'s shape, verify it on every input, and time it
-    against the dense model exported the same way. Returns a report; raises UserError on failure."""
+    """Export `model` (eval, CPU) running `config` (when given with its `method`), traced at inputs[0]'s
+    shape, verify it on every input, and time it against the dense model exported the same way. Returns a
+    report; raises UserError on failure, in which case nothing is written."""
     if fmt not in FORMATS:
         raise UserError(f"unsupported format '{fmt}' (supported: {', '.join(FORMATS)})")
     spec = FORMATS[fmt]
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    if method is not None and config is not None:
+        # the config to export is the one given, whatever the model ran last
+        method.apply(backbone_of(model), config)
+    # Eager references first; this also builds (and caches) the engine's per-resolution window index
+    # tables as concrete tensors, so the exporters trace lookups, not table construction.
+    refs = [_reference(model, x) for x in inputs]
+    with _user_errors(f"cannot write to '{out.parent}'"):
+        out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}{spec.suffix}")
-    try:
-        spec.write(model, inputs[0], tmp)
-    except UserError:
-        raise
-    except Exception as e:  # exporter failures are many types; one line for the user
+    try:  # every failure below leaves no file behind: `out` only appears once verified
+        with _user_errors(f"{fmt} export failed"):
+            spec.write(model, inputs[0], tmp)
+        with _user_errors(f"exported {fmt} model cannot be run"):
+            run = spec.load(tmp)
+            checks = [{"input": i, **_errors(ref, run(x.numpy()))}
+                      for i, (ref, x) in enumerate(zip(refs, inputs))]
+        worst = max(c["rel"] for c in checks)
+        if not worst <= tolerance:  # `not <=` so that NaN fails too
+            raise UserError(f"exported {fmt} model differs from PyTorch: relative error {worst:.2e} > tolerance "
+                            f"{tolerance:.0e}; nothing was written")
+        os.replace(tmp, out)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"{fmt} export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    run = spec.load(tmp)
-    checks = []
-    for i, x in enumerate(inputs):
-        with torch.no_grad():
-            ref = model(x).float().numpy()
-        err = _errors(ref, run(x.numpy()))
-        checks.append({"input": i, **err})
-    worst = max(c["rel"] for c in checks)
-    if not worst <= tolerance:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"exported {fmt} model differs from PyTorch: relative error {worst:.2e} > tolerance "
-                        f"{tolerance:.0e}; nothing was written")
-    os.replace(tmp, out)
     report: Dict[str, object] = {"format": fmt, "file": str(out), "checks": checks, "max_rel_error": worst}
     if time_it and dense_config is not None and method is not None:
-        report.update(_compare_with_dense(model, method, config, dense_config, spec, inputs[0], run))
+        with _user_errors(f"timing against the dense {fmt} model failed"):
+            report.update(_compare_with_dense(model, method, config, dense_config, spec, inputs[0], run))
     return report
 
 
 def _compare_with_dense(model, method, config, dense_config, spec: Format, x: torch.Tensor,
                         run_sparse: Runner) -> dict:
     """Export the dense config the same way and time both on the same runtime, interleaved."""
-    from .models.tasks import backbone_of
-
     backbone = backbone_of(model)
     with tempfile.TemporaryDirectory() as d:
         dense_path = Path(d) / f"dense{spec.suffix}"

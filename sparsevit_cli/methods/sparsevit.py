@@ -5,7 +5,7 @@ from typing import List, Sequence
 
 import torch.nn as nn
 
-from ..models.sparse_swin import SparseSwinTransformer, sparsify
+from ..models.sparse_swin import SparseSwinTransformer, pair_counts, sparsify, validate_sparsity
 from ..models.swin_cost import swin_macs
 from ..models.swin_latency import build_swin_latency_table, predict_swin_latency
 from .base import Config, register_method
@@ -19,10 +19,10 @@ class SparseViT:
         return sparsify(model)
 
     def group_sizes(self, model: nn.Module) -> List[int]:
-        return sparsify(model).pair_counts()
+        return pair_counts(model)  # reads the model, never patches it
 
     def validate(self, model: nn.Module, config: Sequence[Sequence[float]]) -> Config:
-        return sparsify(model).validate_sparsity(config)
+        return validate_sparsity(model, config)
 
     def apply(self, wrapped: SparseSwinTransformer, config: Config) -> None:
         wrapped.set_sparsity(config)

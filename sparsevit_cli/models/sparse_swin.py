@@ -72,7 +72,7 @@ def build_grid(block: SwinTransformerBlock, H: int, W: int, device: torch.device
     nh, nw = Hp // wh, Wp // ww
     index = src.view(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(nh * nw, wh * ww)
     valid = None
-    if bool(pad.any()):
+    if Hp > H or Wp > W:  # static shapes, not data: also safe while an exporter traces
         valid = (~pad).view(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(nh * nw, wh * ww, 1).float()
     mask = None
     if any(block.shift_size):
@@ -198,6 +198,33 @@ def _check_ratio(r: float) -> float:
     raise UserError(f"sparsity ratio {r!r} is not one of {', '.join(f'{c:g}' for c in RATIO_CHOICES)}")
 
 
+def pair_counts(model: SwinTransformer) -> List[int]:
+    """Block pairs (W-MSA + SW-MSA) per stage of any timm SwinTransformer, sparse or not."""
+    return [math.ceil(len(stage.blocks) / 2) for stage in model.layers]
+
+
+def validate_sparsity(model: SwinTransformer, config: Sequence[Sequence[float]]) -> List[List[float]]:
+    """`config` normalised for `model` (one ratio per block pair per stage); UserError naming the fault."""
+    counts = pair_counts(model)
+    if not isinstance(config, (list, tuple)) or len(config) != len(counts):
+        n = len(config) if isinstance(config, (list, tuple)) else type(config).__name__
+        raise UserError(f"sparsity config needs one list per stage ({len(counts)} stages, "
+                        f"block pairs {counts}), got {n}")
+    out = []
+    for i, (ratios, n) in enumerate(zip(config, counts)):
+        if isinstance(ratios, (int, float)):
+            ratios = [ratios] * n  # one number for a stage means every pair of it
+        if not isinstance(ratios, (list, tuple)) or len(ratios) != n:
+            got = len(ratios) if isinstance(ratios, (list, tuple)) else ratios
+            raise UserError(f"stage {i + 1} has {n} block pair(s) and needs {n} ratio(s), got {got}")
+        ratios = [_check_ratio(r) for r in ratios]
+        if any(b < a for a, b in zip(ratios, ratios[1:])):
+            raise UserError(f"stage {i + 1} ratios {ratios} decrease: sparsity must be non-decreasing "
+                            f"inside a stage (a pruned window never comes back)")
+        out.append(ratios)
+    return out
+
+
 class SparseSwinTransformer(SwinTransformer):
     """A timm SwinTransformer whose blocks run on their top-scoring windows. Created by `sparsify`."""
 
@@ -208,27 +235,10 @@ class SparseSwinTransformer(SwinTransformer):
     # --- configuration -------------------------------------------------------------------------
     def pair_counts(self) -> List[int]:
         """Block pairs (W-MSA + SW-MSA) per stage: one sparsity ratio each."""
-        return [math.ceil(len(stage.blocks) / 2) for stage in self.layers]
+        return pair_counts(self)
 
     def validate_sparsity(self, config: Sequence[Sequence[float]]) -> List[List[float]]:
-        counts = self.pair_counts()
-        if not isinstance(config, (list, tuple)) or len(config) != len(counts):
-            n = len(config) if isinstance(config, (list, tuple)) else type(config).__name__
-            raise UserError(f"sparsity config needs one list per stage ({len(counts)} stages, "
-                            f"block pairs {counts}), got {n}")
-        out = []
-        for i, (ratios, n) in enumerate(zip(config, counts)):
-            if isinstance(ratios, (int, float)):
-                ratios = [ratios] * n  # one number for a stage means every pair of it
-            if not isinstance(ratios, (list, tuple)) or len(ratios) != n:
-                got = len(ratios) if isinstance(ratios, (list, tuple)) else ratios
-                raise UserError(f"stage {i + 1} has {n} block pair(s) and needs {n} ratio(s), got {got}")
-            ratios = [_check_ratio(r) for r in ratios]
-            if any(b < a for a, b in zip(ratios, ratios[1:])):
-                raise UserError(f"stage {i + 1} ratios {ratios} decrease: sparsity must be non-decreasing "
-                                f"inside a stage (a pruned window never comes back)")
-            out.append(ratios)
-        return out
+        return validate_sparsity(self, config)
 
     def set_sparsity(self, config) -> "SparseSwinTransformer":
         """Set one ratio per block pair per stage, e.g. [[0.0], [0.2], [0.4, 0.5, 0.6], [0.8]];
@@ -331,13 +341,16 @@ class SparseSwinTransformer(SwinTransformer):
         return self.norm(stages[-1]), inter
 
 
-def sparsify(model: nn.Module, sparsity=0.0) -> SparseSwinTransformer:
-    """Make a timm SwinTransformer window-sparse, in place (same object, same parameters)."""
+def sparsify(model: nn.Module, sparsity=None) -> SparseSwinTransformer:
+    """Make a timm SwinTransformer window-sparse, in place (same object, same parameters).
+
+    `sparsity` defaults to 0 (exactly the dense model) for a new one; an already sparse model keeps its
+    config unless one is given (so asking a sparse model's method for e.g. its group sizes never resets it)."""
     if isinstance(model, SparseSwinTransformer):
-        return model.set_sparsity(sparsity)
+        return model if sparsity is None else model.set_sparsity(sparsity)
     if not isinstance(model, SwinTransformer):
         raise UserError(f"SparseViT needs a timm SwinTransformer (v1), got {type(model).__name__}")
     model.__class__ = SparseSwinTransformer
     model._grid_cache = {}
-    model.set_sparsity(sparsity)
+    model.set_sparsity(0.0 if sparsity is None else sparsity)
     return model

@@ -1,0 +1,234 @@
+"""`sparsevit export` / `sparsevit_cli.load`: exported sparse models compute what PyTorch computes, pick
+their windows per input, and every bad input is one line on stderr.
+
+All on a micro Swin (64 px, 2 stages, window 4) so the whole file runs in seconds: stage 1 has 16 windows,
+stage 2 has 4, and both stages hold a shifted (SW-MSA) block, so every config below prunes shifted blocks.
+"""
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+import sparsevit_cli as sv
+import sparsevit_cli.models.sparse_swin as engine
+from sparsevit_cli.checkpoint import save_model
+from sparsevit_cli.export import FORMATS, Format, export_model
+from sparsevit_cli.methods.base import get_method
+from test_cli_measure import assert_one_line_error, run_cli
+from test_sparse_swin import randomize_, rel_err
+
+MODEL = "swin_tiny_patch4_window7_224"
+ARGS = dict(img_size=64, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4, num_classes=10)
+SPARSITY = [[0.0], [0.5]]
+TOL = 1e-4
+
+
+def micro_swin(sparsity=SPARSITY, img_size=64):
+    """Seeded micro Swin with trained-like norms (so window scores do not tie), window-sparse."""
+    torch.manual_seed(0)
+    model = randomize_(timm.create_model(MODEL, **dict(ARGS, img_size=img_size))).eval()
+    return sv.sparsify(model, sparsity)
+
+
+def images(seed, size=64, batch=2):
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def meta(**over):
+    return dict({"method": "sparsevit", "model": MODEL, "model_args": ARGS, "img_size": 64,
+                 "task": "classification", "num_classes": 10, "sparsity": SPARSITY}, **over)
+
+
+def torch_out(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def runtime_out(fmt, path, x):
+    """Run an exported file in its own runtime, independently of export.py's loaders."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+    return torch_out(module, x)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_model(path, micro_swin(), meta())
+    return path
+
+
+# ---- parity ---------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("fmt,sparsity,img_size", [
+    ("onnx", [[0.5], [0.5]], 64),
+    ("onnx", [[0.3], [0.7]], 64),
+    ("onnx", [[0.5], [0.8]], 72),  # 18x18 and 9x9 token maps: padded windows in both stages
+    ("torchscript", [[0.3], [0.7]], 64),
+    ("pt2", [[0.3], [0.7]], 64),
+])
+def test_exported_model_matches_pytorch(fmt, sparsity, img_size, tmp_path):
+    model = micro_swin(sparsity, img_size)
+    path = tmp_path / f"m{FORMATS[fmt].suffix}"
+    report = export_model(model, fmt, path, [images(0, img_size)], tolerance=TOL, time_it=False)
+    assert path.is_file() and report["max_rel_error"] < TOL
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left beside it
+    x = images(1, img_size)  # not the input the graph was traced with
+    assert rel_err(torch_out(model, x), runtime_out(fmt, path, x)) < TOL
+
+
+# ---- per-input window selection -------------------------------------------------------------------------
+def bright_corners(corners):
+    """Dim noise with one bright 32x32 quadrant per image ((row, col) in {0, 1}^2)."""
+    x = images(2, batch=len(corners)) * 0.01
+    for i, (r, c) in enumerate(corners):
+        x[i, :, 32 * r: 32 * (r + 1), 32 * c: 32 * (c + 1)] += 5.0 * images(3 + i, 32, 1)[0]
+    return x
+
+
+def quadrant_windows(r, c):
+    """Stage-1 plain-grid window ids (4x4 grid of 4x4-token windows) covering one 32x32 px quadrant."""
+    return {(2 * r + i) * 4 + 2 * c + j for i in range(2) for j in range(2)}
+
+
+def run_recording_orders(model, x, monkeypatch, replay=None):
+    """Output of `model` on x, and the window orders the engine ranked (one per stage and grid);
+    with `replay`, the engine uses those orders instead of ranking x's own windows."""
+    recorded, queue = [], list(replay or [])
+
+    def rank(scores):
+        order = queue.pop(0) if replay is not None else engine_rank(scores)
+        recorded.append(order)
+        return order
+
+    engine_rank = engine.rank_windows
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "rank_windows", rank)
+        return torch_out(model, x), recorded
+
+
+def test_exported_model_picks_windows_per_input(tmp_path, monkeypatch):
+    model = micro_swin([[0.5], [0.5]])
+    model.patch_embed.norm = torch.nn.Identity()  # token energy then follows the input's brightness
+    a, b = bright_corners([(0, 0), (0, 1)]), bright_corners([(1, 1), (1, 0)])
+    _, orders_a = run_recording_orders(model, a, monkeypatch)
+    ref_b, orders_b = run_recording_orders(model, b, monkeypatch)
+    keep = engine.kept_windows(16, 0.5)
+    for orders, corners in ((orders_a, [(0, 0), (0, 1)]), (orders_b, [(1, 1), (1, 0)])):
+        for img, corner in enumerate(corners):  # the bright quadrant's windows rank first
+            assert set(orders[0][img, :4].tolist()) == quadrant_windows(*corner)
+    assert any(set(oa[:keep].tolist()) != set(ob[:keep].tolist())
+               for oa, ob in zip(orders_a[0], orders_b[0]))
+
+    path = tmp_path / "m.onnx"
+    export_model(model, "onnx", path, [a], tolerance=TOL, time_it=False)  # traced with a's windows only
+    out_b = runtime_out("onnx", path, b)
+    assert rel_err(ref_b, out_b) < TOL
+    # b run on a's windows is a different result, so the exported graph did not keep a's choice
+    b_on_a_windows, _ = run_recording_orders(model, b, monkeypatch, replay=orders_a)
+    assert rel_err(b_on_a_windows, out_b) > 1e-2
+
+
+# ---- model file ------------------------------------------------------------------------------------------
+def test_model_file_round_trip(model_file):
+    model = sv.load(model_file)
+    assert not model.training and model.sparsity == SPARSITY
+    assert model.sparsevit_meta["model_args"] == ARGS
+    x = images(0)
+    assert torch.equal(torch_out(model, x), torch_out(micro_swin(), x))
+    assert sv.load(model_file, config=[[0.3], [0.7]]).sparsity == [[0.3], [0.7]]
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+def test_cli_export_and_info(model_file, tmp_path, capsys):
+    out = tmp_path / "x.onnx"
+    code, stdout, err = run_cli(["export", "--checkpoint", str(model_file), "--format", "onnx", "--out", str(out),
+                                 "--no-time"], capsys)
+    assert code in (0, None), err
+    assert out.is_file() and "relative error" in stdout
+    x = images(5, batch=1)  # the file runs the stored sparse config (regression: it once held the dense one)
+    assert rel_err(torch_out(micro_swin(), x), runtime_out("onnx", out, x)) < TOL
+
+    code, stdout, err = run_cli(["info", str(model_file)], capsys)
+    assert code in (0, None), err
+    for text in ("sparsevit", MODEL, "classification", "[[0.0], [0.5]]", "toolkit_version"):
+        assert text in stdout
+
+
+def test_export_times_dense_against_sparse(model_file, tmp_path):
+    model = sv.load(model_file)
+    method = get_method("sparsevit")
+    dense_config = method.dense_config(model)  # as the CLI does; this query resets the model to dense
+    path = tmp_path / "m.onnx"
+    report = export_model(model, "onnx", path, [images(0)], method=method, config=SPARSITY,
+                          dense_config=dense_config)
+    assert report["dense_ms"] > 0 and report["sparse_ms"] > 0
+    assert report["speedup"] == pytest.approx(report["dense_ms"] / report["sparse_ms"])
+    assert model.sparsity == SPARSITY  # the dense export did not leave the model dense
+    assert rel_err(torch_out(micro_swin(), images(1)), runtime_out("onnx", path, images(1))) < TOL
+
+
+@pytest.fixture(scope="module")
+def bad_files(model_file, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    files = {"corrupt": d / "corrupt.safetensors", "truncated": d / "truncated.safetensors",
+             "mismatch": d / "mismatch.safetensors", "nometa": d / "timm.safetensors",
+             "badmeta": d / "badmeta.safetensors", "other_model": d / "other.yaml", "shape": d / "shape.yaml", "missing": d / "nope.safetensors"}
+    files["corrupt"].write_bytes(b"not a model file at all")
+    files["truncated"].write_bytes(model_file.read_bytes()[:-4096])
+    save_model(files["mismatch"], micro_swin(), meta(model_args=dict(ARGS, embed_dim=24)))
+    weights = load_file(str(model_file))
+    save_file(weights, str(files["nometa"]))  # plain weights, no sparsevit metadata
+    save_file(weights, str(files["badmeta"]), metadata={"sparsevit": '{"model": "swin'})
+    files["other_model"].write_text("method: sparsevit\nmodel: swin_small_patch4_window7_224\n"
+                                    "sparsity: [[0.5], [0.5]]\n")
+    files["shape"].write_text("sparsity: [[0.0], [0.5], [0.5]]\n")
+    return {k: str(v) for k, v in files.items()}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--checkpoint", "{corrupt}"], "cannot be read"),
+    (["--checkpoint", "{truncated}"], "cannot be read"),
+    (["--checkpoint", "{mismatch}"], "size mismatch"),
+    (["--checkpoint", "{nometa}"], "not a sparsevit model file"),
+    (["--checkpoint", "{badmeta}"], "corrupt sparsevit metadata"),
+    (["--checkpoint", "{missing}"], "not found"),
+    (["--format", "tflite"], "unsupported format 'tflite'"),
+    (["--config", "{other_model}"], "config is for model 'swin_small_patch4_window7_224'"),
+    (["--config", "{shape}"], "one list per stage"),
+    (["--img-size", "96"], "img_size 64"),
+    (["--dtype", "fp16"], "fp32"),
+])
+def test_bad_export_input_is_one_line(args, needle, model_file, bad_files, tmp_path, capsys):
+    base = {"--checkpoint": str(model_file), "--format": "onnx", "--out": str(tmp_path / "x.onnx")}
+    opts = dict(zip(args[::2], [a.format(**bad_files) for a in args[1::2]]))
+    argv = ["export", "--no-time"] + [t for kv in dict(base, **opts).items() for t in kv]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, needle)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name,needle", [("corrupt", "cannot be read"), ("nometa", "not a sparsevit model file"),
+                                         ("badmeta", "corrupt sparsevit metadata"), ("missing", "not found")])
+def test_bad_info_input_is_one_line(name, needle, bad_files, capsys):
+    code, _, err = run_cli(["info", bad_files[name]], capsys)
+    assert_one_line_error(code, err, needle)
+
+
+def test_failed_verification_writes_nothing(model_file, tmp_path, monkeypatch, capsys):
+    """An exporter that computes something else (here: outputs off by 1%) fails; no file is left."""
+    onnx = FORMATS["onnx"]
+
+    def load_wrong(path):
+        run = onnx.load(path)
+        return lambda a: run(a) * np.float32(1.01)
+
+    monkeypatch.setitem(FORMATS, "onnx", Format(onnx.suffix, onnx.write, load_wrong))
+    code, _, err = run_cli(["export", "--checkpoint", str(model_file), "--out", str(tmp_path / "x.onnx"),
+                            "--no-time"], capsys)
+    assert_one_line_error(code, err, "differs from PyTorch")
+    assert not list(tmp_path.iterdir())

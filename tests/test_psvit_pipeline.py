@@ -1,0 +1,83 @@
+"""PSViT through the same pipeline as SparseViT: finetune (dense) -> adapt -> search -> finetune -> export,
+all through the CLI, on a tiny DeiT and the demo data."""
+import json
+
+import pytest
+import yaml
+
+from sparsevit_cli.checkpoint import load, read_meta
+from sparsevit_cli.cli import main
+from sparsevit_cli.data.demo import write_demo_data
+from sparsevit_cli.methods.base import get_method
+from sparsevit_cli.models.tasks import backbone_of
+
+# depth 6 -> pooling candidates before blocks 2 and 4, 3 sharing pairs: groups [2, 3]
+TINY_DEIT = {"img_size": 64, "patch_size": 8, "embed_dim": 48, "depth": 6, "num_heads": 3}
+
+
+def run_cli(args):
+    try:
+        main(args)
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("psvit")
+    write_demo_data(d / "data", img_size=64, n_train=24, n_val=12, seed=0)
+    return d
+
+
+def run_yaml(workdir, name, **over):
+    cfg = {"model": {"name": "deit_tiny_patch16_224", "args": TINY_DEIT},
+           "data": {"path": str(workdir / "data")}, "epochs": 1, "batch_size": 8, "eval_batch_size": 12,
+           "out": str(workdir / name), "seed": 0, **over}
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_psvit_adapt_search_finetune_export_end_to_end(workdir, capsys):
+    assert run_cli(["finetune", str(run_yaml(workdir, "dense")), "--no-progress"]) == 0
+    dense_file = workdir / "dense" / "model.safetensors"
+    assert read_meta(dense_file)["method"] == "psvit"
+
+    # adapt infers the method from the model and uses PSViT's default space
+    adapt_cfg = run_yaml(workdir, "adapt", checkpoint=str(dense_file), adapt={"sandwich": True})
+    assert run_cli(["adapt", "--config", str(adapt_cfg), "--no-progress"]) == 0
+    adapted = workdir / "adapt" / "model.safetensors"
+    assert read_meta(adapted)["space"] == "psvit_deit"
+
+    out = workdir / "search"
+    assert run_cli(["search", "--checkpoint", str(adapted), "--data", str(workdir / "data"), "--out", str(out),
+                    "--budget-macs", "60%", "--population", "6", "--generations", "2", "--parents", "3",
+                    "--mutations", "3", "--crossovers", "3", "--eval-samples", "12", "--no-progress"]) == 0
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["method"] == "psvit" and best["gmacs"] <= 0.6 * best["dense_gmacs"] + 1e-12
+    model = load(adapted)
+    method = get_method("psvit")
+    assert method.macs(backbone_of(model), best["sparsity"], 64) / 1e9 == pytest.approx(best["gmacs"])
+
+    ft_cfg = run_yaml(workdir, "final", checkpoint=str(adapted), sparsity=str(out / "best.yaml"))
+    assert run_cli(["finetune", str(ft_cfg), "--no-progress"]) == 0
+    final = workdir / "final" / "model.safetensors"
+    assert read_meta(final)["sparsity"] == best["sparsity"]
+
+    onnx = workdir / "final.onnx"
+    assert run_cli(["export", "--checkpoint", str(final), "--format", "onnx", "--out", str(onnx), "--no-time"]) == 0
+    assert onnx.is_file()
+    capsys.readouterr()
+
+
+def test_psvit_config_for_a_swin_model_file_is_refused(workdir, tmp_path, capsys):
+    final = workdir / "final" / "model.safetensors"
+    if not final.is_file():
+        pytest.skip("needs the end-to-end test's model file")
+    cfg = tmp_path / "swin.yaml"
+    cfg.write_text(json.dumps({"method": "sparsevit", "sparsity": [[0.0], [0.5]]}))
+    code = run_cli(["export", "--checkpoint", str(final), "--config", str(cfg), "--format", "onnx",
+                    "--out", str(tmp_path / "x.onnx"), "--no-time"])
+    err = capsys.readouterr().err
+    assert code == 2 and "method 'sparsevit'" in err and len(err.strip().splitlines()) == 1
