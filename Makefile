@@ -14,8 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[test,export]"
 	touch $@
 
-demo: install  ## the main job on its built-in default
-	$(VENV)/bin/sparsevit measure
+demo: install  ## the main job on its built-in default: the whole workflow on the demo data
+	$(VENV)/bin/sparsevit demo
 
 test: install
 	$(VENV)/bin/pytest
@@ -25,6 +25,12 @@ bench: install  ## ratios measured in one run; never part of the tests
 
 bench-export: install  ## exported ONNX dense vs sparse on onnxruntime CPU, with parity errors
 	$(PY) benchmarks/bench_export.py
+
+bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)
+	$(VENV)/bin/sparsevit report --out runs/demo
+
+repro: install  ## report.md + plots: searched vs uniform vs downscaled dense at matched MACs and latency
+	$(VENV)/bin/sparsevit report --out runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

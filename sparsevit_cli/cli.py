@@ -207,7 +207,8 @@ def visualize(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output directory; an interrupted demo continues there."),
     quick: bool = typer.Option(False, help="Tiny settings (about 2 minutes on 2 CPU cores; used by CI)."),
-    preset: Optional[str] = typer.Option(None, help="quick, default (about 10 minutes on 2 CPU cores) or gpu."),
+    preset: Optional[str] = typer.Option(None, help="quick, default (about 10 minutes on 2 CPU cores), gpu, psvit "
+                                                    "or psvit-quick (PSViT on a DeiT)."),
     device: str = typer.Option("cpu", help="cpu or cuda (with cuda the 'gpu' preset is the default)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
@@ -215,6 +216,34 @@ def demo(
     from .demo import run_demo
     name = preset or ("quick" if quick else "gpu" if device.startswith("cuda") else "default")
     run_demo(out, preset=name, device=device, progress=progress, console=console)
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(Path("runs/demo"), help="Demo run directory (the demo is run there first if missing); "
+                                                     "the report goes to OUT/report/."),
+    preset: str = typer.Option("default", help="Demo preset: quick, default or gpu."),
+    device: str = typer.Option("cpu", help="cpu or cuda: where accuracy and latency are measured."),
+    budgets: str = typer.Option("0.3,0.5,0.7", help="Search budgets as fractions of dense MACs, comma-separated."),
+    scales: str = typer.Option("0.5,0.75", help="Lower input resolutions for the downscaled-dense baseline, as "
+                                                "fractions of the full resolution."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Reproduce the paper's comparisons on the demo data: accuracy vs MACs and vs latency for dense, downscaled
+    dense, uniform sparsity and searched configs; writes report.md and PNG plots."""
+    from .report import run_report
+    run_report(out, preset=preset, device=device, budgets=_fractions(budgets, "--budgets"),
+               scales=_fractions(scales, "--scales"), progress=progress, console=console)
+
+
+def _fractions(text: str, option: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} must be comma-separated fractions such as 0.3,0.5, got '{text}'")
+    if not values or not all(0.0 < v < 1.0 for v in values):
+        raise UserError(f"{option} must be fractions between 0 and 1, got '{text}'")
+    return values
 
 
 @app.command("demo-data")

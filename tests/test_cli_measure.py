@@ -5,25 +5,7 @@ import pytest
 import timm
 import torch
 
-from sparsevit_cli.cli import main
-
-
-def run_cli(args, capsys):
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code, err, needle):
-    assert code != 0
-    assert "Traceback" not in err
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert needle in lines[0], err
+from cli_helpers import assert_one_line_error, run_cli
 
 
 def test_measure_json(capsys):

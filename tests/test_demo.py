@@ -4,23 +4,15 @@ import json
 import pytest
 import yaml
 
-from sparsevit_cli.cli import main
 from sparsevit_cli.demo import PRESETS
+from cli_helpers import exit_code
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    assert run_cli(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert exit_code(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     return out
-
-
-def run_cli(args):
-    try:
-        main(args)
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 def test_quick_demo_table_is_sane(demo_run):
@@ -43,18 +35,30 @@ def test_quick_demo_table_is_sane(demo_run):
 
 def test_rerun_skips_finished_stages(demo_run, capsys):
     before = {p: p.stat().st_mtime_ns for p in demo_run.rglob("model.safetensors")}
-    assert run_cli(["demo", "--quick", "--out", str(demo_run), "--no-progress"]) == 0
+    assert exit_code(["demo", "--quick", "--out", str(demo_run), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert " ".join(out.split()).count(": done (") == 6  # rich wraps long lines
     assert {p: p.stat().st_mtime_ns for p in demo_run.rglob("model.safetensors")} == before
 
 
 def test_other_preset_in_same_folder_is_refused(demo_run, capsys):
-    code = run_cli(["demo", "--preset", "default", "--out", str(demo_run), "--no-progress"])
+    code = exit_code(["demo", "--preset", "default", "--out", str(demo_run), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "preset 'quick'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_presets_fit_their_models():
+def test_presets_build_and_the_budget_leaves_choices():
+    """Every preset's model builds, and its search budget lies above its sparsest config (else the
+    search could not start) and below dense."""
+    from sparsevit_cli.methods.base import method_for_model
+    from sparsevit_cli.models.factory import create_timm_model
+    from sparsevit_cli.search.space import load_space
+
     for name, p in PRESETS.items():
-        assert p.img_size % (4 * p.model_args["window_size"] * 2 ** (len(p.model_args["depths"]) - 1)) == 0, name
+        model = create_timm_model(p.model, img_size=p.img_size, **p.model_args)
+        method = method_for_model(model)
+        wrapped = method.wrap(model)
+        space = load_space(method.default_space, group_sizes=method.group_sizes(wrapped))
+        dense = method.macs(wrapped, space.decode(space.extreme("dense")), p.img_size)
+        sparsest = method.macs(wrapped, space.decode(space.extreme("sparsest")), p.img_size)
+        assert sparsest < float(p.budget.rstrip("%")) / 100 * dense < dense, name

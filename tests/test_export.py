@@ -15,8 +15,8 @@ import sparsevit_cli.models.sparse_swin as engine
 from sparsevit_cli.checkpoint import save_model
 from sparsevit_cli.export import FORMATS, Format, export_model
 from sparsevit_cli.methods.base import get_method
-from test_cli_measure import assert_one_line_error, run_cli
 from test_sparse_swin import randomize_, rel_err
+from cli_helpers import assert_one_line_error, run_cli
 
 MODEL = "swin_tiny_patch4_window7_224"
 ARGS = dict(img_size=64, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4, num_classes=10)

@@ -6,21 +6,13 @@ import pytest
 import yaml
 
 from sparsevit_cli.checkpoint import load, read_meta
-from sparsevit_cli.cli import main
 from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.methods.base import get_method
 from sparsevit_cli.models.tasks import backbone_of
+from cli_helpers import exit_code
 
 # depth 6 -> pooling candidates before blocks 2 and 4, 3 sharing pairs: groups [2, 3]
 TINY_DEIT = {"img_size": 64, "patch_size": 8, "embed_dim": 48, "depth": 6, "num_heads": 3}
-
-
-def run_cli(args):
-    try:
-        main(args)
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +32,18 @@ def run_yaml(workdir, name, **over):
 
 
 def test_psvit_adapt_search_finetune_export_end_to_end(workdir, capsys):
-    assert run_cli(["finetune", str(run_yaml(workdir, "dense")), "--no-progress"]) == 0
+    assert exit_code(["finetune", str(run_yaml(workdir, "dense")), "--no-progress"]) == 0
     dense_file = workdir / "dense" / "model.safetensors"
     assert read_meta(dense_file)["method"] == "psvit"
 
     # adapt infers the method from the model and uses PSViT's default space
     adapt_cfg = run_yaml(workdir, "adapt", checkpoint=str(dense_file), adapt={"sandwich": True})
-    assert run_cli(["adapt", "--config", str(adapt_cfg), "--no-progress"]) == 0
+    assert exit_code(["adapt", "--config", str(adapt_cfg), "--no-progress"]) == 0
     adapted = workdir / "adapt" / "model.safetensors"
     assert read_meta(adapted)["space"] == "psvit_deit"
 
     out = workdir / "search"
-    assert run_cli(["search", "--checkpoint", str(adapted), "--data", str(workdir / "data"), "--out", str(out),
+    assert exit_code(["search", "--checkpoint", str(adapted), "--data", str(workdir / "data"), "--out", str(out),
                     "--budget-macs", "60%", "--population", "6", "--generations", "2", "--parents", "3",
                     "--mutations", "3", "--crossovers", "3", "--eval-samples", "12", "--no-progress"]) == 0
     best = yaml.safe_load((out / "best.yaml").read_text())
@@ -61,12 +53,12 @@ def test_psvit_adapt_search_finetune_export_end_to_end(workdir, capsys):
     assert method.macs(backbone_of(model), best["sparsity"], 64) / 1e9 == pytest.approx(best["gmacs"])
 
     ft_cfg = run_yaml(workdir, "final", checkpoint=str(adapted), sparsity=str(out / "best.yaml"))
-    assert run_cli(["finetune", str(ft_cfg), "--no-progress"]) == 0
+    assert exit_code(["finetune", str(ft_cfg), "--no-progress"]) == 0
     final = workdir / "final" / "model.safetensors"
     assert read_meta(final)["sparsity"] == best["sparsity"]
 
     onnx = workdir / "final.onnx"
-    assert run_cli(["export", "--checkpoint", str(final), "--format", "onnx", "--out", str(onnx), "--no-time"]) == 0
+    assert exit_code(["export", "--checkpoint", str(final), "--format", "onnx", "--out", str(onnx), "--no-time"]) == 0
     assert onnx.is_file()
     capsys.readouterr()
 
@@ -77,7 +69,7 @@ def test_psvit_config_for_a_swin_model_file_is_refused(workdir, tmp_path, capsys
         pytest.skip("needs the end-to-end test's model file")
     cfg = tmp_path / "swin.yaml"
     cfg.write_text(json.dumps({"method": "sparsevit", "sparsity": [[0.0], [0.5]]}))
-    code = run_cli(["export", "--checkpoint", str(final), "--config", str(cfg), "--format", "onnx",
+    code = exit_code(["export", "--checkpoint", str(final), "--config", str(cfg), "--format", "onnx",
                     "--out", str(tmp_path / "x.onnx"), "--no-time"])
     err = capsys.readouterr().err
     assert code == 2 and "method 'sparsevit'" in err and len(err.strip().splitlines()) == 1

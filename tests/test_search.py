@@ -17,6 +17,7 @@ from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.methods.base import get_method
 from sparsevit_cli.models.tasks import build_task_model
 from sparsevit_cli.search import run as search_run
+from cli_helpers import run_cli
 
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,
               "num_classes": 10}
@@ -41,16 +42,6 @@ def model_file(tmp_path_factory):
                 "img_size": 64, "task": "classification", "num_classes": 10, "sparsity": [[0.0], [0.0]],
                 "space": "swin_auto"})
     return path
-
-
-def run_cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def search_args(model_file, data_dir, out, *extra):

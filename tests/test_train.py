@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from sparsevit_cli.checkpoint import load, read_meta
-from sparsevit_cli.cli import main
 from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.train.commands import run_adapt, run_finetune
 from sparsevit_cli.train.config import load_run_config
+from cli_helpers import run_cli
 
 # a micro Swin: 64 px, 16x16 tokens, 4x4 windows -> 16 windows in stage 1, 4 in stage 2
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,
@@ -46,16 +46,6 @@ def write_cfg(tmp_path, data_dir, name="run.yaml", **over):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def run_cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("key,value,needle", [

@@ -7,8 +7,8 @@ from PIL import Image
 
 from sparsevit_cli import sparsify
 from sparsevit_cli.checkpoint import save_model
-from sparsevit_cli.cli import main
 from sparsevit_cli.models.sparse_swin import kept_windows
+from cli_helpers import assert_one_line_error, run_cli
 
 MODEL = "swin_tiny_patch4_window7_224"
 ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4, "num_classes": 10}
@@ -40,24 +40,6 @@ def object_image(path, box=(20, 36, 8), size=64, background=MEAN_RGB):
     a[top:top + side, left:left + side] = 255
     Image.fromarray(a).save(path)
     return path
-
-
-def run_cli(args, capsys):
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code, err, needle):
-    assert code != 0
-    assert "Traceback" not in err
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert needle in lines[0], err
 
 
 # --------------------------------------------------------------------------------------------- masks

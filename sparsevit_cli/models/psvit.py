@@ -54,7 +54,7 @@ from ..errors import UserError
 
 Config = List[List[float]]
 
-SUPPORTED_GLOBAL_POOL = ("token", "avg")
+SUPPORTED_GLOBAL_POOL = ("token", "avg", "max", "avgmax")  # pooled by timm's own forward_head
 
 
 # ---- the structured search encoding ---------------------------------------------------------------

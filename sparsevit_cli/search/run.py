@@ -5,12 +5,11 @@ table) into the DEAP engine of `evolution.py`, and writes best.yaml, history.jso
 """
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from rich.console import Console

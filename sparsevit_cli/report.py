@@ -1,0 +1,268 @@
+"""`sparsevit report` (`make repro`): the paper's central comparisons, reproduced on the demo data.
+
+On top of a finished `sparsevit demo` run (started here if missing), at matched cost:
+
+(a) dense at full resolution,
+(b) dense at lower input resolutions (the dense model finetuned at each resolution, then evaluated there),
+(c) uniform window sparsity (the adapted model, every block at one ratio),
+(d) searched configs (the adapted model, evolutionary search at several MAC budgets),
+
+plus the adaptation table of issue 3 (the un-adapted dense model under uniform 50% sparsity vs the
+adapted one). Accuracy is top-1 on the whole validation split; GMACs are analytic; latency is measured
+on the device, batch 1, all points timed in one run. Writes `report.md`, `report.json`,
+`acc_vs_gmacs.png` and `acc_vs_latency.png` (atomically) and prints the table.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .demo import PRESETS, _Stages, _atomic_write, _run_config, _search, _train, run_demo
+
+UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+@dataclass
+class Point:
+    family: str     # dense | downscaled | uniform | searched | searched+finetuned | un-adapted
+    label: str
+    top1: float
+    gmacs: float
+    ms: float = float("nan")
+    config: Any = None
+
+
+def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default", device: str = "cpu",
+               budgets: Sequence[float] = (0.3, 0.5, 0.7), scales: Sequence[float] = (0.5, 0.75),
+               progress: bool = True, console: Optional[Console] = None) -> Dict[str, Any]:
+    from .checkpoint import load
+    from .measure import resolve_device
+
+    console = console or Console()
+    demo_dir = Path(demo_dir)
+    run_demo(demo_dir, preset=preset, device=device, progress=progress, console=console)
+    p = PRESETS[preset]
+    out = demo_dir / "report"
+    data = demo_dir / "data"
+    dev = resolve_device(device)
+    stage = _Stages(console)
+
+    points: List[Point] = []
+    timed: Dict[str, tuple] = {}  # label -> (model, config, img_size) for the one latency run
+
+    dense = load(demo_dir / "dense" / "model.safetensors").to(dev)
+    adapted = load(demo_dir / "adapt" / "model.safetensors").to(dev)
+    final = load(demo_dir / "finetune" / "model.safetensors").to(dev)
+    val = _val(data, p.img_size)
+
+    def add(family: str, label: str, model, config, img_size: int = p.img_size, dataset=None) -> None:
+        points.append(Point(family, label, *_evaluate(model, config, dataset or val, img_size, dev), config=config))
+        timed[label] = (model, config, img_size)
+
+    add("dense", "dense", dense, _dense(dense))
+    add("un-adapted", "dense weights, uniform 50%", dense, _uniform(dense, 0.5))
+
+    # (b) dense at lower resolutions: finetune the dense weights at each size, evaluate at that size
+    for scale in scales:
+        size = _lower_size(p, scale)
+        folder = out / f"dense_{size}px"
+        stage(f"dense at {size} px", folder / "model.safetensors",
+              lambda: _finetune_at(p, demo_dir, folder, size, device, progress, console))
+        add("downscaled", f"dense @ {size} px", load(folder / "model.safetensors").to(dev), None, size,
+            _val(data, size))
+
+    # (c) uniform sparsity on the adapted weights
+    for s in (0.0,) + UNIFORM:
+        add("uniform", f"uniform {s:.0%}", adapted, _uniform(adapted, s))
+
+    # (d) searched configs at several MAC budgets, on the adapted weights
+    sparsest = _method_backbone(adapted)[0].macs(_method_backbone(adapted)[1], _uniform(adapted, UNIFORM[-1]),
+                                                 p.img_size) / 1e9
+    for b in budgets:
+        if b * points[0].gmacs < sparsest:
+            console.print(f"[yellow]skipping the {b:.0%} budget: below the sparsest config "
+                          f"({sparsest / points[0].gmacs:.0%} of dense MACs)[/]")
+            continue
+        folder = out / f"search_{round(b * 100)}"
+        budget_preset = _with_budget(p, b)
+        stage(f"search at {b:.0%} of dense MACs", folder / "best.yaml",
+              lambda: _search(budget_preset, demo_dir / "adapt" / "model.safetensors", data, folder, device,
+                              progress, console))
+        from .configs import read_sparsity_file
+        add("searched", f"searched {b:.0%}", adapted, read_sparsity_file(folder / "best.yaml")["sparsity"])
+    add("searched+finetuned", "searched 50% + finetune (demo)", final, final.sparsevit_meta["sparsity"])
+
+    _time_all(points, timed, dev, p.timing_repeats)
+    report = {"preset": preset, "img_size": p.img_size, "device": str(dev),
+              "points": [vars(pt) for pt in points], "claims": _claims(points)}
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "report.json", json.dumps(report, indent=1))
+    _plot(points, "gmacs", "GMACs (analytic, batch 1)", out / "acc_vs_gmacs.png")
+    _plot(points, "ms", f"latency ms ({dev}, batch 1)", out / "acc_vs_latency.png")
+    _atomic_write(out / "report.md", _markdown(report, points))
+    console.print(_table(points))
+    for claim in report["claims"]:
+        console.print(f"{'[green]holds[/]' if claim['holds'] else '[red]fails[/]'}  {claim['claim']}: {claim['detail']}")
+    console.print(f"report -> {out / 'report.md'}")
+    return report
+
+
+# ------------------------------------------------------------------------------------------- pieces
+def _val(data: Path, size: int):
+    from .data.datasets import build_dataset
+    return build_dataset(str(data), "classification", "val", size, train=False)
+
+
+def _method_backbone(model):
+    from .methods.base import get_method
+    from .models.tasks import backbone_of
+    return get_method(model.sparsevit_meta["method"]), backbone_of(model)
+
+
+def _dense(model):
+    method, backbone = _method_backbone(model)
+    return method.dense_config(backbone)
+
+
+def _uniform(model, value: float):
+    method, backbone = _method_backbone(model)
+    return method.uniform_config(backbone, value)
+
+
+def _evaluate(model, config, dataset, img_size: int, dev) -> tuple:
+    from .train.loop import evaluate
+    method, backbone = _method_backbone(model)
+    config = config if config is not None else model.sparsevit_meta["sparsity"]
+    top1 = evaluate(model, method, config, dataset, "classification", dataset.num_classes, 100, dev)
+    return top1, method.macs(backbone, config, img_size) / 1e9
+
+
+def _lower_size(p, scale: float) -> int:
+    """The largest multiple of the patch size (4) at or below scale * img_size."""
+    return max(4, int(p.img_size * scale) // 4 * 4)
+
+
+def _with_budget(p, fraction: float):
+    from dataclasses import replace
+    return replace(p, budget=f"{fraction * 100:g}%")
+
+
+def _finetune_at(p, demo_dir: Path, folder: Path, size: int, device: str, progress: bool, console) -> None:
+    """Dense weights, finetuned at `size` (the input is downscaled by the data transform)."""
+    from .checkpoint import load
+    timm_file = folder / "dense_weights.pth"  # plain timm format: built at the new size by the trainer
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(load(demo_dir / "dense" / "model.safetensors").state_dict(), timm_file)
+    cfg = _run_config(p, demo_dir / "data", folder, device, epochs=p.finetune_epochs, checkpoint=timm_file,
+                      lr=p.lr / 4)
+    cfg.model.args["img_size"] = size
+    _train("finetune", cfg, progress, console)
+
+
+def _time_all(points: List[Point], timed: Dict[str, tuple], dev, repeats: int) -> None:
+    """Latency of every point in one interleaved run (same process, same load)."""
+    from .measure import time_models
+
+    class Configured(torch.nn.Module):
+        def __init__(self, model, config):
+            super().__init__()
+            self.model, self.config = model, config
+            self.method, self.backbone = _method_backbone(model)
+
+        def forward(self, x):
+            self.method.apply(self.backbone, self.config)
+            return self.model(x)
+
+    by_size: Dict[int, Dict[str, torch.nn.Module]] = {}
+    for label, (model, config, size) in timed.items():
+        config = config if config is not None else model.sparsevit_meta["sparsity"]
+        by_size.setdefault(size, {})[label] = Configured(model, config)
+    ms: Dict[str, float] = {}
+    for size, models in by_size.items():
+        ms.update(time_models(models, torch.randn(1, 3, size, size, device=dev), warmup=2, repeats=repeats))
+    for pt in points:
+        pt.ms = ms[pt.label]
+
+
+def _best_at(points: List[Point], family: str, max_gmacs: float) -> Optional[Point]:
+    cands = [pt for pt in points if pt.family == family and pt.gmacs <= max_gmacs + 1e-12]
+    return max(cands, key=lambda pt: pt.top1) if cands else None
+
+
+def _claims(points: List[Point]) -> List[Dict[str, Any]]:
+    """The paper's claims, checked at matched MACs (each family's best point within each search budget)."""
+    dense = next(pt for pt in points if pt.family == "dense")
+    claims = []
+    for pt in [pt for pt in points if pt.family == "searched"]:
+        uni = _best_at(points, "uniform", pt.gmacs)
+        low = _best_at(points, "downscaled", pt.gmacs)
+        detail = (f"searched {pt.top1:.1f}% @ {pt.gmacs:.3f} GMACs; best uniform within it "
+                  f"{uni.top1 if uni else float('nan'):.1f}%; best downscaled within it "
+                  f"{low.top1 if low else float('nan'):.1f}%")
+        holds = (uni is None or pt.top1 >= uni.top1) and (low is None or (uni or pt).top1 > low.top1)
+        claims.append({"claim": f"{pt.label}: searched >= uniform > downscaled at matched MACs", "holds": holds,
+                       "detail": detail})
+    half = [pt for pt in points if pt.family.startswith("searched") and pt.gmacs <= 0.5 * dense.gmacs + 1e-12]
+    if half:
+        best = max(half, key=lambda pt: pt.top1)
+        claims.append({"claim": "at 50% of dense MACs, searched sparse within 1 point of dense",
+                       "holds": best.top1 >= dense.top1 - 1.0,
+                       "detail": f"{best.label} {best.top1:.1f}% vs dense {dense.top1:.1f}%"})
+    return claims
+
+
+def _table(points: List[Point]) -> Table:
+    dense = points[0]
+    table = Table(title="accuracy vs cost on the demo data (val split, batch-1 latency)")
+    for col in ("family", "point", "top-1 %", "GMACs", "of dense", "ms", "speedup"):
+        table.add_column(col, justify="right")
+    for pt in points:
+        table.add_row(pt.family, pt.label, f"{pt.top1:.1f}", f"{pt.gmacs:.3f}", f"{pt.gmacs / dense.gmacs:.0%}",
+                      f"{pt.ms:.1f}", f"{dense.ms / pt.ms:.2f}x")
+    return table
+
+
+def _markdown(report: Dict[str, Any], points: List[Point]) -> str:
+    dense = points[0]
+    lines = [f"# SparseViT reproduction on the demo data ({report['preset']} preset, {report['img_size']} px, "
+             f"{report['device']})", "",
+             "| family | point | top-1 % | GMACs | of dense | latency ms | speedup |", "|---|---|---|---|---|---|---|"]
+    for pt in points:
+        lines.append(f"| {pt.family} | {pt.label} | {pt.top1:.1f} | {pt.gmacs:.3f} | {pt.gmacs / dense.gmacs:.0%} | "
+                     f"{pt.ms:.1f} | {dense.ms / pt.ms:.2f}x |")
+    lines += ["", "## Claims at matched MACs", ""]
+    lines += [f"- **{'holds' if c['holds'] else 'fails'}**: {c['claim']} ({c['detail']})" for c in report["claims"]]
+    lines += ["", "![accuracy vs GMACs](acc_vs_gmacs.png)", "", "![accuracy vs latency](acc_vs_latency.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(points: List[Point], x: str, xlabel: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"dense": ("*", "black"), "un-adapted": ("x", "grey"), "downscaled": ("s-", "tab:red"),
+              "uniform": ("o-", "tab:blue"), "searched": ("D-", "tab:green"),
+              "searched+finetuned": ("P", "tab:olive")}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for family, (marker, colour) in styles.items():
+        pts = sorted((pt for pt in points if pt.family == family), key=lambda pt: getattr(pt, x))
+        if pts:
+            ax.plot([getattr(pt, x) for pt in pts], [pt.top1 for pt in pts], marker, color=colour, label=family,
+                    markersize=9 if family == "dense" else 6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 % (val)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

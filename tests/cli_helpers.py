@@ -1,0 +1,28 @@
+"""Running the `sparsevit` CLI in-process, as the tests of every command do."""
+from sparsevit_cli.cli import main
+
+
+def run_cli(args, capsys=None):
+    """(exit code, stdout, stderr) of `sparsevit ARGS`; stdout/stderr are '' without capsys."""
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code or 0
+    if capsys is None:
+        return code, "", ""
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code, err, needle):
+    """Bad input: non-zero exit, one line on stderr naming the fault, never a traceback."""
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0], err
+
+
+def exit_code(args):
+    return run_cli(args)[0]
