@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test bench bench-export bench-train repro clean
+.PHONY: install demo test bench bench-export bench-latency bench-train repro clean
 
 install: $(VENV)/.installed
 
@@ -26,11 +26,15 @@ bench: install  ## ratios measured in one run; never part of the tests
 bench-export: install  ## exported ONNX dense vs sparse on onnxruntime CPU, with parity errors
 	$(PY) benchmarks/bench_export.py
 
+bench-latency: install  ## latency-table predictions vs measurement (Swin-T 448² and DeiT-S 224², CPU)
+	$(PY) benchmarks/bench_latency_table.py
+	$(PY) benchmarks/bench_latency_table.py --model deit_small_patch16_224 --img-size 224
+
 bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)
-	$(VENV)/bin/sparsevit report --out runs/demo
+	$(VENV)/bin/sparsevit report --preset repro --out runs/repro
 
 repro: install  ## report.md + plots: searched vs uniform vs downscaled dense at matched MACs and latency
-	$(VENV)/bin/sparsevit report --out runs/demo
+	$(VENV)/bin/sparsevit report --preset repro --out runs/repro
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

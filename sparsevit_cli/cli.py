@@ -207,8 +207,8 @@ def visualize(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output directory; an interrupted demo continues there."),
     quick: bool = typer.Option(False, help="Tiny settings (about 2 minutes on 2 CPU cores; used by CI)."),
-    preset: Optional[str] = typer.Option(None, help="quick, default (about 10 minutes on 2 CPU cores), gpu, psvit "
-                                                    "or psvit-quick (PSViT on a DeiT)."),
+    preset: Optional[str] = typer.Option(None, help="quick, default (about 10 minutes on 2 CPU cores), repro "
+                                                    "(longer training), gpu, psvit or psvit-quick (PSViT on a DeiT)."),
     device: str = typer.Option("cpu", help="cpu or cuda (with cuda the 'gpu' preset is the default)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
@@ -222,7 +222,7 @@ def demo(
 def report(
     out: Path = typer.Option(Path("runs/demo"), help="Demo run directory (the demo is run there first if missing); "
                                                      "the report goes to OUT/report/."),
-    preset: str = typer.Option("default", help="Demo preset: quick, default or gpu."),
+    preset: str = typer.Option("default", help="Demo preset: quick, default, repro (what `make repro` uses) or gpu."),
     device: str = typer.Option("cpu", help="cpu or cuda: where accuracy and latency are measured."),
     budgets: str = typer.Option("0.3,0.5,0.7", help="Search budgets as fractions of dense MACs, comma-separated."),
     scales: str = typer.Option("0.5,0.75", help="Lower input resolutions for the downscaled-dense baseline, as "

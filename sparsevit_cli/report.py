@@ -31,7 +31,7 @@ UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 @dataclass
 class Point:
-    family: str     # dense | downscaled | uniform | searched | searched+finetuned | un-adapted
+    family: str     # dense | un-adapted | downscaled | uniform | searched | random | searched+finetuned
     label: str
     top1: float
     gmacs: float
@@ -97,6 +97,9 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
                               progress, console))
         from .configs import read_sparsity_file
         add("searched", f"searched {b:.0%}", adapted, read_sparsity_file(folder / "best.yaml")["sparsity"])
+        if abs(b - 0.5) < 1e-9:
+            best = _random_baseline(adapted, folder, val, p, dev, b * points[0].gmacs)
+            add("random", f"best of {best['n']} random {b:.0%}", adapted, best["config"])
     add("searched+finetuned", "searched 50% + finetune (demo)", final, final.sparsevit_meta["sparsity"])
 
     _time_all(points, timed, dev, p.timing_repeats)
@@ -142,6 +145,24 @@ def _evaluate(model, config, dataset, img_size: int, dev) -> tuple:
     config = config if config is not None else model.sparsevit_meta["sparsity"]
     top1 = evaluate(model, method, config, dataset, "classification", dataset.num_classes, 100, dev)
     return top1, method.macs(backbone, config, img_size) / 1e9
+
+
+def _random_baseline(model, search_dir: Path, val, p, dev, max_gmacs: float) -> Dict[str, Any]:
+    """The best of as many uniform random in-budget configs as the search evaluated, scored the same way
+    (same images, same metric): what the evolutionary search must beat."""
+    from .search.evolution import Budget, random_search
+    from .search.space import load_space
+    from .train.loop import evaluate
+
+    method, backbone = _method_backbone(model)
+    n = len((search_dir / "history.jsonl").read_text().splitlines())
+    space = load_space(model.sparsevit_meta.get("space") or method.default_space,
+                       group_sizes=method.group_sizes(backbone))
+    result = random_search(
+        space, lambda c: evaluate(model, method, c, val, "classification", val.num_classes, 100, dev,
+                                  max_samples=p.eval_samples),
+        lambda c: method.macs(backbone, c, p.img_size) / 1e9, Budget(max_cost=max_gmacs), n=n, seed=1)
+    return {"config": result.best_config, "n": n}
 
 
 def _lower_size(p, scale: float) -> int:
@@ -209,6 +230,10 @@ def _claims(points: List[Point]) -> List[Dict[str, Any]]:
         holds = (uni is None or pt.top1 >= uni.top1) and (low is None or (uni or pt).top1 > low.top1)
         claims.append({"claim": f"{pt.label}: searched >= uniform > downscaled at matched MACs", "holds": holds,
                        "detail": detail})
+    for rnd in [pt for pt in points if pt.family == "random"]:
+        same = next(pt for pt in points if pt.family == "searched" and pt.label.endswith(rnd.label.split()[-1]))
+        claims.append({"claim": f"{same.label}: evolutionary search >= random search with as many evaluations",
+                       "holds": same.top1 >= rnd.top1, "detail": f"{same.top1:.1f}% vs {rnd.top1:.1f}% ({rnd.label})"})
     half = [pt for pt in points if pt.family.startswith("searched") and pt.gmacs <= 0.5 * dense.gmacs + 1e-12]
     if half:
         best = max(half, key=lambda pt: pt.top1)
@@ -249,7 +274,7 @@ def _plot(points: List[Point], x: str, xlabel: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     styles = {"dense": ("*", "black"), "un-adapted": ("x", "grey"), "downscaled": ("s-", "tab:red"),
-              "uniform": ("o-", "tab:blue"), "searched": ("D-", "tab:green"),
+              "uniform": ("o-", "tab:blue"), "searched": ("D-", "tab:green"), "random": ("v", "tab:purple"),
               "searched+finetuned": ("P", "tab:olive")}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for family, (marker, colour) in styles.items():

@@ -68,3 +68,20 @@ def test_bad_input_is_one_line(args, needle, bad_files, capsys):
     base = ["measure", "--img-size", "224", "--repeats", "1", "--warmup", "0"]
     code, out, err = run_cli(base + args, capsys)
     assert_one_line_error(code, err, needle)
+
+
+def test_method_queries_neither_patch_nor_reset_models():
+    """measure times timm's own dense model: asking the method about a model must not make it sparse, and
+    asking about a sparse model must not reset its config (export and search rely on both)."""
+    from timm.models.swin_transformer import SwinTransformer
+    from sparsevit_cli import sparsify
+    from sparsevit_cli.methods.base import method_for_model
+
+    dense = timm.create_model("swin_tiny_patch4_window7_224")
+    method = method_for_model(dense)
+    cfg = method.uniform_config(dense, 0.5)
+    method.validate(dense, cfg), method.group_sizes(dense), method.dense_config(dense)
+    assert type(dense) is SwinTransformer
+    sparse = sparsify(timm.create_model("swin_tiny_patch4_window7_224"), cfg)
+    method.validate(sparse, cfg), method.group_sizes(sparse), method.dense_config(sparse), method.wrap(sparse)
+    assert sparse.sparsity == cfg
