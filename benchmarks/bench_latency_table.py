@@ -3,7 +3,8 @@
     python benchmarks/bench_latency_table.py [--model swin_tiny_patch4_window7_224] [--img-size 448]
         [--configs 12] [--device cpu] [--method-model deit_small_patch16_224]
 
-Builds the table once (what `sparsevit search --latency-table` does), then measures random valid configs
+Builds the calibrated table once (what `sparsevit search --latency-table` does), then measures other random
+valid configs
 of the model's default search space on the device and prints predicted vs measured per config, and the
 median / max absolute relative error. Random weights: latency does not depend on what was learned.
 """
@@ -15,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from sparsevit_cli.latency import calibrated_table, predict_latency
 from sparsevit_cli.measure import resolve_device, time_models
 from sparsevit_cli.methods.base import method_for_model
 from sparsevit_cli.models.factory import create_timm_model
@@ -29,6 +31,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--configs", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--calibration", type=int, default=6, help="measured configs the table is calibrated on")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -39,7 +42,7 @@ def main():
     model = method.wrap(model)
     space = load_space(method.default_space, group_sizes=method.group_sizes(model))
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=dev)
-    table = method.build_latency_table(model, x, repeats=args.repeats)
+    table = calibrated_table(method, model, model, x, space, calibration=args.calibration, repeats=args.repeats)
 
     rng = random.Random(args.seed)
     configs = [space.decode(space.extreme("dense")), space.decode(space.extreme("sparsest"))]
@@ -51,11 +54,11 @@ def main():
     for cfg in configs:
         method.apply(model, cfg)
         measured = time_models({"m": model}, x, warmup=2, repeats=args.repeats)["m"]
-        predicted = method.predict_latency(table, cfg)
+        predicted = predict_latency(method, table, cfg)
         errors.append(abs(predicted - measured) / measured)
         out.add_row("|".join(",".join(f"{v:g}" for v in g) for g in cfg), f"{predicted:.1f}", f"{measured:.1f}",
                     f"{errors[-1]:.1%}")
-    out.caption = f"median absolute error {statistics.median(errors):.1%}, max {max(errors):.1%} (target: median <= 5%)"
+    out.caption = f"calibration factor {table['calibration_scale']:.3f}; median absolute error {statistics.median(errors):.1%}, max {max(errors):.1%} (target: median <= 5%)"
     Console().print(out)
 
 

@@ -4,7 +4,10 @@ import timm
 import torch
 
 import sparsevit_cli as sv
+from sparsevit_cli.latency import calibrated_table, predict_latency
+from sparsevit_cli.methods.base import get_method
 from sparsevit_cli.models.swin_latency import build_swin_latency_table, predict_swin_latency
+from sparsevit_cli.search.space import load_space
 
 MICRO = dict(img_size=64, embed_dim=16, depths=[2, 4], num_heads=[1, 2], window_size=4)
 
@@ -13,7 +16,7 @@ MICRO = dict(img_size=64, embed_dim=16, depths=[2, 4], num_heads=[1, 2], window_
 def table():
     torch.manual_seed(0)
     model = sv.sparsify(timm.create_model("swin_tiny_patch4_window7_224", **MICRO).eval())
-    return model, build_swin_latency_table(model, torch.randn(1, 3, 64, 64), warmup=0, repeats=1, calibration=2)
+    return model, build_swin_latency_table(model, torch.randn(1, 3, 64, 64), warmup=0, repeats=1)
 
 
 def test_table_covers_every_pair_and_ratio_and_restores_the_model(table):
@@ -22,16 +25,25 @@ def test_table_covers_every_pair_and_ratio_and_restores_the_model(table):
     assert all(set(p) == {f"{r:g}" for r in sv.models.sparse_swin.RATIO_CHOICES} for s in t["pairs_ms"] for p in s)
     assert all(v > 0 for s in t["pairs_ms"] for p in s for v in p.values())
     assert t["windows"] == [[16, 16], [4, 4, 4, 4]] and t["img_size"] == 64 and t["batch_size"] == 1
-    assert 0.5 <= t["pairs_scale"] <= 2.0
-    assert model.sparsity == [[0.0], [0.0, 0.0]]  # calibration does not leave a config behind
 
 
 def test_prediction_is_fixed_plus_scaled_pairs_plus_scoring_of_pruning_stages(table):
     _, t = table
     dense = [[0.0], [0.0, 0.0]]
     pairs = t["pairs_ms"][0][0]["0"] + t["pairs_ms"][1][0]["0"] + t["pairs_ms"][1][1]["0"]
-    assert predict_swin_latency(t, dense) == pytest.approx(t["fixed_ms"] + t["pairs_scale"] * pairs)
+    assert predict_swin_latency(t, dense) == pytest.approx(t["fixed_ms"] + pairs)
     cfg = [[0.0], [0.0, 0.5]]  # only stage 2 prunes, so only stage 2 scores
     pairs = t["pairs_ms"][0][0]["0"] + t["pairs_ms"][1][0]["0"] + t["pairs_ms"][1][1]["0.5"]
-    assert predict_swin_latency(t, cfg) == pytest.approx(t["fixed_ms"] + t["pairs_scale"] * pairs
-                                                         + t["scoring_ms"][1])
+    assert predict_swin_latency(t, cfg) == pytest.approx(t["fixed_ms"] + pairs + t["scoring_ms"][1])
+
+
+def test_calibration_scales_predictions(table):
+    model, _ = table
+    method = get_method("sparsevit")
+    space = load_space("swin_auto", group_sizes=method.group_sizes(model))
+    t = calibrated_table(method, model, model, torch.randn(1, 3, 64, 64), space, calibration=3, warmup=0, repeats=1)
+    assert 0.5 <= t["calibration_scale"] <= 2.0 and len(t["calibration"]) == 3
+    cfg = [[0.2], [0.2, 0.6]]
+    assert predict_latency(method, t, cfg) == pytest.approx(t["calibration_scale"] * predict_swin_latency(t, cfg))
+    point = t["calibration"][0]
+    assert point["predicted_ms"] == pytest.approx(predict_swin_latency(t, point["config"])) and point["measured_ms"] > 0

@@ -2,13 +2,11 @@
 
 Prediction for a config = fixed part (patch embedding, patch merging, norm, head: the dense model's time
 minus its blocks) + for every block pair the measured time at its ratio + the window-scoring time of
-every stage that prunes, with the pair part scaled by a factor fitted on a few whole-model measurements
-of random configs (isolated pairs run on hot caches). Blocks are timed on real stage inputs (the dense model's activations of one
+every stage that prunes. Blocks are timed on real stage inputs (the dense model's activations of one
 random image batch), so the kept-window counts, index tables and masks are exactly the deployed ones.
 """
 from __future__ import annotations
 
-import random
 import statistics
 import time
 from typing import Any, Callable, Dict, List
@@ -35,9 +33,8 @@ def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
 
 @torch.inference_mode()
 def build_swin_latency_table(model: SparseSwinTransformer, x: torch.Tensor, warmup: int = 2,
-                             repeats: int = 5, calibration: int = 6) -> Dict[str, Any]:
-    """Measure every block pair at every ratio, the scoring step, and the fixed part, on x's device; then
-    calibrate the pair part on `calibration` whole-model measurements of random configs."""
+                             repeats: int = 5) -> Dict[str, Any]:
+    """Measure every block pair at every ratio, the scoring step, and the fixed part, on x's device."""
     device = x.device
     model.eval()
     dense_cfg = [[0.0] * n for n in model.pair_counts()]
@@ -81,44 +78,16 @@ def build_swin_latency_table(model: SparseSwinTransformer, x: torch.Tensor, warm
         scoring.append(_time(score, device, warmup, repeats))
         h = stage(h)  # dense stage output feeds the next stage
     fixed = total_dense - sum(p["0"] for sp in pairs for p in sp)
-    table = {"fixed_ms": fixed, "pairs_ms": pairs, "scoring_ms": scoring, "windows": windows,
-             "dense_ms": total_dense, "pairs_scale": 1.0, "batch_size": int(x.shape[0]),
-             "img_size": int(x.shape[-1]), "device": str(device), "dtype": str(x.dtype).replace("torch.", "")}
-    table["pairs_scale"] = _calibrate(model, x, table, calibration, warmup, repeats)
-    return table
-
-
-def _calibrate(model: SparseSwinTransformer, x: torch.Tensor, table: Dict[str, Any], n: int, warmup: int,
-               repeats: int) -> float:
-    """Scale of the block-pair part, fitted (least relative squares) on `n` whole-model measurements of random
-    mixed configs. Pairs timed in isolation run on hot caches and a fixed window set; in the whole model,
-    mixed per-pair ratios cost a few percent more, systematically, so one measured factor absorbs it."""
-    if n <= 0:
-        return 1.0
-    rng = random.Random(12345)
-    num, den = 0.0, 0.0
-    for _ in range(n):
-        config = [sorted(rng.choice(RATIO_CHOICES) for _ in range(pairs)) for pairs in model.pair_counts()]
-        model.set_sparsity(config)
-        measured = _time(lambda: model(x), x.device, warmup, repeats)
-        base = _predict_parts(table, config)
-        num += base["pairs"] * (measured - base["rest"]) / measured ** 2
-        den += base["pairs"] ** 2 / measured ** 2
-    model.set_sparsity(0.0)
-    # a handful of noisy timings of a tiny model can fit anything; a correction beyond 2x is not one
-    return min(2.0, max(0.5, num / den)) if den > 0 else 1.0
-
-
-def _predict_parts(table: Dict[str, Any], config: List[List[float]]) -> Dict[str, float]:
-    pairs, rest = 0.0, table["fixed_ms"]
-    for s, ratios in enumerate(config):
-        for p, r in enumerate(ratios):
-            pairs += table["pairs_ms"][s][p][f"{r:g}"]
-        if any(kept_windows(nw, ratios[b // 2]) < nw for b, nw in enumerate(table["windows"][s])):
-            rest += table["scoring_ms"][s]  # the stage prunes, so it scores its windows
-    return {"pairs": pairs, "rest": rest}
+    return {"fixed_ms": fixed, "pairs_ms": pairs, "scoring_ms": scoring, "windows": windows, "dense_ms": total_dense,
+            "batch_size": int(x.shape[0]), "img_size": int(x.shape[-1]), "device": str(device),
+            "dtype": str(x.dtype).replace("torch.", "")}
 
 
 def predict_swin_latency(table: Dict[str, Any], config: List[List[float]]) -> float:
-    parts = _predict_parts(table, config)
-    return parts["rest"] + table.get("pairs_scale", 1.0) * parts["pairs"]
+    ms = table["fixed_ms"]
+    for s, ratios in enumerate(config):
+        for p, r in enumerate(ratios):
+            ms += table["pairs_ms"][s][p][f"{r:g}"]
+        if any(kept_windows(nw, ratios[b // 2]) < nw for b, nw in enumerate(table["windows"][s])):
+            ms += table["scoring_ms"][s]  # the stage prunes, so it scores its windows
+    return ms

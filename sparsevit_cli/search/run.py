@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ..configs import write_yaml_atomic
 from ..errors import UserError
+from ..latency import calibrated_table, predict_latency
 from ..measure import resolve_device, time_models
 from ..models.tasks import backbone_of
 from ..train import dist
@@ -71,7 +72,7 @@ class LatencyCost:
     per-block table."""
 
     def __init__(self, model, method, img_size: int, batch_size: int, device: torch.device,
-                 table_path: Optional[str], console: Console):
+                 table_path: Optional[str], console: Console, space=None):
         self.backbone = backbone_of(model)
         self.model = model
         self.method = method
@@ -87,7 +88,7 @@ class LatencyCost:
                                     f"batch {self.table.get('batch_size')}, not {img_size}, {batch_size}")
             else:
                 console.print(f"building latency table on {device} (once) -> {p}")
-                self.table = method.build_latency_table(self.backbone, self.x)
+                self.table = calibrated_table(method, model, self.backbone, self.x, space)
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text(json.dumps(self.table, indent=1))
 
@@ -100,14 +101,14 @@ class LatencyCost:
 
     def __call__(self, config) -> float:
         if self.table is not None:
-            return self.method.predict_latency(self.table, config)
+            return predict_latency(self.method, self.table, config)
         return self.measure(config)
 
     def table_error(self, configs: List) -> Optional[float]:
         """Median absolute relative error of the table against measurement on `configs`."""
         if self.table is None:
             return None
-        errs = [abs(self.method.predict_latency(self.table, c) - self.measure(c)) / self.measure(c) for c in configs]
+        errs = [abs(self(c) - self.measure(c)) / self.measure(c) for c in configs]
         return statistics.median(errs)
 
 
@@ -150,7 +151,7 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
         latency = None
     else:
         unit = "ms"
-        latency = LatencyCost(model, method, img_size, opts.batch_size, device, opts.latency_table, console)
+        latency = LatencyCost(model, method, img_size, opts.batch_size, device, opts.latency_table, console, space)
         cost = latency
         dense_cost = latency(dense_cfg)
         budget = Budget(max_cost=parse_budget(opts.budget_latency, dense_cost, unit, "--budget-latency"),
