@@ -44,7 +44,7 @@ class DemoPreset:
     generations: int
     parents: int
     children: int          # mutations and crossovers per generation, each
-    eval_samples: int
+    eval_samples: int      # val images the search scores configs on; the rest are held out for the results
     budget: str = "50%"    # MAC budget of the search, of dense
     model: str = "swin_tiny_patch4_window7_224"
     timing_repeats: int = 10
@@ -58,36 +58,36 @@ class DemoPreset:
 _SMALL_SWIN = dict(window_size=4, global_pool="max", drop_path_rate=0.0)
 PRESETS: Dict[str, DemoPreset] = {
     # CI: every stage runs for real, on a few images; accuracies are near chance and only checked for sanity
-    "quick": DemoPreset(img_size=64, n_train=64, n_val=32, num_classes=10, digit_frac=(0.25, 0.4),
+    "quick": DemoPreset(img_size=64, n_train=64, n_val=48, num_classes=10, digit_frac=(0.25, 0.4),
                         model_args=dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], **_SMALL_SWIN),
                         dense_epochs=1, adapt_epochs=1, finetune_epochs=1, batch_size=16, lr=1e-3,
-                        population=6, generations=2, parents=3, children=3, eval_samples=32, timing_repeats=5),
-    "default": DemoPreset(img_size=64, n_train=3000, n_val=300, num_classes=10, digit_frac=(0.25, 0.4),
+                        population=6, generations=2, parents=3, children=3, eval_samples=24, timing_repeats=5),
+    "default": DemoPreset(img_size=64, n_train=3000, n_val=600, num_classes=10, digit_frac=(0.25, 0.4),
                           model_args=dict(embed_dim=48, depths=[2, 4], num_heads=[2, 4], **_SMALL_SWIN),
                           dense_epochs=12, adapt_epochs=4, finetune_epochs=2, batch_size=32, lr=1e-3,
                           population=16, generations=4, parents=4, children=6, eval_samples=300),
     # `make repro`: the default, trained longer (~20 min on 2 CPU cores), as the report's starting point
-    "repro": DemoPreset(img_size=64, n_train=3000, n_val=300, num_classes=10, digit_frac=(0.25, 0.4),
+    "repro": DemoPreset(img_size=64, n_train=3000, n_val=600, num_classes=10, digit_frac=(0.25, 0.4),
                         model_args=dict(embed_dim=48, depths=[2, 4], num_heads=[2, 4], **_SMALL_SWIN),
-                        dense_epochs=20, adapt_epochs=6, finetune_epochs=2, batch_size=32, lr=1e-3,
+                        dense_epochs=20, adapt_epochs=10, finetune_epochs=3, batch_size=32, lr=1e-3,
                         population=16, generations=4, parents=4, children=6, eval_samples=300),
-    "gpu": DemoPreset(img_size=448, n_train=4000, n_val=500, num_classes=10, digit_frac=(1 / 8, 1 / 5),
+    "gpu": DemoPreset(img_size=448, n_train=4000, n_val=1000, num_classes=10, digit_frac=(1 / 8, 1 / 5),
                       model_args=dict(embed_dim=64, depths=[2, 2, 6, 2], num_heads=[2, 4, 8, 16], window_size=7,
                                       global_pool="max"),
                       dense_epochs=30, adapt_epochs=10, finetune_epochs=5, batch_size=64, lr=1e-3,
                       population=50, generations=20, parents=10, children=25, eval_samples=500),
     # PSViT on a 12-block DeiT (the gene layout of DeiT-S/B, so its searched config runs on them too)
-    "psvit": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=3000, n_val=300, num_classes=10,
+    "psvit": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=3000, n_val=600, num_classes=10,
                         digit_frac=(0.25, 0.4),
                         model_args=dict(patch_size=4, embed_dim=64, depth=12, num_heads=2, global_pool="max",
                                         drop_path_rate=0.0),
                         dense_epochs=20, adapt_epochs=6, finetune_epochs=2, batch_size=32, lr=1e-3,
                         population=16, generations=4, parents=4, children=6, eval_samples=300, budget="60%"),
-    "psvit-quick": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=64, n_val=32, num_classes=10,
+    "psvit-quick": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=64, n_val=48, num_classes=10,
                               digit_frac=(0.25, 0.4),
                               model_args=dict(patch_size=8, embed_dim=32, depth=6, num_heads=2, global_pool="max"),
                               dense_epochs=1, adapt_epochs=1, finetune_epochs=1, batch_size=16, lr=1e-3,
-                              population=6, generations=2, parents=3, children=3, eval_samples=32, budget="60%",
+                              population=6, generations=2, parents=3, children=3, eval_samples=24, budget="60%",
                               timing_repeats=5),
 }
 
@@ -217,16 +217,18 @@ def _export(model_file: Path, out: Path) -> None:
 
 
 def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, device: str) -> DemoResult:
-    """Accuracy on the whole val split, analytic GMACs and measured latency (interleaved, same run)."""
+    """Accuracy on the val images the search did not score, analytic GMACs and measured latency
+    (interleaved, same run)."""
     from .checkpoint import load
     from .data.datasets import build_dataset
     from .measure import resolve_device, time_models
     from .methods.base import get_method
     from .models.tasks import backbone_of
-    from .train.loop import evaluate
+    from .train.loop import evaluate, held_out_indices
 
     dev = resolve_device(device)
     val = build_dataset(str(data), "classification", "val", p.img_size, train=False)
+    held_out = held_out_indices(len(val), p.eval_samples)  # images the search never scored
     sparse = load(sparse_file).to(dev)
     models = {"dense": load(dense_file).to(dev), _METHOD_LABEL[sparse.sparsevit_meta["method"]]: sparse}
     rows = []
@@ -236,7 +238,7 @@ def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, dev
         backbone = backbone_of(model)
         config = method.validate(backbone, meta["sparsity"])
         rows.append({"model": name, "top1": evaluate(model, method, config, val, "classification", val.num_classes,
-                                                     100, dev),
+                                                     100, dev, indices=held_out),
                      "gmacs": method.macs(backbone, config, p.img_size) / 1e9})
         method.apply(backbone, config)
     x = torch.randn(1, 3, p.img_size, p.img_size, device=dev)
@@ -251,7 +253,8 @@ _METHOD_LABEL = {"sparsevit": "SparseViT", "psvit": "PSViT"}
 
 
 def summary_table(result: DemoResult) -> Table:
-    table = Table(title=f"{result.rows[1]['model']} demo ({result.out}): dense vs searched sparse, batch 1")
+    table = Table(title=f"{result.rows[1]['model']} demo ({result.out}): dense vs searched sparse, batch 1 "
+                        f"(top-1 on val images the search never scored)")
     for col in ("model", "top-1 %", "GMACs", "of dense", "latency ms", "speedup"):
         table.add_column(col, justify="right")
     dense_macs = result.rows[0]["gmacs"]

@@ -89,17 +89,39 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
 
 
+def _eval_permutation(n: int) -> List[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def search_indices(n: int, k: Optional[int]) -> List[int]:
+    """The `k` of `n` images a search scores configs on: a fixed random draw, because image folders list
+    their images sorted by class and a prefix would hold a few classes only. All of them when k >= n."""
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted(_eval_permutation(n)[:k])
+
+
+def held_out_indices(n: int, k: Optional[int]) -> List[int]:
+    """The images the search with `k` samples never saw (to report searched configs without selection
+    bias); all `n` when the search saw them all (nothing is held out then)."""
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted(_eval_permutation(n)[k:])
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset, task: str, num_classes: int,
-             batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False) -> float:
-    """Top-1 (%) or mIoU (%) of `model` under `config` on the first `max_samples` images of `dataset`;
-    under torchrun the images are sharded over ranks and the counts summed, so every rank gets the
-    same exact number."""
+             batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
+             indices: Optional[Sequence[int]] = None) -> float:
+    """Top-1 (%) or mIoU (%) of `model` under `config` on `indices` of `dataset`, or on the search subset of
+    `max_samples` images (`search_indices`), or on all of it; under torchrun the images are sharded over
+    ranks and the counts summed, so every rank gets the same exact number."""
     if config is not None:
         method.apply(backbone_of(model), config)
     model.eval()
-    n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
-    idx = list(range(n))[dist.rank()::dist.world_size()]
+    if indices is None:
+        indices = search_indices(len(dataset), max_samples)
+    idx = list(indices)[dist.rank()::dist.world_size()]
     seg = task == "segmentation"
     acc = torch.zeros(num_classes ** 2 if seg else 2, dtype=torch.float64)
     for i in range(0, len(idx), batch_size):
