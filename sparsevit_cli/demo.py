@@ -79,9 +79,9 @@ PRESETS: Dict[str, DemoPreset] = {
     # PSViT on a 12-block DeiT (the gene layout of DeiT-S/B, so its searched config runs on them too)
     "psvit": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=3000, n_val=600, num_classes=10,
                         digit_frac=(0.25, 0.4),
-                        model_args=dict(patch_size=4, embed_dim=64, depth=12, num_heads=2, global_pool="max",
+                        model_args=dict(patch_size=8, embed_dim=96, depth=12, num_heads=3, global_pool="max",
                                         drop_path_rate=0.0),
-                        dense_epochs=20, adapt_epochs=6, finetune_epochs=2, batch_size=32, lr=1e-3,
+                        dense_epochs=15, adapt_epochs=5, finetune_epochs=2, batch_size=32, lr=1e-3,
                         population=16, generations=4, parents=4, children=6, eval_samples=300, budget="60%"),
     "psvit-quick": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=64, n_val=48, num_classes=10,
                               digit_frac=(0.25, 0.4),

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
-import torch.nn as nn
 
 from .errors import UserError
 

@@ -229,7 +229,7 @@ def test_invalid_genes_and_values_are_user_errors():
 @pytest.mark.parametrize("kw, match", [
     (dict(class_token=False, global_pool="avg"), "no class token"),
     (dict(reg_tokens=2), "prefix tokens"),
-    (dict(global_pool="max"), "global_pool is 'max'"),
+    (dict(global_pool="map"), "global_pool is 'map'"),
     (dict(dynamic_img_size=True), "dynamic_img_size"),
 ])
 def test_unsupported_models_are_user_errors(kw, match):

@@ -176,3 +176,16 @@ def test_two_process_gloo_run_keeps_replicas_identical(tmp_path, data_dir, comma
     assert rep["world_size"] == 2
     assert rep["checksums"][0] == rep["checksums"][1]
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_search_subset_is_class_balanced_and_disjoint_from_the_held_out_rest(data_dir):
+    from sparsevit_cli.data.datasets import build_dataset
+    from sparsevit_cli.train.loop import held_out_indices, search_indices
+
+    val = build_dataset(str(data_dir), "classification", "val", 64, train=False)
+    n = len(val)
+    search, rest = search_indices(n, n // 2), held_out_indices(n, n // 2)
+    assert len(search) == n // 2 and not set(search) & set(rest) and sorted(search + rest) == list(range(n))
+    labels = [val[i][1] for i in search]
+    assert len(set(labels)) > len({val[i][1] for i in range(n // 2)}) or len(set(labels)) == val.num_classes
+    assert search_indices(n, None) == held_out_indices(n, n) == list(range(n))
