@@ -206,7 +206,7 @@ def visualize(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output directory; an interrupted demo continues there."),
-    quick: bool = typer.Option(False, help="Tiny settings (about 2 minutes on 2 CPU cores; used by CI)."),
+    quick: bool = typer.Option(False, help="Tiny settings (well under a minute on 2 CPU cores; used by CI)."),
     preset: Optional[str] = typer.Option(None, help="quick, default (about 10 minutes on 2 CPU cores), repro "
                                                     "(longer training), gpu, psvit or psvit-quick (PSViT on a DeiT)."),
     device: str = typer.Option("cpu", help="cpu or cuda (with cuda the 'gpu' preset is the default)."),

@@ -6,9 +6,10 @@ accuracy, GMACs, measured latency and speedup.
 
 Every stage writes its result under `out/<stage>/` and is skipped when that result exists, and the
 training stages resume from their last checkpoint, so an interrupted demo continues where it stopped
-(no work is lost). Presets are plain data (`PRESETS`): `quick` (CI, ~2 min on 2 CPU cores), `default`
-(~10 min on 2 CPU cores), `repro` (longer training, for `make repro`), `gpu` (larger settings for `--device cuda`), and `psvit` / `psvit-quick` (the
-same workflow with PSViT token pooling and attention sharing on a 12-block / 6-block DeiT).
+(no work is lost). Presets are plain data (`PRESETS`): `quick` (CI, well under a minute on 2 CPU cores),
+`default` (~10 min on 2 CPU cores), `repro` (longer training, for `make repro`), `gpu` (larger settings for
+`--device cuda`), and `psvit` / `psvit-quick` (the same workflow with PSViT token pooling and attention
+sharing on a 12-block / 6-block DeiT).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+
 
 @dataclass(frozen=True)
 class DemoPreset:
