@@ -154,3 +154,17 @@ def test_two_process_gloo_search_matches_one_process(tmp_path, model_file, data_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert yaml.safe_load((two / "best.yaml").read_text()) == yaml.safe_load((one / "best.yaml").read_text())
     assert (two / "history.jsonl").read_text() == (one / "history.jsonl").read_text()
+
+
+def test_two_process_gloo_latency_search_shares_rank0_timings(tmp_path, model_file, data_dir):
+    """Measured latencies differ per rank; rank 0's are broadcast so both ranks breed the same populations
+    (a divergence would desynchronise the ranks' collective evaluations)."""
+    out, table = tmp_path / "lat", tmp_path / "table.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "sparsevit_cli.cli", *search_args(model_file, data_dir, out, "--budget-latency", "10000ms",
+                                                  "--latency-table", str(table))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["cost_unit"] == "ms" and json.loads(table.read_text())["calibration"]

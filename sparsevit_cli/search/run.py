@@ -82,21 +82,28 @@ class LatencyCost:
         if table_path:
             p = Path(table_path)
             if p.is_file():
-                self.table = json.loads(p.read_text())
+                try:
+                    self.table = json.loads(p.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise UserError(f"latency table '{p}' is not a JSON table: {e}")
                 if self.table.get("img_size") != img_size or self.table.get("batch_size") != batch_size:
                     raise UserError(f"latency table '{p}' was built for img_size {self.table.get('img_size')}, "
                                     f"batch {self.table.get('batch_size')}, not {img_size}, {batch_size}")
             else:
-                console.print(f"building latency table on {device} (once) -> {p}")
-                self.table = calibrated_table(method, model, self.backbone, self.x, space)
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_text(json.dumps(self.table, indent=1))
+                if dist.is_main():
+                    console.print(f"building latency table on {device} (once) -> {p}")
+                # every rank times (keeping ranks in step); rank 0's table is the one all ranks use
+                self.table = dist.broadcast_object(calibrated_table(method, model, self.backbone, self.x, space))
+                if dist.is_main():
+                    _atomic_write_json(p, self.table)
 
     def measure(self, config) -> float:
         key = json.dumps(config)
         if key not in self.cache:
             self.method.apply(self.backbone, config)
-            self.cache[key] = time_models({"m": self.model}, self.x, warmup=1, repeats=5)["m"]
+            ms = time_models({"m": self.model}, self.x, warmup=1, repeats=5)["m"]
+            # ranks time differently; all must see rank 0's number or their searches diverge
+            self.cache[key] = dist.broadcast_object(ms)
         return self.cache[key]
 
     def __call__(self, config) -> float:
@@ -110,6 +117,13 @@ class LatencyCost:
             return None
         errs = [abs(self(c) - self.measure(c)) / self.measure(c) for c in configs]
         return statistics.median(errs)
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
 
 
 def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[str, Any]:

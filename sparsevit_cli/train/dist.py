@@ -48,6 +48,15 @@ def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (a picklable value); `obj` itself without torchrun."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
