@@ -7,6 +7,7 @@ take) is a mapping with at least `sparsity:` (one list of gene values per group)
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
@@ -40,11 +41,22 @@ def read_sparsity_file(path: str | os.PathLike) -> Dict[str, Any]:
     return data
 
 
-def write_yaml_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write YAML so a reader never sees a half-written file (tmp file + rename)."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temporary file in the same folder + os.replace: readers never see half a file, and an
+    interrupted write leaves the previous file (or none) behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_yaml_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write YAML so a reader never sees a half-written file."""
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from .configs import atomic_write_text
 from .errors import UserError
 
 
@@ -136,7 +137,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     result.sparsity = read_sparsity_file(best)["sparsity"]
     result.export_rel_error = json.loads((onnx.parent / "export.json").read_text())["max_rel_error"]
     result.out = str(out)
-    _atomic_write(out / "summary.json", json.dumps(asdict(result), indent=1))
+    atomic_write_text(out / "summary.json", json.dumps(asdict(result), indent=1))
     console.print(summary_table(result))
     return result
 
@@ -168,7 +169,7 @@ def _check_same_preset(out: Path, name: str, p: DemoPreset) -> None:
                             f"choose another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(marker, json.dumps(want, indent=1))
+    atomic_write_text(marker, json.dumps(want, indent=1))
 
 
 def _run_config(p: DemoPreset, data: Path, out: Path, device: str, epochs: int, checkpoint: Optional[Path] = None,
@@ -215,7 +216,7 @@ def _export(model_file: Path, out: Path) -> None:
     size = int(meta["img_size"])
     inputs = [torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
     report = export_model(model, "onnx", out / "sparsevit.onnx", inputs, method=method, time_it=False)
-    _atomic_write(out / "export.json", json.dumps(report, indent=1))
+    atomic_write_text(out / "export.json", json.dumps(report, indent=1))
 
 
 def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, device: str) -> DemoResult:
@@ -267,8 +268,3 @@ def summary_table(result: DemoResult) -> Table:
                      f"{result.export_rel_error:.1e}")
     return table
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

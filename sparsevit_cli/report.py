@@ -25,7 +25,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .demo import PRESETS, _Stages, _atomic_write, _run_config, _search, _train, run_demo
+from .configs import atomic_write_text
+from .demo import PRESETS, _Stages, _run_config, _search, _train, run_demo
 from .train.loop import held_out_indices
 
 UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -111,10 +112,10 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
     report = {"preset": preset, "img_size": p.img_size, "device": str(dev),
               "points": [vars(pt) for pt in points], "claims": _claims(points)}
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "report.json", json.dumps(report, indent=1))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
     _plot(points, "gmacs", "GMACs (analytic, batch 1)", out / "acc_vs_gmacs.png")
     _plot(points, "ms", f"latency ms ({dev}, batch 1)", out / "acc_vs_latency.png")
-    _atomic_write(out / "report.md", _markdown(report, points))
+    atomic_write_text(out / "report.md", _markdown(report, points))
     console.print(_table(points))
     for claim in report["claims"]:
         console.print(f"{'[green]holds[/]' if claim['holds'] else '[red]fails[/]'}  {claim['claim']}: {claim['detail']}")

@@ -21,12 +21,13 @@ import math
 import os
 import random
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from deap import base, creator, tools
 
+from ..configs import atomic_write_text
 from ..errors import UserError
 from .space import Config, Genome, SearchSpace
 
@@ -185,20 +186,6 @@ def _rng_from_json(data: list) -> tuple:
     return (version, tuple(internal), gauss_next)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder + os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _compat(space: SearchSpace, budget: Budget, settings: EvolutionSettings) -> Dict[str, Any]:
     """What must match between a state file and the run resuming it (generations may grow)."""
     s = asdict(settings)
@@ -269,13 +256,13 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
         if not write_files:
             return
         if history_path is not None:
-            _atomic_write_text(history_path, _history_text(evaluated))
+            atomic_write_text(history_path, _history_text(evaluated))
         if state_path is not None:
             state = {"version": STATE_VERSION, "compat": compat, "generation": generation,
                      "population": [list(p) for p in population], "population_evaluated": population_done,
                      "evaluated": evaluated, "costs": [[list(k), v] for k, v in costs.cache.items()],
                      "rng": _rng_to_json(rng.getstate())}
-            _atomic_write_text(state_path, json.dumps(state))
+            atomic_write_text(state_path, json.dumps(state))
 
     bar = _Progress(settings.generations, budget.unit) if progress else None
     try:

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..configs import write_yaml_atomic
+from ..configs import atomic_write_text, write_yaml_atomic
 from ..errors import UserError
 from ..latency import calibrated_table, predict_latency
 from ..measure import resolve_device, time_models
@@ -95,7 +95,7 @@ class LatencyCost:
                 # every rank times (keeping ranks in step); rank 0's table is the one all ranks use
                 self.table = dist.broadcast_object(calibrated_table(method, model, self.backbone, self.x, space))
                 if dist.is_main():
-                    _atomic_write_json(p, self.table)
+                    atomic_write_text(p, json.dumps(self.table, indent=1))
 
     def measure(self, config) -> float:
         key = json.dumps(config)
@@ -117,13 +117,6 @@ class LatencyCost:
             return None
         errs = [abs(self(c) - self.measure(c)) / self.measure(c) for c in configs]
         return statistics.median(errs)
-
-
-def _atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
 
 
 def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[str, Any]:
