@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError, first_line
+from .models.factory import state_dict_problem
 
 FORMAT = "sparsevit-model/1"
 
@@ -29,12 +30,6 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: Dict[str, Any]) 
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(state, str(tmp), metadata={"sparsevit": json.dumps(meta)})
     os.replace(tmp, path)
-
-
-def _mismatch(e: RuntimeError) -> str:
-    """The first concrete problem of a load_state_dict error (its first line only names the class)."""
-    lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
-    return lines[0] if lines else first_line(e)
 
 
 def read_meta(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
@@ -92,7 +87,7 @@ def load(path: str | os.PathLike, config=None) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise UserError(f"model file '{path}' does not match its own metadata: {_mismatch(e)}")
+        raise UserError(f"model file '{path}' does not match its own metadata: {state_dict_problem(e)}")
     backbone = getattr(model, "backbone", model)
     cfg = config if config is not None else meta.get("sparsity")
     if cfg is not None:

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from .configs import atomic_write_text
 from .errors import UserError
+from .train.loop import evaluate, held_out_indices
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
         p, adapted, data, out / "search", device, progress, console))
     final = stage("finetune the best config", out / "finetune" / "model.safetensors", lambda: _train(
         "finetune", _run_config(p, data, out / "finetune", device, epochs=p.finetune_epochs, checkpoint=adapted,
-                                lr=p.lr / 4, sparsity=str(best)), progress, console))
+                                lr=p.lr / 4, sparsity=read_sparsity_file(best)["sparsity"]), progress, console))
     onnx = stage("export to ONNX", out / "export" / "sparsevit.onnx", lambda: _export(final, out / "export"))
 
     result = _compare(p, dense, final, data, device)
@@ -179,17 +180,12 @@ def _run_config(p: DemoPreset, data: Path, out: Path, device: str, epochs: int, 
         "model": {"name": p.model, "args": {"img_size": p.img_size, **p.model_args}},
         "checkpoint": str(checkpoint) if checkpoint else None,
         "data": {"path": str(data), "task": "classification"},
-        "sparsity": _sparsity_value(sparsity),
+        "sparsity": sparsity,
         "optim": {"name": "adamw", "lr": lr or p.lr, "weight_decay": 0.05},
         "schedule": {"name": "cosine", "warmup_steps": 10},
         "epochs": epochs, "batch_size": p.batch_size, "eval_batch_size": 100, "device": device,
         "seed": 0, "out": str(out), "checkpoint_every": 20,
     }, "demo")
-
-
-def _sparsity_value(sparsity: Any) -> Any:
-    from .configs import read_sparsity_file
-    return read_sparsity_file(sparsity)["sparsity"] if isinstance(sparsity, str) else sparsity
 
 
 def _train(mode: str, cfg, progress: bool, console: Console) -> None:
@@ -223,33 +219,45 @@ def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, dev
     """Accuracy on the val images the search did not score, analytic GMACs and measured latency
     (interleaved, same run)."""
     from .checkpoint import load
-    from .data.datasets import build_dataset
     from .measure import resolve_device, time_models
-    from .methods.base import get_method
-    from .models.tasks import backbone_of
-    from .train.loop import evaluate, held_out_indices
 
     dev = resolve_device(device)
-    val = build_dataset(str(data), "classification", "val", p.img_size, train=False)
+    val = val_split(data, p.img_size)
     held_out = held_out_indices(len(val), p.eval_samples)  # images the search never scored
     sparse = load(sparse_file).to(dev)
     models = {"dense": load(dense_file).to(dev), _METHOD_LABEL[sparse.sparsevit_meta["method"]]: sparse}
     rows = []
-    for name, model in models.items():
-        meta = model.sparsevit_meta
-        method = get_method(meta["method"])
-        backbone = backbone_of(model)
-        config = method.validate(backbone, meta["sparsity"])
-        rows.append({"model": name, "top1": evaluate(model, method, config, val, "classification", val.num_classes,
-                                                     100, dev, indices=held_out),
-                     "gmacs": method.macs(backbone, config, p.img_size) / 1e9})
-        method.apply(backbone, config)
+    for name, model in models.items():  # each model keeps running its own stored config afterwards
+        top1, gmacs = score(model, None, val, p.img_size, dev, held_out)
+        rows.append({"model": name, "top1": top1, "gmacs": gmacs})
     x = torch.randn(1, 3, p.img_size, p.img_size, device=dev)
     ms = time_models(models, x, warmup=3, repeats=p.timing_repeats)
     for row in rows:
         row["ms"] = ms[row["model"]]
         row["speedup"] = ms["dense"] / row["ms"]
     return DemoResult(rows=rows)
+
+
+def val_split(data: Path, size: int):
+    from .data.datasets import build_dataset
+    return build_dataset(str(data), "classification", "val", size, train=False)
+
+
+def method_and_backbone(model):
+    """The method and backbone of a toolkit model file's model (see `checkpoint.load`)."""
+    from .methods.base import get_method
+    from .models.tasks import backbone_of
+    return get_method(model.sparsevit_meta["method"]), backbone_of(model)
+
+
+def score(model, config, dataset, img_size: int, dev, indices) -> Tuple[float, float]:
+    """(top-1 %, GMACs) of `model` under `config` (None: its stored config) on `indices` of `dataset`;
+    the config stays applied."""
+    method, backbone = method_and_backbone(model)
+    config = method.validate(backbone, config if config is not None else model.sparsevit_meta["sparsity"])
+    top1 = evaluate(model, method, config, dataset, "classification", dataset.num_classes, 100, dev,
+                    indices=indices)
+    return top1, method.macs(backbone, config, img_size) / 1e9
 
 
 _METHOD_LABEL = {"sparsevit": "SparseViT", "psvit": "PSViT"}

@@ -25,8 +25,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .configs import atomic_write_text
-from .demo import PRESETS, _Stages, _run_config, _search, _train, run_demo
+from .configs import atomic_write, atomic_write_text
+from .demo import (PRESETS, _run_config, _search, _Stages, _train, method_and_backbone, run_demo, score,
+                   val_split)
 from .train.loop import held_out_indices
 
 UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -63,12 +64,12 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
     dense = load(demo_dir / "dense" / "model.safetensors").to(dev)
     adapted = load(demo_dir / "adapt" / "model.safetensors").to(dev)
     final = load(demo_dir / "finetune" / "model.safetensors").to(dev)
-    val = _val(data, p.img_size)
+    val = val_split(data, p.img_size)
 
     def add(family: str, label: str, model, config, img_size: int = p.img_size, dataset=None) -> None:
         dataset = dataset or val
         held_out = held_out_indices(len(dataset), p.eval_samples)  # never scored by any search
-        points.append(Point(family, label, *_evaluate(model, config, dataset, img_size, dev, held_out),
+        points.append(Point(family, label, *score(model, config, dataset, img_size, dev, held_out),
                             config=config))
         timed[label] = (model, config, img_size)
 
@@ -82,14 +83,14 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
         stage(f"dense at {size} px", folder / "model.safetensors",
               lambda: _finetune_at(p, demo_dir, folder, size, device, progress, console))
         add("downscaled", f"dense @ {size} px", load(folder / "model.safetensors").to(dev), None, size,
-            _val(data, size))
+            val_split(data, size))
 
     # (c) uniform sparsity on the adapted weights
     for s in (0.0,) + UNIFORM:
         add("uniform", f"uniform {s:.0%}", adapted, _uniform(adapted, s))
 
     # (d) searched configs at several MAC budgets, on the adapted weights
-    sparsest = _method_backbone(adapted)[0].macs(_method_backbone(adapted)[1], _uniform(adapted, UNIFORM[-1]),
+    sparsest = method_and_backbone(adapted)[0].macs(method_and_backbone(adapted)[1], _uniform(adapted, UNIFORM[-1]),
                                                  p.img_size) / 1e9
     for b in budgets:
         if b * points[0].gmacs < sparsest:
@@ -124,34 +125,14 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
 
 
 # ------------------------------------------------------------------------------------------- pieces
-def _val(data: Path, size: int):
-    from .data.datasets import build_dataset
-    return build_dataset(str(data), "classification", "val", size, train=False)
-
-
-def _method_backbone(model):
-    from .methods.base import get_method
-    from .models.tasks import backbone_of
-    return get_method(model.sparsevit_meta["method"]), backbone_of(model)
-
-
 def _dense(model):
-    method, backbone = _method_backbone(model)
+    method, backbone = method_and_backbone(model)
     return method.dense_config(backbone)
 
 
 def _uniform(model, value: float):
-    method, backbone = _method_backbone(model)
+    method, backbone = method_and_backbone(model)
     return method.uniform_config(backbone, value)
-
-
-def _evaluate(model, config, dataset, img_size: int, dev, indices) -> tuple:
-    from .train.loop import evaluate
-    method, backbone = _method_backbone(model)
-    config = config if config is not None else model.sparsevit_meta["sparsity"]
-    top1 = evaluate(model, method, config, dataset, "classification", dataset.num_classes, 100, dev,
-                    indices=indices)
-    return top1, method.macs(backbone, config, img_size) / 1e9
 
 
 def _random_baseline(model, search_dir: Path, val, p, dev, max_gmacs: float) -> Dict[str, Any]:
@@ -161,7 +142,7 @@ def _random_baseline(model, search_dir: Path, val, p, dev, max_gmacs: float) -> 
     from .search.space import load_space
     from .train.loop import evaluate
 
-    method, backbone = _method_backbone(model)
+    method, backbone = method_and_backbone(model)
     n = len((search_dir / "history.jsonl").read_text().splitlines())
     space = load_space(model.sparsevit_meta.get("space") or method.default_space,
                        group_sizes=method.group_sizes(backbone))
@@ -202,7 +183,7 @@ def _time_all(points: List[Point], timed: Dict[str, tuple], dev, repeats: int) -
         def __init__(self, model, config):
             super().__init__()
             self.model, self.config = model, config
-            self.method, self.backbone = _method_backbone(model)
+            self.method, self.backbone = method_and_backbone(model)
 
         def forward(self, x):
             self.method.apply(self.backbone, self.config)
@@ -294,7 +275,5 @@ def _plot(points: List[Point], x: str, xlabel: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
     plt.close(fig)
-    os.replace(tmp, path)

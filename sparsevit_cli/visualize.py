@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .errors import UserError
+from .configs import atomic_write
+from .errors import UserError, first_line
 
 #: output formats matplotlib writes without extra packages (chosen by the --out suffix)
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -28,7 +29,7 @@ def load_image(path: str | os.PathLike, img_size: int, task: str = "classificati
     """(normalized 3 x S x S tensor for the model, RGB float H x W x 3 in [0, 1] of that same tensor)."""
     from PIL import Image
 
-    from .data.datasets import _normalize_params, classification_transform
+    from .data.datasets import _normalize_params, classification_transform, segmentation_image
 
     path = Path(path)
     if not path.is_file():
@@ -37,13 +38,10 @@ def load_image(path: str | os.PathLike, img_size: int, task: str = "classificati
         with Image.open(path) as im:
             pil = im.convert("RGB")
     except Exception as e:  # PIL raises many types for unreadable / truncated / non-image files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"image '{path}' cannot be read: {msg}") from None
+        raise UserError(f"image '{path}' cannot be read: {first_line(e)}") from None
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in _normalize_params())
-    if task == "segmentation":  # SegmentationFolder: plain bicubic resize to S x S, then normalize
-        pil = pil.resize((img_size, img_size), Image.BICUBIC)
-        x = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-        x = (x - mean) / std
+    if task == "segmentation":  # exactly what SegmentationFolder feeds the model
+        x = segmentation_image(pil, img_size, mean, std)
     else:  # classification: timm's eval transform (resize + center crop, nothing cut from a square image)
         x = classification_transform(img_size, train=False)(pil)
     rgb = (x * std + mean).clamp_(0, 1).permute(1, 2, 0).numpy()
@@ -118,14 +116,7 @@ def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, 
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(out, lambda f: fig.savefig(f, format=fmt), binary=True)
 
 
 def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike,

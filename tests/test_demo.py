@@ -62,3 +62,26 @@ def test_presets_build_and_the_budget_leaves_choices():
         dense = method.macs(wrapped, space.decode(space.extreme("dense")), p.img_size)
         sparsest = method.macs(wrapped, space.decode(space.extreme("sparsest")), p.img_size)
         assert sparsest < float(p.budget.rstrip("%")) / 100 * dense < dense, name
+
+
+def test_report_on_the_quick_demo(demo_run):
+    """`sparsevit report` (make repro) on the quick run: every family of points, the claims, the files."""
+    assert exit_code(["report", "--preset", "quick", "--out", str(demo_run), "--budgets", "0.5",
+                      "--scales", "0.5", "--no-progress"]) == 0
+    out = demo_run / "report"
+    report = json.loads((out / "report.json").read_text())
+    points = report["points"]
+    families = {pt["family"] for pt in points}
+    assert {"dense", "un-adapted", "downscaled", "uniform", "searched", "random", "searched+finetuned"} <= families
+    dense = next(pt for pt in points if pt["family"] == "dense")
+    for pt in points:
+        assert 0.0 <= pt["top1"] <= 100.0 and pt["ms"] > 0 and pt["gmacs"] > 0
+    searched = next(pt for pt in points if pt["family"] == "searched")
+    assert searched["gmacs"] <= 0.5 * dense["gmacs"] + 1e-9
+    down = next(pt for pt in points if pt["family"] == "downscaled")
+    assert down["label"] == "dense @ 32 px" and down["gmacs"] < dense["gmacs"]
+    assert [c["claim"] for c in report["claims"]][-1].startswith("at 50% of dense MACs")
+    assert "| dense | dense |" in (out / "report.md").read_text()
+    for png in ("acc_vs_gmacs.png", "acc_vs_latency.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert exit_code(["report", "--out", str(demo_run), "--budgets", "1.5"]) == 2

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -42,7 +42,7 @@ def _read_meta(*folders: Path) -> Dict[str, Any]:
                     with open(path) as f:
                         data = yaml.safe_load(f)
                 except (OSError, yaml.YAMLError) as e:
-                    raise UserError(f"cannot read data metadata '{path}': {str(e).splitlines()[0]}") from None
+                    raise UserError(f"cannot read data metadata '{path}': {first_line(e)}") from None
                 if not isinstance(data, dict):
                     raise UserError(f"data metadata '{path}' must be a mapping")
                 return data
@@ -57,6 +57,16 @@ def _normalize_params() -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+
+
+def segmentation_image(image, img_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """An RGB PIL image as the segmentation model sees it: bicubic resize to S x S, then normalized
+    (mean/std as (3, 1, 1) tensors). Shared by `SegmentationFolder` and `sparsevit visualize`."""
+    size = (img_size, img_size)
+    if image.size != size:
+        image = image.resize(size, Image.BICUBIC)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+    return (x - mean) / std
 
 
 def _is_image(name: str) -> bool:
@@ -121,7 +131,7 @@ class ImageFolderClassification(Dataset):
             self.folder = _Folder(str(folder), transform=classification_transform(self.img_size, train, hflip),
                                   is_valid_file=lambda p: _is_image(os.path.basename(p)), allow_empty=True)
         except FileNotFoundError as e:
-            raise UserError(f"cannot read '{folder}': {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot read '{folder}': {first_line(e)}") from None
         if len(self.folder) == 0:
             raise UserError(f"no images in '{folder}' (expected {folder}/<class>/<image>.png)")
         self.classes: List[str] = list(classes)
@@ -196,14 +206,12 @@ class SegmentationFolder(Dataset):
             raise UserError(f"mask '{mask_path}' is {mask.size[0]}x{mask.size[1]}, its image "
                             f"{image.size[0]}x{image.size[1]}")
         size = (self.img_size, self.img_size)
-        if image.size != size:
-            image = image.resize(size, Image.BICUBIC)
+        if mask.size != size:
             mask = mask.resize(size, Image.NEAREST)
-        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        x = segmentation_image(image, self.img_size, self._mean, self._std)
         y = torch.from_numpy(np.array(mask, dtype=np.int64))
         if self.hflip > 0 and torch.rand(()) < self.hflip:  # torch RNG: seeded by the trainer and per worker
-            x, y = x.flip(-1), y.flip(-1)
-        x = (x - self._mean) / self._std
+            x, y = x.flip(-1), y.flip(-1)  # normalizing is per pixel, so before or after the flip is the same
         return x, y
 
 

@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 
 def create_timm_model(name: str, img_size: Optional[int] = None, **model_args: Any) -> nn.Module:
@@ -24,7 +24,7 @@ def create_timm_model(name: str, img_size: Optional[int] = None, **model_args: A
     try:
         model = timm.create_model(name, pretrained=False, **model_args)
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
-        raise UserError(f"cannot build '{name}' with {model_args}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise UserError(f"cannot build '{name}' with {model_args}: {first_line(e)}")
     if img_size is not None:
         check_img_size(model, img_size)
     return model
@@ -52,7 +52,7 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt/truncated files raise many different types
-        raise UserError(f"checkpoint '{path}' cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise UserError(f"checkpoint '{path}' cannot be read: {first_line(e)}")
     if not isinstance(sd, dict):
         raise UserError(f"checkpoint '{path}' does not hold a state dict")
     for key in ("state_dict_ema", "model_ema", "model", "state_dict"):
@@ -60,6 +60,13 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
             sd = sd[key]
             break
     return sd
+
+
+def state_dict_problem(e: RuntimeError) -> str:
+    """The first concrete problem of a load_state_dict error (e.g. 'size mismatch for head.weight: ...');
+    the error's first line only names the model class."""
+    lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+    return lines[0] if lines else first_line(e)
 
 
 def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: bool = False) -> None:
@@ -71,7 +78,7 @@ def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: 
         try:
             sd = filter_fn(sd, model)
         except Exception as e:
-            raise UserError(f"checkpoint '{path}' does not match the model ({type(model).__name__}): {str(e).splitlines()[0]}")
+            raise UserError(f"checkpoint '{path}' does not match the model ({type(model).__name__}): {first_line(e)}")
     if reset_head:
         head = {k for k in sd if k.startswith("head.")}
         for k in head:
@@ -79,8 +86,7 @@ def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: 
     try:
         result = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches raise even when not strict
-        lines = [l.strip() for l in str(e).splitlines() if "size mismatch" in l]
-        raise UserError(f"checkpoint '{path}' does not match the model: {lines[0] if lines else str(e).splitlines()[0]}")
+        raise UserError(f"checkpoint '{path}' does not match the model: {state_dict_problem(e)}")
     missing = [k for k in result.missing_keys if not (reset_head and k.startswith("head."))]
     problems = []
     if missing:

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from deap import base, creator, tools
 
-from ..configs import atomic_write_text
+from ..configs import atomic_write, atomic_write_text
 from ..errors import UserError
 from .space import Config, Genome, SearchSpace
 
@@ -423,14 +421,5 @@ def plot_pareto(result: SearchResult, path: Path, metric_name: str = "metric", t
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
     return path

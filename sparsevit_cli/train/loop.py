@@ -200,7 +200,7 @@ class Trainer:
 
     def _build_model(self):
         from ..checkpoint import read_meta, build_from_meta
-        from ..models.factory import create_timm_model, load_timm_checkpoint
+        from ..models.factory import create_timm_model, load_timm_checkpoint, state_dict_problem
         from safetensors.torch import load_file
 
         cfg = self.cfg
@@ -213,7 +213,7 @@ class Trainer:
             try:
                 model.load_state_dict(load_file(cfg.checkpoint), strict=True)
             except RuntimeError as e:
-                raise UserError(f"checkpoint '{cfg.checkpoint}' does not match its metadata: {str(e).splitlines()[0]}")
+                raise UserError(f"checkpoint '{cfg.checkpoint}' does not match its metadata: {state_dict_problem(e)}")
             self.model_name, self.model_args = meta["model"], meta.get("model_args", {})
             if cfg.data.task == "classification" and backbone_of(model).num_classes != self.num_classes:
                 if not cfg.reset_head:
