@@ -62,7 +62,7 @@ def build_from_meta(meta: Dict[str, Any]) -> Tuple[nn.Module, Any]:
 
     method = get_method(meta.get("method", "sparsevit"))
     backbone = create_timm_model(meta["model"], **meta.get("model_args", {}))
-    backbone = method.wrap(backbone)
+    backbone = method.wrap(backbone, **meta.get("method_options", {}))
     model = build_task_model(backbone, meta.get("task", "classification"), meta.get("num_classes"))
     return model, method
 

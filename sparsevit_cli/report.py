@@ -35,7 +35,7 @@ UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 @dataclass
 class Point:
-    family: str     # dense | un-adapted | downscaled | uniform | searched | random | searched+finetuned
+    family: str     # dense | un-adapted | downscaled | uniform | searched | random | searched+finetuned | raw-L2 score
     label: str
     top1: float
     gmacs: float
@@ -108,6 +108,14 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
             best = _random_baseline(adapted, folder, val, p, dev, b * points[0].gmacs)
             add("random", f"best of {best['n']} random {b:.0%}", adapted, best["config"])
     add("searched+finetuned", "searched 50% + finetune (demo)", final, final.sparsevit_meta["sparsity"])
+
+    # ablation: the same adapted weights ranking windows by the paper's raw L2 magnitude (SparseViT only)
+    method, backbone = method_and_backbone(adapted)
+    if method.options(backbone).get("window_score", "l2") != "l2":
+        raw = load(demo_dir / "adapt" / "model.safetensors").to(dev)
+        method.wrap(method_and_backbone(raw)[1], window_score="l2")
+        for s in (0.3, 0.5, 0.7):
+            add("raw-L2 score", f"uniform {s:.0%}, raw L2 score", raw, _uniform(raw, s))
 
     _time_all(points, timed, dev, p.timing_repeats)
     report = {"preset": preset, "img_size": p.img_size, "device": str(dev),
@@ -263,7 +271,7 @@ def _plot(points: List[Point], x: str, xlabel: str, path: Path) -> None:
 
     styles = {"dense": ("*", "black"), "un-adapted": ("x", "grey"), "downscaled": ("s-", "tab:red"),
               "uniform": ("o-", "tab:blue"), "searched": ("D-", "tab:green"), "random": ("v", "tab:purple"),
-              "searched+finetuned": ("P", "tab:olive")}
+              "searched+finetuned": ("P", "tab:olive"), "raw-L2 score": ("o:", "tab:cyan")}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for family, (marker, colour) in styles.items():
         pts = sorted((pt for pt in points if pt.family == family), key=lambda pt: getattr(pt, x))

@@ -72,7 +72,13 @@ def test_report_on_the_quick_demo(demo_run):
     report = json.loads((out / "report.json").read_text())
     points = report["points"]
     families = {pt["family"] for pt in points}
-    assert {"dense", "un-adapted", "downscaled", "uniform", "searched", "random", "searched+finetuned"} <= families
+    assert {"dense", "un-adapted", "downscaled", "uniform", "searched", "random", "searched+finetuned",
+            "raw-L2 score"} <= families
+    # the ablation runs the same weights and configs as the uniform points, ranked by the paper's raw L2
+    raw = {pt["label"].split(",")[0]: pt for pt in points if pt["family"] == "raw-L2 score"}
+    uniform = {pt["label"]: pt for pt in points if pt["family"] == "uniform"}
+    assert set(raw) == {"uniform 30%", "uniform 50%", "uniform 70%"}
+    assert all(raw[k]["gmacs"] == uniform[k]["gmacs"] and raw[k]["config"] == uniform[k]["config"] for k in raw)
     dense = next(pt for pt in points if pt["family"] == "dense")
     for pt in points:
         assert 0.0 <= pt["top1"] <= 100.0 and pt["ms"] > 0 and pt["gmacs"] > 0

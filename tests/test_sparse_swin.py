@@ -7,7 +7,9 @@ import timm
 import torch
 
 import sparsevit_cli as sv
+from sparsevit_cli.errors import UserError
 from sparsevit_cli.models.sparse_swin import build_grid, kept_windows, sparse_block_
+from timm.models.swin_transformer import SwinTransformer
 
 
 def randomize_(model):
@@ -115,8 +117,10 @@ def test_one_pruned_block_matches_dense_on_kept_windows(block_idx, img_size):
         assert torch.equal(out_w[b][~kept], in_w[b][~kept])
 
 
-def test_windows_are_chosen_by_l2_magnitude_once_per_stage():
+@pytest.mark.parametrize("score", ["l2", "l2-centered"])
+def test_windows_are_chosen_by_l2_magnitude_once_per_stage(score):
     _, sparse = make_pair(img_size=224)
+    sparse.set_window_score(score)
     # without the patch-embed norm, token energy follows the input's magnitude, so we know the answer
     sparse.patch_embed.norm = torch.nn.Identity()
     sparse.set_sparsity([[0.5], [0.0], [0.0, 0.0, 0.0], [0.0]])
@@ -143,10 +147,57 @@ def test_windows_are_chosen_by_l2_magnitude_once_per_stage():
     with torch.no_grad():
         h = sparse.patch_embed(x)
     grid = sparse._grids(0, 56, 56, x.device)[0]
-    e = torch.cat([(h.reshape(1, -1, 96) ** 2).sum(-1), torch.zeros(1, 1)], 1)
+    tokens = h.reshape(1, -1, 96)
+    if score == "l2-centered":
+        tokens = tokens - tokens.mean(dim=1, keepdim=True)
+    e = torch.cat([(tokens ** 2).sum(-1), torch.zeros(1, 1)], 1)
     expect = e[:, grid.index].sum(-1).argsort(dim=1, descending=True)[:, : ids0.shape[1]]
     assert set(ids0[0].tolist()) == set(expect[0].tolist())
     assert set(ids0[0, :4].tolist()) == {54, 55, 62, 63}  # ranked first
+
+
+def _first_kept_windows(sparse, x):
+    """Window ids the first block of stage 1 keeps for x."""
+    import sparsevit_cli.models.sparse_swin as mod
+    seen = []
+    orig = mod.sparse_block_
+
+    def spy(block, buf, grid, ids):
+        seen.append(ids)
+        return orig(block, buf, grid, ids)
+
+    mod.sparse_block_ = spy
+    try:
+        with torch.no_grad():
+            sparse(x)
+    finally:
+        mod.sparse_block_ = orig
+    return set(seen[0][0].tolist())
+
+
+def test_centered_score_finds_a_dark_object_that_raw_l2_ranks_last():
+    # a bright, flat background (most of the image) and one dark object window: every token shares the
+    # background's large feature, so raw ||x||^2 prefers the background; the deviation from the image's
+    # mean token singles out the object
+    _, sparse = make_pair(img_size=224)
+    sparse.patch_embed.norm = torch.nn.Identity()
+    sparse.set_sparsity([[0.8], [0.0], [0.0, 0.0, 0.0], [0.0]])
+    x = torch.full((1, 3, 224, 224), 3.0)
+    x[..., 84:112, 84:112] = 0.0  # exactly window (3, 3) of the 8 x 8 stage-1 grid: id 27
+    with torch.no_grad():
+        h = sparse.patch_embed(x).reshape(1, -1, 96)
+    assert (h[0, 0] ** 2).sum() > (h[0, 21 * 56 + 21] ** 2).sum()  # background token outweighs object token
+    sparse.set_window_score("l2-centered")
+    assert 27 in _first_kept_windows(sparse, x)
+    sparse.set_window_score("l2")
+    assert 27 not in _first_kept_windows(sparse, x)
+
+
+def test_unknown_window_score_is_a_one_line_error_and_leaves_the_model_alone():
+    dense, _ = make_pair()
+    with pytest.raises(UserError, match="unknown window score 'l1'.*l2-centered"):
+        sv.sparsify(dense, window_score="l1")
+    assert type(dense) is SwinTransformer
 
 
 def test_kept_window_count_rule():

@@ -116,6 +116,35 @@ def test_finetune_writes_self_describing_model(tmp_path, data_dir):
         assert model(x).shape == (2, 10)
 
 
+def test_window_score_option_travels_with_the_model_file(tmp_path, data_dir):
+    # default: the centred score, written into the model file
+    first = run_finetune(load_run_config(write_cfg(tmp_path, data_dir, "a.yaml", sparsity=0.5, epochs=1,
+                                                   out=str(tmp_path / "a"))), progress=False)
+    assert read_meta(first["model_file"])["method_options"] == {"window_score": "l2-centered"}
+    # a run chooses the paper's raw L2 score; the next run started from its file keeps it
+    second = run_finetune(load_run_config(write_cfg(
+        tmp_path, data_dir, "b.yaml", sparsity=0.5, epochs=1, out=str(tmp_path / "b"), checkpoint=first["model_file"],
+        method_options={"window_score": "l2"})), progress=False)
+    third = run_finetune(load_run_config(write_cfg(
+        tmp_path, data_dir, "c.yaml", sparsity=0.5, epochs=1, out=str(tmp_path / "c"),
+        checkpoint=second["model_file"])), progress=False)
+    for result in (second, third):
+        assert read_meta(result["model_file"])["method_options"] == {"window_score": "l2"}
+        assert load(result["model_file"]).window_score == "l2"
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"window_scor": "l2"}, "method 'sparsevit' has no option 'window_scor' (its options: window_score)"),
+    ({"window_score": "l1"}, "unknown window score 'l1' (choose from: l2, l2-centered)"),
+])
+def test_bad_method_option_is_one_line(tmp_path, data_dir, capsys, options, needle):
+    cfg = write_cfg(tmp_path, data_dir, method_options=options)
+    code, _, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert needle in err
+
+
 def test_finetune_accepts_search_output_file(tmp_path, data_dir):
     best = tmp_path / "best.yaml"
     best.write_text("method: sparsevit\nsparsity: [[0.2], [0.3]]\ntop1: 50.0\n")

@@ -6,7 +6,7 @@ gene may take; the method says what the values mean, how to apply them to a mode
 """
 from __future__ import annotations
 
-from typing import Dict, List, Protocol, Sequence
+from typing import Any, Dict, List, Protocol, Sequence
 
 import torch.nn as nn
 
@@ -19,8 +19,13 @@ class Method(Protocol):
     #: packaged search space used when the user names none (`adapt`, `search`)
     default_space: str
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """Return a model that can run any config of this method, sharing `model`'s parameters."""
+    def wrap(self, model: nn.Module, **options: Any) -> nn.Module:
+        """Return a model that can run any config of this method, sharing `model`'s parameters.
+        `options` are the method's settings (e.g. SparseViT's `window_score`); unknown ones raise
+        UserError. Wrapping an already wrapped model only changes the options given."""
+
+    def options(self, wrapped: nn.Module) -> Dict[str, Any]:
+        """The wrapped model's settings, as `wrap` takes them (stored in model files)."""
 
     def group_sizes(self, model: nn.Module) -> List[int]:
         """Number of genes per group for this model (e.g. Swin-T: [1, 1, 3, 1] block pairs)."""
@@ -48,6 +53,15 @@ class Method(Protocol):
 
 
 METHODS: Dict[str, Method] = {}
+
+
+def check_options(method: str, options: Dict[str, Any], known: Sequence[str]) -> None:
+    """UserError for a method option the method does not have (a typo in `method_options:`)."""
+    from ..errors import UserError
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        have = ", ".join(known) if known else "none"
+        raise UserError(f"method '{method}' has no option {unknown[0]!r} (its options: {have})")
 
 
 def register_method(method: Method) -> Method:

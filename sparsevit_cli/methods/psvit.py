@@ -31,7 +31,7 @@ from ..models.psvit import (PSViTTransformer, decode_genes, gene_sizes, pool_pos
                             psvit_block, pooled_grid, validate_genes)
 from ..models.psvit_cost import psvit_macs
 from ..models.swin_latency import _time
-from .base import Config, register_method
+from .base import Config, check_options, register_method
 
 
 def _depth(model: nn.Module) -> int:
@@ -55,8 +55,12 @@ class PSViT:
     name = "psvit"
     default_space = "psvit_deit"
 
-    def wrap(self, model: nn.Module) -> PSViTTransformer:
+    def wrap(self, model: nn.Module, **options: Any) -> PSViTTransformer:
+        check_options(self.name, options, [])
         return psvit(model)
+
+    def options(self, wrapped: PSViTTransformer) -> Dict[str, Any]:
+        return {}
 
     def group_sizes(self, model: nn.Module) -> List[int]:
         return gene_sizes(_depth(model))

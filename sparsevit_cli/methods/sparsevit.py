@@ -1,22 +1,26 @@
 """SparseViT (window activation pruning for Swin) as a pipeline method."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch.nn as nn
 
 from ..models.sparse_swin import SparseSwinTransformer, pair_counts, sparsify, validate_sparsity
 from ..models.swin_cost import swin_macs
 from ..models.swin_latency import build_swin_latency_table, predict_swin_latency
-from .base import Config, register_method
+from .base import Config, check_options, register_method
 
 
 class SparseViT:
     name = "sparsevit"
     default_space = "swin_auto"  # gene counts from the model: fits every Swin depth
 
-    def wrap(self, model: nn.Module) -> SparseSwinTransformer:
-        return sparsify(model)
+    def wrap(self, model: nn.Module, **options: Any) -> SparseSwinTransformer:
+        check_options(self.name, options, ["window_score"])
+        return sparsify(model, window_score=options.get("window_score"))
+
+    def options(self, wrapped: SparseSwinTransformer) -> Dict[str, Any]:
+        return {"window_score": wrapped.window_score}
 
     def group_sizes(self, model: nn.Module) -> List[int]:
         return pair_counts(model)  # reads the model, never patches it

@@ -3,10 +3,18 @@
 `sparsify(model)` patches a timm `SwinTransformer` in place (ToMe-style class swap: same object, same
 parameters, same state-dict keys) so that every Swin block can run on a subset of its windows:
 
-* Once per stage, after patch merging, every token's energy ``||x||^2`` is computed. A window's score
-  is the sum of its tokens' energies (its squared L2 magnitude). Because the score is built from token
-  energies, the same numbers rank the windows of the plain *and* of the shifted grid, and no block
-  re-scores: every block of a stage uses one consistent order.
+* Once per stage, after patch merging, every token's energy is computed by the model's window score
+  (`WINDOW_SCORES`). A window's score is the sum of its tokens' energies (its squared L2 magnitude).
+  Because the score is built from token energies, the same numbers rank the windows of the plain *and*
+  of the shifted grid, and no block re-scores: every block of a stage uses one consistent order.
+  Two scores are built in: ``l2`` (the paper: ``||x||^2``) and ``l2-centered`` (the default:
+  ``||x - mean(x)||^2``, the magnitude of a token's deviation from the image's mean token).
+  Why centre: Swin features carry a large component shared by every token (LayerNorm biases, the
+  patch-merging projection of them). With it, ``||x||^2 = ||m||^2 + 2<m, x - m> + ||x - m||^2`` is
+  dominated by the cross term, which rewards tokens that look like the image's *average*, i.e. like the
+  background that covers most of a high-resolution image. Measured on the demo data (trained demo
+  model, uniform 50%): raw L2 keeps 63% top-1, centred L2 80%, an oracle that keeps the digit's
+  windows 82% (dense 82%). ``window_score="l2"`` reproduces the paper's criterion exactly.
 * A block with sparsity ``s`` keeps ``max(1, round((1 - s) * nW))`` windows per image. It gathers the
   tokens of those windows straight from the flat (B, H*W, C) stage buffer through an index table
   (plain or shifted grid, built once per resolution), runs LN -> window attention (timm's relative
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,6 +40,31 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
 from ..errors import UserError
 
 RATIO_CHOICES = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0 ... 0.8
+
+
+def _l2_energy(x: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) -> (B, N): ||x||^2 per token (the paper's L2 activation magnitude)."""
+    return torch.einsum("bnc,bnc->bn", x, x)
+
+
+def _centered_l2_energy(x: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) -> (B, N): ||x - mean over the image's tokens||^2 per token (see the module doc)."""
+    d = x - x.mean(dim=1, keepdim=True)
+    return torch.einsum("bnc,bnc->bn", d, d)
+
+
+#: token energy functions a window score is summed from, by name (the name is stored in model files)
+WINDOW_SCORES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "l2": _l2_energy,
+    "l2-centered": _centered_l2_energy,
+}
+DEFAULT_WINDOW_SCORE = "l2-centered"
+
+
+def check_window_score(name: str) -> str:
+    if name not in WINDOW_SCORES:
+        raise UserError(f"unknown window score {name!r} (choose from: {', '.join(WINDOW_SCORES)})")
+    return name
 
 
 def kept_windows(num_windows: int, sparsity: float) -> int:
@@ -229,6 +262,7 @@ class SparseSwinTransformer(SwinTransformer):
     """A timm SwinTransformer whose blocks run on their top-scoring windows. Created by `sparsify`."""
 
     sparsity: List[List[float]]  # one ratio per block pair, per stage
+    window_score: str = DEFAULT_WINDOW_SCORE  # a WINDOW_SCORES name
     #: while `kept_window_masks` runs: a list that every stage appends its per-block kept-token masks to
     _kept_recorder: Optional[List[List[torch.Tensor]]] = None
 
@@ -246,6 +280,11 @@ class SparseSwinTransformer(SwinTransformer):
         if isinstance(config, (int, float)):
             config = [[float(config)] * n for n in self.pair_counts()]
         self.sparsity = self.validate_sparsity(config)
+        return self
+
+    def set_window_score(self, name: str) -> "SparseSwinTransformer":
+        """Choose how windows are ranked: a `WINDOW_SCORES` name ("l2-centered" or the paper's "l2")."""
+        self.window_score = check_window_score(name)
         return self
 
     def block_sparsity(self, stage: int, block: int) -> float:
@@ -282,8 +321,7 @@ class SparseSwinTransformer(SwinTransformer):
         orders: Dict[int, torch.Tensor] = {}
         if any(k < g.num_windows for k, g in zip(keeps, grids)):
             with torch.no_grad():  # scores pick windows; they are not trained through
-                xs = buf[:, : H * W]
-                energy = torch.einsum("bnc,bnc->bn", xs, xs).float()
+                energy = WINDOW_SCORES[self.window_score](buf[:, : H * W]).float()
                 energy = torch.cat([energy, energy.new_zeros(B, 1)], dim=1)
                 for g in grids:
                     if id(g) not in orders:
@@ -341,16 +379,22 @@ class SparseSwinTransformer(SwinTransformer):
         return self.norm(stages[-1]), inter
 
 
-def sparsify(model: nn.Module, sparsity=None) -> SparseSwinTransformer:
+def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None) -> SparseSwinTransformer:
     """Make a timm SwinTransformer window-sparse, in place (same object, same parameters).
 
-    `sparsity` defaults to 0 (exactly the dense model) for a new one; an already sparse model keeps its
-    config unless one is given (so asking a sparse model's method for e.g. its group sizes never resets it)."""
-    if isinstance(model, SparseSwinTransformer):
-        return model if sparsity is None else model.set_sparsity(sparsity)
-    if not isinstance(model, SwinTransformer):
-        raise UserError(f"SparseViT needs a timm SwinTransformer (v1), got {type(model).__name__}")
-    model.__class__ = SparseSwinTransformer
-    model._grid_cache = {}
-    model.set_sparsity(0.0 if sparsity is None else sparsity)
+    `sparsity` defaults to 0 (exactly the dense model) for a new one and `window_score` to
+    `DEFAULT_WINDOW_SCORE`; an already sparse model keeps its settings unless new ones are given (so
+    asking a sparse model's method for e.g. its group sizes never resets it)."""
+    if not isinstance(model, SparseSwinTransformer):
+        if not isinstance(model, SwinTransformer):
+            raise UserError(f"SparseViT needs a timm SwinTransformer (v1), got {type(model).__name__}")
+        if window_score is not None:
+            check_window_score(window_score)  # before patching: a bad name leaves the model untouched
+        model.__class__ = SparseSwinTransformer
+        model._grid_cache = {}
+        model.set_sparsity(0.0 if sparsity is None else sparsity)
+    elif sparsity is not None:
+        model.set_sparsity(sparsity)
+    if window_score is not None:
+        model.set_window_score(window_score)
     return model

@@ -176,6 +176,7 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
     best_cfg = result.best_config
     report: Dict[str, Any] = {
         "method": method_name, "model": meta["model"], "model_args": meta.get("model_args", {}),
+        "method_options": meta.get("method_options", {}),
         "img_size": img_size, "sparsity": best_cfg, "metric": meta.get("task") == "segmentation" and "miou" or "top1",
         "metric_value": result.best_metric, "cost": result.best_cost, "cost_unit": unit,
         "dense_cost": dense_cost, "budget": budget.max_cost,

@@ -64,6 +64,9 @@ class RunConfig:
     data: DataCfg = field(default_factory=DataCfg)
     #: sparsity config: a number (uniform), a list per stage, or a path to a config file (e.g. best.yaml)
     sparsity: Union[float, List[Any], str] = 0.0
+    #: the method's settings, e.g. SparseViT {window_score: l2-centered | l2}; a toolkit checkpoint's own
+    #: settings are kept unless overridden here
+    method_options: Dict[str, Any] = field(default_factory=dict)
     adapt: AdaptCfg = field(default_factory=AdaptCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     schedule: ScheduleCfg = field(default_factory=ScheduleCfg)

@@ -210,6 +210,8 @@ class Trainer:
         meta = read_meta(cfg.checkpoint) if cfg.checkpoint else None
         if meta is not None:  # a toolkit model file (e.g. the output of an earlier adapt)
             model, method = build_from_meta(meta)
+            if cfg.method_options:
+                method.wrap(backbone_of(model), **cfg.method_options)
             try:
                 model.load_state_dict(load_file(cfg.checkpoint), strict=True)
             except RuntimeError as e:
@@ -226,7 +228,7 @@ class Trainer:
         if cfg.checkpoint:
             load_timm_checkpoint(backbone, cfg.checkpoint, reset_head=cfg.reset_head)
         method = method_for_model(backbone)
-        backbone = method.wrap(backbone)
+        backbone = method.wrap(backbone, **cfg.method_options)
         self.model_name, self.model_args = cfg.model.name, args
         seg_classes = self.num_classes if cfg.data.task == "segmentation" else None
         return build_task_model(backbone, cfg.data.task, seg_classes), method
@@ -423,7 +425,8 @@ class Trainer:
         if dist.is_main():
             meta = {"method": self.method.name, "model": self.model_name, "model_args": self.model_args,
                     "img_size": self.img_size, "task": self.cfg.data.task, "num_classes": self.num_classes,
-                    "sparsity": self.config, "trained_by": self.mode, **(extra or {})}
+                    "sparsity": self.config,
+                    "method_options": self.method.options(self.backbone), "trained_by": self.mode, **(extra or {})}
             save_model(path, self.model, meta)
         dist.barrier()
         return path
