@@ -127,6 +127,9 @@ def adapt(
     data: Optional[str] = typer.Option(None, help="ImageFolder-style data directory (train/, val/)."),
     space: Optional[str] = typer.Option(None, help="Search space: packaged name (e.g. swin_t) or YAML path."),
     sandwich: Optional[bool] = typer.Option(None, help="Also train the dense and the sparsest config every step."),
+    window_score: Optional[str] = typer.Option(None, help="SparseViT window ranking: l2-centered (default: "
+                                                          "magnitude of the deviation from the image's mean "
+                                                          "token) or l2 (the paper's raw L2 magnitude)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step per process."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
@@ -137,7 +140,8 @@ def adapt(
     """Sparsity-aware adaptation: every step trains a random valid config of the search space."""
     from .train.commands import run_adapt
     cfg = _run_config(config, {"checkpoint": checkpoint, "model.name": model, "data.path": data,
-                               "adapt.space": space, "adapt.sandwich": sandwich, "epochs": epochs,
+                               "adapt.space": space, "adapt.sandwich": sandwich,
+                               "method_options.window_score": window_score, "epochs": epochs,
                                "batch_size": batch_size, "optim.lr": lr, "out": out})
     run_adapt(cfg, resume=resume, progress=progress, console=console)
 

@@ -145,6 +145,16 @@ def test_bad_method_option_is_one_line(tmp_path, data_dir, capsys, options, need
     assert needle in err
 
 
+def test_adapt_window_score_flag(tmp_path, data_dir, capsys):
+    cfg = write_cfg(tmp_path, data_dir, epochs=1, **{"adapt.report": [0.5]})
+    code, _, err = run_cli(["adapt", "--config", str(cfg), "--window-score", "l2", "--no-progress"], capsys)
+    assert code == 0, err
+    assert read_meta(tmp_path / "out" / "model.safetensors")["method_options"] == {"window_score": "l2"}
+    code, _, err = run_cli(["adapt", "--config", str(cfg), "--window-score", "max", "--no-progress",
+                            "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and err.strip() == ("error: unknown window score 'max' (choose from: l2, l2-centered)")
+
+
 def test_finetune_accepts_search_output_file(tmp_path, data_dir):
     best = tmp_path / "best.yaml"
     best.write_text("method: sparsevit\nsparsity: [[0.2], [0.3]]\ntop1: 50.0\n")
