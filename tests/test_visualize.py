@@ -62,13 +62,16 @@ def test_masks_keep_the_configured_number_of_windows(sparsity):
                 assert ((per_window == 16).sum(dim=(1, 2)) == k).all()
 
 
-def test_masks_are_the_top_windows_by_token_energy():
-    """Stage 1 ranks windows by the summed ||x||^2 of the patch embedding: recompute it independently."""
-    model = micro_swin()
+@pytest.mark.parametrize("score", ["l2", "l2-centered"])
+def test_masks_are_the_top_windows_by_token_energy(score):
+    """Stage 1 ranks windows by the summed token energy of the patch embedding: recompute it independently."""
+    model = micro_swin().set_window_score(score)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     mask = model.kept_window_masks(x)[0][0][0]
     with torch.no_grad():
         tokens = model.patch_embed(x)[0]  # 16 x 16 x C
+    if score == "l2-centered":
+        tokens = tokens - tokens.mean(dim=(0, 1))
     scores = (tokens ** 2).sum(-1).view(4, 4, 4, 4).sum(dim=(1, 3)).flatten()
     top = set(torch.sort(scores, descending=True, stable=True).indices[:kept_windows(16, 0.5)].tolist())
     kept = mask.view(4, 4, 4, 4).any(dim=3).any(dim=1).flatten()
