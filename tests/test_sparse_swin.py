@@ -117,6 +117,25 @@ def test_one_pruned_block_matches_dense_on_kept_windows(block_idx, img_size):
         assert torch.equal(out_w[b][~kept], in_w[b][~kept])
 
 
+def _window_ids_by_block(sparse, x):
+    """{id(block): the (B, k) window ids it ran on (None = all)} for one forward of x."""
+    import sparsevit_cli.models.sparse_swin as mod
+    seen = {}
+    orig = mod.sparse_block_
+
+    def spy(block, buf, grid, ids):
+        seen.setdefault(id(block), ids)
+        return orig(block, buf, grid, ids)
+
+    mod.sparse_block_ = spy
+    try:
+        with torch.no_grad():
+            sparse(x)
+    finally:
+        mod.sparse_block_ = orig
+    return seen
+
+
 @pytest.mark.parametrize("score", ["l2", "l2-centered"])
 def test_windows_are_chosen_by_l2_magnitude_once_per_stage(score):
     _, sparse = make_pair(img_size=224)
@@ -126,22 +145,7 @@ def test_windows_are_chosen_by_l2_magnitude_once_per_stage(score):
     sparse.set_sparsity([[0.5], [0.0], [0.0, 0.0, 0.0], [0.0]])
     x = torch.randn(1, 3, 224, 224) * 0.01
     x[..., 168:, 168:] += 5.0 * torch.randn(1, 3, 56, 56)  # a busy bottom-right corner
-    seen = {}
-
-    def spy(block, buf, grid, ids):
-        seen.setdefault(id(block), ids)
-        return orig(block, buf, grid, ids)
-
-    import sparsevit_cli.models.sparse_swin as mod
-    orig = mod.sparse_block_
-    mod.sparse_block_ = spy
-    try:
-        with torch.no_grad():
-            sparse(x)
-    finally:
-        mod.sparse_block_ = orig
-    b0, b1 = sparse.layers[0].blocks
-    ids0 = seen[id(b0)]
+    ids0 = _window_ids_by_block(sparse, x)[id(sparse.layers[0].blocks[0])]
     assert ids0.shape == (1, kept_windows(64, 0.5))
     # stage input energies decide: windows covering the busy corner (window rows/cols 6-7) rank first
     with torch.no_grad():
@@ -158,21 +162,7 @@ def test_windows_are_chosen_by_l2_magnitude_once_per_stage(score):
 
 def _first_kept_windows(sparse, x):
     """Window ids the first block of stage 1 keeps for x."""
-    import sparsevit_cli.models.sparse_swin as mod
-    seen = []
-    orig = mod.sparse_block_
-
-    def spy(block, buf, grid, ids):
-        seen.append(ids)
-        return orig(block, buf, grid, ids)
-
-    mod.sparse_block_ = spy
-    try:
-        with torch.no_grad():
-            sparse(x)
-    finally:
-        mod.sparse_block_ = orig
-    return set(seen[0][0].tolist())
+    return set(_window_ids_by_block(sparse, x)[id(sparse.layers[0].blocks[0])][0].tolist())
 
 
 def test_centered_score_finds_a_dark_object_that_raw_l2_ranks_last():

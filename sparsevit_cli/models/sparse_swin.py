@@ -49,8 +49,7 @@ def _l2_energy(x: torch.Tensor) -> torch.Tensor:
 
 def _centered_l2_energy(x: torch.Tensor) -> torch.Tensor:
     """(B, N, C) -> (B, N): ||x - mean over the image's tokens||^2 per token (see the module doc)."""
-    d = x - x.mean(dim=1, keepdim=True)
-    return torch.einsum("bnc,bnc->bn", d, d)
+    return _l2_energy(x - x.mean(dim=1, keepdim=True))
 
 
 #: token energy functions a window score is summed from, by name (the name is stored in model files)
