@@ -2,7 +2,7 @@
 
     python benchmarks/bench_export.py [--img-size 448] [--sparsity 0.6] [--repeats 10] [--warmup 3]
 
-Both models go through `sparsevit_cli.export.export_model`, the code behind `sparsevit export`, so each file
+Both models go through `sparsevit_cli.commands.export.export_model`, the code behind `sparsevit export`, so each file
 is checked against PyTorch as it is written; the parity column is the largest relative error over the
 traced input and a fresh one. speedup = dense_ms / sparse_ms; ideal = dense MACs / sparse MACs;
 efficiency = speedup / ideal. Random weights (seed 0): latency does not depend on what was learned.
@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 import sparsevit_cli as sv
-from sparsevit_cli.export import FORMATS, export_model
-from sparsevit_cli.measure import time_models
-from sparsevit_cli.models.swin_cost import swin_macs
+from sparsevit_cli.commands.export import FORMATS, export_model
+from sparsevit_cli.timing import time_models
+from sparsevit_cli.swin.cost import swin_macs
 
 
 def randomize_norms_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

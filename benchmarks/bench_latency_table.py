@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsevit_cli.latency import calibrated_table, predict_latency
-from sparsevit_cli.measure import resolve_device, time_models
-from sparsevit_cli.methods.base import method_for_model
-from sparsevit_cli.models.factory import create_timm_model
+from sparsevit_cli.timing import resolve_device, time_models
+from sparsevit_cli.methods import method_for_model
+from sparsevit_cli.timm_models import create_timm_model
 from sparsevit_cli.search.space import load_space
 
 

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 import sparsevit_cli as sv
-from sparsevit_cli.measure import resolve_device, resolve_dtype, time_models
-from sparsevit_cli.models.swin_cost import swin_macs
+from sparsevit_cli.timing import resolve_device, resolve_dtype, time_models
+from sparsevit_cli.swin.cost import swin_macs
 
 
 def main():

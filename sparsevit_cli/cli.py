@@ -35,7 +35,7 @@ def _root() -> None:
 
 
 def _sparsity_from_options(sparsity: Optional[float], config: Optional[Path]):
-    from .configs import read_sparsity_file
+    from .io import read_sparsity_file
     if (sparsity is None) == (config is None):
         if config is None:
             return 0.6  # built-in default: the paper's headline operating point
@@ -62,9 +62,9 @@ def measure(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Measure dense vs sparse latency on a device; speedup vs the MAC-ideal speedup (efficiency)."""
-    from .measure import measure_dense_vs_sparse
-    from .methods.base import method_for_model
-    from .models.factory import create_timm_model, load_timm_checkpoint
+    from .commands.measure import measure_dense_vs_sparse
+    from .methods import method_for_model
+    from .timm_models import create_timm_model, load_timm_checkpoint
 
     cfg = _sparsity_from_options(sparsity, config)
     dense = create_timm_model(model, img_size=img_size)
@@ -89,7 +89,7 @@ def measure(
 
 def _run_config(config: Optional[Path], overrides: dict):
     """Run config from a YAML file (or defaults), with command-line options overriding its keys."""
-    from .train.config import load_run_config, parse_run_config
+    from .train.run_config import load_run_config, parse_run_config
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if config is not None:
         return load_run_config(config, overrides)
@@ -113,7 +113,7 @@ def finetune(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Train one sparsity config to convergence (all zeros = dense training); writes out/model.safetensors."""
-    from .train.commands import run_finetune
+    from .commands.train import run_finetune
     cfg = _run_config(config, {"out": out, "epochs": epochs})
     run_finetune(cfg, resume=resume, progress=progress, console=console)
 
@@ -138,7 +138,7 @@ def adapt(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Sparsity-aware adaptation: every step trains a random valid config of the search space."""
-    from .train.commands import run_adapt
+    from .commands.train import run_adapt
     cfg = _run_config(config, {"checkpoint": checkpoint, "model.name": model, "data.path": data,
                                "adapt.space": space, "adapt.sandwich": sandwich,
                                "method_options.window_score": window_score, "epochs": epochs,
@@ -177,7 +177,7 @@ def search(
 ):
     """Evolutionary search (DEAP) for the most accurate config within a MAC or latency budget."""
     from .search.evolution import EvolutionSettings
-    from .search.run import SearchOptions, run_search
+    from .commands.search import SearchOptions, run_search
     settings = EvolutionSettings(population=population, generations=generations, parents=parents,
                                  mutations=mutations, crossovers=crossovers, mutation_prob=mutation_prob, seed=seed)
     opts = SearchOptions(checkpoint=checkpoint, data=data, out=out, space=space, budget_macs=budget_macs,
@@ -199,7 +199,7 @@ def visualize(
     out: Path = typer.Option(..., help="Picture to write (.png; .pdf, .svg, .jpg also work), written atomically."),
 ):
     """Draw the windows each stage keeps over an image (pruned windows dimmed), like SparseViT's figure 1."""
-    from .visualize import visualize_windows
+    from .commands.visualize import visualize_windows
     result = visualize_windows(checkpoint, image, out, config=config, img_size=img_size)
     for st in result["stages"]:
         console.print(f"stage {st['stage']}: {st['ratio']:.0%} pruned, {st['kept']}/{st['windows']} windows kept "
@@ -217,7 +217,7 @@ def demo(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """The whole workflow on built-in data: train, adapt, search (50% MACs), finetune, export, compare."""
-    from .demo import run_demo
+    from .commands.demo import run_demo
     name = preset or ("quick" if quick else "gpu" if device.startswith("cuda") else "default")
     run_demo(out, preset=name, device=device, progress=progress, console=console)
 
@@ -235,7 +235,7 @@ def report(
 ):
     """Reproduce the paper's comparisons on the demo data: accuracy vs MACs and vs latency for dense, downscaled
     dense, uniform sparsity and searched configs; writes report.md and PNG plots."""
-    from .report import run_report
+    from .commands.report import run_report
     run_report(out, preset=preset, device=device, budgets=_fractions(budgets, "--budgets"),
                scales=_fractions(scales, "--scales"), progress=progress, console=console)
 
@@ -279,9 +279,10 @@ def export(
     time_it: bool = typer.Option(True, "--time/--no-time", help="Time exported sparse vs exported dense."),
 ):
     """Export a deployable model (window selection inside the graph) and verify it against PyTorch."""
-    from .configs import read_sparsity_file
-    from .export import export_model
-    from .pipeline import load_model_file, real_inputs
+    from .io import read_sparsity_file
+    from .commands.export import export_model
+    from .commands.export import real_inputs
+    from .model_file import load_model_file
 
     if dtype != "fp32":
         raise UserError("only fp32 export can be verified on this runtime; use --dtype fp32")
@@ -310,7 +311,7 @@ def export(
 @app.command()
 def info(path: Path = typer.Argument(..., help="A sparsevit model file.")):
     """Show what a sparsevit model file holds: method, model, args, image size, sparsity, metrics."""
-    from .checkpoint import read_meta
+    from .model_file import read_meta
     if not path.is_file():
         raise UserError(f"model file '{path}' not found")
     meta = read_meta(path)
@@ -328,7 +329,7 @@ def torch_randn(batch_size: int, size: int, seed: int):
 
 
 def _backbone(model):
-    from .models.tasks import backbone_of
+    from .tasks import backbone_of
     return backbone_of(model)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Dict
 import torch
 import torch.nn as nn
 
-from .measure import time_models
+from .timing import time_models
 
 
 def calibrated_table(method, model: nn.Module, backbone: nn.Module, x: torch.Tensor, space, calibration: int = 6,

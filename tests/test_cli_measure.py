@@ -75,7 +75,7 @@ def test_method_queries_neither_patch_nor_reset_models():
     asking about a sparse model must not reset its config (export and search rely on both)."""
     from timm.models.swin_transformer import SwinTransformer
     from sparsevit_cli import sparsify
-    from sparsevit_cli.methods.base import method_for_model
+    from sparsevit_cli.methods import method_for_model
 
     dense = timm.create_model("swin_tiny_patch4_window7_224")
     method = method_for_model(dense)

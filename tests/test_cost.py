@@ -7,8 +7,8 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 
 import sparsevit_cli as sv
-from sparsevit_cli.models.swin_cost import swin_macs
-from sparsevit_cli.models.sparse_swin import RATIO_CHOICES
+from sparsevit_cli.swin.cost import swin_macs
+from sparsevit_cli.swin.patch import RATIO_CHOICES
 
 # fvcore also counts normalisation and pooling as "flops"; MACs count matrix products only
 NON_MAC_OPS = {"layer_norm", "batch_norm", "group_norm", "instance_norm", "adaptive_avg_pool2d"}

@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from sparsevit_cli.demo import PRESETS
+from sparsevit_cli.commands.demo import PRESETS
 from cli_helpers import exit_code
 
 
@@ -50,8 +50,8 @@ def test_other_preset_in_same_folder_is_refused(demo_run, capsys):
 def test_presets_build_and_the_budget_leaves_choices():
     """Every preset's model builds, and its search budget lies above its sparsest config (else the
     search could not start) and below dense."""
-    from sparsevit_cli.methods.base import method_for_model
-    from sparsevit_cli.models.factory import create_timm_model
+    from sparsevit_cli.methods import method_for_model
+    from sparsevit_cli.timm_models import create_timm_model
     from sparsevit_cli.search.space import load_space
 
     for name, p in PRESETS.items():

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import sparsevit_cli as sv
-import sparsevit_cli.models.sparse_swin as engine
-from sparsevit_cli.checkpoint import save_model
-from sparsevit_cli.export import FORMATS, Format, export_model
-from sparsevit_cli.methods.base import get_method
+import sparsevit_cli.swin.patch as engine
+from sparsevit_cli.model_file import save_model
+from sparsevit_cli.commands.export import FORMATS, Format, export_model
+from sparsevit_cli.methods import get_method
 from test_sparse_swin import randomize_, rel_err
 from cli_helpers import assert_one_line_error, run_cli
 

@@ -5,8 +5,10 @@ import torch
 
 import sparsevit_cli as sv
 from sparsevit_cli.latency import calibrated_table, predict_latency
-from sparsevit_cli.methods.base import get_method
-from sparsevit_cli.models.swin_latency import build_swin_latency_table, predict_swin_latency
+from sparsevit_cli.methods import get_method
+from sparsevit_cli.swin import patch
+from sparsevit_cli.swin.latency import build_swin_latency_table, predict_swin_latency
+from sparsevit_cli.swin.patch import RATIO_CHOICES
 from sparsevit_cli.search.space import load_space
 
 MICRO = dict(img_size=64, embed_dim=16, depths=[2, 4], num_heads=[1, 2], window_size=4)
@@ -19,12 +21,27 @@ def table():
     return model, build_swin_latency_table(model, torch.randn(1, 3, 64, 64), warmup=0, repeats=1)
 
 
-def test_table_covers_every_pair_and_ratio_and_restores_the_model(table):
+def test_table_covers_every_pair_and_ratio(table):
     model, t = table
     assert [len(stage) for stage in t["pairs_ms"]] == model.pair_counts() == [1, 2]
-    assert all(set(p) == {f"{r:g}" for r in sv.models.sparse_swin.RATIO_CHOICES} for s in t["pairs_ms"] for p in s)
+    assert all(set(p) == {f"{r:g}" for r in RATIO_CHOICES} for s in t["pairs_ms"] for p in s)
     assert all(v > 0 for s in t["pairs_ms"] for p in s for v in p.values())
     assert t["windows"] == [[16, 16], [4, 4, 4, 4]] and t["img_size"] == 64 and t["batch_size"] == 1
+
+
+@pytest.mark.parametrize("score", ["l2", "l2-centered"])
+def test_table_times_the_models_own_window_score_and_restores_its_config(score, monkeypatch):
+    model = sv.sparsify(timm.create_model("swin_tiny_patch4_window7_224", **MICRO).eval(), window_score=score)
+    model.set_sparsity([[0.3], [0.4, 0.7]])
+    calls = {name: 0 for name in patch.WINDOW_SCORES}
+    for name, fn in list(patch.WINDOW_SCORES.items()):
+        def counted(x, fn=fn, name=name):
+            calls[name] += 1
+            return fn(x)
+        monkeypatch.setitem(patch.WINDOW_SCORES, name, counted)
+    build_swin_latency_table(model, torch.randn(1, 3, 64, 64), warmup=0, repeats=1)
+    assert calls[score] > 0 and all(n == 0 for name, n in calls.items() if name != score)
+    assert model.sparsity == [[0.3], [0.4, 0.7]] and model.window_score == score
 
 
 def test_prediction_is_fixed_plus_scaled_pairs_plus_scoring_of_pruning_stages(table):

@@ -13,10 +13,10 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
 from sparsevit_cli.errors import UserError
-from sparsevit_cli.methods.base import get_method, method_for_model
-from sparsevit_cli.models.psvit import (PSViTTransformer, decode_genes, pool_positions, pool_tokens, psvit,
+from sparsevit_cli.methods import get_method, method_for_model
+from sparsevit_cli.vit.patch import (PSViTTransformer, decode_genes, pool_positions, pool_tokens, psvit,
                                         validate_plan)
-from sparsevit_cli.models.psvit_cost import psvit_macs
+from sparsevit_cli.vit.cost import psvit_macs
 from sparsevit_cli.search.space import load_space
 
 # fvcore also counts normalisation as "flops"; MACs count matrix products only

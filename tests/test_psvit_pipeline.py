@@ -5,10 +5,10 @@ import json
 import pytest
 import yaml
 
-from sparsevit_cli.checkpoint import load, read_meta
+from sparsevit_cli.model_file import load, read_meta
 from sparsevit_cli.data.demo import write_demo_data
-from sparsevit_cli.methods.base import get_method
-from sparsevit_cli.models.tasks import backbone_of
+from sparsevit_cli.methods import get_method
+from sparsevit_cli.tasks import backbone_of
 from cli_helpers import exit_code
 
 # depth 6 -> pooling candidates before blocks 2 and 4, 3 sharing pairs: groups [2, 3]

@@ -10,13 +10,13 @@ import torch
 import yaml
 
 from sparsevit_cli import sparsify
-from sparsevit_cli.checkpoint import save_model
+from sparsevit_cli.model_file import save_model
 from sparsevit_cli.cli import main
-from sparsevit_cli.configs import read_sparsity_file
+from sparsevit_cli.io import read_sparsity_file
 from sparsevit_cli.data.demo import write_demo_data
-from sparsevit_cli.methods.base import get_method
-from sparsevit_cli.models.tasks import build_task_model
-from sparsevit_cli.search import run as search_run
+from sparsevit_cli.methods import get_method
+from sparsevit_cli.tasks import build_task_model
+from sparsevit_cli.commands import search as search_run
 from cli_helpers import run_cli
 
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,

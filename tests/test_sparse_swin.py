@@ -8,7 +8,7 @@ import torch
 
 import sparsevit_cli as sv
 from sparsevit_cli.errors import UserError
-from sparsevit_cli.models.sparse_swin import build_grid, kept_windows, sparse_block_
+from sparsevit_cli.swin.patch import build_grid, kept_windows, sparse_block_
 from timm.models.swin_transformer import SwinTransformer
 
 
@@ -119,7 +119,7 @@ def test_one_pruned_block_matches_dense_on_kept_windows(block_idx, img_size):
 
 def _window_ids_by_block(sparse, x):
     """{id(block): the (B, k) window ids it ran on (None = all)} for one forward of x."""
-    import sparsevit_cli.models.sparse_swin as mod
+    import sparsevit_cli.swin.patch as mod
     seen = {}
     orig = mod.sparse_block_
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from sparsevit_cli.checkpoint import load, read_meta
+from sparsevit_cli.model_file import load, read_meta
 from sparsevit_cli.data.demo import write_demo_data
-from sparsevit_cli.train.commands import run_adapt, run_finetune
-from sparsevit_cli.train.config import load_run_config
+from sparsevit_cli.commands.train import run_adapt, run_finetune
+from sparsevit_cli.train.run_config import load_run_config
 from cli_helpers import run_cli
 
 # a micro Swin: 64 px, 16x16 tokens, 4x4 windows -> 16 windows in stage 1, 4 in stage 2
@@ -98,7 +98,7 @@ def test_resume_is_bit_exact(tmp_path, data_dir):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # and training did change the weights (the untrained model of the same seed differs)
-    from sparsevit_cli.train.loop import Trainer
+    from sparsevit_cli.train.trainer import Trainer
     initial = Trainer(load_run_config(write_cfg(tmp_path, data_dir, "c.yaml", out=str(tmp_path / "c"))),
                       progress=False).model.state_dict()
     assert not torch.equal(initial["layers.0.blocks.0.attn.qkv.weight"], a["layers.0.blocks.0.attn.qkv.weight"])
@@ -175,7 +175,7 @@ def test_segmentation_finetune(tmp_path, data_dir):
 def test_adapt_samples_configs_and_reports(tmp_path, data_dir):
     cfg = load_run_config(write_cfg(tmp_path, data_dir, epochs=1, **{"adapt.sandwich": True}))
     seen = []
-    from sparsevit_cli.train import loop
+    from sparsevit_cli.train import trainer as loop
     orig = loop.Trainer._step_configs
 
     def spy(self):
@@ -219,7 +219,7 @@ def test_two_process_gloo_run_keeps_replicas_identical(tmp_path, data_dir, comma
 
 def test_search_subset_is_class_balanced_and_disjoint_from_the_held_out_rest(data_dir):
     from sparsevit_cli.data.datasets import build_dataset
-    from sparsevit_cli.train.loop import held_out_indices, search_indices
+    from sparsevit_cli.evaluate import held_out_indices, search_indices
 
     val = build_dataset(str(data_dir), "classification", "val", 64, train=False)
     n = len(val)

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from sparsevit_cli import sparsify
-from sparsevit_cli.checkpoint import save_model
-from sparsevit_cli.models.sparse_swin import kept_windows
+from sparsevit_cli.model_file import save_model
+from sparsevit_cli.swin.patch import kept_windows
 from cli_helpers import assert_one_line_error, run_cli
 
 MODEL = "swin_tiny_patch4_window7_224"
@@ -96,7 +96,7 @@ def test_bright_object_window_is_kept(tmp_path):
     tokens ~0 before the norm (energy well below C), so the object's window must rank first in stage 1.
     (A white square on black also ranks first with the weights as built, but only by ~1e-4 of a window
     score of ~256, a few float32 ulps: too thin a margin to test.)"""
-    from sparsevit_cli.visualize import load_image, stage_windows
+    from sparsevit_cli.commands.visualize import load_image, stage_windows
 
     model = micro_swin(sparsity=[[0.8], [0.5]])  # stage 1 keeps 3 of 16 windows
     with torch.no_grad():
@@ -152,7 +152,7 @@ def test_cli_bad_inputs_give_one_line(tmp_path, model_file, capsys):
 
 
 def test_cli_rejects_psvit_model_file(tmp_path, capsys):
-    from sparsevit_cli.methods.base import get_method
+    from sparsevit_cli.methods import get_method
 
     args = dict(depth=4, embed_dim=48, num_heads=3, img_size=64, patch_size=16, num_classes=10)
     method = get_method("psvit")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from deap import base, creator, tools
 
-from ..configs import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text
 from ..errors import UserError
 from .space import Config, Genome, SearchSpace
 

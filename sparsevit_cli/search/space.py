@@ -31,8 +31,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import yaml
 
 from ..errors import UserError
+from ..layers import Config
 
-Config = List[List[float]]
 Genome = List[int]
 
 #: values closer than this to a choice are taken to be that choice (configs come from YAML and float math)

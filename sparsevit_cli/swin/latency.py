@@ -7,39 +7,31 @@ random image batch), so the kept-window counts, index tables and masks are exact
 """
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import torch
 
-from .sparse_swin import RATIO_CHOICES, SparseSwinTransformer, kept_windows, sparse_block_
-
-
-def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+from ..timing import time_fn
+from .patch import RATIO_CHOICES, SparseSwinTransformer, kept_windows, sparse_block_, window_orders
 
 
 @torch.inference_mode()
 def build_swin_latency_table(model: SparseSwinTransformer, x: torch.Tensor, warmup: int = 2,
                              repeats: int = 5) -> Dict[str, Any]:
     """Measure every block pair at every ratio, the scoring step, and the fixed part, on x's device."""
+    saved = model.sparsity
+    try:
+        return _build_table(model, x, warmup, repeats)
+    finally:  # the caller's config stays applied
+        model.set_sparsity(saved)
+
+
+def _build_table(model: SparseSwinTransformer, x: torch.Tensor, warmup: int, repeats: int) -> Dict[str, Any]:
     device = x.device
     model.eval()
     dense_cfg = [[0.0] * n for n in model.pair_counts()]
     model.set_sparsity(dense_cfg)
-    total_dense = _time(lambda: model(x), device, warmup, repeats)
+    total_dense = time_fn(lambda: model(x), device, warmup, repeats)
 
     pairs: List[List[Dict[str, float]]] = []
     scoring: List[float] = []
@@ -65,17 +57,12 @@ def build_swin_latency_table(model: SparseSwinTransformer, x: torch.Tensor, warm
                     for (blk, g), i in zip(blocks, ids):
                         sparse_block_(blk, buf, g, i)
 
-                per_ratio[f"{r:g}"] = _time(run, device, warmup, repeats)
+                per_ratio[f"{r:g}"] = time_fn(run, device, warmup, repeats)
             stage_pairs.append(per_ratio)
         pairs.append(stage_pairs)
 
-        def score():
-            e = torch.einsum("bnc,bnc->bn", base[:, : H * W], base[:, : H * W]).float()
-            e = torch.cat([e, e.new_zeros(B, 1)], 1)
-            for g in {id(g): g for g in grids}.values():
-                torch.sort(e[:, g.index].sum(-1), dim=1, descending=True, stable=True)
-
-        scoring.append(_time(score, device, warmup, repeats))
+        # the model's own window score (e.g. l2-centered), exactly as a pruning stage runs it
+        scoring.append(time_fn(lambda: window_orders(model.window_score, base, grids), device, warmup, repeats))
         h = stage(h)  # dense stage output feeds the next stage
     fixed = total_dense - sum(p["0"] for sp in pairs for p in sp)
     return {"fixed_ms": fixed, "pairs_ms": pairs, "scoring_ms": scoring, "windows": windows, "dense_ms": total_dense,

@@ -25,10 +25,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .configs import atomic_write, atomic_write_text
-from .demo import (PRESETS, _run_config, _search, _Stages, _train, method_and_backbone, run_demo, score,
-                   val_split)
-from .train.loop import held_out_indices
+from ..io import atomic_write, atomic_write_text
+from .demo import run_demo
+from .workflow import PRESETS, Stages, method_and_backbone, run_config, score, search, train, val_split
+from ..evaluate import held_out_indices
 
 UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
@@ -46,8 +46,8 @@ class Point:
 def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default", device: str = "cpu",
                budgets: Sequence[float] = (0.3, 0.5, 0.7), scales: Sequence[float] = (0.5, 0.75),
                progress: bool = True, console: Optional[Console] = None) -> Dict[str, Any]:
-    from .checkpoint import load
-    from .measure import resolve_device
+    from ..model_file import load
+    from ..timing import resolve_device
 
     console = console or Console()
     demo_dir = Path(demo_dir)
@@ -56,7 +56,7 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
     out = demo_dir / "report"
     data = demo_dir / "data"
     dev = resolve_device(device)
-    stage = _Stages(console)
+    stage = Stages(console)
 
     points: List[Point] = []
     timed: Dict[str, tuple] = {}  # label -> (model, config, img_size) for the one latency run
@@ -100,9 +100,9 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
         folder = out / f"search_{round(b * 100)}"
         budget_preset = _with_budget(p, b)
         stage(f"search at {b:.0%} of dense MACs", folder / "best.yaml",
-              lambda: _search(budget_preset, demo_dir / "adapt" / "model.safetensors", data, folder, device,
+              lambda: search(budget_preset, demo_dir / "adapt" / "model.safetensors", data, folder, device,
                               progress, console))
-        from .configs import read_sparsity_file
+        from ..io import read_sparsity_file
         add("searched", f"searched {b:.0%}", adapted, read_sparsity_file(folder / "best.yaml")["sparsity"])
         if abs(b - 0.5) < 1e-9:
             best = _random_baseline(adapted, folder, val, p, dev, b * points[0].gmacs)
@@ -146,9 +146,9 @@ def _uniform(model, value: float):
 def _random_baseline(model, search_dir: Path, val, p, dev, max_gmacs: float) -> Dict[str, Any]:
     """The best of as many uniform random in-budget configs as the search evaluated, scored the same way
     (same images, same metric): what the evolutionary search must beat."""
-    from .search.evolution import Budget, random_search
-    from .search.space import load_space
-    from .train.loop import evaluate
+    from ..search.evolution import Budget, random_search
+    from ..search.space import load_space
+    from ..evaluate import evaluate
 
     method, backbone = method_and_backbone(model)
     n = len((search_dir / "history.jsonl").read_text().splitlines())
@@ -173,19 +173,19 @@ def _with_budget(p, fraction: float):
 
 def _finetune_at(p, demo_dir: Path, folder: Path, size: int, device: str, progress: bool, console) -> None:
     """Dense weights, finetuned at `size` (the input is downscaled by the data transform)."""
-    from .checkpoint import load
+    from ..model_file import load
     timm_file = folder / "dense_weights.pth"  # plain timm format: built at the new size by the trainer
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(load(demo_dir / "dense" / "model.safetensors").state_dict(), timm_file)
-    cfg = _run_config(p, demo_dir / "data", folder, device, epochs=p.finetune_epochs, checkpoint=timm_file,
+    cfg = run_config(p, demo_dir / "data", folder, device, epochs=p.finetune_epochs, checkpoint=timm_file,
                       lr=p.lr / 4)
     cfg.model.args["img_size"] = size
-    _train("finetune", cfg, progress, console)
+    train("finetune", cfg, progress, console)
 
 
 def _time_all(points: List[Point], timed: Dict[str, tuple], dev, repeats: int) -> None:
     """Latency of every point in one interleaved run (same process, same load)."""
-    from .measure import time_models
+    from ..timing import time_models
 
     class Configured(torch.nn.Module):
         def __init__(self, model, config):

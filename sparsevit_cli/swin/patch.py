@@ -118,10 +118,6 @@ def build_grid(block: SwinTransformerBlock, H: int, W: int, device: torch.device
     return WindowGrid(index=index.contiguous(), valid=valid, mask=mask)
 
 
-def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    return None if t is None else t.to(dtype)
-
-
 def window_attention(block: SwinTransformerBlock, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """timm WindowAttention.forward for windows that each carry their own mask.
 
@@ -223,6 +219,22 @@ def rank_windows(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
+@torch.no_grad()  # scores pick windows; they are not trained through
+def window_orders(window_score: str, buf: torch.Tensor, grids: Sequence[WindowGrid]) -> Dict[int, torch.Tensor]:
+    """Rank the windows of every distinct grid of a stage, best first: {id(grid): (B, nW) window ids}.
+
+    buf: the (B, H*W + 1, C) stage buffer (last row: the padding dummy). Token energies are computed once
+    and summed per window of each grid, so the plain and the shifted grid share one consistent score."""
+    B, L, _ = buf.shape
+    energy = WINDOW_SCORES[window_score](buf[:, : L - 1]).float()
+    energy = torch.cat([energy, energy.new_zeros(B, 1)], dim=1)
+    orders: Dict[int, torch.Tensor] = {}
+    for g in grids:
+        if id(g) not in orders:
+            orders[id(g)] = rank_windows(energy[:, g.index].sum(-1))  # (B, nW)
+    return orders
+
+
 def _check_ratio(r: float) -> float:
     for choice in RATIO_CHOICES:
         if abs(float(r) - choice) < 1e-6:
@@ -257,8 +269,10 @@ def validate_sparsity(model: SwinTransformer, config: Sequence[Sequence[float]])
     return out
 
 
-class SparseSwinTransformer(SwinTransformer):
-    """A timm SwinTransformer whose blocks run on their top-scoring windows. Created by `sparsify`."""
+class SparseSwinTransformer:
+    """Mixin that makes a timm SwinTransformer (or the user's subclass of it) run every block on its
+    top-scoring windows. `sparsify` puts it in front of the model's own class (`sparse_class`), the way
+    ToMe's `make_tome_class` does, so the user's overrides and isinstance checks keep working."""
 
     sparsity: List[List[float]]  # one ratio per block pair, per stage
     window_score: str = DEFAULT_WINDOW_SCORE  # a WINDOW_SCORES name
@@ -319,13 +333,7 @@ class SparseSwinTransformer(SwinTransformer):
 
         orders: Dict[int, torch.Tensor] = {}
         if any(k < g.num_windows for k, g in zip(keeps, grids)):
-            with torch.no_grad():  # scores pick windows; they are not trained through
-                energy = WINDOW_SCORES[self.window_score](buf[:, : H * W]).float()
-                energy = torch.cat([energy, energy.new_zeros(B, 1)], dim=1)
-                for g in grids:
-                    if id(g) not in orders:
-                        scores = energy[:, g.index].sum(-1)  # (B, nW)
-                        orders[id(g)] = rank_windows(scores)
+            orders = window_orders(self.window_score, buf, grids)
 
         if self._kept_recorder is not None:  # one check per stage; nothing else when not recording
             self._kept_recorder.append(_kept_token_masks(grids, keeps, orders, B, H, W))
@@ -389,7 +397,7 @@ def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None
             raise UserError(f"SparseViT needs a timm SwinTransformer (v1), got {type(model).__name__}")
         if window_score is not None:
             check_window_score(window_score)  # before patching: a bad name leaves the model untouched
-        model.__class__ = SparseSwinTransformer
+        model.__class__ = sparse_class(type(model))
         model._grid_cache = {}
         model.set_sparsity(0.0 if sparsity is None else sparsity)
     elif sparsity is not None:
@@ -397,3 +405,14 @@ def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None
     if window_score is not None:
         model.set_window_score(window_score)
     return model
+
+
+_SPARSE_CLASSES: Dict[type, type] = {}
+
+
+def sparse_class(cls: type) -> type:
+    """`Sparse<cls>`: the SparseSwinTransformer mixin in front of `cls` (one class per base, cached)."""
+    if cls not in _SPARSE_CLASSES:
+        _SPARSE_CLASSES[cls] = type(f"Sparse{cls.__name__}", (SparseSwinTransformer, cls),
+                                    {"__module__": cls.__module__, "__doc__": SparseSwinTransformer.__doc__})
+    return _SPARSE_CLASSES[cls]

@@ -1,15 +1,13 @@
-"""Latency measurement: warm-up, synchronised timing, median of repeats, optional CUDA graphs.
+"""The one timer: warm-up, synchronised timing, median of repeats, optional CUDA graphs.
 
 Dense and sparse models are timed in one run, interleaved repeat by repeat, so that their ratio is not
 skewed by the machine's state drifting between two separate loops.
 """
 from __future__ import annotations
 
-import copy
 import statistics
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 import torch
 import torch.nn as nn
@@ -38,6 +36,21 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
+    """Median milliseconds of `fn()` on `device` (used to time a model's parts for latency tables)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
 
 
 def _runner(model: nn.Module, x: torch.Tensor, cuda_graphs: bool) -> Callable[[], torch.Tensor]:
@@ -77,45 +90,3 @@ def time_models(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int = 3, 
                 _sync(device)
                 times[name].append((time.perf_counter() - t0) * 1000.0)
     return {name: statistics.median(v) for name, v in times.items()}
-
-
-@dataclass
-class MeasureResult:
-    model: str
-    img_size: int
-    batch_size: int
-    device: str
-    dtype: str
-    sparsity: list
-    dense_gmacs: float
-    sparse_gmacs: float
-    ideal_speedup: float
-    dense_ms: float
-    sparse_ms: float
-    speedup: float
-    efficiency: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def measure_dense_vs_sparse(dense: nn.Module, method, config, model_name: str, img_size: int, batch_size: int = 1,
-                            device: str = "cpu", dtype: str = "fp32", warmup: int = 3, repeats: int = 10,
-                            cuda_graphs: bool = False) -> MeasureResult:
-    """Time the dense timm model against its sparse twin (same weights) under `config`."""
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    dense = dense.eval().to(dev, dt)
-    sparse = method.wrap(copy.deepcopy(dense))
-    config = method.validate(sparse, config)
-    method.apply(sparse, config)
-    dense_macs = method.macs(sparse, method.dense_config(sparse), img_size, batch_size)
-    sparse_macs = method.macs(sparse, config, img_size, batch_size)
-    x = torch.randn(batch_size, 3, img_size, img_size, device=dev, dtype=dt)
-    ms = time_models({"dense": dense, "sparse": sparse}, x, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
-    ideal = dense_macs / sparse_macs
-    speedup = ms["dense"] / ms["sparse"]
-    return MeasureResult(model=model_name, img_size=img_size, batch_size=batch_size, device=str(dev), dtype=dtype,
-                         sparsity=config, dense_gmacs=dense_macs / 1e9, sparse_gmacs=sparse_macs / 1e9,
-                         ideal_speedup=ideal, dense_ms=ms["dense"], sparse_ms=ms["sparse"], speedup=speedup,
-                         efficiency=speedup / ideal)

@@ -25,11 +25,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .. import dist
+from ..data.datasets import IGNORE_INDEX
 from ..errors import UserError
-from ..methods.base import Config, Method, method_for_model
-from ..models.tasks import backbone_of, build_task_model
-from . import dist
-from .config import RunConfig, to_dict
+from ..evaluate import autocast, collate, evaluate
+from ..methods import Config, method_for_model
+from ..tasks import backbone_of, build_task_model
+from .run_config import RunConfig, to_dict
 
 STATE_FILE = "last.pt"
 MODEL_FILE = "model.safetensors"
@@ -52,87 +54,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool,
     return [order[i: i + batch_size] for i in range(0, stop, batch_size)]
 
 
-def collate(dataset, indices: Sequence[int]):
-    items = [dataset[i] for i in indices]
-    return torch.stack([it[0] for it in items]), (torch.stack([torch.as_tensor(it[1]) for it in items]))
-
-
-# --------------------------------------------------------------------------------------------- metrics
-def _classification_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([(logits.argmax(1) == target).sum().item(), target.numel()], dtype=torch.float64)
-
-
-def _segmentation_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    pred = logits.argmax(1)
-    keep = target != 255
-    idx = target[keep] * num_classes + pred[keep]
-    return torch.bincount(idx.cpu(), minlength=num_classes * num_classes).double()
-
-
-def _miou(confusion: torch.Tensor, num_classes: int) -> float:
-    cm = confusion.view(num_classes, num_classes)
-    inter = cm.diag()
-    union = cm.sum(0) + cm.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean() * 100.0) if present.any() else 0.0
-
-
 def _loss(task: str):
     if task == "segmentation":
-        return lambda logits, y: F.cross_entropy(logits, y, ignore_index=255)
+        return lambda logits, y: F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
     return F.cross_entropy
 
-
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
-
-
-def _eval_permutation(n: int) -> List[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
-
-
-def search_indices(n: int, k: Optional[int]) -> List[int]:
-    """The `k` of `n` images a search scores configs on: a fixed random draw, because image folders list
-    their images sorted by class and a prefix would hold a few classes only. All of them when k >= n."""
-    if k is None or k >= n:
-        return list(range(n))
-    return sorted(_eval_permutation(n)[:k])
-
-
-def held_out_indices(n: int, k: Optional[int]) -> List[int]:
-    """The images the search with `k` samples never saw (to report searched configs without selection
-    bias); all `n` when the search saw them all (nothing is held out then)."""
-    if k is None or k >= n:
-        return list(range(n))
-    return sorted(_eval_permutation(n)[k:])
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset, task: str, num_classes: int,
-             batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
-             indices: Optional[Sequence[int]] = None) -> float:
-    """Top-1 (%) or mIoU (%) of `model` under `config` on `indices` of `dataset`, or on the search subset of
-    `max_samples` images (`search_indices`), or on all of it; under torchrun the images are sharded over
-    ranks and the counts summed, so every rank gets the same exact number."""
-    if config is not None:
-        method.apply(backbone_of(model), config)
-    model.eval()
-    if indices is None:
-        indices = search_indices(len(dataset), max_samples)
-    idx = list(indices)[dist.rank()::dist.world_size()]
-    seg = task == "segmentation"
-    acc = torch.zeros(num_classes ** 2 if seg else 2, dtype=torch.float64)
-    for i in range(0, len(idx), batch_size):
-        x, y = collate(dataset, idx[i: i + batch_size])
-        with _autocast(device, amp):
-            logits = model(x.to(device)).float().cpu()
-        acc += _segmentation_counts(logits, y, num_classes) if seg else _classification_counts(logits, y)
-    acc = dist.all_reduce_tensor(acc.to(device)).cpu()
-    if seg:
-        return _miou(acc, num_classes)
-    return float(acc[0] / max(acc[1], 1) * 100.0)
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -199,8 +125,8 @@ class Trainer:
         return backbone_of(self.model)
 
     def _build_model(self):
-        from ..checkpoint import read_meta, build_from_meta
-        from ..models.factory import create_timm_model, load_timm_checkpoint, state_dict_problem
+        from ..model_file import read_meta, build_from_meta
+        from ..timm_models import create_timm_model, load_timm_checkpoint, state_dict_problem
         from safetensors.torch import load_file
 
         cfg = self.cfg
@@ -343,7 +269,7 @@ class Trainer:
         return configs
 
     def _autocast(self):
-        return _autocast(self.device, self.cfg.amp)
+        return autocast(self.device, self.cfg.amp)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.train_model.train()
@@ -420,7 +346,7 @@ class Trainer:
 
     # ---- outputs
     def save_model(self, extra: Optional[Dict[str, Any]] = None) -> Path:
-        from ..checkpoint import save_model
+        from ..model_file import save_model
         path = self.out / MODEL_FILE
         if dist.is_main():
             meta = {"method": self.method.name, "model": self.model_name, "model_args": self.model_args,

@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .configs import atomic_write
-from .errors import UserError, first_line
+from ..io import atomic_write
+from ..errors import UserError, first_line
 
 #: output formats matplotlib writes without extra packages (chosen by the --out suffix)
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -29,7 +29,7 @@ def load_image(path: str | os.PathLike, img_size: int, task: str = "classificati
     """(normalized 3 x S x S tensor for the model, RGB float H x W x 3 in [0, 1] of that same tensor)."""
     from PIL import Image
 
-    from .data.datasets import _normalize_params, classification_transform, segmentation_image
+    from ..data.datasets import _normalize_params, classification_transform, segmentation_image
 
     path = Path(path)
     if not path.is_file():
@@ -124,10 +124,10 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
     """Draw the kept windows of every stage of a SparseViT model file over `image` into `out`.
 
     Returns {"out", "img_size", "sparsity", "stages": [{"stage", "ratio", "kept", "windows", ...}]}."""
-    from .checkpoint import read_meta
-    from .configs import read_sparsity_file
-    from .models.tasks import backbone_of
-    from .pipeline import load_model_file
+    from ..model_file import read_meta
+    from ..io import read_sparsity_file
+    from ..tasks import backbone_of
+    from ..model_file import load_model_file
 
     checkpoint, out = Path(checkpoint), Path(out)
     fmt = out.suffix.lower().lstrip(".")

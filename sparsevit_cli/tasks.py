@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import UserError
+from .errors import UserError
 
 
 class SegmentationModel(nn.Module):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..configs import load_yaml, read_sparsity_file
+from ..io import load_yaml, read_sparsity_file
 from ..errors import UserError
 
 

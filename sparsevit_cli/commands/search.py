@@ -15,15 +15,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..configs import atomic_write_text, write_yaml_atomic
+from ..io import atomic_write_text, write_yaml_atomic
 from ..errors import UserError
 from ..latency import calibrated_table, predict_latency
-from ..measure import resolve_device, time_models
-from ..models.tasks import backbone_of
-from ..train import dist
-from ..train.loop import evaluate
-from .evolution import Budget, EvolutionSettings, plot_pareto, run_evolution
-from .space import load_space
+from ..timing import resolve_device, time_models
+from ..tasks import backbone_of
+from .. import dist
+from ..train.trainer import evaluate
+from ..search.evolution import Budget, EvolutionSettings, plot_pareto, run_evolution
+from ..search.space import load_space
 
 
 @dataclass
@@ -120,7 +120,7 @@ class LatencyCost:
 
 
 def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[str, Any]:
-    from ..checkpoint import load
+    from ..model_file import load
     from ..data.datasets import build_dataset
 
     console = console or Console()
@@ -131,7 +131,7 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
     model = load(opts.checkpoint).to(device)
     meta = model.sparsevit_meta
     method_name = meta["method"]
-    from ..methods.base import get_method
+    from ..methods import get_method
     method = get_method(method_name)
     backbone = backbone_of(model)
     img_size = opts.img_size or int(meta.get("img_size", 224))

@@ -5,15 +5,20 @@ from typing import Any, Dict, List, Sequence
 
 import torch.nn as nn
 
-from ..models.sparse_swin import SparseSwinTransformer, pair_counts, sparsify, validate_sparsity
-from ..models.swin_cost import swin_macs
-from ..models.swin_latency import build_swin_latency_table, predict_swin_latency
-from .base import Config, check_options, register_method
+from ..methods import Config, check_options, register_method
+from .cost import swin_macs
+from .latency import build_swin_latency_table, predict_swin_latency
+from .patch import SparseSwinTransformer, pair_counts, sparsify, validate_sparsity
 
 
 class SparseViT:
     name = "sparsevit"
     default_space = "swin_auto"  # gene counts from the model: fits every Swin depth
+    supported_models = "a timm SwinTransformer"
+
+    def supports(self, model: nn.Module) -> bool:
+        from timm.models.swin_transformer import SwinTransformer
+        return isinstance(model, SwinTransformer)
 
     def wrap(self, model: nn.Module, **options: Any) -> SparseSwinTransformer:
         check_options(self.name, options, ["window_score"])

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UserError, first_line
-from .models.tasks import backbone_of
+from ..errors import UserError, first_line
+from ..tasks import backbone_of
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -185,3 +185,12 @@ def _compare_with_dense(model, method, config, dense_config, spec: Format, x: to
             sparse_ms.append(_time_runner(run_sparse, a, warmup=0, repeats=1))
     d, s = statistics.median(dense_ms), statistics.median(sparse_ms)
     return {"dense_ms": d, "sparse_ms": s, "speedup": d / s}
+
+
+def real_inputs(data: str, meta: Dict[str, Any], img_size: int, batch_size: int) -> torch.Tensor:
+    """A batch of real validation images (for export checks)."""
+    from ..data.datasets import build_dataset
+    ds = build_dataset(data, meta.get("task", "classification"), "val", img_size, train=False)
+    if len(ds) == 0:
+        raise UserError(f"no validation images in '{data}'")
+    return torch.stack([ds[i % len(ds)][0] for i in range(batch_size)])

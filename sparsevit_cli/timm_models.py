@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..errors import UserError, first_line
+from .errors import UserError, first_line
 
 
 def create_timm_model(name: str, img_size: Optional[int] = None, **model_args: Any) -> nn.Module:

@@ -9,22 +9,12 @@ then the classifier. Normalisations, softmax, activations and additions are elem
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import List
 
 import torch.nn as nn
 
-from .sparse_swin import SparseSwinTransformer, kept_windows
-
-
-@dataclass
-class MacBreakdown:
-    total: int = 0
-    parts: Dict[str, int] = field(default_factory=dict)
-
-    def add(self, name: str, macs: int) -> None:
-        self.parts[name] = self.parts.get(name, 0) + int(macs)
-        self.total += int(macs)
+from ..layers import MacBreakdown
+from .patch import SparseSwinTransformer, kept_windows
 
 
 def swin_macs(model: SparseSwinTransformer, config: List[List[float]], img_size, batch_size: int = 1,

@@ -6,18 +6,27 @@ gene may take; the method says what the values mean, how to apply them to a mode
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from pathlib import Path
 from typing import Any, Dict, List, Protocol, Sequence
 
 import torch.nn as nn
 
-Config = List[List[float]]
-
+from .errors import UserError
+from .layers import Config  # noqa: F401  (re-exported: methods speak in configs)
 
 class Method(Protocol):
     #: registry name, also the `method:` key of search spaces and config files
     name: str
     #: packaged search space used when the user names none (`adapt`, `search`)
     default_space: str
+
+    #: the timm models it runs on, in words (for errors)
+    supported_models: str
+
+    def supports(self, model: nn.Module) -> bool:
+        """True for the (timm) models this method can wrap."""
 
     def wrap(self, model: nn.Module, **options: Any) -> nn.Module:
         """Return a model that can run any config of this method, sharing `model`'s parameters.
@@ -57,7 +66,6 @@ METHODS: Dict[str, Method] = {}
 
 def check_options(method: str, options: Dict[str, Any], known: Sequence[str]) -> None:
     """UserError for a method option the method does not have (a typo in `method_options:`)."""
-    from ..errors import UserError
     unknown = sorted(set(options) - set(known))
     if unknown:
         have = ", ".join(known) if known else "none"
@@ -70,37 +78,32 @@ def register_method(method: Method) -> Method:
 
 
 def get_method(name: str) -> Method:
-    from ..errors import UserError
-    _load_builtin_methods()
+    _discover_methods()
     if name not in METHODS:
         raise UserError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
     return METHODS[name]
 
 
 def method_for_model(model: nn.Module) -> Method:
-    """The method that applies to a timm model (SparseViT for Swin, PSViT for plain ViTs)."""
-    from timm.models.swin_transformer import SwinTransformer
-    from ..errors import UserError
-    _load_builtin_methods()
-    families = {SwinTransformer: "sparsevit"}
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-        families[VisionTransformer] = "psvit"
-    except ImportError:  # pragma: no cover
-        pass
-    for cls, name in families.items():
-        if isinstance(model, cls) and name in METHODS:
-            return METHODS[name]
-    raise UserError(f"no method supports {type(model).__name__}: SparseViT needs a timm SwinTransformer"
-                    + (", PSViT a timm VisionTransformer" if "psvit" in METHODS else ""))
+    """The registered method that supports a timm model (SparseViT for Swin, PSViT for plain ViTs)."""
+    _discover_methods()
+    for method in METHODS.values():
+        if method.supports(model):
+            return method
+    needs = "; ".join(f"{m.name} needs {m.supported_models}" for m in METHODS.values())
+    raise UserError(f"no method supports {type(model).__name__} ({needs})")
 
 
-def _load_builtin_methods() -> None:
-    # importing a method module registers it
-    import importlib
-    for mod in ("sparsevit", "psvit"):
-        try:
-            importlib.import_module(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{mod}":
-                raise
+def _discover_methods() -> None:
+    """Import every model family's `method` module once; importing registers it. A new family is a new
+    sub-package with a method.py: nothing to list here."""
+    if _DISCOVERED:
+        return
+    root = Path(__file__).parent
+    for info in pkgutil.iter_modules([str(root)]):
+        if info.ispkg and (root / info.name / "method.py").is_file():
+            importlib.import_module(f"{__package__}.{info.name}.method")
+    _DISCOVERED.append(True)
+
+
+_DISCOVERED: List[bool] = []

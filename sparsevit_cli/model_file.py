@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError, first_line
-from .models.factory import state_dict_problem
+from .timm_models import state_dict_problem
 
 FORMAT = "sparsevit-model/1"
 
@@ -56,9 +56,9 @@ def read_meta(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
 
 def build_from_meta(meta: Dict[str, Any]) -> Tuple[nn.Module, Any]:
     """Build the (untrained) model a metadata block describes, wrapped by its method."""
-    from .methods.base import get_method
-    from .models.factory import create_timm_model
-    from .models.tasks import build_task_model
+    from .methods import get_method
+    from .timm_models import create_timm_model
+    from .tasks import build_task_model
 
     method = get_method(meta.get("method", "sparsevit"))
     backbone = create_timm_model(meta["model"], **meta.get("model_args", {}))
@@ -94,3 +94,24 @@ def load(path: str | os.PathLike, config=None) -> nn.Module:
         method.apply(backbone, method.validate(backbone, cfg))
     model.sparsevit_meta = meta
     return model.eval()
+
+
+def load_model_file(path: str | os.PathLike, config_file: Optional[Dict[str, Any]] = None):
+    """(model, method, meta) from a sparsevit model file, running `config_file`'s sparsity if given
+    (after checking that the config was made for this method and model)."""
+    from .methods import get_method
+    from .tasks import backbone_of
+
+    model = load(path)
+    meta = model.sparsevit_meta
+    method = get_method(meta["method"])
+    config = meta.get("sparsity")
+    if config_file is not None:
+        for key in ("method", "model"):
+            if config_file.get(key) not in (None, meta.get(key)):
+                raise UserError(f"config is for {key} '{config_file[key]}', the model file holds '{meta.get(key)}'")
+        config = config_file["sparsity"]
+    config = method.validate(backbone_of(model), config)
+    method.apply(backbone_of(model), config)
+    model.sparsevit_config = config
+    return model, method, meta

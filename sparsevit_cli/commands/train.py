@@ -6,9 +6,9 @@ from typing import Any, Dict, List, Optional
 
 from rich.console import Console
 
-from . import dist
-from .config import RunConfig
-from .loop import Trainer, report_table
+from .. import dist
+from ..train.run_config import RunConfig
+from ..train.trainer import Trainer, report_table
 
 
 def run_finetune(cfg: RunConfig, resume: bool = False, progress: bool = True,

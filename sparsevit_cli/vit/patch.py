@@ -51,8 +51,8 @@ from timm.layers import Attention, PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import UserError
+from ..layers import Config
 
-Config = List[List[float]]
 
 SUPPORTED_GLOBAL_POOL = ("token", "avg", "max", "avgmax")  # pooled by timm's own forward_head
 

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from .psvit import PSViTTransformer, _attn_dim, plan_grids, validate_plan
-from .swin_cost import MacBreakdown
+from .patch import PSViTTransformer, _attn_dim, plan_grids, validate_plan
+from ..layers import MacBreakdown
 
 
 def _linear_macs(module: nn.Module) -> int:

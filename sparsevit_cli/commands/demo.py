@@ -1,0 +1,139 @@
+"""`sparsevit demo`: the whole SparseViT workflow on the built-in data, in one command.
+
+demo data -> dense training of a small Swin -> sparsity-aware adaptation -> evolutionary search under a
+MAC budget -> finetuning of the best config -> ONNX export (verified) -> one table: dense vs SparseViT
+accuracy, GMACs, measured latency and speedup.
+
+Every stage writes its result under `out/<stage>/` and is skipped when that result exists, and the
+training stages resume from their last checkpoint, so an interrupted demo continues where it stopped
+(no work is lost). Presets are plain data (`PRESETS`): `quick` (CI, well under a minute on 2 CPU cores),
+`default` (~10 min on 2 CPU cores), `repro` (longer training, for `make repro`), `gpu` (larger settings for
+`--device cuda`), and `psvit` / `psvit-quick` (the same workflow with PSViT token pooling and attention
+sharing on a 12-block / 6-block DeiT).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..io import atomic_write_text
+from ..errors import UserError
+from ..evaluate import held_out_indices
+from .workflow import METHOD_LABEL, PRESETS, DemoPreset, Stages, run_config, score, search, train, val_split
+
+
+@dataclass
+class DemoResult:
+    rows: List[Dict[str, Any]] = field(default_factory=list)
+    sparsity: Any = None
+    export_rel_error: float = float("nan")
+    out: str = ""
+
+
+def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", device: str = "cpu",
+             progress: bool = True, console: Optional[Console] = None) -> DemoResult:
+    """Run (or continue) the demo in `out`; returns the final comparison."""
+    from ..io import read_sparsity_file
+    from ..data.demo import write_demo_data
+
+    console = console or Console()
+    if preset not in PRESETS:
+        raise UserError(f"unknown demo preset '{preset}' (known: {', '.join(PRESETS)})")
+    p = PRESETS[preset]
+    out = Path(out)
+    _check_same_preset(out, preset, p)
+    data = out / "data"
+    stage = Stages(console)
+
+    stage("demo data", data / "demo_data.yaml", lambda: write_demo_data(
+        data, img_size=p.img_size, n_train=p.n_train, n_val=p.n_val, seed=0, num_classes=p.num_classes,
+        digit_frac=p.digit_frac, progress=progress))
+    dense = stage("dense training", out / "dense" / "model.safetensors", lambda: train(
+        "finetune", run_config(p, data, out / "dense", device, epochs=p.dense_epochs), progress, console))
+    adapted = stage("sparsity-aware adaptation", out / "adapt" / "model.safetensors", lambda: train(
+        "adapt", run_config(p, data, out / "adapt", device, epochs=p.adapt_epochs, checkpoint=dense,
+                             lr=p.lr / 2), progress, console))
+    best = stage(f"search ({p.budget} of dense MACs)", out / "search" / "best.yaml", lambda: search(
+        p, adapted, data, out / "search", device, progress, console))
+    final = stage("finetune the best config", out / "finetune" / "model.safetensors", lambda: train(
+        "finetune", run_config(p, data, out / "finetune", device, epochs=p.finetune_epochs, checkpoint=adapted,
+                                lr=p.lr / 4, sparsity=read_sparsity_file(best)["sparsity"]), progress, console))
+    onnx = stage("export to ONNX", out / "export" / "sparsevit.onnx", lambda: _export(final, out / "export"))
+
+    result = _compare(p, dense, final, data, device)
+    result.sparsity = read_sparsity_file(best)["sparsity"]
+    result.export_rel_error = json.loads((onnx.parent / "export.json").read_text())["max_rel_error"]
+    result.out = str(out)
+    atomic_write_text(out / "summary.json", json.dumps(asdict(result), indent=1))
+    console.print(summary_table(result))
+    return result
+
+
+def _check_same_preset(out: Path, name: str, p: DemoPreset) -> None:
+    """A demo folder belongs to one preset: mixing stages of two presets would compare unrelated models."""
+    marker = out / "demo_preset.json"
+    want = {"preset": name, **json.loads(json.dumps(asdict(p)))}
+    if marker.is_file():
+        have = json.loads(marker.read_text())
+        if have != want:
+            raise UserError(f"'{out}' holds a demo run with preset '{have.get('preset')}' or other settings; "
+                            f"choose another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, json.dumps(want, indent=1))
+
+
+def _export(model_file: Path, out: Path) -> None:
+    from .export import export_model
+    from ..model_file import load_model_file
+    model, method, meta = load_model_file(model_file)
+    model = model.cpu()
+    size = int(meta["img_size"])
+    inputs = [torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    report = export_model(model, "onnx", out / "sparsevit.onnx", inputs, method=method, time_it=False)
+    atomic_write_text(out / "export.json", json.dumps(report, indent=1))
+
+
+def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, device: str) -> DemoResult:
+    """Accuracy on the val images the search did not score, analytic GMACs and measured latency
+    (interleaved, same run)."""
+    from ..model_file import load
+    from ..timing import resolve_device, time_models
+
+    dev = resolve_device(device)
+    val = val_split(data, p.img_size)
+    held_out = held_out_indices(len(val), p.eval_samples)  # images the search never scored
+    sparse = load(sparse_file).to(dev)
+    models = {"dense": load(dense_file).to(dev), METHOD_LABEL[sparse.sparsevit_meta["method"]]: sparse}
+    rows = []
+    for name, model in models.items():  # each model keeps running its own stored config afterwards
+        top1, gmacs = score(model, None, val, p.img_size, dev, held_out)
+        rows.append({"model": name, "top1": top1, "gmacs": gmacs})
+    x = torch.randn(1, 3, p.img_size, p.img_size, device=dev)
+    ms = time_models(models, x, warmup=3, repeats=p.timing_repeats)
+    for row in rows:
+        row["ms"] = ms[row["model"]]
+        row["speedup"] = ms["dense"] / row["ms"]
+    return DemoResult(rows=rows)
+
+
+def summary_table(result: DemoResult) -> Table:
+    table = Table(title=f"{result.rows[1]['model']} demo ({result.out}): dense vs searched sparse, batch 1 "
+                        f"(top-1 on val images the search never scored)")
+    for col in ("model", "top-1 %", "GMACs", "of dense", "latency ms", "speedup"):
+        table.add_column(col, justify="right")
+    dense_macs = result.rows[0]["gmacs"]
+    for r in result.rows:
+        table.add_row(r["model"], f"{r['top1']:.1f}", f"{r['gmacs']:.3f}", f"{r['gmacs'] / dense_macs:.0%}",
+                      f"{r['ms']:.1f}", f"{r['speedup']:.2f}x")
+    table.caption = (f"searched config {result.sparsity}; ONNX export max relative error "
+                     f"{result.export_rel_error:.1e}")
+    return table
+

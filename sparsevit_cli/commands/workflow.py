@@ -1,0 +1,161 @@
+"""The demo's stages as a public workflow: `sparsevit demo` runs them in order and `sparsevit report` reuses
+them for its comparisons. Presets are plain data (`PRESETS`): `quick` (CI, well under a minute on 2 CPU
+cores), `default` (~5 min on 2 CPU cores), `repro` (longer training, for `make repro`), `gpu` (larger
+settings for `--device cuda`), and `psvit` / `psvit-quick` (PSViT on a 12-block / 6-block DeiT).
+
+Every stage writes its result under `out/<stage>/` and is skipped when that result exists (`Stages`), and
+the training stages resume from their last checkpoint, so an interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from rich.console import Console
+
+from ..evaluate import evaluate
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Sizes of one demo run. `model` is a timm model name (its family picks the method: SparseViT for Swin,
+    PSViT for ViT/DeiT) and `model_args` its constructor args."""
+
+    img_size: int
+    n_train: int
+    n_val: int
+    num_classes: int
+    digit_frac: Tuple[float, float]
+    model_args: Dict[str, Any]
+    dense_epochs: int
+    adapt_epochs: int
+    finetune_epochs: int
+    batch_size: int
+    lr: float
+    population: int
+    generations: int
+    parents: int
+    children: int          # mutations and crossovers per generation, each
+    eval_samples: int      # val images the search scores configs on; the rest are held out for the results
+    budget: str = "50%"    # MAC budget of the search, of dense
+    model: str = "swin_tiny_patch4_window7_224"
+    timing_repeats: int = 10
+
+
+# Why these sizes: on 2 CPU cores a Swin trained from scratch must learn to read a small digit on a large
+# cluttered canvas in minutes. Max pooling in the head (timm `global_pool="max"`) lets the few digit tokens
+# decide instead of being averaged away by background, which makes this learnable in ~20 short epochs;
+# 4x4-token windows and two stages keep several windows per stage at 64 px (16, then 4), so the sparsest
+# config costs ~26% of dense MACs and a 50% budget leaves the search real choices.
+
+
+_SMALL_SWIN = dict(window_size=4, global_pool="max", drop_path_rate=0.0)
+
+
+PRESETS: Dict[str, DemoPreset] = {
+    # CI: every stage runs for real, on a few images; accuracies are near chance and only checked for sanity
+    "quick": DemoPreset(img_size=64, n_train=64, n_val=48, num_classes=10, digit_frac=(0.25, 0.4),
+                        model_args=dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], **_SMALL_SWIN),
+                        dense_epochs=1, adapt_epochs=1, finetune_epochs=1, batch_size=16, lr=1e-3,
+                        population=6, generations=2, parents=3, children=3, eval_samples=24, timing_repeats=5),
+    "default": DemoPreset(img_size=64, n_train=3000, n_val=600, num_classes=10, digit_frac=(0.25, 0.4),
+                          model_args=dict(embed_dim=48, depths=[2, 4], num_heads=[2, 4], **_SMALL_SWIN),
+                          dense_epochs=12, adapt_epochs=4, finetune_epochs=2, batch_size=32, lr=1e-3,
+                          population=16, generations=4, parents=4, children=6, eval_samples=300),
+    # `make repro`: the default, trained longer (~20 min on 2 CPU cores), as the report's starting point
+    "repro": DemoPreset(img_size=64, n_train=3000, n_val=600, num_classes=10, digit_frac=(0.25, 0.4),
+                        model_args=dict(embed_dim=48, depths=[2, 4], num_heads=[2, 4], **_SMALL_SWIN),
+                        dense_epochs=20, adapt_epochs=10, finetune_epochs=3, batch_size=32, lr=1e-3,
+                        population=16, generations=4, parents=4, children=6, eval_samples=300),
+    "gpu": DemoPreset(img_size=448, n_train=4000, n_val=1000, num_classes=10, digit_frac=(1 / 8, 1 / 5),
+                      model_args=dict(embed_dim=64, depths=[2, 2, 6, 2], num_heads=[2, 4, 8, 16], window_size=7,
+                                      global_pool="max"),
+                      dense_epochs=30, adapt_epochs=10, finetune_epochs=5, batch_size=64, lr=1e-3,
+                      population=50, generations=20, parents=10, children=25, eval_samples=500),
+    # PSViT on a 12-block DeiT (the gene layout of DeiT-S/B, so its searched config runs on them too)
+    "psvit": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=3000, n_val=600, num_classes=10,
+                        digit_frac=(0.25, 0.4),
+                        model_args=dict(patch_size=8, embed_dim=96, depth=12, num_heads=3, global_pool="max",
+                                        drop_path_rate=0.0),
+                        dense_epochs=15, adapt_epochs=5, finetune_epochs=2, batch_size=32, lr=1e-3,
+                        population=16, generations=4, parents=4, children=6, eval_samples=300, budget="60%"),
+    "psvit-quick": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=64, n_val=48, num_classes=10,
+                              digit_frac=(0.25, 0.4),
+                              model_args=dict(patch_size=8, embed_dim=32, depth=6, num_heads=2, global_pool="max"),
+                              dense_epochs=1, adapt_epochs=1, finetune_epochs=1, batch_size=16, lr=1e-3,
+                              population=6, generations=2, parents=3, children=3, eval_samples=24, budget="60%",
+                              timing_repeats=5),
+}
+
+
+class Stages:
+    """Runs a stage unless its output exists; prints which stage runs."""
+
+    def __init__(self, console: Console):
+        self.console, self.n = console, 0
+
+    def __call__(self, title: str, output: Path, run: Callable[[], Any]) -> Path:
+        self.n += 1
+        if output.exists():
+            self.console.print(f"[dim]{self.n}. {title}: done ({output})[/]")
+        else:
+            self.console.rule(f"{self.n}. {title}")
+            run()
+        return output
+
+
+def run_config(p: DemoPreset, data: Path, out: Path, device: str, epochs: int, checkpoint: Optional[Path] = None,
+                lr: Optional[float] = None, sparsity: Any = 0.0):
+    from ..train.run_config import parse_run_config
+    return parse_run_config({
+        "model": {"name": p.model, "args": {"img_size": p.img_size, **p.model_args}},
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "data": {"path": str(data), "task": "classification"},
+        "sparsity": sparsity,
+        "optim": {"name": "adamw", "lr": lr or p.lr, "weight_decay": 0.05},
+        "schedule": {"name": "cosine", "warmup_steps": 10},
+        "epochs": epochs, "batch_size": p.batch_size, "eval_batch_size": 100, "device": device,
+        "seed": 0, "out": str(out), "checkpoint_every": 20,
+    }, "demo")
+
+
+def train(mode: str, cfg, progress: bool, console: Console) -> None:
+    from .train import run_adapt, run_finetune
+    (run_adapt if mode == "adapt" else run_finetune)(cfg, resume=True, progress=progress, console=console)
+
+
+def search(p: DemoPreset, model_file: Path, data: Path, out: Path, device: str, progress: bool,
+            console: Console) -> None:
+    from ..search.evolution import EvolutionSettings
+    from .search import SearchOptions, run_search
+    settings = EvolutionSettings(population=p.population, generations=p.generations, parents=p.parents,
+                                 mutations=p.children, crossovers=p.children, mutation_prob=0.3, seed=0)
+    run_search(SearchOptions(checkpoint=str(model_file), data=str(data), out=str(out), budget_macs=p.budget,
+                             device=device, eval_samples=p.eval_samples, settings=settings,
+                             resume=(out / "search_state.json").exists(), progress=progress), console=console)
+
+
+def val_split(data: Path, size: int):
+    from ..data.datasets import build_dataset
+    return build_dataset(str(data), "classification", "val", size, train=False)
+
+
+def method_and_backbone(model):
+    """The method and backbone of a toolkit model file's model (see `checkpoint.load`)."""
+    from ..methods import get_method
+    from ..tasks import backbone_of
+    return get_method(model.sparsevit_meta["method"]), backbone_of(model)
+
+
+def score(model, config, dataset, img_size: int, dev, indices) -> Tuple[float, float]:
+    """(top-1 %, GMACs) of `model` under `config` (None: its stored config) on `indices` of `dataset`;
+    the config stays applied."""
+    method, backbone = method_and_backbone(model)
+    config = method.validate(backbone, config if config is not None else model.sparsevit_meta["sparsity"])
+    top1 = evaluate(model, method, config, dataset, "classification", dataset.num_classes, 100, dev,
+                    indices=indices)
+    return top1, method.macs(backbone, config, img_size) / 1e9
+
+
+METHOD_LABEL = {"sparsevit": "SparseViT", "psvit": "PSViT"}

@@ -1,1 +1,0 @@
-"""Model families. One family per file, like timm."""
