@@ -31,42 +31,52 @@ def run_yaml(workdir, name, **over):
     return path
 
 
-def test_psvit_adapt_search_finetune_export_end_to_end(workdir, capsys):
-    assert exit_code(["finetune", str(run_yaml(workdir, "dense")), "--no-progress"]) == 0
-    dense_file = workdir / "dense" / "model.safetensors"
-    assert read_meta(dense_file)["method"] == "psvit"
-
+@pytest.fixture(scope="module")
+def pipeline(workdir):
+    """finetune (dense) -> adapt -> search -> finetune -> export through the CLI, once per module; every
+    test that needs its files gets them, also when run alone."""
+    runs = {}
+    runs["dense_code"] = exit_code(["finetune", str(run_yaml(workdir, "dense")), "--no-progress"])
+    runs["dense"] = workdir / "dense" / "model.safetensors"
     # adapt infers the method from the model and uses PSViT's default space
-    adapt_cfg = run_yaml(workdir, "adapt", checkpoint=str(dense_file), adapt={"sandwich": True})
-    assert exit_code(["adapt", "--config", str(adapt_cfg), "--no-progress"]) == 0
-    adapted = workdir / "adapt" / "model.safetensors"
-    assert read_meta(adapted)["space"] == "psvit_deit"
+    adapt_cfg = run_yaml(workdir, "adapt", checkpoint=str(runs["dense"]), adapt={"sandwich": True})
+    runs["adapt_code"] = exit_code(["adapt", "--config", str(adapt_cfg), "--no-progress"])
+    runs["adapted"] = workdir / "adapt" / "model.safetensors"
+    runs["search"] = workdir / "search"
+    runs["search_code"] = exit_code(
+        ["search", "--checkpoint", str(runs["adapted"]), "--data", str(workdir / "data"), "--out", str(runs["search"]),
+         "--budget-macs", "60%", "--population", "6", "--generations", "2", "--parents", "3",
+         "--mutations", "3", "--crossovers", "3", "--eval-samples", "12", "--no-progress"])
+    ft_cfg = run_yaml(workdir, "final", checkpoint=str(runs["adapted"]), sparsity=str(runs["search"] / "best.yaml"))
+    runs["final_code"] = exit_code(["finetune", str(ft_cfg), "--no-progress"])
+    runs["final"] = workdir / "final" / "model.safetensors"
+    runs["onnx"] = workdir / "final.onnx"
+    runs["export_code"] = exit_code(["export", "--checkpoint", str(runs["final"]), "--format", "onnx",
+                                     "--out", str(runs["onnx"]), "--no-time"])
+    return runs
 
-    out = workdir / "search"
-    assert exit_code(["search", "--checkpoint", str(adapted), "--data", str(workdir / "data"), "--out", str(out),
-                    "--budget-macs", "60%", "--population", "6", "--generations", "2", "--parents", "3",
-                    "--mutations", "3", "--crossovers", "3", "--eval-samples", "12", "--no-progress"]) == 0
-    best = yaml.safe_load((out / "best.yaml").read_text())
+
+def test_psvit_adapt_search_finetune_export_end_to_end(pipeline, capsys):
+    assert pipeline["dense_code"] == 0
+    assert read_meta(pipeline["dense"])["method"] == "psvit"
+    assert pipeline["adapt_code"] == 0
+    assert read_meta(pipeline["adapted"])["space"] == "psvit_deit"
+    assert pipeline["search_code"] == 0
+    best = yaml.safe_load((pipeline["search"] / "best.yaml").read_text())
     assert best["method"] == "psvit" and best["gmacs"] <= 0.6 * best["dense_gmacs"] + 1e-12
-    model = load(adapted)
+    model = load(pipeline["adapted"])
     method = get_method("psvit")
     assert method.macs(backbone_of(model), best["sparsity"], 64) / 1e9 == pytest.approx(best["gmacs"])
-
-    ft_cfg = run_yaml(workdir, "final", checkpoint=str(adapted), sparsity=str(out / "best.yaml"))
-    assert exit_code(["finetune", str(ft_cfg), "--no-progress"]) == 0
-    final = workdir / "final" / "model.safetensors"
-    assert read_meta(final)["sparsity"] == best["sparsity"]
-
-    onnx = workdir / "final.onnx"
-    assert exit_code(["export", "--checkpoint", str(final), "--format", "onnx", "--out", str(onnx), "--no-time"]) == 0
-    assert onnx.is_file()
+    assert pipeline["final_code"] == 0
+    assert read_meta(pipeline["final"])["sparsity"] == best["sparsity"]
+    assert pipeline["export_code"] == 0 and pipeline["onnx"].is_file()
     capsys.readouterr()
 
 
-def test_psvit_config_for_a_swin_model_file_is_refused(workdir, tmp_path, capsys):
-    final = workdir / "final" / "model.safetensors"
-    if not final.is_file():
-        pytest.skip("needs the end-to-end test's model file")
+def test_psvit_config_for_a_swin_model_file_is_refused(pipeline, tmp_path, capsys):
+    assert pipeline["final_code"] == 0
+    final = pipeline["final"]
+    capsys.readouterr()
     cfg = tmp_path / "swin.yaml"
     cfg.write_text(json.dumps({"method": "sparsevit", "sparsity": [[0.0], [0.5]]}))
     code = exit_code(["export", "--checkpoint", str(final), "--config", str(cfg), "--format", "onnx",

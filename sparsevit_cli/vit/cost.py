@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from .patch import PSViTTransformer, _attn_dim, plan_grids, validate_plan
+from .patch import PSViTTransformer, attn_dim, plan_grids, validate_plan
 from ..layers import MacBreakdown
 
 
@@ -39,7 +39,7 @@ def psvit_macs(model: PSViTTransformer, plan: Sequence[Sequence[float]], img_siz
         n = model.num_prefix_tokens + h * w
         attn = block.attn
         C = attn.qkv.in_features
-        A = _attn_dim(attn)
+        A = attn_dim(attn)
         shared = bool(plan[1][i])
         if shared:
             macs.add("v", n * C * A)

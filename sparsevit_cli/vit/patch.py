@@ -191,7 +191,7 @@ def pool_tokens(x: torch.Tensor, grid: Tuple[int, int], num_prefix: int = 1) -> 
     return torch.cat([prefix, pooled.reshape(B, H2 * W2, C)], dim=1), (H2, W2)
 
 
-def _attn_dim(attn: Attention) -> int:
+def attn_dim(attn: Attention) -> int:
     return getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
 
 
@@ -208,7 +208,7 @@ def psvit_block(block: Block, x: torch.Tensor, shared: Optional[torch.Tensor] = 
     attn = block.attn
     h = block.norm1(x)
     B, N, C = h.shape
-    A = _attn_dim(attn)
+    A = attn_dim(attn)
     gate_mod = getattr(attn, "gate", None)
     gate = gate_mod(h).sigmoid() if gate_mod is not None else None
     if shared is None:
