@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import Any, Dict, List, Protocol, Sequence
+from typing import Any, Dict, List, Protocol, Sequence, Tuple
 
 import torch.nn as nn
 
@@ -24,6 +24,9 @@ class Method(Protocol):
 
     #: the timm models it runs on, in words (for errors)
     supported_models: str
+    #: every value a gene of a config may take (search spaces choose among these; a space offering any
+    #: other value is refused when it is loaded, not when the model later rejects the config)
+    gene_values: Tuple[float, ...]
 
     def supports(self, model: nn.Module) -> bool:
         """True for the (timm) models this method can wrap."""

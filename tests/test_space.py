@@ -155,8 +155,8 @@ def test_packaged_spaces_all_load():
     assert {"swin_t", "swin_s", "swin_b", "swin_l", "swin_auto"} <= set(names)
     expected = {"swin_t": [1, 1, 3, 1], "swin_s": [1, 1, 9, 1], "swin_b": [1, 1, 9, 1], "swin_l": [1, 1, 9, 1]}
     for name in names:
-        if name.startswith("psvit"):
-            continue  # PSViT spaces: tests/test_psvit.py
+        if name.startswith(("psvit", "swinv2")):
+            continue  # PSViT spaces: tests/test_psvit.py; Swin V2 (method sparsevit-v2): its own tests
         space = load_space(name, group_sizes=expected.get(name, [1, 1, 1, 1]))
         assert space.name == name and space.method == "sparsevit"
         assert space.num_configs() > 1
@@ -221,12 +221,12 @@ BAD = [
     ("method: sparsevit\ngroups: [{name: a, genes: 1, size: 2}]\nchoices: [0.0]\n", "'groups[0].size' is not a known key", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 1}, {name: a, genes: 1}]\nchoices: [0.0]\n", "'groups[1].name' repeats", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 1}]\n", "'groups[0].choices' is missing", None),
-    ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: [0.0, 1.0]\n", "'choices' holds 1.0: SparseViT sparsity ratios must be in [0, 1)", None),
+    ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: [0.0, 1.0]\n", "'choices' holds 1.0, which method sparsevit cannot run", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: [-0.1]\n", "'choices' holds -0.1", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: [0.0, high]\n", "'choices' must hold numbers only", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: []\n", "'choices' must be a non-empty list", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: [0.1, 0.1]\n", "'choices' lists 0.1 twice", None),
-    ("method: sparsevit\ngroups: [{name: a, genes: 1, choices: [0.9, 2]}]\nchoices: [0.0]\n", "'groups[0].choices' holds 2", None),
+    ("method: sparsevit\ngroups: [{name: a, genes: 1, choices: [0.5, 2]}]\nchoices: [0.0]\n", "'groups[0].choices' holds 2", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: [0.0]\nmonotonic: yes please\n", "'monotonic' must be true or false", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 1, monotonic: 1}]\nchoices: [0.0]\n", "'groups[0].monotonic' must be true or false", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: [0.0]\nfixed: {b: [0.0]}\n", "'fixed.b' names no group", None),
@@ -235,6 +235,20 @@ BAD = [
     ("method: sparsevit\ngroups: [{name: a, genes: 2}]\nchoices: [0.0, 0.5]\nfixed: {a: [0.0]}\n", "'fixed.a' must list 2 value(s)", None),
     ("method: sparsevit\ngroups: [{name: a, genes: 2}]\nchoices: [0.0]\n", "group sizes [2] but the model has [1]", [1]),
     ("method: 3\ngroups: auto\nchoices: [0.0]\n", "'method' must be a non-empty string", [1]),
+    # issue 11: the method, not the file, says which values a gene may take
+    ("method: sparsevit\ngroups: auto\nchoices: [0, 0.25, 0.9]\n", "'choices' holds 0.25, which method sparsevit cannot run", [1]),
+    ("method: sparsevit\ngroups: [{name: a, genes: 1, choices: [0.0, 0.9]}]\n", "'groups[0].choices' holds 0.9, which method sparsevit", None),
+    ("method: psvit\ngroups: auto\nchoices: [0.0, 0.5]\n", "'choices' holds 0.5, which method psvit cannot run (its genes take 0, 1)", [3, 6]),
+    ("method: pruning\ngroups: auto\nchoices: [0.0]\n", "'method' names an unknown method 'pruning' (known: psvit, sparsevit", [1]),
+    ("method: sparsevit\ngroups: auto\nchoice: [0.0]\n", "'choice' is not a known key (did you mean 'choices'?", [1]),
+    ("method: sparsevit\ngroups: [{name: a, gene: 1}]\nchoices: [0.0]\n", "'groups[0].gene' is not a known key (did you mean 'genes'?", None),
+    ("method: sparsevit\ngroups: [stage1]\nchoices: [0.0]\n", "'groups[0]' must be a mapping like {name: stage1, genes: 1}, got 'stage1'", None),
+    ("method: sparsevit\ngroups: every\nchoices: [0.0]\n", "'groups' must be a non-empty list of {name, genes} or 'auto', got 'every'", None),
+    ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: [0.0, .nan]\n", "'choices' must hold numbers only, got nan", None),
+    ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: ['0.5']\n", "'choices' must hold numbers only, got '0.5'", None),
+    ("method: sparsevit\ngroups: [{name: a, genes: true}]\nchoices: [0.0]\n", "'groups[0].genes' must be a positive integer, got True", None),
+    ("method: sparsevit\ngroups: [{name: a, genes: 1}]\nchoices: [0.0]\nfixed: {a: zero}\n", "'fixed.a' must be a number or a list of numbers, got 'zero'", None),
+    ("method: sparsevit\ngroups: [{name: '  ', genes: 1}]\nchoices: [0.0]\n", "'groups[0].name' must be a non-empty string", None),
 ]
 
 
@@ -247,3 +261,53 @@ def test_malformed_files_name_the_file_and_key(tmp_path, text, message, sizes):
     msg = str(e.value)
     assert message in msg
     assert str(p) in msg and "\n" not in msg
+
+
+def test_choices_snap_to_the_methods_own_values(tmp_path):
+    """A choice written as 0.30000001 runs as the method's 0.3 (the value the engine compares against)."""
+    from sparsevit_cli.swin.patch import RATIO_CHOICES
+    p = tmp_path / "near.yaml"
+    p.write_text("method: sparsevit\ngroups: auto\nchoices: [0.0, 0.3000000001]\n")
+    assert load_space(p, group_sizes=[1]).groups[0].choices == (0.0, RATIO_CHOICES[3])
+
+
+def test_gene_values_come_from_the_method(tmp_path, monkeypatch):
+    """One fact, one place: the loader asks the method; changing the method's values changes what loads."""
+    from sparsevit_cli.methods import get_method
+    from sparsevit_cli.swin.patch import RATIO_CHOICES
+    method = get_method("sparsevit")
+    assert tuple(method.gene_values) == RATIO_CHOICES
+    assert tuple(get_method("psvit").gene_values) == (0.0, 1.0)
+    p = tmp_path / "s.yaml"
+    p.write_text("method: sparsevit\ngroups: auto\nchoices: [0.0, 0.8]\n")
+    assert load_space(p, group_sizes=[1]).groups[0].choices == (0.0, 0.8)
+    monkeypatch.setattr(type(method), "gene_values", (0.0, 0.5))
+    with pytest.raises(UserError, match="'choices' holds 0.8, which method sparsevit cannot run"):
+        load_space(p, group_sizes=[1])
+
+
+def test_every_packaged_space_runs_on_its_method():
+    """Every choice of every packaged space is a value its method runs (the engine never rejects one)."""
+    from sparsevit_cli.methods import get_method
+    for name in list_spaces():
+        try:
+            space = load_space(name)  # explicit groups
+        except UserError:  # `groups: auto`: any model's sizes will do
+            space = load_space(name, group_sizes=[3, 6] if name.startswith("psvit") else [1, 1, 1, 1])
+        values = get_method(space.method).gene_values
+        assert all(c in values for g in space.groups for c in g.choices), name
+
+
+def test_space_for_another_method_is_refused_naming_both():
+    with pytest.raises(UserError) as e:
+        load_space("psvit_deit", group_sizes=[1, 1], for_method="sparsevit", model_label="the model file")
+    msg = str(e.value)
+    assert "is for method psvit, but the model file holds a sparsevit model" in msg and "swin_auto" in msg
+    assert load_space("swin_auto", group_sizes=[1, 1], for_method="sparsevit").method == "sparsevit"
+
+
+def test_schema_is_documented():
+    from sparsevit_cli.search.space import SpaceFile
+    schema = SpaceFile.model_json_schema()
+    assert schema["additionalProperties"] is False and schema["required"] == ["method", "groups"]
+    assert all(p.get("description") for p in schema["properties"].values())

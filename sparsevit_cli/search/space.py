@@ -13,6 +13,10 @@ window-sparsity ratio per pair of blocks). A search space is a small YAML file (
     monotonic: true                          # non-decreasing inside each group (default for every group)
     fixed: {stage1: [0.0]}                   # optional: pin every gene of a group
 
+The file's schema is `SpaceFile` (pydantic; `SpaceFile.model_json_schema()` documents it). Which values a
+gene may take is the method's fact, not the file's: every choice must be one of the space's method's
+`gene_values` (SparseViT: `swin.patch.RATIO_CHOICES`), so a space never offers a value the model rejects.
+
 The evolutionary search works on *genomes*: flat lists of choice indices, one per gene, groups laid out
 one after the other. Every operator here (sample, mutate, crossover) returns a valid genome by
 construction, so the search needs no repair step and can never propose a config the method rejects.
@@ -20,15 +24,18 @@ Values are ordered "amount of skipped computation": the smallest choice is the d
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag,
+                      ValidationError)
 
 from ..errors import UserError
 from ..layers import Config
@@ -37,9 +44,6 @@ Genome = List[int]
 
 #: values closer than this to a choice are taken to be that choice (configs come from YAML and float math)
 _TOLERANCE = 1e-6
-
-_TOP_KEYS = ("name", "method", "model", "description", "groups", "choices", "monotonic", "fixed")
-_GROUP_KEYS = ("name", "genes", "choices", "monotonic")
 
 
 @dataclass(frozen=True)
@@ -254,13 +258,111 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>", group_sizes: Optional[Sequence[int]] = None,
-                  default_name: str = "space") -> "SearchSpace":
-        """Validate parsed YAML. Every problem is a one-line UserError naming `source` and the key."""
-        return _Parser(source).parse(data, group_sizes, default_name)
+                  default_name: str = "space", for_method: Optional[str] = None,
+                  model_label: str = "the model") -> "SearchSpace":
+        """Validate parsed YAML (schema: `SpaceFile`). Every problem is a one-line UserError naming `source`
+        and the key. `for_method`: the method of the model the space will run on; a space written for another
+        method is refused before anything else is checked."""
+        return _Builder(source).parse(data, group_sizes, default_name, for_method, model_label)
 
 
-class _Parser:
-    """Checks a parsed YAML document key by key, so each error can name the file and the key."""
+# ---- the file format, as pydantic models: typed, documented (`SpaceFile.model_json_schema()`), strict
+def _pick_group_form(value: Any) -> str:
+    return "auto" if isinstance(value, str) else "list"
+
+
+def _pick_pin_form(value: Any) -> str:
+    return "values" if isinstance(value, list) else "value"
+
+
+#: a gene value as written in the file (bools and strings are refused, not converted)
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+NonEmptyStr = Annotated[StrictStr, Field(pattern=r"\S")]
+Choices = Annotated[List[Number], Field(min_length=1)]
+
+
+class GroupSpec(BaseModel):
+    """One entry of `groups:`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Optional[NonEmptyStr] = Field(None, description="Group name, unique in the space (default: groupN).")
+    genes: Annotated[StrictInt, Field(ge=1)] = Field(description="Number of genes (e.g. Swin block pairs).")
+    choices: Optional[Choices] = Field(None, description="Values of this group's genes (default: top-level choices).")
+    monotonic: Optional[StrictBool] = Field(None, description="Genes non-decreasing (default: top-level monotonic).")
+
+
+class SpaceFile(BaseModel):
+    """A search-space YAML file (search_spaces/*.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: NonEmptyStr = Field(description="Registered method whose configs this space holds (sparsevit, psvit).")
+    name: Optional[NonEmptyStr] = Field(None, description="Space name (default: the file name).")
+    model: Optional[NonEmptyStr] = Field(None, description="Informational: the timm model it was written for.")
+    description: Optional[StrictStr] = Field(None, description="One line for humans.")
+    choices: Optional[Choices] = Field(None, description="Default gene values of every group; each must be a "
+                                                         "value the method can run.")
+    monotonic: StrictBool = Field(True, description="Default for every group: genes non-decreasing inside it.")
+    groups: Annotated[Union[Annotated[Literal["auto"], Tag("auto")],
+                            Annotated[Annotated[List[GroupSpec], Field(min_length=1)], Tag("list")]],
+                      Discriminator(_pick_group_form)] = Field(
+        description="One entry per group, or 'auto': one group per model stage, sizes from the model.")
+    fixed: Optional[Dict[StrictStr, Annotated[Union[Annotated[Number, Tag("value")],
+                                                    Annotated[List[Number], Tag("values")]],
+                                              Discriminator(_pick_pin_form)]]] = Field(
+        None, description="Pin every gene of a group: group name -> one value or one value per gene.")
+
+
+#: what a key must hold, for the one-line message (pydantic's own texts name neither the file nor YAML terms)
+_EXPECT = {
+    "method": "must be a non-empty string", "name": "must be a non-empty string",
+    "model": "must be a non-empty string", "description": "must be a string",
+    "genes": "must be a positive integer", "monotonic": "must be true or false",
+    "choices": "must be a non-empty list of numbers", "groups": "must be a non-empty list of {name, genes} or 'auto'",
+    "fixed": "must map group names to pinned values",
+}
+_HINT_MISSING = {"groups": " (a list of {name, genes} or 'auto')"}
+
+
+def _problem(error: Dict[str, Any]) -> Tuple[str, str]:
+    """(key as the user wrote it, what is wrong with it) for one pydantic error."""
+    loc = list(error["loc"])
+    # drop the discriminator tags pydantic puts into locations: groups.<form>..., fixed.<group>.<form>...
+    if loc[:1] == ["groups"] and len(loc) > 1:
+        del loc[1]
+    if loc[:1] == ["fixed"] and len(loc) > 2:
+        del loc[2]
+    kind, value = error["type"], error["input"]
+    if not loc:
+        return "", f"expected a mapping of keys ({', '.join(SpaceFile.model_fields)}), got {type(value).__name__}"
+    if kind == "extra_forbidden":
+        allowed = list(GroupSpec.model_fields if loc[0] == "groups" else SpaceFile.model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return _key(loc), f"is not a known key ({hint}allowed: {', '.join(allowed)})"
+    if kind == "missing":
+        return _key(loc), "is missing" + _HINT_MISSING.get(str(loc[-1]), "")
+    if loc[0] == "fixed" and len(loc) > 1:
+        return _key(loc[:2]), f"must be a number or a list of numbers, got {value!r}"
+    if loc[0] == "groups" and len(loc) == 2:
+        return _key(loc), f"must be a mapping like {{name: stage1, genes: 1}}, got {value!r}"
+    if isinstance(loc[-1], int) and len(loc) > 1 and loc[-2] == "choices":
+        return _key(loc[:-1]), f"must hold numbers only, got {value!r}"
+    return _key(loc), f"{_EXPECT.get(str(loc[-1]), 'is invalid')}, got {value!r}"
+
+
+def _key(loc: Sequence[Any]) -> str:
+    """('groups', 0, 'genes') -> groups[0].genes"""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Builder:
+    """Turns a validated `SpaceFile` into a `SearchSpace`, checking what the schema alone cannot (values the
+    method runs, duplicates, group sizes, pins). Every error names the file and the key."""
 
     def __init__(self, source: str):
         self.source = source
@@ -268,24 +370,22 @@ class _Parser:
     def error(self, key: str, msg: str) -> UserError:
         return UserError(f"search space {self.source}: '{key}' {msg}")
 
-    def parse(self, data: Any, group_sizes: Optional[Sequence[int]], default_name: str) -> SearchSpace:
-        if not isinstance(data, dict):
-            raise UserError(f"search space {self.source}: expected a mapping of keys (name, method, groups, "
-                            f"choices, ...), got {type(data).__name__}")
-        unknown = [k for k in data if k not in _TOP_KEYS]
-        if unknown:
-            raise self.error(str(unknown[0]), f"is not a known key (allowed: {', '.join(_TOP_KEYS)})")
-        method = self.string(data, "method", required=True)
-        name = self.string(data, "name") or default_name
-        model = self.string(data, "model")
-        description = self.string(data, "description") or ""
-        default_choices = self.choices(data["choices"], "choices", method) if "choices" in data else None
-        default_monotonic = self.boolean(data.get("monotonic", True), "monotonic")
+    def parse(self, data: Any, group_sizes: Optional[Sequence[int]], default_name: str,
+              for_method: Optional[str], model_label: str) -> SearchSpace:
+        try:
+            spec = SpaceFile.model_validate(data)
+        except ValidationError as e:
+            errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")  # typos first
+            key, msg = _problem(errors[0])
+            raise UserError(f"search space {self.source}: " + (f"'{key}' {msg}" if key else msg))
+        if for_method is not None and spec.method != for_method:
+            from ..methods import get_method
+            raise UserError(f"search space {self.source} is for method {spec.method}, but {model_label} holds a "
+                            f"{for_method} model (use a {for_method} space, e.g. {get_method(for_method).default_space})")
+        gene_values = self.gene_values(spec.method)
+        default_choices = self.choices(spec.choices, "choices", spec.method, gene_values) if spec.choices else None
 
-        if "groups" not in data:
-            raise self.error("groups", "is missing (a list of {name, genes} or 'auto')")
-        raw_groups = data["groups"]
-        if raw_groups == "auto":
+        if spec.groups == "auto":
             if group_sizes is None:
                 raise self.error("groups", "is 'auto': it takes the group sizes from the model, but none were given")
             if default_choices is None:
@@ -293,82 +393,53 @@ class _Parser:
             if not group_sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in group_sizes):
                 raise UserError(f"search space {self.source}: model group sizes {list(group_sizes)} are not "
                                 f"positive gene counts")
-            groups = [Group(f"stage{i + 1}", n, default_choices, default_monotonic) for i, n in enumerate(group_sizes)]
+            groups = [Group(f"stage{i + 1}", n, default_choices, spec.monotonic) for i, n in enumerate(group_sizes)]
         else:
-            groups = self.groups(raw_groups, default_choices, default_monotonic, method)
+            groups = []
+            for i, g in enumerate(spec.groups):
+                key = f"groups[{i}]"
+                name = g.name if g.name is not None else f"group{i + 1}"
+                if any(name == other.name for other in groups):
+                    raise self.error(f"{key}.name", f"repeats group name '{name}'")
+                if g.choices is not None:
+                    choices = self.choices(g.choices, f"{key}.choices", spec.method, gene_values)
+                elif default_choices is not None:
+                    choices = default_choices
+                else:
+                    raise self.error(f"{key}.choices", "is missing and there is no top-level 'choices'")
+                groups.append(Group(name, g.genes, choices, spec.monotonic if g.monotonic is None else g.monotonic))
 
         if group_sizes is not None and [g.size for g in groups] != list(group_sizes):
             raise self.error("groups", f"has group sizes {[g.size for g in groups]} but the model has "
                                        f"{list(group_sizes)} (use a space written for this model, or 'groups: auto')")
-        if data.get("fixed") is not None:
-            groups = self.fixed(data["fixed"], groups)
-        return SearchSpace(name=name, method=method, groups=groups, model=model, description=description,
-                           source=self.source)
+        if spec.fixed:
+            groups = self.fixed(spec.fixed, groups)
+        return SearchSpace(name=spec.name or default_name, method=spec.method, groups=groups, model=spec.model,
+                           description=spec.description or "", source=self.source)
 
-    def string(self, data: dict, key: str, required: bool = False) -> Optional[str]:
-        value = data.get(key)
-        if value is None:
-            if required:
-                raise self.error(key, "is missing")
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(key, f"must be a non-empty string, got {value!r}")
-        return value
+    def gene_values(self, method: str) -> Tuple[float, ...]:
+        """The values the space's method can run: the method owns them (e.g. SparseViT's RATIO_CHOICES)."""
+        from ..methods import get_method
+        try:
+            return tuple(get_method(method).gene_values)
+        except UserError as e:
+            raise self.error("method", f"names an {e}")
 
-    def boolean(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.error(key, f"must be true or false, got {value!r}")
-        return value
-
-    def choices(self, value: Any, key: str, method: str) -> Tuple[float, ...]:
-        if not isinstance(value, list) or not value:
-            raise self.error(key, f"must be a non-empty list of numbers, got {value!r}")
+    def choices(self, values: Sequence[float], key: str, method: str, gene_values: Sequence[float]) -> Tuple[float, ...]:
         out = []
-        for v in value:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise self.error(key, f"must hold numbers only, got {v!r}")
-            if method == "sparsevit" and not 0.0 <= v < 1.0:
-                raise self.error(key, f"holds {v!r}: SparseViT sparsity ratios must be in [0, 1)")
-            out.append(float(v))
+        for v in values:
+            runnable = [c for c in gene_values if abs(c - v) <= _TOLERANCE]
+            if not runnable:
+                raise self.error(key, f"holds {v!r}, which method {method} cannot run (its genes take "
+                                      f"{', '.join(f'{c:g}' for c in gene_values)})")
+            out.append(float(runnable[0]))  # the method's own value, not the YAML's rounding of it
         out.sort()
-        dupes = [a for a, b in zip(out, out[1:]) if abs(a - b) <= _TOLERANCE]
+        dupes = [a for a, b in zip(out, out[1:]) if a == b]
         if dupes:
             raise self.error(key, f"lists {dupes[0]:g} twice")
         return tuple(out)
 
-    def groups(self, raw: Any, default_choices: Optional[Tuple[float, ...]], default_monotonic: bool,
-               method: str) -> List[Group]:
-        if not isinstance(raw, list) or not raw:
-            raise self.error("groups", f"must be a non-empty list of {{name, genes}} or 'auto', got {raw!r}")
-        groups: List[Group] = []
-        for i, g in enumerate(raw):
-            key = f"groups[{i}]"
-            if not isinstance(g, dict):
-                raise self.error(key, f"must be a mapping like {{name: stage1, genes: 1}}, got {g!r}")
-            unknown = [k for k in g if k not in _GROUP_KEYS]
-            if unknown:
-                raise self.error(f"{key}.{unknown[0]}", f"is not a known key (allowed: {', '.join(_GROUP_KEYS)})")
-            name = g.get("name", f"group{i + 1}")
-            if not isinstance(name, str) or not name.strip():
-                raise self.error(f"{key}.name", f"must be a non-empty string, got {name!r}")
-            if any(name == other.name for other in groups):
-                raise self.error(f"{key}.name", f"repeats group name '{name}'")
-            genes = g.get("genes")
-            if isinstance(genes, bool) or not isinstance(genes, int) or genes < 1:
-                raise self.error(f"{key}.genes", f"must be a positive integer, got {genes!r}")
-            if "choices" in g:
-                choices = self.choices(g["choices"], f"{key}.choices", method)
-            elif default_choices is not None:
-                choices = default_choices
-            else:
-                raise self.error(f"{key}.choices", "is missing and there is no top-level 'choices'")
-            monotonic = self.boolean(g["monotonic"], f"{key}.monotonic") if "monotonic" in g else default_monotonic
-            groups.append(Group(name, genes, choices, monotonic))
-        return groups
-
-    def fixed(self, raw: Any, groups: List[Group]) -> List[Group]:
-        if not isinstance(raw, dict):
-            raise self.error("fixed", f"must map group names to pinned values, got {raw!r}")
+    def fixed(self, raw: Dict[str, Any], groups: List[Group]) -> List[Group]:
         by_name = {g.name: i for i, g in enumerate(groups)}
         groups = list(groups)
         for name, values in raw.items():
@@ -376,13 +447,13 @@ class _Parser:
             if name not in by_name:
                 raise self.error(key, f"names no group (groups: {', '.join(by_name)})")
             g = groups[by_name[name]]
-            if isinstance(values, (int, float)) and not isinstance(values, bool):
+            if not isinstance(values, list):
                 values = [values] * g.size  # shorthand: one value for the whole group
-            if not isinstance(values, list) or len(values) != g.size:
+            if len(values) != g.size:
                 raise self.error(key, f"must list {g.size} value(s) for group '{name}', got {values!r}")
             idx = []
             for v in values:
-                i = g.index_of(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+                i = g.index_of(v)
                 if i is None:
                     raise self.error(key, f"pins {v!r}, which is not one of the group's choices")
                 idx.append(i)
@@ -418,11 +489,13 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text or Path(text).is_file()
 
 
-def load_space(name_or_path: str | os.PathLike, group_sizes: Optional[Sequence[int]] = None) -> SearchSpace:
+def load_space(name_or_path: str | os.PathLike, group_sizes: Optional[Sequence[int]] = None,
+               for_method: Optional[str] = None, model_label: str = "the model") -> SearchSpace:
     """Load a packaged space by name ("swin_t") or a YAML file by path.
 
     `group_sizes` are the model's genes per group: required by `groups: auto`, and checked against
-    explicit groups so a space written for Swin-T is not silently used on Swin-B.
+    explicit groups so a space written for Swin-T is not silently used on Swin-B. `for_method` is the
+    method of that model (a PSViT space on a Swin model is refused with one line naming both).
     """
     text_name = os.fspath(name_or_path)
     if _looks_like_path(text_name):
@@ -448,4 +521,5 @@ def load_space(name_or_path: str | os.PathLike, group_sizes: Optional[Sequence[i
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"search space {source}: invalid YAML{where}: {problem}")
-    return SearchSpace.from_dict(data, source=source, group_sizes=group_sizes, default_name=stem)
+    return SearchSpace.from_dict(data, source=source, group_sizes=group_sizes, default_name=stem,
+                                 for_method=for_method, model_label=model_label)

@@ -49,6 +49,7 @@ class PSViT:
     name = "psvit"
     default_space = "psvit_deit"
     supported_models = "a timm VisionTransformer (ViT/DeiT)"
+    gene_values = (0.0, 1.0)  # binary genes: off / on (patch.validate_genes accepts exactly these)
 
     def supports(self, model: nn.Module) -> bool:
         from timm.models.vision_transformer import VisionTransformer
