@@ -3,10 +3,15 @@ helper degrades to the single-process case."""
 from __future__ import annotations
 
 import os
-from typing import List
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import UserError
+
+T = TypeVar("T")
 
 
 def init_distributed(device: str) -> None:
@@ -16,6 +21,19 @@ def init_distributed(device: str) -> None:
         dist.init_process_group(backend=backend)
         if device.startswith("cuda"):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@contextmanager
+def process_group(device: str) -> Iterator[None]:
+    """A distributed run from start to end: joins the process group torchrun describes and destroys it
+    on the way out (also after an error), so no rank exits with the group still open."""
+    joined = not is_distributed()
+    init_distributed(device)
+    try:
+        yield
+    finally:
+        if joined and is_distributed():
+            dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
@@ -32,14 +50,6 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
-
-
-def all_reduce_sum(values: List[float], device: torch.device) -> List[float]:
-    """Sum a few numbers over ranks (float64, so counts stay exact)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
 
 
 def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -62,16 +72,32 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    if is_distributed():
-        dist.destroy_process_group()
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's `obj` (picklable), in rank order; `[obj]` without torchrun."""
+    if not is_distributed():
+        return [obj]
+    gathered: List[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def main_only(fn: Callable[[], T]) -> Optional[T]:
+    """`fn()` on rank 0 (its result there, None on the other ranks). A UserError it raises is raised on
+    every rank: the others would otherwise wait forever at the next collective for a rank that left."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except UserError as e:
+            error = e
+    message = broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise UserError(message)
+    return result
 
 
 def replica_checksums(model: torch.nn.Module) -> List[float]:
     """Every rank's float64 checksum of its parameters (DDP replicas must agree exactly)."""
-    local = float(sum(p.detach().double().sum().item() for p in model.parameters()))
-    if not is_distributed():
-        return [local]
-    gathered: List[float] = [0.0] * world_size()
-    dist.all_gather_object(gathered, local)
-    return gathered
+    return all_gather_object(float(sum(p.detach().double().sum().item() for p in model.parameters())))

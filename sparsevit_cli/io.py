@@ -1,4 +1,5 @@
-"""YAML files a user hands to the toolkit: loading with one-line errors, and the sparsity-config format.
+"""Files in and out: YAML a user hands to the toolkit (one-line errors), the sparsity-config format, the
+one atomic writer for every output (text, bytes, JSON, YAML, torch objects) and the output-folder lock.
 
 A sparsity-config file (what `search` writes as best.yaml, and what `finetune`, `export` and `measure`
 take) is a mapping with at least `sparsity:` (one list of gene values per group); it may also name the
@@ -6,10 +7,13 @@ take) is a mapping with at least `sparsity:` (one list of gene values per group)
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
-from typing import Any, Callable, Dict, IO
+from typing import Any, Callable, Dict, IO, List, Optional
 
 import yaml
 
@@ -41,26 +45,147 @@ def read_sparsity_file(path: str | os.PathLike) -> Dict[str, Any]:
     return data
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> None:
-    """Call `write(file)` on a temporary file in the same folder, then os.replace it onto `path`: readers
-    never see half a file, and an interrupted write leaves the previous file (or none) behind."""
+# --------------------------------------------------------------------------------------------- atomic writes
+# Every output file is written by `atomic_write`: into a temporary sibling `.<name>.<pid>.<hex>.tmp`, flushed
+# and fsynced, then renamed onto the target (and the folder fsynced), so a reader or a resumed run sees
+# the old file or the new one, never half of one. The temporary file is removed on any failure (also
+# Ctrl-C); one left by a killed process is removed by `remove_stale_temp_files` when the next run starts.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False,
+                 keep_previous: Optional[str | os.PathLike] = None) -> None:
+    """Call `write(file)` on a temporary file beside `path`, then rename it onto `path`. With
+    `keep_previous`, an existing `path` is first renamed there (a checkpoint keeps its predecessor).
+    The file gets the permissions `open()` would give (0o666 minus the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the renames in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
-def write_yaml_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write YAML so a reader never sees a half-written file."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data), binary=True)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: Optional[int] = 1) -> None:
+    atomic_write_text(path, json.dumps(data, indent=indent))
+
+
+def atomic_write_yaml(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+
+
+write_yaml_atomic = atomic_write_yaml  # the older name, still used by commands
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any, keep_previous: Optional[str | os.PathLike] = None) -> None:
+    import torch  # io stays importable without torch (the CLI's --help does not load it)
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True, keep_previous=keep_previous)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> List[Path]:
+    """Remove the temporary files `atomic_write` left in `folder` when its process was killed (their
+    process is gone); files of live processes are someone's write in progress and stay."""
+    removed: List[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match and not _process_alive(int(match["pid"])):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or a platform that cannot tell: leave its files alone
+    return True
+
+
+# --------------------------------------------------------------------------------------------- folder lock
+class FolderLock:
+    """Exclusive use of an output folder by one process: an advisory lock (flock) on `folder/.lock`.
+    The kernel drops the lock when its process ends, however it ends, so a killed run never blocks the
+    next one; the file holds the owner's pid for the message. Use as a context manager."""
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike, what: str = "output folder"):
+        self.folder, self.what = Path(folder), what
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "FolderLock":
+        path = self.folder / self.NAME
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"cannot write to {self.what} '{self.folder}': {e.strerror or e}") from None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; runs are not protected from each other there
+            self._fd = fd
+            return self
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{self.what} '{self.folder}' is in use by another run (pid {owner}); wait for it "
+                            f"to finish or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays (removing it would race a waiter)
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
