@@ -1,64 +1,288 @@
-"""Task heads around a (sparse) backbone: classification uses timm's own head, segmentation a light
-FPN-style head on the multi-scale stage outputs."""
+"""Tasks: what is built around a (sparse) backbone, how it is trained and how it is scored.
+
+A task is an object registered by name in `TASKS` (as timm registers models): the trainer, the
+evaluation and the search ask it, and never branch on a task name themselves.
+
+* ``build(backbone, num_classes, **options)``: the task model around the backbone;
+* ``collate(items)``: a batch (images, targets) from data-set items;
+* ``loss(model, images, targets)``: the scalar training loss (model in train mode);
+* ``predict(model, images)``: test-time outputs (model in eval mode);
+* ``metric(dataset)``: an accumulator, ``update(outputs, targets)`` per batch and ``compute()`` once
+  (summed over torchrun ranks), returning ``metric_name`` in percent, higher is better.
+
+Built in: ``classification`` (timm's own head; top-1), ``segmentation`` (semantic: Semantic FPN, the
+Panoptic-FPN semantic branch of Kirillov et al. as the Swin / mmsegmentation configs use it; mIoU),
+``detection`` (torchvision Faster R-CNN + FPN; COCO box AP) and ``instance_segmentation`` (Mask R-CNN;
+COCO mask AP, box AP reported alongside).
+"""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+import math
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import dist
+from .data.datasets import IGNORE_INDEX
 from .errors import UserError
 
 
-class SegmentationModel(nn.Module):
-    """Light semantic-segmentation head: a 1x1 projection of every stage output to a common width,
-    upsampled to the finest stage and summed, then a 3x3 conv and a classifier, upsampled to the input."""
+# --------------------------------------------------------------------------------------------- registry
+class Task:
+    """Base class and interface of a task (see the module doc)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, width: int = 64):
+    name: str = ""
+    metric_name: str = ""
+
+    def build(self, backbone: nn.Module, num_classes: Optional[int], **options: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def collate(self, items: Sequence):
+        """Dense tensors for image-level tasks: images (B, 3, H, W) and targets stacked."""
+        return torch.stack([it[0] for it in items]), torch.stack([torch.as_tensor(it[1]) for it in items])
+
+    def predict(self, model: nn.Module, images):
+        return model(images)
+
+    def loss(self, model: nn.Module, images, targets) -> torch.Tensor:
+        raise NotImplementedError
+
+    def metric(self, dataset) -> "Metric":
+        raise NotImplementedError
+
+
+class Metric:
+    """Accumulates a task's metric over batches; `compute` combines all torchrun ranks."""
+
+    def update(self, outputs, targets) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> float:
+        raise NotImplementedError
+
+
+TASKS: Dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+    return TASKS[name]
+
+
+def build_task_model(backbone: nn.Module, task: str, num_classes: Optional[int] = None, **options: Any) -> nn.Module:
+    return get_task(task).build(backbone, num_classes, **options)
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The sparse backbone inside a task model: the model itself (classification), its `backbone`
+    (segmentation) or the `body` of a detector's backbone-with-FPN (detection)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    inner = getattr(model, "backbone", model)
+    return getattr(inner, "body", inner)
+
+
+# --------------------------------------------------------------------------------------------- classification
+class _CountMetric(Metric):
+    """A metric computed from counts that sum over batches and ranks."""
+
+    def __init__(self, size: int):
+        self.counts = torch.zeros(size, dtype=torch.float64)
+
+    def _reduced(self) -> torch.Tensor:
+        return dist.all_reduce_tensor(self.counts.to(_collective_device())).cpu()
+
+
+def _collective_device() -> torch.device:
+    """The device collectives run on: the rank's GPU under NCCL, else the CPU."""
+    if torch.cuda.is_available() and torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class TopOne(_CountMetric):
+    def __init__(self):
+        super().__init__(2)
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.counts += torch.tensor([(logits.argmax(1).cpu() == targets.cpu()).sum().item(), targets.numel()],
+                                    dtype=torch.float64)
+
+    def compute(self) -> float:
+        correct, total = self._reduced().tolist()
+        return correct / max(total, 1) * 100.0
+
+
+class Classification(Task):
+    name, metric_name = "classification", "top1"
+
+    def build(self, backbone, num_classes, **options):
+        if num_classes is not None and backbone.num_classes != num_classes:
+            backbone.reset_classifier(num_classes)
+        return backbone
+
+    def loss(self, model, images, targets):
+        return F.cross_entropy(model(images), targets)
+
+    def metric(self, dataset) -> Metric:
+        return TopOne()
+
+
+# --------------------------------------------------------------------------------------------- segmentation
+class MeanIoU(_CountMetric):
+    """mIoU (%) over the classes present in prediction or ground truth, from a summed confusion matrix."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes * num_classes)
+        self.num_classes = num_classes
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        pred, targets = logits.argmax(1).cpu(), targets.cpu()
+        keep = targets != IGNORE_INDEX
+        idx = targets[keep] * self.num_classes + pred[keep]
+        self.counts += torch.bincount(idx, minlength=self.num_classes ** 2).double()
+
+    def compute(self) -> float:
+        cm = self._reduced().view(self.num_classes, self.num_classes)
+        inter = cm.diag()
+        union = cm.sum(0) + cm.sum(1) - inter
+        present = union > 0
+        return float((inter[present] / union[present]).mean() * 100.0) if present.any() else 0.0
+
+
+def _conv_gn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(math.gcd(32, cout), cout),
+                         nn.ReLU(inplace=True))
+
+
+class SemanticFPN(nn.Module):
+    """Semantic FPN (Kirillov et al., Panoptic Feature Pyramid Networks, 2019; mmsegmentation's `FPNHead`):
+    torchvision's FPN over the backbone's stages (`neck`), then per level conv3x3-GN-ReLU blocks, each
+    followed by a 2x bilinear upsample until the finest stage's stride, summed, and a 1x1 classifier;
+    the logits are upsampled to the input size. Widths: 256 (FPN) and 128 (head), as in those configs."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, fpn_channels: int = 256, head_channels: int = 128,
+                 dropout: float = 0.1):
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+
         super().__init__()
         self.backbone = backbone
         chans = [info["num_chs"] for info in backbone.feature_info]
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in chans)
-        self.fuse = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True))
-        self.classifier = nn.Conv2d(width, num_classes, 1)
+        strides = [info["reduction"] for info in backbone.feature_info]
+        self.neck = FeaturePyramidNetwork(chans, fpn_channels)
+        self.scale_heads = nn.ModuleList()
+        for s in strides:
+            ups = int(round(math.log2(s / strides[0])))
+            layers: List[nn.Module] = []
+            for j in range(max(1, ups)):
+                layers.append(_conv_gn_relu(fpn_channels if j == 0 else head_channels, head_channels))
+                if ups:
+                    layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+            self.scale_heads.append(nn.Sequential(*layers))
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(head_channels, num_classes, 1)
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone.forward_intermediates(x, intermediates_only=True)
-        size = feats[0].shape[-2:]
-        fused = sum(F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False) if i else lat(f)
-                    for i, (lat, f) in enumerate(zip(self.lateral, feats)))
-        logits = self.classifier(self.fuse(fused))
+        pyramid = list(self.neck(OrderedDict((str(i), f) for i, f in enumerate(feats))).values())
+        out = self.scale_heads[0](pyramid[0])
+        for head, level in zip(self.scale_heads[1:], pyramid[1:]):
+            # odd stage sizes (a resolution not divisible by 32) round differently: align to the finest
+            out = out + F.interpolate(head(level), size=out.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.classifier(self.dropout(out))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _classification(backbone: nn.Module, num_classes: Optional[int]) -> nn.Module:
-    if num_classes is not None and backbone.num_classes != num_classes:
-        backbone.reset_classifier(num_classes)
-    return backbone
+class Segmentation(Task):
+    name, metric_name = "segmentation", "miou"
+
+    def build(self, backbone, num_classes, **options):
+        from .detection.models import check_hierarchical
+
+        if not num_classes:
+            raise UserError("segmentation needs num_classes")
+        check_hierarchical(backbone, self.name)
+        return SemanticFPN(backbone, num_classes, **options)
+
+    def loss(self, model, images, targets):
+        return F.cross_entropy(model(images), targets, ignore_index=IGNORE_INDEX)
+
+    def metric(self, dataset) -> Metric:
+        return MeanIoU(dataset.num_classes)
 
 
-def _segmentation(backbone: nn.Module, num_classes: Optional[int]) -> nn.Module:
-    if not num_classes:
-        raise UserError("segmentation needs num_classes")
-    return SegmentationModel(backbone, num_classes)
+# --------------------------------------------------------------------------------------------- detection
+class CocoAP(Metric):
+    """COCO AP (%) from pycocotools' COCOeval over the images seen (results gathered from every rank).
+    `compute` returns the task's metric; `compute_all` every AP the task reports (box, and mask)."""
+
+    def __init__(self, dataset, metric_name: str, reported: Sequence[str]):
+        self.dataset, self.metric_name, self.reported = dataset, metric_name, tuple(reported)
+        self.results: List[Dict[str, Any]] = []
+        self.image_ids: List[int] = []
+
+    def update(self, outputs, targets) -> None:
+        from .detection.coco import to_coco_results
+
+        ids = [int(t["image_id"]) for t in targets]
+        self.image_ids += ids
+        self.results += to_coco_results(outputs, ids, self.dataset.category_ids)
+
+    def compute_all(self) -> Dict[str, float]:
+        from .detection.coco import coco_ap
+
+        results, image_ids = self.results, self.image_ids
+        if dist.is_distributed():
+            gathered: List[Any] = [None] * dist.world_size()
+            torch.distributed.all_gather_object(gathered, (results, image_ids))
+            results = [r for part in gathered for r in part[0]]
+            image_ids = [i for part in gathered for i in part[1]]
+        return {name: coco_ap(self.dataset.coco, results, name, image_ids)["ap"] for name in self.reported}
+
+    def compute(self) -> float:
+        return self.compute_all()[self.metric_name]
 
 
-TASKS: Dict[str, Callable[[nn.Module, Optional[int]], nn.Module]] = {
-    "classification": _classification,
-    "segmentation": _segmentation,
-}
+class Detection(Task):
+    """torchvision Faster R-CNN on the sparse backbone through an FPN; COCO-format data (`CocoDetection`)."""
+
+    name, metric_name = "detection", "box_ap"
+    masks = False
+    reported = ("box_ap",)
+
+    def build(self, backbone, num_classes, **options):
+        from .detection.models import build_detector
+
+        return build_detector(backbone, num_classes, masks=self.masks, **options)
+
+    def collate(self, items):
+        from .detection.coco import collate
+
+        return collate(items)
+
+    def loss(self, model, images, targets):
+        return sum(model(images, targets).values())
+
+    def metric(self, dataset) -> Metric:
+        return CocoAP(dataset, self.metric_name, self.reported)
 
 
-def build_task_model(backbone: nn.Module, task: str, num_classes: Optional[int] = None) -> nn.Module:
-    if task not in TASKS:
-        raise UserError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
-    return TASKS[task](backbone, num_classes)
+class InstanceSegmentation(Detection):
+    """torchvision Mask R-CNN; mask AP is the metric, box AP is reported alongside."""
+
+    name, metric_name = "instance_segmentation", "mask_ap"
+    masks = True
+    reported = ("box_ap", "mask_ap")
 
 
-def backbone_of(model: nn.Module) -> nn.Module:
-    """The sparse backbone inside a task model (the model itself for classification)."""
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "backbone", model)
+for _task in (Classification(), Segmentation(), Detection(), InstanceSegmentation()):
+    register_task(_task)

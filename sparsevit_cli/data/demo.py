@@ -18,6 +18,13 @@ Two layouts are written from the same pixels:
   0 = background, class id + 1 on the digit's strokes, 255 = ignore on the thin anti-aliased edge
   of the strokes), so ``seg_num_classes = num_classes + 1``.
 
+and, with ``detection=True`` (``sparsevit demo-data --detection``), a third with other canvases:
+
+* detection / instance segmentation (COCO format): ``out/det/{train,val}/<idx>.png`` and
+  ``out/det/annotations/instances_{train,val}.json``: several digits per canvas (``DET_DIGITS``), one
+  instance each with its tight box and its mask (uncompressed RLE, ``alpha >= 0.5``), category ids
+  1..num_classes named "0".."9". The classification and segmentation files do not change with it.
+
 plus ``out/demo_data.yaml`` (metadata) and ``out/demo_index.csv`` (per image: label, which
 ``load_digits`` sample was drawn and where), which tests and debugging use.
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -54,6 +62,9 @@ _SPLIT_CODE = {"train": 1, "val": 2}
 DEFAULT_DIGIT_FRAC = (1 / 8, 1 / 5)
 #: load_digits has 1797 samples; train draws from the first half, val from the second (disjoint writers' samples)
 _N_DIGITS = 1797
+#: digits per detection canvas (drawn uniformly per image) and their height as a fraction of the side
+DET_DIGITS = (2, 4)
+DET_DIGIT_FRAC = (1 / 9, 1 / 6)
 _HALF = _N_DIGITS // 2
 
 
@@ -164,19 +175,84 @@ def render_example(seed: int, split: str, idx: int, label: int, digit_index: int
     ah, aw = min(ah, img_size - y), min(aw, img_size - x)
     alpha = alpha[:ah, :aw]
 
-    hue, sat, val = rng.uniform(0, 1), rng.uniform(0.2, 0.7), rng.uniform(0.88, 1.0)
-    colour = np.array(colorsys.hsv_to_rgb(hue, sat, val), dtype=np.float32)
-    a = alpha[:, :, None]
-    region = img[y: y + ah, x: x + aw]
-    img[y: y + ah, x: x + aw] = region * (1 - a) + colour * a
+    _composite_digit(img, alpha, x, y, rng)
 
     mask = np.zeros((img_size, img_size), dtype=np.uint8)
     m = np.where(alpha >= 0.5, label + 1, np.where(alpha > 0.05, IGNORE_INDEX, 0)).astype(np.uint8)
     mask[y: y + ah, x: x + aw] = m
+    return _to_uint8(img), mask, {"x": x, "y": y, "w": aw, "h": ah}
+
+
+def _composite_digit(img: np.ndarray, alpha: np.ndarray, x: int, y: int, rng: np.random.Generator) -> None:
+    """Blend a digit matte into the float canvas at (x, y) in a random bright colour (in place)."""
+    ah, aw = alpha.shape
+    hue, sat, val = rng.uniform(0, 1), rng.uniform(0.2, 0.7), rng.uniform(0.88, 1.0)
+    colour = np.array(colorsys.hsv_to_rgb(hue, sat, val), dtype=np.float32)
+    a = alpha[:, :, None]
+    img[y: y + ah, x: x + aw] = img[y: y + ah, x: x + aw] * (1 - a) + colour * a
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
     img *= np.float32(255.0)
     img += np.float32(0.5)
-    rgb = np.clip(img, 0, 255, out=img).astype(np.uint8)
-    return rgb, mask, {"x": x, "y": y, "w": aw, "h": ah}
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
+
+
+def render_detection_example(seed: int, split: str, idx: int, digits: List[Tuple[int, int]], img_size: int,
+                             digit_frac: Tuple[float, float] = DET_DIGIT_FRAC) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+    """One detection canvas: (RGB uint8 H x W x 3, one instance per placed digit: label, digit_index,
+    bool mask H x W, tight box [x, y, w, h]). `digits` lists (label, load_digits index) to place; a digit
+    that finds no free spot (boxes never overlap) in 50 tries is left out. A pure function of its arguments."""
+    rng = np.random.default_rng([seed, _SPLIT_CODE[split], 2, idx])
+    img = _background(rng, img_size)
+    samples, _ = _digits()
+    margin = int(round(0.03 * img_size))
+    taken: List[Tuple[int, int, int, int]] = []
+    instances = []
+    for label, digit_index in digits:
+        alpha = _digit_alpha(rng, samples[digit_index], img_size, digit_frac)
+        ah, aw = (min(n, img_size - 2 * margin) for n in alpha.shape)
+        alpha = alpha[:ah, :aw]
+        for _ in range(50):
+            y = int(rng.integers(margin, img_size - ah - margin + 1))
+            x = int(rng.integers(margin, img_size - aw - margin + 1))
+            if all(x + aw + margin <= tx or tx + tw + margin <= x or y + ah + margin <= ty or ty + th + margin <= y
+                   for tx, ty, tw, th in taken):
+                break
+        else:
+            continue
+        ink = alpha >= 0.5
+        if not ink.any():
+            continue
+        taken.append((x, y, aw, ah))
+        _composite_digit(img, alpha, x, y, rng)
+        mask = np.zeros((img_size, img_size), dtype=bool)
+        mask[y: y + ah, x: x + aw] = ink
+        ys, xs = np.nonzero(ink)
+        box = [x + int(xs.min()), y + int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1]
+        instances.append({"label": label, "digit_index": digit_index, "mask": mask, "box": box})
+    return _to_uint8(img), instances
+
+
+def mask_to_rle(mask: np.ndarray) -> Dict[str, Any]:
+    """A bool H x W mask as COCO's uncompressed RLE (column-major run lengths, starting with a zero run):
+    pycocotools reads it for crowd and non-crowd instances alike."""
+    flat = mask.T.reshape(-1).astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def _det_plan(seed: int, split: str, n: int, num_classes: int) -> List[List[Tuple[int, int]]]:
+    """(label, load_digits index) of every digit of every detection canvas: counts drawn per image,
+    labels and samples balanced over all instances as in `_split_plan`."""
+    rng = np.random.default_rng([seed, _SPLIT_CODE[split], 3])
+    counts = rng.integers(DET_DIGITS[0], DET_DIGITS[1] + 1, size=n).tolist()
+    flat = iter(_split_plan(seed + 7919, split, sum(counts), num_classes))
+    return [[next(flat) for _ in range(c)] for c in counts]
 
 
 def _split_plan(seed: int, split: str, n: int, num_classes: int) -> List[Tuple[int, int]]:
@@ -206,9 +282,9 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 # --------------------------------------------------------------------------------------------- writer
 def demo_metadata(img_size: int, n_train: int, n_val: int, seed: int, num_classes: int,
-                  digit_frac: Tuple[float, float] = DEFAULT_DIGIT_FRAC) -> Dict[str, Any]:
+                  digit_frac: Tuple[float, float] = DEFAULT_DIGIT_FRAC, detection: bool = False) -> Dict[str, Any]:
     """What ``demo_data.yaml`` holds; two folders with equal metadata hold byte-identical files."""
-    return {
+    meta = {
         "generator": GENERATOR_NAME,
         "version": GENERATOR_VERSION,
         "img_size": int(img_size),
@@ -224,12 +300,18 @@ def demo_metadata(img_size: int, n_train: int, n_val: int, seed: int, num_classe
         "flip_invariant": False,
         "layouts": {"classification": ".", "segmentation": "seg"},
     }
+    if detection:  # only then, so that the metadata (and files) of a set without it stay as they were
+        meta["layouts"]["detection"] = "det"
+        meta["det_digits"] = list(DET_DIGITS)
+        meta["det_digit_frac"] = [float(DET_DIGIT_FRAC[0]), float(DET_DIGIT_FRAC[1])]
+    return meta
 
 
 def _info(out: Path, meta: Dict[str, Any], written: bool) -> Dict[str, Any]:
     return {"root": str(out), "train": str(out / "train"), "val": str(out / "val"), "seg": str(out / "seg"),
             "n_train": meta["n_train"], "n_val": meta["n_val"], "num_classes": meta["num_classes"],
-            "seg_num_classes": meta["seg_num_classes"], "img_size": meta["img_size"], "written": written}
+            "seg_num_classes": meta["seg_num_classes"], "img_size": meta["img_size"], "written": written,
+            **({"det": str(out / meta["layouts"]["detection"])} if "detection" in meta["layouts"] else {})}
 
 
 def _read_meta(path: Path) -> Optional[Dict[str, Any]]:
@@ -244,7 +326,7 @@ def _read_meta(path: Path) -> Optional[Dict[str, Any]]:
 def write_demo_data(out_dir: str | os.PathLike, img_size: int = 224, n_train: int = 200, n_val: int = 100,
                     seed: int = 0, num_classes: int = 10, progress: bool = False,
                     overwrite: bool = False,
-                    digit_frac: Tuple[float, float] = DEFAULT_DIGIT_FRAC) -> Dict[str, Any]:
+                    digit_frac: Tuple[float, float] = DEFAULT_DIGIT_FRAC, detection: bool = False) -> Dict[str, Any]:
     """Write the demo data set (both layouts, see the module doc) to ``out_dir`` and return its paths
     and counts (``written`` is False when an identical data set was already there).
 
@@ -253,7 +335,7 @@ def write_demo_data(out_dir: str | os.PathLike, img_size: int = 224, n_train: in
     that is not demo data is never deleted. ``digit_frac`` bounds the digit's height as a fraction of
     the image side: the default puts 28-45 px digits on a 224 px canvas; since the digits carry only
     8x8 samples' worth of detail, downscaling costs accuracy once a digit falls below ~10 px, so smaller
-    fractions make high resolution matter more.
+    fractions make high resolution matter more. ``detection`` adds the COCO detection layout (``det``).
     """
     if not 32 <= img_size <= 8192:
         raise UserError(f"demo data img_size must be in 32..8192, got {img_size}")
@@ -265,7 +347,7 @@ def write_demo_data(out_dir: str | os.PathLike, img_size: int = 224, n_train: in
     lo, hi = (float(v) for v in digit_frac)
     if not 0 < lo <= hi <= 0.5:
         raise UserError(f"demo data digit_frac must satisfy 0 < low <= high <= 0.5, got {digit_frac}")
-    meta = demo_metadata(img_size, n_train, n_val, seed, num_classes, (lo, hi))
+    meta = demo_metadata(img_size, n_train, n_val, seed, num_classes, (lo, hi), detection)
 
     if out.exists():
         if not out.is_dir():
@@ -327,12 +409,39 @@ def _write_tree(root: Path, meta: Dict[str, Any], progress: bool) -> None:
     finally:
         if bar is not None:
             bar.stop()
+    if "detection" in meta["layouts"]:
+        _write_detection(root / meta["layouts"]["detection"], meta)
     with open(root / INDEX_FILE, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["split", "idx", "file", "label", "digit_index", "x", "y", "w", "h"])
         w.writerows(rows)
     with open(root / META_FILE, "w") as f:
         yaml.safe_dump(meta, f, sort_keys=False)
+
+
+def _write_detection(root: Path, meta: Dict[str, Any]) -> None:
+    """The COCO layout: canvases under ``root/<split>/`` and ``root/annotations/instances_<split>.json``."""
+    seed, size, ncls = meta["seed"], meta["img_size"], meta["num_classes"]
+    (root / "annotations").mkdir(parents=True)
+    categories = [{"id": c + 1, "name": str(c), "supercategory": "digit"} for c in range(ncls)]
+    for split in ("train", "val"):
+        n = meta[f"n_{split}"]
+        width = max(5, len(str(n - 1)))
+        (root / split).mkdir()
+        images, annotations = [], []
+        for idx, digits in enumerate(_det_plan(seed, split, n, ncls)):
+            rgb, instances = render_detection_example(seed, split, idx, digits, size, tuple(meta["det_digit_frac"]))
+            name = f"{idx:0{width}d}.png"
+            (root / split / name).write_bytes(_png_bytes(rgb))
+            images.append({"id": idx + 1, "file_name": name, "width": size, "height": size})
+            for inst in instances:
+                annotations.append({"id": len(annotations) + 1, "image_id": idx + 1, "category_id": inst["label"] + 1,
+                                    "bbox": inst["box"], "area": int(inst["mask"].sum()), "iscrowd": 0,
+                                    "segmentation": mask_to_rle(inst["mask"]), "digit_index": inst["digit_index"]})
+        coco = {"info": {"description": f"{GENERATOR_NAME} v{GENERATOR_VERSION} detection, seed {seed}"},
+                "licenses": [], "images": images, "annotations": annotations, "categories": categories}
+        with open(root / "annotations" / f"instances_{split}.json", "w") as f:
+            json.dump(coco, f, separators=(",", ":"))
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

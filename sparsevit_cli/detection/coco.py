@@ -1,0 +1,236 @@
+"""COCO-format detection data (an image folder + an instances JSON) and COCO box / mask AP.
+
+Reading goes through pycocotools (the format's reference reader), after a validation pass that turns
+every mistake a user makes with their own annotations into one line naming the file and the fault:
+a missing or corrupt JSON, an empty annotation list, an unknown category or image id, an image listed
+but absent from the folder, a box outside its image. The whole file is checked when the data set is
+built, before a run writes anything.
+
+Labels: COCO category ids (any integers) map to contiguous labels 1..K in ascending id order; 0 is the
+background class of torchvision's detectors, so a detector for K categories has K + 1 outputs.
+
+AP: pycocotools' COCOeval on the detector's predictions converted to COCO results (xywh boxes,
+original category ids, RLE-encoded masks thresholded at 0.5). Never a home-made AP.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import UserError, first_line
+
+#: how far (px) a box may reach past its image's border before it is refused (rounding in COCO's own
+#: annotations reaches a fraction of a pixel past the edge); boxes within it are clipped
+BOX_TOLERANCE = 1.0
+#: mask probabilities above this are the instance (torchvision's Mask R-CNN convention)
+MASK_THRESHOLD = 0.5
+#: COCOeval iouType per metric name
+IOU_TYPES = {"box_ap": "bbox", "mask_ap": "segm"}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """pycocotools prints progress ('loading annotations...', 'DONE (t=0.01s)') to stdout; a CLI whose
+    stdout may be parsed keeps it quiet."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def split_paths(root: str | os.PathLike, split: str) -> Tuple[Path, Path]:
+    """(image folder, instances JSON) of `split` under a COCO-style root: ``<root>/<split>/`` and
+    ``<root>/annotations/instances_<split>.json``; COCO's own ``<split>2017`` names are accepted too."""
+    root = Path(root)
+    for name in (split, f"{split}2017"):
+        ann = root / "annotations" / f"instances_{name}.json"
+        if ann.is_file():
+            return root / name, ann
+    return root / split, root / "annotations" / f"instances_{split}.json"
+
+
+def _load_json(ann_file: Path) -> Dict[str, Any]:
+    if not ann_file.is_file():
+        raise UserError(f"annotation file '{ann_file}' not found")
+    try:
+        with open(ann_file) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"annotation file '{ann_file}' is not valid JSON: {first_line(e)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"annotation file '{ann_file}' must hold a JSON object (COCO instances format)")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise UserError(f"annotation file '{ann_file}' has no '{key}' list (COCO instances format)")
+    return data
+
+
+def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path) -> None:
+    """UserError with one line for the first fault in a COCO instances mapping (see the module doc)."""
+    where = f"annotation file '{ann_file}'"
+    if not data["annotations"]:
+        raise UserError(f"{where} has an empty annotation list")
+    if not data["categories"]:
+        raise UserError(f"{where} has no categories")
+    try:
+        categories = {int(c["id"]) for c in data["categories"]}
+        images = {int(im["id"]): im for im in data["images"]}
+        for im in images.values():
+            im["file_name"], im["width"], im["height"]  # noqa: B018 (presence check)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{where}: an image or category entry lacks a field ({first_line(e)})") from None
+    for im in images.values():
+        if not (image_dir / im["file_name"]).is_file():
+            raise UserError(f"image '{im['file_name']}' listed in {where} is missing from '{image_dir}'")
+    for i, ann in enumerate(data["annotations"]):
+        try:
+            cat, img, (x, y, w, h) = int(ann["category_id"]), int(ann["image_id"]), (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{where}: annotation {i} needs category_id, image_id and a 4-number bbox "
+                            f"({first_line(e)})") from None
+        if cat not in categories:
+            raise UserError(f"{where}: annotation {i} has unknown category id {cat} "
+                            f"(categories: {', '.join(map(str, sorted(categories)))})")
+        if img not in images:
+            raise UserError(f"{where}: annotation {i} refers to unknown image id {img}")
+        W, H = images[img]["width"], images[img]["height"]
+        t = BOX_TOLERANCE
+        if w <= 0 or h <= 0 or x < -t or y < -t or x + w > W + t or y + h > H + t:
+            raise UserError(f"{where}: annotation {i} box [x={x:g}, y={y:g}, w={w:g}, h={h:g}] lies outside "
+                            f"image '{images[img]['file_name']}' ({W} x {H}) or is empty")
+
+
+def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike):
+    """A validated pycocotools COCO object for `ann_file` whose images live in `image_dir`."""
+    from pycocotools.coco import COCO
+
+    ann_file, image_dir = Path(ann_file), Path(image_dir)
+    data = _load_json(ann_file)
+    validate_coco(data, ann_file, image_dir)
+    coco = COCO()
+    coco.dataset = data
+    with _quiet():
+        coco.createIndex()
+    return coco
+
+
+class CocoDetection(Dataset):
+    """A COCO-format split as torchvision's detectors read it: items are (image float (3, H, W) in
+    [0, 1], target) with target boxes (N, 4) xyxy in pixels, labels (N,) in 1..K, masks (N, H, W) uint8
+    and image_id. Crowd annotations are skipped for training targets (COCOeval still sees them)."""
+
+    def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, masks: bool = True):
+        self.image_dir = Path(image_dir)
+        self.coco = load_coco(ann_file, self.image_dir)
+        self.masks = masks
+        self.image_ids: List[int] = sorted(self.coco.imgs)
+        self.category_ids: List[int] = sorted(self.coco.cats)
+        self.cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        self.class_names = [str(self.coco.cats[c].get("name", c)) for c in self.category_ids]
+
+    @classmethod
+    def from_root(cls, root: str | os.PathLike, split: str, masks: bool = True) -> "CocoDetection":
+        image_dir, ann_file = split_paths(root, split)
+        return cls(image_dir, ann_file, masks=masks)
+
+    @property
+    def num_classes(self) -> int:
+        """Object categories (without background)."""
+        return len(self.category_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def target(self, index: int) -> Dict[str, torch.Tensor]:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        W, H = info["width"], info["height"]
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H)
+        target = {"boxes": boxes,
+                  "labels": torch.tensor([self.cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+                  "image_id": torch.tensor(image_id)}
+        if self.masks:
+            m = [self.coco.annToMask(a) for a in anns]
+            target["masks"] = torch.from_numpy(np.stack(m)) if m else torch.zeros(0, H, W, dtype=torch.uint8)
+        return target
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        info = self.coco.imgs[self.image_ids[index]]
+        path = self.image_dir / info["file_name"]
+        try:
+            with Image.open(path) as im:
+                rgb = np.array(im.convert("RGB"), dtype=np.uint8)
+        except OSError as e:
+            raise UserError(f"image '{path}' cannot be read: {first_line(e)}") from None
+        if rgb.shape[:2] != (info["height"], info["width"]):
+            raise UserError(f"image '{path}' is {rgb.shape[1]} x {rgb.shape[0]} but its annotation file "
+                            f"says {info['width']} x {info['height']}")
+        image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+        return image, self.target(index)
+
+
+def collate(items: Sequence[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]):
+    """Detection batches stay lists: images may differ in size (the detector's transform batches them)."""
+    return [it[0] for it in items], [it[1] for it in items]
+
+
+def to_coco_results(predictions: Sequence[Dict[str, torch.Tensor]], image_ids: Sequence[int],
+                    label_to_cat: Sequence[int]) -> List[Dict[str, Any]]:
+    """torchvision detector outputs (xyxy boxes, labels 1..K, scores, optional (N, 1, H, W) mask
+    probabilities) -> COCO result dicts (xywh boxes, category ids, RLE masks)."""
+    from pycocotools import mask as mask_util
+
+    results = []
+    for pred, image_id in zip(predictions, image_ids):
+        boxes = pred["boxes"].detach().float().cpu().clone()
+        boxes[:, 2:] -= boxes[:, :2]
+        masks = pred.get("masks")
+        rles = None
+        if masks is not None:
+            binary = (masks.detach().float().cpu()[:, 0] > MASK_THRESHOLD).numpy().astype(np.uint8)
+            rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if len(binary) else []
+        for j, (box, label, score) in enumerate(zip(boxes.tolist(), pred["labels"].tolist(), pred["scores"].tolist())):
+            r = {"image_id": int(image_id), "category_id": int(label_to_cat[label - 1]),
+                 "bbox": [round(v, 3) for v in box], "score": float(score)}
+            if rles is not None:
+                rle = dict(rles[j])
+                rle["counts"] = rle["counts"].decode("ascii")
+                r["segmentation"] = rle
+            results.append(r)
+    return results
+
+
+def coco_ap(coco_gt, results: List[Dict[str, Any]], metric: str = "box_ap",
+            image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
+    """COCOeval of `results` against `coco_gt` on `image_ids` (all images if None), in percent:
+    {'ap', 'ap50', 'ap75', 'ap_small', 'ap_medium', 'ap_large'}. No detections at all: AP 0."""
+    from pycocotools.cocoeval import COCOeval
+
+    names = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+    if not results:  # loadRes refuses an empty list; nothing detected is AP 0 by definition
+        return dict.fromkeys(names, 0.0)
+    # copies: loadRes writes ids and areas into them; mask results go without their box, so that
+    # loadRes takes each detection's area from its mask (as torchvision's reference evaluation does)
+    drop = "bbox" if metric == "mask_ap" else "segmentation"
+    results = [{k: v for k, v in r.items() if k != drop} for r in results]
+    with _quiet():
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, IOU_TYPES[metric])
+        if image_ids is not None:
+            ev.params.imgIds = sorted(int(i) for i in image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # COCOeval reports -1 where a size range has no ground truth; 0 keeps the numbers comparable
+    return {n: max(float(s), 0.0) * 100.0 for n, s in zip(names, ev.stats[:6])}

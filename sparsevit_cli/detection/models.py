@@ -1,0 +1,101 @@
+"""torchvision Faster R-CNN / Mask R-CNN on a (sparse) timm Swin backbone, through an FPN.
+
+The backbone's stage outputs (`forward_intermediates`, NCHW, strides 4-32) feed torchvision's
+`FeaturePyramidNetwork` with a max-pooled extra level, exactly like torchvision's `BackboneWithFPN`
+does for a ResNet; the detectors themselves are torchvision's, unchanged. The sparse Swin prunes
+windows inside its stages; the neck and heads run dense on the stage maps it returns.
+
+Plain ViTs (PSViT) are refused: they have one stride-16 map and no stages, and a simple feature pyramid
+(ViTDet) on top of token pruning is not built here.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+from ..errors import UserError
+
+#: FPN width (torchvision's and the Swin Mask R-CNN configs' 256)
+FPN_CHANNELS = 256
+
+
+def check_hierarchical(backbone: nn.Module, task: str) -> None:
+    """One line refusing a backbone without multi-scale stages (a plain ViT) for a dense-prediction head."""
+    reductions = {info["reduction"] for info in getattr(backbone, "feature_info", [])}
+    if len(reductions) < 2 or not hasattr(backbone, "forward_intermediates"):
+        raise UserError(f"task '{task}' needs a hierarchical backbone with multi-scale stages (Swin); "
+                        f"{type(backbone).__name__} is a plain ViT, which is supported for classification only")
+
+
+class SwinFPN(nn.Module):
+    """A timm hierarchical backbone (`body`) + torchvision FPN (`fpn`), the backbone interface torchvision's
+    detectors expect: forward(images) -> OrderedDict of NCHW maps, and `out_channels`."""
+
+    def __init__(self, body: nn.Module, out_channels: int = FPN_CHANNELS):
+        super().__init__()
+        # the classifier is never executed under a detector: drop it (its weights would only be dead state,
+        # and the backbone MAC count would include it)
+        if getattr(body, "num_classes", 0):
+            body.reset_classifier(0)
+        # torchvision's transform resizes and pads every batch; the sparse engine builds its window grids
+        # per resolution, so the backbone must accept any size that is a multiple of its patch
+        if hasattr(getattr(body, "patch_embed", None), "strict_img_size"):
+            body.patch_embed.strict_img_size = False
+        self.body = body
+        self.fpn = FeaturePyramidNetwork([info["num_chs"] for info in body.feature_info], out_channels,
+                                         extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        feats = self.body.forward_intermediates(x, intermediates_only=True)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def _mean_std(body: nn.Module):
+    cfg = getattr(body, "pretrained_cfg", None) or {}
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), list(cfg.get("std", IMAGENET_DEFAULT_STD))
+
+
+def _levels(backbone: nn.Module, masks: bool) -> Dict[str, nn.Module]:
+    """Anchors and RoI poolers for the backbone's own pyramid: torchvision's defaults assume four
+    stages (strides 4-32, anchors 32-512 px); a backbone with other stages gets one anchor size per
+    level, 8x the level's stride (torchvision's ratio), and RoI pooling over all stage levels."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    strides = [info["reduction"] for info in backbone.feature_info]
+    strides.append(strides[-1] * 2)  # LastLevelMaxPool's extra level
+    names = [str(i) for i in range(len(backbone.feature_info))]
+    levels = {"rpn_anchor_generator": AnchorGenerator(tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides)),
+              "box_roi_pool": MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2)}
+    if masks:
+        levels["mask_roi_pool"] = MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2)
+    return levels
+
+
+def build_detector(backbone: nn.Module, num_classes: int, masks: bool = False, img_size: Optional[int] = None,
+                   fpn_channels: int = FPN_CHANNELS, **detector_args) -> nn.Module:
+    """Faster R-CNN (or Mask R-CNN with `masks`) for `num_classes` object categories (background is added)
+    on `backbone`. `img_size` sets torchvision's resize (shorter side, longest side capped at the same):
+    the backbone's own image size by default, so square inputs of that size are not resized. Other keyword
+    arguments go to torchvision's FasterRCNN / MaskRCNN (e.g. `rpn_post_nms_top_n_test`)."""
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+
+    task = "instance_segmentation" if masks else "detection"
+    check_hierarchical(backbone, task)
+    if not num_classes or num_classes < 1:
+        raise UserError(f"task '{task}' needs at least one object category, got {num_classes}")
+    if img_size is None:
+        size = getattr(getattr(backbone, "patch_embed", None), "img_size", None) or (800, 800)
+        img_size = int(max(size))
+    mean, std = _mean_std(backbone)
+    args = dict(min_size=img_size, max_size=img_size, image_mean=mean, image_std=std, **_levels(backbone, masks))
+    args.update(detector_args)
+    cls = MaskRCNN if masks else FasterRCNN
+    return cls(SwinFPN(backbone, fpn_channels), num_classes=num_classes + 1, **args)

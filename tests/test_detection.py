@@ -1,0 +1,274 @@
+"""Detection and instance segmentation: torchvision Faster / Mask R-CNN on the sparse Swin through an FPN
+(exact at sparsity 0, trainable), COCO data read and validated with pycocotools, COCO AP equal to
+pycocotools' own, MACs of the detector as executed, and the demo COCO set."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from sparsevit_cli.data.demo import write_demo_data
+from sparsevit_cli.detection.coco import CocoDetection, split_paths
+from sparsevit_cli.detection.cost import detector_macs
+from sparsevit_cli.detection.models import build_detector
+from sparsevit_cli.errors import UserError
+from sparsevit_cli.methods import get_method
+from sparsevit_cli.swin.cost import swin_macs
+from sparsevit_cli.swin.patch import sparsify
+from sparsevit_cli.tasks import get_task
+
+MICRO_ARGS = {"embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
+#: a narrow FPN and torchvision's sampling / proposal counts scaled down to a 1-2 image test
+LIGHT = dict(fpn_channels=64, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100,
+             rpn_post_nms_top_n_test=50, rpn_batch_size_per_image=64, box_batch_size_per_image=64,
+             box_detections_per_img=20)
+
+
+def micro_swin(img_size: int, seed: int = 0):
+    torch.manual_seed(seed)
+    return timm.create_model("swin_tiny_patch4_window7_224", img_size=img_size, **MICRO_ARGS)
+
+
+@pytest.fixture(scope="module")
+def demo_det(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "data"
+    info = write_demo_data(root, img_size=128, n_train=2, n_val=2, seed=0, detection=True)
+    return Path(info["det"])
+
+
+# --------------------------------------------------------------------------------------------- models
+@pytest.mark.parametrize("masks", [False, True])
+def test_detector_at_sparsity_zero_equals_the_dense_timm_detector(masks):
+    dense = build_detector(micro_swin(64), 3, masks=masks, box_score_thresh=0.0, **LIGHT).eval()
+    sparse = copy.deepcopy(dense)
+    sparsify(sparse.backbone.body)  # same weights everywhere, only the backbone's execution changes
+    x = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with torch.no_grad():
+        batch = dense.transform(x)[0].tensors
+        for (name, a), b in zip(dense.backbone(batch).items(), sparse.backbone(batch).values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+        out_dense, out_sparse = dense(x), sparse(x)
+        for a, b in zip(out_dense, out_sparse):
+            assert len(a["boxes"]) > 0 and a.keys() == b.keys()
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=k)
+        sparse.backbone.body.set_sparsity(0.5)  # and the sparse path is really the one that ran
+        assert not torch.allclose(dense.backbone(batch)["0"], sparse.backbone(batch)["0"])
+
+
+@pytest.mark.parametrize("task_name", ["detection", "instance_segmentation"])
+def test_a_few_training_steps_lower_the_loss_on_the_demo_coco_set(demo_det, task_name):
+    task = get_task(task_name)
+    dataset = CocoDetection.from_root(demo_det, "train", masks=task.masks)
+    model = task.build(sparsify(micro_swin(128), sparsity=0.3), dataset.num_classes, **LIGHT)
+    images, targets = task.collate([dataset[0], dataset[1]])
+    assert ("masks" in targets[0]) == task.masks
+    model.train()
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    losses = []
+    for _ in range(10):
+        loss = task.loss(model, images, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    model.eval()
+    with torch.no_grad():
+        out = task.predict(model, images)
+    metric = task.metric(dataset)
+    metric.update(out, targets)
+    assert set(metric.compute_all()) == set(task.reported)
+    assert 0.0 <= metric.compute() <= 100.0
+
+
+# --------------------------------------------------------------------------------------------- AP
+def _write_coco(root: Path, annotations, categories=None, images=None, size=64) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images = images if images is not None else [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}]
+    for im in images:
+        im.setdefault("width", size)
+        im.setdefault("height", size)
+        if im["file_name"] != "absent.png":
+            Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(root / "images" / im["file_name"])
+    data = {"images": images, "annotations": annotations,
+            "categories": categories or [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
+    ann = root / "instances.json"
+    ann.write_text(json.dumps(data))
+    return ann
+
+
+def _box_ann(i, image_id, cat, box):
+    x, y, w, h = box
+    return {"id": i, "image_id": image_id, "category_id": cat, "bbox": box, "area": w * h, "iscrowd": 0,
+            "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+
+
+GT = [_box_ann(1, 1, 3, [10, 10, 20, 20]), _box_ann(2, 1, 7, [40, 30, 15, 20]), _box_ann(3, 2, 3, [5, 5, 30, 30])]
+#: per image: (label 1..K, xyxy box, score); a hit, a loose hit, a false positive, a shifted hit
+PREDICTIONS = {1: [(1, [10, 11, 30, 30], 0.9), (2, [43, 30, 57, 52], 0.8), (1, [0, 0, 12, 9], 0.95)],
+               2: [(1, [7, 6, 36, 38], 0.7)]}
+
+
+def _prediction(image_id):
+    rows = PREDICTIONS[image_id]
+    masks = torch.zeros(len(rows), 1, 64, 64)
+    for j, (_, (x0, y0, x1, y1), _) in enumerate(rows):
+        masks[j, 0, y0:y1, x0:x1] = 0.8  # the box, as a mask probability above the 0.5 threshold
+    return {"boxes": torch.tensor([r[1] for r in rows], dtype=torch.float32),
+            "labels": torch.tensor([r[0] for r in rows]), "scores": torch.tensor([r[2] for r in rows]),
+            "masks": masks}
+
+
+def _pycocotools_ap(ann_file: Path, iou_type: str) -> float:
+    """AP straight from pycocotools, results written by hand in COCO's own format."""
+    from pycocotools import mask as mask_util
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(str(ann_file))
+    results = []
+    for image_id, rows in PREDICTIONS.items():
+        for label, (x0, y0, x1, y1), score in rows:
+            r = {"image_id": image_id, "category_id": {1: 3, 2: 7}[label], "score": score}
+            if iou_type == "bbox":
+                r["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+            else:
+                m = np.zeros((64, 64), np.uint8)
+                m[y0:y1, x0:x1] = 1
+                r["segmentation"] = mask_util.encode(np.asfortranarray(m))
+            results.append(r)
+    ev = COCOeval(gt, gt.loadRes(results), iou_type)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return float(ev.stats[0]) * 100.0
+
+
+def test_coco_ap_equals_pycocotools_own_numbers(tmp_path):
+    ann = _write_coco(tmp_path, GT)
+    dataset = CocoDetection(tmp_path / "images", ann)
+    assert dataset.category_ids == [3, 7] and dataset.cat_to_label == {3: 1, 7: 2}
+    metric = get_task("instance_segmentation").metric(dataset)
+    for i in range(len(dataset)):
+        target = dataset.target(i)
+        metric.update([_prediction(int(target["image_id"]))], [target])
+    ours = metric.compute_all()
+    box, mask = _pycocotools_ap(ann, "bbox"), _pycocotools_ap(ann, "segm")
+    assert ours["box_ap"] == pytest.approx(box, abs=1e-9) and ours["mask_ap"] == pytest.approx(mask, abs=1e-9)
+    assert 10.0 < box < 90.0 and 10.0 < mask < 90.0  # a case with hits and misses, not a trivial 0 or 100
+
+
+def test_perfect_and_empty_predictions(tmp_path):
+    dataset = CocoDetection(tmp_path / "images", _write_coco(tmp_path, GT))
+    perfect, empty = (get_task("detection").metric(dataset) for _ in range(2))
+    for i in range(len(dataset)):
+        t = dataset.target(i)
+        perfect.update([{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}], [t])
+        empty.update([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                       "scores": torch.zeros(0)}], [t])
+    assert perfect.compute() == pytest.approx(100.0) and empty.compute() == 0.0
+
+
+# --------------------------------------------------------------------------------------------- bad input
+BAD = {
+    "missing": (None, "not found"),
+    "corrupt": ("{not json", "not valid JSON"),
+    "empty": ([], "empty annotation list"),
+    "unknown category": ([_box_ann(1, 1, 99, [1, 1, 5, 5])], "unknown category id 99"),
+    "unknown image": ([_box_ann(1, 5, 3, [1, 1, 5, 5])], "unknown image id 5"),
+    "outside": ([_box_ann(1, 1, 3, [50, 50, 30, 30])], "lies outside image 'a.png'"),
+    "absent image": ("absent", "image 'absent.png' listed in .* is missing from"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_coco_input_is_one_line(tmp_path, case):
+    content, message = BAD[case]
+    if content == "absent":
+        ann = _write_coco(tmp_path, GT[:1], images=[{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "absent.png"}])
+    elif isinstance(content, list):
+        ann = _write_coco(tmp_path, content)
+    else:
+        ann = tmp_path / "instances.json"
+        if content is not None:
+            ann.write_text(content)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(UserError, match=message) as e:
+        CocoDetection(tmp_path / "images", ann)
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_split_paths_follow_coco_naming(tmp_path):
+    assert split_paths(tmp_path, "val") == (tmp_path / "val", tmp_path / "annotations" / "instances_val.json")
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text("{}")
+    assert split_paths(tmp_path, "val") == (tmp_path / "val2017", tmp_path / "annotations" / "instances_val2017.json")
+
+
+# --------------------------------------------------------------------------------------------- MACs
+def test_detector_macs_count_backbone_neck_and_heads_as_executed():
+    K, size, C, M = 3, 64, LIGHT["fpn_channels"], 256  # M: torchvision's mask head width
+    model = build_detector(sparsify(micro_swin(size)), K, masks=True, **LIGHT)
+    method = get_method("sparsevit")
+    dense_cfg, half_cfg = [[0.0], [0.0]], [[0.5], [0.5]]
+    parts = detector_macs(model, method, dense_cfg, size, breakdown=True).parts
+    assert parts["backbone"] == swin_macs(model.backbone.body, dense_cfg, size)
+    assert model.backbone.body.head.fc.__class__.__name__ == "Identity"  # no classifier under a detector
+
+    levels = [(16, 16, 16), (8, 8, 32)]  # (H, W, C) of the two stages at 64 px
+    assert parts["neck"] == sum(h * w * c * C + h * w * C * C * 9 for h, w, c in levels)
+    rpn_levels = [(16, 16), (8, 8), (4, 4)]  # + the max-pooled level
+    A = 3
+    assert parts["rpn"] == sum(h * w * (C * C * 9 + C * A + C * 4 * A) for h, w in rpn_levels)
+    n, d = LIGHT["rpn_post_nms_top_n_test"], LIGHT["box_detections_per_img"]
+    assert parts["box_head"] == n * (C * 49 * 1024 + 1024 * 1024 + 1024 * (K + 1) * 5)
+    assert parts["mask_head"] == d * (14 * 14 * 9 * (C * M + 3 * M * M) + 14 * 14 * M * M * 4 + 28 * 28 * M * (K + 1))
+
+    half = detector_macs(model, method, half_cfg, size, breakdown=True).parts
+    assert half["backbone"] < parts["backbone"]
+    assert {k: v for k, v in half.items() if k != "backbone"} == {k: v for k, v in parts.items() if k != "backbone"}
+    assert detector_macs(model, method, half_cfg, size, batch_size=2) == 2 * sum(half.values())
+
+
+# --------------------------------------------------------------------------------------------- demo data
+def _hashes(root: Path):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_demo_detection_set_is_deterministic_and_leaves_the_other_layouts_alone(tmp_path):
+    kw = dict(img_size=96, n_train=3, n_val=2, seed=1)
+    write_demo_data(tmp_path / "plain", **kw)
+    for name in ("a", "b"):
+        write_demo_data(tmp_path / name, detection=True, **kw)
+    plain, a, b = (_hashes(tmp_path / n) for n in ("plain", "a", "b"))
+    assert a == b
+    assert {k: v for k, v in a.items() if not k.startswith("det/") and k != "demo_data.yaml"} == \
+           {k: v for k, v in plain.items() if k != "demo_data.yaml"}
+    assert sum(k.startswith("det/") for k in a) == 2 + 3 + 2
+
+
+def test_demo_detection_instances_match_their_pixels(demo_det):
+    for split in ("train", "val"):
+        dataset = CocoDetection.from_root(demo_det, split)
+        for i in range(len(dataset)):
+            image, t = dataset[i]
+            assert 2 <= len(t["labels"]) <= 4 and t["labels"].min() >= 1
+            bright = image.max(0).values
+            union = t["masks"].any(0)
+            for mask, (x0, y0, x1, y1) in zip(t["masks"].bool(), t["boxes"].long().tolist()):
+                ys, xs = torch.nonzero(mask, as_tuple=True)
+                assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)  # tight box
+                assert bright[mask].mean() > bright[~union].mean() + 0.2  # the ink stands out
+            assert (t["masks"].sum(0) <= 1).all()  # instances never overlap

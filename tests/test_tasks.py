@@ -1,0 +1,84 @@
+"""The task registry: every task builds its model around a sparse backbone, trains through one `loss`,
+scores through one `metric`, and a plain ViT is refused for dense prediction with one line."""
+from __future__ import annotations
+
+import timm
+import torch
+import pytest
+
+from sparsevit_cli.errors import UserError
+from sparsevit_cli.swin.patch import sparsify
+from sparsevit_cli.tasks import TASKS, MeanIoU, SemanticFPN, backbone_of, build_task_model, get_task
+
+MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2, 2], "num_heads": [1, 2, 2], "window_size": 4}
+
+
+def micro_swin(seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    return sparsify(timm.create_model("swin_tiny_patch4_window7_224", **{**MICRO_ARGS, **kw}))
+
+
+def test_registry_names_and_unknown_task():
+    assert set(TASKS) == {"classification", "segmentation", "detection", "instance_segmentation"}
+    assert {t.metric_name for t in TASKS.values()} == {"top1", "miou", "box_ap", "mask_ap"}
+    with pytest.raises(UserError, match="unknown task 'depth'.*classification"):
+        get_task("depth")
+
+
+def test_backbone_of_finds_the_sparse_swin_in_every_task_model():
+    for name in TASKS:
+        backbone = micro_swin()
+        model = build_task_model(backbone, name, 3)
+        assert backbone_of(model) is backbone, name
+
+
+def test_classification_resets_the_head_and_scores_top1():
+    task = get_task("classification")
+    model = task.build(micro_swin(), 5)
+    assert model.head.fc.out_features == 5
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 4])
+    loss = task.loss(model, x, y)
+    assert loss.ndim == 0 and loss.requires_grad
+    metric = task.metric(None)
+    metric.update(torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]]), torch.tensor([1, 1, 1]))
+    assert metric.compute() == pytest.approx(200 / 3)
+
+
+def test_mean_iou_by_hand():
+    metric = MeanIoU(3)
+    pred = torch.tensor([[0, 0, 1, 2]])
+    target = torch.tensor([[0, 1, 1, 255]])  # the ignored pixel (predicted 2) counts nowhere
+    metric.update(torch.nn.functional.one_hot(pred, 3).permute(0, 2, 1).float().unsqueeze(-1), target.unsqueeze(-1))
+    # class 0: inter 1, union 2; class 1: inter 1, union 2; class 2: absent everywhere (not averaged)
+    assert metric.compute() == pytest.approx(50.0)
+
+
+def test_semantic_fpn_head_shapes_trains_and_is_recognisable():
+    task = get_task("segmentation")
+    model = task.build(micro_swin(), 4)
+    assert isinstance(model, SemanticFPN)
+    # Kirillov's semantic branch: stride-4 level 1 conv, stride 8 one conv + up, stride 16 two conv + up
+    convs = [sum(isinstance(m, torch.nn.Conv2d) for m in head.modules()) for head in model.scale_heads]
+    assert convs == [1, 1, 2]
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.randint(0, 4, (2, 64, 64))
+    y[:, :4] = 255
+    assert model(x).shape == (2, 4, 64, 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = task.loss(model, x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection", "instance_segmentation"])
+def test_plain_vit_is_refused_for_dense_prediction_with_one_line(task):
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1)
+    with pytest.raises(UserError) as e:
+        build_task_model(vit, task, 3)
+    assert "plain ViT" in str(e.value) and "\n" not in str(e.value)
+
