@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -264,59 +265,65 @@ def demo_data(
     console.print(f"wrote demo data to {out_dir}: {info}")
 
 
+class ExportFormat(str, Enum):
+    """What `export` writes (one writer and runtime per name in commands/export.FORMATS)."""
+    onnx = "onnx"
+    torchscript = "torchscript"
+    pt2 = "pt2"
+
+
+class ExportDtype(str, Enum):
+    """Export precisions this runtime can verify (fp16 export is for CUDA runtimes)."""
+    fp32 = "fp32"
+
+
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., help="sparsevit model file (.safetensors from finetune/adapt)."),
     config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. best.yaml); default: the "
                                                      "config stored in the model file."),
-    format: str = typer.Option("onnx", help="onnx, torchscript or pt2."),
-    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (default: the model's)."),
+    format: ExportFormat = typer.Option(ExportFormat.onnx, help="Output format."),
+    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (default and only choice: "
+                                                      "the model's)."),
     batch_size: int = typer.Option(1, min=1, help="Static batch size of the exported graph."),
-    dtype: str = typer.Option("fp32", help="fp32 (fp16 export is for CUDA runtimes; not verifiable here)."),
+    dtype: ExportDtype = typer.Option(ExportDtype.fp32, help="Precision (fp16 export is for CUDA runtimes; "
+                                                             "not verifiable here)."),
     out: Path = typer.Option(..., help="Output file."),
-    tolerance: float = typer.Option(1e-4, help="Largest accepted relative error vs PyTorch."),
+    tolerance: float = typer.Option(1e-4, help="Largest accepted relative error vs PyTorch (>= 0)."),
     data: Optional[str] = typer.Option(None, help="Data directory: verify on real validation images too."),
     time_it: bool = typer.Option(True, "--time/--no-time", help="Time exported sparse vs exported dense."),
 ):
     """Export a deployable model (window selection inside the graph) and verify it against PyTorch."""
     from .io import read_sparsity_file
-    from .commands.export import export_model
-    from .commands.export import real_inputs
+    from .commands.export import check_export_target, export_model, real_inputs
     from .model_file import load_model_file
 
-    if dtype != "fp32":
-        raise UserError("only fp32 export can be verified on this runtime; use --dtype fp32")
+    check_export_target(out, tolerance)  # before the model load: a typo should not cost one
     cfg = read_sparsity_file(config) if config is not None else None
     model, method, meta = load_model_file(checkpoint, cfg)
-    size = img_size or int(meta.get("img_size", 224))
-    if size != int(meta.get("img_size", size)):
-        raise UserError(f"model was built for img_size {meta['img_size']}, not {size}")
+    size = meta.resolve_img_size(img_size)
     inputs = [torch_randn(batch_size, size, seed) for seed in (0, 1)]
     if data:
         inputs.append(real_inputs(data, meta, size, batch_size))
-    report = export_model(model, format, out, inputs, tolerance=tolerance, method=method,
-                          config=model.sparsevit_config, dense_config=method.dense_config(_backbone(model)),
+    report = export_model(model, format.value, out, inputs, tolerance=tolerance, method=method,
+                          config=meta.sparsity, dense_config=method.dense_config(_backbone(model)),
                           time_it=time_it)
-    table = Table(title=f"export {format} -> {out}")
+    table = Table(title=f"export {format.value} -> {out}")
     for col in ("input", "max abs error", "relative error"):
         table.add_column(col, justify="right")
     for c in report["checks"]:
         table.add_row(["random 0", "random 1", "real images"][c["input"]], f"{c['max_abs']:.2e}", f"{c['rel']:.2e}")
     console.print(table)
     if "speedup" in report:
-        console.print(f"{format} runtime: sparse {report['sparse_ms']:.1f} ms vs dense {report['dense_ms']:.1f} ms "
-                      f"-> {report['speedup']:.2f}x")
+        console.print(f"{format.value} runtime: sparse {report['sparse_ms']:.1f} ms vs dense "
+                      f"{report['dense_ms']:.1f} ms -> {report['speedup']:.2f}x")
 
 
 @app.command()
 def info(path: Path = typer.Argument(..., help="A sparsevit model file.")):
     """Show what a sparsevit model file holds: method, model, args, image size, sparsity, metrics."""
-    from .model_file import read_meta
-    if not path.is_file():
-        raise UserError(f"model file '{path}' not found")
-    meta = read_meta(path)
-    if meta is None:
-        raise UserError(f"'{path}' is not a sparsevit model file")
+    from .model_file import read_model_meta
+    meta = read_model_meta(path)
     table = Table(title=str(path), show_header=False)
     for k, v in meta.items():
         table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
@@ -333,13 +340,34 @@ def _backbone(model):
     return backbone_of(model)
 
 
+def _fail(message: str, code: int = 2) -> None:
+    """One line on stderr (however long or multi-line the message), then exit."""
+    from rich.markup import escape
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False,
+                               soft_wrap=True)
+    sys.exit(code)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point: run the Typer app, turning user errors into one line and exit code 2."""
+    """Console entry point: run the Typer app quietly (library warnings only with --verbose), turning user
+    errors and usage errors (missing or unknown option, bad number) into one line and exit code 2."""
+    from .errors import quiet_warnings
+
+    args = list(sys.argv[1:] if argv is None else argv) or ["--help"]  # bare `sparsevit`: its help
     try:
-        app(args=argv)  # standalone: usage errors are already one line + exit 2
+        with quiet_warnings():
+            # not standalone: Typer would print a usage error as a 5-line box; it is one line below
+            code = app(args=args, standalone_mode=False, prog_name="sparsevit")
+    except typer.Abort:  # Ctrl-D at a prompt
+        _fail("aborted", 130)
+    except typer.TyperException as e:  # Click's usage errors (missing/unknown option, bad value, ...)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _fail(f"{e.format_message()}{hint}", getattr(e, "exit_code", 2))
     except UserError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
+    if isinstance(code, int) and code:  # typer.Exit(code) inside a command
+        sys.exit(code)
 
 
 if __name__ == "__main__":

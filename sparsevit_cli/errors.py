@@ -1,4 +1,11 @@
 """Errors a user can fix. The CLI prints them as one line and exits non-zero, never a traceback."""
+import logging
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+#: libraries whose loggers warn about things a user of the CLI cannot act on
+NOISY_LOGGERS = ("timm", "torch", "onnxscript", "onnx")
 
 
 class UserError(Exception):
@@ -9,3 +16,21 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (libraries raise pages of text; users get one line)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+@contextmanager
+def quiet_warnings(verbose: bool = False) -> Iterator[None]:
+    """Inside: library warnings (timm, torch tracer / ONNX exporter, ...) and their loggers' warnings do
+    not reach the user's terminal, unless `verbose`, which shows them all again (also inside an outer
+    quiet block: the CLI is quiet by default and `--verbose` opts out)."""
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("default" if verbose else "ignore")
+        for lg in loggers:
+            lg.setLevel(logging.NOTSET if verbose else logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)

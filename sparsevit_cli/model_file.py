@@ -1,41 +1,182 @@
 """The toolkit's self-describing model file: weights in safetensors plus metadata (method, timm model
 name and constructor args, image size, sparsity config, task, toolkit version), so that
 `sparsevit_cli.load(path)` returns a ready sparse model without any other file.
+
+`ModelMeta` is the one holder of a loaded model's facts: `load` validates and applies the sparsity
+config once, and the loaded model's `sparsevit_meta` says which config it runs. Model files are
+safetensors only: loading one never executes code (a pickle file is refused, never unpickled).
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
-import torch
 import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, with_config
+from typing_extensions import TypedDict
 
 from .errors import UserError, first_line
 from .timm_models import state_dict_problem
 
-FORMAT = "sparsevit-model/1"
+FORMAT_VERSION = 1
+FORMAT = f"sparsevit-model/{FORMAT_VERSION}"
+SUFFIX = ".safetensors"
+#: image size of a model whose metadata and constructor args name none (timm's 224 px models)
+DEFAULT_IMG_SIZE = 224
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, meta: Dict[str, Any]) -> None:
-    """Write `model`'s weights and `meta` atomically to a .safetensors file."""
+@with_config(ConfigDict(extra="allow"))  # an unknown option is kept so that the method names it in its error
+class MethodOptions(TypedDict, total=False):
+    """A method's settings, as `Method.wrap` takes them (SparseViT: `window_score`; PSViT: none)."""
+    window_score: str
+
+
+class ModelMeta(BaseModel):
+    """What a model file says about its model. Unknown keys (metrics such as `top1`, `adapted`) are
+    kept as extras. Reads like a mapping too (`meta["sparsity"]`, `meta.get("task")`)."""
+    model_config = ConfigDict(extra="allow")
+
+    format: str = FORMAT
+    toolkit_version: Optional[str] = None
+    method: str = "sparsevit"
+    #: timm model name and the constructor args it was built with
+    model: str
+    model_args: Dict[str, Any] = {}
+    img_size: Optional[int] = None
+    task: str = "classification"
+    num_classes: Optional[int] = None
+    #: the sparsity config the model runs (after `load`: the one applied, override included)
+    sparsity: Optional[List[List[float]]] = None
+    method_options: MethodOptions = {}
+    #: search space the model was adapted on (`adapt`), the default space of `search`
+    space: Optional[str] = None
+    trained_by: Optional[str] = None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        from .tasks import TASKS
+        if task not in TASKS:
+            raise ValueError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
+        return task
+
+    @classmethod
+    def of(cls, meta: Union["ModelMeta", Mapping[str, Any]], source: str = "model metadata") -> "ModelMeta":
+        """`meta` as a ModelMeta (callers may hold a plain dict); invalid metadata is one UserError line."""
+        if isinstance(meta, ModelMeta):
+            return meta
+        try:
+            return cls.model_validate(dict(meta))
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "metadata"
+            raise UserError(f"{source}: invalid sparsevit metadata at '{where}': {err['msg']}") from None
+
+    # ---- the facts commands ask for
+    @property
+    def image_size(self) -> int:
+        """Input resolution the model was built for (square)."""
+        return int(self.img_size or self.model_args.get("img_size") or DEFAULT_IMG_SIZE)
+
+    def resolve_img_size(self, requested: Optional[int]) -> int:
+        """The model's image size; a requested size (e.g. `--img-size`) must equal it."""
+        if requested is not None and int(requested) != self.image_size:
+            raise UserError(f"the model file was built for img_size {self.image_size}, not {requested}; "
+                            f"leave out --img-size to use the model's")
+        return self.image_size
+
+    def sparsity_from(self, config: Union[None, List, Mapping[str, Any]]) -> Optional[List]:
+        """The config to run: `config` if given (a list of groups, or a sparsity file's mapping whose
+        `method`/`model` must be this model's), else the stored one."""
+        if config is None:
+            return self.sparsity
+        if isinstance(config, Mapping):
+            for key in ("method", "model"):
+                if config.get(key) not in (None, getattr(self, key)):
+                    raise UserError(f"config is for {key} '{config[key]}', the model file holds '{getattr(self, key)}'")
+            return config["sparsity"]
+        return config
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able mapping of every key that has a value (extras included), as stored in the file."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    # ---- read-only mapping interface, for callers written against the metadata dict
+    def __getitem__(self, key: str) -> Any:
+        data = self.to_dict()
+        if key not in data:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        known = key in type(self).model_fields or key in (self.model_extra or {})
+        value = getattr(self, key) if known else None
+        return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.to_dict()
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def items(self):
+        return self.to_dict().items()
+
+
+MetaLike = Union[ModelMeta, Mapping[str, Any]]
+
+
+def check_file(path: str | os.PathLike, what: str = "model file") -> Path:
+    """`path` as a Path if it is a file; one clear line when it is missing or a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} '{path}' is a directory, not a file")
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' not found")
+    return path
+
+
+def not_a_model_file(path: Path, why: str) -> UserError:
+    """The error for a file without toolkit metadata (e.g. a plain timm checkpoint), saying what to do."""
+    return UserError(f"'{path}' is not a sparsevit model file ({why}); make one from a timm checkpoint with "
+                     f"`sparsevit adapt --checkpoint FILE --model NAME` or `sparsevit finetune`")
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, meta: MetaLike) -> None:
+    """Write `model`'s weights and `meta` (a ModelMeta or a dict of its keys) atomically to a
+    .safetensors file."""
     from safetensors.torch import save_file
     from . import __version__
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta, format=FORMAT, toolkit_version=__version__)
+    meta = ModelMeta.of(meta).model_copy(update={"format": FORMAT, "toolkit_version": __version__})
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata={"sparsevit": json.dumps(meta)})
-    os.replace(tmp, path)
+    try:
+        save_file(state, str(tmp), metadata={"sparsevit": json.dumps(meta.to_dict())})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def read_meta(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
+def _format_version(value: Any) -> Optional[int]:
+    """1 for "sparsevit-model/1" (or 1); None when unreadable."""
+    text = str(value)
+    if text.startswith("sparsevit-model/"):
+        text = text[len("sparsevit-model/"):]
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def read_meta(path: str | os.PathLike) -> Optional[ModelMeta]:
     """The toolkit metadata of a model file, or None if it is not one of ours (e.g. a plain timm file)."""
     path = Path(path)
-    if path.suffix != ".safetensors":
+    if path.suffix != SUFFIX:
         return None
     from safetensors import safe_open
     try:
@@ -46,39 +187,55 @@ def read_meta(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
     if raw is None:
         return None
     try:
-        meta = json.loads(raw)
+        data = json.loads(raw)
     except json.JSONDecodeError:
-        raise UserError(f"model file '{path}' has corrupt sparsevit metadata")
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+        raise UserError(f"model file '{path}' has corrupt sparsevit metadata") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
         raise UserError(f"model file '{path}' has sparsevit metadata without a model name")
-    return meta
+    # the version first: a newer format may hold keys this version cannot validate
+    version = _format_version(data.get("format", FORMAT))
+    if version != FORMAT_VERSION:
+        shown = version if version is not None else repr(data.get("format"))
+        raise UserError(f"model file '{path}' has model-file format {shown}; this sparsevit reads format "
+                        f"{FORMAT_VERSION} only (written by a newer sparsevit? upgrade it)")
+    return ModelMeta.of(data, f"model file '{path}'")
 
 
-def build_from_meta(meta: Dict[str, Any]) -> Tuple[nn.Module, Any]:
+def build_from_meta(meta: MetaLike) -> Tuple[nn.Module, Any]:
     """Build the (untrained) model a metadata block describes, wrapped by its method."""
     from .methods import get_method
     from .timm_models import create_timm_model
     from .tasks import build_task_model
 
-    method = get_method(meta.get("method", "sparsevit"))
-    backbone = create_timm_model(meta["model"], **meta.get("model_args", {}))
-    backbone = method.wrap(backbone, **meta.get("method_options", {}))
-    model = build_task_model(backbone, meta.get("task", "classification"), meta.get("num_classes"))
+    meta = ModelMeta.of(meta)
+    method = get_method(meta.method)
+    backbone = create_timm_model(meta.model, **meta.model_args)
+    backbone = method.wrap(backbone, **meta.method_options)
+    model = build_task_model(backbone, meta.task, meta.num_classes)
     return model, method
 
 
-def load(path: str | os.PathLike, config=None) -> nn.Module:
-    """Load a toolkit model file and return the ready model (eval mode) running its stored sparsity
-    config, or `config` if given."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model file '{path}' not found")
+def read_model_meta(path: str | os.PathLike) -> ModelMeta:
+    """The metadata of a file that must be a toolkit model file (one line on anything else)."""
+    path = check_file(path)
+    if path.suffix != SUFFIX:
+        raise not_a_model_file(path, f"model files are {SUFFIX}; pickle files such as .pth are never "
+                                     f"loaded, as they can run code")
     meta = read_meta(path)
     if meta is None:
-        raise UserError(f"'{path}' is not a sparsevit model file (no sparsevit metadata); "
-                        "plain timm checkpoints are passed with --model and --checkpoint")
+        raise not_a_model_file(path, "no sparsevit metadata")
+    return meta
+
+
+def load(path: str | os.PathLike, config: Union[None, List, Mapping[str, Any]] = None) -> nn.Module:
+    """Load a toolkit model file and return the ready model (eval mode) running its stored sparsity
+    config, or `config` if given (a list of groups, or a sparsity file's mapping from
+    `io.read_sparsity_file`, checked to be for this method and model). `model.sparsevit_meta` is the
+    file's ModelMeta with `sparsity` the config the model runs."""
+    from safetensors.torch import load_file
+    from .tasks import backbone_of
+
+    meta = read_model_meta(path)
     model, method = build_from_meta(meta)
     try:  # read_meta only parsed the header; reading the tensors can still fail (I/O, unsupported dtype)
         state = load_file(str(path))
@@ -88,30 +245,19 @@ def load(path: str | os.PathLike, config=None) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise UserError(f"model file '{path}' does not match its own metadata: {state_dict_problem(e)}")
-    backbone = getattr(model, "backbone", model)
-    cfg = config if config is not None else meta.get("sparsity")
-    if cfg is not None:
-        method.apply(backbone, method.validate(backbone, cfg))
-    model.sparsevit_meta = meta
+    sparsity = meta.sparsity_from(config)
+    if sparsity is not None:  # the one place a loaded model's config is validated and applied
+        backbone = backbone_of(model)
+        sparsity = method.validate(backbone, sparsity)
+        method.apply(backbone, sparsity)
+    model.sparsevit_meta = meta.model_copy(update={"sparsity": sparsity})
     return model.eval()
 
 
-def load_model_file(path: str | os.PathLike, config_file: Optional[Dict[str, Any]] = None):
-    """(model, method, meta) from a sparsevit model file, running `config_file`'s sparsity if given
-    (after checking that the config was made for this method and model)."""
+def load_model_file(path: str | os.PathLike, config_file: Optional[Mapping[str, Any]] = None):
+    """(model, method, meta) of `load(path, config_file)`; `meta.sparsity` is the config it runs."""
     from .methods import get_method
-    from .tasks import backbone_of
 
-    model = load(path)
+    model = load(path, config_file)
     meta = model.sparsevit_meta
-    method = get_method(meta["method"])
-    config = meta.get("sparsity")
-    if config_file is not None:
-        for key in ("method", "model"):
-            if config_file.get(key) not in (None, meta.get(key)):
-                raise UserError(f"config is for {key} '{config_file[key]}', the model file holds '{meta.get(key)}'")
-        config = config_file["sparsity"]
-    config = method.validate(backbone_of(model), config)
-    method.apply(backbone_of(model), config)
-    model.sparsevit_config = config
-    return model, method, meta
+    return model, get_method(meta.method), meta

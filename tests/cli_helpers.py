@@ -16,8 +16,8 @@ def run_cli(args, capsys=None):
 
 
 def assert_one_line_error(code, err, needle):
-    """Bad input: non-zero exit, one line on stderr naming the fault, never a traceback."""
-    assert code != 0
+    """Bad input: exit code 2, one line on stderr naming the fault, never a traceback."""
+    assert code == 2, err
     assert "Traceback" not in err
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert len(lines) == 1, err

@@ -4,6 +4,8 @@ their windows per input, and every bad input is one line on stderr.
 All on a micro Swin (64 px, 2 stages, window 4) so the whole file runs in seconds: stage 1 has 16 windows,
 stage 2 has 4, and both stages hold a shifted (SW-MSA) block, so every config below prunes shifted blocks.
 """
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -177,7 +179,9 @@ def bad_files(model_file, tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     files = {"corrupt": d / "corrupt.safetensors", "truncated": d / "truncated.safetensors",
              "mismatch": d / "mismatch.safetensors", "nometa": d / "timm.safetensors",
-             "badmeta": d / "badmeta.safetensors", "other_model": d / "other.yaml", "shape": d / "shape.yaml", "missing": d / "nope.safetensors"}
+             "badmeta": d / "badmeta.safetensors", "other_model": d / "other.yaml", "shape": d / "shape.yaml",
+             "missing": d / "nope.safetensors", "null": d / "null.yaml", "pickle": d / "timm.pth",
+             "format99": d / "future.safetensors", "directory": d / "dir.safetensors"}
     files["corrupt"].write_bytes(b"not a model file at all")
     files["truncated"].write_bytes(model_file.read_bytes()[:-4096])
     save_model(files["mismatch"], micro_swin(), meta(model_args=dict(ARGS, embed_dim=24)))
@@ -187,6 +191,10 @@ def bad_files(model_file, tmp_path_factory):
     files["other_model"].write_text("method: sparsevit\nmodel: swin_small_patch4_window7_224\n"
                                     "sparsity: [[0.5], [0.5]]\n")
     files["shape"].write_text("sparsity: [[0.0], [0.5], [0.5]]\n")
+    files["null"].write_text("method: sparsevit\nsparsity: null\n")
+    torch.save({k: v for k, v in weights.items()}, files["pickle"])  # a timm-style pickle checkpoint
+    save_file(weights, str(files["format99"]), metadata={"sparsevit": json.dumps(dict(meta(), format=99))})
+    files["directory"].mkdir()
     return {k: str(v) for k, v in files.items()}
 
 
@@ -197,7 +205,16 @@ def bad_files(model_file, tmp_path_factory):
     (["--checkpoint", "{nometa}"], "not a sparsevit model file"),
     (["--checkpoint", "{badmeta}"], "corrupt sparsevit metadata"),
     (["--checkpoint", "{missing}"], "not found"),
-    (["--format", "tflite"], "unsupported format 'tflite'"),
+    (["--checkpoint", "{pickle}"], "not a sparsevit model file"),
+    (["--checkpoint", "{format99}"], "format 99"),
+    (["--checkpoint", "{directory}"], "is a directory"),
+    (["--format", "tflite"], "'tflite' is not one of"),
+    (["--config", "{null}"], "'sparsity' must be a list"),
+    (["--out", "{directory}"], "is a directory"),
+    (["--tolerance", "-1"], "--tolerance must be a finite relative error >= 0, got -1"),
+    (["--tolerance", "nan"], "got nan"),
+    (["--batch-size", "two"], "Invalid value for '--batch-size'"),
+    (["--bogus", "1"], "No such option: --bogus"),
     (["--config", "{other_model}"], "config is for model 'swin_small_patch4_window7_224'"),
     (["--config", "{shape}"], "one list per stage"),
     (["--img-size", "96"], "img_size 64"),
@@ -212,8 +229,21 @@ def test_bad_export_input_is_one_line(args, needle, model_file, bad_files, tmp_p
     assert not list(tmp_path.iterdir())
 
 
+def test_missing_option_is_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["export", "--checkpoint", str(tmp_path / "m.safetensors")], capsys)
+    assert_one_line_error(code, err, "Missing option '--out'")
+
+
+def test_timm_checkpoint_error_says_what_to_do(bad_files, tmp_path, capsys):
+    code, _, err = run_cli(["export", "--checkpoint", bad_files["pickle"], "--out", str(tmp_path / "x.onnx")], capsys)
+    assert_one_line_error(code, err, "sparsevit adapt --checkpoint FILE --model NAME")
+    assert "never loaded" in err  # the pickle was refused, not unpickled
+
+
 @pytest.mark.parametrize("name,needle", [("corrupt", "cannot be read"), ("nometa", "not a sparsevit model file"),
-                                         ("badmeta", "corrupt sparsevit metadata"), ("missing", "not found")])
+                                         ("badmeta", "corrupt sparsevit metadata"), ("missing", "not found"),
+                                         ("format99", "format 99"), ("directory", "is a directory"),
+                                         ("pickle", "not a sparsevit model file")])
 def test_bad_info_input_is_one_line(name, needle, bad_files, capsys):
     code, _, err = run_cli(["info", bad_files[name]], capsys)
     assert_one_line_error(code, err, needle)

@@ -8,6 +8,7 @@ model is timed beside the sparse one on the same runtime.
 """
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import tempfile
@@ -16,7 +17,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import numpy as np
 import torch
@@ -123,6 +124,14 @@ def _reference(model: nn.Module, x: torch.Tensor) -> np.ndarray:
         return model(x).float().numpy()
 
 
+def check_export_target(out: str | os.PathLike, tolerance: float) -> None:
+    """One line for an output path that is a directory and for a tolerance that is no relative error."""
+    if not (math.isfinite(tolerance) and tolerance >= 0):  # NaN compares false: no check could ever pass
+        raise UserError(f"--tolerance must be a finite relative error >= 0, got {tolerance}")
+    if Path(out).is_dir():
+        raise UserError(f"--out '{out}' is a directory; give the file to write, e.g. '{Path(out) / 'model.onnx'}'")
+
+
 def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: List[torch.Tensor],
                  tolerance: float = 1e-4, method=None, config=None, dense_config=None,
                  time_it: bool = True) -> Dict[str, object]:
@@ -131,6 +140,7 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: Lis
     report; raises UserError on failure, in which case nothing is written."""
     if fmt not in FORMATS:
         raise UserError(f"unsupported format '{fmt}' (supported: {', '.join(FORMATS)})")
+    check_export_target(out, tolerance)
     spec = FORMATS[fmt]
     out = Path(out)
     model = model.eval()

@@ -1,0 +1,134 @@
+"""`ModelMeta` and model files: one typed holder of a model's facts, round trips through save/read/load,
+refusal of unknown formats and of pickle files (never unpickled), and the `info` command."""
+import json
+import os
+import pickle
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from sparsevit_cli.errors import UserError
+from sparsevit_cli.model_file import FORMAT, ModelMeta, load, load_model_file, read_meta, save_model
+from cli_helpers import assert_one_line_error, run_cli
+
+MODEL = "swin_tiny_patch4_window7_224"
+ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4, "num_classes": 10}
+SPARSITY = [[0.0], [0.5]]
+
+
+def meta_dict(**over):
+    return dict({"method": "sparsevit", "model": MODEL, "model_args": ARGS, "img_size": 64, "task": "classification",
+                 "num_classes": 10, "sparsity": SPARSITY, "method_options": {"window_score": "l2"},
+                 "trained_by": "finetune", "top1": 87.5}, **over)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from sparsevit_cli import sparsify
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mf") / "model.safetensors"
+    save_model(path, sparsify(timm.create_model(MODEL, **ARGS), SPARSITY), meta_dict())
+    return path
+
+
+def test_meta_is_typed_and_reads_like_the_old_dict():
+    meta = ModelMeta.of(meta_dict(sparsity=[[0, 1 / 2]]))
+    assert meta.sparsity == [[0.0, 0.5]] and isinstance(meta.sparsity[0][0], float)
+    assert meta.method_options == {"window_score": "l2"}
+    assert meta["model_args"] == ARGS and meta.get("top1") == 87.5  # extras (metrics) are kept
+    assert meta.get("space", "swin_t") == "swin_t" and "space" not in meta  # unset reads as absent
+    with pytest.raises(KeyError):
+        meta["space"]
+    assert dict(meta.items())["trained_by"] == "finetune"
+
+
+@pytest.mark.parametrize("bad,needle", [({"img_size": "big"}, "img_size"), ({"task": "detect"}, "unknown task"),
+                                        ({"sparsity": [["a"]]}, "sparsity")])
+def test_invalid_meta_is_one_line(bad, needle):
+    with pytest.raises(UserError, match=needle) as e:
+        ModelMeta.of(meta_dict(**bad))
+    assert "\n" not in str(e.value)
+
+
+def test_image_size_is_resolved_in_one_place():
+    meta = ModelMeta.of(meta_dict())
+    assert meta.resolve_img_size(None) == 64 and meta.resolve_img_size(64) == 64
+    with pytest.raises(UserError, match="built for img_size 64, not 96"):
+        meta.resolve_img_size(96)
+    assert ModelMeta.of(meta_dict(img_size=None)).image_size == 64  # from the constructor args
+    assert ModelMeta.of(meta_dict(img_size=None, model_args={})).image_size == 224  # timm's default
+
+
+def test_save_read_load_round_trip(model_file):
+    meta = read_meta(model_file)
+    assert isinstance(meta, ModelMeta) and meta.format == FORMAT and meta.toolkit_version
+    assert meta.to_dict() == dict(meta_dict(), format=FORMAT, toolkit_version=meta.toolkit_version)
+    model = load(model_file)
+    assert model.sparsevit_meta.sparsity == SPARSITY and model.sparsity == SPARSITY
+    assert model.window_score == "l2"
+
+
+def test_config_override_is_what_the_meta_says_the_model_runs(model_file):
+    model, method, meta = load_model_file(model_file, {"method": "sparsevit", "sparsity": [[0.3], [0.7]]})
+    assert method.name == "sparsevit" and meta.sparsity == [[0.3], [0.7]] == model.sparsity
+    assert read_meta(model_file).sparsity == SPARSITY  # the file itself is unchanged
+    with pytest.raises(UserError, match="config is for model 'other'"):
+        load(model_file, {"model": "other", "sparsity": SPARSITY})
+    with pytest.raises(UserError, match="one list per stage"):
+        load(model_file, [[0.5]])
+
+
+def test_save_accepts_a_model_meta(model_file, tmp_path):
+    model = load(model_file)
+    save_model(tmp_path / "again.safetensors", model, model.sparsevit_meta)
+    assert read_meta(tmp_path / "again.safetensors").to_dict() == read_meta(model_file).to_dict()
+    assert [p.name for p in tmp_path.iterdir()] == ["again.safetensors"]  # no temp file left
+
+
+@pytest.mark.parametrize("fmt", [99, "sparsevit-model/99", "something-else"])
+def test_unknown_format_is_refused_by_info_and_load(fmt, model_file, tmp_path, capsys):
+    from safetensors.torch import load_file
+    path = tmp_path / "future.safetensors"
+    save_file(load_file(str(model_file)), str(path), metadata={"sparsevit": json.dumps(dict(meta_dict(), format=fmt))})
+    with pytest.raises(UserError, match="model-file format"):
+        load(path)
+    code, _, err = run_cli(["info", path], capsys)
+    assert_one_line_error(code, err, "this sparsevit reads format 1 only")
+
+
+class _Payload:
+    """Unpickling this runs code (creates a marker file): what a hostile .pth can do."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_pickle_file_is_refused_without_being_unpickled(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    for name in ("evil.pth", "evil.safetensors"):
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps(_Payload(str(marker))))
+        with pytest.raises(UserError, match="sparsevit model file|cannot be read"):
+            load(path)
+        code, _, err = run_cli(["info", path], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_info_shows_the_file(model_file, capsys):
+    code, stdout, err = run_cli(["info", model_file], capsys)
+    assert code == 0, err
+    for text in (MODEL, "[[0.0], [0.5]]", "87.5", "finetune", "window_score"):
+        assert text in stdout
+
+
+def test_info_on_a_directory_or_timm_file(tmp_path, capsys):
+    code, _, err = run_cli(["info", tmp_path], capsys)
+    assert_one_line_error(code, err, "is a directory")
+    (tmp_path / "w.pth").write_bytes(b"\x80\x04N.")
+    code, _, err = run_cli(["info", tmp_path / "w.pth"], capsys)
+    assert_one_line_error(code, err, "sparsevit finetune")
