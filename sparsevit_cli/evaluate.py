@@ -8,14 +8,9 @@ import torch
 import torch.nn as nn
 
 from . import dist
-from .data.datasets import IGNORE_INDEX
+from .data.datasets import IGNORE_INDEX, build_loader, iterate
 from .methods import Config, Method
 from .tasks import backbone_of
-
-
-def collate(dataset, indices: Sequence[int]):
-    items = [dataset[i] for i in indices]
-    return torch.stack([it[0] for it in items]), (torch.stack([torch.as_tensor(it[1]) for it in items]))
 
 
 def _classification_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,10 +61,11 @@ def held_out_indices(n: int, k: Optional[int]) -> List[int]:
 @torch.no_grad()
 def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset, task: str, num_classes: int,
              batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
-             indices: Optional[Sequence[int]] = None) -> float:
+             indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> float:
     """Top-1 (%) or mIoU (%) of `model` under `config` on `indices` of `dataset`, or on the search subset of
     `max_samples` images (`search_indices`), or on all of it; under torchrun the images are sharded over
-    ranks and the counts summed, so every rank gets the same exact number."""
+    ranks and the counts summed, so every rank gets the same exact number. `num_workers` DataLoader
+    workers decode the images."""
     if config is not None:
         method.apply(backbone_of(model), config)
     model.eval()
@@ -78,8 +74,8 @@ def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset
     idx = list(indices)[dist.rank()::dist.world_size()]
     seg = task == "segmentation"
     acc = torch.zeros(num_classes ** 2 if seg else 2, dtype=torch.float64)
-    for i in range(0, len(idx), batch_size):
-        x, y = collate(dataset, idx[i: i + batch_size])
+    batches = [idx[i: i + batch_size] for i in range(0, len(idx), batch_size)]
+    for x, y in iterate(build_loader(dataset, batches, num_workers=num_workers)):
         with autocast(device, amp):
             logits = model(x.to(device)).float().cpu()
         acc += _segmentation_counts(logits, y, num_classes) if seg else _classification_counts(logits, y)

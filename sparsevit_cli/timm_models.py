@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import timm
 import torch
@@ -69,9 +69,22 @@ def state_dict_problem(e: RuntimeError) -> str:
     return lines[0] if lines else first_line(e)
 
 
-def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: bool = False) -> None:
+def classifier_names(model: nn.Module) -> Tuple[str, ...]:
+    """The module names of a timm model's classifier(s), from its pretrained config (Swin: head.fc)."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def _head_keys(sd: Dict[str, torch.Tensor], head: str):
+    return [k for k in sd if k.startswith(f"{head}.")]
+
+
+def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: bool = False) -> Optional[str]:
     """Load a timm-format checkpoint with timm's own key filter/resizing rules (e.g. relative position
-    tables and patch embeddings resized to the model's window/patch size), strictly."""
+    tables and patch embeddings resized to the model's window/patch size), strictly, except for the
+    classifier: one for another number of classes than `model`'s (or any, with `reset_head`) is left out,
+    so the model keeps its freshly initialised head. Returns the info line saying so (else None); any
+    other mismatch is one UserError line naming it."""
     sd = read_state_dict(path)
     filter_fn = getattr(importlib.import_module(_family_module(model)), "checkpoint_filter_fn", None)
     if filter_fn is not None:
@@ -79,15 +92,27 @@ def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: 
             sd = filter_fn(sd, model)
         except Exception as e:
             raise UserError(f"checkpoint '{path}' does not match the model ({type(model).__name__}): {first_line(e)}")
-    if reset_head:
-        head = {k for k in sd if k.startswith("head.")}
-        for k in head:
-            sd.pop(k)
+    own = model.state_dict()
+    notes = []
+    for head in classifier_names(model):
+        weight = sd.get(f"{head}.weight")
+        mine = own.get(f"{head}.weight")
+        other_classes = (weight is not None and mine is not None and weight.shape[0] != mine.shape[0]
+                         and weight.shape[1:] == mine.shape[1:])
+        if (reset_head or other_classes) and _head_keys(sd, head):
+            old = f"{weight.shape[0]} -> " if weight is not None else ""
+            new = mine.shape[0] if mine is not None else 0
+            notes.append(f"{head}: {old}{new} classes, re-initialised")
+            for k in _head_keys(sd, head):
+                sd.pop(k)
+        elif mine is not None and not _head_keys(sd, head):  # a backbone-only checkpoint (num_classes=0)
+            notes.append(f"{head}: not in the checkpoint, {mine.shape[0]} classes initialised")
     try:
         result = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches raise even when not strict
         raise UserError(f"checkpoint '{path}' does not match the model: {state_dict_problem(e)}")
-    missing = [k for k in result.missing_keys if not (reset_head and k.startswith("head."))]
+    heads = tuple(f"{h}." for h in classifier_names(model))
+    missing = [k for k in result.missing_keys if not (notes and k.startswith(heads))]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s) e.g. {missing[0]}")
@@ -95,6 +120,7 @@ def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: 
         problems.append(f"{len(result.unexpected_keys)} unexpected key(s) e.g. {result.unexpected_keys[0]}")
     if problems:
         raise UserError(f"checkpoint '{path}' does not match the model: {'; '.join(problems)}")
+    return "; ".join(notes) or None
 
 
 def _family_module(model: nn.Module) -> str:

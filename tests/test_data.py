@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sparsevit_cli.data import build_dataset, build_loader, read_demo_index, write_demo_data
+from sparsevit_cli.data import (build_dataset, build_loader, epoch_batches, iterate, read_demo_index, read_image,
+                                write_demo_data)
 from sparsevit_cli.data.demo import demo_metadata, digit_source_split
 from sparsevit_cli.errors import UserError
 
@@ -174,8 +175,8 @@ def test_classification_loader(demo):
     val = build_dataset(demo, "classification", "val", 96, train=False)
     assert (len(train), len(val)) == (N_TRAIN, N_VAL)
     assert train.classes == [str(c) for c in range(10)] and train.num_classes == 10
-    loader, sampler = build_loader(train, batch_size=16, train=True, seed=0)
-    assert sampler is None
+    loader = build_loader(train, epoch_batches(len(train), 16, seed=0, epoch=0, shuffle=True, drop_last=True),
+                          sample_seed=0)
     x, y = next(iter(loader))
     assert x.shape == (16, 3, 96, 96) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < 10
@@ -189,13 +190,30 @@ def test_loader_order_is_seeded(demo):
     ds = build_dataset(demo, "segmentation", "val", 32, train=False)
 
     def first_masks(seed):
-        loader, _ = build_loader(ds, batch_size=4, train=True, seed=seed)
+        loader = build_loader(ds, epoch_batches(len(ds), 4, seed, epoch=0, shuffle=True, drop_last=True))
         return next(iter(loader))[1]
 
     assert torch.equal(first_masks(1), first_masks(1))
     assert not torch.equal(first_masks(1), first_masks(2))
-    loader, _ = build_loader(ds, batch_size=7, train=False, seed=0)
+    loader = build_loader(ds, epoch_batches(len(ds), 7, 0, epoch=0, shuffle=False, drop_last=False))
     assert sum(len(b[0]) for b in loader) == N_VAL  # eval keeps the last partial batch
+
+
+def test_loader_augmentation_is_independent_of_workers_and_resume(demo):
+    """What a sample looks like (random crop, flip, colour jitter) depends only on the seed and its place
+    in the epoch: two workers give the batches one process gives, and a loader resumed at batch 2 gives
+    exactly the rest; the caller's RNG is not touched by loading."""
+    ds = build_dataset(demo, "classification", "train", 32, train=True, hflip=0.5)
+    batches = epoch_batches(len(ds), 4, seed=7, epoch=1, shuffle=True, drop_last=True)[:4]
+    before = torch.get_rng_state()
+    full = list(build_loader(ds, batches, sample_seed=11))
+    assert torch.equal(torch.get_rng_state(), before)
+    resumed = list(iterate(build_loader(ds, batches, num_workers=2, start=2, sample_seed=11)))
+    assert len(full) == 4 and len(resumed) == 2
+    for (x, y), (rx, ry) in zip(full[2:], resumed):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+    other = list(build_loader(ds, batches, sample_seed=12))
+    assert not torch.equal(full[0][0], other[0][0])  # the augmentation does follow the seed
 
 
 def test_segmentation_loader(demo):
@@ -203,7 +221,7 @@ def test_segmentation_loader(demo):
         ds = build_dataset(path, "segmentation", "train", 112, train=True)
         assert len(ds) == N_TRAIN and ds.num_classes == 11
     assert ds.hflip == 0.0  # digits are not mirror symmetric: the demo data says so
-    loader, _ = build_loader(ds, batch_size=8, train=True, seed=0)
+    loader = build_loader(ds, epoch_batches(len(ds), 8, 0, epoch=0, shuffle=True, drop_last=True), sample_seed=0)
     x, y = next(iter(loader))
     assert x.shape == (8, 3, 112, 112) and x.dtype == torch.float32
     assert y.shape == (8, 112, 112) and y.dtype == torch.int64
@@ -254,15 +272,78 @@ def test_data_errors(demo, tmp_path):
         build_dataset(seg, "segmentation", "val", 64, train=False, num_classes=11)
 
 
-def test_distributed_loader_shards(demo, tmp_path):
-    import torch.distributed as dist
+def test_epoch_batches_shard_over_ranks():
+    for n in (10, 11):  # 11: padded by wrapping so both ranks get as many batches
+        shards = [epoch_batches(n, 2, seed=0, epoch=1, shuffle=True, drop_last=False, rank=r, world=2)
+                  for r in range(2)]
+        flat = [i for shard in shards for batch in shard for i in batch]
+        assert len(shards[0]) == len(shards[1]) == 3
+        assert sorted(set(flat)) == list(range(n)) and len(flat) == 2 * ((n + 1) // 2)
+    one = epoch_batches(11, 2, seed=0, epoch=1, shuffle=True, drop_last=True)
+    assert one == epoch_batches(11, 2, seed=0, epoch=1, shuffle=True, drop_last=True)
+    assert one != epoch_batches(11, 2, seed=0, epoch=2, shuffle=True, drop_last=True)  # a new order per epoch
+    assert len(one) == 5  # the last partial batch is dropped
 
-    ds = build_dataset(demo, "segmentation", "val", 32, train=False)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        loader, sampler = build_loader(ds, batch_size=8, train=True, seed=0, distributed=True)
-        assert sampler is not None and loader.sampler is sampler
-        sampler.set_epoch(1)
-        assert len(list(iter(sampler))) == N_VAL
-    finally:
-        dist.destroy_process_group()
+
+# --------------------------------------------------------------------------------------------- bad files
+def _small_classification(tmp_path, demo, per_class=2):
+    """A copy of the first `per_class` training images of every class (64 px), to break files in."""
+    root = tmp_path / "cls"
+    for folder in sorted((demo / "train").iterdir()):
+        if folder.is_dir():
+            (root / "train" / folder.name).mkdir(parents=True)
+            for img in sorted(folder.iterdir())[:per_class]:
+                shutil.copy(img, root / "train" / folder.name / img.name)
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_images_name_the_file_or_are_skipped(demo, tmp_path, workers):
+    root = _small_classification(tmp_path, demo)
+    good = sorted((root / "train" / "3").iterdir())[0]
+    broken = {"empty.png": b"", "garbage.png": bytes(range(256)) * 4,
+              "truncated.png": good.read_bytes()[: len(good.read_bytes()) // 2]}
+    for name, data in broken.items():
+        (root / "train" / "3" / name).write_bytes(data)
+    ds = build_dataset(root, "classification", "train", 32, train=False)
+    loader = build_loader(ds, [list(range(len(ds)))], num_workers=workers)
+    with pytest.raises(UserError) as e:
+        list(iterate(loader))
+    message = str(e.value)
+    assert "\n" not in message and "cannot read image" in message and "skip_bad_images" in message
+    assert any(str(root / "train" / "3" / name) in message for name in broken)
+
+    kept = build_dataset(root, "classification", "train", 32, train=False, skip_bad_images=True)
+    assert len(kept) == len(ds) - 3 and sorted(p.name for p in kept.skipped) == sorted(broken)
+    batch = next(iter(build_loader(kept, [list(range(len(kept)))], num_workers=workers)))
+    assert batch[0].shape == (len(kept), 3, 32, 32)
+
+
+def test_mask_with_a_class_id_beyond_the_data_set_is_one_line(demo, tmp_path):
+    seg = tmp_path / "seg"
+    shutil.copytree(demo / "seg" / "val", seg / "val")
+    mask_path = sorted((seg / "val" / "masks").iterdir())[2]
+    mask = np.asarray(Image.open(mask_path)).copy()
+    mask[0, 0] = 77
+    Image.fromarray(mask).save(mask_path)
+    ds = build_dataset(seg, "segmentation", "val", 32, train=False, num_classes=11)
+    ds[1]  # the others are fine
+    with pytest.raises(UserError) as e:
+        ds[2]
+    assert str(e.value) == (f"mask '{mask_path}' has class id 77, but the data set has 11 classes "
+                            f"(ids 0-10, 255 = ignore)")
+    mask[0, 0] = 255  # the ignore index is not a class
+    Image.fromarray(mask).save(mask_path)
+    assert int(ds[2][1].max()) < 11  # read without complaint (the resize to 32 px drops that pixel)
+
+
+def test_16_bit_png_is_scaled_not_saturated(tmp_path):
+    wide = np.full((8, 8), 128 * 257, dtype=np.uint16)
+    wide[0, 0] = 65535
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = np.asarray(read_image(path))
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    assert (rgb[1:, 1:] == 128).all() and (rgb[0, 0] == 255).all()
+    assert np.asarray(Image.open(path).convert("RGB"))[1, 1, 0] == 255  # what PIL alone makes of it

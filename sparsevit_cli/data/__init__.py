@@ -18,6 +18,9 @@ _EXPORTS = {
     "SegmentationFolder": "datasets",
     "build_dataset": "datasets",
     "build_loader": "datasets",
+    "epoch_batches": "datasets",
+    "iterate": "datasets",
+    "read_image": "datasets",
     "DATASETS": "datasets",
     "IGNORE_INDEX": "datasets",
 }

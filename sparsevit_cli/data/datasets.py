@@ -13,15 +13,17 @@ digit demo data does, as a mirrored 2 is not a 2).
 """
 from __future__ import annotations
 
+import math
 import os
+import random
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError, first_line
 
@@ -69,6 +71,38 @@ def segmentation_image(image, img_size: int, mean: torch.Tensor, std: torch.Tens
     return (x - mean) / std
 
 
+#: what PIL raises for a file that is not a readable image (empty, corrupt, truncated, too large)
+BAD_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """An image file as an 8-bit RGB PIL image, decoded now; UserError naming the file when it cannot be
+    read. 16-bit greyscale (PIL modes I;16* and I) is scaled to 8 bit (value / 257) instead of being
+    clipped to white by PIL's convert."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith("I"):
+                wide = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+            return image.convert("RGB")
+    except BAD_IMAGE_ERRORS as e:
+        raise UserError(f"cannot read image '{path}': {first_line(e)} (set data.skip_bad_images: true in "
+                        f"the run config to skip such files)") from None
+
+
+def readable_images(paths: Sequence[Path]) -> Tuple[List[int], List[Path]]:
+    """(indices of the readable images, the unreadable files) of `paths`, each fully decoded once."""
+    good, bad = [], []
+    for i, path in enumerate(paths):
+        try:
+            read_image(path)
+            good.append(i)
+        except UserError:
+            bad.append(Path(path))
+    return good, bad
+
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
@@ -101,7 +135,7 @@ class ImageFolderClassification(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, img_size: int, train: bool,
-                 hflip: Optional[float] = None):
+                 hflip: Optional[float] = None, skip_bad_images: bool = False):
         from torchvision.datasets import ImageFolder
 
         self.root = Path(root)
@@ -129,9 +163,17 @@ class ImageFolderClassification(Dataset):
 
         try:
             self.folder = _Folder(str(folder), transform=classification_transform(self.img_size, train, hflip),
-                                  is_valid_file=lambda p: _is_image(os.path.basename(p)), allow_empty=True)
+                                  loader=read_image, is_valid_file=lambda p: _is_image(os.path.basename(p)),
+                                  allow_empty=True)
         except FileNotFoundError as e:
             raise UserError(f"cannot read '{folder}': {first_line(e)}") from None
+        #: unreadable images left out (only with skip_bad_images; otherwise reading one raises)
+        self.skipped: List[Path] = []
+        if skip_bad_images:
+            good, self.skipped = readable_images([p for p, _ in self.folder.samples])
+            self.folder.samples = [self.folder.samples[i] for i in good]
+            self.folder.imgs = self.folder.samples
+            self.folder.targets = [t for _, t in self.folder.samples]
         if len(self.folder) == 0:
             raise UserError(f"no images in '{folder}' (expected {folder}/<class>/<image>.png)")
         self.classes: List[str] = list(classes)
@@ -157,7 +199,7 @@ class SegmentationFolder(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, img_size: int, train: bool,
-                 num_classes: Optional[int] = None, hflip: Optional[float] = None):
+                 num_classes: Optional[int] = None, hflip: Optional[float] = None, skip_bad_images: bool = False):
         self.root = Path(root)
         self.split = split
         self.img_size = int(img_size)
@@ -178,6 +220,12 @@ class SegmentationFolder(Dataset):
         if masks:
             stray = sorted(masks)[0]
             raise UserError(f"mask '{masks[stray]}' has no image in '{image_dir}'")
+        self.skipped: List[Path] = []
+        if skip_bad_images:
+            good, self.skipped = readable_images([img for img, _ in pairs])
+            pairs = [pairs[i] for i in good]
+            if not pairs:
+                raise UserError(f"no readable images in '{image_dir}'")
         self.pairs: List[Tuple[Path, Path]] = pairs
 
         meta = _read_meta(self.root, self.root.parent)
@@ -198,13 +246,22 @@ class SegmentationFolder(Dataset):
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         img_path, mask_path = self.pairs[i]
-        image = Image.open(img_path).convert("RGB")
-        mask = Image.open(mask_path)
+        image = read_image(img_path)
+        try:
+            mask = Image.open(mask_path)
+            mask.load()
+        except BAD_IMAGE_ERRORS as e:
+            raise UserError(f"cannot read mask '{mask_path}': {first_line(e)}") from None
         if mask.mode not in ("L", "P", "I", "I;16"):
             raise UserError(f"mask '{mask_path}' must be a single-channel PNG of class ids, got mode {mask.mode}")
         if mask.size != image.size:
             raise UserError(f"mask '{mask_path}' is {mask.size[0]}x{mask.size[1]}, its image "
                             f"{image.size[0]}x{image.size[1]}")
+        ids = np.asarray(mask)  # checked at full size: resizing may drop the one bad pixel
+        bad = ids[((ids < 0) | (ids >= self.num_classes)) & (ids != IGNORE_INDEX)]
+        if bad.size:
+            raise UserError(f"mask '{mask_path}' has class id {int(bad[0])}, but the data set has "
+                            f"{self.num_classes} classes (ids 0-{self.num_classes - 1}, {IGNORE_INDEX} = ignore)")
         size = (self.img_size, self.img_size)
         if mask.size != size:
             mask = mask.resize(size, Image.NEAREST)
@@ -225,12 +282,14 @@ def _segmentation_root(path: Path, split: str) -> Path:
 
 # --------------------------------------------------------------------------------------------- dispatch
 def _build_classification(path: Path, split: str, img_size: int, train: bool, **kw: Any) -> Dataset:
-    return ImageFolderClassification(path, split, img_size, train, hflip=kw.get("hflip"))
+    return ImageFolderClassification(path, split, img_size, train, hflip=kw.get("hflip"),
+                                     skip_bad_images=kw.get("skip_bad_images", False))
 
 
 def _build_segmentation(path: Path, split: str, img_size: int, train: bool, **kw: Any) -> Dataset:
     return SegmentationFolder(_segmentation_root(path, split), split, img_size, train,
-                              num_classes=kw.get("num_classes"), hflip=kw.get("hflip"))
+                              num_classes=kw.get("num_classes"), hflip=kw.get("hflip"),
+                              skip_bad_images=kw.get("skip_bad_images", False))
 
 
 #: task name -> builder(path, split, img_size, train, **options); add a task by adding an entry
@@ -241,7 +300,8 @@ DATASETS: Dict[str, Callable[..., Dataset]] = {
 
 
 def build_dataset(path: str | os.PathLike, task: str, split: str, img_size: int, train: bool,
-                  num_classes: Optional[int] = None, hflip: Optional[float] = None) -> Dataset:
+                  num_classes: Optional[int] = None, hflip: Optional[float] = None,
+                  skip_bad_images: bool = False) -> Dataset:
     """The ``split`` of the data at ``path`` for ``task``, at ``img_size`` x ``img_size``.
 
     For segmentation ``path`` may be the segmentation root or the demo data root (its ``seg/`` is used).
@@ -254,29 +314,98 @@ def build_dataset(path: str | os.PathLike, task: str, split: str, img_size: int,
         raise UserError("no data path given")
     root = Path(path)
     _require_dir(root)
-    return builder(root, split, int(img_size), train, num_classes=num_classes, hflip=hflip)
+    return builder(root, split, int(img_size), train, num_classes=num_classes, hflip=hflip,
+                   skip_bad_images=skip_bad_images)
 
 
 # --------------------------------------------------------------------------------------------- loaders
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool,
+                  rank: int = 0, world: int = 1) -> List[List[int]]:
+    """This rank's batches of one epoch: a permutation seeded by (seed, epoch), sharded like
+    DistributedSampler (padded by wrapping so every rank has the same number of batches)."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+    else:
+        order = list(range(n))
+    if world > 1:
+        total = math.ceil(n / world) * world
+        order = (order + order[: total - n])[rank:total:world] if shuffle else order[rank::world]
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    return [order[i: i + batch_size] for i in range(0, stop, batch_size)]
+
+
+class BatchList(Sampler):
+    """A DataLoader batch sampler over a fixed list of batches (e.g. `epoch_batches`), from batch
+    `start` on (a resumed epoch skips the batches it already trained on). With `sample_seed` every item
+    is a (seed, index) pair: `SeededSamples` draws the item's augmentation from that seed, so what a
+    sample looks like depends only on (sample_seed, batch, position), not on the number of workers, on
+    which worker loads it or on where a run was resumed."""
+
+    def __init__(self, batches: Sequence[Sequence[int]], start: int = 0, sample_seed: Optional[int] = None):
+        self.batches, self.start, self.sample_seed = [list(b) for b in batches], int(start), sample_seed
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.start)
+
+    def __iter__(self) -> Iterator[List[Any]]:
+        for b in range(self.start, len(self.batches)):
+            if self.sample_seed is None:
+                yield self.batches[b]
+            else:
+                base = (self.sample_seed * 1_000_003 + b) * 4_099
+                yield [((base + k) % 2 ** 63, i) for k, i in enumerate(self.batches[b])]
+
+
+class SeededSamples(Dataset):
+    """`dataset[i]` with torch's and Python's RNG seeded from the (seed, i) pair it is indexed with, in a
+    forked RNG state, so the caller's (trainer's) random streams are not touched by data loading."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        seed, i = key
+        state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)  # timm's RandomResizedCrop draws from `random`
+                return self.dataset[i]
+        finally:
+            random.setstate(state)
+
+
 def _seed_worker(worker_id: int) -> None:
     """DataLoader seeds torch and `random` per worker from its generator; numpy needs it by hand."""
     np.random.seed(torch.initial_seed() % 2 ** 32)
 
 
-def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0,
-                 distributed: bool = False) -> Tuple[DataLoader, Optional[DistributedSampler]]:
-    """A DataLoader whose order is a function of ``seed`` (seeded generator), shuffled and dropping the
-    last partial batch when ``train``. With ``distributed`` and an initialised process group every rank
-    reads its shard through a DistributedSampler, returned too so the caller can ``set_epoch``; without a
-    process group ``distributed`` is ignored (one process is a world of one)."""
-    import torch.distributed as tdist
+def build_loader(dataset: Dataset, batches: Sequence[Sequence[int]], num_workers: int = 0, start: int = 0,
+                 sample_seed: Optional[int] = None, collate_fn: Optional[Callable[[List[Any]], Any]] = None
+                 ) -> DataLoader:
+    """A DataLoader reading `batches` (lists of indices of `dataset`) in order from batch `start` on, with
+    `num_workers` worker processes; with `sample_seed` the random augmentation of every sample is a pure
+    function of that seed and the sample's place in `batches` (see `BatchList`). `collate_fn` (e.g. a
+    task's `collate`) makes a batch of items; default: torch's, which stacks tensors and numbers."""
+    sampler = BatchList(batches, start, sample_seed)
+    data = dataset if sample_seed is None else SeededSamples(dataset)
+    return DataLoader(data, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
+                      worker_init_fn=_seed_worker if num_workers > 0 else None,
+                      generator=torch.Generator().manual_seed(0 if sample_seed is None else sample_seed))
 
-    sampler = None
-    if distributed and tdist.is_available() and tdist.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=train)
-    generator = torch.Generator().manual_seed(int(seed))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                        drop_last=train, num_workers=num_workers, generator=generator,
-                        worker_init_fn=_seed_worker if num_workers > 0 else None,
-                        persistent_workers=num_workers > 0)
-    return loader, sampler
+
+def iterate(loader: DataLoader) -> Iterator[Any]:
+    """The loader's batches; a UserError raised in a worker process (a file that cannot be read) comes
+    back as the same one line instead of DataLoader's page of worker traceback."""
+    try:
+        yield from loader
+    except UserError as e:
+        text = str(e)
+        if "Original Traceback" not in text:
+            raise
+        last = [line for line in text.strip().splitlines() if "UserError: " in line]
+        raise UserError(last[-1].split("UserError: ", 1)[1] if last else first_line(e)) from None

@@ -1,173 +1,265 @@
-"""The run-config YAML that `finetune` and `adapt` take, as typed dataclasses.
+"""The run-config YAML that `finetune` and `adapt` take, as a typed pydantic schema.
 
-Every key is checked: an unknown key (with a did-you-mean), a wrong type or a missing required key
-raises UserError naming the key path, e.g. `train.yaml: optim.lr must be a number, got 'fast'`.
+Every key has a type and a range; the first violation raises UserError as one line naming the file,
+the key path, the value and what is allowed, e.g. `run.yaml: optim.lr must be > 0, got -0.001` or
+`run.yaml: unknown key 'optim.lrr' (did you mean 'lr'?)`. Command-line options are dotted overrides
+(`optim.lr`) applied by the one function `apply_overrides`, for a YAML file and for flags alike.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import typing
-from dataclasses import dataclass, field
+import math
+import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
-from ..io import load_yaml, read_sparsity_file
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from ..errors import UserError
+from ..io import load_yaml, read_sparsity_file
+
+#: `device:` values: cpu, cuda (this process's GPU under torchrun) or cuda:N
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
-@dataclass
-class ModelCfg:
-    name: str = "swin_tiny_patch4_window7_224"
-    #: timm constructor args, e.g. {img_size: 224, embed_dim: 32, depths: [2, 2, 2, 2], num_heads: [...]}
-    args: Dict[str, Any] = field(default_factory=dict)
+class _Section(BaseModel):
+    # strict: YAML's `lr: "fast"` or `batch_size: 2.5` is a mistake to report, not to coerce
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_defaults(cls, data: Any) -> Any:
+        return {} if data is None else data  # `optim:` with nothing under it
 
 
-@dataclass
-class DataCfg:
-    path: str = ""
-    task: str = "classification"  # classification | segmentation
-    num_workers: int = 0
+class ModelCfg(_Section):
+    name: str = Field("swin_tiny_patch4_window7_224", description="timm model name")
+    args: Dict[str, Any] = Field(default_factory=dict, description=(
+        "timm constructor args, e.g. {img_size: 224, embed_dim: 32, depths: [2, 2, 2, 2], num_heads: [...]}"))
 
 
-@dataclass
-class OptimCfg:
-    name: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    grad_clip: Optional[float] = 5.0
+class DataCfg(_Section):
+    path: str = Field("", description="data folder: ImageFolder-style train/ and val/ (or a segmentation layout)")
+    task: str = Field("classification", description="a task of sparsevit_cli.tasks.TASKS")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
+    skip_bad_images: bool = Field(False, description=(
+        "drop unreadable images (corrupt, empty, truncated) after one scan, with one info line giving the "
+        "count; without it the first one stops the run with a line naming the file"))
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        from ..tasks import TASKS  # the registry of task heads is the one list of tasks
+
+        if task not in TASKS:
+            raise ValueError(f"must be {_choices(list(TASKS))}, got {task!r}")
+        return task
 
 
-@dataclass
-class ScheduleCfg:
-    name: str = "cosine"  # cosine | constant
-    warmup_steps: int = 0
-    min_lr: float = 1e-5
+class OptimCfg(_Section):
+    name: Literal["adamw", "sgd"] = Field("adamw", description="optimizer, built by timm.optim.create_optimizer_v2")
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="peak learning rate")
+    weight_decay: float = Field(0.05, ge=0, allow_inf_nan=False, description=(
+        "decoupled weight decay; never on biases, norms or the model's no_weight_decay() parameters"))
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    grad_clip: Optional[float] = Field(5.0, gt=0, allow_inf_nan=False, description=(
+        "clip the global gradient norm to this (null: no clipping)"))
 
 
-@dataclass
-class AdaptCfg:
-    #: search space (packaged name or YAML path) the per-step configs are sampled from
-    space: Optional[str] = None  # default: the method's own (swin_auto for Swin, psvit_deit for ViT)
-    #: sandwich rule: also train the dense and the sparsest config every step
-    sandwich: bool = False
-    #: configs reported at the end (uniform sparsities)
-    report: List[float] = field(default_factory=lambda: [0.0, 0.3, 0.5, 0.7])
+class ScheduleCfg(_Section):
+    name: Literal["cosine", "constant"] = Field("cosine", description="timm.scheduler schedule, stepped per optimizer step")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    min_lr: float = Field(1e-5, ge=0, allow_inf_nan=False, description="cosine floor")
 
 
-@dataclass
-class RunConfig:
-    model: ModelCfg = field(default_factory=ModelCfg)
-    checkpoint: Optional[str] = None  # timm-format or sparsevit model file to start from
-    reset_head: bool = False  # drop the checkpoint's classifier (new classes)
-    data: DataCfg = field(default_factory=DataCfg)
-    #: sparsity config: a number (uniform), a list per stage, or a path to a config file (e.g. best.yaml)
-    sparsity: Union[float, List[Any], str] = 0.0
-    #: the method's settings, e.g. SparseViT {window_score: l2-centered | l2}; a toolkit checkpoint's own
-    #: settings are kept unless overridden here
-    method_options: Dict[str, Any] = field(default_factory=dict)
-    adapt: AdaptCfg = field(default_factory=AdaptCfg)
-    optim: OptimCfg = field(default_factory=OptimCfg)
-    schedule: ScheduleCfg = field(default_factory=ScheduleCfg)
-    epochs: int = 10
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    amp: bool = False
-    device: str = "cpu"
-    seed: int = 0
-    out: str = "runs/finetune"
-    checkpoint_every: int = 50  # steps; also at every epoch end
-    #: stop after this many optimizer steps in this invocation (a deliberate interruption, for tests)
-    max_steps: Optional[int] = None
+class AdaptCfg(_Section):
+    space: Optional[str] = Field(None, description=(
+        "search space the per-step configs are sampled from (packaged name or YAML path); default: the "
+        "method's own (swin_auto for Swin, psvit_deit for ViT)"))
+    sandwich: bool = Field(False, description="also train the dense and the sparsest config every step")
+    report: List[float] = Field(default_factory=lambda: [0.0, 0.3, 0.5, 0.7], description=(
+        "uniform sparsities reported at the end"))
+
+    @field_validator("report")
+    @classmethod
+    def _fractions(cls, values: List[float]) -> List[float]:
+        bad = [v for v in values if not (math.isfinite(v) and 0.0 <= v < 1.0)]
+        if bad:
+            raise ValueError(f"must be sparsities in [0, 1), got {bad[0]!r}")
+        return values
 
 
-def _type_name(tp) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
-             dict: "a mapping"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
+class MethodOptions(_Section):
+    """Settings of the compression method (`Method.wrap(**options)`); unset ones keep the model file's
+    own setting or the method's default. Known options are typed here; an unknown one is kept so that
+    the method the model turns out to use names it with its own options in its one-line error (which
+    method applies is known only once the model is built)."""
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    window_score: Optional[str] = Field(None, description=(
+        "SparseViT window ranking, a name of sparsevit_cli.swin.patch.WINDOW_SCORES: l2-centered (default) "
+        "or l2 (the paper's raw L2 magnitude)"))
+
+    @field_validator("window_score")
+    @classmethod
+    def _known_score(cls, name: Optional[str]) -> Optional[str]:
+        if name is not None:
+            from ..swin.patch import check_window_score  # the engine's registry (imports torch: only here)
+            check_window_score(name)  # UserError naming the choices
+        return name
+
+    def given(self) -> Dict[str, Any]:
+        """The options set, as keyword arguments for `Method.wrap`."""
+        return self.model_dump(exclude_none=True)
 
 
-def _coerce(value: Any, tp, where: str, src: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where, src)
-    if origin is Union:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+class RunConfig(_Section):
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    checkpoint: Optional[str] = Field(None, description="timm-format checkpoint or toolkit model file to start from")
+    reset_head: bool = Field(False, description=(
+        "always re-initialise the checkpoint's classifier (a classifier with another number of classes "
+        "is re-initialised without it)"))
+    data: DataCfg = Field(default_factory=DataCfg)
+    sparsity: Any = Field(0.0, description=(
+        "sparsity config: a number (uniform), a list of numbers per stage, or a path to a config file"))
+    method_options: MethodOptions = Field(default_factory=MethodOptions, description=(
+        "the method's settings; a toolkit checkpoint's own settings are kept unless set here"))
+    adapt: AdaptCfg = Field(default_factory=AdaptCfg)
+    optim: OptimCfg = Field(default_factory=OptimCfg)
+    schedule: ScheduleCfg = Field(default_factory=ScheduleCfg)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1, description="training images per step per process")
+    eval_batch_size: int = Field(64, ge=1)
+    amp: bool = Field(False, description="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    seed: int = Field(0, ge=0)
+    out: str = Field("runs/finetune", description="output directory")
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (also at every epoch end)")
+    max_steps: Optional[int] = Field(None, ge=0, description=(
+        "stop after this many optimizer steps in this invocation (a deliberate interruption, for tests)"))
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _sparsity(cls, value: Any) -> Any:
+        if _is_number(value) or (isinstance(value, str) and value):
+            return value
+        if isinstance(value, list) and value and all(
+                isinstance(group, list) and group and all(_is_number(v) for v in group) for group in value):
+            return value
+        raise ValueError(f"must be a number, a list of lists of numbers (one list per stage) or a path to a "
+                         f"config file, got {value!r}")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if not DEVICE_PATTERN.match(device):
+            raise ValueError(f"must be cpu, cuda or cuda:N, got {device!r}")
+        return device
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> "RunConfig":
+        if not self.data.path:
+            raise ValueError("data.path is required (an ImageFolder-style directory)")
+        return self
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choices(names: List[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+# --------------------------------------------------------------------------------------------- errors
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true/false", "string": "a string",
+          "list": "a list", "dict": "a mapping", "model": "a mapping"}
+
+
+def _section_at(loc: Tuple[Any, ...]) -> Optional[Type[BaseModel]]:
+    """The schema class whose keys live at `loc` (None when `loc` is not a section)."""
+    cls: Type[BaseModel] = RunConfig
+    for key in loc:
+        field = cls.model_fields.get(key) if isinstance(key, str) else None
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
             return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where, src)
-            except UserError as e:
-                errors.append(e)
-        kinds = " or ".join(_type_name(typing.get_origin(a) or a) for a in args if a is not type(None))
-        raise UserError(f"{src}: {where} must be {kinds}, got {value!r}")
-    if origin in (list, List):
-        if not isinstance(value, list):
-            raise UserError(f"{src}: {where} must be a list, got {value!r}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item, f"{where}[{i}]", src) for i, v in enumerate(value)]
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise UserError(f"{src}: {where} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp in (str, bool) and isinstance(value, tp):
-        return value
-    raise UserError(f"{src}: {where} must be {_type_name(tp)}, got {value!r}")
+        cls = sub
+    return cls
 
 
-def _build(cls, data: Any, where: str, src: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"{src}: {where or 'the file'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})"
-            raise UserError(f"{src}: unknown key '{path}'{hint}")
-        kwargs[key] = _coerce(value, hints[key], path, src)
-    return cls(**kwargs)
+def _path(loc: Tuple[Any, ...]) -> str:
+    text = ""
+    for key in loc:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text
 
 
-def parse_run_config(data: Dict[str, Any], src: str = "config") -> RunConfig:
-    cfg = _build(RunConfig, data, "", src)
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise UserError(f"{src}: epochs and batch_size must be >= 1")
-    if cfg.data.task not in ("classification", "segmentation"):
-        raise UserError(f"{src}: data.task must be classification or segmentation, got '{cfg.data.task}'")
-    if not cfg.data.path:
-        raise UserError(f"{src}: data.path is required (an ImageFolder-style directory)")
-    return cfg
+def _message(error: Dict[str, Any], src: str) -> str:
+    """One line for pydantic's first error, in the toolkit's words."""
+    loc, kind, ctx, value = tuple(error["loc"]), error["type"], error.get("ctx") or {}, error.get("input")
+    where = _path(loc)
+    if kind == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        names = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})" if names else ""
+        return f"{src}: unknown key '{where}'{hint}"
+    if kind == "missing":
+        return f"{src}: {where} is required"
+    if not where:
+        if kind in ("model_type", "dict_type"):
+            return f"{src}: the file must be a mapping of keys, got {value!r}"
+        return f"{src}: {error['msg'].removeprefix('Value error, ')}"
+    bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}",
+              "less_than_equal": "<= {le}"}
+    if kind in bounds:
+        return f"{src}: {where} must be {bounds[kind].format(**ctx)}, got {value!r}"
+    if kind == "finite_number":
+        return f"{src}: {where} must be a finite number, got {value!r}"
+    if kind == "literal_error":
+        return f"{src}: {where} must be {ctx.get('expected')}, got {value!r}"
+    if kind == "value_error":
+        return f"{src}: {where} {error['msg'].removeprefix('Value error, ')}"
+    for prefix, words in _KINDS.items():
+        if kind.startswith(prefix):
+            return f"{src}: {where} must be {words}, got {value!r}"
+    return f"{src}: {where}: {error['msg']} (got {value!r})"
 
 
-def load_run_config(path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> RunConfig:
-    data = load_yaml(path, "run config")
-    if overrides:
-        data = dict(data or {})
-        for dotted, value in overrides.items():
-            node = data
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-    cfg = parse_run_config(data, str(path))
-    base = Path(path).parent
-    # relative paths in the file are relative to the file
+# --------------------------------------------------------------------------------------------- loading
+def apply_overrides(data: Dict[str, Any], overrides: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """`data` with dotted keys (`optim.lr`) set from `overrides`; None values are left out (an option
+    the user did not give). The one place that turns command-line options into run-config keys."""
+    data = dict(data)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[leaf] = value
+    return data
+
+
+def parse_run_config(data: Any, src: str = "config") -> RunConfig:
+    """Validate a run-config mapping; UserError with one line for the first problem."""
+    try:
+        return RunConfig.model_validate({} if data is None else data)
+    except ValidationError as e:
+        raise UserError(_message(e.errors()[0], src)) from None
+
+
+def load_run_config(path: Optional[str | Path], overrides: Optional[Dict[str, Any]] = None) -> RunConfig:
+    """The run config of a YAML file (or the defaults when `path` is None), `overrides` applied.
+    Relative paths in the file are relative to the file; a `sparsity:` path is read here."""
+    data = load_yaml(path, "run config", mapping=True) if path is not None else {}
+    src = str(path) if path is not None else "command line"
+    cfg = parse_run_config(apply_overrides(data or {}, overrides), src)
+    base = Path(path).parent if path is not None else Path(".")
     for holder, attr in ((cfg.data, "path"), (cfg, "checkpoint")):
         val = getattr(holder, attr)
         if val and not Path(val).is_absolute() and (base / val).exists():
@@ -176,9 +268,10 @@ def load_run_config(path: str | Path, overrides: Optional[Dict[str, Any]] = None
         sp = Path(cfg.sparsity)
         if not sp.is_absolute() and (base / sp).exists():
             sp = base / sp
-        cfg.sparsity = read_sparsity_file(sp)["sparsity"]
+        cfg.sparsity = parse_run_config(dict(to_dict(cfg), sparsity=read_sparsity_file(sp)["sparsity"]),
+                                        str(sp)).sparsity
     return cfg
 
 
 def to_dict(cfg: RunConfig) -> Dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    return cfg.model_dump()
