@@ -9,12 +9,17 @@ are stored in the table, so a saved table explains its own correction.
 """
 from __future__ import annotations
 
+import json
+import math
+import os
 import random
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, Sequence
 
 import torch
 import torch.nn as nn
 
+from .errors import UserError, first_line
 from .timing import time_models
 
 
@@ -34,6 +39,7 @@ def calibrated_table(method, model: nn.Module, backbone: nn.Module, x: torch.Ten
                        "measured_ms": measured})
     table["calibration"] = points
     table["calibration_scale"] = _fit_scale(points)
+    table["method"] = method.name  # a table of one method's parts means nothing to another
     return table
 
 
@@ -48,3 +54,38 @@ def _fit_scale(points) -> float:
 def predict_latency(method, table: Dict[str, Any], config) -> float:
     """Milliseconds of one forward under `config`: the method's sum of parts, calibrated."""
     return table.get("calibration_scale", 1.0) * method.predict_latency(table, config)
+
+
+def read_latency_table(path: str | os.PathLike, method, img_size: int, batch_size: int,
+                       probe_configs: Sequence) -> Dict[str, Any]:
+    """A saved table, checked before a search relies on it: every way of not being this model's table (a
+    directory, unreadable, not JSON, another method, image size or batch, parts that `probe_configs` need
+    but it lacks) is one UserError line naming the file."""
+    p = Path(path)
+    what = f"latency table '{p}'"
+    if p.is_dir():
+        raise UserError(f"{what} is a directory, not a JSON file")
+    try:
+        table = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{what} is not a JSON latency table (binary content)") from None
+    except OSError as e:
+        raise UserError(f"{what} cannot be read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UserError(f"{what} is not a JSON latency table: {first_line(e)}") from None
+    if not isinstance(table, dict):
+        raise UserError(f"{what} is not a JSON latency table (a {type(table).__name__}, not a mapping)")
+    if table.get("method", method.name) != method.name:
+        raise UserError(f"{what} was built for method {table['method']}, the model runs {method.name}")
+    if table.get("img_size") != img_size or table.get("batch_size") != batch_size:
+        raise UserError(f"{what} was built for img_size {table.get('img_size')}, batch {table.get('batch_size')}, "
+                        f"not {img_size}, {batch_size}")
+    for config in probe_configs:
+        try:
+            ms = float(predict_latency(method, table, config))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"{what} does not fit this model ({type(e).__name__} {first_line(e)}); delete it "
+                            f"to rebuild it") from None
+        if not math.isfinite(ms):
+            raise UserError(f"{what} predicts {ms} ms for {config}; delete it to rebuild it")
+    return table

@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 #: a config: a list of groups, each a list of gene values (e.g. one sparsity ratio per Swin block pair)
 Config = List[List[float]]
+
+
+def format_config(config: Sequence[Sequence[float]]) -> str:
+    """Compact config label: one number when every gene has the same value, else groups separated by '|'
+    and genes by ','."""
+    flat = {v for group in config for v in group}
+    if len(flat) == 1:
+        return f"{flat.pop():g}"
+    return "|".join(",".join(f"{v:g}" for v in group) for group in config)
 
 
 @dataclass

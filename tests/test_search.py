@@ -1,8 +1,10 @@
 """`sparsevit search` end to end on a micro Swin model file: outputs, budgets, resume, errors, torchrun."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import timm
@@ -17,7 +19,7 @@ from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.methods import get_method
 from sparsevit_cli.tasks import build_task_model
 from sparsevit_cli.commands import search as search_run
-from cli_helpers import run_cli
+from cli_helpers import assert_one_line_error, run_cli
 
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,
               "num_classes": 10}
@@ -128,6 +130,23 @@ def bad(tmp_path):
     (["--budget-macs", "50%", "--space", "{space}"], "bad_space.yaml"),
     (["--budget-macs", "50%", "--space", "swin_nope"], "swin_nope"),
     (["--budget-macs", "50%", "--img-size", "96"], "img_size"),
+    (["--budget-macs", "50%", "--img-size", "0"], "img_size"),
+    # issue 14: budgets that are not positive, finite numbers
+    (["--budget-macs", "nan"], "--budget-macs 'nan' is not a number"),
+    (["--budget-macs", "nan%"], "--budget-macs 'nan%' is not a number"),
+    (["--budget-macs", "inf"], "--budget-macs must be a finite number"),
+    (["--budget-macs", "-1"], "--budget-macs must be positive"),
+    (["--budget-macs", "-50%"], "--budget-macs must be positive"),
+    (["--budget-latency", "nanms"], "--budget-latency 'nanms' is not a number"),
+    (["--budget-macs", "50%", "--min-macs", "inf"], "--min-macs must be a finite number"),
+    # a space written for another method names both methods
+    (["--budget-macs", "50%", "--space", "psvit_deit"],
+     "search space 'psvit_deit' is for method psvit, but the model file holds a sparsevit model"),
+    # evolution settings out of range
+    (["--budget-macs", "50%", "--mutation-prob", "1.5"], "'mutation_prob' (--mutation-prob) must be a probability in [0, 1]"),
+    (["--budget-macs", "50%", "--mutation-prob", "nan"], "must be a probability in [0, 1], got nan"),
+    (["--budget-macs", "50%", "--parents", "7"], "'parents' (--parents) (7) exceeds 'population' (6)"),
+    (["--budget-macs", "50%", "--device", "tpu"], "device must be cpu or cuda"),
 ])
 def test_bad_input_is_one_line(tmp_path, model_file, data_dir, bad, capsys, extra, needle):
     extra = [e.format(**bad) for e in extra]
@@ -168,3 +187,122 @@ def test_two_process_gloo_latency_search_shares_rank0_timings(tmp_path, model_fi
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["cost_unit"] == "ms" and json.loads(table.read_text())["calibration"]
+
+
+def test_out_naming_a_file_is_one_line(tmp_path, model_file, data_dir, capsys):
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    code, _, err = run_cli(search_args(model_file, data_dir, out, "--budget-macs", "50%"), capsys)
+    assert_one_line_error(code, err, f"--out '{out}' is a file")
+    assert out.read_text() == "not a folder"
+    code, _, err = run_cli(search_args(model_file, data_dir, out / "sub", "--budget-macs", "50%"), capsys)
+    assert_one_line_error(code, err, "cannot create --out")
+
+
+def _latency_table_garbage(tmp_path):
+    d = tmp_path / "tables"
+    d.mkdir()
+    (d / "folder.json").mkdir()
+    (d / "binary.json").write_bytes(bytes(range(256)))
+    (d / "text.json").write_text("{not json")
+    (d / "list.json").write_text("[1, 2]")
+    (d / "other_size.json").write_text(json.dumps({"img_size": 224, "batch_size": 1}))
+    (d / "other_method.json").write_text(json.dumps({"method": "psvit", "img_size": 64, "batch_size": 1}))
+    (d / "no_parts.json").write_text(json.dumps({"img_size": 64, "batch_size": 1}))
+    (d / "nan_parts.json").write_text(json.dumps({"img_size": 64, "batch_size": 1, "fixed_ms": float("nan"),
+                                                  "pairs_ms": [[{"0": 1.0, "0.8": 1.0}], [{"0": 1.0, "0.8": 1.0}]],
+                                                  "scoring_ms": [0.0, 0.0], "windows": [[16, 16], [4, 4]]}))
+    return d
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("folder.json", "is a directory"), ("binary.json", "is not a JSON latency table"),
+    ("text.json", "is not a JSON latency table"), ("list.json", "a list, not a mapping"),
+    ("other_size.json", "was built for img_size 224"), ("other_method.json", "was built for method psvit"),
+    ("no_parts.json", "does not fit this model"), ("nan_parts.json", "predicts nan ms"),
+])
+def test_bad_latency_table_is_one_line(tmp_path, model_file, data_dir, capsys, name, needle):
+    table = _latency_table_garbage(tmp_path) / name
+    before = sorted(p.name for p in table.parent.iterdir())
+    code, _, err = run_cli(search_args(model_file, data_dir, tmp_path / "s", "--budget-latency", "10000ms",
+                                       "--latency-table", str(table)), capsys)
+    assert_one_line_error(code, err, needle)
+    assert f"latency table '{table}'" in err
+    assert sorted(p.name for p in table.parent.iterdir()) == before  # the user's file is left alone
+
+
+# ---- fault injection: SIGKILL `sparsevit search` at chosen points, resume, compare with an uninterrupted run
+def _killed_at(point, args, tmp_path):
+    """Run `sparsevit ARGS` in a subprocess until it reaches fault point `point`, then SIGKILL it."""
+    marker = tmp_path / f"paused_{point.replace(':', '_')}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", SPARSEVIT_TEST_PAUSE=point, SPARSEVIT_TEST_PAUSE_FILE=str(marker))
+    proc = subprocess.Popen([sys.executable, "-m", "sparsevit_cli.cli", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"search ended (exit {proc.returncode}) before fault point {point}: "
+                        f"{proc.stderr.read().decode()[-2000:]}")
+        assert time.monotonic() < deadline, f"fault point {point} never reached"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _assert_nothing_truncated(out):
+    """Every output that exists parses whole: atomic writes leave the old file or the new one."""
+    if (out / "history.jsonl").exists():
+        text = (out / "history.jsonl").read_text()
+        assert text == "" or text.endswith("\n")
+        keys = [tuple(json.loads(line)["genome"]) for line in text.splitlines()]
+        assert len(keys) == len(set(keys))  # no duplicate lines
+    if (out / "search_state.json").exists():
+        assert json.loads((out / "search_state.json").read_text())["version"] == 1
+    if (out / "best.yaml").exists():
+        assert "sparsity" in yaml.safe_load((out / "best.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, model_file, data_dir):
+    out = tmp_path_factory.mktemp("uninterrupted") / "s"
+    assert run_cli(search_args(model_file, data_dir, out, "--budget-macs", "60%"))[0] == 0
+    return out
+
+
+@pytest.mark.parametrize("point", [
+    "evaluate:8",   # mid-search: generation 1 half evaluated (the state holds generation 0)
+    "history:2",    # the second history.jsonl write, its temporary file half written
+    "state:2",      # the second state write: history.jsonl already a generation ahead of the state
+    "best",         # best.yaml half written (the search itself finished)
+])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, model_file, data_dir, uninterrupted, point):
+    out = tmp_path / "s"
+    args = search_args(model_file, data_dir, out, "--budget-macs", "60%")
+    _killed_at(point, args, tmp_path)
+    _assert_nothing_truncated(out)
+    assert run_cli(args + ["--resume"])[0] == 0
+    _assert_nothing_truncated(out)
+    assert yaml.safe_load((out / "best.yaml").read_text()) == yaml.safe_load((uninterrupted / "best.yaml").read_text())
+    assert (out / "history.jsonl").read_text() == (uninterrupted / "history.jsonl").read_text()
+
+
+def test_sigkill_while_writing_the_latency_table(tmp_path, model_file, data_dir):
+    out, table = tmp_path / "s", tmp_path / "lat.json"
+    args = search_args(model_file, data_dir, out, "--budget-latency", "10000ms", "--latency-table", table)
+    _killed_at("latency_table", args, tmp_path)
+    assert not table.exists()  # the half-written table never took the name
+    assert run_cli(args + ["--resume"])[0] == 0
+    assert json.loads(table.read_text())["method"] == "sparsevit"
+    # the resumed search equals an uninterrupted one on the same table (timings aside, which are re-measured)
+    again = tmp_path / "again"
+    assert run_cli(search_args(model_file, data_dir, again, "--budget-latency", "10000ms",
+                               "--latency-table", table))[0] == 0
+
+    def comparable(path):
+        best = yaml.safe_load(path.read_text())
+        best.pop("latency_table_median_abs_error")
+        return best
+    assert comparable(out / "best.yaml") == comparable(again / "best.yaml")
+    assert (out / "history.jsonl").read_text() == (again / "history.jsonl").read_text()

@@ -6,23 +6,26 @@ table) into the DEAP engine of `evolution.py`, and writes best.yaml, history.jso
 from __future__ import annotations
 
 import json
+import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ..io import atomic_write_text, write_yaml_atomic
 from ..errors import UserError
-from ..latency import calibrated_table, predict_latency
+from ..evaluate import evaluate
+from ..layers import format_config
+from ..latency import calibrated_table, predict_latency, read_latency_table
 from ..timing import resolve_device, time_models
 from ..tasks import backbone_of
 from .. import dist
-from ..train.trainer import evaluate
-from ..search.evolution import Budget, EvolutionSettings, plot_pareto, run_evolution
+from ..search.evolution import Budget, EvolutionSettings, plot_pareto, run_evolution, write_output
 from ..search.space import load_space
 
 
@@ -51,20 +54,33 @@ def parse_budget(text: Optional[str], dense_value: float, unit: str, what: str) 
     """'50%' -> half of the dense cost; '2.5' or '2.5<unit>' -> absolute."""
     if text is None:
         return None
+    value, percent = budget_number(text, unit, what)
+    return value / 100.0 * dense_value if percent else value
+
+
+def budget_number(text: str, unit: str, what: str) -> Tuple[float, bool]:
+    """(number, is a percentage) of a budget option; UserError unless it is a positive, finite number."""
     t = str(text).strip().lower()
-    try:
-        if t.endswith("%"):
-            return float(t[:-1]) / 100.0 * dense_value
+    percent = t.endswith("%")
+    if percent:
+        t = t[:-1]
+    else:
         for suffix in (unit.lower(), "ms", "gmacs", "g"):
             if t.endswith(suffix):
                 t = t[: -len(suffix)]
                 break
+    try:
         value = float(t)
     except ValueError:
-        raise UserError(f"{what} must be a number of {unit} or a percentage of dense (e.g. 50%), got '{text}'")
+        raise UserError(f"{what} must be a number of {unit} or a percentage of dense (e.g. 50%), got '{text}'") from None
+    if math.isnan(value):
+        raise UserError(f"{what} '{text}' is not a number: give a positive, finite number of {unit} or a "
+                        f"percentage of dense (e.g. 50%)")
+    if math.isinf(value):
+        raise UserError(f"{what} must be a finite number of {unit} or a percentage of dense, got '{text}'")
     if value <= 0:
         raise UserError(f"{what} must be positive, got '{text}'")
-    return value
+    return value, percent
 
 
 class LatencyCost:
@@ -81,21 +97,19 @@ class LatencyCost:
         self.table = None
         if table_path:
             p = Path(table_path)
-            if p.is_file():
-                try:
-                    self.table = json.loads(p.read_text())
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise UserError(f"latency table '{p}' is not a JSON table: {e}")
-                if self.table.get("img_size") != img_size or self.table.get("batch_size") != batch_size:
-                    raise UserError(f"latency table '{p}' was built for img_size {self.table.get('img_size')}, "
-                                    f"batch {self.table.get('batch_size')}, not {img_size}, {batch_size}")
+            if os.path.lexists(p):  # whatever is there (a file, a directory) is the user's: read it or say why not
+                probes = [space.decode(space.extreme(end)) for end in ("dense", "sparsest")]
+                self.table = read_latency_table(p, method, img_size, batch_size, probes)
             else:
                 if dist.is_main():
                     console.print(f"building latency table on {device} (once) -> {p}")
                 # every rank times (keeping ranks in step); rank 0's table is the one all ranks use
                 self.table = dist.broadcast_object(calibrated_table(method, model, self.backbone, self.x, space))
                 if dist.is_main():
-                    atomic_write_text(p, json.dumps(self.table, indent=1))
+                    try:
+                        write_output(p, json.dumps(self.table, indent=1), "latency_table")
+                    except OSError as e:
+                        raise UserError(f"cannot write latency table '{p}': {e.strerror or e}") from None
 
     def measure(self, config) -> float:
         key = json.dumps(config)
@@ -124,20 +138,28 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
     from ..data.datasets import build_dataset
 
     console = console or Console()
+    # options first: a typo costs no model load
+    device = resolve_device(opts.device)
     if (opts.budget_macs is None) == (opts.budget_latency is None):
         raise UserError("give exactly one budget: --budget-macs or --budget-latency")
+    for text, unit, what in ((opts.budget_macs, "GMACs", "--budget-macs"), (opts.min_macs, "GMACs", "--min-macs"),
+                             (opts.budget_latency, "ms", "--budget-latency"), (opts.min_latency, "ms", "--min-latency")):
+        if text is not None:
+            budget_number(text, unit, what)
+    opts.settings.check()
+    out = prepare_out(Path(opts.out))
     dist.init_distributed(opts.device)
-    device = resolve_device(opts.device)
     model = load(opts.checkpoint).to(device)
     meta = model.sparsevit_meta
     method_name = meta["method"]
     from ..methods import get_method
     method = get_method(method_name)
     backbone = backbone_of(model)
-    img_size = opts.img_size or int(meta.get("img_size", 224))
+    img_size = opts.img_size if opts.img_size is not None else int(meta.get("img_size", 224))
     if img_size != int(meta.get("img_size", img_size)):
         raise UserError(f"model file was built for img_size {meta['img_size']}, not {img_size}")
-    space = load_space(opts.space or meta.get("space") or method.default_space, group_sizes=method.group_sizes(backbone))
+    space = load_space(opts.space or meta.get("space") or method.default_space, group_sizes=method.group_sizes(backbone),
+                       for_method=method_name, model_label="the model file")
     dataset = build_dataset(opts.data, meta.get("task", "classification"), "val", img_size, train=False)
     num_classes = meta.get("num_classes") or dataset.num_classes
 
@@ -164,8 +186,6 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
         budget = Budget(max_cost=parse_budget(opts.budget_latency, dense_cost, unit, "--budget-latency"),
                         min_cost=parse_budget(opts.min_latency, dense_cost, unit, "--min-latency") or 0.0, unit=unit)
 
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
     state_path = out / "search_state.json"
     if state_path.exists() and not opts.resume:
         raise UserError(f"'{out}' holds an unfinished or finished search; pass --resume to continue it "
@@ -188,11 +208,24 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
         # how far the table is from measurement, on the configs that matter (the top of the search)
         report["latency_table_median_abs_error"] = latency.table_error([t["config"] for t in result.top[:5]])
     if dist.is_main():
-        write_yaml_atomic(out / "best.yaml", report)
+        write_output(out / "best.yaml", yaml.safe_dump(report, sort_keys=False, default_flow_style=None), "best")
         plot_pareto(result, out / "pareto.png")
         console.print(_top_table(result, unit, dense_cost))
         console.print(f"best config -> {out / 'best.yaml'}")
     return report
+
+
+def prepare_out(out: Path) -> Path:
+    """The output folder, created; one line when it is a file or cannot be created or written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; search writes a folder (best.yaml, history.jsonl, pareto.png)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out '{out}': {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out '{out}' is not writable")
+    return out
 
 
 def _top_table(result, unit: str, dense_cost: float) -> Table:
@@ -201,5 +234,5 @@ def _top_table(result, unit: str, dense_cost: float) -> Table:
         table.add_column(col, justify="right")
     for i, t in enumerate(result.top[:10]):
         table.add_row(str(i + 1), f"{t['metric']:.2f}", f"{t['cost']:.3f}", f"{t['cost'] / dense_cost:.0%}",
-                      str(t["generation"]), "|".join(",".join(f"{v:g}" for v in g) for g in t["config"]))
+                      str(t["generation"]), format_config(t["config"]))
     return table

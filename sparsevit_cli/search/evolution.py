@@ -12,20 +12,24 @@ Properties the rest of the tool relies on:
   every population; only the rank with `write_files=True` touches the disk.
 * Cheap on repeats: a genome's metric and cost are computed once (caches keyed by genome).
 * Resumable: after each generation the whole state (population, caches, RNG state) is written
-  atomically; a resumed run ends with exactly the result of an uninterrupted one.
+  atomically; a resumed run ends with exactly the result of an uninterrupted one. The state file is the
+  truth: history.jsonl is rewritten from it (whole, atomically) when a run resumes, so a kill between the
+  two writes can neither duplicate nor cut a line.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from deap import base, creator, tools
 
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write
 from ..errors import UserError
 from .space import Config, Genome, SearchSpace
 
@@ -51,17 +55,25 @@ class EvolutionSettings:
     seed: int = 0
 
     def check(self) -> None:
-        """UserError on settings that cannot run."""
+        """UserError on settings that cannot run (named as the setting and as its command-line option)."""
+        def name(key: str) -> str:
+            return f"evolution setting '{key}' (--{key.replace('_', '-')})"
+
+        for key in ("population", "generations", "parents", "max_tries", "mutations", "crossovers", "seed"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{name(key)} must be an integer, got {value!r}")
         for key in ("population", "generations", "parents", "max_tries"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise UserError(f"evolution setting '{key}' must be a positive integer, got {getattr(self, key)!r}")
+            if getattr(self, key) < 1:
+                raise UserError(f"{name(key)} must be a positive integer, got {getattr(self, key)!r}")
         for key in ("mutations", "crossovers"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
-                raise UserError(f"evolution setting '{key}' must be a non-negative integer, got {getattr(self, key)!r}")
-        if not 0.0 <= self.mutation_prob <= 1.0:
-            raise UserError(f"evolution setting 'mutation_prob' must be in [0, 1], got {self.mutation_prob!r}")
+            if getattr(self, key) < 0:
+                raise UserError(f"{name(key)} must be a non-negative integer, got {getattr(self, key)!r}")
+        p = self.mutation_prob
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:  # NaN fails too
+            raise UserError(f"{name('mutation_prob')} must be a probability in [0, 1], got {p!r}")
         if self.parents > self.population:
-            raise UserError(f"evolution setting 'parents' ({self.parents}) exceeds 'population' ({self.population})")
+            raise UserError(f"{name('parents')} ({self.parents}) exceeds 'population' ({self.population})")
 
 
 @dataclass
@@ -209,6 +221,35 @@ def _history_text(evaluated: List[Dict[str, Any]]) -> str:
     return "".join(json.dumps(c) + "\n" for c in evaluated)
 
 
+# ---- fault injection (tests/test_search.py kills `sparsevit search` at these points and resumes it)
+PAUSE_ENV = "SPARSEVIT_TEST_PAUSE"            # "point" or "point:n": stop the n-th time (default 1st) at point
+PAUSE_FILE_ENV = "SPARSEVIT_TEST_PAUSE_FILE"  # created once stopped, so the test kills at a known place
+_passes: Dict[str, int] = {}
+
+
+def fault_point(point: str) -> None:
+    """Test hook: with SPARSEVIT_TEST_PAUSE naming `point`, signal the test and sleep until killed.
+    Unset (every real run), it costs one environment lookup."""
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec or spec.partition(":")[0] != point:
+        return
+    _passes[point] = _passes.get(point, 0) + 1
+    if _passes[point] == int(spec.partition(":")[2] or 1):
+        Path(os.environ[PAUSE_FILE_ENV]).write_text(str(os.getpid()))
+        time.sleep(3600)
+
+
+def write_output(path: Path, text: str, point: str) -> None:
+    """Write an output file atomically, with fault point `point` halfway through the temporary file (where
+    a kill hurts most: the data half written, the target not yet replaced)."""
+    def write(f) -> None:
+        f.write(text[: len(text) // 2])
+        f.flush()
+        fault_point(point)
+        f.write(text[len(text) // 2:])
+    atomic_write(path, write)
+
+
 # ---- the search
 def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: Budget,
                   settings: EvolutionSettings, state_path: Optional[Path] = None,
@@ -244,6 +285,9 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
         costs.cache = {_key(g): c for g, c in state["costs"]}
         generation, population_done = state["generation"], state["population_evaluated"]
         population = [creator.Individual(g) for g in state["population"]]
+        if write_files and history_path is not None:
+            # the run may have died after writing history, before the state: history follows the state
+            write_output(history_path, _history_text(evaluated), "history")
 
     costs.check_feasible()
     if population is None:
@@ -254,13 +298,13 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
         if not write_files:
             return
         if history_path is not None:
-            atomic_write_text(history_path, _history_text(evaluated))
+            write_output(history_path, _history_text(evaluated), "history")
         if state_path is not None:
             state = {"version": STATE_VERSION, "compat": compat, "generation": generation,
                      "population": [list(p) for p in population], "population_evaluated": population_done,
                      "evaluated": evaluated, "costs": [[list(k), v] for k, v in costs.cache.items()],
                      "rng": _rng_to_json(rng.getstate())}
-            atomic_write_text(state_path, json.dumps(state))
+            write_output(state_path, json.dumps(state), "state")
 
     bar = _Progress(settings.generations, budget.unit) if progress else None
     try:
@@ -279,6 +323,7 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
                         metrics[k] = value
                         evaluated.append({"genome": list(k), "config": config, "metric": value,
                                           "cost": costs(ind), "generation": generation})
+                        fault_point("evaluate")
                         if bar is not None:
                             bar.update(generation, evaluated)
                 population_done = True
