@@ -3,7 +3,9 @@
 A task is an object registered by name in `TASKS` (as timm registers models): the trainer, the
 evaluation and the search ask it, and never branch on a task name themselves.
 
-* ``build(backbone, num_classes, **options)``: the task model around the backbone;
+* ``dataset(path, split, img_size, train, **options)``: a split of the user's data in the task's format;
+* ``build(backbone, num_classes, **options)``: the task model around the backbone (``num_classes``: the
+  data set's ``num_classes``);
 * ``collate(items)``: a batch (images, targets) from data-set items;
 * ``loss(model, images, targets)``: the scalar training loss (model in train mode);
 * ``predict(model, images)``: test-time outputs (model in eval mode);
@@ -36,6 +38,12 @@ class Task:
 
     name: str = ""
     metric_name: str = ""
+
+    def dataset(self, path, split: str, img_size: int, train: bool, **options: Any):
+        """Image folders (classification) and images/ + masks/ folders (segmentation): `data.build_dataset`."""
+        from .data.datasets import build_dataset
+
+        return build_dataset(path, self.name, split, img_size, train, **options)
 
     def build(self, backbone: nn.Module, num_classes: Optional[int], **options: Any) -> nn.Module:
         raise NotImplementedError
@@ -240,12 +248,9 @@ class CocoAP(Metric):
     def compute_all(self) -> Dict[str, float]:
         from .detection.coco import coco_ap
 
-        results, image_ids = self.results, self.image_ids
-        if dist.is_distributed():
-            gathered: List[Any] = [None] * dist.world_size()
-            torch.distributed.all_gather_object(gathered, (results, image_ids))
-            results = [r for part in gathered for r in part[0]]
-            image_ids = [i for part in gathered for i in part[1]]
+        gathered = dist.all_gather_object((self.results, self.image_ids))
+        results = [r for part in gathered for r in part[0]]
+        image_ids = [i for part in gathered for i in part[1]]
         return {name: coco_ap(self.dataset.coco, results, name, image_ids)["ap"] for name in self.reported}
 
     def compute(self) -> float:
@@ -258,6 +263,13 @@ class Detection(Task):
     name, metric_name = "detection", "box_ap"
     masks = False
     reported = ("box_ap",)
+
+    def dataset(self, path, split, img_size, train, hflip: Optional[float] = None, **options):
+        """A COCO-format split (`CocoDetection.from_root`) at its own resolution: the detector's transform
+        resizes. Flipped only when asked (`hflip`), as digits and text are not mirror-invariant."""
+        from .detection.coco import CocoDetection
+
+        return CocoDetection.from_root(path, split, masks=self.masks, hflip=(hflip or 0.0) if train else 0.0)
 
     def build(self, backbone, num_classes, **options):
         from .detection.models import build_detector

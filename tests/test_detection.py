@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +37,11 @@ def micro_swin(img_size: int, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def demo_det(tmp_path_factory) -> Path:
+def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "data"
     info = write_demo_data(root, img_size=128, n_train=2, n_val=2, seed=0, detection=True)
-    return Path(info["det"])
+    assert info["det"] == str(root / "det")
+    return root
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -65,9 +65,9 @@ def test_detector_at_sparsity_zero_equals_the_dense_timm_detector(masks):
 
 
 @pytest.mark.parametrize("task_name", ["detection", "instance_segmentation"])
-def test_a_few_training_steps_lower_the_loss_on_the_demo_coco_set(demo_det, task_name):
+def test_a_few_training_steps_lower_the_loss_on_the_demo_coco_set(demo_root, task_name):
     task = get_task(task_name)
-    dataset = CocoDetection.from_root(demo_det, "train", masks=task.masks)
+    dataset = task.dataset(demo_root, "train", 128, train=True)  # the demo root: its det/ layout is found
     model = task.build(sparsify(micro_swin(128), sparsity=0.3), dataset.num_classes, **LIGHT)
     images, targets = task.collate([dataset[0], dataset[1]])
     assert ("masks" in targets[0]) == task.masks
@@ -259,9 +259,10 @@ def test_demo_detection_set_is_deterministic_and_leaves_the_other_layouts_alone(
     assert sum(k.startswith("det/") for k in a) == 2 + 3 + 2
 
 
-def test_demo_detection_instances_match_their_pixels(demo_det):
+@pytest.mark.parametrize("hflip", [0.0, 1.0])
+def test_demo_detection_instances_match_their_pixels(demo_root, hflip):
     for split in ("train", "val"):
-        dataset = CocoDetection.from_root(demo_det, split)
+        dataset = CocoDetection.from_root(demo_root / "det", split, hflip=hflip)  # flipped: all still holds
         for i in range(len(dataset)):
             image, t = dataset[i]
             assert 2 <= len(t["labels"]) <= 4 and t["labels"].min() >= 1
@@ -272,3 +273,17 @@ def test_demo_detection_instances_match_their_pixels(demo_det):
                 assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)  # tight box
                 assert bright[mask].mean() > bright[~union].mean() + 0.2  # the ink stands out
             assert (t["masks"].sum(0) <= 1).all()  # instances never overlap
+
+
+def test_draw_detections_outlines_confident_boxes_only():
+    from sparsevit_cli.detection.draw import draw_detections
+
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    pred = {"boxes": torch.tensor([[10.0, 10.0, 30.0, 40.0], [40.0, 40.0, 60.0, 60.0]]),
+            "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.2]),
+            "masks": torch.zeros(2, 1, 64, 64)}
+    pred["masks"][0, 0, 20:30, 15:25] = 1.0
+    out = draw_detections(rgb, pred, ["cat", "dog"], score_threshold=0.5)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert out[10, 20].any() and out[25, 20].any()  # the box's top edge, the mask inside it
+    assert not out[50, 40:61].any() and not out[3, 50].any()  # the 0.2 box is not drawn

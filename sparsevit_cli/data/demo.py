@@ -65,6 +65,8 @@ _N_DIGITS = 1797
 #: digits per detection canvas (drawn uniformly per image) and their height as a fraction of the side
 DET_DIGITS = (2, 4)
 DET_DIGIT_FRAC = (1 / 9, 1 / 6)
+#: the folder of the COCO detection layout inside the demo root
+DET_LAYOUT = "det"
 _HALF = _N_DIGITS // 2
 
 
@@ -301,7 +303,7 @@ def demo_metadata(img_size: int, n_train: int, n_val: int, seed: int, num_classe
         "layouts": {"classification": ".", "segmentation": "seg"},
     }
     if detection:  # only then, so that the metadata (and files) of a set without it stay as they were
-        meta["layouts"]["detection"] = "det"
+        meta["layouts"]["detection"] = DET_LAYOUT
         meta["det_digits"] = list(DET_DIGITS)
         meta["det_digit_frac"] = [float(DET_DIGIT_FRAC[0]), float(DET_DIGIT_FRAC[1])]
     return meta

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.demo import DET_LAYOUT
 from ..errors import UserError, first_line
 
 #: how far (px) a box may reach past its image's border before it is refused (rounding in COCO's own
@@ -126,19 +127,25 @@ class CocoDetection(Dataset):
     [0, 1], target) with target boxes (N, 4) xyxy in pixels, labels (N,) in 1..K, masks (N, H, W) uint8
     and image_id. Crowd annotations are skipped for training targets (COCOeval still sees them)."""
 
-    def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, masks: bool = True):
+    def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, masks: bool = True,
+                 hflip: float = 0.0):
         self.image_dir = Path(image_dir)
         self.coco = load_coco(ann_file, self.image_dir)
         self.masks = masks
+        self.hflip = float(hflip)  # probability of a horizontal flip (training only; 0 for digits)
         self.image_ids: List[int] = sorted(self.coco.imgs)
         self.category_ids: List[int] = sorted(self.coco.cats)
         self.cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self.class_names = [str(self.coco.cats[c].get("name", c)) for c in self.category_ids]
 
     @classmethod
-    def from_root(cls, root: str | os.PathLike, split: str, masks: bool = True) -> "CocoDetection":
+    def from_root(cls, root: str | os.PathLike, split: str, masks: bool = True, hflip: float = 0.0) -> "CocoDetection":
+        """`split` of a COCO-style root (see `split_paths`), or of the demo data root (its ``det/``)."""
+        root = Path(root)
+        if not (root / "annotations").is_dir() and (root / DET_LAYOUT / "annotations").is_dir():
+            root = root / DET_LAYOUT
         image_dir, ann_file = split_paths(root, split)
-        return cls(image_dir, ann_file, masks=masks)
+        return cls(image_dir, ann_file, masks=masks, hflip=hflip)
 
     @property
     def num_classes(self) -> int:
@@ -177,7 +184,15 @@ class CocoDetection(Dataset):
             raise UserError(f"image '{path}' is {rgb.shape[1]} x {rgb.shape[0]} but its annotation file "
                             f"says {info['width']} x {info['height']}")
         image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
-        return image, self.target(index)
+        target = self.target(index)
+        if self.hflip and torch.rand(()) < self.hflip:
+            image = image.flip(-1)
+            W = image.shape[-1]
+            target["boxes"] = torch.stack([W - target["boxes"][:, 2], target["boxes"][:, 1],
+                                           W - target["boxes"][:, 0], target["boxes"][:, 3]], dim=1)
+            if "masks" in target:
+                target["masks"] = target["masks"].flip(-1)
+        return image, target
 
 
 def collate(items: Sequence[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]):
