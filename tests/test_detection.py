@@ -169,7 +169,9 @@ def test_coco_ap_equals_pycocotools_own_numbers(tmp_path):
 
 
 def test_perfect_and_empty_predictions(tmp_path):
-    dataset = CocoDetection(tmp_path / "images", _write_coco(tmp_path, GT))
+    # a hand-written box-only file without the optional fields: detection needs none of them
+    gt = [{k: v for k, v in ann.items() if k in ("image_id", "category_id", "bbox")} for ann in GT]
+    dataset = CocoDetection(tmp_path / "images", _write_coco(tmp_path, gt), masks=False)
     perfect, empty = (get_task("detection").metric(dataset) for _ in range(2))
     for i in range(len(dataset)):
         t = dataset.target(i)
@@ -188,6 +190,8 @@ BAD = {
     "unknown image": ([_box_ann(1, 5, 3, [1, 1, 5, 5])], "unknown image id 5"),
     "outside": ([_box_ann(1, 1, 3, [50, 50, 30, 30])], "lies outside image 'a.png'"),
     "absent image": ("absent", "image 'absent.png' listed in .* is missing from"),
+    "no mask": ([{k: v for k, v in _box_ann(1, 1, 3, [1, 1, 5, 5]).items() if k != "segmentation"}],
+                "annotation 0 has no valid segmentation"),
 }
 
 
@@ -204,7 +208,7 @@ def test_bad_coco_input_is_one_line(tmp_path, case):
             ann.write_text(content)
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with pytest.raises(UserError, match=message) as e:
-        CocoDetection(tmp_path / "images", ann)
+        CocoDetection(tmp_path / "images", ann, masks=True)
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
 

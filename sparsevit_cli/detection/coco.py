@@ -73,8 +73,18 @@ def _load_json(ann_file: Path) -> Dict[str, Any]:
     return data
 
 
-def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path) -> None:
-    """UserError with one line for the first fault in a COCO instances mapping (see the module doc)."""
+def _valid_segmentation(segm: Any) -> bool:
+    """COCO polygons (lists of >= 3 x, y pairs) or RLE (a dict with size and counts)."""
+    if isinstance(segm, dict):
+        return "size" in segm and "counts" in segm
+    return (isinstance(segm, list) and bool(segm)
+            and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segm))
+
+
+def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: bool = False) -> None:
+    """UserError with one line for the first fault in a COCO instances mapping (see the module doc);
+    `masks`: every annotation must carry a segmentation. Fills the optional fields COCOeval reads
+    (``iscrowd`` 0, ``area`` of the box, ``id``) where a hand-written file leaves them out."""
     where = f"annotation file '{ann_file}'"
     if not data["annotations"]:
         raise UserError(f"{where} has an empty annotation list")
@@ -106,15 +116,22 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path) -> None
         if w <= 0 or h <= 0 or x < -t or y < -t or x + w > W + t or y + h > H + t:
             raise UserError(f"{where}: annotation {i} box [x={x:g}, y={y:g}, w={w:g}, h={h:g}] lies outside "
                             f"image '{images[img]['file_name']}' ({W} x {H}) or is empty")
+        if masks and not _valid_segmentation(ann.get("segmentation")):
+            raise UserError(f"{where}: annotation {i} has no valid segmentation (polygons or RLE), which "
+                            f"instance segmentation needs")
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", w * h)
+        ann.setdefault("id", i + 1)
 
 
-def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike):
-    """A validated pycocotools COCO object for `ann_file` whose images live in `image_dir`."""
+def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, masks: bool = False):
+    """A validated pycocotools COCO object for `ann_file` whose images live in `image_dir` (with `masks`:
+    every annotation has a segmentation)."""
     from pycocotools.coco import COCO
 
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     data = _load_json(ann_file)
-    validate_coco(data, ann_file, image_dir)
+    validate_coco(data, ann_file, image_dir, masks)
     coco = COCO()
     coco.dataset = data
     with _quiet():
@@ -130,7 +147,7 @@ class CocoDetection(Dataset):
     def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, masks: bool = True,
                  hflip: float = 0.0):
         self.image_dir = Path(image_dir)
-        self.coco = load_coco(ann_file, self.image_dir)
+        self.coco = load_coco(ann_file, self.image_dir, masks)
         self.masks = masks
         self.hflip = float(hflip)  # probability of a horizontal flip (training only; 0 for digits)
         self.image_ids: List[int] = sorted(self.coco.imgs)
