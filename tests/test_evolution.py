@@ -215,3 +215,57 @@ def test_plot_pareto_writes_a_png(tmp_path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert matplotlib.image.imread(path).ndim == 3
     assert [p.name for p in path.parent.iterdir()] == ["pareto.png"]  # no temporary files left
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"mutation_prob": float("nan")}, "'mutation_prob' (--mutation-prob) must be a probability in [0, 1], got nan"),
+    ({"mutation_prob": 1.5}, "must be a probability in [0, 1], got 1.5"),
+    ({"mutation_prob": -0.1}, "must be a probability in [0, 1]"),
+    ({"mutation_prob": True}, "must be a probability in [0, 1]"),
+    ({"population": 0}, "'population' (--population) must be a positive integer"),
+    ({"generations": 2.5}, "'generations' (--generations) must be an integer"),
+    ({"mutations": -1}, "'mutations' (--mutations) must be a non-negative integer"),
+    ({"parents": 20}, "'parents' (--parents) (20) exceeds 'population' (16)"),
+])
+def test_settings_out_of_range_name_the_setting_and_option(kw, needle):
+    with pytest.raises(UserError) as e:
+        small(**kw).check()
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resume_rewrites_history_from_the_state(tmp_path):
+    """A kill between the history write and the state write leaves history.jsonl ahead of the state (or, with
+    a writer that appends, with a duplicate or cut line): the resumed run takes the state as the truth."""
+    space, budget, metric = load_space("swin_t"), Budget(6.0), make_metric(SWIN_T_TARGET)
+    full = tmp_path / "full"
+    run_evolution(space, metric, cost, budget, small(generations=3), state_path=full / "state.json",
+                  history_path=full / "history.jsonl", progress=False)
+    cut = tmp_path / "cut"
+    run_evolution(space, metric, cost, budget, small(generations=2), state_path=cut / "state.json",
+                  history_path=cut / "history.jsonl", progress=False)
+    lines = (cut / "history.jsonl").read_text().splitlines(keepends=True)
+    (cut / "history.jsonl").write_text("".join(lines + lines[-1:]) + lines[0][:7])  # duplicate + partial line
+    run_evolution(space, metric, cost, budget, small(generations=3), state_path=cut / "state.json",
+                  history_path=cut / "history.jsonl", progress=False)
+    assert (cut / "history.jsonl").read_text() == (full / "history.jsonl").read_text()
+    # resuming a finished search also repairs its history
+    (cut / "history.jsonl").write_text("garbage")
+    run_evolution(space, metric, cost, budget, small(generations=3), state_path=cut / "state.json",
+                  history_path=cut / "history.jsonl", progress=False)
+    assert (cut / "history.jsonl").read_text() == (full / "history.jsonl").read_text()
+
+
+def test_fault_point_is_inert_unless_named(tmp_path, monkeypatch):
+    from sparsevit_cli.search import evolution
+    marker = tmp_path / "paused"
+    monkeypatch.setenv(evolution.PAUSE_ENV, "state:2")
+    monkeypatch.setenv(evolution.PAUSE_FILE_ENV, str(marker))
+    monkeypatch.setattr(evolution, "_passes", {})
+    slept = []
+    monkeypatch.setattr(evolution.time, "sleep", slept.append)
+    evolution.write_output(tmp_path / "a.txt", "hello world", "history")
+    evolution.fault_point("state")
+    assert not marker.exists() and not slept  # another point, then the first pass of this one
+    evolution.write_output(tmp_path / "b.txt", "hello world", "state")
+    assert marker.exists() and slept and (tmp_path / "b.txt").read_text() == "hello world"
+    assert not list(tmp_path.glob(".*.tmp"))

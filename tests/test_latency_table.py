@@ -64,3 +64,25 @@ def test_calibration_scales_predictions(table):
     assert predict_latency(method, t, cfg) == pytest.approx(t["calibration_scale"] * predict_swin_latency(t, cfg))
     point = t["calibration"][0]
     assert point["predicted_ms"] == pytest.approx(predict_swin_latency(t, point["config"])) and point["measured_ms"] > 0
+
+
+def test_saved_table_is_checked_before_use(table, tmp_path):
+    """A calibrated table names its method; reading one back checks method, size and that it covers the space."""
+    import json
+    from sparsevit_cli.errors import UserError
+    from sparsevit_cli.latency import read_latency_table
+    model, _ = table
+    method = get_method("sparsevit")
+    space = load_space("swin_auto", group_sizes=method.group_sizes(model))
+    t = calibrated_table(method, model, model, torch.randn(1, 3, 64, 64), space, calibration=1, warmup=0, repeats=1)
+    assert t["method"] == "sparsevit"
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(t))
+    probes = [space.decode(space.extreme("dense")), space.decode(space.extreme("sparsest"))]
+    assert read_latency_table(path, method, 64, 1, probes) == json.loads(json.dumps(t))
+    with pytest.raises(UserError, match="was built for method sparsevit, the model runs psvit"):
+        read_latency_table(path, get_method("psvit"), 64, 1, [])
+    with pytest.raises(UserError, match="was built for img_size 64, batch 1, not 96, 1"):
+        read_latency_table(path, method, 96, 1, probes)
+    with pytest.raises(UserError, match="does not fit this model"):  # a table of a shallower model
+        read_latency_table(path, method, 64, 1, [[[0.0], [0.0, 0.0, 0.0]]])
