@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .layers import format_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make vision transformers fast on high-resolution images by searching where to skip "
@@ -20,14 +21,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 
 DEFAULT_MODEL = "swin_tiny_patch4_window7_224"
-
-
-def format_config(config) -> str:
-    """Compact config label: one number when uniform, else stages separated by '|'."""
-    flat = {v for group in config for v in group}
-    if len(flat) == 1:
-        return f"{flat.pop():g}"
-    return "|".join(",".join(f"{v:g}" for v in group) for group in config)
 
 
 @app.callback()

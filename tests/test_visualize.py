@@ -162,3 +162,33 @@ def test_cli_rejects_psvit_model_file(tmp_path, capsys):
     code, _, err = run_cli(["visualize", "--checkpoint", path, "--image", object_image(tmp_path / "o.png"),
                             "--out", tmp_path / "v.png"], capsys)
     assert_one_line_error(code, err, "psvit")
+
+
+def test_16_bit_png_is_scaled_not_saturated(tmp_path):
+    """PIL clips 16-bit grey to 255 on convert("RGB"): a mid-grey 16-bit PNG must stay mid-grey."""
+    from sparsevit_cli.commands.visualize import load_image
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((64, 64), 32768, dtype=np.uint16)).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")  # really a 16-bit image
+    _, rgb = load_image(path, 64)
+    assert abs(float(rgb.mean()) - 32768 / 65535) < 0.01
+
+
+def test_cli_wrong_kinds_of_checkpoint_say_what_to_do(tmp_path, model_file, capsys):
+    image = object_image(tmp_path / "obj.png")
+    timm_file = tmp_path / "timm.pth"
+    torch.save(micro_swin().state_dict(), timm_file)
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    for checkpoint, needle in ((timm_file, "sparsevit adapt --checkpoint FILE --model NAME"),
+                               (folder, "is a directory"), (tmp_path, "is a directory")):
+        code, _, err = run_cli(["visualize", "--checkpoint", checkpoint, "--image", image,
+                                "--out", tmp_path / "v.png"], capsys)
+        assert_one_line_error(code, err, needle)
+        assert "--model" not in err.replace("--model NAME", "")  # no option visualize does not have
+    code, _, err = run_cli(["visualize", "--checkpoint", model_file, "--image", tmp_path,
+                            "--out", tmp_path / "v.png"], capsys)
+    assert_one_line_error(code, err, "is a directory")
+    assert not (tmp_path / "v.png").exists()

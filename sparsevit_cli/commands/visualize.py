@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from ..io import atomic_write
-from ..errors import UserError, first_line
+from ..layers import format_config
+from ..errors import UserError
+from ..model_file import check_file
 
 #: output formats matplotlib writes without extra packages (chosen by the --out suffix)
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -27,19 +29,12 @@ PRUNED_ALPHA = 0.62
 
 def load_image(path: str | os.PathLike, img_size: int, task: str = "classification") -> Tuple[torch.Tensor, np.ndarray]:
     """(normalized 3 x S x S tensor for the model, RGB float H x W x 3 in [0, 1] of that same tensor)."""
-    from PIL import Image
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from ..data.datasets import _normalize_params, classification_transform, segmentation_image
+    from ..data.datasets import classification_transform, read_image, segmentation_image
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image '{path}' not found")
-    try:
-        with Image.open(path) as im:
-            pil = im.convert("RGB")
-    except Exception as e:  # PIL raises many types for unreadable / truncated / non-image files
-        raise UserError(f"image '{path}' cannot be read: {first_line(e)}") from None
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in _normalize_params())
+    pil = read_image(check_file(path, "image"))  # 16-bit PNGs scaled to 8 bit, not clipped to white
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
     if task == "segmentation":  # exactly what SegmentationFolder feeds the model
         x = segmentation_image(pil, img_size, mean, std)
     else:  # classification: timm's eval transform (resize + center crop, nothing cut from a square image)
@@ -124,42 +119,30 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
     """Draw the kept windows of every stage of a SparseViT model file over `image` into `out`.
 
     Returns {"out", "img_size", "sparsity", "stages": [{"stage", "ratio", "kept", "windows", ...}]}."""
-    from ..model_file import read_meta
     from ..io import read_sparsity_file
+    from ..model_file import load_model_file, read_model_meta
     from ..tasks import backbone_of
-    from ..model_file import load_model_file
 
-    checkpoint, out = Path(checkpoint), Path(out)
+    out = Path(out)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise UserError(f"output '{out}' needs one of the suffixes {', '.join('.' + f for f in FORMATS)}")
-    meta = read_meta(checkpoint) if checkpoint.is_file() else None
-    if meta is not None and meta.get("method", "sparsevit") != "sparsevit":
-        raise UserError(f"'{checkpoint}' is a {meta.get('method')} model file; visualize draws the windows "
+    # the header, the options and the image first: a wrong file or a typo should not cost a model load
+    meta = read_model_meta(checkpoint)
+    if meta.method != "sparsevit":
+        raise UserError(f"'{checkpoint}' is a {meta.method} model file; visualize draws the windows "
                         f"of SparseViT (Swin) models only")
+    size = meta.resolve_img_size(img_size)
     cfg = read_sparsity_file(config) if config is not None else None
-    if not Path(image).is_file():  # before loading the model: a typo should not cost a model load
-        raise UserError(f"image '{image}' not found")
-    model, method, meta = load_model_file(checkpoint, cfg)
-    if method.name != "sparsevit":
-        raise UserError(f"'{checkpoint}' is a {method.name} model file; visualize draws the windows "
-                        f"of SparseViT (Swin) models only")
-    size = int(img_size or meta.get("img_size", 224))
-    if size != int(meta.get("img_size", size)):
-        raise UserError(f"model file was built for img_size {meta['img_size']}, not {size}")
-    x, rgb = load_image(image, size, meta.get("task", "classification"))
+    check_file(image, "image")
+    model, _, meta = load_model_file(checkpoint, cfg)
+    x, rgb = load_image(image, size, meta.task)
 
     backbone = backbone_of(model)
-    backbone.eval()
     masks = backbone.kept_window_masks(x.unsqueeze(0))
     stages = stage_windows(backbone, masks)
     kept = sum(st["kept"] for st in stages)
-    title = (f"{meta.get('model', 'swin')} · sparsity {_format_config(backbone.sparsity)} · "
-             f"kept windows outlined, pruned dimmed")
+    title = f"{meta.model} · sparsity {format_config(backbone.sparsity)} · kept windows outlined, pruned dimmed"
     _draw(rgb, stages, title, out, "jpeg" if fmt == "jpg" else fmt)
     return {"out": str(out), "img_size": size, "sparsity": backbone.sparsity, "kept_total": kept,
             "stages": [{k: v for k, v in st.items() if k != "kept_grid"} for st in stages]}
-
-
-def _format_config(config) -> str:
-    return "|".join(",".join(f"{v:g}" for v in group) for group in config)
