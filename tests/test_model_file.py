@@ -44,8 +44,8 @@ def test_meta_is_typed_and_reads_like_the_old_dict():
     assert dict(meta.items())["trained_by"] == "finetune"
 
 
-@pytest.mark.parametrize("bad,needle", [({"img_size": "big"}, "img_size"), ({"task": "detect"}, "unknown task"),
-                                        ({"sparsity": [["a"]]}, "sparsity")])
+@pytest.mark.parametrize("bad,needle", [({"img_size": "big"}, "img_size"), ({"sparsity": [["a"]]}, "sparsity"),
+                                        ({"model_args": [1]}, "model_args")])
 def test_invalid_meta_is_one_line(bad, needle):
     with pytest.raises(UserError, match=needle) as e:
         ModelMeta.of(meta_dict(**bad))
