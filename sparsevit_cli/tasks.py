@@ -9,6 +9,8 @@ evaluation and the search ask it, and never branch on a task name themselves.
 * ``collate(items)``: a batch (images, targets) from data-set items;
 * ``loss(model, images, targets)``: the scalar training loss (model in train mode);
 * ``predict(model, images)``: test-time outputs (model in eval mode);
+* ``macs(model, method, config, img_size, batch_size)``: MACs of one test-time forward as executed
+  (backbone under the config + neck + heads), what a search budget counts;
 * ``metric(dataset)``: an accumulator, ``update(outputs, targets)`` per batch and ``compute()`` once
   (summed over torchrun ranks), returning ``metric_name`` in percent, higher is better.
 
@@ -60,6 +62,10 @@ class Task:
 
     def metric(self, dataset) -> "Metric":
         raise NotImplementedError
+
+    def macs(self, model: nn.Module, method, config, img_size, batch_size: int = 1) -> int:
+        """The backbone's MACs under `config` (its classifier included when the task runs it)."""
+        return method.macs(backbone_of(model), config, img_size, batch_size)
 
 
 class Metric:
@@ -182,6 +188,8 @@ class SemanticFPN(nn.Module):
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
         super().__init__()
+        if getattr(backbone, "num_classes", 0):
+            backbone.reset_classifier(0)  # never executed under a dense head: no dead weights, no MACs
         self.backbone = backbone
         chans = [info["num_chs"] for info in backbone.feature_info]
         strides = [info["reduction"] for info in backbone.feature_info]
@@ -200,14 +208,17 @@ class SemanticFPN(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone.forward_intermediates(x, intermediates_only=True)
+        return self.decode(self.backbone.forward_intermediates(x, intermediates_only=True), x.shape[-2:])
+
+    def decode(self, feats: List[torch.Tensor], size) -> torch.Tensor:
+        """Logits at `size` from the backbone's stage maps (NCHW)."""
         pyramid = list(self.neck(OrderedDict((str(i), f) for i, f in enumerate(feats))).values())
         out = self.scale_heads[0](pyramid[0])
         for head, level in zip(self.scale_heads[1:], pyramid[1:]):
             # odd stage sizes (a resolution not divisible by 32) round differently: align to the finest
             out = out + F.interpolate(head(level), size=out.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.classifier(self.dropout(out))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 class Segmentation(Task):
@@ -226,6 +237,26 @@ class Segmentation(Task):
 
     def metric(self, dataset) -> Metric:
         return MeanIoU(dataset.num_classes)
+
+    @torch.no_grad()
+    def macs(self, model, method, config, img_size, batch_size=1):
+        """Backbone (analytic, no classifier) + FPN and head, counted as executed on the stage maps."""
+        from .detection.cost import count_macs
+
+        H, W = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        model = getattr(model, "module", model)
+        cache = model.__dict__.setdefault("_head_macs", {})  # config-independent: once per size
+        if (H, W) not in cache:
+            p = next(model.parameters())
+            feats = model.backbone.forward_intermediates(torch.zeros(1, 3, H, W, device=p.device, dtype=p.dtype),
+                                                         intermediates_only=True)
+            was_training = model.training
+            model.eval()
+            try:
+                cache[(H, W)] = count_macs(model, lambda: model.decode(feats, (H, W)))
+            finally:
+                model.train(was_training)
+        return method.macs(model.backbone, config, img_size, batch_size) + cache[(H, W)] * batch_size
 
 
 # --------------------------------------------------------------------------------------------- detection
@@ -286,6 +317,11 @@ class Detection(Task):
 
     def metric(self, dataset) -> Metric:
         return CocoAP(dataset, self.metric_name, self.reported)
+
+    def macs(self, model, method, config, img_size, batch_size=1):
+        from .detection.cost import detector_macs
+
+        return detector_macs(getattr(model, "module", model), method, config, img_size, batch_size)
 
 
 class InstanceSegmentation(Detection):

@@ -82,3 +82,24 @@ def test_plain_vit_is_refused_for_dense_prediction_with_one_line(task):
         build_task_model(vit, task, 3)
     assert "plain ViT" in str(e.value) and "\n" not in str(e.value)
 
+
+
+def test_task_macs_count_what_each_task_model_executes():
+    from sparsevit_cli.detection.cost import detector_macs
+    from sparsevit_cli.methods import get_method
+    from sparsevit_cli.swin.cost import swin_macs
+
+    method, config, K = get_method("sparsevit"), [[0.3], [0.5], [0.5]], 4
+    cls = build_task_model(micro_swin(), "classification", K)
+    assert get_task("classification").macs(cls, method, config, 64) == swin_macs(cls, config, 64)
+
+    seg = build_task_model(micro_swin(), "segmentation", K)
+    backbone = swin_macs(seg.backbone, config, 64)  # the classifier is gone from a dense-prediction backbone
+    assert backbone == swin_macs(micro_swin(), config, 64) - 64 * 1000
+    levels = [(16, 16), (8, 8), (4, 4)]
+    neck = sum(h * w * c * 256 + h * w * 256 * 256 * 9 for (h, w), c in zip(levels, (16, 32, 64)))
+    heads = 9 * 128 * (16 * 16 * 256 + 8 * 8 * 256 + 4 * 4 * 256 + 8 * 8 * 128) + 16 * 16 * 128 * K
+    assert get_task("segmentation").macs(seg, method, config, 64, batch_size=2) == 2 * (backbone + neck + heads)
+
+    det = build_task_model(micro_swin(), "detection", K)
+    assert get_task("detection").macs(det, method, config, 64) == detector_macs(det, method, config, 64)

@@ -53,7 +53,8 @@ class _Counter:
         return self.total
 
 
-def _count(root: nn.Module, fn) -> int:
+def count_macs(root: nn.Module, fn) -> int:
+    """MACs of the conv / linear layers under `root` that run while `fn()` runs (as executed)."""
     counter = _Counter(root)
     try:
         fn()
@@ -81,9 +82,9 @@ def neck_and_head_macs(detector: nn.Module, img_size) -> Tuple[Tuple[int, int], 
         parts: Dict[str, int] = {}
         fpn = detector.backbone.fpn
         feats = {}
-        parts["neck"] = _count(fpn, lambda: feats.update(fpn(stages)))
+        parts["neck"] = count_macs(fpn, lambda: feats.update(fpn(stages)))
         rpn_head = detector.rpn.head
-        parts["rpn"] = _count(rpn_head, lambda: rpn_head(list(feats.values())))
+        parts["rpn"] = count_macs(rpn_head, lambda: rpn_head(list(feats.values())))
         roi = detector.roi_heads
         C = detector.backbone.out_channels
 
@@ -92,14 +93,14 @@ def neck_and_head_macs(detector: nn.Module, img_size) -> Tuple[Tuple[int, int], 
             size = roi.box_roi_pool.output_size
             size = (size, size) if isinstance(size, int) else tuple(size)
             roi.box_predictor(roi.box_head(torch.zeros(n, C, *size, device=p.device, dtype=p.dtype)))
-        parts["box_head"] = _count(roi, run_box)
+        parts["box_head"] = count_macs(roi, run_box)
         if roi.has_mask():
             def run_mask():
                 size = roi.mask_roi_pool.output_size
                 size = (size, size) if isinstance(size, int) else tuple(size)
                 x = torch.zeros(roi.detections_per_img, C, *size, device=p.device, dtype=p.dtype)
                 roi.mask_predictor(roi.mask_head(x))
-            parts["mask_head"] = _count(roi, run_mask)
+            parts["mask_head"] = count_macs(roi, run_mask)
     finally:
         detector.train(was_training)
     cache[(H, W)] = executed, parts
