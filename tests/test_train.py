@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from sparsevit_cli.errors import UserError
 from sparsevit_cli.model_file import load, read_meta
 from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.commands.train import run_adapt, run_finetune
@@ -232,3 +233,201 @@ def test_search_subset_is_class_balanced_and_disjoint_from_the_held_out_rest(dat
     assert len(counts) > len(prefix_classes)  # a prefix of the class-sorted folder covers fewer classes
     assert max(counts.values()) <= len(search) // val.num_classes + 1  # and no class dominates the subset
     assert search_indices(n, None) == held_out_indices(n, n) == list(range(n))
+
+
+# --------------------------------------------------------------------------------------------- run-config ranges
+@pytest.mark.parametrize("key,value,message", [
+    ("optim.lr", -0.001, "optim.lr must be > 0, got -0.001"),
+    ("optim.lr", float("nan"), "optim.lr must be a finite number, got nan"),
+    ("optim.lr", float("inf"), "optim.lr must be a finite number, got inf"),
+    ("optim.lrr", 0.1, "unknown key 'optim.lrr' (did you mean 'lr'?)"),
+    ("optim.weight_decay", -1, "optim.weight_decay must be >= 0, got -1"),
+    ("optim.momentum", 1.0, "optim.momentum must be < 1, got 1.0"),
+    ("optim.grad_clip", 0, "optim.grad_clip must be > 0, got 0"),
+    ("optim.name", "adam", "optim.name must be 'adamw' or 'sgd', got 'adam'"),
+    ("schedule.name", "step", "schedule.name must be 'cosine' or 'constant', got 'step'"),
+    ("schedule.warmup_steps", -5, "schedule.warmup_steps must be >= 0, got -5"),
+    ("schedule.min_lr", -1e-6, "schedule.min_lr must be >= 0, got -1e-06"),
+    ("eval_batch_size", 0, "eval_batch_size must be >= 1, got 0"),
+    ("batch_size", 0, "batch_size must be >= 1, got 0"),
+    ("epochs", 0, "epochs must be >= 1, got 0"),
+    ("checkpoint_every", 0, "checkpoint_every must be >= 1, got 0"),
+    ("data.num_workers", -1, "data.num_workers must be >= 0, got -1"),
+    ("seed", -1, "seed must be >= 0, got -1"),
+    ("device", "tpu", "device must be cpu, cuda or cuda:N, got 'tpu'"),
+    ("sparsity", [["a"], ["b"]], "sparsity must be a number, a list of lists of numbers"),
+    ("adapt.report", [0.5, 1.5], "adapt.report must be sparsities in [0, 1), got 1.5"),
+    ("optim", 5, "optim must be a mapping, got 5"),
+    ("data.skip_bad_images", "yes", "data.skip_bad_images must be true/false, got 'yes'"),
+])
+def test_every_key_has_its_range(tmp_path, data_dir, key, value, message):
+    cfg = write_cfg(tmp_path, data_dir, **{key: value})
+    with pytest.raises(UserError) as e:
+        load_run_config(cfg)
+    assert str(e.value).startswith(f"{cfg}: {message}"), str(e.value)
+
+
+def test_yaml_reads_1e_minus_3_as_a_number_and_flags_override_the_file(tmp_path, data_dir):
+    cfg = write_cfg(tmp_path, data_dir)
+    cfg.write_text(cfg.read_text().replace("lr: 0.001", "lr: 1e-3"))  # YAML 1.1 makes this a string
+    assert load_run_config(cfg).optim.lr == 1e-3
+    over = load_run_config(cfg, {"optim.lr": 0.5, "epochs": None, "method_options.window_score": "l2"})
+    assert over.optim.lr == 0.5 and over.epochs == 2 and over.method_options.given() == {"window_score": "l2"}
+    flags = load_run_config(None, {"data.path": str(data_dir), "optim.lr": 0.5})  # no file: defaults + flags
+    assert flags.optim.lr == 0.5 and flags.data.path == str(data_dir)
+    with pytest.raises(UserError, match=r"^command line: optim.lr must be > 0, got -1.0$"):
+        load_run_config(None, {"data.path": str(data_dir), "optim.lr": -1.0})
+
+
+@pytest.mark.parametrize("kind", ["binary", "latin1", "directory", "list", "unreadable"])
+def test_unreadable_run_config_is_one_line(tmp_path, capsys, kind):
+    path = tmp_path / "run.yaml"
+    if kind == "binary":
+        path.write_bytes(bytes(range(256)))
+    elif kind == "latin1":
+        path.write_bytes("lr: caf\xe9\n".encode("latin-1"))
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "list":
+        path.write_text("- 1\n- 2\n")
+    else:
+        path.write_text("epochs: 1\n")
+        path.chmod(0)
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user that reads everything (root)")
+    code, _, err = run_cli(["finetune", str(path), "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(path) in err
+    expected = {"binary": "not UTF-8", "latin1": "not UTF-8", "directory": "is a directory",
+                "list": "must be a mapping", "unreadable": "permission denied"}[kind]
+    assert expected in err
+
+
+def test_constant_schedule_sgd_and_workers_resume_bit_exact(tmp_path, data_dir):
+    """timm's optimizer and schedule, and a DataLoader with two workers: an interrupted run resumed from
+    last.pt ends with the very weights of an uninterrupted one."""
+    over = {"optim.name": "sgd", "optim.lr": 0.05, "schedule.name": "constant", "data.num_workers": 2}
+    full = load_run_config(write_cfg(tmp_path, data_dir, "a.yaml", out=str(tmp_path / "a"), **over))
+    run_finetune(full, progress=False)
+    part = load_run_config(write_cfg(tmp_path, data_dir, "b.yaml", out=str(tmp_path / "b"), max_steps=4, **over))
+    assert run_finetune(part, progress=False)["interrupted"]
+    part.max_steps = None
+    run_finetune(part, resume=True, progress=False)
+    a, b = state_of(tmp_path / "a" / "model.safetensors"), state_of(tmp_path / "b" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_timm_optimizer_groups_and_schedule(tmp_path, data_dir):
+    from sparsevit_cli.train.trainer import Trainer
+    cfg = load_run_config(write_cfg(tmp_path, data_dir, **{"optim.lr": 0.01, "schedule.warmup_steps": 2,
+                                                           "schedule.min_lr": 0.001}))
+    trainer = Trainer(cfg, progress=False)
+    decayed = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert decayed and all(trainer.model.get_parameter(names[i]).ndim > 1 for i in decayed)  # no bias/norm decay
+    lrs = []
+    for step in range(trainer.total_steps):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.scheduler.step_update(num_updates=step + 1)
+    assert lrs[0] == pytest.approx(0.005) and lrs[2] == pytest.approx(0.01)  # warm-up, then the peak
+    assert lrs[2] > lrs[3] > lrs[-1] >= 0.001  # cosine down towards min_lr
+    assert set(trainer.scheduler.state_dict()) >= {"t_initial", "warmup_t", "lr_min"}
+
+
+# --------------------------------------------------------------------------------------------- pretrained starts
+def _timm_checkpoint(tmp_path, num_classes=1000, **changes):
+    """A micro Swin checkpoint as timm's own training script writes it (CheckpointSaver: a dict holding
+    `state_dict`, `optimizer`, `epoch`, `arch`...)."""
+    import timm
+    from timm.utils import CheckpointSaver
+
+    args = dict({k: v for k, v in MICRO_ARGS.items() if k != "drop_path_rate"}, **changes)
+    model = timm.create_model("swin_tiny_patch4_window7_224", num_classes=num_classes, **args)
+    folder = tmp_path / "timm_ckpt"
+    folder.mkdir()
+    saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), checkpoint_dir=str(folder),
+                            recovery_dir=str(folder), max_history=1)
+    saver.save_checkpoint(epoch=0)
+    return folder / "last.pth.tar", model
+
+
+def test_adapt_from_a_1000_class_timm_checkpoint(tmp_path, data_dir, capsys):
+    ckpt, source = _timm_checkpoint(tmp_path)
+    cfg = write_cfg(tmp_path, data_dir, epochs=1, **{"adapt.report": [0.5]})
+    code, out, err = run_cli(["adapt", "--config", cfg, "--checkpoint", ckpt, "--model",
+                              "swin_tiny_patch4_window7_224", "--data", data_dir, "--no-progress"], capsys)
+    assert code == 0, err
+    assert [line for line in out.splitlines() if "re-initialised" in line] == [
+        "info: head.fc: 1000 -> 10 classes, re-initialised"]
+    assert read_meta(tmp_path / "out" / "model.safetensors")["num_classes"] == 10
+
+    # the backbone is loaded strictly (every weight equal), the head is a new 10-class one
+    from sparsevit_cli.train.trainer import Trainer
+    trainer = Trainer(load_run_config(cfg, {"checkpoint": str(ckpt)}), "adapt", progress=False)
+    mine, theirs = trainer.model.state_dict(), source.state_dict()
+    for k, v in theirs.items():
+        if not k.startswith("head."):
+            assert torch.equal(mine[k], v), k
+    assert mine["head.fc.weight"].shape == (10, theirs["head.fc.weight"].shape[1])
+
+
+def test_other_mismatches_of_a_timm_checkpoint_are_refused(tmp_path, data_dir, capsys):
+    ckpt, _ = _timm_checkpoint(tmp_path, embed_dim=24, num_heads=[1, 2])
+    cfg = write_cfg(tmp_path, data_dir, epochs=1, checkpoint=str(ckpt))
+    code, _, err = run_cli(["finetune", cfg, "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "does not match the model" in err and "size mismatch for" in err and "head" not in err
+
+
+def _toolkit_file(tmp_path, num_classes, img_size=64):
+    from sparsevit_cli.model_file import save_model
+    from sparsevit_cli.swin.method import SparseViT  # noqa: F401  (registers the method)
+    from sparsevit_cli.methods import get_method
+    from sparsevit_cli.timm_models import create_timm_model
+
+    args = dict(MICRO_ARGS, img_size=img_size, num_classes=num_classes)
+    method = get_method("sparsevit")
+    model = method.wrap(create_timm_model("swin_tiny_patch4_window7_224", **args))
+    path = tmp_path / f"model{num_classes}_{img_size}.safetensors"
+    save_model(path, model, {"method": "sparsevit", "model": "swin_tiny_patch4_window7_224", "model_args": args,
+                             "img_size": img_size, "task": "classification", "num_classes": num_classes,
+                             "sparsity": [[0.0], [0.0]]})
+    return path, model
+
+
+def test_finetune_from_a_toolkit_file_with_another_class_count(tmp_path, data_dir, capsys):
+    path, source = _toolkit_file(tmp_path, num_classes=5)
+    cfg = write_cfg(tmp_path, data_dir, epochs=1, checkpoint=str(path))
+    code, out, err = run_cli(["finetune", cfg, "--no-progress"], capsys)
+    assert code == 0, err
+    assert "info: head.fc: 5 -> 10 classes, re-initialised" in out.splitlines()
+    meta = read_meta(tmp_path / "out" / "model.safetensors")
+    assert meta["num_classes"] == 10 and meta["model_args"]["num_classes"] == 10
+
+
+def test_finetune_from_a_96px_model_file_with_a_64px_run_config(tmp_path, data_dir, capsys):
+    path, _ = _toolkit_file(tmp_path, num_classes=10, img_size=96)
+    cfg = write_cfg(tmp_path, data_dir, epochs=1, checkpoint=str(path))  # model.args.img_size: 64
+    code, _, err = run_cli(["finetune", cfg, "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"model file '{path}' was built for 96 px images, the run config asks for 64 px" in err
+
+
+# --------------------------------------------------------------------------------------------- data faults
+def test_corrupt_training_image_names_the_file_or_is_skipped(tmp_path, data_dir, capsys):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    bad = data / "train" / "3" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))  # a PNG signature, then nothing readable
+    cfg = write_cfg(tmp_path, data, epochs=1)
+    code, _, err = run_cli(["finetune", cfg, "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"cannot read image '{bad}'" in err
+
+    cfg = write_cfg(tmp_path, data, epochs=1, out=str(tmp_path / "skipped"),
+                    **{"data.skip_bad_images": True, "data.num_workers": 1})
+    code, out, err = run_cli(["finetune", cfg, "--no-progress"], capsys)
+    assert code == 0, err
+    assert f"info: skipped 1 unreadable image(s) in '{data}', e.g. '{bad}'" in out.splitlines()

@@ -56,6 +56,14 @@ class DataCfg(_Section):
         return task
 
 
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string: take it as the number it was meant to be."""
+    return float(value) if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()) else value
+
+
 class OptimCfg(_Section):
     name: Literal["adamw", "sgd"] = Field("adamw", description="optimizer, built by timm.optim.create_optimizer_v2")
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="peak learning rate")
@@ -65,11 +73,15 @@ class OptimCfg(_Section):
     grad_clip: Optional[float] = Field(5.0, gt=0, allow_inf_nan=False, description=(
         "clip the global gradient norm to this (null: no clipping)"))
 
+    _numbers = field_validator("lr", "weight_decay", "momentum", "grad_clip", mode="before")(_yaml_float)
+
 
 class ScheduleCfg(_Section):
     name: Literal["cosine", "constant"] = Field("cosine", description="timm.scheduler schedule, stepped per optimizer step")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     min_lr: float = Field(1e-5, ge=0, allow_inf_nan=False, description="cosine floor")
+
+    _numbers = field_validator("min_lr", mode="before")(_yaml_float)
 
 
 class AdaptCfg(_Section):
@@ -214,7 +226,8 @@ def _message(error: Dict[str, Any], src: str) -> str:
     bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}",
               "less_than_equal": "<= {le}"}
     if kind in bounds:
-        return f"{src}: {where} must be {bounds[kind].format(**ctx)}, got {value!r}"
+        limit = bounds[kind].format(**{k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()})
+        return f"{src}: {where} must be {limit}, got {value!r}"
     if kind == "finite_number":
         return f"{src}: {where} must be a finite number, got {value!r}"
     if kind == "literal_error":
