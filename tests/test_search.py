@@ -284,6 +284,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, model_file, data_dir
     _assert_nothing_truncated(out)
     assert run_cli(args + ["--resume"])[0] == 0
     _assert_nothing_truncated(out)
+    assert not list(out.glob(".*.tmp"))  # the killed run's temporary file is cleaned up
     assert yaml.safe_load((out / "best.yaml").read_text()) == yaml.safe_load((uninterrupted / "best.yaml").read_text())
     assert (out / "history.jsonl").read_text() == (uninterrupted / "history.jsonl").read_text()
 
@@ -306,3 +307,16 @@ def test_sigkill_while_writing_the_latency_table(tmp_path, model_file, data_dir)
         return best
     assert comparable(out / "best.yaml") == comparable(again / "best.yaml")
     assert (out / "history.jsonl").read_text() == (again / "history.jsonl").read_text()
+
+
+def test_a_second_search_on_one_out_is_refused_and_stale_temp_files_go(tmp_path, model_file, data_dir, capsys):
+    from sparsevit_cli.io import FolderLock
+    out = tmp_path / "s"
+    with FolderLock(out):  # another run holds the folder
+        code, _, err = run_cli(search_args(model_file, data_dir, out, "--budget-macs", "50%"), capsys)
+        assert_one_line_error(code, err, "is in use by another run")
+    assert not (out / "search_state.json").exists()
+    stale = out / ".history.jsonl.999999999.deadbeef.tmp"  # a killed process's half-written file
+    stale.write_text('{"genome": [0')
+    assert run_cli(search_args(model_file, data_dir, out, "--budget-macs", "50%"), capsys)[0] == 0
+    assert not stale.exists()

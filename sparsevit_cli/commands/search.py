@@ -19,11 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
+from ..io import FolderLock, remove_stale_temp_files
 from ..evaluate import evaluate
 from ..layers import format_config
 from ..latency import calibrated_table, predict_latency, read_latency_table
 from ..timing import resolve_device, time_models
-from ..tasks import backbone_of
+from ..tasks import backbone_of, get_task
 from .. import dist
 from ..search.evolution import Budget, EvolutionSettings, plot_pareto, run_evolution, write_output
 from ..search.space import load_space
@@ -134,9 +135,8 @@ class LatencyCost:
 
 
 def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[str, Any]:
-    from ..model_file import load
-    from ..data.datasets import build_dataset
-
+    """Check the options, then search with the output folder locked (one search per folder; rank 0 holds
+    the lock under torchrun) and the process group, if any, joined for the run."""
     console = console or Console()
     # options first: a typo costs no model load
     device = resolve_device(opts.device)
@@ -148,23 +148,32 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
             budget_number(text, unit, what)
     opts.settings.check()
     out = prepare_out(Path(opts.out))
-    dist.init_distributed(opts.device)
-    model = load(opts.checkpoint).to(device)
-    meta = model.sparsevit_meta
-    method_name = meta["method"]
-    from ..methods import get_method
-    method = get_method(method_name)
+    with dist.process_group(opts.device):
+        lock = dist.main_only(lambda: FolderLock(out, "search output folder").acquire())
+        try:
+            dist.main_only(lambda: remove_stale_temp_files(out))  # left by a killed run's atomic writes
+            return _search(opts, device, out, console)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _search(opts: SearchOptions, device: torch.device, out: Path, console: Console) -> Dict[str, Any]:
+    from ..model_file import load_model_file
+    from ..data.datasets import build_dataset
+
+    model, method, meta = load_model_file(opts.checkpoint)
+    model = model.to(device)
+    method_name = meta.method
     backbone = backbone_of(model)
-    img_size = opts.img_size if opts.img_size is not None else int(meta.get("img_size", 224))
-    if img_size != int(meta.get("img_size", img_size)):
-        raise UserError(f"model file was built for img_size {meta['img_size']}, not {img_size}")
-    space = load_space(opts.space or meta.get("space") or method.default_space, group_sizes=method.group_sizes(backbone),
+    img_size = meta.resolve_img_size(opts.img_size)
+    space = load_space(opts.space or meta.space or method.default_space, group_sizes=method.group_sizes(backbone),
                        for_method=method_name, model_label="the model file")
-    dataset = build_dataset(opts.data, meta.get("task", "classification"), "val", img_size, train=False)
-    num_classes = meta.get("num_classes") or dataset.num_classes
+    dataset = build_dataset(opts.data, meta.task, "val", img_size, train=False)
+    num_classes = meta.num_classes or dataset.num_classes
 
     def metric(config) -> float:
-        return evaluate(model, method, config, dataset, meta.get("task", "classification"), num_classes,
+        return evaluate(model, method, config, dataset, meta.task, num_classes,
                         opts.eval_batch_size, device, max_samples=opts.eval_samples)
 
     dense_cfg = space.decode(space.extreme("dense"))
@@ -195,9 +204,9 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
                            write_files=dist.is_main())
     best_cfg = result.best_config
     report: Dict[str, Any] = {
-        "method": method_name, "model": meta["model"], "model_args": meta.get("model_args", {}),
-        "method_options": meta.get("method_options", {}),
-        "img_size": img_size, "sparsity": best_cfg, "metric": meta.get("task") == "segmentation" and "miou" or "top1",
+        "method": method_name, "model": meta.model, "model_args": dict(meta.model_args),
+        "method_options": dict(meta.method_options),
+        "img_size": img_size, "sparsity": best_cfg, "metric": get_task(meta.task).metric_name,
         "metric_value": result.best_metric, "cost": result.best_cost, "cost_unit": unit,
         "dense_cost": dense_cost, "budget": budget.max_cost,
         "gmacs": method.macs(backbone, best_cfg, img_size, opts.batch_size) / 1e9,
