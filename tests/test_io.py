@@ -13,7 +13,8 @@ import yaml
 
 from sparsevit_cli.errors import UserError
 from sparsevit_cli.io import (FolderLock, atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_json,
-                              atomic_write_text, atomic_write_yaml, remove_stale_temp_files)
+                              atomic_write_text, atomic_write_yaml, remove_stale_temp_files,
+                              torch_load_weights)
 
 
 def temp_files(folder):
@@ -144,3 +145,30 @@ def test_folder_lock_on_an_unwritable_place_is_one_line(tmp_path):
     with pytest.raises(UserError, match="cannot write to output folder"):
         FolderLock(tmp_path / "file" / "run").acquire()
 
+
+
+class _Payload:
+    """Unpickling this runs `touch pwned`: a checkpoint carrying it must be refused, not run."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "holds pickled Python objects, not only tensors: refused"),
+    (b"\x80\x02garbage" * 10, "cannot be read"),
+    (b"", "cannot be read"),
+])
+def test_torch_files_load_without_running_code(tmp_path, monkeypatch, content, needle):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "model.pth"
+    if content is None:
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": _Payload()}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError) as e:
+        torch_load_weights(path, "checkpoint")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "pwned").exists()
+    atomic_torch_save(path, {"w": torch.ones(2)})
+    assert torch.equal(torch_load_weights(path)["w"], torch.ones(2))

@@ -15,13 +15,15 @@ file that carries pickled code is refused, never run.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .. import dist
 from ..errors import UserError, first_line
-from ..io import FolderLock, atomic_torch_save, atomic_write_text, remove_stale_temp_files
+from ..io import FolderLock, atomic_torch_save, atomic_write_text, remove_stale_temp_files, torch_load_weights
 
 CHECKPOINT = "last.pt"
 PREVIOUS = "prev.pt"
@@ -82,18 +84,10 @@ def save_checkpoint(out: Path, state: Dict[str, Any]) -> None:
 
 def read_checkpoint(path: Path) -> Dict[str, Any]:
     """A checkpoint's state on the CPU (RNG states must stay there); DamagedCheckpoint if unusable."""
-    import torch
-
-    if path.is_dir():
-        raise DamagedCheckpoint("it is a directory")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, garbage, pickled objects: torch raises several types
-        text = first_line(e)
-        if "weights only load failed" in text.lower() or "weights_only" in text:
-            raise DamagedCheckpoint("it holds pickled Python objects, not just tensors (refused: loading it "
-                                    "could run code)") from None
-        raise DamagedCheckpoint(f"unreadable ({text})") from None
+        state = torch_load_weights(path, "checkpoint")
+    except UserError as e:
+        raise DamagedCheckpoint(str(e).replace(f"checkpoint '{path}' ", "", 1)) from None
     if not isinstance(state, dict) or any(k not in state for k in KEYS):
         raise DamagedCheckpoint("not a checkpoint of this version (written by an older sparsevit?)")
     return state
@@ -118,11 +112,27 @@ def load_checkpoint(out: Path, check: Callable[[Dict[str, Any], Path], None],
         if problems or name != CHECKPOINT:
             why = "; ".join(problems) or f"{CHECKPOINT}: missing"
             info(f"{why}; resuming from {path} (step {state['train_state']['global_step']})")
+            _set_aside(out / CHECKPOINT)
         return path, state
     if problems:
         raise UserError(f"no usable checkpoint in '{out}' ({'; '.join(problems)}); remove it or choose "
                         f"another --out")
     return None
+
+
+def _set_aside(damaged: Path) -> None:
+    """Move a damaged last.pt out of the way (kept for a look, as last.pt.unusable), so the next
+    checkpoint does not rotate it over the good prev.pt."""
+    if not damaged.exists():
+        return
+    aside = damaged.with_name(damaged.name + ".unusable")
+    try:
+        if aside.is_dir():
+            shutil.rmtree(aside)
+        os.replace(damaged, aside)
+    except OSError as e:
+        raise UserError(f"cannot move the damaged '{damaged}' aside ({e.strerror or first_line(e)}); remove "
+                        f"it and resume again") from None
 
 
 def check_same_run(saved: Dict[str, Any], current: Dict[str, Any], path: Path) -> None:
