@@ -83,18 +83,8 @@ def measure(
 
 def _run_config(config: Optional[Path], overrides: dict):
     """Run config from a YAML file (or defaults), with command-line options overriding its keys."""
-    from .train.run_config import load_run_config, parse_run_config
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if config is not None:
-        return load_run_config(config, overrides)
-    data: dict = {}
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return parse_run_config(data, "command line")
+    from .train.run_config import load_run_config
+    return load_run_config(config, overrides)
 
 
 @app.command()
@@ -121,6 +111,8 @@ def adapt(
     data: Optional[str] = typer.Option(None, help="ImageFolder-style data directory (train/, val/)."),
     space: Optional[str] = typer.Option(None, help="Search space: packaged name (e.g. swin_t) or YAML path."),
     sandwich: Optional[bool] = typer.Option(None, help="Also train the dense and the sparsest config every step."),
+    # a plain string, not a Typer choice: the choices are the engine's registry (swin.patch.WINDOW_SCORES),
+    # which imports torch, and `sparsevit --help` must stay light; the run config checks it by that registry
     window_score: Optional[str] = typer.Option(None, help="SparseViT window ranking: l2-centered (default: "
                                                           "magnitude of the deviation from the image's mean "
                                                           "token) or l2 (the paper's raw L2 magnitude)."),

@@ -17,20 +17,35 @@ from typing import Any, Callable, Dict, IO, List, Optional
 
 import yaml
 
-from .errors import UserError, first_line
+from .errors import UserError
 
 
-def load_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
+def load_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = False) -> Any:
+    """The parsed content of a YAML file; every way of not being one (missing, a directory, unreadable,
+    binary or not UTF-8, bad YAML, and with `mapping` anything but a mapping or an empty file) is one
+    UserError line naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} '{path}' is a directory, not a file")
     if not path.is_file():
         raise UserError(f"{what} '{path}' not found")
     try:
-        with open(path) as f:
-            return yaml.safe_load(f)
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except PermissionError:
+        raise UserError(f"{what} '{path}' cannot be read: permission denied") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} '{path}' is not UTF-8 text (byte {e.start}): a binary file?") from None
+    except OSError as e:
+        raise UserError(f"{what} '{path}' cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{what} '{path}' is not valid YAML{where}: {getattr(e, 'problem', None) or e}")
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise UserError(f"{what} '{path}' is not valid YAML{where}: {problem}") from None
+    if mapping and data is not None and not isinstance(data, dict):
+        raise UserError(f"{what} '{path}' must be a mapping of keys, got {type(data).__name__}")
+    return {} if mapping and data is None else data
 
 
 def read_sparsity_file(path: str | os.PathLike) -> Dict[str, Any]:
@@ -141,26 +156,6 @@ def _process_alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True  # another user's process, or a platform that cannot tell: leave its files alone
     return True
-
-
-def torch_load_weights(path: str | os.PathLike, what: str = "file") -> Any:
-    """A torch file's content with `weights_only=True` (tensors and plain Python values: loading runs no
-    code), on the CPU. Anything else is one UserError line: a file that carries pickled objects is
-    refused and named as such (torch's own message tells the user to turn the protection off)."""
-    import torch
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{what} '{path}' is a directory, not a file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, garbage, pickled objects: torch raises several types
-        message = str(e)
-        if "GLOBAL" in message:  # the weights-only unpickler met a class or function to import
-            raise UserError(f"{what} '{path}' holds pickled Python objects, not only tensors: refused, loading "
-                            f"it could run code") from None
-        detail = next((line.strip() for line in message.splitlines() if line.startswith("Unsupported")), None)
-        raise UserError(f"{what} '{path}' cannot be read, it is damaged or not a torch file "
-                        f"({detail or first_line(e)})") from None
 
 
 # --------------------------------------------------------------------------------------------- folder lock

@@ -9,13 +9,12 @@ each rank reads its shard of every epoch's permutation and metrics are reduced a
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,32 +25,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import dist
-from ..data.datasets import IGNORE_INDEX
+from ..data.datasets import IGNORE_INDEX, build_loader, epoch_batches, iterate
 from ..errors import UserError
-from ..evaluate import autocast, collate, evaluate
+from ..evaluate import autocast, evaluate
 from ..methods import Config, method_for_model
 from ..tasks import backbone_of, build_task_model
 from .run_config import RunConfig, to_dict
 
 STATE_FILE = "last.pt"
 MODEL_FILE = "model.safetensors"
-
-
-# --------------------------------------------------------------------------------------------- data
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool,
-                  rank: int = 0, world: int = 1) -> List[List[int]]:
-    """This rank's batches of one epoch: a permutation seeded by (seed, epoch), sharded like
-    DistributedSampler (padded by wrapping so every rank has the same number of batches)."""
-    if shuffle:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g).tolist()
-    else:
-        order = list(range(n))
-    if world > 1:
-        total = math.ceil(n / world) * world
-        order = (order + order[: total - n])[rank:total:world] if shuffle else order[rank::world]
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    return [order[i: i + batch_size] for i in range(0, stop, batch_size)]
 
 
 def _loss(task: str):
@@ -88,10 +70,26 @@ class Trainer:
         self.progress_enabled = progress and dist.is_main()
         self._seed_everything(cfg.seed)
 
-        img_size = int(cfg.model.args.get("img_size", 224))
+        from ..model_file import read_meta
+        # a toolkit model file fixes the model; the run config may only restate what the file says
+        self.checkpoint_meta = read_meta(cfg.checkpoint) if cfg.checkpoint else None
+        asked = cfg.model.args.get("img_size")
+        if self.checkpoint_meta is not None:
+            built = self.checkpoint_meta.image_size
+            if asked is not None and int(asked) != built:
+                raise UserError(f"model file '{cfg.checkpoint}' was built for {built} px images, the run config "
+                                f"asks for {asked} px (model.args.img_size); leave it out to train at {built} px")
+            img_size = built
+        else:
+            img_size = int(asked or 224)
         self.img_size = img_size
-        self.train_set = build_dataset(cfg.data.path, cfg.data.task, "train", img_size, train=True)
-        self.val_set = build_dataset(cfg.data.path, cfg.data.task, "val", img_size, train=False)
+        data = dict(path=cfg.data.path, task=cfg.data.task, img_size=img_size,
+                    skip_bad_images=cfg.data.skip_bad_images)
+        self.train_set = build_dataset(split="train", train=True, **data)
+        self.val_set = build_dataset(split="val", train=False, **data)
+        skipped = self.train_set.skipped + self.val_set.skipped
+        if skipped:
+            self._info(f"skipped {len(skipped)} unreadable image(s) in '{cfg.data.path}', e.g. '{skipped[0]}'")
         self.num_classes = self.train_set.num_classes
         self.model, self.method = self._build_model()
         self.model.to(self.device)
@@ -125,39 +123,62 @@ class Trainer:
         return backbone_of(self.model)
 
     def _build_model(self):
-        from ..model_file import read_meta, build_from_meta
-        from ..timm_models import create_timm_model, load_timm_checkpoint, state_dict_problem
+        from ..model_file import build_from_meta
+        from ..timm_models import classifier_names, create_timm_model, load_timm_checkpoint, state_dict_problem
         from safetensors.torch import load_file
 
         cfg = self.cfg
         args = dict(cfg.model.args)
         if cfg.data.task == "classification":
             args.setdefault("num_classes", self.num_classes)
-        meta = read_meta(cfg.checkpoint) if cfg.checkpoint else None
+        options = cfg.method_options.given()
+        meta = self.checkpoint_meta
         if meta is not None:  # a toolkit model file (e.g. the output of an earlier adapt)
+            self._check_model_matches_file(meta)
             model, method = build_from_meta(meta)
-            if cfg.method_options:
-                method.wrap(backbone_of(model), **cfg.method_options)
+            if options:
+                method.wrap(backbone_of(model), **options)
             try:
                 model.load_state_dict(load_file(cfg.checkpoint), strict=True)
             except RuntimeError as e:
                 raise UserError(f"checkpoint '{cfg.checkpoint}' does not match its metadata: {state_dict_problem(e)}")
-            self.model_name, self.model_args = meta["model"], meta.get("model_args", {})
-            if cfg.data.task == "classification" and backbone_of(model).num_classes != self.num_classes:
-                if not cfg.reset_head:
-                    raise UserError(f"checkpoint has {backbone_of(model).num_classes} classes, data has "
-                                    f"{self.num_classes}; set reset_head: true to train a new head")
-                backbone_of(model).reset_classifier(self.num_classes)
+            self.model_name, self.model_args = meta.model, dict(meta.model_args)
+            backbone = backbone_of(model)
+            if cfg.data.task == "classification" and (cfg.reset_head or backbone.num_classes != self.num_classes):
+                self._info(f"{classifier_names(backbone)[0]}: {backbone.num_classes} -> {self.num_classes} classes, "
+                           f"re-initialised")
+                backbone.reset_classifier(self.num_classes)
                 self.model_args = dict(self.model_args, num_classes=self.num_classes)
             return model, method
         backbone = create_timm_model(cfg.model.name, **args)
         if cfg.checkpoint:
-            load_timm_checkpoint(backbone, cfg.checkpoint, reset_head=cfg.reset_head)
+            note = load_timm_checkpoint(backbone, cfg.checkpoint, reset_head=cfg.reset_head)
+            if note:
+                self._info(note)
         method = method_for_model(backbone)
-        backbone = method.wrap(backbone, **cfg.method_options)
+        backbone = method.wrap(backbone, **options)
         self.model_name, self.model_args = cfg.model.name, args
         seg_classes = self.num_classes if cfg.data.task == "segmentation" else None
         return build_task_model(backbone, cfg.data.task, seg_classes), method
+
+    def _check_model_matches_file(self, meta) -> None:
+        """A run config that names another model, other constructor args or another task than the
+        model file it starts from is refused (the file's model is what would train)."""
+        cfg, src = self.cfg, f"model file '{self.cfg.checkpoint}'"
+        if "name" in cfg.model.model_fields_set and cfg.model.name != meta.model:
+            raise UserError(f"{src} holds {meta.model}, the run config names model.name {cfg.model.name}")
+        for key, value in cfg.model.args.items():
+            if key not in ("img_size", "num_classes") and key in meta.model_args and meta.model_args[key] != value:
+                raise UserError(f"{src} was built with {key}={meta.model_args[key]!r}, the run config says "
+                                f"model.args.{key}={value!r}")
+        if meta.task != cfg.data.task:
+            raise UserError(f"{src} is a {meta.task} model, the run config says data.task: {cfg.data.task}")
+        if meta.task == "segmentation" and meta.num_classes != self.num_classes:
+            raise UserError(f"{src} segments {meta.num_classes} classes, the data has {self.num_classes}")
+
+    def _info(self, text: str) -> None:
+        if dist.is_main():
+            self.console.print(f"info: {text}", highlight=False, soft_wrap=True)
 
     def _fixed_sparsity(self):
         sp = self.cfg.sparsity
@@ -174,44 +195,41 @@ class Trainer:
         return self.cfg.adapt.space or self.method.default_space
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        decay, no_decay = [], []
-        skip = set(getattr(self.backbone, "no_weight_decay", lambda: set())())
-        for n, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 or n.split("backbone.")[-1] in skip else decay).append(p)
-        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizers: Dict[str, Callable[[], torch.optim.Optimizer]] = {
-            "adamw": lambda: torch.optim.AdamW(groups, lr=o.lr),
-            "sgd": lambda: torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum),
-        }
-        if o.name not in optimizers:
-            raise UserError(f"optim.name must be one of {', '.join(optimizers)}, got '{o.name}'")
-        return optimizers[o.name]()
+        """timm's optimizer with timm's weight-decay groups: no decay on biases, norms (1-d parameters)
+        and the backbone's `no_weight_decay()` names (prefixed when a task head wraps the backbone)."""
+        from timm.optim import create_optimizer_v2, param_groups_weight_decay
+
+        o, backbone = self.cfg.optim, self.backbone
+        prefix = next(f"{n}." for n, m in self.model.named_modules() if m is backbone).lstrip(".")
+        skip = {prefix + n for n in getattr(backbone, "no_weight_decay", lambda: set())()}
+        groups = param_groups_weight_decay(self.model, o.weight_decay, no_weight_decay_list=skip)
+        # timm's "sgd" is Nesterov; "momentum" is the classical momentum SGD this option means
+        return create_optimizer_v2(groups, opt={"sgd": "momentum"}.get(o.name, o.name), lr=o.lr,
+                                   weight_decay=o.weight_decay, momentum=o.momentum)
 
     def _build_scheduler(self):
-        s, total = self.cfg.schedule, self.total_steps
-        base = self.cfg.optim.lr
-        floor = min(s.min_lr / base, 1.0) if base > 0 else 0.0
+        """timm's schedule in optimizer steps (`step_update` after every step): linear warm-up from
+        lr / warmup_steps, then cosine down to min_lr over the remaining steps, or constant."""
+        from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
-        def cosine(step: int) -> float:
-            if step < s.warmup_steps:
-                return (step + 1) / s.warmup_steps
-            t = (step - s.warmup_steps) / max(1, total - s.warmup_steps)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-        def constant(step: int) -> float:
-            return min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps else 1.0
-
-        schedules = {"cosine": cosine, "constant": constant}
-        if s.name not in schedules:
-            raise UserError(f"schedule.name must be one of {', '.join(schedules)}, got '{s.name}'")
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules[s.name])
+        s, lr = self.cfg.schedule, self.cfg.optim.lr
+        warmup = dict(warmup_t=s.warmup_steps, warmup_lr_init=lr / max(1, s.warmup_steps), warmup_prefix=True,
+                      t_in_epochs=False)
+        if s.name == "cosine":
+            return CosineLRScheduler(self.optimizer, t_initial=max(1, self.total_steps - s.warmup_steps),
+                                     lr_min=min(s.min_lr, lr), **warmup)
+        return StepLRScheduler(self.optimizer, decay_t=self.total_steps + 1, decay_rate=1.0, **warmup)
 
     def _batches(self, epoch: int) -> List[List[int]]:
         return epoch_batches(len(self.train_set), self.cfg.batch_size, self.cfg.seed, epoch, shuffle=True,
                              drop_last=True, rank=dist.rank(), world=dist.world_size())
+
+    def _loader(self, epoch: int, start: int):
+        """This rank's batches of `epoch` from batch `start` on (the ones a resumed run has not seen),
+        decoded by `data.num_workers` workers; augmentation seeded per sample from (seed, epoch, rank)."""
+        sample_seed = (self.cfg.seed * 100_003 + epoch) * 1_009 + dist.rank()
+        return build_loader(self.train_set, self._batches(epoch), num_workers=self.cfg.data.num_workers,
+                            start=start, sample_seed=sample_seed)
 
     # ---- checkpointing
     def _rng_state(self) -> Dict[str, Any]:
@@ -291,7 +309,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        self.scheduler.step_update(num_updates=self.state.global_step + 1)
         self.method.apply(self.backbone, self.config)
         return total
 
@@ -304,13 +322,11 @@ class Trainer:
             task = progress.add_task(self.mode, total=self.total_steps, completed=st.global_step,
                                      loss=float("nan"), ips=0.0, epoch=st.epoch + 1)
             while st.epoch < cfg.epochs:
-                batches = self._batches(st.epoch)
-                while st.step_in_epoch < len(batches):
+                for x, y in iterate(self._loader(st.epoch, st.step_in_epoch)):
                     if cfg.max_steps is not None and done_steps_here >= cfg.max_steps:
                         self.save_state()
                         return {"interrupted": True, "global_step": st.global_step}
                     t0 = time.perf_counter()
-                    x, y = collate(self.train_set, batches[st.step_in_epoch])
                     loss = self.train_step(x.to(self.device), y.to(self.device))
                     st.step_in_epoch += 1
                     st.global_step += 1
@@ -340,7 +356,8 @@ class Trainer:
     def evaluate(self, config: Optional[Config] = None, max_samples: Optional[int] = None) -> float:
         """Top-1 (%) or mIoU (%) on the validation split under `config`, reduced over ranks."""
         metric = evaluate(self.model, self.method, config, self.val_set, self.cfg.data.task, self.num_classes,
-                          self.cfg.eval_batch_size, self.device, max_samples, amp=self.cfg.amp)
+                          self.cfg.eval_batch_size, self.device, max_samples, amp=self.cfg.amp,
+                          num_workers=self.cfg.data.num_workers)
         self.method.apply(self.backbone, self.config)
         return metric
 
