@@ -12,7 +12,7 @@ from sparsevit_cli.methods import get_method, method_for_model
 from sparsevit_cli.model_file import load, read_meta
 from sparsevit_cli.search.space import load_space
 from sparsevit_cli.swin.latency import predict_swin_latency
-from sparsevit_cli.swin.patch import RATIO_CHOICES
+from sparsevit_cli.swin.patch import RATIO_CHOICES, WINDOW_SCORES
 from sparsevit_cli.swinv2.cost import position_bias_macs, swinv2_macs
 from sparsevit_cli.swinv2.latency import build_swinv2_latency_table
 from sparsevit_cli.swinv2.patch import SparseSwinTransformerV2, sparse_block_v2_, sparsify_v2
@@ -94,6 +94,17 @@ def test_pruned_block_is_exact_on_kept_windows_and_passes_the_rest_through(img_s
         assert rel_err(out[b, kept], ref[b, kept]) < 1e-5
         assert torch.equal(out[b, rest], before[b, : H * W][rest])  # bit-identical pass-through
         assert rest.any() and not torch.allclose(out[b, kept], before[b, kept])
+
+
+@pytest.mark.parametrize("score", sorted(WINDOW_SCORES))
+def test_every_window_score_keeps_the_configured_windows(score):
+    model = sparsify_v2(dense_v2(64), sparsity=[[0.5], [0.8]], window_score=score)
+    x = torch.randn(2, 3, 64, 64)
+    masks = model.kept_window_masks(x)
+    # stage 1: 16x16 tokens in 16 windows of 16 -> 8 kept; stage 2: 8x8 in 4 windows -> 1 kept
+    assert [[int(m[0].sum()) for m in stage] for stage in masks] == [[8 * 16] * 2, [16] * 2]
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
 
 
 @pytest.mark.parametrize("img_size", sorted(SIZES))
