@@ -20,24 +20,30 @@ import yaml
 from .errors import UserError
 
 
-def load_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = False) -> Any:
-    """The parsed content of a YAML file; every way of not being one (missing, a directory, unreadable,
-    binary or not UTF-8, bad YAML, and with `mapping` anything but a mapping or an empty file) is one
-    UserError line naming the file."""
+def read_user_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of a file a user names; missing, a directory, unreadable or binary (not UTF-8) is
+    one UserError line naming it. The one reader behind every YAML/JSON input."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} '{path}' is a directory, not a file")
     if not path.is_file():
         raise UserError(f"{what} '{path}' not found")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        return path.read_text(encoding="utf-8")
     except PermissionError:
         raise UserError(f"{what} '{path}' cannot be read: permission denied") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{what} '{path}' is not UTF-8 text (byte {e.start}): a binary file?") from None
     except OSError as e:
         raise UserError(f"{what} '{path}' cannot be read: {e.strerror or e}") from None
+
+
+def load_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = False) -> Any:
+    """The parsed content of a YAML file; every way of not being one (see `read_user_text`, bad YAML,
+    and with `mapping` anything but a mapping or an empty file) is one UserError line naming the file."""
+    text = read_user_text(path, what)
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
