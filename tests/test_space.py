@@ -185,6 +185,12 @@ def test_unknown_name_and_missing_file(tmp_path):
         load_space("swin_xl")
     with pytest.raises(UserError, match="not found"):
         load_space(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="is a directory, not a file"):
+        load_space(tmp_path)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(UserError, match="binary.yaml' is not UTF-8 text"):
+        load_space(binary)
 
 
 def test_yaml_file_with_overrides_and_fixed(tmp_path):
@@ -210,7 +216,7 @@ def test_yaml_file_with_overrides_and_fixed(tmp_path):
 
 
 BAD = [
-    ("groups: [\n  - {name: a", "invalid YAML", None),
+    ("groups: [\n  - {name: a", "is not valid YAML", None),
     ("- 1\n- 2\n", "expected a mapping", None),
     ("method: sparsevit\ngroups: auto\nchoices: [0.0]\nsparsity: 1\n", "'sparsity' is not a known key", None),
     ("groups: auto\nchoices: [0.0]\n", "'method' is missing", None),

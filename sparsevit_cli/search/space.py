@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag,
                       ValidationError)
 
 from ..errors import UserError
+from ..io import load_yaml
 from ..layers import Config
 
 Genome = List[int]
@@ -486,7 +486,7 @@ def list_spaces() -> List[str]:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text or Path(text).is_file()
+    return text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text or Path(text).exists()
 
 
 def load_space(name_or_path: str | os.PathLike, group_sizes: Optional[Sequence[int]] = None,
@@ -500,26 +500,13 @@ def load_space(name_or_path: str | os.PathLike, group_sizes: Optional[Sequence[i
     text_name = os.fspath(name_or_path)
     if _looks_like_path(text_name):
         path = Path(text_name)
-        if not path.is_file():
-            raise UserError(f"search space file '{path}' not found")
         source, stem = str(path), path.stem
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"search space {source}: cannot read ({e})")
     else:
-        res = _packaged_dir() / f"{text_name}.yaml"
-        if not res.is_file():
+        path = Path(_packaged_dir() / f"{text_name}.yaml")
+        if not path.is_file():
             raise UserError(f"unknown search space '{text_name}' (packaged: {', '.join(list_spaces()) or 'none'}; "
                             f"or give the path of a YAML file)")
         source, stem = f"'{text_name}'", text_name
-        text = res.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"search space {source}: invalid YAML{where}: {problem}")
+    data = load_yaml(path, "search space")  # missing, a directory, binary, bad YAML: one line naming the file
     return SearchSpace.from_dict(data, source=source, group_sizes=group_sizes, default_name=stem,
                                  for_method=for_method, model_label=model_label)
