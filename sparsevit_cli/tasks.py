@@ -6,7 +6,8 @@ evaluation and the search ask it, and never branch on a task name themselves.
 * ``dataset(path, split, img_size, train, **options)``: a split of the user's data in the task's format;
 * ``build(backbone, num_classes, **options)``: the task model around the backbone (``num_classes``: the
   data set's ``num_classes``);
-* ``collate(items)``: a batch (images, targets) from data-set items;
+* ``collate(items)``: a batch (images, targets) from data-set items; ``to_device(images, targets,
+  device)`` moves one;
 * ``loss(model, images, targets)``: the scalar training loss (model in train mode);
 * ``predict(model, images)``: test-time outputs (model in eval mode);
 * ``macs(model, method, config, img_size, batch_size)``: MACs of one test-time forward as executed
@@ -53,6 +54,9 @@ class Task:
     def collate(self, items: Sequence):
         """Dense tensors for image-level tasks: images (B, 3, H, W) and targets stacked."""
         return torch.stack([it[0] for it in items]), torch.stack([torch.as_tensor(it[1]) for it in items])
+
+    def to_device(self, images, targets, device: torch.device):
+        return images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
     def predict(self, model: nn.Module, images):
         return model(images)
@@ -311,6 +315,10 @@ class Detection(Task):
         from .detection.coco import collate
 
         return collate(items)
+
+    def to_device(self, images, targets, device):
+        return ([im.to(device, non_blocking=True) for im in images],
+                [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
 
     def loss(self, model, images, targets):
         return sum(model(images, targets).values())

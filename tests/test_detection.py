@@ -69,7 +69,7 @@ def test_a_few_training_steps_lower_the_loss_on_the_demo_coco_set(demo_root, tas
     task = get_task(task_name)
     dataset = task.dataset(demo_root, "train", 128, train=True)  # the demo root: its det/ layout is found
     model = task.build(sparsify(micro_swin(128), sparsity=0.3), dataset.num_classes, **LIGHT)
-    images, targets = task.collate([dataset[0], dataset[1]])
+    images, targets = task.to_device(*task.collate([dataset[0], dataset[1]]), torch.device("cpu"))
     assert ("masks" in targets[0]) == task.masks
     model.train()
     torch.manual_seed(0)
