@@ -317,3 +317,29 @@ def test_schema_is_documented():
     schema = SpaceFile.model_json_schema()
     assert schema["additionalProperties"] is False and schema["required"] == ["method", "groups"]
     assert all(p.get("description") for p in schema["properties"].values())
+
+
+# ---- hostile files: whatever the YAML holds, loading gives a space or one UserError line naming the file
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 12), st.sampled_from(CHOICES + [1.0, 0.25, -0.0]),
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
+                     st.sampled_from(["auto", "sparsevit", "psvit", "stage1", "a"]))
+_KEYS = st.sampled_from(["name", "method", "model", "description", "groups", "choices", "monotonic", "fixed",
+                         "genes", "a", "stage1", "choice", "sparsity"])
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(_KEYS, inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.dictionaries(_KEYS, _VALUES, max_size=7), _VALUES),
+       sizes=st.one_of(st.none(), st.lists(st.integers(1, 3), min_size=1, max_size=3)))
+def test_fuzzed_space_files_load_or_fail_in_one_line(tmp_path, data, sizes):
+    import yaml
+    p = tmp_path / "fuzzed.yaml"
+    p.write_text(yaml.safe_dump(data))
+    try:
+        space = load_space(p, group_sizes=sizes)
+    except UserError as e:
+        msg = str(e)
+        assert "\n" not in msg and str(p) in msg, msg
+    else:
+        assert space.num_configs() >= 1 and space.is_valid(space.extreme("dense"))
