@@ -25,8 +25,11 @@ FPN_CHANNELS = 256
 
 def check_hierarchical(backbone: nn.Module, task: str) -> None:
     """One line refusing a backbone without multi-scale stages (a plain ViT) for a dense-prediction head."""
-    reductions = {info["reduction"] for info in getattr(backbone, "feature_info", [])}
-    if len(reductions) < 2 or not hasattr(backbone, "forward_intermediates"):
+    if not hasattr(backbone, "forward_intermediates") or not getattr(backbone, "feature_info", None):
+        raise UserError(f"task '{task}' needs a whole timm backbone with multi-scale stages (a Swin created "
+                        f"without features_only), got {type(backbone).__name__}")
+    reductions = {info["reduction"] for info in backbone.feature_info}
+    if len(reductions) < 2:
         raise UserError(f"task '{task}' needs a hierarchical backbone with multi-scale stages (Swin); "
                         f"{type(backbone).__name__} is a plain ViT, which is supported for classification only")
 
