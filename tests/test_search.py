@@ -320,3 +320,33 @@ def test_a_second_search_on_one_out_is_refused_and_stale_temp_files_go(tmp_path,
     stale.write_text('{"genome": [0')
     assert run_cli(search_args(model_file, data_dir, out, "--budget-macs", "50%"), capsys)[0] == 0
     assert not stale.exists()
+
+
+def test_unwritable_outputs_are_one_line_and_keep_the_previous_files(tmp_path, model_file, data_dir, capsys,
+                                                                     monkeypatch):
+    out = tmp_path / "s"
+    (out / "best.yaml").mkdir(parents=True)
+    code, _, err = run_cli(search_args(model_file, data_dir, out, "--budget-macs", "60%"), capsys)
+    assert_one_line_error(code, err, "best.yaml' is a directory")
+    (out / "best.yaml").rmdir()
+    code, _, err = run_cli(search_args(model_file, data_dir, out, "--budget-latency", "10000ms", "--latency-table",
+                                       model_file / "table.json"), capsys)  # under a file: found before timing
+    assert_one_line_error(code, err, "cannot write latency table")
+
+    assert run_cli(search_args(model_file, data_dir, out, "--budget-macs", "60%"), capsys)[0] == 0
+    before = {name: (out / name).read_bytes() for name in ("best.yaml", "history.jsonl", "search_state.json")}
+
+    import errno
+    from sparsevit_cli import io as sv_io
+    real_replace = sv_io.os.replace
+
+    def disk_full(src, dst):
+        if str(dst).endswith(("history.jsonl", "search_state.json", "best.yaml")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+    monkeypatch.setattr(sv_io.os, "replace", disk_full)
+    args = search_args(model_file, data_dir, out, "--budget-macs", "60%", "--resume", "--generations", "4")
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "No space left on device")
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not list(out.glob(".*.tmp"))

@@ -103,14 +103,15 @@ class LatencyCost:
                 self.table = read_latency_table(p, method, img_size, batch_size, probes)
             else:
                 if dist.is_main():
+                    try:  # a place the table cannot go is found before the (slow) timing, not after it
+                        p.parent.mkdir(parents=True, exist_ok=True)
+                    except OSError as e:
+                        raise UserError(f"cannot write latency table '{p}': {e.strerror or e}") from None
                     console.print(f"building latency table on {device} (once) -> {p}")
                 # every rank times (keeping ranks in step); rank 0's table is the one all ranks use
                 self.table = dist.broadcast_object(calibrated_table(method, model, self.backbone, self.x, space))
                 if dist.is_main():
-                    try:
-                        write_output(p, json.dumps(self.table, indent=1), "latency_table")
-                    except OSError as e:
-                        raise UserError(f"cannot write latency table '{p}': {e.strerror or e}") from None
+                    write_output(p, json.dumps(self.table, indent=1), "latency_table")
 
     def measure(self, config) -> float:
         key = json.dumps(config)
@@ -196,6 +197,9 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
                         min_cost=parse_budget(opts.min_latency, dense_cost, unit, "--min-latency") or 0.0, unit=unit)
 
     state_path = out / "search_state.json"
+    for name in (state_path.name, "history.jsonl", "best.yaml", "pareto.png"):
+        if (out / name).is_dir():  # found now, not when the search has run and its result cannot be written
+            raise UserError(f"'{out / name}' is a directory; the search writes a file there")
     if state_path.exists() and not opts.resume:
         raise UserError(f"'{out}' holds an unfinished or finished search; pass --resume to continue it "
                         f"or choose another --out")

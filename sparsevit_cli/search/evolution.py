@@ -241,13 +241,17 @@ def fault_point(point: str) -> None:
 
 def write_output(path: Path, text: str, point: str) -> None:
     """Write an output file atomically, with fault point `point` halfway through the temporary file (where
-    a kill hurts most: the data half written, the target not yet replaced)."""
+    a kill hurts most: the data half written, the target not yet replaced). A failed write is one UserError
+    line and leaves the previous file in place."""
     def write(f) -> None:
         f.write(text[: len(text) // 2])
         f.flush()
         fault_point(point)
         f.write(text[len(text) // 2:])
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except OSError as e:  # full disk, read-only folder, ...: the previous file is intact
+        raise UserError(f"cannot write '{path}': {e.strerror or e} (the previous version, if any, is kept)") from None
 
 
 # ---- the search
