@@ -131,6 +131,20 @@ def check_file(path: str | os.PathLike, what: str = "model file") -> Path:
     return path
 
 
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """`path` as a Path if a file can be written there; one line when it is a directory or a file
+    stands where a folder above it should be."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} '{path}' is a directory, not a file: give the path of the file to write")
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"{option} '{path}': '{folder}' is a file, not a folder")
+            break
+    return path
+
+
 def not_a_model_file(path: Path, why: str) -> UserError:
     """The error for a file without toolkit metadata (e.g. a plain timm checkpoint), saying what to do."""
     return UserError(f"'{path}' is not a sparsevit model file ({why}); make one from a timm checkpoint with "

@@ -211,6 +211,7 @@ def bad_files(model_file, tmp_path_factory):
     (["--format", "tflite"], "'tflite' is not one of"),
     (["--config", "{null}"], "'sparsity' must be a list"),
     (["--out", "{directory}"], "is a directory"),
+    (["--out", "{other_model}/x.onnx"], "is a file, not a folder"),
     (["--tolerance", "-1"], "--tolerance must be a finite relative error >= 0, got -1"),
     (["--tolerance", "nan"], "got nan"),
     (["--batch-size", "two"], "Invalid value for '--batch-size'"),

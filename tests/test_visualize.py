@@ -192,3 +192,11 @@ def test_cli_wrong_kinds_of_checkpoint_say_what_to_do(tmp_path, model_file, caps
                             "--out", tmp_path / "v.png"], capsys)
     assert_one_line_error(code, err, "is a directory")
     assert not (tmp_path / "v.png").exists()
+
+
+def test_cli_out_that_cannot_be_a_file_is_one_line(tmp_path, model_file, capsys):
+    image = object_image(tmp_path / "obj.png")
+    (tmp_path / "taken.png").mkdir()
+    for out, needle in ((tmp_path / "taken.png", "is a directory"), (image / "v.png", "is a file, not a folder")):
+        code, _, err = run_cli(["visualize", "--checkpoint", model_file, "--image", image, "--out", out], capsys)
+        assert_one_line_error(code, err, needle)

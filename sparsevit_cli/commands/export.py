@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError, first_line
+from ..model_file import check_output_file
 from ..tasks import backbone_of
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -125,11 +126,10 @@ def _reference(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def check_export_target(out: str | os.PathLike, tolerance: float) -> None:
-    """One line for an output path that is a directory and for a tolerance that is no relative error."""
+    """One line for an output path that cannot be a file and for a tolerance that is no relative error."""
     if not (math.isfinite(tolerance) and tolerance >= 0):  # NaN compares false: no check could ever pass
         raise UserError(f"--tolerance must be a finite relative error >= 0, got {tolerance}")
-    if Path(out).is_dir():
-        raise UserError(f"--out '{out}' is a directory; give the file to write, e.g. '{Path(out) / 'model.onnx'}'")
+    check_output_file(out)
 
 
 def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: List[torch.Tensor],

@@ -19,7 +19,7 @@ import torch
 from ..io import atomic_write
 from ..layers import format_config
 from ..errors import UserError
-from ..model_file import check_file
+from ..model_file import check_file, check_output_file
 
 #: output formats matplotlib writes without extra packages (chosen by the --out suffix)
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -123,7 +123,7 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
     from ..model_file import load_model_file, read_model_meta
     from ..tasks import backbone_of
 
-    out = Path(out)
+    out = check_output_file(out)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise UserError(f"output '{out}' needs one of the suffixes {', '.join('.' + f for f in FORMATS)}")
