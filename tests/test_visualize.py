@@ -200,3 +200,19 @@ def test_cli_out_that_cannot_be_a_file_is_one_line(tmp_path, model_file, capsys)
     for out, needle in ((tmp_path / "taken.png", "is a directory"), (image / "v.png", "is a file, not a folder")):
         code, _, err = run_cli(["visualize", "--checkpoint", model_file, "--image", image, "--out", out], capsys)
         assert_one_line_error(code, err, needle)
+
+
+def test_cli_draws_swin_v2_windows(tmp_path, capsys):
+    """Swin V2 models prune windows the same way (their method is a SparseViT)."""
+    from sparsevit_cli.methods import get_method
+
+    args = dict(ARGS, window_size=4)
+    method = get_method("sparsevit-v2")
+    torch.manual_seed(0)
+    v2 = method.wrap(timm.create_model("swinv2_tiny_window8_256", **args))
+    path = save(tmp_path / "v2.safetensors", v2, method="sparsevit-v2", model_name="swinv2_tiny_window8_256",
+                args=args)
+    code, stdout, err = run_cli(["visualize", "--checkpoint", path, "--image", object_image(tmp_path / "o.png"),
+                                 "--out", tmp_path / "v.png"], capsys)
+    assert code == 0, err
+    assert "8/16 windows kept" in stdout and (tmp_path / "v.png").is_file()

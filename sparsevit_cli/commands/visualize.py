@@ -120,7 +120,9 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
 
     Returns {"out", "img_size", "sparsity", "stages": [{"stage", "ratio", "kept", "windows", ...}]}."""
     from ..io import read_sparsity_file
+    from ..methods import get_method
     from ..model_file import load_model_file, read_model_meta
+    from ..swin.method import SparseViT
     from ..tasks import backbone_of
 
     out = check_output_file(out)
@@ -129,9 +131,9 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
         raise UserError(f"output '{out}' needs one of the suffixes {', '.join('.' + f for f in FORMATS)}")
     # the header, the options and the image first: a wrong file or a typo should not cost a model load
     meta = read_model_meta(checkpoint)
-    if meta.method != "sparsevit":
+    if not isinstance(get_method(meta.method), SparseViT):  # window pruning: Swin and Swin V2 (a subclass)
         raise UserError(f"'{checkpoint}' is a {meta.method} model file; visualize draws the windows "
-                        f"of SparseViT (Swin) models only")
+                        f"of SparseViT (Swin, Swin V2) models only")
     size = meta.resolve_img_size(img_size)
     cfg = read_sparsity_file(config) if config is not None else None
     check_file(image, "image")
