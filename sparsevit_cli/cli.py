@@ -20,64 +20,59 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "computation (SparseViT window pruning for Swin, PSViT for plain ViTs).")
 console = Console()
 
-DEFAULT_MODEL = "swin_tiny_patch4_window7_224"
-
 
 @app.callback()
-def _root() -> None:
+def _root(ctx: typer.Context,
+          verbose: bool = typer.Option(False, "--verbose", help="Show library warnings (timm, torch, ONNX).")) -> None:
     """Workflow: adapt -> search -> finetune -> export; measure, info, demo-data, visualize."""
-
-
-def _sparsity_from_options(sparsity: Optional[float], config: Optional[Path]):
-    from .io import read_sparsity_file
-    if (sparsity is None) == (config is None):
-        if config is None:
-            return 0.6  # built-in default: the paper's headline operating point
-        raise UserError("give either --sparsity or --config, not both")
-    if config is not None:
-        return read_sparsity_file(config)["sparsity"]
-    return sparsity
+    if verbose:  # `main` runs every command quiet; this lifts it until the command ends
+        from .errors import quiet_warnings
+        ctx.with_resource(quiet_warnings(verbose=True))
 
 
 @app.command()
 def measure(
-    model: str = typer.Option(DEFAULT_MODEL, help="timm model name (a Swin for SparseViT)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Local timm-format checkpoint (.pth/.safetensors)."),
-    img_size: int = typer.Option(672, help="Input resolution in pixels (square)."),
-    batch_size: int = typer.Option(1, min=1, help="Images per forward pass."),
+    model: Optional[str] = typer.Option(None, help="timm model name (a Swin for SparseViT); default: the "
+                                                  "one a --checkpoint model file holds, else Swin-T."),
+    checkpoint: Optional[Path] = typer.Option(None, help="sparsevit model file (.safetensors from adapt/finetune: "
+                                                         "it describes its model) or a plain timm checkpoint "
+                                                         "(.pth/.safetensors, with --model)."),
+    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (square); default: the model "
+                                                      "file's, else 672."),
+    batch_size: int = typer.Option(64, min=1, help="Batch of the throughput row (images/s); latency is batch 1."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 (CUDA only) or bf16."),
     sparsity: Optional[float] = typer.Option(None, help="Uniform window sparsity for every block, 0.0-0.8 "
-                                                        "in steps of 0.1 (default 0.6 when no --config)."),
+                                                        "in steps of 0.1 (default: the model file's config, "
+                                                        "else 0.6)."),
     config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml)."),
     repeats: int = typer.Option(10, min=1, help="Timed repeats; the median is reported."),
     warmup: int = typer.Option(3, min=0, help="Untimed warm-up runs."),
     cuda_graphs: bool = typer.Option(False, help="Capture each model in a CUDA graph (CUDA only)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile both models (checked exact against "
+                                                          "eager first); compiled dense vs compiled sparse."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
-    """Measure dense vs sparse latency on a device; speedup vs the MAC-ideal speedup (efficiency)."""
-    from .commands.measure import measure_dense_vs_sparse
-    from .methods import method_for_model
-    from .timm_models import create_timm_model, load_timm_checkpoint
+    """Measure dense vs sparse speed on a device: batch-1 latency and throughput, each against the MAC-ideal
+    speedup (efficiency)."""
+    from .commands.measure import measure_dense_vs_sparse, measured_models
 
-    cfg = _sparsity_from_options(sparsity, config)
-    dense = create_timm_model(model, img_size=img_size)
-    method = method_for_model(dense)
-    if checkpoint is not None:
-        load_timm_checkpoint(dense, checkpoint)
-    if isinstance(cfg, (int, float)):
-        cfg = method.uniform_config(dense, float(cfg))
-    result = measure_dense_vs_sparse(dense, method, cfg, model, img_size, batch_size, device, dtype,
-                                     warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
+    models = measured_models(model, checkpoint, img_size, sparsity, config)
+    r = measure_dense_vs_sparse(models, batch_size, device, dtype, warmup=warmup, repeats=repeats,
+                                cuda_graphs=cuda_graphs, compile=compile)
     if as_json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(r.to_dict()))
         return
-    table = Table(title=f"{model} @ {img_size}², batch {batch_size}, {result.device} {dtype}")
-    for col in ("model", "GMACs", "ms (median)", "speedup", "ideal (MACs)", "efficiency"):
+    how = "torch.compile" if r.compiled else "eager"
+    table = Table(title=f"{r.model} @ {r.img_size}², {r.device} {dtype}, {how} (median of {repeats}, interleaved)")
+    for col in ("model", "GMACs/img", "ideal (MACs)", "latency ms (batch 1)", "speedup", "efficiency",
+                f"images/s (batch {r.batch_size})", "speedup", "efficiency"):
         table.add_column(col, justify="right")
-    table.add_row("dense (timm)", f"{result.dense_gmacs:.2f}", f"{result.dense_ms:.1f}", "1.00x", "1.00x", "")
-    table.add_row(f"sparse {format_config(result.sparsity)}", f"{result.sparse_gmacs:.2f}", f"{result.sparse_ms:.1f}",
-                  f"{result.speedup:.2f}x", f"{result.ideal_speedup:.2f}x", f"{result.efficiency:.2f}")
+    table.add_row("dense (timm)", f"{r.dense_gmacs:.2f}", "1.00x", f"{r.dense_ms:.1f}", "1.00x", "",
+                  f"{r.dense_images_per_s:.1f}", "1.00x", "")
+    table.add_row(f"sparse {format_config(r.sparsity)}", f"{r.sparse_gmacs:.2f}", f"{r.ideal_speedup:.2f}x",
+                  f"{r.sparse_ms:.1f}", f"{r.speedup:.2f}x", f"{r.efficiency:.2f}", f"{r.sparse_images_per_s:.1f}",
+                  f"{r.throughput_speedup:.2f}x", f"{r.throughput_efficiency:.2f}")
     console.print(table)
 
 

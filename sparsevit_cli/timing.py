@@ -1,7 +1,9 @@
-"""The one timer: warm-up, synchronised timing, median of repeats, optional CUDA graphs.
+"""The one timer: warm-up, synchronised timing, median of repeats, optional CUDA graphs or torch.compile.
 
 Dense and sparse models are timed in one run, interleaved repeat by repeat, so that their ratio is not
-skewed by the machine's state drifting between two separate loops.
+skewed by the machine's state drifting between two separate loops. Speed is reported two ways: batch-1
+latency (what one request waits) and throughput in images/s at a realistic batch (`THROUGHPUT_BATCH`),
+where fixed per-call costs no longer hide the work saved.
 """
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ from typing import Any, Callable, Dict, List
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from .errors import UserError, first_line
+
+# Batch of the throughput numbers (measure, demo, report): large enough that per-call overheads (Python,
+# kernel launches) stop dominating the small demo models, small enough for CPU memory at demo sizes.
+THROUGHPUT_BATCH = 64
+
+# Largest relative error accepted between a compiled model and its eager self, by dtype: fp32 must be
+# exact up to reassociation (issue 13); half precision rounds differently in fused kernels.
+COMPILE_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -90,3 +100,47 @@ def time_models(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int = 3, 
                 _sync(device)
                 times[name].append((time.perf_counter() - t0) * 1000.0)
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def relative_error(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """Frobenius relative error of `out` against `ref`, in fp32."""
+    ref, out = ref.float(), out.float()
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def compile_model(model: nn.Module, x: torch.Tensor, backend: str = "inductor") -> nn.Module:
+    """`torch.compile(model)`, compiled on `x` and checked against eager before anyone times it.
+
+    A compiler that cannot run here (no C++ toolchain, unsupported platform) or a graph the compiler rejects
+    is one `UserError` line; so is a compiled model that is not exact against eager.
+    """
+    try:
+        compiled = torch.compile(model, backend=backend, dynamic=False)  # one graph per batch shape
+        with torch.inference_mode():  # compile under the same grad mode as `time_models`, or it recompiles
+            got = compiled(x)
+            want = model(x)
+    except UserError:
+        raise
+    except Exception as e:  # dynamo/inductor raise many types (BackendCompilerFailed, InvalidCxxCompiler, ...)
+        raise UserError(f"torch.compile failed on {type(model).__name__}: {first_line(e)} (run without --compile)")
+    err = relative_error(want, got)
+    tol = COMPILE_TOLERANCE.get(x.dtype, 1e-5)
+    if not err <= tol:
+        raise UserError(f"compiled {type(model).__name__} differs from eager: relative error {err:.1e} > {tol:.0e}")
+    return compiled
+
+
+def latency_and_throughput(models: Dict[str, nn.Module], make_input: Callable[[int], torch.Tensor],
+                           batch_size: int = THROUGHPUT_BATCH, warmup: int = 3, repeats: int = 10,
+                           cuda_graphs: bool = False, compile: bool = False,
+                           compile_backend: str = "inductor") -> Dict[str, Dict[str, float]]:
+    """Per model: batch-1 latency `ms` and `images_per_s` at `batch_size` (the batch-1 rate when it is 1).
+    Each batch size is one interleaved run over all models; `make_input(n)` returns n inputs on the models'
+    device. With `compile`, every model is compiled for each batch shape and checked against eager first."""
+    ms: Dict[int, Dict[str, float]] = {}
+    for n in sorted({1, batch_size}):
+        x = make_input(n)
+        runs = {name: compile_model(m, x, compile_backend) if compile else m for name, m in models.items()}
+        ms[n] = time_models(runs, x, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
+    return {name: {"ms": ms[1][name], "images_per_s": 1000.0 * batch_size / ms[batch_size][name]}
+            for name in models}

@@ -1,52 +1,163 @@
-"""`sparsevit measure`: dense vs sparse latency of one model on a device, with the MAC-ideal speedup."""
+"""`sparsevit measure`: dense vs sparse speed of one model on a device, with the MAC-ideal speedup.
+
+The model is either a toolkit model file (built as its metadata says: timm name and args, method and its
+options, task, image size, stored sparsity) or a timm model name with an optional plain timm checkpoint.
+The dense side is always timm's own model with the same weights, so the speedup includes every overhead
+of the sparse engine. Speed is batch-1 latency and throughput (images/s) at a larger batch, each against
+the MAC-ideal speedup (efficiency = measured speedup / ideal).
+"""
 from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from ..timing import resolve_device, resolve_dtype, time_models
+from ..errors import UserError
+from ..timing import THROUGHPUT_BATCH, latency_and_throughput, resolve_device, resolve_dtype
+
+DEFAULT_MODEL = "swin_tiny_patch4_window7_224"
+DEFAULT_IMG_SIZE = 672  # a timm name alone: the high resolution window pruning is for
+DEFAULT_SPARSITY = 0.6  # the paper's headline operating point
+
+
+@dataclass
+class MeasuredModels:
+    """What `measure` times: timm's dense model and its sparse twin (same weights) under `config`."""
+    dense: nn.Module
+    sparse: nn.Module
+    method: Any
+    config: list
+    name: str
+    img_size: int
 
 
 @dataclass
 class MeasureResult:
     model: str
     img_size: int
-    batch_size: int
+    batch_size: int            # the throughput batch; latency is always batch 1
     device: str
     dtype: str
+    compiled: bool
     sparsity: list
-    dense_gmacs: float
+    dense_gmacs: float         # per image
     sparse_gmacs: float
     ideal_speedup: float
-    dense_ms: float
+    dense_ms: float            # batch-1 latency
     sparse_ms: float
     speedup: float
     efficiency: float
+    dense_images_per_s: float  # throughput at batch_size
+    sparse_images_per_s: float
+    throughput_speedup: float
+    throughput_efficiency: float
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def measure_dense_vs_sparse(dense: nn.Module, method, config, model_name: str, img_size: int, batch_size: int = 1,
-                            device: str = "cpu", dtype: str = "fp32", warmup: int = 3, repeats: int = 10,
-                            cuda_graphs: bool = False) -> MeasureResult:
-    """Time the dense timm model against its sparse twin (same weights) under `config`."""
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    dense = dense.eval().to(dev, dt)
+def measured_models(model: Optional[str], checkpoint: Optional[Path], img_size: Optional[int],
+                    sparsity: Optional[float], config_path: Optional[Path]) -> MeasuredModels:
+    """Build what `measure` times from the command's options. A toolkit model file describes itself;
+    `--model` must then name the model it holds and `--img-size` rebuilds it at another resolution."""
+    from ..io import read_sparsity_file
+    from ..model_file import read_meta
+
+    if sparsity is not None and config_path is not None:
+        raise UserError("give either --sparsity or --config, not both")
+    config_file = read_sparsity_file(config_path) if config_path is not None else None
+    meta = read_meta(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
+    if meta is not None:
+        return _from_model_file(Path(checkpoint), meta, model, img_size, sparsity, config_file)
+    return _from_timm(model or DEFAULT_MODEL, checkpoint, DEFAULT_IMG_SIZE if img_size is None else img_size,
+                      config_file["sparsity"] if config_file else sparsity)
+
+
+def _from_timm(name: str, checkpoint: Optional[Path], img_size: int, config) -> MeasuredModels:
+    from ..methods import method_for_model
+    from ..timm_models import create_timm_model, load_timm_checkpoint
+
+    dense = create_timm_model(name, img_size=img_size)
+    method = method_for_model(dense)
+    if checkpoint is not None:
+        load_timm_checkpoint(dense, checkpoint)
+    if config is None or isinstance(config, (int, float)):
+        config = method.uniform_config(dense, DEFAULT_SPARSITY if config is None else float(config))
     sparse = method.wrap(copy.deepcopy(dense))
     config = method.validate(sparse, config)
     method.apply(sparse, config)
-    dense_macs = method.macs(sparse, method.dense_config(sparse), img_size, batch_size)
-    sparse_macs = method.macs(sparse, config, img_size, batch_size)
-    x = torch.randn(batch_size, 3, img_size, img_size, device=dev, dtype=dt)
-    ms = time_models({"dense": dense, "sparse": sparse}, x, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
+    return MeasuredModels(dense, sparse, method, config, name, img_size)
+
+
+def _from_model_file(path: Path, meta, model: Optional[str], img_size: Optional[int], sparsity: Optional[float],
+                     config_file: Optional[Dict[str, Any]]) -> MeasuredModels:
+    from ..model_file import load_model_file
+    from ..tasks import backbone_of
+
+    if model is not None and model != meta.model:
+        raise UserError(f"--model {model} conflicts with '{path}', which holds {meta.model}; leave --model out")
+    sparse, method, meta = load_model_file(path, config_file)
+    config = meta.sparsity
+    if sparsity is not None:
+        backbone = backbone_of(sparse)
+        config = method.validate(backbone, method.uniform_config(backbone, float(sparsity)))
+    size = meta.image_size if img_size is None else img_size
+    state = sparse.state_dict()
+    if size != meta.image_size:  # same weights, rebuilt at the requested resolution (windows keep their size)
+        sparse = _build(meta, size, state, method, wrap=True)
+    dense = _build(meta, size, state, method, wrap=False)
+    method.apply(backbone_of(sparse), config)
+    return MeasuredModels(dense, sparse, method, config, meta.model, size)
+
+
+def _build(meta, img_size: int, state: Dict[str, torch.Tensor], method, wrap: bool) -> nn.Module:
+    """The task model `meta` describes, at `img_size`, holding `state`: timm's own (dense) or wrapped."""
+    from ..tasks import build_task_model
+    from ..timm_models import create_timm_model, state_dict_problem
+
+    backbone = create_timm_model(meta.model, **{**meta.model_args, "img_size": img_size})
+    if wrap:
+        backbone = method.wrap(backbone, **meta.method_options)
+    model = build_task_model(backbone, meta.task, meta.num_classes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"the model file's weights do not fit {meta.model} at {img_size} px: "
+                        f"{state_dict_problem(e)}")
+    return model
+
+
+def measure_dense_vs_sparse(models: MeasuredModels, batch_size: int = THROUGHPUT_BATCH, device: str = "cpu",
+                            dtype: str = "fp32", warmup: int = 3, repeats: int = 10, cuda_graphs: bool = False,
+                            compile: bool = False) -> MeasureResult:
+    """Time timm's dense model against its sparse twin: batch-1 latency and throughput at `batch_size`,
+    interleaved in one run; with `compile`, both are compiled (and checked exact against eager) first."""
+    from ..tasks import backbone_of
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    dense = models.dense.eval().to(dev, dt)
+    sparse = models.sparse.eval().to(dev, dt)
+    method, config, size = models.method, models.config, models.img_size
+    backbone = backbone_of(sparse)
+    dense_macs = method.macs(backbone, method.dense_config(backbone), size)
+    sparse_macs = method.macs(backbone, config, size)
+    gen = torch.Generator().manual_seed(0)
+    speed = latency_and_throughput(
+        {"dense": dense, "sparse": sparse},
+        lambda n: torch.randn(n, 3, size, size, generator=gen).to(dev, dt),
+        batch_size=batch_size, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs, compile=compile)
     ideal = dense_macs / sparse_macs
-    speedup = ms["dense"] / ms["sparse"]
-    return MeasureResult(model=model_name, img_size=img_size, batch_size=batch_size, device=str(dev), dtype=dtype,
-                         sparsity=config, dense_gmacs=dense_macs / 1e9, sparse_gmacs=sparse_macs / 1e9,
-                         ideal_speedup=ideal, dense_ms=ms["dense"], sparse_ms=ms["sparse"], speedup=speedup,
-                         efficiency=speedup / ideal)
+    speedup = speed["dense"]["ms"] / speed["sparse"]["ms"]
+    throughput = speed["sparse"]["images_per_s"] / speed["dense"]["images_per_s"]
+    return MeasureResult(model=models.name, img_size=size, batch_size=batch_size, device=str(dev), dtype=dtype,
+                         compiled=compile, sparsity=config, dense_gmacs=dense_macs / 1e9,
+                         sparse_gmacs=sparse_macs / 1e9, ideal_speedup=ideal, dense_ms=speed["dense"]["ms"],
+                         sparse_ms=speed["sparse"]["ms"], speedup=speedup, efficiency=speedup / ideal,
+                         dense_images_per_s=speed["dense"]["images_per_s"],
+                         sparse_images_per_s=speed["sparse"]["images_per_s"], throughput_speedup=throughput,
+                         throughput_efficiency=throughput / ideal)
