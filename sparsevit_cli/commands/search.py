@@ -102,16 +102,17 @@ class LatencyCost:
                 probes = [space.decode(space.extreme(end)) for end in ("dense", "sparsest")]
                 self.table = read_latency_table(p, method, img_size, batch_size, probes)
             else:
-                if dist.is_main():
+                def announce() -> None:
                     try:  # a place the table cannot go is found before the (slow) timing, not after it
                         p.parent.mkdir(parents=True, exist_ok=True)
                     except OSError as e:
                         raise UserError(f"cannot write latency table '{p}': {e.strerror or e}") from None
                     console.print(f"building latency table on {device} (once) -> {p}")
+                # rank 0 writes; main_only raises its errors on every rank, so none waits for a rank that left
+                dist.main_only(announce)
                 # every rank times (keeping ranks in step); rank 0's table is the one all ranks use
                 self.table = dist.broadcast_object(calibrated_table(method, model, self.backbone, self.x, space))
-                if dist.is_main():
-                    write_output(p, json.dumps(self.table, indent=1), "latency_table")
+                dist.main_only(lambda: write_output(p, json.dumps(self.table, indent=1), "latency_table"))
 
     def measure(self, config) -> float:
         key = json.dumps(config)
