@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError, first_line
+from .io import read_user_text
 from .timing import time_models
 
 
@@ -61,16 +62,10 @@ def read_latency_table(path: str | os.PathLike, method, img_size: int, batch_siz
     """A saved table, checked before a search relies on it: every way of not being this model's table (a
     directory, unreadable, not JSON, another method, image size or batch, parts that `probe_configs` need
     but it lacks) is one UserError line naming the file."""
-    p = Path(path)
-    what = f"latency table '{p}'"
-    if p.is_dir():
-        raise UserError(f"{what} is a directory, not a JSON file")
+    text = read_user_text(path, "latency table")  # a directory, unreadable, binary: one line naming it
+    what = f"latency table '{Path(path)}'"
     try:
-        table = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{what} is not a JSON latency table (binary content)") from None
-    except OSError as e:
-        raise UserError(f"{what} cannot be read: {e.strerror or e}") from None
+        table = json.loads(text)
     except ValueError as e:
         raise UserError(f"{what} is not a JSON latency table: {first_line(e)}") from None
     if not isinstance(table, dict):

@@ -216,7 +216,7 @@ def _latency_table_garbage(tmp_path):
 
 
 @pytest.mark.parametrize("name,needle", [
-    ("folder.json", "is a directory"), ("binary.json", "is not a JSON latency table"),
+    ("folder.json", "is a directory"), ("binary.json", "is not UTF-8 text"),
     ("text.json", "is not a JSON latency table"), ("list.json", "a list, not a mapping"),
     ("other_size.json", "was built for img_size 224"), ("other_method.json", "was built for method psvit"),
     ("no_parts.json", "does not fit this model"), ("nan_parts.json", "predicts nan ms"),
