@@ -196,11 +196,14 @@ def demo(
                                                     "(longer training), gpu, psvit or psvit-quick (PSViT on a DeiT)."),
     device: str = typer.Option("cpu", help="cpu or cuda (with cuda the 'gpu' preset is the default)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    compile: bool = typer.Option(False, "--compile", help="Time the final comparison under torch.compile "
+                                                          "(checked exact against eager first)."),
 ):
-    """The whole workflow on built-in data: train, adapt, search (50% MACs), finetune, export, compare."""
+    """The whole workflow on built-in data: train, adapt, search (50% MACs), finetune, export, compare
+    (batch-1 latency and throughput)."""
     from .commands.demo import run_demo
     name = preset or ("quick" if quick else "gpu" if device.startswith("cuda") else "default")
-    run_demo(out, preset=name, device=device, progress=progress, console=console)
+    run_demo(out, preset=name, device=device, progress=progress, console=console, compile=compile)
 
 
 @app.command()

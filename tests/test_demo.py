@@ -20,12 +20,16 @@ def test_quick_demo_table_is_sane(demo_run):
     dense, sparse = summary["rows"]
     assert dense["model"] == "dense" and sparse["model"] == "SparseViT"
     for row in (dense, sparse):
-        assert 0.0 <= row["top1"] <= 100.0 and row["ms"] > 0 and row["gmacs"] > 0
+        assert 0.0 <= row["top1"] <= 100.0 and row["ms"] > 0 and row["gmacs"] > 0 and row["images_per_s"] > 0
     # the searched config respects the 50% MAC budget, and its MACs are what best.yaml says
     assert sparse["gmacs"] <= 0.5 * dense["gmacs"] + 1e-9
     best = yaml.safe_load((demo_run / "search" / "best.yaml").read_text())
     assert best["gmacs"] == pytest.approx(sparse["gmacs"]) and best["sparsity"] == summary["sparsity"]
     assert dense["speedup"] == 1.0 and sparse["speedup"] == pytest.approx(dense["ms"] / sparse["ms"])
+    # throughput at the realistic batch, beside the MAC-ideal speedup
+    assert summary["throughput_batch"] == 64 and summary["compiled"] is False
+    assert sparse["throughput_speedup"] == pytest.approx(sparse["images_per_s"] / dense["images_per_s"])
+    assert sparse["ideal_speedup"] == pytest.approx(dense["gmacs"] / sparse["gmacs"]) and sparse["ideal_speedup"] >= 2
     assert summary["export_rel_error"] < 1e-4
     for stage in ("dense", "adapt", "finetune"):
         assert (demo_run / stage / "model.safetensors").is_file()
@@ -72,22 +76,27 @@ def test_report_on_the_quick_demo(demo_run):
     report = json.loads((out / "report.json").read_text())
     points = report["points"]
     families = {pt["family"] for pt in points}
-    assert {"dense", "un-adapted", "downscaled", "uniform", "searched", "random", "searched+finetuned",
-            "raw-L2 score"} <= families
-    # the ablation runs the same weights and configs as the uniform points, ranked by the paper's raw L2
-    raw = {pt["label"].split(",")[0]: pt for pt in points if pt["family"] == "raw-L2 score"}
+    from sparsevit_cli.swin.patch import DEFAULT_WINDOW_SCORE, WINDOW_SCORES
+    others = [name for name in WINDOW_SCORES if name != DEFAULT_WINDOW_SCORE]
+    assert others and {"dense", "un-adapted", "downscaled", "uniform", "searched", "random", "searched+finetuned"} \
+        | {f"score {name}" for name in others} == families
+    # each ablation runs the same weights and configs as the uniform points, ranked by another window score
     uniform = {pt["label"]: pt for pt in points if pt["family"] == "uniform"}
-    assert set(raw) == {"uniform 30%", "uniform 50%", "uniform 70%"}
-    assert all(raw[k]["gmacs"] == uniform[k]["gmacs"] and raw[k]["config"] == uniform[k]["config"] for k in raw)
+    for name in others:
+        ablation = {pt["label"].split(",")[0]: pt for pt in points if pt["family"] == f"score {name}"}
+        assert set(ablation) == {"uniform 30%", "uniform 50%", "uniform 70%"}
+        assert all(ablation[k]["gmacs"] == uniform[k]["gmacs"] and ablation[k]["config"] == uniform[k]["config"]
+                   for k in ablation)
     dense = next(pt for pt in points if pt["family"] == "dense")
     for pt in points:
-        assert 0.0 <= pt["top1"] <= 100.0 and pt["ms"] > 0 and pt["gmacs"] > 0
+        assert 0.0 <= pt["top1"] <= 100.0 and pt["ms"] > 0 and pt["gmacs"] > 0 and pt["images_per_s"] > 0
     searched = next(pt for pt in points if pt["family"] == "searched")
     assert searched["gmacs"] <= 0.5 * dense["gmacs"] + 1e-9
     down = next(pt for pt in points if pt["family"] == "downscaled")
     assert down["label"] == "dense @ 32 px" and down["gmacs"] < dense["gmacs"]
     assert [c["claim"] for c in report["claims"]][-1].startswith("at 50% of dense MACs")
-    assert "| dense | dense |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| dense | dense |" in md and "images/s (batch 64)" in md
     for png in ("acc_vs_gmacs.png", "acc_vs_latency.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert exit_code(["report", "--out", str(demo_run), "--budgets", "1.5"]) == 2

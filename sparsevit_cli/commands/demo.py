@@ -2,7 +2,9 @@
 
 demo data -> dense training of a small Swin -> sparsity-aware adaptation -> evolutionary search under a
 MAC budget -> finetuning of the best config -> ONNX export (verified) -> one table: dense vs SparseViT
-accuracy, GMACs, measured latency and speedup.
+accuracy, GMACs and the MAC-ideal speedup, measured batch-1 latency and throughput (images/s at batch
+`THROUGHPUT_BATCH`, where the small demo model's fixed per-call costs no longer hide the saved work), each
+with its speedup over dense.
 
 Every stage writes its result under `out/<stage>/` and is skipped when that result exists, and the
 training stages resume from their last checkpoint, so an interrupted demo continues where it stopped
@@ -35,11 +37,14 @@ class DemoResult:
     sparsity: Any = None
     export_rel_error: float = float("nan")
     out: str = ""
+    throughput_batch: int = 1
+    compiled: bool = False
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", device: str = "cpu",
-             progress: bool = True, console: Optional[Console] = None) -> DemoResult:
-    """Run (or continue) the demo in `out`; returns the final comparison."""
+             progress: bool = True, console: Optional[Console] = None, compile: bool = False) -> DemoResult:
+    """Run (or continue) the demo in `out`; returns the final comparison (timed under torch.compile, both
+    models checked exact against eager first, with `compile`)."""
     from ..io import read_sparsity_file
     from ..data.demo import write_demo_data
 
@@ -67,7 +72,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
                                 lr=p.lr / 4, sparsity=read_sparsity_file(best)["sparsity"]), progress, console))
     onnx = stage("export to ONNX", out / "export" / "sparsevit.onnx", lambda: _export(final, out / "export"))
 
-    result = _compare(p, dense, final, data, device)
+    result = _compare(p, dense, final, data, device, compile)
     result.sparsity = read_sparsity_file(best)["sparsity"]
     result.export_rel_error = json.loads((onnx.parent / "export.json").read_text())["max_rel_error"]
     result.out = str(out)
@@ -101,11 +106,12 @@ def _export(model_file: Path, out: Path) -> None:
     atomic_write_text(out / "export.json", json.dumps(report, indent=1))
 
 
-def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, device: str) -> DemoResult:
-    """Accuracy on the val images the search did not score, analytic GMACs and measured latency
-    (interleaved, same run)."""
+def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, device: str,
+             compile: bool = False) -> DemoResult:
+    """Accuracy on the val images the search did not score, analytic GMACs, measured batch-1 latency and
+    throughput (each interleaved, same run)."""
     from ..model_file import load
-    from ..timing import resolve_device, time_models
+    from ..timing import THROUGHPUT_BATCH, latency_and_throughput, resolve_device
 
     dev = resolve_device(device)
     val = val_split(data, p.img_size)
@@ -116,23 +122,28 @@ def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, dev
     for name, model in models.items():  # each model keeps running its own stored config afterwards
         top1, gmacs = score(model, None, val, p.img_size, dev, held_out)
         rows.append({"model": name, "top1": top1, "gmacs": gmacs})
-    x = torch.randn(1, 3, p.img_size, p.img_size, device=dev)
-    ms = time_models(models, x, warmup=3, repeats=p.timing_repeats)
+    speed = latency_and_throughput(models, lambda n: torch.randn(n, 3, p.img_size, p.img_size, device=dev),
+                                   batch_size=THROUGHPUT_BATCH, warmup=3, repeats=p.timing_repeats, compile=compile)
     for row in rows:
-        row["ms"] = ms[row["model"]]
-        row["speedup"] = ms["dense"] / row["ms"]
-    return DemoResult(rows=rows)
+        row.update(speed[row["model"]])
+        row["ideal_speedup"] = rows[0]["gmacs"] / row["gmacs"]
+        row["speedup"] = speed["dense"]["ms"] / row["ms"]
+        row["throughput_speedup"] = row["images_per_s"] / speed["dense"]["images_per_s"]
+    return DemoResult(rows=rows, throughput_batch=THROUGHPUT_BATCH, compiled=compile)
 
 
 def summary_table(result: DemoResult) -> Table:
-    table = Table(title=f"{result.rows[1]['model']} demo ({result.out}): dense vs searched sparse, batch 1 "
+    how = ", torch.compile" if result.compiled else ""
+    table = Table(title=f"{result.rows[1]['model']} demo ({result.out}): dense vs searched sparse{how} "
                         f"(top-1 on val images the search never scored)")
-    for col in ("model", "top-1 %", "GMACs", "of dense", "latency ms", "speedup"):
+    for col in ("model", "top-1 %", "GMACs", "of dense", "ideal (MACs)", "latency ms (batch 1)", "speedup",
+                f"images/s (batch {result.throughput_batch})", "speedup"):
         table.add_column(col, justify="right")
     dense_macs = result.rows[0]["gmacs"]
     for r in result.rows:
         table.add_row(r["model"], f"{r['top1']:.1f}", f"{r['gmacs']:.3f}", f"{r['gmacs'] / dense_macs:.0%}",
-                      f"{r['ms']:.1f}", f"{r['speedup']:.2f}x")
+                      f"{r['ideal_speedup']:.2f}x", f"{r['ms']:.1f}", f"{r['speedup']:.2f}x",
+                      f"{r['images_per_s']:.0f}", f"{r['throughput_speedup']:.2f}x")
     table.caption = (f"searched config {result.sparsity}; ONNX export max relative error "
                      f"{result.export_rel_error:.1e}")
     return table

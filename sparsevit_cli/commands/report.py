@@ -9,12 +9,14 @@ On top of a finished `sparsevit demo` run (started here if missing), at matched 
 
 plus the adaptation table of issue 3 (the un-adapted dense model under uniform 50% sparsity vs the
 adapted one). Searches score configs on a fixed random half of the validation split; every accuracy
-reported here is top-1 on the other half, which no search saw (no selection bias); GMACs are analytic; latency is measured
-on the device, batch 1, all points timed in one run. Writes `report.md`, `report.json`,
+reported here is top-1 on the other half, which no search saw (no selection bias); GMACs are analytic; latency (batch 1)
+and throughput (images/s at batch `THROUGHPUT_BATCH`) are measured on the device, all points timed in one run.
+An ablation ranks windows of the same weights by every other registered window score. Writes `report.md`, `report.json`,
 `acc_vs_gmacs.png` and `acc_vs_latency.png` (atomically) and prints the table.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -35,11 +37,12 @@ UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 @dataclass
 class Point:
-    family: str     # dense | un-adapted | downscaled | uniform | searched | random | searched+finetuned | raw-L2 score
+    family: str     # dense | un-adapted | downscaled | uniform | searched | random | searched+finetuned | score <name>
     label: str
     top1: float
     gmacs: float
-    ms: float = float("nan")
+    ms: float = float("nan")            # batch-1 latency
+    images_per_s: float = float("nan")  # throughput at THROUGHPUT_BATCH
     config: Any = None
 
 
@@ -47,7 +50,7 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
                budgets: Sequence[float] = (0.3, 0.5, 0.7), scales: Sequence[float] = (0.5, 0.75),
                progress: bool = True, console: Optional[Console] = None) -> Dict[str, Any]:
     from ..model_file import load
-    from ..timing import resolve_device
+    from ..timing import THROUGHPUT_BATCH, resolve_device
 
     console = console or Console()
     demo_dir = Path(demo_dir)
@@ -109,23 +112,26 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
             add("random", f"best of {best['n']} random {b:.0%}", adapted, best["config"])
     add("searched+finetuned", "searched 50% + finetune (demo)", final, final.sparsevit_meta["sparsity"])
 
-    # ablation: the same adapted weights ranking windows by the paper's raw L2 magnitude (SparseViT only)
+    # ablation: the same adapted weights ranking windows by each other registered window score (SparseViT)
     method, backbone = method_and_backbone(adapted)
-    if method.options(backbone).get("window_score", "l2") != "l2":
-        raw = load(demo_dir / "adapt" / "model.safetensors").to(dev)
-        method.wrap(method_and_backbone(raw)[1], window_score="l2")
-        for s in (0.3, 0.5, 0.7):
-            add("raw-L2 score", f"uniform {s:.0%}, raw L2 score", raw, _uniform(raw, s))
+    own_score = method.options(backbone).get("window_score")
+    if own_score is not None:
+        from ..swin.patch import WINDOW_SCORES
+        for name in (n for n in WINDOW_SCORES if n != own_score):
+            other = load(demo_dir / "adapt" / "model.safetensors").to(dev)
+            method.wrap(method_and_backbone(other)[1], window_score=name)
+            for s in (0.3, 0.5, 0.7):
+                add(f"score {name}", f"uniform {s:.0%}, score {name}", other, _uniform(other, s))
 
     _time_all(points, timed, dev, p.timing_repeats)
-    report = {"preset": preset, "img_size": p.img_size, "device": str(dev),
+    report = {"preset": preset, "img_size": p.img_size, "device": str(dev), "throughput_batch": THROUGHPUT_BATCH,
               "points": [vars(pt) for pt in points], "claims": _claims(points)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.json", json.dumps(report, indent=1))
     _plot(points, "gmacs", "GMACs (analytic, batch 1)", out / "acc_vs_gmacs.png")
     _plot(points, "ms", f"latency ms ({dev}, batch 1)", out / "acc_vs_latency.png")
     atomic_write_text(out / "report.md", _markdown(report, points))
-    console.print(_table(points))
+    console.print(_table(points, THROUGHPUT_BATCH))
     for claim in report["claims"]:
         console.print(f"{'[green]holds[/]' if claim['holds'] else '[red]fails[/]'}  {claim['claim']}: {claim['detail']}")
     console.print(f"report -> {out / 'report.md'}")
@@ -184,8 +190,8 @@ def _finetune_at(p, demo_dir: Path, folder: Path, size: int, device: str, progre
 
 
 def _time_all(points: List[Point], timed: Dict[str, tuple], dev, repeats: int) -> None:
-    """Latency of every point in one interleaved run (same process, same load)."""
-    from ..timing import time_models
+    """Batch-1 latency and throughput of every point, each in one interleaved run per input size."""
+    from ..timing import latency_and_throughput
 
     class Configured(torch.nn.Module):
         def __init__(self, model, config):
@@ -201,11 +207,12 @@ def _time_all(points: List[Point], timed: Dict[str, tuple], dev, repeats: int) -
     for label, (model, config, size) in timed.items():
         config = config if config is not None else model.sparsevit_meta["sparsity"]
         by_size.setdefault(size, {})[label] = Configured(model, config)
-    ms: Dict[str, float] = {}
+    speed: Dict[str, Dict[str, float]] = {}
     for size, models in by_size.items():
-        ms.update(time_models(models, torch.randn(1, 3, size, size, device=dev), warmup=2, repeats=repeats))
+        speed.update(latency_and_throughput(models, lambda n: torch.randn(n, 3, size, size, device=dev),
+                                            warmup=2, repeats=repeats))
     for pt in points:
-        pt.ms = ms[pt.label]
+        pt.ms, pt.images_per_s = speed[pt.label]["ms"], speed[pt.label]["images_per_s"]
 
 
 def _best_at(points: List[Point], family: str, max_gmacs: float) -> Optional[Point]:
@@ -239,25 +246,32 @@ def _claims(points: List[Point]) -> List[Dict[str, Any]]:
     return claims
 
 
-def _table(points: List[Point]) -> Table:
-    dense = points[0]
-    table = Table(title="accuracy vs cost on the demo data (val split, batch-1 latency)")
-    for col in ("family", "point", "top-1 %", "GMACs", "of dense", "ms", "speedup"):
+def _columns(batch: int) -> List[str]:
+    return ["family", "point", "top-1 %", "GMACs", "of dense", "ideal (MACs)", "latency ms (batch 1)", "speedup",
+            f"images/s (batch {batch})", "speedup"]
+
+
+def _cells(pt: Point, dense: Point) -> List[str]:
+    """One point's row: cost, then latency and throughput, each with its speedup over dense."""
+    return [pt.family, pt.label, f"{pt.top1:.1f}", f"{pt.gmacs:.3f}", f"{pt.gmacs / dense.gmacs:.0%}",
+            f"{dense.gmacs / pt.gmacs:.2f}x", f"{pt.ms:.1f}", f"{dense.ms / pt.ms:.2f}x", f"{pt.images_per_s:.0f}",
+            f"{pt.images_per_s / dense.images_per_s:.2f}x"]
+
+
+def _table(points: List[Point], batch: int) -> Table:
+    table = Table(title="accuracy vs cost on the demo data (val split)")
+    for col in _columns(batch):
         table.add_column(col, justify="right")
     for pt in points:
-        table.add_row(pt.family, pt.label, f"{pt.top1:.1f}", f"{pt.gmacs:.3f}", f"{pt.gmacs / dense.gmacs:.0%}",
-                      f"{pt.ms:.1f}", f"{dense.ms / pt.ms:.2f}x")
+        table.add_row(*_cells(pt, points[0]))
     return table
 
 
 def _markdown(report: Dict[str, Any], points: List[Point]) -> str:
-    dense = points[0]
+    columns = _columns(report["throughput_batch"])
     lines = [f"# SparseViT reproduction on the demo data ({report['preset']} preset, {report['img_size']} px, "
-             f"{report['device']})", "",
-             "| family | point | top-1 % | GMACs | of dense | latency ms | speedup |", "|---|---|---|---|---|---|---|"]
-    for pt in points:
-        lines.append(f"| {pt.family} | {pt.label} | {pt.top1:.1f} | {pt.gmacs:.3f} | {pt.gmacs / dense.gmacs:.0%} | "
-                     f"{pt.ms:.1f} | {dense.ms / pt.ms:.2f}x |")
+             f"{report['device']})", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cells(pt, points[0])) + " |" for pt in points]
     lines += ["", "## Claims at matched MACs", ""]
     lines += [f"- **{'holds' if c['holds'] else 'fails'}**: {c['claim']} ({c['detail']})" for c in report["claims"]]
     lines += ["", "![accuracy vs GMACs](acc_vs_gmacs.png)", "", "![accuracy vs latency](acc_vs_latency.png)", ""]
@@ -271,7 +285,10 @@ def _plot(points: List[Point], x: str, xlabel: str, path: Path) -> None:
 
     styles = {"dense": ("*", "black"), "un-adapted": ("x", "grey"), "downscaled": ("s-", "tab:red"),
               "uniform": ("o-", "tab:blue"), "searched": ("D-", "tab:green"), "random": ("v", "tab:purple"),
-              "searched+finetuned": ("P", "tab:olive"), "raw-L2 score": ("o:", "tab:cyan")}
+              "searched+finetuned": ("P", "tab:olive")}
+    ablations = sorted({pt.family for pt in points} - set(styles))  # window-score ablations: one dotted line each
+    styles.update({family: ("o:", colour) for family, colour in zip(ablations, itertools.cycle(
+        ("tab:cyan", "tab:orange", "tab:pink", "tab:brown", "tab:gray")))})
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for family, (marker, colour) in styles.items():
         pts = sorted((pt for pt in points if pt.family == family), key=lambda pt: getattr(pt, x))
