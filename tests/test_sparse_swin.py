@@ -8,7 +8,7 @@ import torch
 
 import sparsevit_cli as sv
 from sparsevit_cli.errors import UserError
-from sparsevit_cli.swin.patch import build_grid, kept_windows, sparse_block_
+from sparsevit_cli.swin.patch import SparseSwinStage, build_grid, kept_windows, sparse_block_
 from timm.models.swin_transformer import SwinTransformer
 
 
@@ -118,21 +118,21 @@ def test_one_pruned_block_matches_dense_on_kept_windows(block_idx, img_size):
 
 
 def _window_ids_by_block(sparse, x):
-    """{id(block): the (B, k) window ids it ran on (None = all)} for one forward of x."""
-    import sparsevit_cli.swin.patch as mod
+    """{id(block): the (B, k) window ids it ran on (None = all)} for one forward of x, for the blocks that
+    run on the stage buffer (those from a stage's first pruned block on; earlier ones are timm's blocks)."""
     seen = {}
-    orig = mod.sparse_block_
+    orig = SparseSwinStage.sparse_block
 
     def spy(block, buf, grid, ids):
         seen.setdefault(id(block), ids)
         return orig(block, buf, grid, ids)
 
-    mod.sparse_block_ = spy
+    SparseSwinStage.sparse_block = staticmethod(spy)
     try:
         with torch.no_grad():
             sparse(x)
     finally:
-        mod.sparse_block_ = orig
+        SparseSwinStage.sparse_block = staticmethod(orig)
     return seen
 
 

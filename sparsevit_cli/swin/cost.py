@@ -1,10 +1,11 @@
 """Exact analytic MACs of a window-sparse Swin forward pass.
 
 Counts the multiply-accumulates of every matrix product the model executes for a config: patch-embed
-convolution, patch-merging reductions, window scoring (one dot product per token, only in stages that
-prune), and per block, for its kept windows only: QKV, Q·K^T, attention·V, output projection and MLP;
-then the classifier. Normalisations, softmax, activations and additions are elementwise and not counted
-(the same convention as fvcore's matmul/conv counters; tests check the two agree).
+convolution, patch-merging reductions, window scoring (C per token, only in stages that prune: a dot
+product for the L2 scores, a sum of |x| for mean-abs), and per block, for its kept windows only: QKV,
+Q·K^T, attention·V, output projection and MLP (a block that keeps every window is timm's block, whose MLP
+skips padding tokens); then the classifier, if the model has one (a ``features_only`` backbone has none). Normalisations, softmax, activations and additions are elementwise
+and not counted (the same convention as fvcore's matmul/conv counters; tests check the two agree).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import List
 import torch.nn as nn
 
 from ..layers import MacBreakdown
-from .patch import SparseSwinTransformer, kept_windows
+from .patch import SparseSwinTransformer, kept_windows, swin_stages
 
 
 def swin_macs(model: SparseSwinTransformer, config: List[List[float]], img_size, batch_size: int = 1,
@@ -28,7 +29,7 @@ def swin_macs(model: SparseSwinTransformer, config: List[List[float]], img_size,
     H, W = img_size[0] // pe.stride[0], img_size[1] // pe.stride[1]
     macs.add("patch_embed", H * W * pe.in_channels * kh * kw * pe.out_channels)
 
-    for s, stage in enumerate(model.layers):
+    for s, stage in enumerate(swin_stages(model)):
         merge = getattr(stage.downsample, "reduction", None)
         if merge is not None:
             H, W = (H + 1) // 2, (W + 1) // 2
@@ -43,16 +44,18 @@ def swin_macs(model: SparseSwinTransformer, config: List[List[float]], img_size,
             attn = block.attn
             C = attn.qkv.in_features
             A = attn.proj.in_features  # heads * head_dim
-            tokens = k * N
+            tokens = k * N  # padding tokens of the kept windows included
             macs.add("qkv", tokens * C * attn.qkv.out_features)
             macs.add("attention", 2 * k * N * N * A)  # Q·K^T and attn·V over all heads
             macs.add("proj", tokens * A * C)
-            macs.add("mlp", tokens * (block.mlp.fc1.in_features * block.mlp.fc1.out_features
-                                      + block.mlp.fc2.in_features * block.mlp.fc2.out_features))
+            # before a stage's first pruned block the engine runs timm's block, whose MLP skips the padding
+            mlp_tokens = tokens if pruning else H * W
+            macs.add("mlp", mlp_tokens * (block.mlp.fc1.in_features * block.mlp.fc1.out_features
+                                          + block.mlp.fc2.in_features * block.mlp.fc2.out_features))
         if pruning:
             macs.add("scoring", H * W * stage.blocks[0].attn.qkv.in_features)
 
-    fc = getattr(model.head, "fc", None)
+    fc = getattr(getattr(model, "head", None), "fc", None)
     if isinstance(fc, nn.Linear):
         macs.add("head", fc.in_features * fc.out_features)
     macs.total *= batch_size

@@ -1,41 +1,60 @@
 """Window-sparse execution of timm's SwinTransformer (SparseViT, arXiv 2303.17605).
 
-`sparsify(model)` patches a timm `SwinTransformer` in place (ToMe-style class swap: same object, same
-parameters, same state-dict keys) so that every Swin block can run on a subset of its windows:
+`sparsify(model)` patches a timm `SwinTransformer`, or a timm ``features_only=True`` Swin backbone (the
+`FeatureListNet` whose children are ``patch_embed, layers_0, layers_1, ...``), in place (ToMe-style class
+swap: same object, same parameters, same state-dict keys). The engine works per stage: every timm
+`SwinTransformerStage` becomes a `SparseSwinStage` holding its block-pair ratios and the window score, and
+the model (`SparseSwinTransformer`) only configures its stages, so a sparse features backbone under the
+user's own detector runs exactly what the whole sparse classifier runs.
 
-* Once per stage, after patch merging, every token's energy is computed by the model's window score
-  (`WINDOW_SCORES`). A window's score is the sum of its tokens' energies (its squared L2 magnitude).
-  Because the score is built from token energies, the same numbers rank the windows of the plain *and*
-  of the shifted grid, and no block re-scores: every block of a stage uses one consistent order.
-  Two scores are built in: ``l2`` (the paper: ``||x||^2``) and ``l2-centered`` (the default:
-  ``||x - mean(x)||^2``, the magnitude of a token's deviation from the image's mean token).
-  Why centre: Swin features carry a large component shared by every token (LayerNorm biases, the
-  patch-merging projection of them). With it, ``||x||^2 = ||m||^2 + 2<m, x - m> + ||x - m||^2`` is
-  dominated by the cross term, which rewards tokens that look like the image's *average*, i.e. like the
-  background that covers most of a high-resolution image. Measured on the demo data (trained demo
-  model, uniform 50%): raw L2 keeps 63% top-1, centred L2 80%, an oracle that keeps the digit's
-  windows 82% (dense 82%). ``window_score="l2"`` reproduces the paper's criterion exactly.
-* A block with sparsity ``s`` keeps ``max(1, round((1 - s) * nW))`` windows per image. It gathers the
-  tokens of those windows straight from the flat (B, H*W, C) stage buffer through an index table
-  (plain or shifted grid, built once per resolution), runs LN -> window attention (timm's relative
-  position bias and shifted-window masks, selected per kept window) -> LN -> MLP on them, and writes the
-  results back in place. Unkept windows pass through untouched. No roll, partition or copy of the whole
-  map happens per block, so per-block work scales with the kept windows.
-* Padding (resolutions not divisible by the window) follows timm exactly: roll first, then pad with
-  zero tokens *after* norm1. Pad tokens point at one dummy row per image that is never read as output.
+* Nothing pruned, nothing added: a stage whose ratios are all 0 runs timm's own `SwinTransformerStage`
+  forward, and inside a stage that prunes, the leading blocks that keep every window run as timm's own
+  blocks. So sparsity 0 is timm, op for op, and costs what timm costs; the sparse machinery below only
+  starts at a stage's first block that drops a window.
+* Windows are ranked once per stage by the model's window score (`WINDOW_SCORES`). A score maps every
+  token to one value and reduces a window's token values to the window's score; the plain and the shifted
+  grid are ranked on the same token map, so every block of a stage uses one consistent order. Built in:
 
-At sparsity 0 a block computes exactly what timm's block computes, in the same operation order.
+  - ``l2`` (the paper's criterion, "L2 activation magnitude"): token value ``||x||^2``, window score the
+    sum over its tokens (its squared L2 norm), ranked at the stage input after patch merging.
+  - ``l2-centered`` (the default): ``||x - mean(x)||^2``, the magnitude of a token's deviation from the
+    image's mean token, summed, ranked at the stage input. Why centre: Swin features carry a large
+    component shared by every token (LayerNorm biases, the patch-merging projection of them). With it,
+    ``||x||^2 = ||m||^2 + 2<m, x - m> + ||x - m||^2`` is dominated by the cross term, which rewards tokens
+    that look like the image's *average*, i.e. like the background that covers most of a high-resolution
+    image. Measured on the demo data (trained demo model, uniform 50%): raw L2 keeps 63% top-1, centred L2
+    80%, an oracle that keeps the digit's windows 82% (dense 82%).
+  - ``mean-abs``: the authors' released code (mit-han-lab/sparsevit, mmdet backbone, the stage's
+    ``forward``): token value ``mean_c |x_c|``, window score the L2 norm of its tokens' values (padding
+    tokens count 0), ranked once per stage at the input of the first block that prunes, the shifted grid
+    ranked on the same map rolled by half a window. This is the score that matches the released code.
+
+  Kept-window counts differ from the released code on purpose: it keeps ``int(nW * (1 - r))`` windows
+  (floor) per block, this engine keeps ``max(1, round((1 - s) * nW))`` per block pair (`kept_windows`),
+  so a ratio never empties a stage's last window and 10% steps are symmetric around the exact count.
+* A block with sparsity ``s`` keeps ``kept_windows(nW, s)`` windows per image. It gathers the tokens of
+  those windows straight from a flat (B, H*W + 1, C) stage buffer through an index table (plain or
+  shifted grid, built once per resolution), runs LN -> window attention (timm's relative position bias and
+  shifted-window masks, selected per kept window) -> LN -> MLP on them, and writes the results back in
+  place. Unkept windows pass through untouched. No roll, partition or copy of the whole map happens per
+  block, so per-block work scales with the kept windows.
+* Padding (resolutions not divisible by the window) follows timm exactly: roll first, then pad with zero
+  tokens *after* norm1. Pad tokens point at one dummy row per image that is never read as output.
+
+At sparsity 0 a model computes exactly what timm computes (it runs timm's stages); a pruned block computes
+what timm's block computes on the windows it keeps, in the same operation order.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
+from timm.models._features import FeatureDictNet
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, SwinTransformerStage
 
 from ..errors import UserError
 
@@ -52,10 +71,35 @@ def _centered_l2_energy(x: torch.Tensor) -> torch.Tensor:
     return _l2_energy(x - x.mean(dim=1, keepdim=True))
 
 
-#: token energy functions a window score is summed from, by name (the name is stored in model files)
-WINDOW_SCORES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "l2": _l2_energy,
-    "l2-centered": _centered_l2_energy,
+def _mean_abs(x: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) -> (B, N): mean over channels of |x| (the released code's token activation magnitude)."""
+    return x.abs().mean(dim=-1)
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """How a window score ranks windows.
+
+    token: (B, N, C) tokens -> (B, N) token values.
+    window: how a window's token values become its score: "sum" or "l2" (their L2 norm).
+    at_first_pruned_block: rank on the input of the stage's first block that prunes (the released code)
+        instead of the stage input after patch merging.
+    Calling it computes the token values. A plain function registered in `WINDOW_SCORES` counts as
+    ``WindowScore(token=function)``: token values summed per window, ranked at the stage input."""
+
+    token: Callable[[torch.Tensor], torch.Tensor]
+    window: str = "sum"
+    at_first_pruned_block: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.token(x)
+
+
+#: window scores by name (the name is stored in model files)
+WINDOW_SCORES: Dict[str, Union[WindowScore, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "l2": WindowScore(_l2_energy),
+    "l2-centered": WindowScore(_centered_l2_energy),
+    "mean-abs": WindowScore(_mean_abs, window="l2", at_first_pruned_block=True),
 }
 DEFAULT_WINDOW_SCORE = "l2-centered"
 
@@ -64,6 +108,12 @@ def check_window_score(name: str) -> str:
     if name not in WINDOW_SCORES:
         raise UserError(f"unknown window score {name!r} (choose from: {', '.join(WINDOW_SCORES)})")
     return name
+
+
+def window_score_spec(name: str) -> WindowScore:
+    """The `WindowScore` registered as `name` (a plain function: token values summed per window)."""
+    score = WINDOW_SCORES[name]
+    return score if isinstance(score, WindowScore) else WindowScore(score)
 
 
 def kept_windows(num_windows: int, sparsity: float) -> int:
@@ -116,6 +166,19 @@ def build_grid(block: SwinTransformerBlock, H: int, W: int, device: torch.device
         finally:
             block.input_resolution = saved
     return WindowGrid(index=index.contiguous(), valid=valid, mask=mask)
+
+
+def stage_grids(blocks: Sequence[nn.Module], H: int, W: int, device: torch.device,
+                make_grid: Callable = build_grid) -> List[WindowGrid]:
+    """One grid per block of a stage at (H, W); blocks with the same window layout share one object."""
+    by_layout: Dict[Tuple, WindowGrid] = {}
+    grids = []
+    for block in blocks:
+        layout = (tuple(block.window_size), tuple(block.shift_size))
+        if layout not in by_layout:
+            by_layout[layout] = make_grid(block, H, W, device)
+        grids.append(by_layout[layout])
+    return grids
 
 
 def window_attention(block: SwinTransformerBlock, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -220,19 +283,27 @@ def rank_windows(scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()  # scores pick windows; they are not trained through
-def window_orders(window_score: str, buf: torch.Tensor, grids: Sequence[WindowGrid]) -> Dict[int, torch.Tensor]:
+def rank_grids(window_score: str, tokens: torch.Tensor, grids: Sequence[WindowGrid]) -> Dict[int, torch.Tensor]:
     """Rank the windows of every distinct grid of a stage, best first: {id(grid): (B, nW) window ids}.
 
-    buf: the (B, H*W + 1, C) stage buffer (last row: the padding dummy). Token energies are computed once
-    and summed per window of each grid, so the plain and the shifted grid share one consistent score."""
-    B, L, _ = buf.shape
-    energy = WINDOW_SCORES[window_score](buf[:, : L - 1]).float()
-    energy = torch.cat([energy, energy.new_zeros(B, 1)], dim=1)
+    tokens: the (B, H*W, C) token map the stage ranks on. Token values are computed once and reduced per
+    window of each grid (padding tokens count 0), so the plain and the shifted grid share one score."""
+    score = window_score_spec(window_score)
+    values = score(tokens).float()
+    values = torch.cat([values, values.new_zeros(values.shape[0], 1)], dim=1)  # the padding dummy row
     orders: Dict[int, torch.Tensor] = {}
     for g in grids:
         if id(g) not in orders:
-            orders[id(g)] = rank_windows(energy[:, g.index].sum(-1))  # (B, nW)
+            per_token = values[:, g.index]  # (B, nW, N)
+            per_window = (per_token.sum(-1) if score.window == "sum"
+                          else torch.linalg.vector_norm(per_token, ord=2, dim=-1))
+            orders[id(g)] = rank_windows(per_window)
     return orders
+
+
+def window_orders(window_score: str, buf: torch.Tensor, grids: Sequence[WindowGrid]) -> Dict[int, torch.Tensor]:
+    """`rank_grids` on a (B, H*W + 1, C) stage buffer (last row: the padding dummy)."""
+    return rank_grids(window_score, buf[:, : buf.shape[1] - 1], grids)
 
 
 def _check_ratio(r: float) -> float:
@@ -242,12 +313,21 @@ def _check_ratio(r: float) -> float:
     raise UserError(f"sparsity ratio {r!r} is not one of {', '.join(f'{c:g}' for c in RATIO_CHOICES)}")
 
 
-def pair_counts(model: SwinTransformer) -> List[int]:
-    """Block pairs (W-MSA + SW-MSA) per stage of any timm SwinTransformer, sparse or not."""
-    return [math.ceil(len(stage.blocks) / 2) for stage in model.layers]
+def swin_stages(model: nn.Module) -> List[nn.Module]:
+    """The stages of a timm Swin (`model.layers`) or of its ``features_only`` backbone (the children that
+    hold blocks), in order."""
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, nn.Sequential):
+        return list(layers)
+    return [m for m in model.children() if hasattr(m, "blocks")]
 
 
-def validate_sparsity(model: SwinTransformer, config: Sequence[Sequence[float]]) -> List[List[float]]:
+def pair_counts(model: nn.Module) -> List[int]:
+    """Block pairs (W-MSA + SW-MSA) per stage of any timm Swin or Swin features backbone, sparse or not."""
+    return [math.ceil(len(stage.blocks) / 2) for stage in swin_stages(model)]
+
+
+def validate_sparsity(model: nn.Module, config: Sequence[Sequence[float]]) -> List[List[float]]:
     """`config` normalised for `model` (one ratio per block pair per stage); UserError naming the fault."""
     counts = pair_counts(model)
     if not isinstance(config, (list, tuple)) or len(config) != len(counts):
@@ -269,10 +349,66 @@ def validate_sparsity(model: SwinTransformer, config: Sequence[Sequence[float]])
     return out
 
 
+class SparseSwinStage:
+    """Mixin that makes a timm SwinTransformerStage run each block on its top-scoring windows.
+
+    `ratios` holds one sparsity per block pair, `window_score` a `WINDOW_SCORES` name; the model's
+    `set_sparsity` / `set_window_score` set them. With every ratio 0 the stage is timm's own stage."""
+
+    ratios: List[float] = []
+    window_score: str = DEFAULT_WINDOW_SCORE
+    #: while `kept_window_masks` runs: the list this stage appends its per-block kept-token masks to
+    _kept_recorder: Optional[List[List[torch.Tensor]]] = None
+    #: runs one block on the kept windows of the stage buffer (a model family's own block plugs in here)
+    sparse_block = staticmethod(sparse_block_)
+    make_grid = staticmethod(build_grid)
+
+    def grids(self, H: int, W: int, device: torch.device) -> List[WindowGrid]:
+        """Per-block window grids at (H, W), built once per resolution and device."""
+        key = (H, W, device)
+        grids = self._grid_cache.get(key)
+        if grids is None:
+            grids = self._grid_cache[key] = stage_grids(self.blocks, H, W, device, self.make_grid)
+        return grids
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kept_recorder is None and not any(self.ratios):
+            return super().forward(x)  # timm's own stage: nothing to prune, nothing added
+        return self.forward_blocks(self.downsample(x))
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks on the (B, H, W, C) map after patch merging."""
+        B, H, W, C = x.shape
+        grids = self.grids(H, W, x.device)
+        keeps = [kept_windows(g.num_windows, self.ratios[i // 2]) for i, g in enumerate(grids)]
+        pruned = [bool(k < g.num_windows) for k, g in zip(keeps, grids)]  # bool: sizes are tensors in a trace
+        first = next((i for i, p in enumerate(pruned) if p), len(grids))
+        rank_late = window_score_spec(self.window_score).at_first_pruned_block
+        orders: Dict[int, torch.Tensor] = {}
+        if first < len(grids) and not rank_late:
+            orders = rank_grids(self.window_score, x.reshape(B, H * W, C), grids)
+        for i in range(first):  # blocks that keep every window are timm's blocks (no gather, no buffer)
+            x = self.blocks[i](x)
+        if first < len(grids) and rank_late:
+            orders = rank_grids(self.window_score, x.reshape(B, H * W, C), grids)
+        if self._kept_recorder is not None:  # one check per stage; nothing else when not recording
+            self._kept_recorder.append(_kept_token_masks(grids, keeps, orders, B, H, W))
+        if first == len(grids):
+            return x
+
+        # one stage buffer with a dummy row per image for padding tokens: the only full copy
+        buf = torch.cat([x.reshape(B, H * W, C), x.new_zeros(B, 1, C)], dim=1)
+        for i in range(first, len(grids)):
+            window_ids = orders[id(grids[i])][:, : keeps[i]] if pruned[i] else None
+            buf = self.sparse_block(self.blocks[i], buf, grids[i], window_ids)
+        return buf[:, : H * W].reshape(B, H, W, C)
+
+
 class SparseSwinTransformer:
-    """Mixin that makes a timm SwinTransformer (or the user's subclass of it) run every block on its
-    top-scoring windows. `sparsify` puts it in front of the model's own class (`sparse_class`), the way
-    ToMe's `make_tome_class` does, so the user's overrides and isinstance checks keep working."""
+    """Mixin that makes a timm SwinTransformer (or the user's subclass of it, or its ``features_only``
+    backbone) run every block on its top-scoring windows. `sparsify` puts it in front of the model's own
+    class (`sparse_class`), the way ToMe's `make_tome_class` does, so the user's overrides and isinstance
+    checks keep working. Its stages are `SparseSwinStage`s; this class sets their ratios and window score."""
 
     sparsity: List[List[float]]  # one ratio per block pair, per stage
     window_score: str = DEFAULT_WINDOW_SCORE  # a WINDOW_SCORES name
@@ -280,6 +416,9 @@ class SparseSwinTransformer:
     _kept_recorder: Optional[List[List[torch.Tensor]]] = None
 
     # --- configuration -------------------------------------------------------------------------
+    def sparse_stages(self) -> List[SparseSwinStage]:
+        return [s for s in swin_stages(self) if isinstance(s, SparseSwinStage)]
+
     def pair_counts(self) -> List[int]:
         """Block pairs (W-MSA + SW-MSA) per stage: one sparsity ratio each."""
         return pair_counts(self)
@@ -293,11 +432,17 @@ class SparseSwinTransformer:
         if isinstance(config, (int, float)):
             config = [[float(config)] * n for n in self.pair_counts()]
         self.sparsity = self.validate_sparsity(config)
+        for stage, ratios in zip(swin_stages(self), self.sparsity):
+            if isinstance(stage, SparseSwinStage):
+                stage.ratios = ratios
         return self
 
     def set_window_score(self, name: str) -> "SparseSwinTransformer":
-        """Choose how windows are ranked: a `WINDOW_SCORES` name ("l2-centered" or the paper's "l2")."""
+        """Choose how windows are ranked: a `WINDOW_SCORES` name ("l2-centered", the paper's "l2", or the
+        released code's "mean-abs")."""
         self.window_score = check_window_score(name)
+        for stage in self.sparse_stages():
+            stage.window_score = name
         return self
 
     def block_sparsity(self, stage: int, block: int) -> float:
@@ -305,43 +450,17 @@ class SparseSwinTransformer:
 
     # --- index tables ----------------------------------------------------------------------------
     def _grids(self, stage_idx: int, H: int, W: int, device: torch.device) -> List[WindowGrid]:
-        """Per-block window grids for a stage at (H, W), built once and cached."""
-        key = (stage_idx, H, W, str(device))
+        """Per-block window grids for a stage at (H, W), built once and cached (for model-level stage
+        loops such as a subclass's `_stage_forward`)."""
+        key = (stage_idx, H, W, device)
         grids = self._grid_cache.get(key)
         if grids is None:
-            stage = self.layers[stage_idx]
-            by_layout: Dict[Tuple, WindowGrid] = {}
-            grids = []
-            for block in stage.blocks:
-                layout = (tuple(block.window_size), tuple(block.shift_size))
-                if layout not in by_layout:
-                    by_layout[layout] = build_grid(block, H, W, device)
-                grids.append(by_layout[layout])
-            self._grid_cache[key] = grids
+            grids = self._grid_cache[key] = stage_grids(swin_stages(self)[stage_idx].blocks, H, W, device)
         return grids
 
     # --- forward -----------------------------------------------------------------------------------
     def _stage_forward(self, stage_idx: int, x: torch.Tensor) -> torch.Tensor:
-        stage = self.layers[stage_idx]
-        x = stage.downsample(x)
-        B, H, W, C = x.shape
-        grids = self._grids(stage_idx, H, W, x.device)
-        keeps = [kept_windows(g.num_windows, self.block_sparsity(stage_idx, i)) for i, g in enumerate(grids)]
-
-        # one stage buffer with a dummy row per image for padding tokens; this is the only full copy
-        buf = torch.cat([x.reshape(B, H * W, C), x.new_zeros(B, 1, C)], dim=1)
-
-        orders: Dict[int, torch.Tensor] = {}
-        if any(k < g.num_windows for k, g in zip(keeps, grids)):
-            orders = window_orders(self.window_score, buf, grids)
-
-        if self._kept_recorder is not None:  # one check per stage; nothing else when not recording
-            self._kept_recorder.append(_kept_token_masks(grids, keeps, orders, B, H, W))
-
-        for block, grid, k in zip(stage.blocks, grids, keeps):
-            window_ids = None if k == grid.num_windows else orders[id(grid)][:, :k]
-            buf = sparse_block_(block, buf, grid, window_ids)
-        return buf[:, : H * W].reshape(B, H, W, C)
+        return swin_stages(self)[stage_idx](x)
 
     @torch.no_grad()
     def kept_window_masks(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
@@ -353,18 +472,21 @@ class SparseSwinTransformer:
         windows; blocks 1, 3, ... use the shifted grid (SW-MSA, windows wrap around the map edges). Call it
         in eval mode to see the windows inference keeps."""
         recorder: List[List[torch.Tensor]] = []
-        self._kept_recorder = recorder
+        holders = [self] + self.sparse_stages()
+        for holder in holders:
+            holder._kept_recorder = recorder
         try:
             self.forward_stages(x)
         finally:
-            del self._kept_recorder  # back to the class default (None)
+            for holder in holders:
+                del holder._kept_recorder  # back to the class default (None)
         return recorder
 
     def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
         """All stage outputs, NHWC (the last one before the final norm)."""
         x = self.patch_embed(x)
         outs = []
-        for i in range(len(self.layers)):
+        for i in range(len(swin_stages(self))):
             x = self._stage_forward(i, x)
             outs.append(x)
         return outs
@@ -376,7 +498,7 @@ class SparseSwinTransformer:
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
         """Multi-scale stage outputs (NCHW) for dense-prediction heads, like timm's method."""
         from timm.models._features import feature_take_indices
-        take, _ = feature_take_indices(len(self.layers), indices)
+        take, _ = feature_take_indices(len(swin_stages(self)), indices)
         stages = self.forward_stages(x)
         last = len(stages) - 1
         inter = [(self.norm(s) if (norm and i == last) else s).permute(0, 3, 1, 2).contiguous()
@@ -386,19 +508,38 @@ class SparseSwinTransformer:
         return self.norm(stages[-1]), inter
 
 
+def _v1_stages(model: nn.Module) -> Optional[List[SwinTransformerStage]]:
+    """The stages `sparsify` patches: a timm SwinTransformer's, or those of a ``features_only`` Swin
+    backbone (a timm FeatureListNet/FeatureDictNet of patch_embed and SwinTransformerStage children);
+    None for anything else."""
+    if isinstance(model, SwinTransformer):
+        return list(model.layers)
+    if isinstance(model, FeatureDictNet) and hasattr(model, "patch_embed"):
+        stages = swin_stages(model)
+        if stages and all(isinstance(s, SwinTransformerStage) for s in stages):
+            return stages
+    return None
+
+
 def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None) -> SparseSwinTransformer:
-    """Make a timm SwinTransformer window-sparse, in place (same object, same parameters).
+    """Make a timm SwinTransformer, or a timm ``features_only=True`` Swin backbone, window-sparse, in place
+    (same object, same parameters).
 
     `sparsity` defaults to 0 (exactly the dense model) for a new one and `window_score` to
     `DEFAULT_WINDOW_SCORE`; an already sparse model keeps its settings unless new ones are given (so
     asking a sparse model's method for e.g. its group sizes never resets it)."""
     if not isinstance(model, SparseSwinTransformer):
-        if not isinstance(model, SwinTransformer):
-            raise UserError(f"SparseViT needs a timm SwinTransformer (v1), got {type(model).__name__}")
+        stages = _v1_stages(model)
+        if stages is None:
+            raise UserError(f"SparseViT needs a timm SwinTransformer (v1) or its features_only=True backbone, "
+                            f"got {type(model).__name__}")
         if window_score is not None:
             check_window_score(window_score)  # before patching: a bad name leaves the model untouched
         model.__class__ = sparse_class(type(model))
         model._grid_cache = {}
+        for stage in stages:
+            stage.__class__ = sparse_class(type(stage), SparseSwinStage)
+            stage._grid_cache = {}
         model.set_sparsity(0.0 if sparsity is None else sparsity)
     elif sparsity is not None:
         model.set_sparsity(sparsity)
@@ -407,12 +548,12 @@ def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None
     return model
 
 
-_SPARSE_CLASSES: Dict[type, type] = {}
+_SPARSE_CLASSES: Dict[Tuple[type, type], type] = {}
 
 
-def sparse_class(cls: type) -> type:
-    """`Sparse<cls>`: the SparseSwinTransformer mixin in front of `cls` (one class per base, cached)."""
-    if cls not in _SPARSE_CLASSES:
-        _SPARSE_CLASSES[cls] = type(f"Sparse{cls.__name__}", (SparseSwinTransformer, cls),
-                                    {"__module__": cls.__module__, "__doc__": SparseSwinTransformer.__doc__})
-    return _SPARSE_CLASSES[cls]
+def sparse_class(cls: type, mixin: type = SparseSwinTransformer) -> type:
+    """`Sparse<cls>`: `mixin` in front of `cls` (one class per pair, cached)."""
+    if (cls, mixin) not in _SPARSE_CLASSES:
+        _SPARSE_CLASSES[cls, mixin] = type(f"Sparse{cls.__name__}", (mixin, cls),
+                                           {"__module__": cls.__module__, "__doc__": mixin.__doc__})
+    return _SPARSE_CLASSES[cls, mixin]
