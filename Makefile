@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test bench bench-export bench-latency bench-train repro clean
+.PHONY: install demo test bench bench-gpu bench-export bench-latency bench-train repro clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ test: install
 
 bench: install  ## ratios measured in one run; never part of the tests
 	$(PY) benchmarks/bench_swin.py
+
+bench-gpu: install  ## Swin-T 1344², batch 8, fp16/bf16 x eager/CUDA graphs/compile, 0-80% + a searched-style config
+	$(PY) benchmarks/bench_gpu.py --json runs/bench_gpu.json
 
 bench-export: install  ## exported ONNX dense vs sparse on onnxruntime CPU, with parity errors
 	$(PY) benchmarks/bench_export.py

@@ -21,9 +21,10 @@ from sparsevit_cli.timing import resolve_device, time_models
 from sparsevit_cli.methods import method_for_model
 from sparsevit_cli.timm_models import create_timm_model
 from sparsevit_cli.search.space import load_space
+from smoke import add_smoke_option, apply_smoke
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="swin_tiny_patch4_window7_224")
     ap.add_argument("--img-size", type=int, default=448)
@@ -33,11 +34,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--calibration", type=int, default=6, help="measured configs the table is calibrated on")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    add_smoke_option(ap)
+    args = apply_smoke(ap.parse_args(argv), configs=1, calibration=1)
 
     torch.manual_seed(args.seed)
     dev = resolve_device(args.device)
-    model = create_timm_model(args.model, img_size=args.img_size).eval().to(dev)
+    model = create_timm_model(args.model, img_size=args.img_size, **args.model_args).eval().to(dev)
     method = method_for_model(model)
     model = method.wrap(model)
     space = load_space(method.default_space, group_sizes=method.group_sizes(model))
@@ -60,6 +62,7 @@ def main():
                     f"{errors[-1]:.1%}")
     out.caption = f"calibration factor {table['calibration_scale']:.3f}; median absolute error {statistics.median(errors):.1%}, max {max(errors):.1%} (target: median <= 5%)"
     Console().print(out)
+    return errors
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""The benchmark scripts still run (`--smoke`: a micro Swin on CPU, one repeat). Benchmarks are scripts, never
+timed tests: nothing here asserts a speed, only that each script produces its rows and that the numbers it
+derives from them are consistent."""
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """`main` of a benchmark script, loaded as `python benchmarks/NAME.py` would (its folder on sys.path)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+    def load(name: str):
+        return runpy.run_path(str(BENCHMARKS / f"{name}.py"), run_name=f"bench_{name}")
+    return load
+
+
+def test_bench_gpu_smoke(bench, tmp_path):
+    out = tmp_path / "rows.json"
+    rows = bench("bench_gpu")["main"](["--smoke", "--json", str(out)])
+    assert [r["config"] for r in rows] == ["uniform 0%", "uniform 40%", "uniform 60%", "uniform 80%",
+                                           "searched-style"]
+    assert {(r["dtype"], r["mode"]) for r in rows} == {("fp32", "eager")}
+    ideal = {r["config"]: r["ideal"] for r in rows}
+    assert ideal["uniform 0%"] == pytest.approx(1.0) and 1 < ideal["uniform 40%"] < ideal["uniform 80%"]
+    for r in rows:
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["sparse_ms"])
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["ideal"])
+    assert json.loads(out.read_text())["rows"] == rows
+
+
+def test_searched_style_config_rises_with_depth_and_is_valid(bench):
+    from sparsevit_cli.methods import method_for_model
+    from sparsevit_cli.timm_models import create_timm_model
+    config = bench("bench_gpu")["searched_style"]([1, 1, 3, 1])
+    assert config == [[0.3], [0.4], [0.5, 0.6, 0.7], [0.8]]
+    swin_t = create_timm_model("swin_tiny_patch4_window7_224")
+    assert method_for_model(swin_t).validate(swin_t, config) == config
+
+
+def test_bench_gpu_rejects_unknown_mode(bench):
+    with pytest.raises(SystemExit):
+        bench("bench_gpu")["main"](["--modes", "eager,tensorrt"])
+
+
+def test_bench_export_smoke(bench):
+    errors = bench("bench_export")["main"](["--smoke"])
+    assert set(errors) == {"dense", "sparse 60%"} and max(errors.values()) < 1e-4
+
+
+def test_bench_latency_table_smoke(bench):
+    errors = bench("bench_latency_table")["main"](["--smoke"])
+    assert len(errors) == 3 and all(e >= 0 for e in errors)  # dense, sparsest and one random config
