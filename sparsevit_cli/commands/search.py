@@ -139,6 +139,8 @@ class LatencyCost:
 def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[str, Any]:
     """Check the options, then search with the output folder locked (one search per folder; rank 0 holds
     the lock under torchrun) and the process group, if any, joined for the run."""
+    from ..model_file import check_output_file
+
     console = console or Console()
     # options first: a typo costs no model load
     device = resolve_device(opts.device)
@@ -149,6 +151,8 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
         if text is not None:
             budget_number(text, unit, what)
     opts.settings.check()
+    if opts.latency_table and not os.path.lexists(opts.latency_table):  # to be built: it must be writable there
+        check_output_file(opts.latency_table, "--latency-table")
     out = prepare_out(Path(opts.out))
     with dist.process_group(opts.device):
         lock = dist.main_only(lambda: FolderLock(out, "search output folder").acquire())
