@@ -119,7 +119,10 @@ def bad(tmp_path):
     space.write_text("name: x\nmethod: sparsevit\ngroups: [{name: a, genes: two}]\n")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"garbage")
-    return {"space": space, "corrupt": corrupt, "missing": tmp_path / "nope.safetensors"}
+    pickled = tmp_path / "timm.pth"
+    pickled.write_bytes(b"\x80\x04K\x01.")  # a pickle: never unpickled
+    return {"space": space, "corrupt": corrupt, "missing": tmp_path / "nope.safetensors", "pickled": pickled,
+            "folder": tmp_path}
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -155,7 +158,8 @@ def test_bad_input_is_one_line(tmp_path, model_file, data_dir, bad, capsys, extr
     assert code == 2 and len(lines) == 1 and "Traceback" not in err and needle in lines[0], err
 
 
-@pytest.mark.parametrize("which,needle", [("missing", "not found"), ("corrupt", "cannot be read")])
+@pytest.mark.parametrize("which,needle", [("missing", "not found"), ("corrupt", "cannot be read"),
+                                          ("pickled", "is not a sparsevit model file"), ("folder", "is a directory")])
 def test_bad_checkpoint_is_one_line(tmp_path, data_dir, bad, capsys, which, needle):
     code, _, err = run_cli(search_args(bad[which], data_dir, tmp_path / "s", "--budget-macs", "50%"), capsys)
     lines = [l for l in err.splitlines() if l.strip()]
