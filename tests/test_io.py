@@ -18,7 +18,7 @@ from sparsevit_cli.io import (FolderLock, atomic_torch_save, atomic_write, atomi
 
 
 def temp_files(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
 
 
 def test_every_form_round_trips(tmp_path):
