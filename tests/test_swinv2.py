@@ -14,8 +14,7 @@ from sparsevit_cli.search.space import load_space
 from sparsevit_cli.swin.latency import predict_swin_latency
 from sparsevit_cli.swin.patch import RATIO_CHOICES, WINDOW_SCORES
 from sparsevit_cli.swinv2.cost import position_bias_macs, swinv2_macs
-from sparsevit_cli.swinv2.latency import build_swinv2_latency_table
-from sparsevit_cli.swinv2.patch import SparseSwinTransformerV2, sparse_block_v2_, sparsify_v2
+from sparsevit_cli.swinv2.patch import SparseSwinTransformerV2, SparseSwinV2Stage, sparse_block_v2_, sparsify_v2
 from sparsevit_cli.tasks import backbone_of
 from cli_helpers import exit_code
 from test_cost import fvcore_macs
@@ -80,7 +79,7 @@ def test_pruned_block_is_exact_on_kept_windows_and_passes_the_rest_through(img_s
         stage_in = stage.downsample(stage_in)
         block = stage.blocks[block_idx]
         B, H, W, C = stage_in.shape
-        grid = model._grids(1, H, W, stage_in.device)[block_idx]
+        grid = stage.grids(H, W, stage_in.device)[block_idx]
         # the reference: timm's own dense block on the whole map (a window's output depends only on it)
         ref = block(stage_in).reshape(B, H * W, C)
         window_ids = torch.stack([torch.randperm(grid.num_windows)[:3] for _ in range(B)])
@@ -140,7 +139,7 @@ def test_dense_macs_equal_timm_and_the_position_bias_is_per_forward():
 @pytest.fixture(scope="module")
 def table():
     model = sparsify_v2(dense_v2(64))
-    return model, build_swinv2_latency_table(model, torch.randn(1, 3, 64, 64), warmup=0, repeats=1)
+    return model, get_method("sparsevit-v2").build_latency_table(model, torch.randn(1, 3, 64, 64), warmup=0, repeats=1)
 
 
 def test_latency_table_covers_every_pair_and_ratio_and_predicts(table):
@@ -156,15 +155,27 @@ def test_latency_table_covers_every_pair_and_ratio_and_predicts(table):
     assert get_method("sparsevit-v2").predict_latency(t, cfg) == pytest.approx(expected)
 
 
-def test_latency_table_restores_the_config_and_calibrates():
+def test_latency_table_times_the_v2_block_restores_the_config_and_calibrates(monkeypatch):
+    calls = []
+
+    def counted(block, *args):
+        calls.append(type(block).__name__)
+        return sparse_block_v2_(block, *args)
+
+    monkeypatch.setattr(SparseSwinV2Stage, "sparse_block", staticmethod(counted))
     model = sparsify_v2(dense_v2(64), sparsity=[[0.3], [0.6]], window_score="l2")
     method = get_method("sparsevit-v2")
+    with torch.no_grad():  # a dense stage is timm's own stage: no sparse block runs
+        model.set_sparsity(0.0)(torch.randn(1, 3, 64, 64))
+    assert calls == []
+    model.set_sparsity([[0.3], [0.6]])
     space = load_space("swinv2_auto", group_sizes=method.group_sizes(model))
     t = calibrated_table(method, model, model, torch.randn(1, 3, 64, 64), space, calibration=2, warmup=0, repeats=1)
     assert 0.5 <= t["calibration_scale"] <= 2.0 and len(t["calibration"]) == 2
     method.apply(model, [[0.3], [0.6]])
     method.build_latency_table(model, torch.randn(1, 3, 64, 64), warmup=0, repeats=1)
     assert model.sparsity == [[0.3], [0.6]] and model.window_score == "l2"
+    assert calls and set(calls) == {"SwinTransformerV2Block"}
 
 
 def test_method_is_picked_for_swin_v2_and_not_for_swin_v1():

@@ -4,7 +4,8 @@ Its own registry name (`sparsevit-v2`) rather than a second model family behind 
 name travels in model files, search spaces and sparsity-config files, and one name per engine keeps a
 file's method telling which engine runs it. The config and its checks are V1's (one window-sparsity
 ratio per block pair per stage, non-decreasing inside a stage, from the V1 ratio choices), so the
-method is V1's with the V2 engine, cost model and latency table.
+method is V1's with the V2 engine and cost model. V1's latency table serves V2 unchanged: it times each
+stage's own `sparse_block` (the V2 block in a V2 stage) and timm's own blocks where nothing is pruned.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch.nn as nn
 from ..methods import Config, check_options, register_method
 from ..swin.method import SparseViT
 from .cost import swinv2_macs
-from .latency import build_swinv2_latency_table
 from .patch import SparseSwinTransformerV2, sparsify_v2
 
 
@@ -34,9 +34,6 @@ class SparseViTV2(SparseViT):
 
     def macs(self, wrapped: SparseSwinTransformerV2, config: Config, img_size: int, batch_size: int = 1) -> int:
         return swinv2_macs(wrapped, config, img_size, batch_size)
-
-    def build_latency_table(self, wrapped: SparseSwinTransformerV2, x, warmup: int = 2, repeats: int = 5) -> dict:
-        return build_swinv2_latency_table(wrapped, x, warmup=warmup, repeats=repeats)
 
 
 register_method(SparseViTV2())

@@ -1,10 +1,12 @@
 """Window-sparse execution of timm's SwinTransformerV2 (SparseViT on Swin V2).
 
-Everything but the block itself is the V1 engine's (`sparsevit_cli.swin.patch`): the window score,
-computed once per stage at the stage input after patch merging; one consistent order for the plain and
-the shifted grid; `round((1 - s) * nW)` kept windows per block; the index tables that gather a block's
-kept windows straight from the flat stage buffer and scatter the results back; timm's own shifted-window
-masks; padding in timm's order (roll, then pad). What V2 changes is the block:
+`sparsify_v2(model)` patches a timm `SwinTransformerV2` in place (class swap: same object, parameters and
+state-dict keys). Everything but the block itself is the V1 engine's stage (`sparsevit_cli.swin.patch`,
+`SparseSwinStage`): a stage with nothing pruned is timm's own stage; the window score ranks windows once
+per stage, one consistent order for the plain and the shifted grid; a block pair at sparsity `s` keeps
+`kept_windows(nW, s)` windows per image, gathered straight from the flat stage buffer through index
+tables and scattered back; timm's own shifted-window masks; padding in timm's order (roll, then pad).
+What V2 changes is the block (`sparse_block_v2_`, plugged into the stage as `sparse_block`):
 
 * post-norm residuals: ``x = x + norm1(attn(x))`` and ``x = x + norm2(mlp(x))``;
 * cosine attention with a learnt logit scale and a log-spaced continuous position bias (an MLP), which
@@ -13,19 +15,19 @@ masks; padding in timm's order (roll, then pad). What V2 changes is the block:
 * no norm before attention, so padding tokens must be zero at the attention input (timm pads the raw
   map with zeros), not after a norm as in V1.
 
-At sparsity 0 a block computes what timm's block computes, on the same windows, in the same order.
+At sparsity 0 the model runs timm's stages; a pruned block computes what timm's block computes on the
+windows it keeps, and leaves the others untouched.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
 
 from ..errors import UserError
-from ..swin.patch import (SparseSwinTransformer, WindowGrid, _exporting, _kept_token_masks, check_window_score,
-                          kept_windows, window_orders)
+from ..swin.patch import SparseSwinStage, SparseSwinTransformer, WindowGrid, check_window_score, sparse_class
 
 
 def sparse_block_v2_(block: SwinTransformerV2Block, buf: torch.Tensor, grid: WindowGrid,
@@ -53,32 +55,25 @@ def sparse_block_v2_(block: SwinTransformerV2Block, buf: torch.Tensor, grid: Win
             mask = mask[window_ids].view(B * k, N, N)
     x = x + block.drop_path1(block.norm1(block.attn(h, mask=mask)))
     x = x + block.drop_path2(block.norm2(block.mlp(x)))
-    if _exporting():
+    # graph exporters (ONNX, tracing, torch.export) need the out-of-place update (V1's `_exporting`)
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
         return flat.index_copy(0, flat_idx, x.view(B * k * N, C)).view(B, L, C)
     flat.index_copy_(0, flat_idx, x.view(B * k * N, C))
     return buf
 
 
+class SparseSwinV2Stage(SparseSwinStage):
+    """Mixin that makes a timm SwinTransformerV2Stage run each block on its top-scoring windows: V1's stage
+    (ranking, timm's own stage or blocks where nothing is pruned, index tables, kept-window masks) with the
+    V2 block plugged in."""
+
+    sparse_block = staticmethod(sparse_block_v2_)
+
+
 class SparseSwinTransformerV2(SparseSwinTransformer):
     """Mixin that makes a timm SwinTransformerV2 (or the user's subclass of it) run every block on its
-    top-scoring windows: the V1 mixin's configuration, index tables, window masks and stage loop, with the
-    V2 block (`sparse_block_v2_`)."""
-
-    def _stage_forward(self, stage_idx: int, x: torch.Tensor) -> torch.Tensor:
-        stage = self.layers[stage_idx]
-        x = stage.downsample(x)
-        B, H, W, C = x.shape
-        grids = self._grids(stage_idx, H, W, x.device)
-        keeps = [kept_windows(g.num_windows, self.block_sparsity(stage_idx, i)) for i, g in enumerate(grids)]
-        # the stage buffer: one dummy row per image for padding tokens (the only full copy)
-        buf = torch.cat([x.reshape(B, H * W, C), x.new_zeros(B, 1, C)], dim=1)
-        prunes = any(k < g.num_windows for k, g in zip(keeps, grids))
-        orders: Dict[int, torch.Tensor] = window_orders(self.window_score, buf, grids) if prunes else {}
-        if self._kept_recorder is not None:
-            self._kept_recorder.append(_kept_token_masks(grids, keeps, orders, B, H, W))
-        for block, grid, k in zip(stage.blocks, grids, keeps):
-            buf = sparse_block_v2_(block, buf, grid, None if k == grid.num_windows else orders[id(grid)][:, :k])
-        return buf[:, : H * W].reshape(B, H, W, C)
+    top-scoring windows; its stages are `SparseSwinV2Stage`s. `sparsify_v2` puts it in front of the
+    model's own class, the way ToMe's `make_tome_class` does."""
 
 
 def sparsify_v2(model: nn.Module, sparsity=None, window_score: Optional[str] = None) -> SparseSwinTransformerV2:
@@ -91,22 +86,14 @@ def sparsify_v2(model: nn.Module, sparsity=None, window_score: Optional[str] = N
             raise UserError(f"SparseViT-V2 needs a timm SwinTransformerV2, got {type(model).__name__}")
         if window_score is not None:
             check_window_score(window_score)  # before patching: a bad name leaves the model untouched
-        model.__class__ = sparse_v2_class(type(model))
+        model.__class__ = sparse_class(type(model), SparseSwinTransformerV2)
         model._grid_cache = {}
+        for stage in model.layers:
+            stage.__class__ = sparse_class(type(stage), SparseSwinV2Stage)
+            stage._grid_cache = {}
         model.set_sparsity(0.0 if sparsity is None else sparsity)
     elif sparsity is not None:
         model.set_sparsity(sparsity)
     if window_score is not None:
         model.set_window_score(window_score)
     return model
-
-
-_SPARSE_V2_CLASSES: Dict[type, type] = {}
-
-
-def sparse_v2_class(cls: type) -> type:
-    """`Sparse<cls>`: the V2 mixin in front of `cls` (one class per base, cached), as ToMe's make_tome_class."""
-    if cls not in _SPARSE_V2_CLASSES:
-        _SPARSE_V2_CLASSES[cls] = type(f"Sparse{cls.__name__}", (SparseSwinTransformerV2, cls),
-                                       {"__module__": cls.__module__, "__doc__": SparseSwinTransformerV2.__doc__})
-    return _SPARSE_V2_CLASSES[cls]
