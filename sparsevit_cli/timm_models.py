@@ -23,8 +23,8 @@ def create_timm_model(name: str, img_size: Optional[int] = None, **model_args: A
         model_args["img_size"] = img_size
     try:
         model = timm.create_model(name, pretrained=False, **model_args)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
-        raise UserError(f"cannot build '{name}' with {model_args}: {first_line(e)}")
+    except Exception as e:  # user-given constructor args fail in many ways (IndexError for img_size: [] ...)
+        raise UserError(f"cannot build '{name}' with {model_args}: {first_line(e)}") from None
     if img_size is not None:
         check_img_size(model, img_size)
     return model

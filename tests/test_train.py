@@ -259,6 +259,7 @@ def test_search_subset_is_class_balanced_and_disjoint_from_the_held_out_rest(dat
     ("adapt.report", [0.5, 1.5], "adapt.report must be sparsities in [0, 1), got 1.5"),
     ("optim", 5, "optim must be a mapping, got 5"),
     ("data.skip_bad_images", "yes", "data.skip_bad_images must be true/false, got 'yes'"),
+    ("model.args.img_size", [], "model.args.img_size must be a positive integer (square images, in pixels), got []"),
 ])
 def test_every_key_has_its_range(tmp_path, data_dir, key, value, message):
     cfg = write_cfg(tmp_path, data_dir, **{key: value})

@@ -37,6 +37,14 @@ class ModelCfg(_Section):
     args: Dict[str, Any] = Field(default_factory=dict, description=(
         "timm constructor args, e.g. {img_size: 224, embed_dim: 32, depths: [2, 2, 2, 2], num_heads: [...]}"))
 
+    @field_validator("args")
+    @classmethod
+    def _square_img_size(cls, args: Dict[str, Any]) -> Dict[str, Any]:
+        size = args.get("img_size")
+        if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+            raise ValueError(f".img_size must be a positive integer (square images, in pixels), got {size!r}")
+        return args
+
 
 class DataCfg(_Section):
     path: str = Field("", description="data folder: ImageFolder-style train/ and val/ (or a segmentation layout)")
@@ -232,8 +240,9 @@ def _message(error: Dict[str, Any], src: str) -> str:
         return f"{src}: {where} must be a finite number, got {value!r}"
     if kind == "literal_error":
         return f"{src}: {where} must be {ctx.get('expected')}, got {value!r}"
-    if kind == "value_error":
-        return f"{src}: {where} {error['msg'].removeprefix('Value error, ')}"
+    if kind == "value_error":  # a validator's message; one starting with "." names a key below `where`
+        text = error["msg"].removeprefix("Value error, ")
+        return f"{src}: {where}{'' if text.startswith('.') else ' '}{text}"
     for prefix, words in _KINDS.items():
         if kind.startswith(prefix):
             return f"{src}: {where} must be {words}, got {value!r}"
