@@ -182,6 +182,7 @@ def test_method_is_picked_for_swin_v2_and_not_for_swin_v1():
     v2 = timm.create_model(NAME, **MICRO)
     method = method_for_model(v2)
     assert method.name == "sparsevit-v2" and method.default_space == "swinv2_auto"
+    assert tuple(method.gene_values) == RATIO_CHOICES  # the V1 ratios: the same stage engine runs them
     assert method.group_sizes(v2) == [1, 1] and not isinstance(v2, SparseSwinTransformerV2)
     v1 = timm.create_model("swin_tiny_patch4_window7_224", img_size=64, embed_dim=16, depths=[2, 2],
                            num_heads=[1, 2], window_size=4)
