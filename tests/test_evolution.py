@@ -269,3 +269,19 @@ def test_fault_point_is_inert_unless_named(tmp_path, monkeypatch):
     evolution.write_output(tmp_path / "b.txt", "hello world", "state")
     assert marker.exists() and slept and (tmp_path / "b.txt").read_text() == "hello world"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_refuses_another_run_naming_both_and_a_damaged_state(tmp_path):
+    space, budget, metric = load_space("swin_t"), Budget(6.0), make_metric(SWIN_T_TARGET)
+    state = tmp_path / "state.json"
+    run_evolution(space, metric, cost, budget, small(generations=2), state_path=state, progress=False,
+                  run={"model": "swin_a", "data": "/d"})
+    with pytest.raises(UserError, match=r"different run \(model: 'swin_a' there, 'swin_b' now\)"):
+        run_evolution(space, metric, cost, budget, small(generations=3), state_path=state, progress=False,
+                      run={"model": "swin_b", "data": "/d"})
+    data = json.loads(state.read_text())
+    del data["rng"]
+    state.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="is damaged"):
+        run_evolution(space, metric, cost, budget, small(generations=3), state_path=state, progress=False,
+                      run={"model": "swin_a", "data": "/d"})

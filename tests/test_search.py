@@ -354,3 +354,13 @@ def test_unwritable_outputs_are_one_line_and_keep_the_previous_files(tmp_path, m
     assert_one_line_error(code, err, "No space left on device")
     assert {name: (out / name).read_bytes() for name in before} == before
     assert not list(out.glob(".*.tmp"))
+
+
+def test_resume_with_another_model_file_is_refused_naming_both(tmp_path, model_file, data_dir, capsys):
+    import shutil
+    out = tmp_path / "s"
+    assert run_cli(search_args(model_file, data_dir, out, "--budget-macs", "60%", "--generations", "1"), capsys)[0] == 0
+    other = tmp_path / "other.safetensors"
+    shutil.copy(model_file, other)
+    code, _, err = run_cli(search_args(other, data_dir, out, "--budget-macs", "60%", "--resume"), capsys)
+    assert_one_line_error(code, err, f"different run (checkpoint: '{model_file.resolve()}' there, '{other.resolve()}' now)")

@@ -208,9 +208,13 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     if state_path.exists() and not opts.resume:
         raise UserError(f"'{out}' holds an unfinished or finished search; pass --resume to continue it "
                         f"or choose another --out")
+    # what else the metrics and costs depend on: resuming from another model's or data set's state is refused
+    run = {"checkpoint": str(Path(opts.checkpoint).resolve()), "model": meta.model, "method": method_name,
+           "data": str(Path(opts.data).resolve()), "img_size": img_size, "batch_size": opts.batch_size,
+           "eval_samples": opts.eval_samples, "device": device.type}
     result = run_evolution(space, metric, cost, budget, opts.settings, state_path=state_path,
                            history_path=out / "history.jsonl", progress=opts.progress and dist.is_main(),
-                           write_files=dist.is_main())
+                           write_files=dist.is_main(), run=run)
     best_cfg = result.best_config
     report: Dict[str, Any] = {
         "method": method_name, "model": meta.model, "model_args": dict(meta.model_args),

@@ -196,11 +196,21 @@ def _rng_from_json(data: list) -> tuple:
     return (version, tuple(internal), gauss_next)
 
 
-def _compat(space: SearchSpace, budget: Budget, settings: EvolutionSettings) -> Dict[str, Any]:
+def _compat(space: SearchSpace, budget: Budget, settings: EvolutionSettings,
+            run: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """What must match between a state file and the run resuming it (generations may grow)."""
     s = asdict(settings)
     s.pop("generations")
-    return {"space": space.to_dict()["groups"], "budget": asdict(budget), "settings": s}
+    return {"space": space.to_dict()["groups"], "budget": asdict(budget), "settings": s, "run": run or {}}
+
+
+def _first_difference(old: Any, new: Any) -> str:
+    """Where two compat entries differ, in words: 'model: 'a' there, 'b' now'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            if old.get(k) != new.get(k):
+                return f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+    return f"{old!r} there, {new!r} now"
 
 
 def _load_state(path: Path, compat: Dict[str, Any]) -> Dict[str, Any]:
@@ -210,10 +220,13 @@ def _load_state(path: Path, compat: Dict[str, Any]) -> Dict[str, Any]:
         raise UserError(f"cannot read search state '{path}': {e}")
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise UserError(f"search state '{path}' is not a state file of this version")
+    have = state.get("compat") if isinstance(state.get("compat"), dict) else {}
     for key, want in compat.items():
-        if json.loads(json.dumps(want)) != state.get("compat", {}).get(key):
-            raise UserError(f"search state '{path}' was written with a different {key}; "
-                            f"resume with the same options or use another output folder")
+        want = json.loads(json.dumps(want))
+        if want != have.get(key):
+            raise UserError(f"search state '{path}' was written with a different {key} "
+                            f"({_first_difference(have.get(key), want)}); resume with the same options or use "
+                            f"another output folder")
     return state
 
 
@@ -259,8 +272,12 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
                   settings: EvolutionSettings, state_path: Optional[Path] = None,
                   history_path: Optional[Path] = None,
                   on_generation: Optional[Callable[[int, List[Dict[str, Any]]], None]] = None,
-                  progress: bool = True, write_files: bool = True, top_k: int = 20) -> SearchResult:
+                  progress: bool = True, write_files: bool = True, top_k: int = 20,
+                  run: Optional[Dict[str, Any]] = None) -> SearchResult:
     """Search the config with the best `evaluate` whose `cost` lies in `budget`.
+
+    `run` (JSON-able) names what else the metric and cost depend on (model, data, image size, ...): a
+    state file written for another run is refused, naming the first difference.
 
     `evaluate`/`cost` take a config (list of groups of values); higher metric is better. If
     `state_path` exists the search resumes from it. `history_path` gets one JSON line per evaluated
@@ -274,7 +291,7 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
     rng = random.Random(settings.seed)
     costs = _Costs(space, cost, budget)
     toolbox = _make_toolbox(space, rng, settings, costs)
-    compat = _compat(space, budget, settings)
+    compat = _compat(space, budget, settings, run)
 
     metrics: Dict[Tuple[int, ...], float] = {}
     evaluated: List[Dict[str, Any]] = []
@@ -283,12 +300,16 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
     population = None
     if state_path is not None and state_path.is_file():
         state = _load_state(state_path, compat)
-        rng.setstate(_rng_from_json(state["rng"]))
-        evaluated = state["evaluated"]
-        metrics = {_key(c["genome"]): c["metric"] for c in evaluated}
-        costs.cache = {_key(g): c for g, c in state["costs"]}
-        generation, population_done = state["generation"], state["population_evaluated"]
-        population = [creator.Individual(g) for g in state["population"]]
+        try:
+            rng.setstate(_rng_from_json(state["rng"]))
+            evaluated = state["evaluated"]
+            metrics = {_key(c["genome"]): c["metric"] for c in evaluated}
+            costs.cache = {_key(g): c for g, c in state["costs"]}
+            generation, population_done = state["generation"], state["population_evaluated"]
+            population = [creator.Individual(g) for g in state["population"]]
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise UserError(f"search state '{state_path}' is damaged ({type(e).__name__} {e}); "
+                            f"use another output folder") from None
         if write_files and history_path is not None:
             # the run may have died after writing history, before the state: history follows the state
             write_output(history_path, _history_text(evaluated), "history")
