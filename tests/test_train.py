@@ -32,7 +32,7 @@ def data_dir(tmp_path_factory):
 
 def write_cfg(tmp_path, data_dir, name="run.yaml", **over):
     cfg = {
-        "model": {"name": "swin_tiny_patch4_window7_224", "args": MICRO_ARGS},
+        "model": {"name": "swin_tiny_patch4_window7_224", "args": dict(MICRO_ARGS)},  # a copy: tests edit it
         "data": {"path": str(data_dir), "task": "classification"},
         "sparsity": 0.0,
         "optim": {"name": "adamw", "lr": 1e-3},
