@@ -7,6 +7,7 @@ import timm
 import torch
 import yaml
 
+from sparsevit_cli.errors import UserError
 from sparsevit_cli.latency import calibrated_table, predict_latency
 from sparsevit_cli.methods import get_method, method_for_model
 from sparsevit_cli.model_file import load, read_meta
@@ -172,6 +173,8 @@ def test_latency_table_times_the_v2_block_restores_the_config_and_calibrates(mon
     space = load_space("swinv2_auto", group_sizes=method.group_sizes(model))
     t = calibrated_table(method, model, model, torch.randn(1, 3, 64, 64), space, calibration=2, warmup=0, repeats=1)
     assert 0.5 <= t["calibration_scale"] <= 2.0 and len(t["calibration"]) == 2
+    cfg = [[0.2], [0.6]]
+    assert predict_latency(method, t, cfg) == pytest.approx(t["calibration_scale"] * method.predict_latency(t, cfg))
     method.apply(model, [[0.3], [0.6]])
     method.build_latency_table(model, torch.randn(1, 3, 64, 64), warmup=0, repeats=1)
     assert model.sparsity == [[0.3], [0.6]] and model.window_score == "l2"
@@ -190,6 +193,11 @@ def test_method_is_picked_for_swin_v2_and_not_for_swin_v1():
     wrapped = method.wrap(v2, window_score="l2")
     assert method.options(wrapped) == {"window_score": "l2"}
     assert method.validate(wrapped, [[0.2], 0.4]) == [[0.2], [0.4]]
+    # a sparse model only takes the settings given; a V1 Swin is refused in one line
+    assert sparsify_v2(wrapped, sparsity=[[0.2], [0.4]]) is wrapped and wrapped.window_score == "l2"
+    assert wrapped.sparsity == [[0.2], [0.4]] and [s.ratios for s in wrapped.layers] == [[0.2], [0.4]]
+    with pytest.raises(UserError, match="needs a timm SwinTransformerV2, got SwinTransformer$"):
+        sparsify_v2(v1)
     space = load_space(method.default_space, group_sizes=method.group_sizes(wrapped))
     assert space.method == "sparsevit-v2" and [g.size for g in space.groups] == [1, 1]
 

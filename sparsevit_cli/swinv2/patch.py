@@ -27,7 +27,8 @@ import torch.nn as nn
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
 
 from ..errors import UserError
-from ..swin.patch import SparseSwinStage, SparseSwinTransformer, WindowGrid, check_window_score, sparse_class
+from ..swin.patch import (SparseSwinStage, SparseSwinTransformer, WindowGrid, check_window_score, sparse_class,
+                          sparsify)
 
 
 def sparse_block_v2_(block: SwinTransformerV2Block, buf: torch.Tensor, grid: WindowGrid,
@@ -80,7 +81,7 @@ def sparsify_v2(model: nn.Module, sparsity=None, window_score: Optional[str] = N
     """Make a timm SwinTransformerV2 window-sparse, in place (same object, parameters and state-dict keys).
 
     `sparsity` defaults to 0 (exactly the dense model) for a new one; an already sparse model keeps its
-    settings unless new ones are given."""
+    settings unless new ones are given (V1's `sparsify` applies them)."""
     if not isinstance(model, SparseSwinTransformerV2):
         if not isinstance(model, SwinTransformerV2):
             raise UserError(f"SparseViT-V2 needs a timm SwinTransformerV2, got {type(model).__name__}")
@@ -91,9 +92,5 @@ def sparsify_v2(model: nn.Module, sparsity=None, window_score: Optional[str] = N
         for stage in model.layers:
             stage.__class__ = sparse_class(type(stage), SparseSwinV2Stage)
             stage._grid_cache = {}
-        model.set_sparsity(0.0 if sparsity is None else sparsity)
-    elif sparsity is not None:
-        model.set_sparsity(sparsity)
-    if window_score is not None:
-        model.set_window_score(window_score)
-    return model
+        sparsity = 0.0 if sparsity is None else sparsity
+    return sparsify(model, sparsity, window_score)
