@@ -108,12 +108,16 @@ def relative_error(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
-def compile_model(model: nn.Module, x: torch.Tensor, backend: str = "inductor") -> nn.Module:
+def compile_model(model: nn.Module, x: torch.Tensor, backend: str = "inductor", fresh: bool = False) -> nn.Module:
     """`torch.compile(model)`, compiled on `x` and checked against eager before anyone times it.
 
     A compiler that cannot run here (no C++ toolchain, unsupported platform) or a graph the compiler rejects
-    is one `UserError` line; so is a compiled model that is not exact against eager.
+    is one `UserError` line; so is a compiled model that is not exact against eager. `fresh` forgets earlier
+    compilations first: a search compiling config after config would otherwise reach dynamo's per-function
+    recompile limit (8) and from then on silently time eager code.
     """
+    if fresh:
+        torch._dynamo.reset()
     try:
         compiled = torch.compile(model, backend=backend, dynamic=False)  # one graph per batch shape
         with torch.inference_mode():  # compile under the same grad mode as `time_models`, or it recompiles
