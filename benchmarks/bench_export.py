@@ -24,7 +24,7 @@ import sparsevit_cli as sv
 from sparsevit_cli.commands.export import FORMATS, export_model
 from sparsevit_cli.timing import time_models
 from sparsevit_cli.swin.cost import swin_macs
-from smoke import add_smoke_option, apply_smoke
+from common import add_model_options, apply_smoke
 
 
 def randomize_norms_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -50,12 +50,8 @@ def export_onnx(model, sparsity: float, path: Path, inputs):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="swin_tiny_patch4_window7_224")
-    ap.add_argument("--img-size", type=int, default=448)
+    add_model_options(ap, img_size=448, repeats=10, warmup=3)
     ap.add_argument("--sparsity", type=float, default=0.6, help="uniform window sparsity of the sparse model")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    add_smoke_option(ap)
     args = apply_smoke(ap.parse_args(argv))
 
     torch.manual_seed(0)

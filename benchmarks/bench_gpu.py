@@ -26,7 +26,7 @@ from sparsevit_cli.methods import method_for_model
 from sparsevit_cli.timing import compile_model, resolve_device, resolve_dtype, time_models
 from sparsevit_cli.timm_models import create_timm_model
 
-from smoke import add_smoke_option, apply_smoke
+from common import add_model_options, apply_smoke
 
 MODES = ("eager", "cuda-graphs", "compile")
 
@@ -93,17 +93,11 @@ def targets(rows: List[Dict[str, object]]) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="swin_tiny_patch4_window7_224")
-    ap.add_argument("--img-size", type=int, default=1344)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--device", default="cuda")
+    add_model_options(ap, img_size=1344, repeats=20, warmup=5, batch_size=8, device="cuda")
     ap.add_argument("--dtypes", default="fp16,bf16")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--sparsities", default="0,0.4,0.6,0.8")
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", help="also write the rows to this JSON file")
-    add_smoke_option(ap)
     args = apply_smoke(ap.parse_args(argv), batch_size=2, device="cpu", dtypes="fp32", modes="eager")
     args.dtypes = args.dtypes.split(",")
     args.modes = args.modes.split(",")

@@ -21,20 +21,15 @@ from sparsevit_cli.timing import resolve_device, time_models
 from sparsevit_cli.methods import method_for_model
 from sparsevit_cli.timm_models import create_timm_model
 from sparsevit_cli.search.space import load_space
-from smoke import add_smoke_option, apply_smoke
+from common import add_model_options, apply_smoke
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="swin_tiny_patch4_window7_224")
-    ap.add_argument("--img-size", type=int, default=448)
-    ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
+    add_model_options(ap, img_size=448, repeats=7, batch_size=1, device="cpu")
     ap.add_argument("--configs", type=int, default=12)
-    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--calibration", type=int, default=6, help="measured configs the table is calibrated on")
     ap.add_argument("--seed", type=int, default=0)
-    add_smoke_option(ap)
     args = apply_smoke(ap.parse_args(argv), configs=1, calibration=1)
 
     torch.manual_seed(args.seed)

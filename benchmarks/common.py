@@ -1,0 +1,38 @@
+"""Options shared by the benchmark scripts, and their `--smoke` settings: a micro Swin that runs in seconds on
+CPU, so that the test suite can check every script still runs (tests/test_bench_smoke.py); no timing is
+asserted."""
+import argparse
+from typing import Optional
+
+# two stages with 4x4-token windows: several windows per stage at 64 px, so sparsity still has work to skip
+MICRO_SWIN = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4)
+SMOKE_IMG_SIZE = 64
+
+
+def add_model_options(ap: argparse.ArgumentParser, img_size: int, repeats: int, warmup: Optional[int] = None,
+                      batch_size: Optional[int] = None, device: Optional[str] = None) -> None:
+    """--model (a timm name), --img-size and --repeats, plus --warmup, --batch-size and --device where the
+    script takes them; then --smoke."""
+    ap.add_argument("--model", default="swin_tiny_patch4_window7_224")
+    ap.add_argument("--img-size", type=int, default=img_size)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    for name, value in (("--warmup", warmup), ("--batch-size", batch_size)):
+        if value is not None:
+            ap.add_argument(name, type=int, default=value)
+    if device is not None:
+        ap.add_argument("--device", default=device)
+    add_smoke_option(ap)
+
+
+def add_smoke_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--smoke", action="store_true", help="micro model on CPU, one repeat (the tests run it)")
+    ap.set_defaults(model_args={})
+
+
+def apply_smoke(args: argparse.Namespace, **settings) -> argparse.Namespace:
+    """With `--smoke`: the micro Swin at 64 px, one untimed-quality repeat, and the script's own `settings`."""
+    if args.smoke:
+        settings = dict(model_args=MICRO_SWIN, img_size=SMOKE_IMG_SIZE, repeats=1, warmup=0, **settings)
+        for key, value in settings.items():
+            setattr(args, key, value)
+    return args
