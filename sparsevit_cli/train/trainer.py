@@ -1,14 +1,16 @@
 """Training for `finetune` (one fixed sparsity config) and `adapt` (a random valid config every step).
 
 Resumable bit for bit: every `checkpoint_every` steps and at every epoch end the full state (model,
-optimizer, scheduler, step counters, every RNG the run draws from) is written atomically to
-`out/last.pt`; `resume=True` continues from it, skipping already-seen batches by index (the data order is
-a pure function of seed and epoch). Under torchrun the model is wrapped in DistributedDataParallel,
+optimizer, scheduler, step counters, metrics history, every rank's RNGs) is written atomically to
+`out/last.pt` in one file (state.py: the one before is kept as prev.pt); `resume=True` continues from it,
+skipping already-seen batches by index (the data order is a pure function of seed and epoch). A
+non-finite loss or weight stops the run with one line before anything is written over a good file.
+Under torchrun the model is wrapped in DistributedDataParallel,
 each rank reads its shard of every epoch's permutation and metrics are reduced across ranks.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 import random
 import time
@@ -26,13 +28,14 @@ from rich.table import Table
 
 from .. import dist
 from ..data.datasets import IGNORE_INDEX, build_loader, epoch_batches, iterate
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..evaluate import autocast, evaluate
+from ..io import atomic_write_json
 from ..methods import Config, method_for_model
 from ..tasks import backbone_of, build_task_model
 from .run_config import RunConfig, to_dict
+from .state import check_same_run, load_checkpoint, read_checkpoint, save_checkpoint, write_history
 
-STATE_FILE = "last.pt"
 MODEL_FILE = "model.safetensors"
 
 
@@ -233,48 +236,75 @@ class Trainer:
 
     # ---- checkpointing
     def _rng_state(self) -> Dict[str, Any]:
-        return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "config": self.config_rng.getstate(),
+        """Every random generator this process draws from, as tensors and plain values (a checkpoint
+        loads with weights_only=True, which allows nothing else: numpy's key array becomes a tensor)."""
+        kind, key, pos, has_gauss, gauss = np.random.get_state()
+        return {"python": random.getstate(), "config": self.config_rng.getstate(),
+                "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+                "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
     def _set_rng_state(self, s: Dict[str, Any]) -> None:
-        random.setstate(s["python"])
-        np.random.set_state(s["numpy"])
+        version, internal, gauss = s["python"]
+        random.setstate((version, tuple(internal), gauss))
+        version, internal, gauss = s["config"]
+        self.config_rng.setstate((version, tuple(internal), gauss))
+        kind, key, pos, has_gauss, gauss = s["numpy"]
+        np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
         torch.set_rng_state(s["torch"])
-        self.config_rng.setstate(s["config"])
         if s.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda"])
 
     def save_state(self) -> None:
-        """Full training state, atomically (rank 0 writes; RNG states are per rank, so each rank keeps its
-        own RNG file beside it)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        rng_path = self.out / f"rng.rank{dist.rank()}.pt"
-        _atomic_torch_save(self._rng_state(), rng_path)
-        if dist.is_main():
-            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
-                     "train_state": vars(self.state).copy(), "mode": self.mode, "config": to_dict(self.cfg)}
-            _atomic_torch_save(state, self.out / STATE_FILE)
-        dist.barrier()
+        """The whole training state in one file, atomically: rank 0 writes it with every rank's RNG
+        states gathered into it, so no kill can leave weights and RNGs of different steps."""
+        if vars(self.state) == getattr(self, "_saved_state", None):
+            return  # this very state is on disk already; writing it again would push out prev.pt's
+        self._require_finite_weights()
+        rngs = dist.all_gather_object(self._rng_state())
+        dist.main_only(lambda: save_checkpoint(self.out, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+            "train_state": vars(self.state).copy(), "mode": self.mode, "config": to_dict(self.cfg),
+            "rng": rngs, "history": self.history, "loss": self.last_loss}))
+        self._saved_state = vars(self.state).copy()
 
     def load_state(self) -> bool:
-        path = self.out / STATE_FILE
-        if not path.is_file():
+        """Continue from out/last.pt (or prev.pt when last.pt is damaged); False when there is none."""
+        found = dist.main_only(lambda: load_checkpoint(self.out, self._check_resumable, self._info))
+        path = dist.broadcast_object(str(found[0]) if found else None)
+        if path is None:
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("mode") != self.mode:
-            raise UserError(f"'{path}' belongs to a {state.get('mode')} run, not {self.mode}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        state = found[1] if found else read_checkpoint(Path(path))
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler and state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UserError(f"checkpoint '{path}' does not fit this run: {first_line(e)}") from None
         self.state = TrainState(**state["train_state"])
-        rng_path = self.out / f"rng.rank{dist.rank()}.pt"
-        if rng_path.is_file():
-            self._set_rng_state(torch.load(rng_path, weights_only=False))
+        self._set_rng_state(state["rng"][dist.rank()])
+        self.history, self.last_loss = list(state["history"]), state["loss"]
+        self._saved_state = vars(self.state).copy()
         return True
+
+    def _check_resumable(self, state: Dict[str, Any], path: Path) -> None:
+        if state["mode"] != self.mode:
+            raise UserError(f"'{path}' belongs to a {state['mode']} run, not {self.mode}; choose another --out")
+        check_same_run(state["config"], to_dict(self.cfg), path)
+        if len(state["rng"]) != dist.world_size():
+            raise UserError(f"'{path}' was saved by {len(state['rng'])} process(es), this run has "
+                            f"{dist.world_size()}; resume with the same number (torchrun --nproc_per_node)")
+
+    def _require_finite_weights(self) -> None:
+        """Stop before NaN/inf weights are evaluated or written over a good checkpoint or model file."""
+        bad = next((n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise UserError(f"training diverged: weight {bad} is not finite after step {self.state.global_step} "
+                            f"(last loss {self.last_loss:g}); nothing was saved over the last good files; lower "
+                            f"optim.lr (now {self.cfg.optim.lr:g})")
 
     # ---- training
     def _step_configs(self) -> List[Config]:
@@ -314,10 +344,17 @@ class Trainer:
         return total
 
     def fit(self, resume: bool = False) -> Dict[str, Any]:
-        if resume and not self.load_state() and dist.is_main():
-            self.console.print(f"[yellow]no checkpoint in {self.out}, starting fresh[/]")
+        """Train to `epochs` (or `max_steps` steps of this call); the caller holds the output folder
+        (state.run_folder)."""
+        self.history: List[Dict[str, Any]] = []
+        self.last_loss = float("nan")
+        if resume:
+            if not self.load_state():
+                self._info(f"no checkpoint in {self.out}, starting fresh")
+            # lines logged after the checkpoint was written are logged again when their epoch ends
+            dist.main_only(lambda: write_history(self.out, self.history))
         cfg, st = self.cfg, self.state
-        done_steps_here, loss = 0, float("nan")
+        done_steps_here = 0
         with self._progress() as progress:
             task = progress.add_task(self.mode, total=self.total_steps, completed=st.global_step,
                                      loss=float("nan"), ips=0.0, epoch=st.epoch + 1)
@@ -327,7 +364,8 @@ class Trainer:
                         self.save_state()
                         return {"interrupted": True, "global_step": st.global_step}
                     t0 = time.perf_counter()
-                    loss = self.train_step(x.to(self.device), y.to(self.device))
+                    loss = self._finite_loss(self.train_step(x.to(self.device), y.to(self.device)))
+                    self.last_loss = loss
                     st.step_in_epoch += 1
                     st.global_step += 1
                     done_steps_here += 1
@@ -337,16 +375,28 @@ class Trainer:
                         self.save_state()
                 st.epoch += 1
                 st.step_in_epoch = 0
+                self._require_finite_weights()
                 metric = self.evaluate(self.config)
-                self._log({"epoch": st.epoch, "step": st.global_step, "loss": loss, self.metric_name: metric})
+                self._log({"epoch": st.epoch, "step": st.global_step, "loss": self.last_loss,
+                           self.metric_name: metric})
                 progress.console.print(f"epoch {st.epoch}/{cfg.epochs}: {self.metric_name} {metric:.2f}")
                 self.save_state()
         checksums = dist.replica_checksums(self.model)
-        if dist.is_main():
-            (self.out / "replicas.json").write_text(json.dumps({"world_size": dist.world_size(), "checksums": checksums}))
+        dist.main_only(lambda: atomic_write_json(self.out / "replicas.json",
+                                                 {"world_size": dist.world_size(), "checksums": checksums}, None))
         if len(set(checksums)) != 1:
             raise RuntimeError(f"DDP replicas diverged: parameter checksums {checksums}")
         return {"interrupted": False, "global_step": st.global_step}
+
+    def _finite_loss(self, loss: float) -> float:
+        """The step's loss averaged over ranks (every rank then stops together on a non-finite one)."""
+        total = dist.all_reduce_tensor(torch.tensor([float(loss)], dtype=torch.float64, device=self.device))
+        loss = total.item() / dist.world_size()
+        if not math.isfinite(loss):
+            raise UserError(f"training diverged: loss is {loss} at step {self.state.global_step + 1} (epoch "
+                            f"{self.state.epoch + 1}); nothing was saved over the last good files; lower "
+                            f"optim.lr (now {self.cfg.optim.lr:g})")
+        return loss
 
     # ---- evaluation
     @property
@@ -365,32 +415,29 @@ class Trainer:
     def save_model(self, extra: Optional[Dict[str, Any]] = None) -> Path:
         from ..model_file import save_model
         path = self.out / MODEL_FILE
-        if dist.is_main():
-            meta = {"method": self.method.name, "model": self.model_name, "model_args": self.model_args,
-                    "img_size": self.img_size, "task": self.cfg.data.task, "num_classes": self.num_classes,
-                    "sparsity": self.config,
-                    "method_options": self.method.options(self.backbone), "trained_by": self.mode, **(extra or {})}
-            save_model(path, self.model, meta)
-        dist.barrier()
+        self._require_finite_weights()
+        meta = {"method": self.method.name, "model": self.model_name, "model_args": self.model_args,
+                "img_size": self.img_size, "task": self.cfg.data.task, "num_classes": self.num_classes,
+                "sparsity": self.config,
+                "method_options": self.method.options(self.backbone), "trained_by": self.mode, **(extra or {})}
+
+        def write() -> None:
+            try:
+                save_model(path, self.model, meta)
+            except OSError as e:
+                raise UserError(f"cannot write model file '{path}': {e.strerror or first_line(e)}") from None
+        dist.main_only(write)
         return path
 
     def _log(self, record: Dict[str, Any]) -> None:
-        if dist.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self.history.append(record)
+        dist.main_only(lambda: write_history(self.out, self.history))
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]{task.description}[/] ep {task.fields[epoch]}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
                         TextColumn("{task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
                         console=self.console, disable=not self.progress_enabled, transient=False)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def report_table(title: str, rows: List[Dict[str, Any]], columns: Sequence[str]) -> Table:
