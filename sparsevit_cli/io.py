@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, IO, List, Optional
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 def read_user_text(path: str | os.PathLike, what: str = "file") -> str:
@@ -162,6 +162,26 @@ def _process_alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True  # another user's process, or a platform that cannot tell: leave its files alone
     return True
+
+
+def torch_load_weights(path: str | os.PathLike, what: str = "file") -> Any:
+    """A torch file's content with `weights_only=True` (tensors and plain Python values: loading runs no
+    code), on the CPU. Anything else is one UserError line: a file that carries pickled objects is
+    refused and named as such (torch's own message tells the user to turn the protection off)."""
+    import torch
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} '{path}' is a directory, not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage, pickled objects: torch raises several types
+        message = str(e)
+        if "GLOBAL" in message:  # the weights-only unpickler met a class or function to import
+            raise UserError(f"{what} '{path}' holds pickled Python objects, not only tensors: refused, loading "
+                            f"it could run code") from None
+        detail = next((line.strip() for line in message.splitlines() if line.startswith("Unsupported")), None)
+        raise UserError(f"{what} '{path}' cannot be read, it is damaged or not a torch file "
+                        f"({detail or first_line(e)})") from None
 
 
 # --------------------------------------------------------------------------------------------- folder lock
