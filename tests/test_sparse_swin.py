@@ -183,6 +183,57 @@ def test_centered_score_finds_a_dark_object_that_raw_l2_ranks_last():
     assert 27 not in _first_kept_windows(sparse, x)
 
 
+def test_mean_abs_ranks_like_the_released_code_at_the_first_pruning_block():
+    """mean-abs, recomputed independently the released code's way: token score mean_c |x|, window score the
+    L2 norm of its token scores, ranked on the input of the stage's first pruning block (here block 2, after
+    two dense blocks); the shifted grid on the same map rolled by half a window."""
+    micro = dict(embed_dim=16, depths=[2, 4], num_heads=[1, 2], window_size=4)
+    dense, sparse = make_pair(img_size=128, **micro)  # stage 2: 16 x 16 tokens, 16 windows of 4 x 4
+    sparse.set_window_score("mean-abs").set_sparsity([[0.0], [0.0, 0.5]])
+    x = torch.randn(2, 3, 128, 128)
+    x[0, :, :64, :64] *= 4.0  # different bright regions per image
+    x[1, :, 64:, 32:96] *= 4.0
+    ids = _window_ids_by_block(sparse, x)
+    stage = sparse.layers[1]
+    with torch.no_grad():
+        h = _stage_input(dense, x, 1)
+        h = dense.layers[1].blocks[1](dense.layers[1].blocks[0](h))  # the input of block 2
+    act = h.abs().mean(-1)  # (B, 16, 16)
+    k = kept_windows(16, 0.5)
+    for block, rolled in ((2, act), (3, torch.roll(act, shifts=(-2, -2), dims=(1, 2)))):
+        windows = rolled.view(2, 4, 4, 4, 4).permute(0, 1, 3, 2, 4).reshape(2, 16, 16)
+        scores = torch.linalg.vector_norm(windows, ord=2, dim=-1)
+        expect = torch.topk(scores, k, dim=1).indices
+        got = ids[id(stage.blocks[block])]
+        assert got.shape == (2, k)
+        for b in range(2):
+            assert set(got[b].tolist()) == set(expect[b].tolist()), (block, b)
+    assert id(stage.blocks[0]) not in ids and id(stage.blocks[1]) not in ids  # dense blocks: timm's own
+    # ranked at the pruning block, not at the stage input: the stage input's mean-abs order differs here
+    with torch.no_grad():
+        act_in = _stage_input(dense, x, 1).abs().mean(-1)
+    at_input = torch.linalg.vector_norm(act_in.view(2, 4, 4, 4, 4).permute(0, 1, 3, 2, 4).reshape(2, 16, 16), dim=-1)
+    assert any(set(torch.topk(at_input[b], k).indices.tolist()) != set(ids[id(stage.blocks[2])][b].tolist())
+               for b in range(2))
+
+
+def test_mean_abs_exports_to_onnx_and_picks_windows_per_input(tmp_path):
+    from sparsevit_cli.commands.export import export_model
+    micro = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4, num_classes=10)
+    _, sparse = make_pair(img_size=64, **micro)
+    sparse.set_window_score("mean-abs").set_sparsity([[0.5], [0.5]])
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(2, 3, 64, 64, generator=g), torch.randn(2, 3, 64, 64, generator=g)
+    b[:, :, 32:, 32:] *= 5.0
+    path = tmp_path / "m.onnx"
+    export_model(sparse, "onnx", path, [a], tolerance=1e-4, time_it=False)
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: b.numpy()})[0])
+    with torch.no_grad():
+        assert rel_err(sparse(b), got) < 1e-4  # b's own windows, not those of the traced input
+
+
 def test_unknown_window_score_is_a_one_line_error_and_leaves_the_model_alone():
     dense, _ = make_pair()
     with pytest.raises(UserError, match="unknown window score 'l1'.*l2-centered"):
