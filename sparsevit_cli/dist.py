@@ -67,11 +67,6 @@ def broadcast_object(obj):
     return box[0]
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 def all_gather_object(obj: Any) -> List[Any]:
     """Every rank's `obj` (picklable), in rank order; `[obj]` without torchrun."""
     if not is_distributed():

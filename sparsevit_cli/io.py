@@ -128,9 +128,6 @@ def atomic_write_yaml(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 
-write_yaml_atomic = atomic_write_yaml  # the older name, still used by commands
-
-
 def atomic_torch_save(path: str | os.PathLike, obj: Any, keep_previous: Optional[str | os.PathLike] = None) -> None:
     import torch  # io stays importable without torch (the CLI's --help does not load it)
     atomic_write(path, lambda f: torch.save(obj, f), binary=True, keep_previous=keep_previous)
