@@ -145,6 +145,11 @@ def latency_and_throughput(models: Dict[str, nn.Module], make_input: Callable[[i
     for n in sorted({1, batch_size}):
         x = make_input(n)
         runs = {name: compile_model(m, x, compile_backend) if compile else m for name, m in models.items()}
-        ms[n] = time_models(runs, x, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
+        try:
+            ms[n] = time_models(runs, x, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
+        except Exception as e:  # a compiled model can still recompile (guards) and fail while it is timed
+            if not compile or isinstance(e, UserError):
+                raise
+            raise UserError(f"torch.compile failed while timing: {first_line(e)} (run without --compile)")
     return {name: {"ms": ms[1][name], "images_per_s": 1000.0 * batch_size / ms[batch_size][name]}
             for name in models}

@@ -6,6 +6,7 @@ import timm
 import torch
 
 from cli_helpers import assert_one_line_error, run_cli
+from sparsevit_cli.errors import UserError
 
 
 def test_measure_json(capsys):
@@ -185,6 +186,33 @@ def test_compile_that_changes_results_is_refused(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda m, **kw: (lambda x: m(x) * (1 + 1e-3)))
     with pytest.raises(UserError, match="differs from eager"):
         compile_model(model, torch.randn(1, 3, 64, 64))
+
+
+# The Swin engine does not compile yet (dynamo: "NameError: name 'device' is not defined" in swin/patch.py
+# rank_grids, `id(g)` of a grid cached under a key holding a torch.device). Strict: once the engine compiles
+# these pass, the suite says so, and the marks go.
+ENGINE_NOT_COMPILABLE = "swin engine not compile-friendly yet (NameError 'device' in rank_grids)"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ENGINE_NOT_COMPILABLE)
+def test_measure_compile_checks_and_times_compiled_models(model_file, monkeypatch, capsys):
+    _fast_compile(monkeypatch)
+    path, _ = model_file
+    code, out, err = run_cli(["measure", "--checkpoint", path, "--compile", "--batch-size", "1", "--repeats", "1",
+                              "--warmup", "0", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["compiled"] is True
+
+
+@pytest.mark.xfail(strict=True, raises=(UserError, RuntimeError), reason=ENGINE_NOT_COMPILABLE)
+def test_sparse_engine_compiles_exactly(monkeypatch):
+    from sparsevit_cli import sparsify
+    from sparsevit_cli.timing import compile_model, relative_error
+    model = sparsify(timm.create_model("swin_tiny_patch4_window7_224", **MICRO).eval(), [[0.5], [0.4, 0.4]])
+    x = torch.randn(2, 3, 64, 64)
+    compiled = compile_model(model, x, backend="aot_eager")
+    with torch.inference_mode():
+        assert relative_error(model(x), compiled(x)) < 1e-5
 
 
 def test_compiler_unavailable_is_one_line(model_file, monkeypatch, capsys):
