@@ -33,6 +33,20 @@ class MethodOptions(TypedDict, total=False):
     window_score: str
 
 
+@with_config(ConfigDict(extra="allow"))  # an unknown option reaches the task head, which names it
+class TaskOptions(TypedDict, total=False):
+    """Keyword arguments of the task head (`Task.build(backbone, num_classes, **options)`), stored so that a
+    model file rebuilds the head it was trained with. Detection / instance segmentation: the FPN width,
+    the detector's resize and torchvision's FasterRCNN / MaskRCNN arguments (any other is kept as given)."""
+    fpn_channels: int
+    img_size: int
+    rpn_pre_nms_top_n_test: int
+    rpn_post_nms_top_n_test: int
+    box_detections_per_img: int
+    box_score_thresh: float
+    box_nms_thresh: float
+
+
 class ModelMeta(BaseModel):
     """What a model file says about its model. Unknown keys (metrics such as `top1`, `adapted`) are
     kept as extras. Reads like a mapping too (`meta["sparsity"]`, `meta.get("task")`)."""
@@ -48,6 +62,10 @@ class ModelMeta(BaseModel):
     #: a name in tasks.TASKS (checked where the task head is built: the registry is the one list)
     task: str = "classification"
     num_classes: Optional[int] = None
+    #: the task head's build options (`TaskOptions`); None: the head's defaults
+    task_options: Optional[TaskOptions] = None
+    #: names of the classes (detection: of labels 1..K, in order), for pictures and reports
+    class_names: Optional[List[str]] = None
     #: the sparsity config the model runs (after `load`: the one applied, override included)
     sparsity: Optional[List[List[float]]] = None
     method_options: MethodOptions = {}
@@ -218,7 +236,7 @@ def build_from_meta(meta: MetaLike) -> Tuple[nn.Module, Any]:
     method = get_method(meta.method)
     backbone = create_timm_model(meta.model, **meta.model_args)
     backbone = method.wrap(backbone, **meta.method_options)
-    model = build_task_model(backbone, meta.task, meta.num_classes)
+    model = build_task_model(backbone, meta.task, meta.num_classes, **(meta.task_options or {}))
     return model, method
 
 

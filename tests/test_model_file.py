@@ -132,3 +132,46 @@ def test_info_on_a_directory_or_timm_file(tmp_path, capsys):
     (tmp_path / "w.pth").write_bytes(b"\x80\x04N.")
     code, _, err = run_cli(["info", tmp_path / "w.pth"], capsys)
     assert_one_line_error(code, err, "sparsevit finetune")
+
+
+# --------------------------------------------------------------------------------------------- detectors
+DET_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
+#: lighter heads than torchvision's defaults; every one must come back from the file
+DET_OPTIONS = {"fpn_channels": 32, "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
+               "box_detections_per_img": 10, "box_score_thresh": 0.0}
+DET_SPARSITY = [[0.0], [0.5]]
+
+
+def test_detector_model_file_round_trip(tmp_path):
+    from sparsevit_cli import sparsify
+    from sparsevit_cli.tasks import backbone_of, build_task_model
+
+    torch.manual_seed(0)
+    model = build_task_model(sparsify(timm.create_model(MODEL, **DET_ARGS), DET_SPARSITY), "detection", 3,
+                             **DET_OPTIONS).eval()
+    path = tmp_path / "det.safetensors"
+    save_model(path, model, {"method": "sparsevit", "model": MODEL, "model_args": DET_ARGS, "img_size": 64,
+                             "task": "detection", "num_classes": 3, "sparsity": DET_SPARSITY,
+                             "task_options": DET_OPTIONS, "class_names": ["zero", "one", "two"]})
+    meta = read_meta(path)
+    assert meta.task_options == DET_OPTIONS and meta.class_names == ["zero", "one", "two"]
+
+    loaded = load(path)
+    assert backbone_of(loaded).sparsity == DET_SPARSITY == loaded.sparsevit_meta.sparsity
+    assert not loaded.training
+    # the stored head options built the head, not torchvision's defaults (256 channels, 1000 / 100)
+    assert loaded.backbone.out_channels == 32 and loaded.rpn._post_nms_top_n["testing"] == 20
+    assert loaded.roi_heads.detections_per_img == 10
+    images = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with torch.no_grad():
+        want, got = model(images), loaded(images)
+    for a, b in zip(want, got):
+        assert len(a["boxes"]) > 0 and a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], msg=k)
+    # the stored config is the one that runs: a dense config changes the outputs
+    backbone_of(loaded).set_sparsity(0.0)
+    with torch.no_grad():
+        dense = loaded(images)
+    assert any(a["boxes"].shape != b["boxes"].shape or not torch.allclose(a["boxes"], b["boxes"])
+               for a, b in zip(got, dense))
