@@ -174,19 +174,28 @@ def search(
 def visualize(
     checkpoint: Path = typer.Option(..., help="SparseViT model file (.safetensors from adapt/finetune)."),
     image: Path = typer.Option(..., help="Image to draw on (PNG, JPEG, ...); resized and center-cropped to "
-                                         "--img-size like evaluation images."),
+                                         "--img-size like evaluation images (detectors: resized by the "
+                                         "detector's own transform)."),
     config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml); "
                                                      "default: the config stored in the model file."),
     img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels, square (default: the "
                                                       "model's; must match it)."),
     out: Path = typer.Option(..., help="Picture to write (.png; .pdf, .svg, .jpg also work), written atomically."),
+    score_threshold: Optional[float] = typer.Option(None, help="Detectors: draw predictions scoring at least "
+                                                               "this (default 0.5)."),
 ):
-    """Draw the windows each stage keeps over an image (pruned windows dimmed), like SparseViT's figure 1."""
+    """Draw the windows each stage keeps over an image (pruned windows dimmed), like SparseViT's figure 1;
+    for detection and instance-segmentation models, the predicted boxes (and masks) too."""
     from .commands.visualize import visualize_windows
-    result = visualize_windows(checkpoint, image, out, config=config, img_size=img_size)
+    result = visualize_windows(checkpoint, image, out, config=config, img_size=img_size,
+                               score_threshold=score_threshold)
     for st in result["stages"]:
         console.print(f"stage {st['stage']}: {st['ratio']:.0%} pruned, {st['kept']}/{st['windows']} windows kept "
                       f"({st['tokens'][0]}x{st['tokens'][1]} tokens, window {st['window'][0]}x{st['window'][1]})")
+    if "detections" in result:
+        shown = ", ".join(f"{d['class']} {d['score']:.2f}" for d in result["detections"][:10])
+        more = f", ... ({len(result['detections'])} in all)" if len(result["detections"]) > 10 else ""
+        console.print(f"detections: {len(result['detections'])}" + (f" ({shown}{more})" if shown else ""))
     console.print(f"wrote {result['out']}")
 
 

@@ -216,3 +216,61 @@ def test_cli_draws_swin_v2_windows(tmp_path, capsys):
                                  "--out", tmp_path / "v.png"], capsys)
     assert code == 0, err
     assert "8/16 windows kept" in stdout and (tmp_path / "v.png").is_file()
+
+
+# --------------------------------------------------------------------------------------------- detectors
+DET_ARGS = {"img_size": 128, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
+DET_OPTIONS = {"fpn_channels": 32, "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
+               "box_detections_per_img": 5, "box_score_thresh": 0.0}
+
+
+@pytest.fixture(scope="module")
+def detection_image(tmp_path_factory):
+    from sparsevit_cli.data.demo import write_demo_data
+
+    root = tmp_path_factory.mktemp("det") / "data"
+    write_demo_data(root, img_size=128, n_train=1, n_val=1, seed=0, detection=True)
+    return sorted((root / "det" / "val").glob("*.png"))[0]
+
+
+@pytest.mark.parametrize("task", ["detection", "instance_segmentation"])
+def test_visualize_a_detector_draws_kept_windows_and_predictions(tmp_path, capsys, detection_image, task):
+    from sparsevit_cli.tasks import build_task_model
+
+    torch.manual_seed(0)
+    model = build_task_model(sparsify(timm.create_model(MODEL, **DET_ARGS), SPARSITY), task, 3, **DET_OPTIONS)
+    path = tmp_path / "det.safetensors"
+    save_model(path, model, {"method": "sparsevit", "model": MODEL, "model_args": DET_ARGS, "img_size": 128,
+                             "task": task, "num_classes": 3, "sparsity": SPARSITY, "task_options": DET_OPTIONS,
+                             "class_names": ["zero", "one", "two"]})
+    pictures = {}
+    for threshold in ("0", "1"):  # an untrained head: every prediction drawn, then none
+        out = tmp_path / f"t{threshold}.png"
+        code, stdout, err = run_cli(["visualize", "--checkpoint", path, "--image", detection_image, "--out", out,
+                                     "--score-threshold", threshold], capsys)
+        assert code == 0, err
+        lines = stdout.splitlines()
+        # 128 px, patch 4, window 4: 8x8 windows in stage 1, 4x4 in stage 2; half of each kept
+        assert [l for l in lines if l.startswith("stage")] == [
+            "stage 1: 50% pruned, 32/64 windows kept (32x32 tokens, window 4x4)",
+            "stage 2: 50% pruned, 8/16 windows kept (16x16 tokens, window 4x4)"]
+        detections = [l for l in lines if l.startswith("detections:")]
+        assert len(detections) == 1
+        n = int(detections[0].split()[1])
+        if threshold == "0":  # box_detections_per_img of them, named by the file's class names
+            assert n == 5 and any(f"{name} 0." in detections[0] for name in ("zero", "one", "two"))
+        else:
+            assert n == 0
+        with Image.open(out) as im:
+            assert im.format == "PNG"
+            pictures[threshold] = np.asarray(im.convert("RGB"))
+    assert pictures["0"].shape == pictures["1"].shape
+    assert (pictures["0"] != pictures["1"]).any()  # the boxes (and masks) are drawn
+
+
+def test_visualize_refuses_a_score_threshold_outside_0_1(tmp_path, capsys, model_file):
+    image = object_image(tmp_path / "im.png")
+    code, _, err = run_cli(["visualize", "--checkpoint", model_file, "--image", image, "--out", tmp_path / "o.png",
+                            "--score-threshold", "1.5"], capsys)
+    assert_one_line_error(code, err, "--score-threshold must be a score in [0, 1]")
+    assert not (tmp_path / "o.png").exists()

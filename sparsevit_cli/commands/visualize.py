@@ -5,6 +5,11 @@ The image goes through the same evaluation transform the data sets use at the mo
 the picture shows that transformed image (what the model sees). One panel per stage shows the windows
 of the stage's *last* block pair (its sparsest one: ratios never decrease inside a stage), on the plain
 window grid of its W-MSA block: kept windows outlined, pruned windows dimmed and hatched.
+
+Detection and instance segmentation model files: the image goes through the detector's own transform
+(resize to the model's size, normalisation, padding to the backbone's stride), the windows are those the
+backbone keeps on that batch, and the first panel also shows the predicted boxes (and masks) scoring at
+least the threshold, mapped onto the transformed image (`detection.draw.draw_detections`).
 """
 from __future__ import annotations
 
@@ -68,7 +73,35 @@ def stage_windows(backbone, masks: List[List[torch.Tensor]]) -> List[Dict[str, A
     return stages
 
 
-def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, fmt: str) -> None:
+def detector_view(model, image: str | os.PathLike, class_names, score_threshold: float):
+    """(the backbone's input batch (1, 3, H, W) as the detector's transform builds it, that batch as RGB
+    float in [0, 1] with the predictions drawn on it, the prediction in the batch's pixel coordinates)."""
+    import torch.nn.functional as F
+    from torchvision.models.detection.transform import resize_boxes
+
+    from ..data.datasets import read_image
+    from ..detection.draw import draw_detections
+
+    pil = read_image(check_file(image, "image"))
+    img = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)  # as CocoDetection
+    with torch.no_grad():
+        batch, _ = model.transform([img])
+        pred = {k: v.detach().cpu() for k, v in model([img])[0].items()}
+    x = batch.tensors
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (model.transform.image_mean, model.transform.image_std))
+    rgb = (x[0].cpu() * std + mean).clamp_(0, 1).permute(1, 2, 0).numpy()
+    h, w = batch.image_sizes[0]
+    # predictions are in the original image's pixels; the picture is the resized (and padded) batch
+    pred["boxes"] = resize_boxes(pred["boxes"], tuple(img.shape[-2:]), (h, w))
+    if "masks" in pred:
+        masks = F.interpolate(pred["masks"], size=(h, w), mode="bilinear", align_corners=False)
+        pred["masks"] = F.pad(masks, (0, x.shape[-1] - w, 0, x.shape[-2] - h))
+    drawn = draw_detections((rgb * 255).round().astype(np.uint8), pred, class_names, score_threshold)
+    return x, drawn.astype(np.float32) / 255.0, pred
+
+
+def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, fmt: str,
+          input_title: str = "input") -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -79,7 +112,7 @@ def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, 
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n, squeeze=False)[0]
     axes[0].imshow(rgb, interpolation="bilinear", extent=(0, W, H, 0))
-    axes[0].set_title(f"input · {W}×{H} px\n(as the model sees it)", fontsize=10)
+    axes[0].set_title(f"{input_title} · {W}×{H} px\n(as the model sees it)", fontsize=10)
     for ax, st in zip(axes[1:], stages):
         ax.imshow(rgb, interpolation="bilinear", extent=(0, W, H, 0))
         kept = st["kept_grid"]
@@ -115,17 +148,24 @@ def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, 
 
 
 def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike,
-                      config: Optional[str | os.PathLike] = None, img_size: Optional[int] = None) -> Dict[str, Any]:
-    """Draw the kept windows of every stage of a SparseViT model file over `image` into `out`.
+                      config: Optional[str | os.PathLike] = None, img_size: Optional[int] = None,
+                      score_threshold: Optional[float] = None) -> Dict[str, Any]:
+    """Draw the kept windows of every stage of a SparseViT model file over `image` into `out`; for a
+    detector, its predictions scoring at least `score_threshold` too.
 
-    Returns {"out", "img_size", "sparsity", "stages": [{"stage", "ratio", "kept", "windows", ...}]}."""
+    Returns {"out", "img_size", "sparsity", "stages": [{"stage", "ratio", "kept", "windows", ...}]} and, for
+    a detector, "detections": [{"label", "class", "score", "box"}] (those drawn)."""
     from ..io import read_sparsity_file
     from ..methods import get_method
     from ..model_file import load_model_file, read_model_meta
     from ..swin.method import SparseViT
-    from ..tasks import backbone_of
+    from ..detection.draw import DEFAULT_SCORE_THRESHOLD
+    from ..tasks import Detection, backbone_of, get_task
 
     out = check_output_file(out)
+    threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
+    if not 0.0 <= threshold <= 1.0:  # NaN fails too
+        raise UserError(f"--score-threshold must be a score in [0, 1], got {score_threshold}")
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise UserError(f"output '{out}' needs one of the suffixes {', '.join('.' + f for f in FORMATS)}")
@@ -138,13 +178,28 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
     cfg = read_sparsity_file(config) if config is not None else None
     check_file(image, "image")
     model, _, meta = load_model_file(checkpoint, cfg)
-    x, rgb = load_image(image, size, meta.task)
-
     backbone = backbone_of(model)
-    masks = backbone.kept_window_masks(x.unsqueeze(0))
+    detections = None
+    if isinstance(get_task(meta.task), Detection):  # instance segmentation too (a subclass)
+        names = meta.class_names or [str(i) for i in range(1, (meta.num_classes or 0) + 1)]
+        x, rgb, pred = detector_view(model, image, names, threshold)
+        keep = pred["scores"] >= threshold
+        detections = [{"label": int(label), "class": names[int(label) - 1], "score": float(score),
+                       "box": [round(float(v), 1) for v in box]}
+                      for label, score, box in zip(pred["labels"][keep], pred["scores"][keep], pred["boxes"][keep])]
+        input_title = f"{len(detections)} detections ≥ {threshold:.2f}"
+    else:
+        x, rgb = load_image(image, size, meta.task)
+        x = x.unsqueeze(0)
+        input_title = "input"
+
+    masks = backbone.kept_window_masks(x)
     stages = stage_windows(backbone, masks)
     kept = sum(st["kept"] for st in stages)
     title = f"{meta.model} · sparsity {format_config(backbone.sparsity)} · kept windows outlined, pruned dimmed"
-    _draw(rgb, stages, title, out, "jpeg" if fmt == "jpg" else fmt)
-    return {"out": str(out), "img_size": size, "sparsity": backbone.sparsity, "kept_total": kept,
-            "stages": [{k: v for k, v in st.items() if k != "kept_grid"} for st in stages]}
+    _draw(rgb, stages, title, out, "jpeg" if fmt == "jpg" else fmt, input_title)
+    result = {"out": str(out), "img_size": size, "sparsity": backbone.sparsity, "kept_total": kept,
+              "stages": [{k: v for k, v in st.items() if k != "kept_grid"} for st in stages]}
+    if detections is not None:
+        result["detections"] = detections
+    return result
