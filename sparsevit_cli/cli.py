@@ -287,20 +287,28 @@ def export(
     data: Optional[str] = typer.Option(None, help="Data directory: verify on real validation images too."),
     time_it: bool = typer.Option(True, "--time/--no-time", help="Time exported sparse vs exported dense."),
 ):
-    """Export a deployable model (window selection inside the graph) and verify it against PyTorch."""
+    """Export a deployable model (window selection inside the graph) and verify it against PyTorch.
+
+    Detection and instance-segmentation models: backbone only. The sparse Swin backbone is exported with one
+    output per stage map (its multi-scale features, verified against PyTorch); the FPN, RPN and RoI heads
+    stay in PyTorch (torchvision)."""
     from .io import read_sparsity_file
     from .commands.export import check_export_target, export_model, real_inputs
     from .model_file import load_model_file
+    from .tasks import get_task
 
     check_export_target(out, tolerance)  # before the model load: a typo should not cost one
     cfg = read_sparsity_file(config) if config is not None else None
     model, method, meta = load_model_file(checkpoint, cfg)
     size = meta.resolve_img_size(img_size)
+    module, part = get_task(meta.task).export_module(model)  # detectors: the backbone only
+    if part:
+        console.print(part)
     inputs = [torch_randn(batch_size, size, seed) for seed in (0, 1)]
     if data:
-        inputs.append(real_inputs(data, meta, size, batch_size))
-    report = export_model(model, format.value, out, inputs, tolerance=tolerance, method=method,
-                          config=meta.sparsity, dense_config=method.dense_config(_backbone(model)),
+        inputs.append(real_inputs(data, meta, size, batch_size, model))
+    report = export_model(module, format.value, out, inputs, tolerance=tolerance, method=method,
+                          config=meta.sparsity, dense_config=method.dense_config(_backbone(module)),
                           time_it=time_it)
     table = Table(title=f"export {format.value} -> {out}")
     for col in ("input", "max abs error", "relative error"):

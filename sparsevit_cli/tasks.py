@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -70,6 +70,11 @@ class Task:
     def macs(self, model: nn.Module, method, config, img_size, batch_size: int = 1) -> int:
         """The backbone's MACs under `config` (its classifier included when the task runs it)."""
         return method.macs(backbone_of(model), config, img_size, batch_size)
+
+    def export_module(self, model: nn.Module) -> Tuple[nn.Module, Optional[str]]:
+        """(what `export` writes for this task's model, a line saying what part that is or None when it is
+        the whole model). Input: normalised images (B, 3, S, S)."""
+        return model, None
 
 
 class Metric:
@@ -325,6 +330,16 @@ class Detection(Task):
 
     def metric(self, dataset) -> Metric:
         return CocoAP(dataset, self.metric_name, self.reported)
+
+    def export_module(self, model):
+        """The sparse backbone only: its stage maps (the FPN's input); torchvision's FPN, RPN and RoI heads
+        (data-dependent proposal counts and NMS) stay in PyTorch."""
+        from .detection.models import BackboneFeatures
+
+        body = backbone_of(model)
+        return BackboneFeatures(body).eval(), (
+            f"{self.name} model: exported the sparse backbone only ({len(body.feature_info)} multi-scale stage "
+            f"maps, the FPN's input); the FPN, RPN and RoI heads run in PyTorch (torchvision)")
 
     def macs(self, model, method, config, img_size, batch_size=1):
         from .detection.cost import detector_macs

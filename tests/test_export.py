@@ -263,3 +263,45 @@ def test_failed_verification_writes_nothing(model_file, tmp_path, monkeypatch, c
                             "--no-time"], capsys)
     assert_one_line_error(code, err, "differs from PyTorch")
     assert not list(tmp_path.iterdir())
+
+
+# ---- detectors: backbone only -----------------------------------------------------------------------------
+DET_ARGS = dict(img_size=64, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4)
+DET_OPTIONS = {"fpn_channels": 32, "rpn_post_nms_top_n_test": 20, "box_detections_per_img": 5}
+
+
+def test_export_help_says_detectors_export_the_backbone_only(capsys):
+    code, out, _ = run_cli(["export", "--help"], capsys)
+    assert code == 0 and "backbone only" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("task", ["detection", "instance_segmentation"])
+def test_detector_exports_its_sparse_backbone_stage_maps(task, tmp_path, capsys):
+    from sparsevit_cli.data.demo import write_demo_data
+    from sparsevit_cli.tasks import backbone_of, build_task_model
+
+    torch.manual_seed(0)
+    body = sv.sparsify(randomize_(timm.create_model(MODEL, **DET_ARGS)), [[0.3], [0.7]])
+    model = build_task_model(body, task, 3, **DET_OPTIONS).eval()
+    path = tmp_path / "det.safetensors"
+    save_model(path, model, meta(model_args=DET_ARGS, task=task, num_classes=3, sparsity=[[0.3], [0.7]],
+                                 task_options=DET_OPTIONS))
+    data = tmp_path / "data"
+    write_demo_data(data, img_size=64, n_train=1, n_val=1, seed=0, detection=True)
+    out = tmp_path / "det.onnx"
+    code, stdout, err = run_cli(["export", "--checkpoint", path, "--out", out, "--data", data, "--no-time"], capsys)
+    assert code == 0, err
+    said = " ".join(stdout.split())
+    assert f"{task} model: exported the sparse backbone only (2 multi-scale stage maps" in said
+    assert "real images" in said  # the demo COCO set's validation image, through the detector's transform
+
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["features0", "features1"]
+    x = images(5, batch=1)  # the graph's static batch (--batch-size 1)
+    got = session.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        want = backbone_of(model).forward_intermediates(x, intermediates_only=True)
+    assert [tuple(g.shape) for g in got] == [(1, 16, 16, 16), (1, 32, 8, 8)]
+    for g, w in zip(got, want):
+        assert rel_err(w, torch.from_numpy(g)) < TOL

@@ -5,6 +5,10 @@ config's static per-block window counts, so the exported model picks windows per
 PyTorch one. After writing, the file is loaded back in its runtime and compared with PyTorch on random
 and real inputs; beyond the tolerance the file is removed and the command fails. The exported dense
 model is timed beside the sparse one on the same runtime.
+
+Detectors (detection, instance segmentation) export their sparse Swin backbone only: one output per stage
+map (`features0`, ...), the multi-scale features the FPN reads (`Task.export_module`). torchvision's FPN,
+RPN and RoI heads (data-dependent proposal counts, NMS) stay in PyTorch.
 """
 from __future__ import annotations
 
@@ -17,17 +21,19 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import UserError, first_line
 from ..model_file import check_output_file
-from ..tasks import backbone_of
+from ..tasks import Detection, backbone_of
 
-Runner = Callable[[np.ndarray], np.ndarray]
+#: an exported model's runtime: one array for a one-output model, a list of arrays for several (stage maps)
+Runner = Callable[[np.ndarray], Union[np.ndarray, List[np.ndarray]]]
 
 
 @dataclass
@@ -37,11 +43,23 @@ class Format:
     load: Callable[[Path], Runner]
 
 
+def _output_list(value) -> List:
+    """A model's or a runtime's output(s) as a list (one tensor or array, or a tuple / list of them)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _one_or_list(values: Sequence):
+    return values[0] if len(values) == 1 else list(values)
+
+
 def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+    with torch.no_grad():
+        n = len(_output_list(model(x)))
+    names = ["output"] if n == 1 else [f"features{i}" for i in range(n)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=["images"], output_names=["output"])
+                          input_names=["images"], output_names=names)
 
 
 def _load_onnx(path: Path) -> Runner:
@@ -50,7 +68,7 @@ def _load_onnx(path: Path) -> Runner:
     except ImportError:
         raise UserError("ONNX export needs onnxruntime: pip install 'sparsevit[export]'")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda a: session.run(None, {"images": a})[0]
+    return lambda a: _one_or_list(session.run(None, {"images": a}))
 
 
 def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> None:
@@ -61,9 +79,9 @@ def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> None:
 
 
 def _torch_runner(module: Callable) -> Runner:
-    def run(a: np.ndarray) -> np.ndarray:
+    def run(a: np.ndarray):
         with torch.no_grad():
-            return module(torch.from_numpy(a)).float().numpy()
+            return _one_or_list([t.float().numpy() for t in _output_list(module(torch.from_numpy(a)))])
     return run
 
 
@@ -91,11 +109,16 @@ FORMATS: Dict[str, Format] = {
 }
 
 
-def _errors(ref: np.ndarray, out: np.ndarray) -> Dict[str, float]:
-    if ref.shape != out.shape:
+def _errors(ref, out) -> Dict[str, float]:
+    """Largest absolute error and largest error relative to the reference's magnitude, over every output."""
+    refs, outs = _output_list(ref), _output_list(out)
+    if len(refs) != len(outs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
         return {"max_abs": float("inf"), "rel": float("inf")}
-    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
-    return {"max_abs": float(diff.max()), "rel": float(diff.max() / max(np.abs(ref).max(), 1e-12))}
+    max_abs = rel = 0.0
+    for r, o in zip(refs, outs):
+        diff = float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max())
+        max_abs, rel = max(max_abs, diff), max(rel, diff / max(float(np.abs(r).max()), 1e-12))
+    return {"max_abs": max_abs, "rel": rel}
 
 
 def _time_runner(run: Runner, a: np.ndarray, warmup: int = 2, repeats: int = 7) -> float:
@@ -120,9 +143,9 @@ def _user_errors(what: str) -> Iterator[None]:
         raise UserError(f"{what}: {first_line(e)}") from e
 
 
-def _reference(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+def _reference(model: nn.Module, x: torch.Tensor) -> List[np.ndarray]:
     with torch.no_grad():
-        return model(x).float().numpy()
+        return [t.float().numpy() for t in _output_list(model(x))]
 
 
 def check_export_target(out: str | os.PathLike, tolerance: float) -> None:
@@ -197,10 +220,19 @@ def _compare_with_dense(model, method, config, dense_config, spec: Format, x: to
     return {"dense_ms": d, "sparse_ms": s, "speedup": d / s}
 
 
-def real_inputs(data: str, meta: Dict[str, Any], img_size: int, batch_size: int) -> torch.Tensor:
-    """A batch of real validation images (for export checks)."""
-    from ..data.datasets import build_dataset
-    ds = build_dataset(data, meta.get("task", "classification"), "val", img_size, train=False)
+def real_inputs(data: str, meta: Dict[str, Any], img_size: int, batch_size: int,
+                model: Optional[nn.Module] = None) -> torch.Tensor:
+    """A batch of real validation images (for export checks), as the exported module reads them: for a
+    detector (`model`), its transform's normalised batch, resized to the traced img_size x img_size."""
+    from ..tasks import get_task
+
+    task = get_task(meta.get("task", "classification"))
+    ds = task.dataset(data, "val", img_size, train=False)
     if len(ds) == 0:
         raise UserError(f"no validation images in '{data}'")
-    return torch.stack([ds[i % len(ds)][0] for i in range(batch_size)])
+    images = [ds[i % len(ds)][0] for i in range(batch_size)]
+    if isinstance(task, Detection) and model is not None:
+        with torch.no_grad():
+            batch = model.transform(images)[0].tensors
+        return F.interpolate(batch, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    return torch.stack(images)

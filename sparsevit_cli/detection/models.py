@@ -58,6 +58,19 @@ class SwinFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
+class BackboneFeatures(nn.Module):
+    """A detector's sparse backbone alone, as export writes it: normalised images (B, 3, H, W) in, the
+    stage maps the FPN reads out (a tuple of NCHW tensors, strides 4-32). `body` keeps its name, so
+    `tasks.backbone_of` finds the sparse backbone inside."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor):
+        return tuple(self.body.forward_intermediates(x, intermediates_only=True))
+
+
 def _mean_std(body: nn.Module):
     cfg = getattr(body, "pretrained_cfg", None) or {}
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
