@@ -42,17 +42,20 @@ def check_img_size(model: nn.Module, img_size: int) -> None:
 
 def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     """Read a state dict from a .pth/.pt/.bin (torch) or .safetensors file; unwrap 'model'/'state_dict'."""
+    from .io import torch_load_weights
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint '{path}' is a directory, not a file")
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
             sd = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt/truncated files raise many different types
-        raise UserError(f"checkpoint '{path}' cannot be read: {first_line(e)}")
+        except Exception as e:  # corrupt/truncated files raise many different types
+            raise UserError(f"checkpoint '{path}' cannot be read: {first_line(e)}")
+    else:  # weights only: a file carrying pickled objects is refused, never executed
+        sd = torch_load_weights(path, "checkpoint")
     if not isinstance(sd, dict):
         raise UserError(f"checkpoint '{path}' does not hold a state dict")
     for key in ("state_dict_ema", "model_ema", "model", "state_dict"):

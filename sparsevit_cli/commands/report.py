@@ -179,10 +179,11 @@ def _with_budget(p, fraction: float):
 
 def _finetune_at(p, demo_dir: Path, folder: Path, size: int, device: str, progress: bool, console) -> None:
     """Dense weights, finetuned at `size` (the input is downscaled by the data transform)."""
+    from ..io import atomic_torch_save
     from ..model_file import load
     timm_file = folder / "dense_weights.pth"  # plain timm format: built at the new size by the trainer
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(load(demo_dir / "dense" / "model.safetensors").state_dict(), timm_file)
+    atomic_torch_save(timm_file, load(demo_dir / "dense" / "model.safetensors").state_dict())
     cfg = run_config(p, demo_dir / "data", folder, device, epochs=p.finetune_epochs, checkpoint=timm_file,
                       lr=p.lr / 4)
     cfg.model.args["img_size"] = size

@@ -158,4 +158,4 @@ def score(model, config, dataset, img_size: int, dev, indices) -> Tuple[float, f
     return top1, method.macs(backbone, config, img_size) / 1e9
 
 
-METHOD_LABEL = {"sparsevit": "SparseViT", "psvit": "PSViT"}
+METHOD_LABEL = {"sparsevit": "SparseViT", "sparsevit-v2": "SparseViT (Swin V2)", "psvit": "PSViT"}

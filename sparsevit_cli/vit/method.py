@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..methods import Config, check_options, register_method
 from .cost import psvit_macs
 from .latency import build_psvit_latency_table, predict_psvit_latency
-from .patch import PSViTTransformer, decode_genes, gene_sizes, psvit, validate_genes
+from .patch import GENE_VALUES, PSViTTransformer, decode_genes, gene_sizes, psvit, validate_genes
 
 
 def _depth(model: nn.Module) -> int:
@@ -49,7 +49,7 @@ class PSViT:
     name = "psvit"
     default_space = "psvit_deit"
     supported_models = "a timm VisionTransformer (ViT/DeiT)"
-    gene_values = (0.0, 1.0)  # binary genes: off / on (patch.validate_genes accepts exactly these)
+    gene_values = GENE_VALUES  # binary genes: off / on
 
     def supports(self, model: nn.Module) -> bool:
         from timm.models.vision_transformer import VisionTransformer

@@ -77,10 +77,14 @@ def pooled_grid(grid: Tuple[int, int]) -> Tuple[int, int]:
     return (grid[0] + 1) // 2, (grid[1] + 1) // 2
 
 
+#: the values every PSViT gene and layer-plan entry takes: off / on
+GENE_VALUES = (0.0, 1.0)
+
+
 def _binary(v, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (abs(v) < 1e-6 or abs(v - 1.0) < 1e-6):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not any(abs(v - g) < 1e-6 for g in GENE_VALUES):
         raise UserError(f"{what} must be 0 or 1, got {v!r}")
-    return 1.0 if abs(v - 1.0) < 1e-6 else 0.0
+    return min(GENE_VALUES, key=lambda g: abs(v - g))
 
 
 def validate_genes(depth: int, genes: Sequence[Sequence[float]]) -> Config:
