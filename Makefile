@@ -33,6 +33,10 @@ bench-latency: install  ## latency-table predictions vs measurement (Swin-T 448Â
 	$(PY) benchmarks/bench_latency_table.py
 	$(PY) benchmarks/bench_latency_table.py --model deit_small_patch16_224 --img-size 224
 
+.PHONY: bench-det
+bench-det: install  ## dense vs uniform vs searched Faster R-CNN on the demo COCO set: box AP, end-to-end and backbone latency
+	$(PY) benchmarks/bench_det.py
+
 bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)
 	$(VENV)/bin/sparsevit report --preset repro --out runs/repro
 

@@ -1,0 +1,256 @@
+"""Detection evidence (issue 12, `make bench-det`): dense vs uniform vs searched sparse Faster R-CNN on the demo
+COCO set, box AP, end-to-end and backbone-only latency, all measured in one run.
+
+    python benchmarks/bench_det.py [--out runs/bench_det] [--img-size 512] [--latency-only] [--smoke]
+
+Training goes through the CLI as a user runs it (`finetune` dense -> `adapt` -> `search --budget-macs 50%` ->
+`finetune` of the searched config and of the uniform config at the same backbone MACs); the data through
+`write_demo_data(detection=True)` (`sparsevit demo-data` has no detection flag yet). Box AP: pycocotools via
+`Task.metric` on the val split. Latency: `timing.time_models`, interleaved, on one batch of val canvases:
+end to end (torchvision transform + backbone + FPN + RPN + RoI heads) and backbone only (the stage maps).
+
+Run-config keys assumed (check sparsevit_cli/train/run_config.py): `data.task: detection`, `data.path` (the demo
+root: its det/ COCO layout is found) and `task_options: {fpn_channels, rpn_post_nms_top_n_test,
+box_detections_per_img}` (the `ModelMeta.task_options` a model file stores). Until the trainer reads them, the
+training stages fail: the script says so (`training.status` "not_wired" in the JSON) and still measures MACs
+and latency of the untrained detectors (`--latency-only` skips training altogether).
+
+Targets (issue 12): backbone >= 1.5x and end to end >= 1.3x faster at ~50% backbone MACs, box AP within 1
+point of the adapted dense model.
+"""
+import argparse
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import timm
+import torch
+import torch.nn as nn
+from rich.console import Console
+from rich.table import Table
+
+import sparsevit_cli as sv
+from common import add_model_options, apply_smoke
+from sparsevit_cli.data.demo import write_demo_data
+from sparsevit_cli.detection.cost import detector_macs
+from sparsevit_cli.detection.models import BackboneFeatures
+from sparsevit_cli.io import atomic_write_json, read_sparsity_file
+from sparsevit_cli.methods import get_method
+from sparsevit_cli.swin.patch import RATIO_CHOICES
+from sparsevit_cli.tasks import backbone_of, build_task_model, get_task
+from sparsevit_cli.timing import time_models
+
+#: a small Swin with several windows in every stage at 512 px (128x128 tokens, window 8: 16x16 windows in
+#: stage 1, 2x2 in stage 4)
+SMALL_SWIN = dict(embed_dim=32, depths=[2, 2, 6, 2], num_heads=[1, 2, 4, 8], window_size=8)
+#: lighter heads than torchvision's defaults (256-channel FPN, 1000 proposals, 100 detections)
+LIGHT_HEADS = dict(fpn_channels=128, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
+#: the fraction of dense backbone MACs the sparse configs are held to
+BUDGET = 0.5
+#: run-config errors that mean the trainer does not take detection runs yet (not a failure of this script)
+NOT_WIRED = ("unknown key 'task_options'",)
+
+console = Console(width=160)  # a table readable in logs too (no terminal there)
+
+
+class EndToEnd(nn.Module):
+    """A torchvision detector taking a batch tensor (what `time_models` feeds) instead of a list of images."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor):
+        return self.detector(list(x))
+
+
+def uniform_at_budget(method, body: nn.Module, img_size: int, fraction: float) -> float:
+    """The uniform sparsity (one of the engine's ratios) whose backbone MACs come closest to `fraction` of dense."""
+    dense = method.macs(body, method.dense_config(body), img_size)
+    return min(RATIO_CHOICES, key=lambda s: abs(method.macs(body, method.uniform_config(body, s), img_size) / dense - fraction))
+
+
+# --------------------------------------------------------------------------------------------- training (CLI)
+def run_config(args, data: Path, out: Path, epochs: int, checkpoint: Optional[Path] = None,
+               sparsity: Any = 0.0) -> Dict[str, Any]:
+    cfg = {"model": {"name": args.model, "args": dict(args.model_args, img_size=args.img_size)},
+           "data": {"path": str(data), "task": "detection"}, "task_options": dict(LIGHT_HEADS),
+           "sparsity": sparsity, "epochs": epochs, "batch_size": args.train_batch_size,
+           "eval_batch_size": args.train_batch_size, "optim": {"lr": args.lr}, "out": str(out)}
+    if checkpoint is not None:
+        cfg["checkpoint"] = str(checkpoint)
+    return cfg
+
+
+def cli(*argv) -> None:
+    """`sparsevit ARGV` in a fresh process, as a user runs it; its last stderr line on failure."""
+    done = subprocess.run([sys.executable, "-m", "sparsevit_cli.cli", *map(str, argv)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        lines = [l for l in (done.stderr or done.stdout).strip().splitlines() if l.strip()]
+        raise RuntimeError(lines[-1] if lines else f"exit code {done.returncode}")
+
+
+def train_all(args, data: Path, out: Path, uniform: float) -> Dict[str, Path]:
+    """Model files of every row: dense, adapted (run dense), searched and uniform (both fine-tuned)."""
+    files: Dict[str, Path] = {}
+
+    def finetune(name: str, **kw) -> Path:
+        config = out / f"{name}.yaml"
+        atomic_write_json(config, run_config(args, data, out / name, **kw))  # JSON is YAML
+        cli("finetune", config, "--no-progress")
+        return out / name / "model.safetensors"
+
+    files["dense"] = finetune("dense", epochs=args.dense_epochs)
+    adapt_cfg = out / "adapt.yaml"
+    atomic_write_json(adapt_cfg, run_config(args, data, out / "adapt", args.adapt_epochs, files["dense"]))
+    cli("adapt", "--config", adapt_cfg, "--no-progress")
+    files["adapted dense"] = out / "adapt" / "model.safetensors"
+    cli("search", "--checkpoint", files["adapted dense"], "--data", data, "--out", out / "search",
+        "--budget-macs", f"{BUDGET:.0%}", "--eval-samples", args.eval_samples, "--population", args.population,
+        "--generations", args.generations, "--parents", max(2, args.population // 4), "--mutations",
+        args.population // 2, "--crossovers", args.population // 2, "--no-progress")
+    best = read_sparsity_file(out / "search" / "best.yaml")["sparsity"]
+    files["searched"] = finetune("searched", epochs=args.finetune_epochs, checkpoint=files["adapted dense"],
+                                 sparsity=best)
+    files["uniform"] = finetune("uniform", epochs=args.finetune_epochs, checkpoint=files["adapted dense"],
+                                sparsity=uniform)
+    return files
+
+
+@torch.no_grad()
+def box_ap(model: nn.Module, dataset, batch_size: int) -> float:
+    task = get_task("detection")
+    metric = task.metric(dataset)
+    model.eval()
+    for start in range(0, len(dataset), batch_size):
+        images, targets = task.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        metric.update(task.predict(model, images), targets)
+    return metric.compute()
+
+
+# --------------------------------------------------------------------------------------------- measuring
+def untrained_detectors(args, num_classes: int, uniform: float) -> Dict[str, nn.Module]:
+    """Dense (timm backbone) and uniform-sparse detectors with the same random weights."""
+    torch.manual_seed(0)
+    body = timm.create_model(args.model, img_size=args.img_size, **args.model_args)
+    dense = build_task_model(body, "detection", num_classes, **LIGHT_HEADS).eval()
+    sparse = copy.deepcopy(dense)
+    sv.sparsify(sparse.backbone.body, uniform)
+    return {"dense": dense, f"uniform {uniform:.0%}": sparse}
+
+
+def measure(models: Dict[str, nn.Module], images: torch.Tensor, dense_config, args) -> List[Dict[str, Any]]:
+    """MACs by part and interleaved latencies (end to end, backbone only) of every model, per batch size."""
+    method = get_method("sparsevit")
+    rows = []
+    sparse_twin = next(m for m in models.values() if hasattr(backbone_of(m), "sparsity"))
+    for bs in args.batch_sizes:
+        x = images[:bs] if len(images) >= bs else images.repeat((bs + len(images) - 1) // len(images), 1, 1, 1)[:bs]
+        x = x.contiguous()
+        first = next(iter(models.values()))
+        with torch.no_grad():  # what the backbone reads: the detector's normalised (and padded) batch
+            batch = first.transform(list(x))[0].tensors
+        e2e = time_models({k: EndToEnd(m) for k, m in models.items()}, x, warmup=args.warmup, repeats=args.repeats)
+        bb = time_models({k: BackboneFeatures(m.backbone.body).eval() for k, m in models.items()}, batch,
+                         warmup=args.warmup, repeats=args.repeats)
+        for name, model in models.items():
+            if hasattr(backbone_of(model), "sparsity"):
+                counted, config = model, backbone_of(model).sparsity
+            else:  # the timm dense body: counted as a same-shaped sparse detector at the dense config
+                counted, config = sparse_twin, dense_config
+            macs = detector_macs(counted, method, config, args.img_size, bs, breakdown=True)
+            rows.append({"model": name, "batch": bs, "config": config,
+                         "backbone_gmacs": macs.parts["backbone"] / 1e9, "total_gmacs": macs.total / 1e9,
+                         "e2e_ms": e2e[name], "backbone_ms": bb[name]})
+    for r in rows:  # speedups against the dense row of the same batch size
+        ref = next(d for d in rows if d["model"] == "dense" and d["batch"] == r["batch"])
+        r["e2e_speedup"] = ref["e2e_ms"] / r["e2e_ms"]
+        r["backbone_speedup"] = ref["backbone_ms"] / r["backbone_ms"]
+        r["backbone_macs_fraction"] = r["backbone_gmacs"] / ref["backbone_gmacs"]
+    return rows
+
+
+def main(argv=None) -> Dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(ap, img_size=512, repeats=7, warmup=2)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_det"))
+    ap.add_argument("--batch-sizes", default="1,4")
+    ap.add_argument("--latency-only", action="store_true", help="no training: untrained dense vs uniform")
+    ap.add_argument("--train", type=int, default=64, help="training canvases")
+    ap.add_argument("--val", type=int, default=32, help="validation canvases")
+    ap.add_argument("--dense-epochs", type=int, default=12)
+    ap.add_argument("--adapt-epochs", type=int, default=12)
+    ap.add_argument("--finetune-epochs", type=int, default=4)
+    ap.add_argument("--train-batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--eval-samples", type=int, default=16)
+    ap.add_argument("--population", type=int, default=12)
+    ap.add_argument("--generations", type=int, default=4)
+    ap.set_defaults(model_args=SMALL_SWIN)
+    args = ap.parse_args(argv)
+    args = apply_smoke(args, batch_sizes="1,2", train=2, val=2,
+                       dense_epochs=1, adapt_epochs=1, finetune_epochs=1, train_batch_size=2, eval_samples=2,
+                       population=4, generations=1)
+    args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = out / "data"
+    write_demo_data(data, img_size=args.img_size, n_train=args.train, n_val=args.val, seed=0, detection=True,
+                    progress=False)
+    task = get_task("detection")
+    val = task.dataset(data, "val", args.img_size, train=False)
+    images = torch.stack([val[i][0] for i in range(min(len(val), max(args.batch_sizes)))])
+
+    method = get_method("sparsevit")
+    probe = sv.sparsify(timm.create_model(args.model, img_size=args.img_size, **args.model_args))
+    uniform = uniform_at_budget(method, probe, args.img_size, BUDGET)
+
+    result: Dict[str, Any] = {"model": args.model, "model_args": args.model_args, "img_size": args.img_size,
+                              "heads": LIGHT_HEADS, "budget": BUDGET, "uniform_sparsity": uniform,
+                              "threads": torch.get_num_threads(), "smoke": args.smoke}
+    models = untrained_detectors(args, val.num_classes, uniform)
+    result["training"] = {"status": "skipped", "reason": "--latency-only"}
+    if not args.latency_only:
+        try:
+            files = train_all(args, data, out, uniform)
+        except RuntimeError as e:
+            wired = not any(k in str(e) for k in NOT_WIRED)
+            result["training"] = {"status": "failed" if wired else "not_wired", "error": str(e)}
+            console.print(f"[yellow]training stages did not run[/]: {e}; MACs and latency of untrained detectors")
+        else:
+            models = {name: sv.load(path) for name, path in files.items()}
+            for name in ("adapted dense",):  # the adapted model run dense: the AP reference of the sparse rows
+                backbone_of(models[name]).set_sparsity(0.0)
+            aps = {name: box_ap(m, val, args.train_batch_size) for name, m in models.items()}
+            result["training"] = {"status": "ok", "box_ap": aps, "files": {k: str(v) for k, v in files.items()}}
+
+    rows = measure(models, images, method.dense_config(probe), args)
+    if result["training"]["status"] == "ok":
+        for r in rows:
+            r["box_ap"] = result["training"]["box_ap"][r["model"]]
+    result["rows"] = rows
+    atomic_write_json(out / "bench_det.json", result)
+
+    table = Table(title=f"Faster R-CNN, {args.model} {args.model_args} @ {args.img_size}², heads {LIGHT_HEADS}, "
+                        f"CPU fp32, {torch.get_num_threads()} threads (median of {args.repeats}, interleaved)")
+    for col in ("model", "batch", "box AP", "backbone GMACs", "total GMACs", "backbone ms", "speedup",
+                "end-to-end ms", "speedup"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        ap_text = f"{r['box_ap']:.1f}" if "box_ap" in r else "-"
+        table.add_row(r["model"], str(r["batch"]), ap_text,
+                      f"{r['backbone_gmacs']:.2f} ({r['backbone_macs_fraction']:.0%})", f"{r['total_gmacs']:.2f}",
+                      f"{r['backbone_ms']:.1f}", f"{r['backbone_speedup']:.2f}x", f"{r['e2e_ms']:.1f}",
+                      f"{r['e2e_speedup']:.2f}x")
+    console.print(table)
+    console.print(f"wrote {out / 'bench_det.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
