@@ -144,6 +144,9 @@ def search(
     min_latency: Optional[str] = typer.Option(None, help="Lower latency bound (ms or % of dense)."),
     latency_table: Optional[str] = typer.Option(None, help="Per-block latency table JSON: predicted instead of "
                                                            "measured; built and saved there if missing."),
+    compile: bool = typer.Option(False, "--compile", help="Measure the latency budget on the torch.compile'd "
+                                                          "model (checked exact against eager per config); "
+                                                          "not with --latency-table."),
     device: str = typer.Option("cpu", help="cpu or cuda: where accuracy and latency are measured."),
     img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (default: the model's)."),
     batch_size: int = typer.Option(1, min=1, help="Batch size that costs (MACs, latency) are counted at."),
@@ -165,7 +168,8 @@ def search(
                                  mutations=mutations, crossovers=crossovers, mutation_prob=mutation_prob, seed=seed)
     opts = SearchOptions(checkpoint=checkpoint, data=data, out=out, space=space, budget_macs=budget_macs,
                          budget_latency=budget_latency, min_macs=min_macs, min_latency=min_latency,
-                         latency_table=latency_table, device=device, img_size=img_size, batch_size=batch_size,
+                         latency_table=latency_table, compile=compile, device=device, img_size=img_size,
+                         batch_size=batch_size,
                          eval_samples=eval_samples, settings=settings, resume=resume, progress=progress)
     run_search(opts, console=console)
 
@@ -252,10 +256,14 @@ def demo_data(
     train: int = typer.Option(200, min=1, help="Training images."),
     val: int = typer.Option(100, min=1, help="Validation images."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    detection: bool = typer.Option(False, "--detection/--no-detection", help=(
+        "Also write a COCO detection set in det/ (several digits per canvas, boxes and instance masks; "
+        "data for task: detection or instance_segmentation).")),
 ):
     """Write the built-in high-resolution demo data set: small handwritten digits on large textured canvases."""
     from .data.demo import write_demo_data
-    info = write_demo_data(out_dir, img_size=img_size, n_train=train, n_val=val, seed=seed, progress=True)
+    info = write_demo_data(out_dir, img_size=img_size, n_train=train, n_val=val, seed=seed, progress=True,
+                           detection=detection)
     console.print(f"wrote demo data to {out_dir}: {info}")
 
 

@@ -1,35 +1,17 @@
-"""One evaluation for every command: top-1 or mIoU of a model under a config, on a fixed subset of a
-data set, sharded over torchrun ranks with exact (summed) counts."""
+"""One evaluation for every command and task: the task's metric (top-1, mIoU, COCO box / mask AP) of a
+model under a config, on a fixed subset of a data set, sharded over torchrun ranks and combined by the
+task's metric (tasks.py holds every metric: one fact, one place)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from . import dist
-from .data.datasets import IGNORE_INDEX, build_loader, iterate
+from .data.datasets import build_loader, iterate
 from .methods import Config, Method
-from .tasks import backbone_of
-
-
-def _classification_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([(logits.argmax(1) == target).sum().item(), target.numel()], dtype=torch.float64)
-
-
-def _segmentation_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    pred = logits.argmax(1)
-    keep = target != IGNORE_INDEX
-    idx = target[keep] * num_classes + pred[keep]
-    return torch.bincount(idx.cpu(), minlength=num_classes * num_classes).double()
-
-
-def _miou(confusion: torch.Tensor, num_classes: int) -> float:
-    cm = confusion.view(num_classes, num_classes)
-    inter = cm.diag()
-    union = cm.sum(0) + cm.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean() * 100.0) if present.any() else 0.0
+from .tasks import Task, backbone_of, get_task
 
 
 def autocast(device: torch.device, amp: bool):
@@ -59,27 +41,39 @@ def held_out_indices(n: int, k: Optional[int]) -> List[int]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset, task: str, num_classes: int,
-             batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
-             indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> float:
-    """Top-1 (%) or mIoU (%) of `model` under `config` on `indices` of `dataset`, or on the search subset of
-    `max_samples` images (`search_indices`), or on all of it; under torchrun the images are sharded over
-    ranks and the counts summed, so every rank gets the same exact number. `num_workers` DataLoader
-    workers decode the images."""
+def evaluate_all(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
+                 batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
+                 indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> Dict[str, float]:
+    """Every number the task reports (e.g. {'box_ap', 'mask_ap'} for instance segmentation; the task's
+    `metric_name` always among them), in percent, of `model` under `config` on `indices` of `dataset`, or
+    on the search subset of `max_samples` images (`search_indices`), or on all of it. Under torchrun the
+    images are sharded over ranks and the task's metric combines them, so every rank gets the same
+    number. `num_workers` DataLoader workers decode the images."""
+    task = get_task(task) if isinstance(task, str) else task
     if config is not None:
         method.apply(backbone_of(model), config)
     model.eval()
     if indices is None:
         indices = search_indices(len(dataset), max_samples)
     idx = list(indices)[dist.rank()::dist.world_size()]
-    seg = task == "segmentation"
-    acc = torch.zeros(num_classes ** 2 if seg else 2, dtype=torch.float64)
     batches = [idx[i: i + batch_size] for i in range(0, len(idx), batch_size)]
-    for x, y in iterate(build_loader(dataset, batches, num_workers=num_workers)):
+    metric = task.metric(dataset)
+    for x, y in iterate(build_loader(dataset, batches, num_workers=num_workers, collate_fn=task.collate)):
+        x, y = task.to_device(x, y, device)
         with autocast(device, amp):
-            logits = model(x.to(device)).float().cpu()
-        acc += _segmentation_counts(logits, y, num_classes) if seg else _classification_counts(logits, y)
-    acc = dist.all_reduce_tensor(acc.to(device)).cpu()
-    if seg:
-        return _miou(acc, num_classes)
-    return float(acc[0] / max(acc[1], 1) * 100.0)
+            outputs = task.predict(model, x)
+        metric.update(outputs, y)
+    # COCO AP reports box and mask AP from one COCOeval pass each; count metrics have one number
+    compute_all = getattr(metric, "compute_all", None)
+    return compute_all() if compute_all is not None else {task.metric_name: metric.compute()}
+
+
+def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
+             num_classes: Optional[int], batch_size: int, device: torch.device, max_samples: Optional[int] = None,
+             amp: bool = False, indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> float:
+    """The task's metric (`metric_name`: top-1, mIoU, box AP, mask AP; %) of `evaluate_all`.
+    `num_classes` is not read (the metric takes it from the data set); its place is kept for the callers
+    that still pass it positionally."""
+    task = get_task(task) if isinstance(task, str) else task
+    return evaluate_all(model, method, config, dataset, task, batch_size, device, max_samples, amp, indices,
+                        num_workers)[task.metric_name]

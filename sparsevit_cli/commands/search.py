@@ -2,6 +2,9 @@
 
 Wires a model, a held-out subset and a cost (analytic MACs, measured latency, or a latency lookup
 table) into the DEAP engine of `evolution.py`, and writes best.yaml, history.jsonl and pareto.png.
+Every task is searched the same way: the metric is the task's (top-1, mIoU, box AP, mask AP), a MAC
+budget counts what the task model executes (backbone under the config + neck + heads: `Task.macs`), and
+a measured latency budget times the whole task model end to end on a fixed batch of real val images.
 """
 from __future__ import annotations
 
@@ -20,10 +23,10 @@ from rich.table import Table
 
 from ..errors import UserError
 from ..io import FolderLock, remove_stale_temp_files
-from ..evaluate import evaluate
+from ..evaluate import evaluate, evaluate_all
 from ..layers import format_config
 from ..latency import calibrated_table, predict_latency, read_latency_table
-from ..timing import resolve_device, time_models
+from ..timing import compile_model, resolve_device, time_models
 from ..tasks import backbone_of, get_task
 from .. import dist
 from ..search.evolution import Budget, EvolutionSettings, plot_pareto, run_evolution, write_output
@@ -41,6 +44,7 @@ class SearchOptions:
     min_macs: Optional[str] = None
     min_latency: Optional[str] = None
     latency_table: Optional[str] = None  # path: load if it exists, else build and save there
+    compile: bool = False  # time the torch.compile'd model (latency budget measured, not from a table)
     device: str = "cpu"
     img_size: Optional[int] = None
     batch_size: int = 1
@@ -84,19 +88,29 @@ def budget_number(text: str, unit: str, what: str) -> Tuple[float, bool]:
     return value, percent
 
 
-class LatencyCost:
-    """Latency of a config in ms: measured on the device (cached per config) or predicted from a
-    per-block table."""
+def latency_batch(task, dataset, batch_size: int, device: torch.device):
+    """The fixed batch a measured latency is timed on: the first `batch_size` val images (repeated when the
+    split has fewer), as the task collates them (a tensor, or a detector's list of images)."""
+    items = [dataset[i % len(dataset)] for i in range(batch_size)]
+    images, targets = task.collate(items)
+    return task.to_device(images, targets, device)[0]
 
-    def __init__(self, model, method, img_size: int, batch_size: int, device: torch.device,
-                 table_path: Optional[str], console: Console, space=None):
+
+class LatencyCost:
+    """Latency of a config in ms: measured end to end on the device on the batch `x` (cached per config;
+    with `compile`, of the torch.compile'd model) or predicted from a per-block table."""
+
+    def __init__(self, model, method, x, device: torch.device, table_path: Optional[str], console: Console,
+                 space=None, compile: bool = False):
         self.backbone = backbone_of(model)
         self.model = model
         self.method = method
-        self.x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+        self.x = x
+        self.compile = compile
         self.cache: Dict[str, float] = {}
         self.table = None
         if table_path:
+            img_size, batch_size = x.shape[-1], x.shape[0]
             p = Path(table_path)
             if os.path.lexists(p):  # whatever is there (a file, a directory) is the user's: read it or say why not
                 probes = [space.decode(space.extreme(end)) for end in ("dense", "sparsest")]
@@ -118,7 +132,9 @@ class LatencyCost:
         key = json.dumps(config)
         if key not in self.cache:
             self.method.apply(self.backbone, config)
-            ms = time_models({"m": self.model}, self.x, warmup=1, repeats=5)["m"]
+            # compiled per config: the engine's window grids are compile-time constants of each config
+            model = compile_model(self.model, self.x, fresh=True) if self.compile else self.model
+            ms = time_models({"m": model}, self.x, warmup=1, repeats=5)["m"]
             # ranks time differently; all must see rank 0's number or their searches diverge
             self.cache[key] = dist.broadcast_object(ms)
         return self.cache[key]
@@ -151,6 +167,11 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
         if text is not None:
             budget_number(text, unit, what)
     opts.settings.check()
+    if opts.compile and opts.latency_table:
+        raise UserError("--compile times the compiled model itself; a --latency-table predicts eager latency "
+                        "per block: give one or the other")
+    if opts.compile and opts.budget_latency is None:
+        raise UserError("--compile applies to a latency budget (--budget-latency); MACs do not depend on it")
     if opts.latency_table and not os.path.lexists(opts.latency_table):  # to be built: it must be writable there
         check_output_file(opts.latency_table, "--latency-table")
     out = prepare_out(Path(opts.out))
@@ -166,28 +187,28 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
 
 def _search(opts: SearchOptions, device: torch.device, out: Path, console: Console) -> Dict[str, Any]:
     from ..model_file import load_model_file
-    from ..data.datasets import build_dataset
 
     model, method, meta = load_model_file(opts.checkpoint)
     model = model.to(device)
     method_name = meta.method
     backbone = backbone_of(model)
+    task = get_task(meta.task)
     img_size = meta.resolve_img_size(opts.img_size)
     space = load_space(opts.space or meta.space or method.default_space, group_sizes=method.group_sizes(backbone),
                        for_method=method_name, model_label="the model file")
-    dataset = build_dataset(opts.data, meta.task, "val", img_size, train=False)
-    num_classes = meta.num_classes or dataset.num_classes
+    dataset = task.dataset(opts.data, "val", img_size, train=False)
 
     def metric(config) -> float:
-        return evaluate(model, method, config, dataset, meta.task, num_classes,
-                        opts.eval_batch_size, device, max_samples=opts.eval_samples)
+        return evaluate(model, method, config, dataset, task, None, opts.eval_batch_size, device,
+                        max_samples=opts.eval_samples)
+
+    def gmacs(config) -> float:
+        return task.macs(model, method, config, img_size, opts.batch_size) / 1e9
 
     dense_cfg = space.decode(space.extreme("dense"))
     if opts.budget_macs is not None:
         unit = "GMACs"
-
-        def cost(config) -> float:
-            return method.macs(backbone, config, img_size, opts.batch_size) / 1e9
+        cost = gmacs
 
         dense_cost = cost(dense_cfg)
         budget = Budget(max_cost=parse_budget(opts.budget_macs, dense_cost, unit, "--budget-macs"),
@@ -195,7 +216,12 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         latency = None
     else:
         unit = "ms"
-        latency = LatencyCost(model, method, img_size, opts.batch_size, device, opts.latency_table, console, space)
+        x = latency_batch(task, dataset, opts.batch_size, device)
+        if not torch.is_tensor(x) and (opts.latency_table or opts.compile):
+            raise UserError(f"a {task.name} model's latency is measured end to end in eager mode: "
+                            f"{'--latency-table' if opts.latency_table else '--compile'} times image tensors "
+                            f"through the backbone only; leave it out")
+        latency = LatencyCost(model, method, x, device, opts.latency_table, console, space, compile=opts.compile)
         cost = latency
         dense_cost = latency(dense_cfg)
         budget = Budget(max_cost=parse_budget(opts.budget_latency, dense_cost, unit, "--budget-latency"),
@@ -211,7 +237,8 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     # what else the metrics and costs depend on: resuming from another model's or data set's state is refused
     run = {"checkpoint": str(Path(opts.checkpoint).resolve()), "model": meta.model, "method": method_name,
            "data": str(Path(opts.data).resolve()), "img_size": img_size, "batch_size": opts.batch_size,
-           "eval_samples": opts.eval_samples, "device": device.type}
+           "eval_samples": opts.eval_samples, "device": device.type,
+           **({"compile": True} if opts.compile else {})}  # a compiled search's latencies are other numbers
     result = run_evolution(space, metric, cost, budget, opts.settings, state_path=state_path,
                            history_path=out / "history.jsonl", progress=opts.progress and dist.is_main(),
                            write_files=dist.is_main(), run=run)
@@ -219,13 +246,17 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     report: Dict[str, Any] = {
         "method": method_name, "model": meta.model, "model_args": dict(meta.model_args),
         "method_options": dict(meta.method_options),
-        "img_size": img_size, "sparsity": best_cfg, "metric": get_task(meta.task).metric_name,
+        "img_size": img_size, "task": task.name, "sparsity": best_cfg, "metric": task.metric_name,
         "metric_value": result.best_metric, "cost": result.best_cost, "cost_unit": unit,
         "dense_cost": dense_cost, "budget": budget.max_cost,
-        "gmacs": method.macs(backbone, best_cfg, img_size, opts.batch_size) / 1e9,
-        "dense_gmacs": method.macs(backbone, dense_cfg, img_size, opts.batch_size) / 1e9,
+        "gmacs": gmacs(best_cfg), "dense_gmacs": gmacs(dense_cfg),
+        "backbone_gmacs": method.macs(backbone, best_cfg, img_size, opts.batch_size) / 1e9,
         "searched_on": opts.checkpoint, "eval_samples": opts.eval_samples,
     }
+    scores = evaluate_all(model, method, best_cfg, dataset, task, opts.eval_batch_size, device,
+                          max_samples=opts.eval_samples)
+    if set(scores) != {task.metric_name}:  # e.g. box AP beside an instance-segmentation search's mask AP
+        report["scores"] = scores
     if latency is not None and latency.table is not None:
         # how far the table is from measurement, on the configs that matter (the top of the search)
         report["latency_table_median_abs_error"] = latency.table_error([t["config"] for t in result.top[:5]])

@@ -18,13 +18,13 @@ def run_finetune(cfg: RunConfig, resume: bool = False, progress: bool = True,
     console = console or Console()
 
     def finish(trainer: Trainer, status: Dict[str, Any]) -> Dict[str, Any]:
-        metric = trainer.evaluate(trainer.config)
-        path = trainer.save_model({trainer.metric_name: metric})
+        scores = trainer.evaluate_all(trainer.config)
+        path = trainer.save_model(scores)
         if dist.is_main():
             console.print(report_table(f"finetune: {cfg.out}", [
-                {"config": "trained", trainer.metric_name: metric, "GMACs": _gmacs(trainer, trainer.config)}],
-                ["config", trainer.metric_name, "GMACs"]))
-        return {"model_file": str(path), trainer.metric_name: metric, "sparsity": trainer.config, **status}
+                {"config": "trained", **scores, "GMACs": _gmacs(trainer, trainer.config)}],
+                ["config", *scores, "GMACs"]))
+        return {"model_file": str(path), **scores, "sparsity": trainer.config, **status}
 
     return _train(cfg, "finetune", resume, progress, console, finish)
 
@@ -40,11 +40,12 @@ def run_adapt(cfg: RunConfig, resume: bool = False, progress: bool = True,
         for value in cfg.adapt.report:
             config = trainer.method.uniform_config(trainer.backbone, value)
             rows.append({"config": f"uniform {value:.0%}", "sparsity": value,
-                         trainer.metric_name: trainer.evaluate(config), "GMACs": _gmacs(trainer, config)})
+                         **trainer.evaluate_all(config), "GMACs": _gmacs(trainer, config)})
         path = trainer.save_model({"adapted": True, "space": trainer.space_name})
         dist.main_only(lambda: atomic_write_json(trainer.out / "adapt_report.json", rows))
         if dist.is_main():
-            console.print(report_table("accuracy of the adapted model", rows, ["config", trainer.metric_name, "GMACs"]))
+            scores = [k for k in rows[0] if k not in ("config", "sparsity", "GMACs")] if rows else []
+            console.print(report_table("accuracy of the adapted model", rows, ["config", *scores, "GMACs"]))
         return {"model_file": str(path), "report": rows, **status}
 
     return _train(cfg, "adapt", resume, progress, console, finish)
@@ -63,4 +64,5 @@ def _train(cfg: RunConfig, mode: str, resume: bool, progress: bool, console: Con
 
 
 def _gmacs(trainer: Trainer, config) -> float:
-    return trainer.method.macs(trainer.backbone, config, trainer.img_size) / 1e9
+    """GMACs of one image as the task model executes it (backbone under `config`, neck and heads)."""
+    return trainer.task.macs(trainer.model, trainer.method, config, trainer.img_size) / 1e9

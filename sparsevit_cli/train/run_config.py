@@ -133,6 +133,30 @@ class MethodOptions(_Section):
         return self.model_dump(exclude_none=True)
 
 
+class TaskOptions(_Section):
+    """Settings of the task head, passed to `Task.build(backbone, num_classes, **options)` and stored in
+    the model file (`model_file.TaskOptions`), so that loading rebuilds the same head. The common ones are
+    typed here; any other is passed on as given, and the head names an unknown one in its one-line error."""
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    fpn_channels: Optional[int] = Field(None, ge=1, description="FPN width (256 by default)")
+    head_channels: Optional[int] = Field(None, ge=1, description="Semantic FPN head width (128)")
+    dropout: Optional[float] = Field(None, ge=0, lt=1, description="Semantic FPN dropout before the classifier")
+    img_size: Optional[int] = Field(None, ge=1, description=(
+        "detectors: the shorter (and longest) side torchvision's transform resizes to; default the model's"))
+    rpn_pre_nms_top_n_test: Optional[int] = Field(None, ge=1)
+    rpn_post_nms_top_n_test: Optional[int] = Field(None, ge=1)
+    box_detections_per_img: Optional[int] = Field(None, ge=1)
+    box_score_thresh: Optional[float] = Field(None, ge=0, le=1)
+    box_nms_thresh: Optional[float] = Field(None, ge=0, le=1)
+
+    _numbers = field_validator("dropout", "box_score_thresh", "box_nms_thresh", mode="before")(_yaml_float)
+
+    def given(self) -> Dict[str, Any]:
+        """The options set, as keyword arguments for `Task.build`."""
+        return self.model_dump(exclude_none=True)
+
+
 class RunConfig(_Section):
     model: ModelCfg = Field(default_factory=ModelCfg)
     checkpoint: Optional[str] = Field(None, description="timm-format checkpoint or toolkit model file to start from")
@@ -144,6 +168,10 @@ class RunConfig(_Section):
         "sparsity config: a number (uniform), a list of numbers per stage, or a path to a config file"))
     method_options: MethodOptions = Field(default_factory=MethodOptions, description=(
         "the method's settings; a toolkit checkpoint's own settings are kept unless set here"))
+    task_options: TaskOptions = Field(default_factory=TaskOptions, description=(
+        "keyword arguments of the task head (`Task.build`), stored in the model file: detection / instance "
+        "segmentation take fpn_channels, img_size (the detector's resize) and torchvision's FasterRCNN / "
+        "MaskRCNN arguments (e.g. rpn_post_nms_top_n_test); segmentation fpn_channels, head_channels, dropout"))
     adapt: AdaptCfg = Field(default_factory=AdaptCfg)
     optim: OptimCfg = Field(default_factory=OptimCfg)
     schedule: ScheduleCfg = Field(default_factory=ScheduleCfg)

@@ -21,29 +21,21 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .. import dist
-from ..data.datasets import IGNORE_INDEX, build_loader, epoch_batches, iterate
+from ..data.datasets import build_loader, epoch_batches, iterate
 from ..errors import UserError, first_line
-from ..evaluate import autocast, evaluate
+from ..evaluate import autocast, evaluate_all
 from ..io import atomic_write_json
 from ..methods import Config, method_for_model
-from ..tasks import backbone_of, build_task_model
+from ..tasks import backbone_of, build_task_model, get_task
 from .run_config import RunConfig, to_dict
 from .state import check_same_run, load_checkpoint, read_checkpoint, save_checkpoint, write_history
 
 MODEL_FILE = "model.safetensors"
-
-
-def _loss(task: str):
-    if task == "segmentation":
-        return lambda logits, y: F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
-    return F.cross_entropy
-
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -59,8 +51,6 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, mode: str = "finetune", progress: bool = True,
                  console: Optional[Console] = None):
-        from ..data.datasets import build_dataset
-
         if mode not in ("finetune", "adapt"):
             raise ValueError(mode)
         self.cfg, self.mode = cfg, mode
@@ -72,6 +62,7 @@ class Trainer:
         self.console = console or Console()
         self.progress_enabled = progress and dist.is_main()
         self._seed_everything(cfg.seed)
+        self.task = get_task(cfg.data.task)
 
         from ..model_file import read_meta
         # a toolkit model file fixes the model; the run config may only restate what the file says
@@ -86,11 +77,11 @@ class Trainer:
         else:
             img_size = int(asked or 224)
         self.img_size = img_size
-        data = dict(path=cfg.data.path, task=cfg.data.task, img_size=img_size,
-                    skip_bad_images=cfg.data.skip_bad_images)
-        self.train_set = build_dataset(split="train", train=True, **data)
-        self.val_set = build_dataset(split="val", train=False, **data)
-        skipped = self.train_set.skipped + self.val_set.skipped
+        data = dict(img_size=img_size, skip_bad_images=cfg.data.skip_bad_images)
+        self.train_set = self.task.dataset(cfg.data.path, "train", train=True, **data)
+        self.val_set = self.task.dataset(cfg.data.path, "val", train=False, **data)
+        # image folders can drop unreadable files (data.skip_bad_images); COCO sets are validated whole
+        skipped = getattr(self.train_set, "skipped", []) + getattr(self.val_set, "skipped", [])
         if skipped:
             self._info(f"skipped {len(skipped)} unreadable image(s) in '{cfg.data.path}', e.g. '{skipped[0]}'")
         self.num_classes = self.train_set.num_classes
@@ -110,9 +101,11 @@ class Trainer:
         self.state = TrainState()
         self.train_model = self.model
         if dist.is_distributed():
+            # dense heads read the stage maps (forward_intermediates), which never run the backbone's final
+            # norm: DDP must not wait for gradients of parameters a step does not use
             self.train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.loss_fn = _loss(cfg.data.task)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.task.name != "classification")
 
     # ---- construction
     @staticmethod
@@ -138,6 +131,7 @@ class Trainer:
         meta = self.checkpoint_meta
         if meta is not None:  # a toolkit model file (e.g. the output of an earlier adapt)
             self._check_model_matches_file(meta)
+            self.task_options = dict(meta.task_options or {})
             model, method = build_from_meta(meta)
             if options:
                 method.wrap(backbone_of(model), **options)
@@ -153,6 +147,8 @@ class Trainer:
                 backbone.reset_classifier(self.num_classes)
                 self.model_args = dict(self.model_args, num_classes=self.num_classes)
             return model, method
+        # the timm checkpoint loads into the bare backbone, classifier included (a dense task's head then
+        # drops the classifier, which it never runs); the task head is built fresh around it
         backbone = create_timm_model(cfg.model.name, **args)
         if cfg.checkpoint:
             note = load_timm_checkpoint(backbone, cfg.checkpoint, reset_head=cfg.reset_head)
@@ -161,8 +157,8 @@ class Trainer:
         method = method_for_model(backbone)
         backbone = method.wrap(backbone, **options)
         self.model_name, self.model_args = cfg.model.name, args
-        seg_classes = self.num_classes if cfg.data.task == "segmentation" else None
-        return build_task_model(backbone, cfg.data.task, seg_classes), method
+        self.task_options = cfg.task_options.given()
+        return build_task_model(backbone, cfg.data.task, self.num_classes, **self.task_options), method
 
     def _check_model_matches_file(self, meta) -> None:
         """A run config that names another model, other constructor args or another task than the
@@ -176,8 +172,15 @@ class Trainer:
                                 f"model.args.{key}={value!r}")
         if meta.task != cfg.data.task:
             raise UserError(f"{src} is a {meta.task} model, the run config says data.task: {cfg.data.task}")
-        if meta.task == "segmentation" and meta.num_classes != self.num_classes:
-            raise UserError(f"{src} segments {meta.num_classes} classes, the data has {self.num_classes}")
+        if meta.task != "classification" and meta.num_classes != self.num_classes:
+            raise UserError(f"{src} is a {meta.task} model for {meta.num_classes} classes, the data has "
+                            f"{self.num_classes}")
+        given = cfg.task_options.given()
+        stored = dict(meta.task_options or {})
+        changed = next((k for k, v in given.items() if stored.get(k) != v), None)
+        if changed is not None:
+            raise UserError(f"{src} was built with task_options.{changed}={stored.get(changed)!r}, the run "
+                            f"config says {given[changed]!r}; leave task_options out to keep the file's head")
 
     def _info(self, text: str) -> None:
         if dist.is_main():
@@ -191,7 +194,8 @@ class Trainer:
 
     def _load_space(self):
         from ..search.space import load_space
-        return load_space(self.space_name, group_sizes=self.method.group_sizes(self.backbone))
+        return load_space(self.space_name, group_sizes=self.method.group_sizes(self.backbone),
+                          for_method=self.method.name)
 
     @property
     def space_name(self) -> str:
@@ -232,7 +236,7 @@ class Trainer:
         decoded by `data.num_workers` workers; augmentation seeded per sample from (seed, epoch, rank)."""
         sample_seed = (self.cfg.seed * 100_003 + epoch) * 1_009 + dist.rank()
         return build_loader(self.train_set, self._batches(epoch), num_workers=self.cfg.data.num_workers,
-                            start=start, sample_seed=sample_seed)
+                            start=start, sample_seed=sample_seed, collate_fn=self.task.collate)
 
     # ---- checkpointing
     def _rng_state(self) -> Dict[str, Any]:
@@ -319,7 +323,10 @@ class Trainer:
     def _autocast(self):
         return autocast(self.device, self.cfg.amp)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def train_step(self, x, y) -> float:
+        """One optimizer step on a batch as the task collates it (tensors, or lists of images and target
+        dicts for detection); returns the loss summed over the step's configs."""
+        x, y = self.task.to_device(x, y, self.device)
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         configs = self._step_configs()
@@ -327,7 +334,7 @@ class Trainer:
         for cfg in configs:
             self.method.apply(self.backbone, cfg)
             with self._autocast():
-                loss = self.loss_fn(self.train_model(x), y) / len(configs)
+                loss = self.task.loss(self.train_model, x, y) / len(configs)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if self.scaler:
@@ -364,7 +371,7 @@ class Trainer:
                         self.save_state()
                         return {"interrupted": True, "global_step": st.global_step}
                     t0 = time.perf_counter()
-                    loss = self._finite_loss(self.train_step(x.to(self.device), y.to(self.device)))
+                    loss = self._finite_loss(self.train_step(x, y))
                     self.last_loss = loss
                     st.step_in_epoch += 1
                     st.global_step += 1
@@ -376,10 +383,10 @@ class Trainer:
                 st.epoch += 1
                 st.step_in_epoch = 0
                 self._require_finite_weights()
-                metric = self.evaluate(self.config)
-                self._log({"epoch": st.epoch, "step": st.global_step, "loss": self.last_loss,
-                           self.metric_name: metric})
-                progress.console.print(f"epoch {st.epoch}/{cfg.epochs}: {self.metric_name} {metric:.2f}")
+                scores = self.evaluate_all(self.config)
+                self._log({"epoch": st.epoch, "step": st.global_step, "loss": self.last_loss, **scores})
+                shown = ", ".join(f"{name} {value:.2f}" for name, value in scores.items())
+                progress.console.print(f"epoch {st.epoch}/{cfg.epochs}: {shown}")
                 self.save_state()
         checksums = dist.replica_checksums(self.model)
         dist.main_only(lambda: atomic_write_json(self.out / "replicas.json",
@@ -401,15 +408,19 @@ class Trainer:
     # ---- evaluation
     @property
     def metric_name(self) -> str:
-        return "miou" if self.cfg.data.task == "segmentation" else "top1"
+        return self.task.metric_name
+
+    def evaluate_all(self, config: Optional[Config] = None, max_samples: Optional[int] = None) -> Dict[str, float]:
+        """Every number the task reports (top-1, mIoU, box AP and mask AP; %) on the validation split under
+        `config`, combined over ranks."""
+        scores = evaluate_all(self.model, self.method, config, self.val_set, self.task, self.cfg.eval_batch_size,
+                              self.device, max_samples, amp=self.cfg.amp, num_workers=self.cfg.data.num_workers)
+        self.method.apply(self.backbone, self.config)
+        return scores
 
     def evaluate(self, config: Optional[Config] = None, max_samples: Optional[int] = None) -> float:
-        """Top-1 (%) or mIoU (%) on the validation split under `config`, reduced over ranks."""
-        metric = evaluate(self.model, self.method, config, self.val_set, self.cfg.data.task, self.num_classes,
-                          self.cfg.eval_batch_size, self.device, max_samples, amp=self.cfg.amp,
-                          num_workers=self.cfg.data.num_workers)
-        self.method.apply(self.backbone, self.config)
-        return metric
+        """The task's metric (`metric_name`, %) of `evaluate_all`."""
+        return self.evaluate_all(config, max_samples)[self.metric_name]
 
     # ---- outputs
     def save_model(self, extra: Optional[Dict[str, Any]] = None) -> Path:
@@ -418,6 +429,7 @@ class Trainer:
         self._require_finite_weights()
         meta = {"method": self.method.name, "model": self.model_name, "model_args": self.model_args,
                 "img_size": self.img_size, "task": self.cfg.data.task, "num_classes": self.num_classes,
+                "task_options": self.task_options or None, "class_names": self._class_names(),
                 "sparsity": self.config,
                 "method_options": self.method.options(self.backbone), "trained_by": self.mode, **(extra or {})}
 
@@ -428,6 +440,11 @@ class Trainer:
                 raise UserError(f"cannot write model file '{path}': {e.strerror or first_line(e)}") from None
         dist.main_only(write)
         return path
+
+    def _class_names(self) -> Optional[List[str]]:
+        """The data set's class names (detection: of labels 1..K), stored for pictures and reports."""
+        names = getattr(self.train_set, "class_names", None) or getattr(self.train_set, "classes", None)
+        return [str(n) for n in names] if names else None
 
     def _log(self, record: Dict[str, Any]) -> None:
         self.history.append(record)
