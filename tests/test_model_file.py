@@ -142,7 +142,7 @@ DET_OPTIONS = {"fpn_channels": 32, "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_t
 DET_SPARSITY = [[0.0], [0.5]]
 
 
-def test_detector_model_file_round_trip(tmp_path):
+def test_detector_model_file_round_trip(tmp_path, capsys):
     from sparsevit_cli import sparsify
     from sparsevit_cli.tasks import backbone_of, build_task_model
 
@@ -155,6 +155,10 @@ def test_detector_model_file_round_trip(tmp_path):
                              "task_options": DET_OPTIONS, "class_names": ["zero", "one", "two"]})
     meta = read_meta(path)
     assert meta.task_options == DET_OPTIONS and meta.class_names == ["zero", "one", "two"]
+    code, out, err = run_cli(["info", path], capsys)  # info shows the head's options and the class names
+    shown = "".join(out.split())
+    assert code == 0, err
+    assert '"fpn_channels":32' in shown and '["zero","one","two"]' in shown and "detection" in shown
 
     loaded = load(path)
     assert backbone_of(loaded).sparsity == DET_SPARSITY == loaded.sparsevit_meta.sparsity
