@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test bench bench-gpu bench-export bench-latency bench-train repro clean
+.PHONY: install demo test fuzz bench bench-gpu bench-export bench-latency bench-train repro clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ demo: install  ## the main job on its built-in default: the whole workflow on th
 
 test: install
 	$(VENV)/bin/pytest
+
+fuzz: install  ## the fuzzer of tests/test_fuzz.py with many more examples (hostile run configs and command lines)
+	SPARSEVIT_FUZZ_EXAMPLES=400 $(VENV)/bin/pytest tests/test_fuzz.py
 
 bench: install  ## ratios measured in one run; never part of the tests
 	$(PY) benchmarks/bench_swin.py

@@ -1,0 +1,230 @@
+"""A fuzzer for the promise "bad input is one line on stderr and exit code 2, never a traceback".
+
+Hypothesis generates hostile run-config YAMLs (wrong types, missing and unknown keys, extreme and non-finite
+numbers, random bytes) for `finetune` and `adapt`, and hostile argument lists for every command (values
+drawn by each option's type from Typer's own command tree). Each run must end with exit 0 or 2, with at most
+one stderr line on 2, and never raise. The number of examples is bounded so the suite stays fast;
+`make fuzz` runs the same tests with many more (SPARSEVIT_FUZZ_EXAMPLES).
+"""
+import contextlib
+import enum
+import io
+import math
+import os
+import string
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparsevit_cli.cli import app, main
+from sparsevit_cli.data.demo import write_demo_data
+
+EXAMPLES = int(os.environ.get("SPARSEVIT_FUZZ_EXAMPLES", "25"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(HealthCheck))
+
+MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
+
+# commands whose valid runs are whole workflows (minutes): fuzzed with bad values only (see below)
+LONG_RUNNING = {"demo", "report"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Files the fuzzer points options at: tiny data, a garbage file, a binary file, a directory."""
+    root = tmp_path_factory.mktemp("fuzz")
+    write_demo_data(root / "data", img_size=64, n_train=16, n_val=8, seed=0)
+    (root / "garbage.yaml").write_text("sparsity: [[0.1], [0.2]\nmodel: {name: \n")
+    (root / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    (root / "empty.safetensors").write_bytes(b"")
+    (root / "truncated.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    (root / "adir").mkdir()
+    return root
+
+
+def run(argv):
+    """(exit code, stderr) of `sparsevit ARGV` in-process; any exception escaping main() fails the test."""
+    err, out = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return code, err.getvalue()
+
+
+def assert_clean(code, err, argv):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code in (0, 2), f"exit {code} for {argv}:\n{err}"
+    assert "Traceback" not in err, f"traceback for {argv}:\n{err}"
+    if code == 2:
+        assert len(lines) == 1, f"{len(lines)} stderr lines for {argv}:\n{err}"
+
+
+# ------------------------------------------------------------------------------------------- values
+HOSTILE_NUMBERS = st.sampled_from([0, -1, -5, 1, 2.5, 1e30, -1e30, float("nan"), float("inf"), float("-inf"),
+                                   2 ** 70, -(2 ** 70), 1e-300, 0.5, 99])
+HOSTILE_SCALARS = st.one_of(
+    HOSTILE_NUMBERS, st.none(), st.booleans(),
+    st.sampled_from(["", "abc", "cuda", "tpu", "cpu", "50%", "nan", ".inf", "-1", "0x10", "l2", "swin_auto"]),
+    st.text(alphabet=string.printable, max_size=12))
+HOSTILE_VALUES = st.recursive(HOSTILE_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["a", "lr", "name", "x"]), inner, max_size=2)),
+    max_leaves=4)
+
+
+def base_run_config(world, out):
+    return {
+        "model": {"name": "swin_tiny_patch4_window7_224", "args": dict(MICRO_ARGS)},
+        "data": {"path": str(world / "data"), "task": "classification", "num_workers": 0},
+        "sparsity": 0.0,
+        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+        "schedule": {"name": "cosine", "warmup_steps": 1},
+        "epochs": 1, "batch_size": 8, "eval_batch_size": 8, "seed": 0, "max_steps": 1,
+        "out": str(out), "checkpoint_every": 1,
+    }
+
+
+def key_paths(d, prefix=()):
+    for k, v in d.items():
+        yield prefix + (k,)
+        if isinstance(v, dict):
+            yield from key_paths(v, prefix + (k,))
+
+
+@st.composite
+def mutated_run_config(draw, world, out):
+    """A valid micro run config with 1-3 hostile edits, or garbage bytes instead of YAML."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(min_size=1, max_size=64))
+    cfg = base_run_config(world, out)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = list(key_paths(cfg))
+        path = draw(st.sampled_from(paths))
+        node = cfg
+        for p in path[:-1]:
+            node = node[p]
+        if not isinstance(node, dict) or path[-1] not in node:
+            continue
+        op = draw(st.sampled_from(["set", "set", "set", "delete", "unknown"]))
+        if op == "delete":
+            del node[path[-1]]
+        elif op == "unknown":
+            node[draw(st.sampled_from(["lrr", "epoch", "nme", "zzz"]))] = draw(HOSTILE_SCALARS)
+        else:
+            node[path[-1]] = draw(HOSTILE_VALUES)
+    # a fuzzed run must stay short: never more than one step, never the 224-px default model
+    cfg["max_steps"] = 1
+    cfg["epochs"] = cfg["epochs"] if isinstance(cfg.get("epochs"), int) and 0 < cfg["epochs"] < 3 else cfg.get("epochs")
+    return yaml.safe_dump(cfg, allow_unicode=True).encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("command", ["finetune", "adapt"])
+def test_fuzzed_run_configs_never_crash(world, tmp_path_factory, command):
+    tmp = tmp_path_factory.mktemp(f"runcfg-{command}")
+    counter = iter(range(10 ** 6))
+
+    @FUZZ
+    @given(data=st.data())
+    def check(data):
+        i = next(counter)
+        out = tmp / f"out{i}"
+        blob = data.draw(mutated_run_config(world, out))
+        cfg = tmp / f"run{i}.yaml"
+        cfg.write_bytes(blob)
+        argv = ["finetune", cfg, "--no-progress"] if command == "finetune" else \
+               ["adapt", "--config", cfg, "--no-progress"]
+        code, err = run(argv)
+        assert_clean(code, err, f"{argv} with {blob[:300]!r}")
+
+    check()
+
+
+# ------------------------------------------------------------------------------------------- CLI args
+def _commands():
+    import typer.main
+    group = typer.main.get_command(app)
+    return group, sorted(group.commands)
+
+
+def _annotation(param):
+    """The Python type an option was declared with (Optional[...] unwrapped)."""
+    ann = param.type_descriptor.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    return args[0] if typing.get_origin(ann) is typing.Union and len(args) == 1 else ann
+
+
+def option_values(param, world):
+    """Hostile values for one option, by the type it was declared with."""
+    files = [world / "nope.yaml", world / "garbage.yaml", world / "binary.bin", world / "adir",
+             world / "empty.safetensors", world / "truncated.safetensors", world / "data"]
+    ann = _annotation(param)
+    if ann is int:
+        ints = ["0", "-1", "3", "nan", "1.5", "abc"]
+        if param.name in ("img_size", "batch_size", "seed"):  # counts of work (repeats, images) would only run long
+            ints.append("99999999999999999999")
+        return st.sampled_from(ints)
+    if ann is float:
+        return st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e30", "0.5", "abc"])
+    if isinstance(ann, type) and issubclass(ann, enum.Enum):
+        return st.sampled_from([str(m.value) for m in ann] + ["bogus", ""])
+    return st.one_of(st.sampled_from([str(f) for f in files]),
+                     st.sampled_from(["", "50%", "nan%", "-3", "abc", "0.3,0.5", "1,2", "20ms", "cuda", "tpu"]))
+
+
+@st.composite
+def argv_for(draw, command, world, out):
+    group, _ = _commands()
+    cmd = group.commands[command]
+    argv = [command]
+    for param in cmd.params:
+        if param.name in ("help",):
+            continue
+        required = getattr(param, "required", False)
+        if not required and not draw(st.booleans()):
+            continue
+        if param.param_type_name == "argument":
+            argv.append(draw(option_values(param, world)))
+            continue
+        opt = max(param.opts, key=len)
+        if getattr(param, "is_flag", False) or _annotation(param) is bool:
+            argv.append(draw(st.sampled_from(param.opts + list(getattr(param, "secondary_opts", [])))))
+        elif param.name == "out":
+            argv += [opt, draw(st.sampled_from([str(out), str(world / "garbage.yaml"), str(world / "adir")]))]
+        else:
+            argv += [opt, draw(option_values(param, world))]
+    if command in LONG_RUNNING:
+        # a valid demo/report is a multi-minute workflow: always give it one bad value
+        argv += ["--preset", "bogus"]
+    if draw(st.integers(0, 7)) == 0:
+        argv.append(draw(st.sampled_from(["--bogus-option", "extra-arg", "-x"])))
+    return argv
+
+
+@pytest.mark.parametrize("command", _commands()[1])
+def test_fuzzed_command_lines_never_crash(world, tmp_path_factory, command):
+    tmp = tmp_path_factory.mktemp(f"argv-{command}")
+    counter = iter(range(10 ** 6))
+
+    @FUZZ
+    @given(data=st.data())
+    def check(data):
+        out = tmp / f"out{next(counter)}"
+        argv = data.draw(argv_for(command, world, out))
+        if command == "measure":  # keep valid measure runs cheap (the default is Swin-T at 672 px); fuzzed
+            argv[1:1] = ["--img-size", "64", "--repeats", "1", "--warmup", "0"]  # values given later win
+        code, err = run(argv)
+        assert_clean(code, err, argv)
+
+    check()
+
+
+def test_fuzzer_sees_every_command():
+    """A new command is fuzzed without editing this file; this pins that the tree is read at all."""
+    _, names = _commands()
+    assert {"finetune", "adapt", "search", "export", "measure", "info", "visualize", "demo-data"} <= set(names)
