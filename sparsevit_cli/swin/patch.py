@@ -353,9 +353,10 @@ class SparseSwinStage:
     """Mixin that makes a timm SwinTransformerStage run each block on its top-scoring windows.
 
     `ratios` holds one sparsity per block pair, `window_score` a `WINDOW_SCORES` name; the model's
-    `set_sparsity` / `set_window_score` set them. With every ratio 0 the stage is timm's own stage."""
+    `set_sparsity` / `set_window_score` set them. With every ratio 0 the stage is timm's own stage (timm's
+    gradient checkpointing included); blocks on the stage buffer are not checkpointed."""
 
-    ratios: List[float] = []
+    ratios: Sequence[float] = ()
     window_score: str = DEFAULT_WINDOW_SCORE
     #: while `kept_window_masks` runs: the list this stage appends its per-block kept-token masks to
     _kept_recorder: Optional[List[List[torch.Tensor]]] = None
