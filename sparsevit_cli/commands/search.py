@@ -26,7 +26,7 @@ from ..io import FolderLock, remove_stale_temp_files
 from ..evaluate import evaluate, evaluate_all
 from ..layers import format_config
 from ..latency import calibrated_table, predict_latency, read_latency_table
-from ..timing import compile_model, resolve_device, time_models
+from ..timing import compile_model, resolve_device, time_fn
 from ..tasks import backbone_of, get_task
 from .. import dist
 from ..search.evolution import Budget, EvolutionSettings, plot_pareto, run_evolution, write_output
@@ -105,7 +105,7 @@ class LatencyCost:
         self.backbone = backbone_of(model)
         self.model = model
         self.method = method
-        self.x = x
+        self.x, self.device = x, device
         self.compile = compile
         self.cache: Dict[str, float] = {}
         self.table = None
@@ -134,7 +134,8 @@ class LatencyCost:
             self.method.apply(self.backbone, config)
             # compiled per config: the engine's window grids are compile-time constants of each config
             model = compile_model(self.model, self.x, fresh=True) if self.compile else self.model
-            ms = time_models({"m": model}, self.x, warmup=1, repeats=5)["m"]
+            with torch.inference_mode():  # a detector's input is a list of images: timed as one call
+                ms = time_fn(lambda: model(self.x), self.device, warmup=1, repeats=5)
             # ranks time differently; all must see rank 0's number or their searches diverge
             self.cache[key] = dist.broadcast_object(ms)
         return self.cache[key]

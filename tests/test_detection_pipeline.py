@@ -1,0 +1,171 @@
+"""Detection and instance segmentation through the whole pipeline: `finetune` and `adapt` from the CLI
+(run config `task: detection` / `instance_segmentation`) lower the task loss, log box (and mask) AP and
+write a model file that loads; resume is bit-exact; `search` on a detector scores box AP under a MAC
+budget counted over backbone, neck and heads."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from cli_helpers import run_cli
+from sparsevit_cli.data.demo import write_demo_data
+from sparsevit_cli.model_file import load, read_meta
+from sparsevit_cli.methods import get_method
+from sparsevit_cli.tasks import get_task
+from sparsevit_cli.train.run_config import load_run_config
+from sparsevit_cli.train.trainer import Trainer
+
+SIZE = 96
+MICRO_ARGS = {"img_size": SIZE, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
+#: a narrow FPN and torchvision's sampling / proposal counts scaled down to a few-image test
+LIGHT = {"fpn_channels": 32, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+         "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 25, "rpn_batch_size_per_image": 32,
+         "box_batch_size_per_image": 32, "box_detections_per_img": 10}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("detdemo") / "data"
+    write_demo_data(root, img_size=SIZE, n_train=4, n_val=2, seed=0, detection=True)
+    return root
+
+
+def write_cfg(tmp_path, data, task, name="run.yaml", model_args=MICRO_ARGS, task_options=LIGHT, **over):
+    cfg = {"model": {"name": "swin_tiny_patch4_window7_224", "args": dict(model_args)},
+           "data": {"path": str(data), "task": task}, "task_options": dict(task_options), "sparsity": 0.3,
+           "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}, "schedule": {"name": "constant"},
+           "epochs": 3, "batch_size": 2, "eval_batch_size": 2, "seed": 1, "out": str(tmp_path / "out"),
+           "checkpoint_every": 1}
+    cfg.update(over)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def task_loss(model, task, dataset) -> float:
+    """The task's training loss of `model` on the first two training images, with the detector's own
+    sampling (RPN and RoI fg/bg draws) seeded: the same number for the same weights."""
+    images, targets = task.collate([dataset[0], dataset[1]])
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        return float(task.loss(model, images, targets))
+
+
+@pytest.mark.parametrize("task_name,command", [("detection", "finetune"), ("instance_segmentation", "adapt")])
+def test_cli_training_lowers_the_loss_logs_ap_and_writes_a_loadable_detector(tmp_path, demo, capsys, task_name,
+                                                                             command):
+    task = get_task(task_name)
+    cfg_path = write_cfg(tmp_path, demo, task_name)
+    args = [command, str(cfg_path), "--no-progress"] if command == "finetune" else \
+        [command, "--config", str(cfg_path), "--no-progress"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 3 and set(task.reported) <= set(history[-1])
+    assert all(0.0 <= r[name] <= 100.0 for r in history for name in task.reported)
+    assert "box_ap" in out
+
+    model_file = tmp_path / "out" / "model.safetensors"
+    meta = read_meta(model_file)
+    assert meta.task == task_name and meta.num_classes == 10 and meta.class_names == [str(i) for i in range(10)]
+    assert meta.task_options["fpn_channels"] == 32
+    trained = load(model_file)
+    initial = Trainer(load_run_config(cfg_path), mode=command, progress=False)
+    dataset = initial.train_set
+    before, after = task_loss(initial.model, task, dataset), task_loss(trained, task, dataset)
+    assert after < 0.9 * before, (before, after)
+    trained.eval()
+    with torch.no_grad():
+        pred = trained([dataset[0][0]])[0]
+    assert {"boxes", "labels", "scores"} <= set(pred) and ("masks" in pred) == task.masks
+
+
+def test_detection_resume_is_bit_exact(tmp_path, demo):
+    from sparsevit_cli.commands.train import run_finetune
+
+    full = load_run_config(write_cfg(tmp_path, demo, "detection", "a.yaml", epochs=2, out=str(tmp_path / "a")))
+    run_finetune(full, progress=False)
+    part = load_run_config(write_cfg(tmp_path, demo, "detection", "b.yaml", epochs=2, out=str(tmp_path / "b"),
+                                     max_steps=3))
+    assert run_finetune(part, progress=False)["interrupted"]  # mid-epoch 2 (2 steps per epoch)
+    part.max_steps = None
+    run_finetune(part, resume=True, progress=False)
+    a = load(tmp_path / "a" / "model.safetensors").state_dict()
+    b = load(tmp_path / "b" / "model.safetensors").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines_a = (tmp_path / "a" / "metrics.jsonl").read_text()
+    assert lines_a == (tmp_path / "b" / "metrics.jsonl").read_text()
+
+
+def test_search_on_a_detector_scores_box_ap_within_a_mac_budget(tmp_path, demo, capsys):
+    # a backbone that dominates the detector's MACs (as a real Swin does at high resolution), so that half
+    # of the whole detector's MACs is within reach of the backbone's sparsity
+    wide = dict(MICRO_ARGS, embed_dim=64, num_heads=[2, 4])
+    small_heads = dict(LIGHT, fpn_channels=16, rpn_post_nms_top_n_test=4, box_detections_per_img=4)
+    cfg = write_cfg(tmp_path, demo, "detection", model_args=wide, task_options=small_heads, epochs=1)
+    code, _, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
+    assert code == 0, err
+    model_file = tmp_path / "out" / "model.safetensors"
+    code, out, err = run_cli(["search", "--checkpoint", str(model_file), "--data", str(demo), "--out",
+                              str(tmp_path / "s"), "--budget-macs", "50%", "--population", "4", "--generations",
+                              "2", "--parents", "2", "--mutations", "2", "--crossovers", "2", "--eval-samples",
+                              "2", "--no-progress"], capsys)
+    assert code == 0, err
+    best = yaml.safe_load((tmp_path / "s" / "best.yaml").read_text())
+    assert best["metric"] == "box_ap" and best["task"] == "detection" and 0.0 <= best["metric_value"] <= 100.0
+    # the budget counts the whole detector: neck and heads on top of the backbone, all within 50% of dense
+    assert best["gmacs"] <= 0.5 * best["dense_gmacs"] + 1e-9
+    assert best["gmacs"] > best["backbone_gmacs"]
+    model = load(model_file)
+    method = get_method("sparsevit")
+    assert best["dense_gmacs"] == pytest.approx(
+        get_task("detection").macs(model, method, [[0.0], [0.0]], SIZE) / 1e9)
+
+
+def test_latency_search_on_a_detector_times_it_end_to_end_on_val_images(tmp_path, demo, capsys, monkeypatch):
+    from sparsevit_cli.commands import search as search_command
+
+    code, _, err = run_cli(["finetune", str(write_cfg(tmp_path, demo, "detection", epochs=1)), "--no-progress"],
+                           capsys)
+    assert code == 0, err
+    batches, timed = [], []
+    real_batch, real_time_fn = search_command.latency_batch, search_command.time_fn
+    monkeypatch.setattr(search_command, "latency_batch", lambda *a: batches.append(real_batch(*a)) or batches[-1])
+    monkeypatch.setattr(search_command, "time_fn", lambda fn, device, **kw: timed.append(1) or real_time_fn(
+        fn, device, **kw))
+    args = ["search", "--checkpoint", str(tmp_path / "out" / "model.safetensors"), "--data", str(demo),
+            "--budget-latency", "100000ms", "--population", "3", "--generations", "1", "--parents", "2",
+            "--mutations", "1", "--crossovers", "1", "--eval-samples", "2", "--batch-size", "2", "--no-progress"]
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    best = yaml.safe_load((tmp_path / "s" / "best.yaml").read_text())
+    assert best["cost_unit"] == "ms" and best["metric"] == "box_ap"
+    # the detector itself ran on real val images (a list of two, as its transform takes them)
+    val = get_task("detection").dataset(demo, "val", SIZE, train=False)
+    assert timed and len(batches) == 1 and isinstance(batches[0], list) and len(batches[0]) == 2
+    assert torch.equal(batches[0][0], val[0][0]) and torch.equal(batches[0][1], val[1][0])
+    for extra, needle in ((["--latency-table", str(tmp_path / "t.json")], "--latency-table"),
+                          (["--compile"], "--compile")):
+        code, _, err = run_cli(args + ["--out", str(tmp_path / "r"), *extra], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "end to end" in err, err
+        assert not (tmp_path / "t.json").exists()
+
+
+def test_two_process_gloo_detection_adapt_keeps_replicas_identical(tmp_path, demo):
+    import os
+    import subprocess
+    import sys
+
+    cfg = write_cfg(tmp_path, demo, "instance_segmentation", epochs=1, batch_size=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "sparsevit_cli.cli", "adapt", "--config", str(cfg), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((tmp_path / "out" / "replicas.json").read_text())
+    assert rep["world_size"] == 2 and rep["checksums"][0] == rep["checksums"][1]
+    assert {"box_ap", "mask_ap"} <= set(json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1]))
