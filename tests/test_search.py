@@ -364,3 +364,39 @@ def test_resume_with_another_model_file_is_refused_naming_both(tmp_path, model_f
     shutil.copy(model_file, other)
     code, _, err = run_cli(search_args(other, data_dir, out, "--budget-macs", "60%", "--resume"), capsys)
     assert_one_line_error(code, err, f"different run (checkpoint: '{model_file.resolve()}' there, '{other.resolve()}' now)")
+
+
+@pytest.mark.xfail(strict=True, reason="the sparse Swin engine does not compile yet (dynamo: NameError 'device' "
+                                      "in swin/patch.py rank_grids, on a recompile); helper E is fixing it")
+def test_compile_times_the_compiled_model_per_config(tmp_path, model_file, data_dir, capsys, monkeypatch):
+    """--compile: every measured config is compiled afresh (`timing.compile_model`, checked against eager)
+    and the compiled model is what is timed. The 'eager' dynamo backend keeps the test fast: it traces the
+    engine as inductor does and leaves code generation out."""
+    from sparsevit_cli import timing
+
+    compiled = []
+
+    def compile_eager(model, x, backend="inductor", fresh=False):
+        compiled.append(fresh)
+        return timing.compile_model(model, x, backend="eager", fresh=fresh)
+
+    monkeypatch.setattr(search_run, "compile_model", compile_eager)
+    out = tmp_path / "s"
+    code, _, err = run_cli(search_args(model_file, data_dir, out, "--budget-latency", "100000ms", "--compile"),
+                           capsys)
+    assert code == 0, err
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    # one compilation per distinct config timed (cached after), each from a clean dynamo state
+    assert compiled and all(compiled) and len(compiled) <= len({json.dumps(h["config"]) for h in history}) + 1
+    assert yaml.safe_load((out / "best.yaml").read_text())["cost_unit"] == "ms"
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--budget-latency", "50%", "--latency-table", "t.json"], "give one or the other"),
+    (["--budget-macs", "50%"], "--compile applies to a latency budget"),
+])
+def test_compile_with_a_table_or_a_mac_budget_is_one_line(tmp_path, model_file, data_dir, capsys, extra, needle):
+    extra = [str(tmp_path / e) if e == "t.json" else e for e in extra]
+    code, _, err = run_cli(search_args(model_file, data_dir, tmp_path / "s", "--compile", *extra), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "s" / "best.yaml").exists()

@@ -21,7 +21,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io import FolderLock, remove_stale_temp_files
 from ..evaluate import evaluate, evaluate_all
 from ..layers import format_config
@@ -134,8 +134,13 @@ class LatencyCost:
             self.method.apply(self.backbone, config)
             # compiled per config: the engine's window grids are compile-time constants of each config
             model = compile_model(self.model, self.x, fresh=True) if self.compile else self.model
-            with torch.inference_mode():  # a detector's input is a list of images: timed as one call
-                ms = time_fn(lambda: model(self.x), self.device, warmup=1, repeats=5)
+            try:
+                with torch.inference_mode():  # a detector's input is a list of images: timed as one call
+                    ms = time_fn(lambda: model(self.x), self.device, warmup=1, repeats=5)
+            except Exception as e:  # a compiled model can still recompile (guards) and fail while it is timed
+                if not self.compile or isinstance(e, UserError):
+                    raise
+                raise UserError(f"torch.compile failed while timing: {first_line(e)} (run without --compile)")
             # ranks time differently; all must see rank 0's number or their searches diverge
             self.cache[key] = dist.broadcast_object(ms)
         return self.cache[key]
