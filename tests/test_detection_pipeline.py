@@ -169,3 +169,23 @@ def test_two_process_gloo_detection_adapt_keeps_replicas_identical(tmp_path, dem
     rep = json.loads((tmp_path / "out" / "replicas.json").read_text())
     assert rep["world_size"] == 2 and rep["checksums"][0] == rep["checksums"][1]
     assert {"box_ap", "mask_ap"} <= set(json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1]))
+
+
+def test_demo_data_detection_flag_writes_the_coco_layout(tmp_path, capsys):
+    code, _, err = run_cli(["demo-data", str(tmp_path / "d"), "--img-size", "64", "--train", "2", "--val", "1",
+                            "--detection"], capsys)
+    assert code == 0, err
+    for split, n in (("train", 2), ("val", 1)):
+        coco = json.loads((tmp_path / "d" / "det" / "annotations" / f"instances_{split}.json").read_text())
+        assert len(coco["images"]) == n and coco["annotations"]
+        assert len(get_task("instance_segmentation").dataset(tmp_path / "d", split, 64, train=False)) == n
+    code, _, err = run_cli(["demo-data", str(tmp_path / "e"), "--img-size", "64", "--train", "2", "--val", "1"],
+                           capsys)
+    assert code == 0 and not (tmp_path / "e" / "det").exists()
+
+
+def test_adapt_with_a_space_of_another_method_is_one_line(tmp_path, demo, capsys):
+    cfg = write_cfg(tmp_path, demo, "detection")
+    code, _, err = run_cli(["adapt", "--config", str(cfg), "--space", "psvit_deit", "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "psvit" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "last.pt").exists()
