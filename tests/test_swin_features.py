@@ -154,5 +154,8 @@ def test_user_detector_trains_on_the_sparse_backbone():
 
 
 def test_sparsify_refuses_other_features_backbones():
+    from sparsevit_cli.swin.patch import sparsifiable
+    resnet = timm.create_model("resnet18", features_only=True)
+    assert not sparsifiable(resnet) and sparsifiable(features_pair()[1])
     with pytest.raises(sv.UserError, match="features_only"):
-        sv.sparsify(timm.create_model("resnet18", features_only=True))
+        sv.sparsify(resnet)

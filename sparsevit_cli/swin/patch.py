@@ -522,6 +522,11 @@ def _v1_stages(model: nn.Module) -> Optional[List[SwinTransformerStage]]:
     return None
 
 
+def sparsifiable(model: nn.Module) -> bool:
+    """Whether `sparsify` accepts `model` (a timm Swin V1 or its features_only backbone, sparse or not)."""
+    return _v1_stages(model) is not None
+
+
 def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None) -> SparseSwinTransformer:
     """Make a timm SwinTransformer, or a timm ``features_only=True`` Swin backbone, window-sparse, in place
     (same object, same parameters).
