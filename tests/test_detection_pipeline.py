@@ -189,3 +189,21 @@ def test_adapt_with_a_space_of_another_method_is_one_line(tmp_path, demo, capsys
     code, _, err = run_cli(["adapt", "--config", str(cfg), "--space", "psvit_deit", "--no-progress"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "psvit" in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_detector_starts_from_a_1000_class_timm_checkpoint(tmp_path, demo, capsys):
+    from test_train import _timm_checkpoint
+
+    ckpt, source = _timm_checkpoint(tmp_path, img_size=SIZE)
+    cfg = write_cfg(tmp_path, demo, "detection", epochs=1)
+    code, out, err = run_cli(["adapt", "--config", str(cfg), "--checkpoint", str(ckpt), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "info: head.fc: not used by the detection head, dropped (backbone weights loaded)" in out
+    # every backbone weight of the checkpoint, loaded strictly, and no classifier left in the detector
+    trainer = Trainer(load_run_config(cfg, {"checkpoint": str(ckpt), "out": str(tmp_path / "again")}), "adapt",
+                      progress=False)
+    mine, theirs = trainer.model.state_dict(), source.state_dict()
+    for k, v in theirs.items():
+        if not k.startswith("head."):
+            assert torch.equal(mine[f"backbone.body.{k}"], v), k
+    assert not any(k.startswith("backbone.body.head.fc") for k in mine)

@@ -158,7 +158,11 @@ class Trainer:
         backbone = method.wrap(backbone, **options)
         self.model_name, self.model_args = cfg.model.name, args
         self.task_options = cfg.task_options.given()
-        return build_task_model(backbone, cfg.data.task, self.num_classes, **self.task_options), method
+        head, had_classes = classifier_names(backbone)[0], backbone.num_classes
+        model = build_task_model(backbone, cfg.data.task, self.num_classes, **self.task_options)
+        if cfg.checkpoint and had_classes and not backbone_of(model).num_classes:
+            self._info(f"{head}: not used by the {cfg.data.task} head, dropped (backbone weights loaded)")
+        return model, method
 
     def _check_model_matches_file(self, meta) -> None:
         """A run config that names another model, other constructor args or another task than the
