@@ -137,9 +137,13 @@ def search(
     space: Optional[str] = typer.Option(None, help="Search space: packaged name (swin_t, psvit_deit, ...) or "
                                                    "YAML path (default: the one the model was adapted on)."),
     budget_macs: Optional[str] = typer.Option(None, help="MAC budget: GMACs per image batch (e.g. 2.5) or a "
-                                                         "percentage of the dense model (e.g. 50%)."),
+                                                         "percentage of the dense model (e.g. 50%); the whole "
+                                                         "task model as executed (detectors: backbone, FPN, "
+                                                         "RPN and RoI heads)."),
     budget_latency: Optional[str] = typer.Option(None, help="Latency budget on --device: milliseconds per "
-                                                            "forward (e.g. 20ms) or a percentage of dense (60%)."),
+                                                            "forward (e.g. 20ms) or a percentage of dense (60%), "
+                                                            "timed end to end on the first --batch-size val "
+                                                            "images."),
     min_macs: Optional[str] = typer.Option(None, help="Lower MAC bound (GMACs or % of dense)."),
     min_latency: Optional[str] = typer.Option(None, help="Lower latency bound (ms or % of dense)."),
     latency_table: Optional[str] = typer.Option(None, help="Per-block latency table JSON: predicted instead of "

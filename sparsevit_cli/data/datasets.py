@@ -1,5 +1,6 @@
-"""Data sets and loaders for the two tasks the trainer and the search evaluate: classification
-(ImageFolder) and semantic segmentation (images/ + masks/ folders).
+"""Data sets for the image-level tasks (classification: ImageFolder; semantic segmentation: images/ +
+masks/ folders) and the loaders every task reads through (COCO detection data lives in
+detection/coco.py; `tasks.Task.dataset` picks the reader and `Task.collate` makes its batches).
 
 Every malformed input (missing folder, no images, an image without its mask, ...) raises UserError with
 one line naming the path, because these are the mistakes a user makes when pointing the toolkit at
