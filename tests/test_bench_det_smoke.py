@@ -40,8 +40,6 @@ def test_latency_and_macs_of_dense_vs_uniform_at_half_the_backbone_macs(bench_de
 def test_trained_rows_through_the_cli(bench_det, tmp_path):
     result = bench_det(["--smoke", "--out", str(tmp_path)])
     training = result["training"]
-    if training["status"] == "not_wired":
-        pytest.skip(f"finetune/adapt/search do not take detection run configs yet: {training['error']}")
     assert training["status"] == "ok", training
     check_rows(result, ["dense", "adapted dense", "searched", "uniform"])
     assert all(0.0 <= r["box_ap"] <= 100.0 for r in result["rows"])
