@@ -19,7 +19,9 @@ Targets (issue 12): backbone >= 1.5x and end to end >= 1.3x faster at ~50% backb
 point of the adapted dense model.
 """
 import argparse
+import contextlib
 import copy
+import io
 import json
 import subprocess
 import sys
@@ -82,8 +84,25 @@ def run_config(args, data: Path, out: Path, epochs: int, checkpoint: Optional[Pa
     return cfg
 
 
+#: --smoke runs the CLI in this process (what a subprocess would cost is mostly importing torch again)
+IN_PROCESS = {"on": False}
+
+
 def cli(*argv) -> None:
-    """`sparsevit ARGV` in a fresh process, as a user runs it; its last stderr line on failure."""
+    """`sparsevit ARGV` as a user runs it, in a fresh process (in this one under --smoke); its last error
+    line as a RuntimeError on failure."""
+    if IN_PROCESS["on"]:
+        from sparsevit_cli.cli import main as sparsevit
+
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                sparsevit([str(a) for a in argv])
+        except SystemExit as e:
+            if e.code:
+                raise RuntimeError(err.getvalue().strip().splitlines()[-1] if err.getvalue().strip()
+                                   else f"exit code {e.code}") from None
+        return
     done = subprocess.run([sys.executable, "-m", "sparsevit_cli.cli", *map(str, argv)], capture_output=True,
                           text=True)
     if done.returncode:
@@ -195,6 +214,7 @@ def main(argv=None) -> Dict[str, Any]:
                        dense_epochs=1, adapt_epochs=1, finetune_epochs=1, train_batch_size=2, eval_samples=2,
                        population=4, generations=1)
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
+    IN_PROCESS["on"] = args.smoke
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
