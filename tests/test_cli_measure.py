@@ -188,13 +188,6 @@ def test_compile_that_changes_results_is_refused(monkeypatch):
         compile_model(model, torch.randn(1, 3, 64, 64))
 
 
-# The Swin engine does not compile yet (dynamo: "NameError: name 'device' is not defined" in swin/patch.py
-# rank_grids, `id(g)` of a grid cached under a key holding a torch.device). Strict: once the engine compiles
-# these pass, the suite says so, and the marks go.
-ENGINE_NOT_COMPILABLE = "swin engine not compile-friendly yet (NameError 'device' in rank_grids)"
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ENGINE_NOT_COMPILABLE)
 def test_measure_compile_checks_and_times_compiled_models(model_file, monkeypatch, capsys):
     _fast_compile(monkeypatch)
     path, _ = model_file
@@ -204,7 +197,6 @@ def test_measure_compile_checks_and_times_compiled_models(model_file, monkeypatc
     assert json.loads(out)["compiled"] is True
 
 
-@pytest.mark.xfail(strict=True, raises=(UserError, RuntimeError), reason=ENGINE_NOT_COMPILABLE)
 def test_sparse_engine_compiles_exactly(monkeypatch):
     from sparsevit_cli import sparsify
     from sparsevit_cli.timing import compile_model, relative_error

@@ -56,3 +56,15 @@ def test_inductor_exact_against_eager(sparsity):
         pytest.skip(f"torch.compile (inductor) unavailable here: {reason}")
     got, want = compiled_vs_eager(micro_swin(sparsity), "inductor")
     assert rel_err(want, got) < 1e-5
+
+
+def test_compiles_after_eager_runs_on_a_fresh_and_a_cached_grid():
+    """The grids a stage caches after an eager forward must not break dynamo (a torch.device in the cache
+    key once made it fail with "NameError: name 'device' is not defined")."""
+    model = sv.sparsify(timm.create_model("swin_tiny_patch4_window7_224", img_size=64, embed_dim=16, depths=[2, 2],
+                                          num_heads=[1, 2], window_size=4).eval(), [[0.5], [0.4]])
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        eager = model(x)  # fills the grid caches
+        compiled = torch.compile(model, backend="aot_eager")
+        assert torch.allclose(compiled(x), eager, rtol=1e-5, atol=1e-6)

@@ -366,7 +366,7 @@ class SparseSwinStage:
 
     def grids(self, H: int, W: int, device: torch.device) -> List[WindowGrid]:
         """Per-block window grids at (H, W), built once per resolution and device."""
-        key = (H, W, device)
+        key = (H, W, str(device))  # a string: dynamo guards on the key, and cannot rebuild a torch.device
         grids = self._grid_cache.get(key)
         if grids is None:
             grids = self._grid_cache[key] = stage_grids(self.blocks, H, W, device, self.make_grid)
