@@ -207,3 +207,15 @@ def test_detector_starts_from_a_1000_class_timm_checkpoint(tmp_path, demo, capsy
         if not k.startswith("head."):
             assert torch.equal(mine[f"backbone.body.{k}"], v), k
     assert not any(k.startswith("backbone.body.head.fc") for k in mine)
+
+
+@pytest.mark.parametrize("task_name,options,needle", [
+    ("detection", {"fpn_channels": 0}, "task_options.fpn_channels must be >= 1, got 0"),
+    ("detection", {"box_score_thresh": "high"}, "task_options.box_score_thresh must be a number"),
+    ("segmentation", {"fpn_chanels": 8}, "unexpected keyword argument 'fpn_chanels'"),
+])
+def test_bad_task_options_are_one_line(tmp_path, demo, capsys, task_name, options, needle):
+    cfg = write_cfg(tmp_path, demo, task_name, task_options=options)
+    code, _, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

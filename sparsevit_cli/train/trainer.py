@@ -159,7 +159,12 @@ class Trainer:
         self.model_name, self.model_args = cfg.model.name, args
         self.task_options = cfg.task_options.given()
         head, had_classes = classifier_names(backbone)[0], backbone.num_classes
-        model = build_task_model(backbone, cfg.data.task, self.num_classes, **self.task_options)
+        try:
+            model = build_task_model(backbone, cfg.data.task, self.num_classes, **self.task_options)
+        except TypeError as e:  # a head's constructor refusing an option the user wrote under task_options
+            if not self.task_options:
+                raise
+            raise UserError(f"task_options do not fit the {cfg.data.task} head: {first_line(e)}") from None
         if cfg.checkpoint and had_classes and not backbone_of(model).num_classes:
             self._info(f"{head}: not used by the {cfg.data.task} head, dropped (backbone weights loaded)")
         return model, method
