@@ -117,22 +117,28 @@ def test_one_pruned_block_matches_dense_on_kept_windows(block_idx, img_size):
         assert torch.equal(out_w[b][~kept], in_w[b][~kept])
 
 
-def _window_ids_by_block(sparse, x):
-    """{id(block): the (B, k) window ids it ran on (None = all)} for one forward of x, for the blocks that
-    run on the stage buffer (those from a stage's first pruned block on; earlier ones are timm's blocks)."""
-    seen = {}
-    orig = SparseSwinStage.sparse_block
-
-    def spy(block, buf, grid, ids):
-        seen.setdefault(id(block), ids)
-        return orig(block, buf, grid, ids)
-
-    SparseSwinStage.sparse_block = staticmethod(spy)
+def forward_spying_blocks(sparse, x, spy):
+    """One no-grad forward of `sparse` on x in which every block that runs on a stage buffer goes through
+    ``spy(run, block, buf, grid, ids)`` (`run`: the real `SparseSwinStage.sparse_block`)."""
+    run = SparseSwinStage.sparse_block
+    SparseSwinStage.sparse_block = staticmethod(lambda *args: spy(run, *args))
     try:
         with torch.no_grad():
             sparse(x)
     finally:
-        SparseSwinStage.sparse_block = staticmethod(orig)
+        SparseSwinStage.sparse_block = staticmethod(run)
+
+
+def _window_ids_by_block(sparse, x):
+    """{id(block): the (B, k) window ids it ran on (None = all)} for one forward of x, for the blocks that
+    run on the stage buffer (those from a stage's first pruned block on; earlier ones are timm's blocks)."""
+    seen = {}
+
+    def spy(run, block, buf, grid, ids):
+        seen.setdefault(id(block), ids)
+        return run(block, buf, grid, ids)
+
+    forward_spying_blocks(sparse, x, spy)
     return seen
 
 
@@ -150,7 +156,7 @@ def test_windows_are_chosen_by_l2_magnitude_once_per_stage(score):
     # stage input energies decide: windows covering the busy corner (window rows/cols 6-7) rank first
     with torch.no_grad():
         h = sparse.patch_embed(x)
-    grid = sparse._grids(0, 56, 56, x.device)[0]
+    grid = sparse.layers[0].grids(56, 56, x.device)[0]
     tokens = h.reshape(1, -1, 96)
     if score == "l2-centered":
         tokens = tokens - tokens.mean(dim=1, keepdim=True)

@@ -1,6 +1,5 @@
 """`sparsify` on timm ``features_only=True`` Swin backbones (bring your own detector), on micro models."""
 import copy
-import random
 
 import pytest
 import timm
@@ -8,9 +7,9 @@ import torch
 
 import sparsevit_cli as sv
 from sparsevit_cli.swin.cost import swin_macs
-from sparsevit_cli.swin.patch import RATIO_CHOICES, SparseSwinStage, kept_windows
-from test_cost import fvcore_macs
-from test_sparse_swin import randomize_, rel_err
+from sparsevit_cli.swin.patch import SparseSwinStage, kept_windows
+from test_cost import assert_macs_match_fvcore
+from test_sparse_swin import forward_spying_blocks, randomize_, rel_err
 
 MODEL = "swin_tiny_patch4_window7_224"
 MICRO = dict(embed_dim=16, depths=[2, 2, 4], num_heads=[1, 2, 4], window_size=4)
@@ -79,20 +78,14 @@ def test_pruned_block_is_exact_on_kept_windows_and_passes_the_rest_through():
     sparse.set_sparsity([[0.0], [0.5], [0.0, 0.0]])
     x = torch.randn(2, 3, 64, 64)
     captured = {}
-    orig = SparseSwinStage.sparse_block
 
-    def spy(block, buf, grid, ids):
+    def spy(run, block, buf, grid, ids):
         before = buf.clone()
-        out = orig(block, buf, grid, ids)
+        out = run(block, buf, grid, ids)
         captured.setdefault(id(block), (before, out.clone(), grid, ids))
         return out
 
-    SparseSwinStage.sparse_block = staticmethod(spy)
-    try:
-        with torch.no_grad():
-            sparse(x)
-    finally:
-        SparseSwinStage.sparse_block = staticmethod(orig)
+    forward_spying_blocks(sparse, x, spy)
     stage = sparse.layers_1
     assert set(captured) == {id(stage.blocks[0]), id(stage.blocks[1])}
     before, after, grid, ids = captured[id(stage.blocks[0])]
@@ -111,16 +104,8 @@ def test_pruned_block_is_exact_on_kept_windows_and_passes_the_rest_through():
 
 def test_macs_match_fvcore_without_a_head():
     _, sparse = features_pair(72)
-    rng = random.Random(0)
-    configs = [[[0.0], [0.0], [0.0, 0.0]]] + [
-        [sorted(rng.choice(RATIO_CHOICES) for _ in range(n)) for n in sparse.pair_counts()] for _ in range(6)]
-    with torch.no_grad():
-        for cfg in configs:
-            sparse.set_sparsity(cfg)
-            counted = fvcore_macs(sparse, 72)
-            analytic = swin_macs(sparse, cfg, 72)
-            assert abs(analytic - counted) / counted < 0.005, (cfg, analytic, counted)
-    assert "head" not in swin_macs(sparse, configs[0], 72, breakdown=True).parts
+    assert_macs_match_fvcore(sparse, swin_macs, 72, n_random=6, seed=0)
+    assert "head" not in swin_macs(sparse, [[0.0], [0.0], [0.0, 0.0]], 72, breakdown=True).parts
 
 
 def test_truncated_backbone_and_kept_window_masks():

@@ -8,18 +8,17 @@ import torch.nn as nn
 from ..methods import Config, check_options, register_method
 from .cost import swin_macs
 from .latency import build_swin_latency_table, predict_swin_latency
-from .patch import RATIO_CHOICES, SparseSwinTransformer, pair_counts, sparsify, validate_sparsity
+from .patch import RATIO_CHOICES, SparseSwinTransformer, pair_counts, sparsifiable, sparsify, validate_sparsity
 
 
 class SparseViT:
     name = "sparsevit"
     default_space = "swin_auto"  # gene counts from the model: fits every Swin depth
-    supported_models = "a timm SwinTransformer"
+    supported_models = "a timm SwinTransformer or its features_only backbone"
     gene_values = RATIO_CHOICES  # window-sparsity ratios the engine runs (patch.py owns them)
 
     def supports(self, model: nn.Module) -> bool:
-        from timm.models.swin_transformer import SwinTransformer
-        return isinstance(model, SwinTransformer)
+        return sparsifiable(model)
 
     def wrap(self, model: nn.Module, **options: Any) -> SparseSwinTransformer:
         check_options(self.name, options, ["window_score"])

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -215,18 +215,28 @@ def window_attention(block: SwinTransformerBlock, x: torch.Tensor, mask: Optiona
     return x
 
 
-def _exporting() -> bool:
-    """Graph exporters (ONNX, TorchScript tracing, torch.export) need out-of-place updates."""
+def exporting() -> bool:
+    """Whether a graph exporter (ONNX, TorchScript tracing, torch.export) is tracing: they need out-of-place
+    updates and top-k instead of a stable sort."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
-def sparse_block_(block: SwinTransformerBlock, buf: torch.Tensor, grid: WindowGrid,
-                  window_ids: Optional[torch.Tensor]) -> torch.Tensor:
-    """Run `block` on the kept windows of `buf` (B, H*W + 1, C), writing results back in place
-    (out of place while a graph is being exported); returns the updated buffer.
+class Windows(NamedTuple):
+    """Kept windows gathered from a stage buffer by `gather_windows` (k windows of N tokens per image)."""
 
-    window_ids: (B, k) kept windows per image, or None for all windows in grid order.
-    """
+    tokens: torch.Tensor  #: (B*k, N, C) the windows' tokens, padding tokens read from the dummy row
+    valid: Optional[torch.Tensor]  #: (B*k, N, 1) 1.0 real token, 0.0 padding; None when nothing is padded
+    #: timm's shifted-window attention mask: (B*k, N, N) one per kept window, or (nW, N, N) when every window
+    #: is kept (window w of image b uses mask w, as timm's grouped masks do); None on the plain grid
+    mask: Optional[torch.Tensor]
+    flat_idx: torch.Tensor  #: (B*k*N,) rows of the buffer viewed as (B*(H*W + 1), C), for `scatter_windows`
+
+
+def gather_windows(buf: torch.Tensor, grid: WindowGrid, window_ids: Optional[torch.Tensor]) -> Windows:
+    """The tokens of the kept windows of `buf` (B, H*W + 1, C), with their padding and attention masks.
+
+    window_ids: (B, k) kept windows per image, or None for every window in grid order. The masks keep the
+    grid's dtype (float32); a block casts them to its compute dtype."""
     B, L, C = buf.shape
     N = grid.index.shape[1]
     if window_ids is None:
@@ -236,26 +246,43 @@ def sparse_block_(block: SwinTransformerBlock, buf: torch.Tensor, grid: WindowGr
         idx = grid.index[window_ids]
         k = window_ids.shape[1]
     flat_idx = (idx + (torch.arange(B, device=buf.device) * L).view(B, 1, 1)).reshape(-1)
-    flat = buf.view(B * L, C)
-    x = flat.index_select(0, flat_idx).view(B, k * N, C)
+    tokens = buf.view(B * L, C).index_select(0, flat_idx).view(B * k, N, C)
+    valid = None
+    if grid.valid is not None:
+        valid = (grid.valid.unsqueeze(0).expand(B, -1, -1, -1) if window_ids is None
+                 else grid.valid[window_ids]).reshape(B * k, N, 1)
+    mask = grid.mask
+    if mask is not None and window_ids is not None:
+        mask = mask[window_ids].reshape(B * k, N, N)
+    return Windows(tokens, valid, mask, flat_idx)
 
+
+def scatter_windows(buf: torch.Tensor, flat_idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Write the windows `x` (any shape of B*k*N tokens) back to the rows `flat_idx` of `buf` (B, L, C): in
+    place, or out of place while a graph is being exported. Returns the updated buffer."""
+    B, L, C = buf.shape
+    flat = buf.view(B * L, C)
+    if exporting():
+        return flat.index_copy(0, flat_idx, x.reshape(-1, C)).view(B, L, C)
+    flat.index_copy_(0, flat_idx, x.reshape(-1, C))
+    return buf
+
+
+def sparse_block_(block: SwinTransformerBlock, buf: torch.Tensor, grid: WindowGrid,
+                  window_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """Run the V1 `block` on the kept windows of `buf` (B, H*W + 1, C) and write them back
+    (`scatter_windows`); returns the updated buffer.
+
+    window_ids: (B, k) kept windows per image, or None for all windows in grid order.
+    """
+    x, valid, mask, flat_idx = gather_windows(buf, grid, window_ids)
     h = block.norm1(x)
-    if grid.valid is not None:  # timm pads with zeros after norm1
-        valid = grid.valid.to(h.dtype)
-        valid = valid.unsqueeze(0).expand(B, -1, -1, -1) if window_ids is None else valid[window_ids]
-        h = h * valid.reshape(B, k * N, 1)
-    mask = None
-    if grid.mask is not None:
-        mask = grid.mask.to(h.dtype)
-        if window_ids is not None:
-            mask = mask[window_ids].reshape(B * k, N, N)
-    h = window_attention(block, h.view(B * k, N, C), mask).view(B, k * N, C)
+    if valid is not None:  # timm pads with zeros after norm1
+        h = h * valid.to(h.dtype)
+    h = window_attention(block, h, None if mask is None else mask.to(h.dtype))
     x = x + block.drop_path1(h)
     x = x + block.drop_path2(block.mlp(block.norm2(x)))
-    if _exporting():
-        return flat.index_copy(0, flat_idx, x.view(B * k * N, C)).view(B, L, C)
-    flat.index_copy_(0, flat_idx, x.view(B * k * N, C))
-    return buf
+    return scatter_windows(buf, flat_idx, x)
 
 
 def _kept_token_masks(grids: List[WindowGrid], keeps: List[int], orders: Dict[int, torch.Tensor],
@@ -277,7 +304,7 @@ def _kept_token_masks(grids: List[WindowGrid], keeps: List[int], orders: Dict[in
 def rank_windows(scores: torch.Tensor) -> torch.Tensor:
     """Window ids per image, best first. Stable sort in eager mode (ties keep grid order); exporters get
     top-k over all windows, which ONNX and friends support."""
-    if _exporting():
+    if exporting():
         return torch.topk(scores, scores.shape[1], dim=1, largest=True, sorted=True).indices
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
@@ -413,8 +440,6 @@ class SparseSwinTransformer:
 
     sparsity: List[List[float]]  # one ratio per block pair, per stage
     window_score: str = DEFAULT_WINDOW_SCORE  # a WINDOW_SCORES name
-    #: while `kept_window_masks` runs: a list that every stage appends its per-block kept-token masks to
-    _kept_recorder: Optional[List[List[torch.Tensor]]] = None
 
     # --- configuration -------------------------------------------------------------------------
     def sparse_stages(self) -> List[SparseSwinStage]:
@@ -446,23 +471,7 @@ class SparseSwinTransformer:
             stage.window_score = name
         return self
 
-    def block_sparsity(self, stage: int, block: int) -> float:
-        return self.sparsity[stage][block // 2]
-
-    # --- index tables ----------------------------------------------------------------------------
-    def _grids(self, stage_idx: int, H: int, W: int, device: torch.device) -> List[WindowGrid]:
-        """Per-block window grids for a stage at (H, W), built once and cached (for model-level stage
-        loops such as a subclass's `_stage_forward`)."""
-        key = (stage_idx, H, W, device)
-        grids = self._grid_cache.get(key)
-        if grids is None:
-            grids = self._grid_cache[key] = stage_grids(swin_stages(self)[stage_idx].blocks, H, W, device)
-        return grids
-
     # --- forward -----------------------------------------------------------------------------------
-    def _stage_forward(self, stage_idx: int, x: torch.Tensor) -> torch.Tensor:
-        return swin_stages(self)[stage_idx](x)
-
     @torch.no_grad()
     def kept_window_masks(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
         """Which tokens every block keeps for `x` under the current sparsity: per stage, per block, a
@@ -473,22 +482,22 @@ class SparseSwinTransformer:
         windows; blocks 1, 3, ... use the shifted grid (SW-MSA, windows wrap around the map edges). Call it
         in eval mode to see the windows inference keeps."""
         recorder: List[List[torch.Tensor]] = []
-        holders = [self] + self.sparse_stages()
-        for holder in holders:
-            holder._kept_recorder = recorder
+        stages = self.sparse_stages()
+        for stage in stages:
+            stage._kept_recorder = recorder
         try:
             self.forward_stages(x)
         finally:
-            for holder in holders:
-                del holder._kept_recorder  # back to the class default (None)
+            for stage in stages:
+                del stage._kept_recorder  # back to the class default (None)
         return recorder
 
     def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
         """All stage outputs, NHWC (the last one before the final norm)."""
         x = self.patch_embed(x)
         outs = []
-        for i in range(len(swin_stages(self))):
-            x = self._stage_forward(i, x)
+        for stage in swin_stages(self):
+            x = stage(x)
             outs.append(x)
         return outs
 
@@ -509,45 +518,55 @@ class SparseSwinTransformer:
         return self.norm(stages[-1]), inter
 
 
-def _v1_stages(model: nn.Module) -> Optional[List[SwinTransformerStage]]:
-    """The stages `sparsify` patches: a timm SwinTransformer's, or those of a ``features_only`` Swin
-    backbone (a timm FeatureListNet/FeatureDictNet of patch_embed and SwinTransformerStage children);
-    None for anything else."""
-    if isinstance(model, SwinTransformer):
+def family_stages(model: nn.Module, model_class: type, stage_class: type) -> Optional[List[nn.Module]]:
+    """The stages a family's `sparsify` patches: those of a `model_class` model, or of its ``features_only``
+    backbone (a timm FeatureListNet/FeatureDictNet of patch_embed and `stage_class` children); None for
+    anything else."""
+    if isinstance(model, model_class):
         return list(model.layers)
     if isinstance(model, FeatureDictNet) and hasattr(model, "patch_embed"):
         stages = swin_stages(model)
-        if stages and all(isinstance(s, SwinTransformerStage) for s in stages):
+        if stages and all(isinstance(s, stage_class) for s in stages):
             return stages
     return None
 
 
 def sparsifiable(model: nn.Module) -> bool:
-    """Whether `sparsify` accepts `model` (a timm Swin V1 or its features_only backbone, sparse or not)."""
-    return _v1_stages(model) is not None
+    """Whether `model` is a timm Swin V1 or its features_only backbone, sparse or not (what the V1 method
+    takes; `sparsify` also takes the Swin V2 family, see `swinv2.patch.sparsifiable_v2`)."""
+    return family_stages(model, SwinTransformer, SwinTransformerStage) is not None
+
+
+def patch_stages(model: nn.Module, stages: Sequence[nn.Module], model_mixin: type, stage_mixin: type,
+                 sparsity, window_score: Optional[str]) -> SparseSwinTransformer:
+    """Put `model_mixin` in front of `model`'s class and `stage_mixin` in front of each stage's (in place),
+    then configure it: `sparsity` (None: 0, exactly the dense model) and `window_score`."""
+    if window_score is not None:
+        check_window_score(window_score)  # before patching: a bad name leaves the model untouched
+    model.__class__ = sparse_class(type(model), model_mixin)
+    for stage in stages:
+        stage.__class__ = sparse_class(type(stage), stage_mixin)
+        stage._grid_cache = {}
+    return sparsify(model, 0.0 if sparsity is None else sparsity, window_score)
 
 
 def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None) -> SparseSwinTransformer:
-    """Make a timm SwinTransformer, or a timm ``features_only=True`` Swin backbone, window-sparse, in place
-    (same object, same parameters).
+    """Make a timm SwinTransformer or SwinTransformerV2, or a timm ``features_only=True`` backbone of either,
+    window-sparse, in place (same object, same parameters).
 
     `sparsity` defaults to 0 (exactly the dense model) for a new one and `window_score` to
     `DEFAULT_WINDOW_SCORE`; an already sparse model keeps its settings unless new ones are given (so
     asking a sparse model's method for e.g. its group sizes never resets it)."""
     if not isinstance(model, SparseSwinTransformer):
-        stages = _v1_stages(model)
-        if stages is None:
-            raise UserError(f"SparseViT needs a timm SwinTransformer (v1) or its features_only=True backbone, "
-                            f"got {type(model).__name__}")
-        if window_score is not None:
-            check_window_score(window_score)  # before patching: a bad name leaves the model untouched
-        model.__class__ = sparse_class(type(model))
-        model._grid_cache = {}
-        for stage in stages:
-            stage.__class__ = sparse_class(type(stage), SparseSwinStage)
-            stage._grid_cache = {}
-        model.set_sparsity(0.0 if sparsity is None else sparsity)
-    elif sparsity is not None:
+        stages = family_stages(model, SwinTransformer, SwinTransformerStage)
+        if stages is not None:
+            return patch_stages(model, stages, SparseSwinTransformer, SparseSwinStage, sparsity, window_score)
+        from ..swinv2.patch import sparsifiable_v2, sparsify_v2  # the V2 family plugs its block into the stage
+        if sparsifiable_v2(model):
+            return sparsify_v2(model, sparsity, window_score)
+        raise UserError(f"SparseViT needs a timm SwinTransformer or SwinTransformerV2, or its features_only=True "
+                        f"backbone, got {type(model).__name__}")
+    if sparsity is not None:
         model.set_sparsity(sparsity)
     if window_score is not None:
         model.set_window_score(window_score)

@@ -14,13 +14,14 @@ import torch.nn as nn
 
 from ..layers import MacBreakdown
 from ..swin.cost import swin_macs
+from ..swin.patch import swin_stages
 from .patch import SparseSwinTransformerV2
 
 
 def position_bias_macs(model: nn.Module) -> int:
     """MACs of every block's continuous-position-bias MLP, run once per forward pass."""
     total = 0
-    for stage in model.layers:
+    for stage in swin_stages(model):
         for block in stage.blocks:
             offsets = block.attn.relative_coords_table.shape[1] * block.attn.relative_coords_table.shape[2]
             total += offsets * sum(m.in_features * m.out_features for m in block.attn.cpb_mlp

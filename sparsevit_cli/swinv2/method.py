@@ -16,17 +16,16 @@ import torch.nn as nn
 from ..methods import Config, check_options, register_method
 from ..swin.method import SparseViT
 from .cost import swinv2_macs
-from .patch import SparseSwinTransformerV2, sparsify_v2
+from .patch import SparseSwinTransformerV2, sparsifiable_v2, sparsify_v2
 
 
 class SparseViTV2(SparseViT):
     name = "sparsevit-v2"
     default_space = "swinv2_auto"  # gene counts from the model: fits every Swin V2 depth
-    supported_models = "a timm SwinTransformerV2"
+    supported_models = "a timm SwinTransformerV2 or its features_only backbone"
 
     def supports(self, model: nn.Module) -> bool:
-        from timm.models.swin_transformer_v2 import SwinTransformerV2
-        return isinstance(model, SwinTransformerV2)
+        return sparsifiable_v2(model)
 
     def wrap(self, model: nn.Module, **options: Any) -> SparseSwinTransformerV2:
         check_options(self.name, options, ["window_score"])
