@@ -142,5 +142,9 @@ def test_sparsify_refuses_other_features_backbones():
     from sparsevit_cli.swin.patch import sparsifiable
     resnet = timm.create_model("resnet18", features_only=True)
     assert not sparsifiable(resnet) and sparsifiable(features_pair()[1])
+    # the pipeline takes what sparsify takes: a features_only Swin picks SparseViT, a ResNet nothing
+    assert sv.method_for_model(features_pair()[0]).name == "sparsevit"
+    with pytest.raises(sv.UserError, match="no method supports FeatureListNet"):
+        sv.method_for_model(resnet)
     with pytest.raises(sv.UserError, match="features_only"):
         sv.sparsify(resnet)
