@@ -21,6 +21,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 
 
+def _workflow_presets():
+    from .commands.workflow import PRESETS
+    return PRESETS
+
+
+class Precision(str, Enum):
+    """Precisions `measure` times in (timing.DTYPES maps them to torch dtypes; a test keeps the two equal)."""
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+#: demo presets, by name: the names of commands.workflow.PRESETS (light to import: no torch)
+Preset = Enum("Preset", {name: name for name in _workflow_presets()}, type=str)
+
+
 @app.callback()
 def _root(ctx: typer.Context,
           verbose: bool = typer.Option(False, "--verbose", help="Show library warnings (timm, torch, ONNX).")) -> None:
@@ -41,7 +57,7 @@ def measure(
                                                       "file's, else 672."),
     batch_size: int = typer.Option(64, min=1, help="Batch of the throughput row (images/s); latency is batch 1."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    dtype: str = typer.Option("fp32", help="fp32, fp16 (CUDA only) or bf16."),
+    dtype: Precision = typer.Option(Precision.fp32, help="Precision: fp32, fp16 (CUDA only) or bf16."),
     sparsity: Optional[float] = typer.Option(None, help="Uniform window sparsity for every block, 0.0-0.8 "
                                                         "in steps of 0.1 (default: the model file's config, "
                                                         "else 0.6)."),
@@ -58,6 +74,7 @@ def measure(
     from .commands.measure import measure_dense_vs_sparse, measured_models
 
     models = measured_models(model, checkpoint, img_size, sparsity, config)
+    dtype = dtype.value
     r = measure_dense_vs_sparse(models, batch_size, device, dtype, warmup=warmup, repeats=repeats,
                                 cuda_graphs=cuda_graphs, compile=compile)
     if as_json:
@@ -211,7 +228,7 @@ def visualize(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output directory; an interrupted demo continues there."),
     quick: bool = typer.Option(False, help="Tiny settings (well under a minute on 2 CPU cores; used by CI)."),
-    preset: Optional[str] = typer.Option(None, help="quick, default (about 10 minutes on 2 CPU cores), repro "
+    preset: Optional[Preset] = typer.Option(None, help="quick, default (about 10 minutes on 2 CPU cores), repro "
                                                     "(longer training), gpu, psvit or psvit-quick (PSViT on a DeiT)."),
     device: str = typer.Option("cpu", help="cpu or cuda (with cuda the 'gpu' preset is the default)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -221,7 +238,7 @@ def demo(
     """The whole workflow on built-in data: train, adapt, search (50% MACs), finetune, export, compare
     (batch-1 latency and throughput)."""
     from .commands.demo import run_demo
-    name = preset or ("quick" if quick else "gpu" if device.startswith("cuda") else "default")
+    name = preset.value if preset else ("quick" if quick else "gpu" if device.startswith("cuda") else "default")
     run_demo(out, preset=name, device=device, progress=progress, console=console, compile=compile)
 
 
@@ -229,7 +246,7 @@ def demo(
 def report(
     out: Path = typer.Option(Path("runs/demo"), help="Demo run directory (the demo is run there first if missing); "
                                                      "the report goes to OUT/report/."),
-    preset: str = typer.Option("default", help="Demo preset: quick, default, repro (what `make repro` uses) or gpu."),
+    preset: Preset = typer.Option("default", help="Demo preset: quick, default, repro (what `make repro` uses) or gpu."),
     device: str = typer.Option("cpu", help="cpu or cuda: where accuracy and latency are measured."),
     budgets: str = typer.Option("0.3,0.5,0.7", help="Search budgets as fractions of dense MACs, comma-separated."),
     scales: str = typer.Option("0.5,0.75", help="Lower input resolutions for the downscaled-dense baseline, as "
@@ -239,7 +256,7 @@ def report(
     """Reproduce the paper's comparisons on the demo data: accuracy vs MACs and vs latency for dense, downscaled
     dense, uniform sparsity and searched configs; writes report.md and PNG plots."""
     from .commands.report import run_report
-    run_report(out, preset=preset, device=device, budgets=_fractions(budgets, "--budgets"),
+    run_report(out, preset=preset.value, device=device, budgets=_fractions(budgets, "--budgets"),
                scales=_fractions(scales, "--scales"), progress=progress, console=console)
 
 

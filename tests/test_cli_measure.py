@@ -65,7 +65,7 @@ def bad_files(tmp_path):
     (["--img-size", "230"], "not a multiple of the patch size"),
     (["--img-size", "0"], "image size"),
     (["--device", "tpu"], "device must be"),
-    (["--dtype", "fp8"], "dtype must be"),
+    (["--dtype", "fp8"], "'fp8' is not one of 'fp32', 'fp16', 'bf16'"),
     (["--sparsity", "0.5", "--config", "{count}"], "not both"),
 ])
 def test_bad_input_is_one_line(args, needle, bad_files, capsys):

@@ -98,3 +98,12 @@ def test_importing_the_package_and_the_cli_does_not_import_torch(code):
     out = subprocess.run([sys.executable, "-c", f"{code}; import sys; print('torch' in sys.modules, 'timm' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
+
+
+def test_cli_choices_are_the_cores_names():
+    """The CLI's Enum choices are built or checked against the one owner of each list."""
+    from sparsevit_cli.cli import Precision, Preset
+    from sparsevit_cli.commands.workflow import PRESETS
+    from sparsevit_cli.timing import DTYPES
+    assert [p.value for p in Precision] == list(DTYPES)
+    assert [p.value for p in Preset] == list(PRESETS)

@@ -14,8 +14,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from rich.console import Console
 
-from ..evaluate import evaluate
-
 
 @dataclass(frozen=True)
 class DemoPreset:
@@ -151,6 +149,7 @@ def method_and_backbone(model):
 def score(model, config, dataset, img_size: int, dev, indices) -> Tuple[float, float]:
     """(top-1 %, GMACs) of `model` under `config` (None: its stored config) on `indices` of `dataset`;
     the config stays applied."""
+    from ..evaluate import evaluate  # torch: imported when a score is computed, not when the CLI starts
     method, backbone = method_and_backbone(model)
     config = method.validate(backbone, config if config is not None else model.sparsevit_meta["sparsity"])
     top1 = evaluate(model, method, config, dataset, "classification", dataset.num_classes, 100, dev,
