@@ -69,11 +69,9 @@ def evaluate_all(model: nn.Module, method: Method, config: Optional[Config], dat
 
 
 def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
-             num_classes: Optional[int], batch_size: int, device: torch.device, max_samples: Optional[int] = None,
+             batch_size: int, device: torch.device, max_samples: Optional[int] = None,
              amp: bool = False, indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> float:
-    """The task's metric (`metric_name`: top-1, mIoU, box AP, mask AP; %) of `evaluate_all`.
-    `num_classes` is not read (the metric takes it from the data set); its place is kept for the callers
-    that still pass it positionally."""
+    """The task's metric (`metric_name`: top-1, mIoU, box AP, mask AP; %) of `evaluate_all`."""
     task = get_task(task) if isinstance(task, str) else task
     return evaluate_all(model, method, config, dataset, task, batch_size, device, max_samples, amp, indices,
                         num_workers)[task.metric_name]

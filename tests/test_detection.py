@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from task_helpers import train_losses
 from PIL import Image
 
 from sparsevit_cli.data.demo import write_demo_data
@@ -71,16 +72,8 @@ def test_a_few_training_steps_lower_the_loss_on_the_demo_coco_set(demo_root, tas
     model = task.build(sparsify(micro_swin(128), sparsity=0.3), dataset.num_classes, **LIGHT)
     images, targets = task.to_device(*task.collate([dataset[0], dataset[1]]), torch.device("cpu"))
     assert ("masks" in targets[0]) == task.masks
-    model.train()
     torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    losses = []
-    for _ in range(10):
-        loss = task.loss(model, images, targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(task, model, images, targets, steps=10, lr=3e-4)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
     model.eval()
     with torch.no_grad():

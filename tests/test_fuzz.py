@@ -124,25 +124,32 @@ def mutated_run_config(draw, world, out):
     return yaml.safe_dump(cfg, allow_unicode=True).encode("utf-8", "surrogatepass")
 
 
-@pytest.mark.parametrize("command", ["finetune", "adapt"])
-def test_fuzzed_run_configs_never_crash(world, tmp_path_factory, command):
-    tmp = tmp_path_factory.mktemp(f"runcfg-{command}")
+def fuzz_command_lines(folder, make_argv):
+    """Run the fuzzer: `make_argv(data, out_folder)` draws one (argv, description); every run must be clean."""
     counter = iter(range(10 ** 6))
 
     @FUZZ
     @given(data=st.data())
     def check(data):
-        i = next(counter)
-        out = tmp / f"out{i}"
-        blob = data.draw(mutated_run_config(world, out))
-        cfg = tmp / f"run{i}.yaml"
+        argv, description = make_argv(data, folder / f"case{next(counter)}")
+        code, err = run(argv)
+        assert_clean(code, err, description)
+
+    check()
+
+
+@pytest.mark.parametrize("command", ["finetune", "adapt"])
+def test_fuzzed_run_configs_never_crash(world, tmp_path_factory, command):
+    def make_argv(data, case):
+        blob = data.draw(mutated_run_config(world, case / "out"))
+        case.mkdir(parents=True)
+        cfg = case / "run.yaml"
         cfg.write_bytes(blob)
         argv = ["finetune", cfg, "--no-progress"] if command == "finetune" else \
                ["adapt", "--config", cfg, "--no-progress"]
-        code, err = run(argv)
-        assert_clean(code, err, f"{argv} with {blob[:300]!r}")
+        return argv, f"{argv} with {blob[:300]!r}"
 
-    check()
+    fuzz_command_lines(tmp_path_factory.mktemp(f"runcfg-{command}"), make_argv)
 
 
 # ------------------------------------------------------------------------------------------- CLI args
@@ -208,20 +215,13 @@ def argv_for(draw, command, world, out):
 
 @pytest.mark.parametrize("command", _commands()[1])
 def test_fuzzed_command_lines_never_crash(world, tmp_path_factory, command):
-    tmp = tmp_path_factory.mktemp(f"argv-{command}")
-    counter = iter(range(10 ** 6))
-
-    @FUZZ
-    @given(data=st.data())
-    def check(data):
-        out = tmp / f"out{next(counter)}"
-        argv = data.draw(argv_for(command, world, out))
+    def make_argv(data, case):
+        argv = data.draw(argv_for(command, world, case / "out"))
         if command == "measure":  # keep valid measure runs cheap (the default is Swin-T at 672 px); fuzzed
             argv[1:1] = ["--img-size", "64", "--repeats", "1", "--warmup", "0"]  # values given later win
-        code, err = run(argv)
-        assert_clean(code, err, argv)
+        return argv, argv
 
-    check()
+    fuzz_command_lines(tmp_path_factory.mktemp(f"argv-{command}"), make_argv)
 
 
 def test_fuzzer_sees_every_command():

@@ -49,7 +49,7 @@ def test_one_graph_exact_against_eager(sparsity, score):
     assert rel_err(want, got) < 1e-5
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 0.5])
+@pytest.mark.parametrize("sparsity", [0.5])  # one inductor compile (~30-60 s on 2 cores); aot_eager covers 0 too
 def test_inductor_exact_against_eager(sparsity):
     reason = inductor_unavailable()
     if reason:

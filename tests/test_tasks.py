@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import timm
 import torch
+from task_helpers import train_losses
 import pytest
 
 from sparsevit_cli.errors import UserError
@@ -64,14 +65,7 @@ def test_semantic_fpn_head_shapes_trains_and_is_recognisable():
     y = torch.randint(0, 4, (2, 64, 64))
     y[:, :4] = 255
     assert model(x).shape == (2, 4, 64, 64)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = task.loss(model, x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(task, model, x, y, steps=8, lr=3e-3)
     assert losses[-1] < losses[0]
 
 

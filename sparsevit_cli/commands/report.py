@@ -161,7 +161,7 @@ def _random_baseline(model, search_dir: Path, val, p, dev, max_gmacs: float) -> 
     space = load_space(model.sparsevit_meta.get("space") or method.default_space,
                        group_sizes=method.group_sizes(backbone))
     result = random_search(
-        space, lambda c: evaluate(model, method, c, val, "classification", val.num_classes, 100, dev,
+        space, lambda c: evaluate(model, method, c, val, "classification", 100, dev,
                                   max_samples=p.eval_samples),
         lambda c: method.macs(backbone, c, p.img_size) / 1e9, Budget(max_cost=max_gmacs), n=n, seed=1)
     return {"config": result.best_config, "n": n}

@@ -205,7 +205,7 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     dataset = task.dataset(opts.data, "val", img_size, train=False)
 
     def metric(config) -> float:
-        return evaluate(model, method, config, dataset, task, None, opts.eval_batch_size, device,
+        return evaluate(model, method, config, dataset, task, opts.eval_batch_size, device,
                         max_samples=opts.eval_samples)
 
     def gmacs(config) -> float:

@@ -152,7 +152,7 @@ def score(model, config, dataset, img_size: int, dev, indices) -> Tuple[float, f
     from ..evaluate import evaluate  # torch: imported when a score is computed, not when the CLI starts
     method, backbone = method_and_backbone(model)
     config = method.validate(backbone, config if config is not None else model.sparsevit_meta["sparsity"])
-    top1 = evaluate(model, method, config, dataset, "classification", dataset.num_classes, 100, dev,
+    top1 = evaluate(model, method, config, dataset, "classification", 100, dev,
                     indices=indices)
     return top1, method.macs(backbone, config, img_size) / 1e9
 
