@@ -46,6 +46,13 @@ def world(tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def _keep_cwd():
+    cwd = os.getcwd()
+    yield
+    os.chdir(cwd)
+
+
 def run(argv):
     """(exit code, stderr) of `sparsevit ARGV` in-process; any exception escaping main() fails the test."""
     err, out = io.StringIO(), io.StringIO()
@@ -125,8 +132,10 @@ def mutated_run_config(draw, world, out):
 
 
 def fuzz_command_lines(folder, make_argv):
-    """Run the fuzzer: `make_argv(data, out_folder)` draws one (argv, description); every run must be clean."""
+    """Run the fuzzer: `make_argv(data, out_folder)` draws one (argv, description); every run must be clean.
+    Runs inside `folder`, so relative paths the fuzzer draws (e.g. `demo-data 0.3,0.5`) land there."""
     counter = iter(range(10 ** 6))
+    os.chdir(folder)
 
     @FUZZ
     @given(data=st.data())
