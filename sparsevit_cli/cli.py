@@ -276,13 +276,15 @@ def demo_data(
     img_size: int = typer.Option(224, min=32, help="Image side in pixels."),
     train: int = typer.Option(200, min=1, help="Training images."),
     val: int = typer.Option(100, min=1, help="Validation images."),
-    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    seed: int = typer.Option(0, min=0, help="Random seed, >= 0 (same seed, same bytes)."),
     detection: bool = typer.Option(False, "--detection/--no-detection", help=(
         "Also write a COCO detection set in det/ (several digits per canvas, boxes and instance masks; "
         "data for task: detection or instance_segmentation).")),
 ):
     """Write the built-in high-resolution demo data set: small handwritten digits on large textured canvases."""
     from .data.demo import write_demo_data
+    from .io import check_output_dir
+    check_output_dir(out_dir, "output folder", "the demo data set")
     info = write_demo_data(out_dir, img_size=img_size, n_train=train, n_val=val, seed=seed, progress=True,
                            detection=detection)
     console.print(f"wrote demo data to {out_dir}: {info}")
@@ -379,6 +381,10 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+#: exit code of an unexpected failure (a bug); bad input exits 2
+INTERNAL_ERROR = 3
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: run the Typer app quietly (library warnings only with --verbose), turning user
     errors and usage errors (missing or unknown option, bad number) into one line and exit code 2."""
@@ -397,6 +403,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         _fail(f"{e.format_message()}{hint}", getattr(e, "exit_code", 2))
     except UserError as e:
         _fail(str(e))
+    except Exception as e:  # a bug, not bad input: still one line (exit 3, not 2); --verbose shows the traceback
+        if "--verbose" in args:
+            raise
+        from .errors import first_line
+        _fail(f"internal error, please report it ({type(e).__name__}: {first_line(e)}); run with "
+              f"'sparsevit --verbose ...' for the traceback", INTERNAL_ERROR)
     if isinstance(code, int) and code:  # typer.Exit(code) inside a command
         sys.exit(code)
 

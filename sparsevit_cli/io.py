@@ -227,3 +227,43 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# --------------------------------------------------------------------------------------------- user paths
+def check_file(path: str | os.PathLike, what: str = "model file") -> Path:
+    """`path` as a Path if it is a file; one clear line when it is missing or a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} '{path}' is a directory, not a file")
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' not found")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """`path` as a Path if a file can be written there; one line when it is a directory or a file
+    stands where a folder above it should be."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} '{path}' is a directory, not a file: give the path of the file to write")
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"{option} '{path}': '{folder}' is a file, not a folder")
+            break
+    return path
+
+
+def check_output_dir(out: str | os.PathLike, option: str = "--out", holds: str = "its outputs") -> Path:
+    """The output folder `out`, created; one line when it (or a folder above it) is a file, or it cannot be
+    created or written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} '{out}' is a file; it must be a folder ({holds})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {option} '{out}': {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{option} '{out}' is not writable")
+    return out

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, with_config
 from typing_extensions import TypedDict
 
 from .errors import UserError, first_line
+from .io import atomic_write_bytes, check_file
 from .timm_models import state_dict_problem
 
 FORMAT_VERSION = 1
@@ -139,30 +140,6 @@ class ModelMeta(BaseModel):
 MetaLike = Union[ModelMeta, Mapping[str, Any]]
 
 
-def check_file(path: str | os.PathLike, what: str = "model file") -> Path:
-    """`path` as a Path if it is a file; one clear line when it is missing or a directory."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{what} '{path}' is a directory, not a file")
-    if not path.is_file():
-        raise UserError(f"{what} '{path}' not found")
-    return path
-
-
-def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
-    """`path` as a Path if a file can be written there; one line when it is a directory or a file
-    stands where a folder above it should be."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option} '{path}' is a directory, not a file: give the path of the file to write")
-    for folder in path.parents:
-        if folder.exists():
-            if not folder.is_dir():
-                raise UserError(f"{option} '{path}': '{folder}' is a file, not a folder")
-            break
-    return path
-
-
 def not_a_model_file(path: Path, why: str) -> UserError:
     """The error for a file without toolkit metadata (e.g. a plain timm checkpoint), saying what to do."""
     return UserError(f"'{path}' is not a sparsevit model file ({why}); make one from a timm checkpoint with "
@@ -172,19 +149,13 @@ def not_a_model_file(path: Path, why: str) -> UserError:
 def save_model(path: str | os.PathLike, model: nn.Module, meta: MetaLike) -> None:
     """Write `model`'s weights and `meta` (a ModelMeta or a dict of its keys) atomically to a
     .safetensors file."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     from . import __version__
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = ModelMeta.of(meta).model_copy(update={"format": FORMAT, "toolkit_version": __version__})
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata={"sparsevit": json.dumps(meta.to_dict())})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # the shared atomic writer: normal permissions, fsync, no temp file left behind by a failure or a kill
+    atomic_write_bytes(path, save(state, metadata={"sparsevit": json.dumps(meta.to_dict())}))
 
 
 def _format_version(value: Any) -> Optional[int]:

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 
+from sparsevit_cli.cli import main
 from sparsevit_cli.errors import quiet_warnings
 from cli_helpers import assert_one_line_error, run_cli
 
@@ -48,3 +49,17 @@ def test_library_warnings_are_quiet_unless_verbose(caplog):
         assert [str(w.message) for w in seen] == ["timm: interpolating position embeddings"]
     assert [r.getMessage() for r in caplog.records] == ["timm logger warning"]  # only the verbose one
     assert logging.getLogger("timm").level == logging.NOTSET  # restored afterwards
+
+
+def test_an_unexpected_failure_is_one_line_with_exit_3_and_a_traceback_only_with_verbose(monkeypatch, capsys):
+    """A bug (not bad input) still never prints a traceback by default; --verbose shows it."""
+    import sparsevit_cli.commands.measure as measure
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero\nsecond line")
+    monkeypatch.setattr(measure, "measured_models", broken)
+    code, _, err = run_cli(["measure"], capsys)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 3 and len(lines) == 1 and "internal error" in lines[0] and "ZeroDivisionError" in lines[0], err
+    with pytest.raises(ZeroDivisionError):
+        main(["--verbose", "measure"])

@@ -226,15 +226,12 @@ FINETUNE_FAULTS = [
     ("step", 1),                       # during a step of the last epoch
 ]
 ADAPT_FAULTS = [("step", 2), ("after", "metrics.jsonl", 1), ("torn", "last.pt", 3)]
-# the model file is written by model_file.save_model, which keeps its own temp file (".NAME.tmpPID") that
-# a kill leaves behind; it passes once save_model writes through io.atomic_write_bytes
+# a kill just before the model file's rename (model_file.save_model writes through io.atomic_write_bytes)
 MODEL_FILE_FAULTS = [("before", "model.safetensors", 1)]
 
 
 @pytest.mark.parametrize("command,faults", [
-    ("finetune", FINETUNE_FAULTS), ("adapt", ADAPT_FAULTS),
-    pytest.param("finetune", MODEL_FILE_FAULTS, marks=pytest.mark.xfail(
-        strict=True, reason="model_file.save_model does not write through io.atomic_write yet"))])
+    ("finetune", FINETUNE_FAULTS), ("adapt", ADAPT_FAULTS), ("finetune", MODEL_FILE_FAULTS)])
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(zygote, data_dir, tmp_path, command, faults):
     ref, out = tmp_path / "ref", tmp_path / "killed"
     code, log = zygote.run(cli_args(command, write_cfg(tmp_path, data_dir, ref)))

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError, first_line
-from ..model_file import check_output_file
+from ..io import check_output_file
 from ..tasks import Detection, backbone_of
 
 #: an exported model's runtime: one array for a one-output model, a list of arrays for several (stage maps)

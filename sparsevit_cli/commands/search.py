@@ -161,7 +161,7 @@ class LatencyCost:
 def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[str, Any]:
     """Check the options, then search with the output folder locked (one search per folder; rank 0 holds
     the lock under torchrun) and the process group, if any, joined for the run."""
-    from ..model_file import check_output_file
+    from ..io import check_output_dir, check_output_file
 
     console = console or Console()
     # options first: a typo costs no model load
@@ -180,7 +180,7 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
         raise UserError("--compile applies to a latency budget (--budget-latency); MACs do not depend on it")
     if opts.latency_table and not os.path.lexists(opts.latency_table):  # to be built: it must be writable there
         check_output_file(opts.latency_table, "--latency-table")
-    out = prepare_out(Path(opts.out))
+    out = check_output_dir(Path(opts.out))
     with dist.process_group(opts.device):
         lock = dist.main_only(lambda: FolderLock(out, "search output folder").acquire())
         try:
@@ -272,19 +272,6 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         console.print(_top_table(result, unit, dense_cost))
         console.print(f"best config -> {out / 'best.yaml'}")
     return report
-
-
-def prepare_out(out: Path) -> Path:
-    """The output folder, created; one line when it is a file or cannot be created or written."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; search writes a folder (best.yaml, history.jsonl, pareto.png)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --out '{out}': {e.strerror or e}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"--out '{out}' is not writable")
-    return out
 
 
 def _top_table(result, unit: str, dense_cost: float) -> Table:

@@ -24,7 +24,7 @@ import torch
 from ..io import atomic_write
 from ..layers import format_config
 from ..errors import UserError
-from ..model_file import check_file, check_output_file
+from ..io import check_file, check_output_file
 
 #: output formats matplotlib writes without extra packages (chosen by the --out suffix)
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
