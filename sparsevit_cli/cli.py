@@ -129,7 +129,8 @@ def adapt(
     # which imports torch, and `sparsevit --help` must stay light; the run config checks it by that registry
     window_score: Optional[str] = typer.Option(None, help="SparseViT window ranking: l2-centered (default: "
                                                           "magnitude of the deviation from the image's mean "
-                                                          "token) or l2 (the paper's raw L2 magnitude)."),
+                                                          "token), l2 (the paper's raw L2 magnitude) or "
+                                                          "mean-abs (the authors' released code)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step per process."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
