@@ -124,8 +124,13 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: Optional[int] 
     atomic_write_text(path, json.dumps(data, indent=indent))
 
 
+def yaml_text(data: Any) -> str:
+    """The toolkit's YAML style for files it writes (keys in order, short lists inline)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
 def atomic_write_yaml(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+    atomic_write_text(path, yaml_text(data))
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any, keep_previous: Optional[str | os.PathLike] = None) -> None:

@@ -7,9 +7,10 @@ where fixed per-call costs no longer hide the work saved.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 import torch.nn as nn
@@ -134,6 +135,18 @@ def compile_model(model: nn.Module, x: torch.Tensor, backend: str = "inductor", 
     return compiled
 
 
+@contextlib.contextmanager
+def compile_failures_as_user_errors(compiled: bool) -> Iterator[None]:
+    """While timing: a compiled model can still recompile (guards) and fail; that is one line, not a
+    traceback. Failures of uncompiled models pass through unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if not compiled or isinstance(e, UserError):
+            raise
+        raise UserError(f"torch.compile failed while timing: {first_line(e)} (run without --compile)")
+
+
 def latency_and_throughput(models: Dict[str, nn.Module], make_input: Callable[[int], torch.Tensor],
                            batch_size: int = THROUGHPUT_BATCH, warmup: int = 3, repeats: int = 10,
                            cuda_graphs: bool = False, compile: bool = False,
@@ -145,11 +158,7 @@ def latency_and_throughput(models: Dict[str, nn.Module], make_input: Callable[[i
     for n in sorted({1, batch_size}):
         x = make_input(n)
         runs = {name: compile_model(m, x, compile_backend) if compile else m for name, m in models.items()}
-        try:
+        with compile_failures_as_user_errors(compile):
             ms[n] = time_models(runs, x, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
-        except Exception as e:  # a compiled model can still recompile (guards) and fail while it is timed
-            if not compile or isinstance(e, UserError):
-                raise
-            raise UserError(f"torch.compile failed while timing: {first_line(e)} (run without --compile)")
     return {name: {"ms": ms[1][name], "images_per_s": 1000.0 * batch_size / ms[batch_size][name]}
             for name in models}

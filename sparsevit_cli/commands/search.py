@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import UserError, first_line
-from ..io import FolderLock, remove_stale_temp_files
+from ..errors import UserError
+from ..io import FolderLock, remove_stale_temp_files, yaml_text
 from ..evaluate import evaluate, evaluate_all
 from ..layers import format_config
 from ..latency import calibrated_table, predict_latency, read_latency_table
-from ..timing import compile_model, resolve_device, time_fn
+from ..timing import compile_failures_as_user_errors, compile_model, resolve_device, time_fn
 from ..tasks import backbone_of, get_task
 from .. import dist
 from ..search.evolution import Budget, EvolutionSettings, plot_pareto, run_evolution, write_output
@@ -134,13 +133,9 @@ class LatencyCost:
             self.method.apply(self.backbone, config)
             # compiled per config: the engine's window grids are compile-time constants of each config
             model = compile_model(self.model, self.x, fresh=True) if self.compile else self.model
-            try:
-                with torch.inference_mode():  # a detector's input is a list of images: timed as one call
-                    ms = time_fn(lambda: model(self.x), self.device, warmup=1, repeats=5)
-            except Exception as e:  # a compiled model can still recompile (guards) and fail while it is timed
-                if not self.compile or isinstance(e, UserError):
-                    raise
-                raise UserError(f"torch.compile failed while timing: {first_line(e)} (run without --compile)")
+            with compile_failures_as_user_errors(self.compile), torch.inference_mode():
+                # a detector's input is a list of images: timed as one call
+                ms = time_fn(lambda: model(self.x), self.device, warmup=1, repeats=5)
             # ranks time differently; all must see rank 0's number or their searches diverge
             self.cache[key] = dist.broadcast_object(ms)
         return self.cache[key]
@@ -267,7 +262,7 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         # how far the table is from measurement, on the configs that matter (the top of the search)
         report["latency_table_median_abs_error"] = latency.table_error([t["config"] for t in result.top[:5]])
     if dist.is_main():
-        write_output(out / "best.yaml", yaml.safe_dump(report, sort_keys=False, default_flow_style=None), "best")
+        write_output(out / "best.yaml", yaml_text(report), "best")
         plot_pareto(result, out / "pareto.png")
         console.print(_top_table(result, unit, dense_cost))
         console.print(f"best config -> {out / 'best.yaml'}")
