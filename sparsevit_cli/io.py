@@ -23,11 +23,7 @@ from .errors import UserError, first_line
 def read_user_text(path: str | os.PathLike, what: str = "file") -> str:
     """The UTF-8 text of a file a user names; missing, a directory, unreadable or binary (not UTF-8) is
     one UserError line naming it. The one reader behind every YAML/JSON input."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{what} '{path}' is a directory, not a file")
-    if not path.is_file():
-        raise UserError(f"{what} '{path}' not found")
+    path = check_file(path, what)
     try:
         return path.read_text(encoding="utf-8")
     except PermissionError:
