@@ -13,7 +13,13 @@ end to end (torchvision transform + backbone + FPN + RPN + RoI heads) and backbo
 Run-config keys: `data.task: detection`, `data.path` (the demo root: its det/ COCO layout is found) and
 `task_options: {fpn_channels, rpn_post_nms_top_n_test, box_detections_per_img}` (stored in the model files).
 A training stage that fails is reported (`training.status` in the JSON) and MACs and latency are still
-measured on untrained detectors (`--latency-only` skips training altogether).
+measured on untrained detectors (`--latency-only` skips training altogether). A killed run resumes: started again
+on the same --out, every CLI stage continues from its own checkpoint (`--resume`) and finished ones only rewrite
+their model file.
+
+Heads: the neck is scaled to the backbone, as detection configs do (Swin-T's Mask R-CNN: a 96-channel stage 1
+under a 256-channel FPN). The end-to-end speedup is bounded by the backbone's share of the detector (Amdahl):
+the table prints that share, and `--heads '{"fpn_channels": 256, ...}'` measures other heads.
 
 Targets (issue 12): backbone >= 1.5x and end to end >= 1.3x faster at ~50% backbone MACs, box AP within 1
 point of the adapted dense model.
@@ -47,8 +53,9 @@ from sparsevit_cli.timing import time_models
 #: a small Swin with several windows in every stage at 512 px (128x128 tokens, window 8: 16x16 windows in
 #: stage 1, 2x2 in stage 4)
 SMALL_SWIN = dict(embed_dim=32, depths=[2, 2, 6, 2], num_heads=[1, 2, 4, 8], window_size=8)
-#: lighter heads than torchvision's defaults (256-channel FPN, 1000 proposals, 100 detections)
-LIGHT_HEADS = dict(fpn_channels=128, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
+#: heads sized to that backbone and to a few objects per canvas (torchvision's defaults: 256-channel FPN, 1000
+#: proposals, 100 detections): an FPN twice as wide as stage 1 (Swin-T's detectors: 256 over 96)
+LIGHT_HEADS = dict(fpn_channels=64, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
 #: the fraction of dense backbone MACs the sparse configs are held to
 BUDGET = 0.5
 
@@ -76,7 +83,7 @@ def uniform_at_budget(method, body: nn.Module, img_size: int, fraction: float) -
 def run_config(args, data: Path, out: Path, epochs: int, checkpoint: Optional[Path] = None,
                sparsity: Any = 0.0) -> Dict[str, Any]:
     cfg = {"model": {"name": args.model, "args": dict(args.model_args, img_size=args.img_size)},
-           "data": {"path": str(data), "task": "detection"}, "task_options": dict(LIGHT_HEADS),
+           "data": {"path": str(data), "task": "detection"}, "task_options": dict(args.heads),
            "sparsity": sparsity, "epochs": epochs, "batch_size": args.train_batch_size,
            "eval_batch_size": args.train_batch_size, "optim": {"lr": args.lr}, "out": str(out)}
     if checkpoint is not None:
@@ -115,21 +122,26 @@ def train_all(args, data: Path, out: Path, uniform: float, budget_gmacs: float) 
     `budget_gmacs`: the search's MAC budget, which counts the whole detector (backbone + neck + heads)."""
     files: Dict[str, Path] = {}
 
+    def resume(stage_out: Path):
+        """--resume where an earlier run of this script left the stage's folder (the stage continues, or only
+        rewrites its model file when it had finished)."""
+        return ["--resume"] if stage_out.exists() else []
+
     def finetune(name: str, **kw) -> Path:
         config = out / f"{name}.yaml"
         atomic_write_json(config, run_config(args, data, out / name, **kw))  # JSON is YAML
-        cli("finetune", config, "--no-progress")
+        cli("finetune", config, "--no-progress", *resume(out / name))
         return out / name / "model.safetensors"
 
     files["dense"] = finetune("dense", epochs=args.dense_epochs)
     adapt_cfg = out / "adapt.yaml"
     atomic_write_json(adapt_cfg, run_config(args, data, out / "adapt", args.adapt_epochs, files["dense"]))
-    cli("adapt", "--config", adapt_cfg, "--no-progress")
+    cli("adapt", "--config", adapt_cfg, "--no-progress", *resume(out / "adapt"))
     files["adapted dense"] = out / "adapt" / "model.safetensors"
     cli("search", "--checkpoint", files["adapted dense"], "--data", data, "--out", out / "search",
         "--budget-macs", f"{budget_gmacs:.6f}", "--eval-samples", args.eval_samples, "--population", args.population,
         "--generations", args.generations, "--parents", max(2, args.population // 4), "--mutations",
-        args.population // 2, "--crossovers", args.population // 2, "--no-progress")
+        args.population // 2, "--crossovers", args.population // 2, "--no-progress", *resume(out / "search"))
     best = read_sparsity_file(out / "search" / "best.yaml")["sparsity"]
     files["searched"] = finetune("searched", epochs=args.finetune_epochs, checkpoint=files["adapted dense"],
                                  sparsity=best)
@@ -154,7 +166,7 @@ def untrained_detectors(args, num_classes: int, uniform: float) -> Dict[str, nn.
     """Dense (timm backbone) and uniform-sparse detectors with the same random weights."""
     torch.manual_seed(0)
     body = timm.create_model(args.model, img_size=args.img_size, **args.model_args)
-    dense = build_task_model(body, "detection", num_classes, **LIGHT_HEADS).eval()
+    dense = build_task_model(body, "detection", num_classes, **args.heads).eval()
     sparse = copy.deepcopy(dense)
     sv.sparsify(sparse.backbone.body, uniform)
     return {"dense": dense, f"uniform {uniform:.0%}": sparse}
@@ -182,12 +194,16 @@ def measure(models: Dict[str, nn.Module], images: torch.Tensor, dense_config, ar
             macs = detector_macs(counted, method, config, args.img_size, bs, breakdown=True)
             rows.append({"model": name, "batch": bs, "config": config,
                          "backbone_gmacs": macs.parts["backbone"] / 1e9, "total_gmacs": macs.total / 1e9,
+                         "gmacs_by_part": {part: v / 1e9 for part, v in macs.parts.items()},
                          "e2e_ms": e2e[name], "backbone_ms": bb[name]})
     for r in rows:  # speedups against the dense row of the same batch size
         ref = next(d for d in rows if d["model"] == "dense" and d["batch"] == r["batch"])
         r["e2e_speedup"] = ref["e2e_ms"] / r["e2e_ms"]
         r["backbone_speedup"] = ref["backbone_ms"] / r["backbone_ms"]
         r["backbone_macs_fraction"] = r["backbone_gmacs"] / ref["backbone_gmacs"]
+        r["backbone_latency_share"] = r["backbone_ms"] / r["e2e_ms"]
+        # Amdahl: the end-to-end speedup if only the backbone's time changed as measured
+        r["e2e_bound"] = ref["e2e_ms"] / (ref["e2e_ms"] - ref["backbone_ms"] + r["backbone_ms"])
     return rows
 
 
@@ -209,6 +225,9 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--model-args", type=json.loads, default=SMALL_SWIN,
                     help="timm constructor args as JSON ('{}': the model's own, e.g. the full Swin-T)")
+    ap.add_argument("--heads", type=json.loads, default=LIGHT_HEADS,
+                    help="the detector's task_options as JSON (fpn_channels, rpn_post_nms_top_n_test, "
+                         "box_detections_per_img, ...; '{}': torchvision's defaults)")
     args = ap.parse_args(argv)
     args = apply_smoke(args, batch_sizes="1,2", train=2, val=2,
                        dense_epochs=1, adapt_epochs=1, finetune_epochs=1, train_batch_size=2, eval_samples=2,
@@ -229,7 +248,7 @@ def main(argv=None) -> Dict[str, Any]:
     uniform = uniform_at_budget(method, probe, args.img_size, BUDGET)
 
     result: Dict[str, Any] = {"model": args.model, "model_args": args.model_args, "img_size": args.img_size,
-                              "heads": LIGHT_HEADS, "budget": BUDGET, "uniform_sparsity": uniform,
+                              "heads": args.heads, "budget": BUDGET, "uniform_sparsity": uniform,
                               "threads": torch.get_num_threads(), "smoke": args.smoke}
     models = untrained_detectors(args, val.num_classes, uniform)
     # the search budget counts the detector as executed: dense neck + heads plus half the dense backbone
@@ -258,17 +277,18 @@ def main(argv=None) -> Dict[str, Any]:
     result["rows"] = rows
     atomic_write_json(out / "bench_det.json", result)
 
-    table = Table(title=f"Faster R-CNN, {args.model} {args.model_args} @ {args.img_size}², heads {LIGHT_HEADS}, "
+    table = Table(title=f"Faster R-CNN, {args.model} {args.model_args} @ {args.img_size}², heads {args.heads}, "
                         f"CPU fp32, {torch.get_num_threads()} threads (median of {args.repeats}, interleaved)")
     for col in ("model", "batch", "box AP", "backbone GMACs", "total GMACs", "backbone ms", "speedup",
-                "end-to-end ms", "speedup"):
+                "end-to-end ms", "speedup", "backbone share (MACs / time)"):
         table.add_column(col, justify="right")
     for r in rows:
         ap_text = f"{r['box_ap']:.1f}" if "box_ap" in r else "-"
         table.add_row(r["model"], str(r["batch"]), ap_text,
                       f"{r['backbone_gmacs']:.2f} ({r['backbone_macs_fraction']:.0%})", f"{r['total_gmacs']:.2f}",
                       f"{r['backbone_ms']:.1f}", f"{r['backbone_speedup']:.2f}x", f"{r['e2e_ms']:.1f}",
-                      f"{r['e2e_speedup']:.2f}x")
+                      f"{r['e2e_speedup']:.2f}x",
+                      f"{r['backbone_gmacs'] / r['total_gmacs']:.0%} / {r['backbone_latency_share']:.0%}")
     console.print(table)
     console.print(f"wrote {out / 'bench_det.json'}")
     return result

@@ -13,7 +13,9 @@ evaluation and the search ask it, and never branch on a task name themselves.
 * ``macs(model, method, config, img_size, batch_size)``: MACs of one test-time forward as executed
   (backbone under the config + neck + heads), what a search budget counts;
 * ``metric(dataset)``: an accumulator, ``update(outputs, targets)`` per batch and ``compute()`` once
-  (summed over torchrun ranks), returning ``metric_name`` in percent, higher is better.
+  (summed over torchrun ranks), returning ``metric_name`` in percent, higher is better;
+* ``reset_head(model, num_classes)``: re-initialise, for another number of classes, the layers of the
+  task model whose shape depends on it (the rest keeps its trained weights); returns the info line.
 
 Built in: ``classification`` (timm's own head; top-1), ``segmentation`` (semantic: Semantic FPN, the
 Panoptic-FPN semantic branch of Kirillov et al. as the Swin / mmsegmentation configs use it; mIoU),
@@ -70,6 +72,9 @@ class Task:
     def macs(self, model: nn.Module, method, config, img_size, batch_size: int = 1) -> int:
         """The backbone's MACs under `config` (its classifier included when the task runs it)."""
         return method.macs(backbone_of(model), config, img_size, batch_size)
+
+    def reset_head(self, model: nn.Module, num_classes: int) -> str:
+        raise NotImplementedError
 
     def export_module(self, model: nn.Module) -> Tuple[nn.Module, Optional[str]]:
         """(what `export` writes for this task's model, a line saying what part that is or None when it is
@@ -155,6 +160,13 @@ class Classification(Task):
     def loss(self, model, images, targets):
         return F.cross_entropy(model(images), targets)
 
+    def reset_head(self, model, num_classes):
+        from .timm_models import classifier_names
+
+        old = model.num_classes
+        model.reset_classifier(num_classes)
+        return _reset_line(classifier_names(model)[0], old, num_classes)
+
     def metric(self, dataset) -> Metric:
         return TopOne()
 
@@ -179,6 +191,10 @@ class MeanIoU(_CountMetric):
         union = cm.sum(0) + cm.sum(1) - inter
         present = union > 0
         return float((inter[present] / union[present]).mean() * 100.0) if present.any() else 0.0
+
+
+def _reset_line(layer: str, old: int, new: int) -> str:
+    return f"{layer}: {old} -> {new} classes, re-initialised"
 
 
 def _conv_gn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -213,7 +229,11 @@ class SemanticFPN(nn.Module):
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.scale_heads.append(nn.Sequential(*layers))
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(head_channels, num_classes, 1)
+        self.reset_classifier(num_classes, head_channels)
+
+    def reset_classifier(self, num_classes: int, head_channels: Optional[int] = None) -> None:
+        """A freshly initialised 1x1 classifier for `num_classes` (the backbone, neck and scale heads keep theirs)."""
+        self.classifier = nn.Conv2d(head_channels or self.classifier.in_channels, num_classes, 1)
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,6 +263,11 @@ class Segmentation(Task):
 
     def loss(self, model, images, targets):
         return F.cross_entropy(model(images), targets, ignore_index=IGNORE_INDEX)
+
+    def reset_head(self, model, num_classes):
+        old = model.num_classes
+        model.reset_classifier(num_classes)
+        return _reset_line("classifier", old, num_classes)
 
     def metric(self, dataset) -> Metric:
         return MeanIoU(dataset.num_classes)
@@ -330,6 +355,22 @@ class Detection(Task):
 
     def metric(self, dataset) -> Metric:
         return CocoAP(dataset, self.metric_name, self.reported)
+
+    def reset_head(self, model, num_classes):
+        """New class-dependent predictors (torchvision's, + 1 for the background): the box classifier and box
+        regressor (and the mask logits); backbone, FPN, RPN and the box (mask) head's trunk keep their weights."""
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+        from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+        roi = model.roi_heads
+        old = roi.box_predictor.cls_score.out_features - 1
+        roi.box_predictor = FastRCNNPredictor(roi.box_predictor.cls_score.in_features, num_classes + 1)
+        layers = "roi_heads.box_predictor"
+        if roi.has_mask():
+            logits = roi.mask_predictor.conv5_mask
+            roi.mask_predictor = MaskRCNNPredictor(logits.in_channels, logits.out_channels, num_classes + 1)
+            layers += " and roi_heads.mask_predictor"
+        return _reset_line(layers, old, num_classes)
 
     def export_module(self, model):
         """The sparse backbone only: its stage maps (the FPN's input); torchvision's FPN, RPN and RoI heads

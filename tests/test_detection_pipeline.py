@@ -219,3 +219,52 @@ def test_bad_task_options_are_one_line(tmp_path, demo, capsys, task_name, option
     code, _, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def regrouped_copy(demo, dest, groups: int = 3):
+    """The demo COCO set with its 10 digit categories folded into `groups` new ones (digit % groups): the
+    same images and boxes, data with other classes than a model trained on the demo."""
+    import shutil
+
+    shutil.copytree(demo / "det", dest)
+    for ann_file in (dest / "annotations").glob("instances_*.json"):
+        data = json.loads(ann_file.read_text())
+        digit = {c["id"]: int(c["name"]) for c in data["categories"]}
+        data["categories"] = [{"id": g + 1, "name": "abc"[g], "supercategory": "group"} for g in range(groups)]
+        for ann in data["annotations"]:
+            ann["category_id"] = digit[ann["category_id"]] % groups + 1
+        ann_file.write_text(json.dumps(data))
+    return dest
+
+
+@pytest.mark.parametrize("task_name,layers", [
+    ("detection", "roi_heads.box_predictor"),
+    ("instance_segmentation", "roi_heads.box_predictor and roi_heads.mask_predictor")])
+def test_a_detector_model_file_fine_tunes_on_data_with_other_classes(tmp_path, demo, capsys, task_name, layers):
+    src_cfg = write_cfg(tmp_path, demo, task_name, "src.yaml", epochs=1, out=str(tmp_path / "src"))
+    code, _, err = run_cli(["finetune", str(src_cfg), "--no-progress"], capsys)
+    assert code == 0, err
+    source = tmp_path / "src" / "model.safetensors"
+    three = regrouped_copy(demo, tmp_path / "three")
+    cfg = write_cfg(tmp_path, three, task_name, "three.yaml", epochs=1, checkpoint=str(source))
+    code, out, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
+    assert code == 0, err
+    assert [line for line in out.splitlines() if "re-initialised" in line] == [
+        f"info: {layers}: 10 -> 3 classes, re-initialised"]
+    meta = read_meta(tmp_path / "out" / "model.safetensors")
+    assert meta.num_classes == 3 and meta.class_names == ["a", "b", "c"]
+
+    # only the class-dependent predictors are new: every other weight starts as the source file's
+    trainer = Trainer(load_run_config(cfg, {"out": str(tmp_path / "again")}), "finetune", progress=False)
+    mine, theirs = trainer.model.state_dict(), load(source).state_dict()
+    new = [k for k in theirs if "box_predictor" in k or "mask_predictor" in k]
+    assert new and mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs if k not in new)
+    assert mine["roi_heads.box_predictor.cls_score.weight"].shape[0] == 4  # 3 categories + background
+    assert mine["roi_heads.box_predictor.bbox_pred.weight"].shape[0] == 16
+    if task_name == "instance_segmentation":
+        assert mine["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == 4
+    trained = load(tmp_path / "out" / "model.safetensors")
+    with torch.no_grad():
+        pred = trained([trainer.val_set[0][0]])[0]
+    assert set(pred["labels"].tolist()) <= {1, 2, 3}

@@ -97,3 +97,21 @@ def test_task_macs_count_what_each_task_model_executes():
 
     det = build_task_model(micro_swin(), "detection", K)
     assert get_task("detection").macs(det, method, config, 64) == detector_macs(det, method, config, 64)
+
+
+def test_semantic_fpn_reset_head_renews_only_the_classifier():
+    task = get_task("segmentation")
+    model = task.build(micro_swin(), 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert task.reset_head(model, 3) == "classifier: 4 -> 3 classes, re-initialised"
+    after = model.state_dict()
+    assert model.num_classes == 3 and after["classifier.weight"].shape == (3, 128, 1, 1)
+    assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith("classifier."))
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_classification_reset_head_names_timm_classifier():
+    task = get_task("classification")
+    model = task.build(micro_swin(), 5)
+    assert task.reset_head(model, 2) == "head.fc: 5 -> 2 classes, re-initialised"
+    assert model.head.fc.out_features == 2

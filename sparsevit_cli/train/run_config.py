@@ -161,8 +161,8 @@ class RunConfig(_Section):
     model: ModelCfg = Field(default_factory=ModelCfg)
     checkpoint: Optional[str] = Field(None, description="timm-format checkpoint or toolkit model file to start from")
     reset_head: bool = Field(False, description=(
-        "always re-initialise the checkpoint's classifier (a classifier with another number of classes "
-        "is re-initialised without it)"))
+        "always re-initialise the checkpoint's classifier, or the class-dependent layers of its task head "
+        "(one for another number of classes is re-initialised without it)"))
     data: DataCfg = Field(default_factory=DataCfg)
     sparsity: Any = Field(0.0, description=(
         "sparsity config: a number (uniform), a list of numbers per stage, or a path to a config file"))

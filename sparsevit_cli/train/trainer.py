@@ -140,12 +140,10 @@ class Trainer:
             except RuntimeError as e:
                 raise UserError(f"checkpoint '{cfg.checkpoint}' does not match its metadata: {state_dict_problem(e)}")
             self.model_name, self.model_args = meta.model, dict(meta.model_args)
-            backbone = backbone_of(model)
-            if cfg.data.task == "classification" and (cfg.reset_head or backbone.num_classes != self.num_classes):
-                self._info(f"{classifier_names(backbone)[0]}: {backbone.num_classes} -> {self.num_classes} classes, "
-                           f"re-initialised")
-                backbone.reset_classifier(self.num_classes)
-                self.model_args = dict(self.model_args, num_classes=self.num_classes)
+            if cfg.reset_head or meta.num_classes != self.num_classes:  # the user's task has other classes
+                self._info(self.task.reset_head(model, self.num_classes))
+                if "num_classes" in self.model_args:  # a classifier's timm constructor builds its head
+                    self.model_args = dict(self.model_args, num_classes=self.num_classes)
             return model, method
         # the timm checkpoint loads into the bare backbone, classifier included (a dense task's head then
         # drops the classifier, which it never runs); the task head is built fresh around it
@@ -181,9 +179,6 @@ class Trainer:
                                 f"model.args.{key}={value!r}")
         if meta.task != cfg.data.task:
             raise UserError(f"{src} is a {meta.task} model, the run config says data.task: {cfg.data.task}")
-        if meta.task != "classification" and meta.num_classes != self.num_classes:
-            raise UserError(f"{src} is a {meta.task} model for {meta.num_classes} classes, the data has "
-                            f"{self.num_classes}")
         given = cfg.task_options.given()
         stored = dict(meta.task_options or {})
         changed = next((k for k, v in given.items() if stored.get(k) != v), None)
