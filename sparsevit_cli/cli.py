@@ -33,6 +33,12 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class MacScope(str, Enum):
+    """What a search's MAC budget counts (commands.search.MAC_SCOPES; a test keeps the two equal)."""
+    model = "model"
+    backbone = "backbone"
+
+
 #: demo presets, by name: the names of commands.workflow.PRESETS (light to import: no torch)
 Preset = Enum("Preset", {name: name for name in _workflow_presets()}, type=str)
 
@@ -162,6 +168,10 @@ def search(
                                                             "forward (e.g. 20ms) or a percentage of dense (60%), "
                                                             "timed end to end on the first --batch-size val "
                                                             "images."),
+    budget_macs_of: Optional[MacScope] = typer.Option(None, help="What --budget-macs and --min-macs count: the "
+                                                                   "whole task model as executed (default) or "
+                                                                   "its sparse backbone alone (the paper's "
+                                                                   "'50% of backbone MACs')."),
     min_macs: Optional[str] = typer.Option(None, help="Lower MAC bound (GMACs or % of dense)."),
     min_latency: Optional[str] = typer.Option(None, help="Lower latency bound (ms or % of dense)."),
     latency_table: Optional[str] = typer.Option(None, help="Per-block latency table JSON: predicted instead of "
@@ -189,6 +199,7 @@ def search(
     settings = EvolutionSettings(population=population, generations=generations, parents=parents,
                                  mutations=mutations, crossovers=crossovers, mutation_prob=mutation_prob, seed=seed)
     opts = SearchOptions(checkpoint=checkpoint, data=data, out=out, space=space, budget_macs=budget_macs,
+                         budget_macs_of=budget_macs_of.value if budget_macs_of else None,
                          budget_latency=budget_latency, min_macs=min_macs, min_latency=min_latency,
                          latency_table=latency_table, compile=compile, device=device, img_size=img_size,
                          batch_size=batch_size,

@@ -11,7 +11,8 @@ evaluation and the search ask it, and never branch on a task name themselves.
 * ``loss(model, images, targets)``: the scalar training loss (model in train mode);
 * ``predict(model, images)``: test-time outputs (model in eval mode);
 * ``macs(model, method, config, img_size, batch_size)``: MACs of one test-time forward as executed
-  (backbone under the config + neck + heads), what a search budget counts;
+  (backbone under the config + neck + heads), what a search budget counts; ``backbone_macs(...)``: the
+  backbone's part of it (a budget on the backbone alone, as the paper states its budgets);
 * ``metric(dataset)``: an accumulator, ``update(outputs, targets)`` per batch and ``compute()`` once
   (summed over torchrun ranks), returning ``metric_name`` in percent, higher is better;
 * ``reset_head(model, num_classes)``: re-initialise, for another number of classes, the layers of the
@@ -71,6 +72,10 @@ class Task:
 
     def macs(self, model: nn.Module, method, config, img_size, batch_size: int = 1) -> int:
         """The backbone's MACs under `config` (its classifier included when the task runs it)."""
+        return method.macs(backbone_of(model), config, img_size, batch_size)
+
+    def backbone_macs(self, model: nn.Module, method, config, img_size, batch_size: int = 1) -> int:
+        """The sparse backbone's part of `macs` (a classifier's whole model)."""
         return method.macs(backbone_of(model), config, img_size, batch_size)
 
     def reset_head(self, model: nn.Module, num_classes: int) -> str:
@@ -386,6 +391,13 @@ class Detection(Task):
         from .detection.cost import detector_macs
 
         return detector_macs(getattr(model, "module", model), method, config, img_size, batch_size)
+
+    def backbone_macs(self, model, method, config, img_size, batch_size=1):
+        """At the size the backbone runs at after torchvision's resize and padding."""
+        from .detection.cost import detector_macs
+
+        return detector_macs(getattr(model, "module", model), method, config, img_size, batch_size,
+                             breakdown=True).parts["backbone"]
 
 
 class InstanceSegmentation(Detection):

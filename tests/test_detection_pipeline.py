@@ -126,6 +126,43 @@ def test_search_on_a_detector_scores_box_ap_within_a_mac_budget(tmp_path, demo, 
         get_task("detection").macs(model, method, [[0.0], [0.0]], SIZE) / 1e9)
 
 
+def test_a_backbone_mac_budget_counts_the_backbone_alone(tmp_path, demo, capsys):
+    # heads that outweigh the micro backbone: half of the whole detector is out of reach, half of the
+    # backbone (the paper's budgets) is what a detection engineer asks for
+    cfg = write_cfg(tmp_path, demo, "detection", epochs=1)
+    code, _, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
+    assert code == 0, err
+    model_file = str(tmp_path / "out" / "model.safetensors")
+    search = ["search", "--checkpoint", model_file, "--data", str(demo), "--budget-macs", "50%", "--population",
+              "3", "--generations", "1", "--parents", "2", "--mutations", "1", "--crossovers", "1", "--eval-samples",
+              "2", "--no-progress"]
+    code, _, err = run_cli(search + ["--out", str(tmp_path / "whole")], capsys)
+    assert code == 2 and "below the cheapest config" in err and len(err.strip().splitlines()) == 1, err
+
+    code, _, err = run_cli(search + ["--out", str(tmp_path / "bb"), "--budget-macs-of", "backbone"], capsys)
+    assert code == 0, err
+    best = yaml.safe_load((tmp_path / "bb" / "best.yaml").read_text())
+    assert best["budget_macs_of"] == "backbone" and best["cost"] == pytest.approx(best["backbone_gmacs"])
+    assert best["backbone_gmacs"] <= 0.5 * best["dense_backbone_gmacs"] + 1e-9
+    assert best["gmacs"] > 0.5 * best["dense_gmacs"]  # the dense neck and heads on top
+    history = [json.loads(line) for line in (tmp_path / "bb" / "history.jsonl").read_text().splitlines()]
+    assert history and all(h["cost"] <= best["budget"] + 1e-9 for h in history if "cost" in h)
+
+    # a search resumed with the other scope would mix costs: refused
+    code, _, err = run_cli(search + ["--out", str(tmp_path / "bb"), "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--budget-latency", "10ms", "--budget-macs-of", "backbone"], "--budget-macs-of says what a --budget-macs"),
+    (["--budget-macs", "50%", "--budget-macs-of", "neck"], "'neck' is not one of"),
+])
+def test_bad_mac_scope_is_one_line(tmp_path, extra, needle, capsys):
+    code, _, err = run_cli(["search", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", str(tmp_path),
+                            "--out", str(tmp_path / "s"), *extra], capsys)
+    assert code == 2 and needle in err and "Traceback" not in err, err
+
+
 def test_latency_search_on_a_detector_times_it_end_to_end_on_val_images(tmp_path, demo, capsys, monkeypatch):
     from sparsevit_cli.commands import search as search_command
 

@@ -107,3 +107,6 @@ def test_cli_choices_are_the_cores_names():
     from sparsevit_cli.timing import DTYPES
     assert [p.value for p in Precision] == list(DTYPES)
     assert [p.value for p in Preset] == list(PRESETS)
+    from sparsevit_cli.cli import MacScope
+    from sparsevit_cli.commands.search import MAC_SCOPES
+    assert [m.value for m in MacScope] == list(MAC_SCOPES)

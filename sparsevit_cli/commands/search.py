@@ -31,6 +31,9 @@ from .. import dist
 from ..search.evolution import Budget, EvolutionSettings, plot_pareto, run_evolution, write_output
 from ..search.space import load_space
 
+#: what a MAC budget counts: the whole task model as executed, or its sparse backbone alone
+MAC_SCOPES = ("model", "backbone")
+
 
 @dataclass
 class SearchOptions:
@@ -39,6 +42,7 @@ class SearchOptions:
     out: str = "runs/search"
     space: Optional[str] = None
     budget_macs: Optional[str] = None  # "50%" of dense, or absolute GMACs "2.5"
+    budget_macs_of: Optional[str] = None  # one of MAC_SCOPES (default: the whole model)
     budget_latency: Optional[str] = None  # "20ms", "20" (ms) or "60%" of dense latency
     min_macs: Optional[str] = None
     min_latency: Optional[str] = None
@@ -163,6 +167,12 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
     device = resolve_device(opts.device)
     if (opts.budget_macs is None) == (opts.budget_latency is None):
         raise UserError("give exactly one budget: --budget-macs or --budget-latency")
+    if opts.budget_macs_of is None:
+        opts.budget_macs_of = MAC_SCOPES[0]
+    elif opts.budget_macs_of not in MAC_SCOPES:
+        raise UserError(f"--budget-macs-of must be one of {', '.join(MAC_SCOPES)}, got '{opts.budget_macs_of}'")
+    elif opts.budget_macs is None:
+        raise UserError("--budget-macs-of says what a --budget-macs counts; a latency budget times the whole model")
     for text, unit, what in ((opts.budget_macs, "GMACs", "--budget-macs"), (opts.min_macs, "GMACs", "--min-macs"),
                              (opts.budget_latency, "ms", "--budget-latency"), (opts.min_latency, "ms", "--min-latency")):
         if text is not None:
@@ -206,10 +216,13 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     def gmacs(config) -> float:
         return task.macs(model, method, config, img_size, opts.batch_size) / 1e9
 
+    def backbone_gmacs(config) -> float:
+        return task.backbone_macs(model, method, config, img_size, opts.batch_size) / 1e9
+
     dense_cfg = space.decode(space.extreme("dense"))
     if opts.budget_macs is not None:
         unit = "GMACs"
-        cost = gmacs
+        cost = backbone_gmacs if opts.budget_macs_of == "backbone" else gmacs
 
         dense_cost = cost(dense_cfg)
         budget = Budget(max_cost=parse_budget(opts.budget_macs, dense_cost, unit, "--budget-macs"),
@@ -239,6 +252,7 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     run = {"checkpoint": str(Path(opts.checkpoint).resolve()), "model": meta.model, "method": method_name,
            "data": str(Path(opts.data).resolve()), "img_size": img_size, "batch_size": opts.batch_size,
            "eval_samples": opts.eval_samples, "device": device.type,
+           **({"budget_macs_of": "backbone"} if opts.budget_macs_of == "backbone" else {}),
            **({"compile": True} if opts.compile else {})}  # a compiled search's latencies are other numbers
     result = run_evolution(space, metric, cost, budget, opts.settings, state_path=state_path,
                            history_path=out / "history.jsonl", progress=opts.progress and dist.is_main(),
@@ -251,7 +265,8 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         "metric_value": result.best_metric, "cost": result.best_cost, "cost_unit": unit,
         "dense_cost": dense_cost, "budget": budget.max_cost,
         "gmacs": gmacs(best_cfg), "dense_gmacs": gmacs(dense_cfg),
-        "backbone_gmacs": method.macs(backbone, best_cfg, img_size, opts.batch_size) / 1e9,
+        "backbone_gmacs": backbone_gmacs(best_cfg), "dense_backbone_gmacs": backbone_gmacs(dense_cfg),
+        **({"budget_macs_of": opts.budget_macs_of} if opts.budget_macs is not None else {}),
         "searched_on": opts.checkpoint, "eval_samples": opts.eval_samples,
     }
     scores = evaluate_all(model, method, best_cfg, dataset, task, opts.eval_batch_size, device,
