@@ -111,6 +111,15 @@ class ModelMeta(BaseModel):
             return config["sparsity"]
         return config
 
+    def check_data(self, dataset, data_path: Any, path: Any) -> None:
+        """One line when `dataset` has another number of classes than the model predicts (its scores would
+        mean nothing, and a detector's labels would name no category of the data)."""
+        have = getattr(dataset, "num_classes", None)
+        if self.num_classes is not None and have is not None and have != self.num_classes:
+            raise UserError(f"model file '{path}' is a {self.task} model for {self.num_classes} classes, "
+                            f"'{data_path}' has {have}; fine-tune it on this data first (finetune and adapt "
+                            f"re-initialise the class-dependent layers)")
+
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able mapping of every key that has a value (extras included), as stored in the file."""
         return self.model_dump(mode="json", exclude_none=True)

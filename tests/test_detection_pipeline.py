@@ -305,3 +305,8 @@ def test_a_detector_model_file_fine_tunes_on_data_with_other_classes(tmp_path, d
     with torch.no_grad():
         pred = trained([trainer.val_set[0][0]])[0]
     assert set(pred["labels"].tolist()) <= {1, 2, 3}
+
+    # the 10-class source searched on the 3-class data: one line, before any scoring
+    code, _, err = run_cli(["search", "--checkpoint", str(source), "--data", str(three), "--out", str(tmp_path / "s"),
+                            "--budget-macs", "90%", "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "for 10 classes" in err and "has 3" in err, err

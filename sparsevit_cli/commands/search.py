@@ -208,6 +208,7 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     space = load_space(opts.space or meta.space or method.default_space, group_sizes=method.group_sizes(backbone),
                        for_method=method_name, model_label="the model file")
     dataset = task.dataset(opts.data, "val", img_size, train=False)
+    meta.check_data(dataset, opts.data, opts.checkpoint)
 
     def metric(config) -> float:
         return evaluate(model, method, config, dataset, task, opts.eval_batch_size, device,
