@@ -41,7 +41,7 @@ def assert_macs_match_fvcore(model, macs, img_size, n_random, seed):
 @pytest.mark.parametrize("img_size", [224, 256])  # 256 pads every stage's windows
 def test_analytic_macs_match_fvcore(img_size):
     model = sv.sparsify(timm.create_model("swin_tiny_patch4_window7_224", img_size=img_size)).eval()
-    assert_macs_match_fvcore(model, swin_macs, img_size, n_random=19, seed=img_size)
+    assert_macs_match_fvcore(model, swin_macs, img_size, n_random=11, seed=img_size)
 
 
 def test_dense_macs_equal_timm_dense_model():
