@@ -128,7 +128,9 @@ def adapt(
     checkpoint: Optional[str] = typer.Option(None, help="Trained model: a sparsevit .safetensors file, or a "
                                                          "timm-format checkpoint together with --model."),
     model: Optional[str] = typer.Option(None, help="timm model name (when the checkpoint is timm-format)."),
-    data: Optional[str] = typer.Option(None, help="ImageFolder-style data directory (train/, val/)."),
+    data: Optional[str] = typer.Option(None, help="Data directory in the task's layout: ImageFolder train/ and "
+                                                  "val/ (classification) or COCO (detection; the task is the "
+                                                  "run config's, else the model file's)."),
     space: Optional[str] = typer.Option(None, help="Search space: packaged name (e.g. swin_t) or YAML path."),
     sandwich: Optional[bool] = typer.Option(None, help="Also train the dense and the sparsest config every step."),
     # a plain string, not a Typer choice: the choices are the engine's registry (swin.patch.WINDOW_SCORES),

@@ -126,6 +126,20 @@ def test_search_on_a_detector_scores_box_ap_within_a_mac_budget(tmp_path, demo, 
         get_task("detection").macs(model, method, [[0.0], [0.0]], SIZE) / 1e9)
 
 
+def test_adapt_from_a_detector_model_file_by_flags_takes_the_files_task(tmp_path, demo, capsys):
+    src_cfg = write_cfg(tmp_path, demo, "instance_segmentation", "src.yaml", epochs=1, out=str(tmp_path / "src"))
+    code, _, err = run_cli(["finetune", str(src_cfg), "--no-progress"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["adapt", "--checkpoint", str(tmp_path / "src" / "model.safetensors"), "--data",
+                              str(demo), "--epochs", "1", "--batch-size", "2", "--out", str(tmp_path / "a"),
+                              "--no-progress"], capsys)
+    assert code == 0, err
+    meta = read_meta(tmp_path / "a" / "model.safetensors")
+    assert meta.task == "instance_segmentation" and meta.task_options == read_meta(
+        tmp_path / "src" / "model.safetensors").task_options
+    assert "mask_ap" in (tmp_path / "a" / "metrics.jsonl").read_text()
+
+
 def test_a_backbone_mac_budget_counts_the_backbone_alone(tmp_path, demo, capsys):
     # heads that outweigh the micro backbone: half of the whole detector is out of reach, half of the
     # backbone (the paper's budgets) is what a detection engineer asks for

@@ -438,7 +438,7 @@ def test_corrupt_training_image_names_the_file_or_is_skipped(tmp_path, data_dir,
     ({"model.args.embed_dim": 24}, "was built with embed_dim=16, the run config says model.args.embed_dim=24"),
     ({"model.name": "swin_small_patch4_window7_224"}, "holds swin_tiny_patch4_window7_224, the run config names "
                                                       "model.name swin_small_patch4_window7_224"),
-    ({"data.task": "segmentation"}, "is a classification model, the run config says data.task: segmentation"),
+    ({"data.task": "segmentation"}, "holds a model for the task classification, the run config says data.task: segmentation"),
 ])
 def test_run_config_naming_another_model_than_its_model_file_is_refused(tmp_path, data_dir, capsys, change, needle):
     path, _ = _toolkit_file(tmp_path, num_classes=10)

@@ -62,11 +62,12 @@ class Trainer:
         self.console = console or Console()
         self.progress_enabled = progress and dist.is_main()
         self._seed_everything(cfg.seed)
-        self.task = get_task(cfg.data.task)
-
         from ..model_file import read_meta
         # a toolkit model file fixes the model; the run config may only restate what the file says
         self.checkpoint_meta = read_meta(cfg.checkpoint) if cfg.checkpoint else None
+        if self.checkpoint_meta is not None and "task" not in cfg.data.model_fields_set:
+            cfg.data.task = self.checkpoint_meta.task  # `adapt --checkpoint det.safetensors --data coco/`
+        self.task = get_task(cfg.data.task)
         asked = cfg.model.args.get("img_size")
         if self.checkpoint_meta is not None:
             built = self.checkpoint_meta.image_size
@@ -178,7 +179,8 @@ class Trainer:
                 raise UserError(f"{src} was built with {key}={meta.model_args[key]!r}, the run config says "
                                 f"model.args.{key}={value!r}")
         if meta.task != cfg.data.task:
-            raise UserError(f"{src} is a {meta.task} model, the run config says data.task: {cfg.data.task}")
+            raise UserError(f"{src} holds a model for the task {meta.task}, the run config says data.task: "
+                            f"{cfg.data.task}")
         given = cfg.task_options.given()
         stored = dict(meta.task_options or {})
         changed = next((k for k, v in given.items() if stored.get(k) != v), None)
