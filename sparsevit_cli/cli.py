@@ -76,7 +76,7 @@ def measure(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Measure dense vs sparse speed on a device: batch-1 latency and throughput, each against the MAC-ideal
-    speedup (efficiency)."""
+    speedup (efficiency). A task model file is timed whole (a detector end to end, its heads in the MACs)."""
     from .commands.measure import measure_dense_vs_sparse, measured_models
 
     models = measured_models(model, checkpoint, img_size, sparsity, config)

@@ -140,6 +140,24 @@ def test_adapt_from_a_detector_model_file_by_flags_takes_the_files_task(tmp_path
     assert "mask_ap" in (tmp_path / "a" / "metrics.jsonl").read_text()
 
 
+def test_measure_times_a_detector_model_file_with_its_own_heads(tmp_path, demo, capsys):
+    # task_options (a 32-channel FPN) travel in the file: measure rebuilds the detector with them, and its MACs
+    # (the ideal speedup) count the whole detector it times, not the backbone alone
+    cfg = write_cfg(tmp_path, demo, "detection", epochs=1)
+    code, _, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
+    assert code == 0, err
+    model_file = tmp_path / "out" / "model.safetensors"
+    code, out, err = run_cli(["measure", "--checkpoint", str(model_file), "--repeats", "1", "--warmup", "0",
+                              "--batch-size", "2", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    model, method, task = load(model_file), get_method("sparsevit"), get_task("detection")
+    assert r["sparse_gmacs"] == pytest.approx(task.macs(model, method, [[0.3], [0.3]], SIZE) / 1e9)
+    assert r["dense_gmacs"] == pytest.approx(task.macs(model, method, [[0.0], [0.0]], SIZE) / 1e9)
+    assert r["dense_gmacs"] > task.backbone_macs(model, method, [[0.0], [0.0]], SIZE) / 1e9
+    assert r["dense_ms"] > 0 and r["sparse_ms"] > 0
+
+
 def test_a_backbone_mac_budget_counts_the_backbone_alone(tmp_path, demo, capsys):
     # heads that outweigh the micro backbone: half of the whole detector is out of reach, half of the
     # backbone (the paper's budgets) is what a detection engineer asks for

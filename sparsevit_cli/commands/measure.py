@@ -33,6 +33,7 @@ class MeasuredModels:
     config: list
     name: str
     img_size: int
+    task: str = "classification"  # a model file's task: MACs count the whole task model (a detector's heads too)
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _from_model_file(path: Path, meta, model: Optional[str], img_size: Optional[
         sparse = _build(meta, size, state, method, wrap=True)
     dense = _build(meta, size, state, method, wrap=False)
     method.apply(backbone_of(sparse), config)
-    return MeasuredModels(dense, sparse, method, config, meta.model, size)
+    return MeasuredModels(dense, sparse, method, config, meta.model, size, meta.task)
 
 
 def _build(meta, img_size: int, state: Dict[str, torch.Tensor], method, wrap: bool) -> nn.Module:
@@ -122,7 +123,7 @@ def _build(meta, img_size: int, state: Dict[str, torch.Tensor], method, wrap: bo
     backbone = create_timm_model(meta.model, **{**meta.model_args, "img_size": img_size})
     if wrap:
         backbone = method.wrap(backbone, **meta.method_options)
-    model = build_task_model(backbone, meta.task, meta.num_classes)
+    model = build_task_model(backbone, meta.task, meta.num_classes, **(meta.task_options or {}))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -136,7 +137,7 @@ def measure_dense_vs_sparse(models: MeasuredModels, batch_size: int = THROUGHPUT
                             compile: bool = False) -> MeasureResult:
     """Time timm's dense model against its sparse twin: batch-1 latency and throughput at `batch_size`,
     interleaved in one run; with `compile`, both are compiled (and checked exact against eager) first."""
-    from ..tasks import backbone_of
+    from ..tasks import backbone_of, get_task
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -144,8 +145,11 @@ def measure_dense_vs_sparse(models: MeasuredModels, batch_size: int = THROUGHPUT
     sparse = models.sparse.eval().to(dev, dt)
     method, config, size = models.method, models.config, models.img_size
     backbone = backbone_of(sparse)
-    dense_macs = method.macs(backbone, method.dense_config(backbone), size)
-    sparse_macs = method.macs(backbone, config, size)
+    # what is timed end to end is the whole task model: its MACs (a detector's dense neck and heads too) make
+    # the ideal speedup; the dense model is counted as its sparse twin at the dense config
+    task = get_task(models.task)
+    dense_macs = task.macs(sparse, method, method.dense_config(backbone), size)
+    sparse_macs = task.macs(sparse, method, config, size)
     gen = torch.Generator().manual_seed(0)
     speed = latency_and_throughput(
         {"dense": dense, "sparse": sparse},
