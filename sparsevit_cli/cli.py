@@ -210,6 +210,45 @@ def search(
 
 
 @app.command()
+def evaluate(
+    checkpoint: str = typer.Option(..., help="sparsevit model file (.safetensors from finetune/adapt)."),
+    data: str = typer.Option(..., help="Data directory in the model's task layout (ImageFolder, segmentation "
+                                       "folders or COCO)."),
+    config: Optional[str] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml); default: "
+                                                    "the config stored in the model file."),
+    sparsity: Optional[float] = typer.Option(None, help="Uniform sparsity for every block instead (0.0-0.8)."),
+    dense: bool = typer.Option(False, "--dense", help="Also score the dense config (same weights), first row."),
+    split: str = typer.Option("val", help="Split of --data to score (its folder or instances_<split>.json)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per forward."),
+    max_samples: Optional[int] = typer.Option(None, min=1, help="Score a fixed random subset of this many images "
+                                                                "(default: all)."),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+):
+    """Score a model file on your data: the task's metrics (top-1, mIoU, COCO box/mask AP, %) and GMACs per
+    image (the whole task model as executed, and its backbone), under its config or another one."""
+    from .commands.evaluate import EvaluateOptions, run_evaluate
+
+    result = run_evaluate(EvaluateOptions(checkpoint=checkpoint, data=data, config=config, sparsity=sparsity,
+                                          dense=dense, split=split, batch_size=batch_size, max_samples=max_samples,
+                                          device=device))
+    if result is None:  # a torchrun rank other than 0
+        return
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{result['model_file']}: {result['task']} on {result['images']} {split} images")
+    for col in ("config", *result["metrics"], "GMACs", "backbone GMACs"):
+        table.add_column(col, justify="right")
+    dense_row = result["rows"][0]
+    for r in result["rows"]:
+        table.add_row(format_config(r["config"]), *(f"{r[m]:.2f}" for m in result["metrics"]),
+                      f"{r['gmacs']:.3g}" + (f" ({r['gmacs'] / dense_row['gmacs']:.0%})" if dense else ""),
+                      f"{r['backbone_gmacs']:.3g}")
+    console.print(table)
+
+
+@app.command()
 def visualize(
     checkpoint: Path = typer.Option(..., help="SparseViT model file (.safetensors from adapt/finetune)."),
     image: Path = typer.Option(..., help="Image to draw on (PNG, JPEG, ...); resized and center-cropped to "
