@@ -236,4 +236,4 @@ def test_fuzzed_command_lines_never_crash(world, tmp_path_factory, command):
 def test_fuzzer_sees_every_command():
     """A new command is fuzzed without editing this file; this pins that the tree is read at all."""
     _, names = _commands()
-    assert {"finetune", "adapt", "search", "export", "measure", "info", "visualize", "demo-data"} <= set(names)
+    assert {"finetune", "adapt", "search", "export", "measure", "info", "visualize", "demo-data", "evaluate"} <= set(names)
