@@ -232,10 +232,20 @@ def read_model_meta(path: str | os.PathLike) -> ModelMeta:
     return meta
 
 
-def load(path: str | os.PathLike, config: Union[None, List, Mapping[str, Any]] = None) -> nn.Module:
+def config_option(config_path: Optional[str | os.PathLike], sparsity: Optional[float]):
+    """What a command's `--config FILE` / `--sparsity S` pair asks a model file to run, as `load` takes it: the
+    sparsity file's mapping, the uniform sparsity, or None (the stored config); both at once is one line."""
+    from .io import read_sparsity_file
+
+    if sparsity is not None and config_path is not None:
+        raise UserError("give either --sparsity or --config, not both")
+    return read_sparsity_file(config_path) if config_path is not None else sparsity
+
+
+def load(path: str | os.PathLike, config: Union[None, float, List, Mapping[str, Any]] = None) -> nn.Module:
     """Load a toolkit model file and return the ready model (eval mode) running its stored sparsity
-    config, or `config` if given (a list of groups, or a sparsity file's mapping from
-    `io.read_sparsity_file`, checked to be for this method and model). `model.sparsevit_meta` is the
+    config, or `config` if given (a number: uniform sparsity; a list of groups; or a sparsity file's mapping
+    from `io.read_sparsity_file`, checked to be for this method and model). `model.sparsevit_meta` is the
     file's ModelMeta with `sparsity` the config the model runs."""
     from safetensors.torch import load_file
     from .tasks import backbone_of
@@ -250,16 +260,19 @@ def load(path: str | os.PathLike, config: Union[None, List, Mapping[str, Any]] =
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise UserError(f"model file '{path}' does not match its own metadata: {state_dict_problem(e)}")
-    sparsity = meta.sparsity_from(config)
+    backbone = backbone_of(model)
+    if isinstance(config, (int, float)):
+        sparsity = method.uniform_config(backbone, float(config))
+    else:
+        sparsity = meta.sparsity_from(config)
     if sparsity is not None:  # the one place a loaded model's config is validated and applied
-        backbone = backbone_of(model)
         sparsity = method.validate(backbone, sparsity)
         method.apply(backbone, sparsity)
     model.sparsevit_meta = meta.model_copy(update={"sparsity": sparsity})
     return model.eval()
 
 
-def load_model_file(path: str | os.PathLike, config_file: Optional[Mapping[str, Any]] = None):
+def load_model_file(path: str | os.PathLike, config_file: Union[None, float, Mapping[str, Any]] = None):
     """(model, method, meta) of `load(path, config_file)`; `meta.sparsity` is the config it runs."""
     from .methods import get_method
 

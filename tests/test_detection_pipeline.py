@@ -33,6 +33,16 @@ def demo(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory, demo):
+    """The output folder of a 1-epoch `finetune` of the micro detector (LIGHT heads) on the demo set; its
+    model.safetensors is read, never written, by the tests that share it."""
+    tmp = tmp_path_factory.mktemp("detector")
+    code, _, err = run_cli(["finetune", str(write_cfg(tmp, demo, "detection", epochs=1)), "--no-progress"])
+    assert code == 0, err
+    return tmp / "out"
+
+
 def write_cfg(tmp_path, data, task, name="run.yaml", model_args=MICRO_ARGS, task_options=LIGHT, **over):
     cfg = {"model": {"name": "swin_tiny_patch4_window7_224", "args": dict(model_args)},
            "data": {"path": str(data), "task": task}, "task_options": dict(task_options), "sparsity": 0.3,
@@ -140,13 +150,10 @@ def test_adapt_from_a_detector_model_file_by_flags_takes_the_files_task(tmp_path
     assert "mask_ap" in (tmp_path / "a" / "metrics.jsonl").read_text()
 
 
-def test_measure_times_a_detector_model_file_with_its_own_heads(tmp_path, demo, capsys):
+def test_measure_times_a_detector_model_file_with_its_own_heads(detector, capsys):
     # task_options (a 32-channel FPN) travel in the file: measure rebuilds the detector with them, and its MACs
     # (the ideal speedup) count the whole detector it times, not the backbone alone
-    cfg = write_cfg(tmp_path, demo, "detection", epochs=1)
-    code, _, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
-    assert code == 0, err
-    model_file = tmp_path / "out" / "model.safetensors"
+    model_file = detector / "model.safetensors"
     code, out, err = run_cli(["measure", "--checkpoint", str(model_file), "--repeats", "1", "--warmup", "0",
                               "--batch-size", "2", "--json"], capsys)
     assert code == 0, err
@@ -158,13 +165,10 @@ def test_measure_times_a_detector_model_file_with_its_own_heads(tmp_path, demo, 
     assert r["dense_ms"] > 0 and r["sparse_ms"] > 0
 
 
-def test_a_backbone_mac_budget_counts_the_backbone_alone(tmp_path, demo, capsys):
+def test_a_backbone_mac_budget_counts_the_backbone_alone(tmp_path, demo, detector, capsys):
     # heads that outweigh the micro backbone: half of the whole detector is out of reach, half of the
     # backbone (the paper's budgets) is what a detection engineer asks for
-    cfg = write_cfg(tmp_path, demo, "detection", epochs=1)
-    code, _, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
-    assert code == 0, err
-    model_file = str(tmp_path / "out" / "model.safetensors")
+    model_file = str(detector / "model.safetensors")
     search = ["search", "--checkpoint", model_file, "--data", str(demo), "--budget-macs", "50%", "--population",
               "3", "--generations", "1", "--parents", "2", "--mutations", "1", "--crossovers", "1", "--eval-samples",
               "2", "--no-progress"]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cli_helpers import assert_one_line_error, run_cli
-from test_detection_pipeline import demo, regrouped_copy, write_cfg as write_det_cfg  # noqa: F401 (fixture)
+from test_detection_pipeline import demo, detector, regrouped_copy  # noqa: F401 (fixtures)
 from test_train import _torchrun, data_dir, write_cfg  # noqa: F401 (fixture)
 
 
@@ -62,15 +62,13 @@ def test_bad_input_is_one_line(classifier, data_dir, capsys, extra, needle):  # 
     assert_one_line_error(code, err, needle)
 
 
-def test_detector_box_ap_equals_the_logged_epoch_and_other_classes_are_refused(tmp_path, demo, capsys):  # noqa: F811
-    cfg = write_det_cfg(tmp_path, demo, "detection", epochs=1)
-    code, _, err = run_cli(["finetune", str(cfg), "--no-progress"], capsys)
-    assert code == 0, err
-    model = str(tmp_path / "out" / "model.safetensors")
+def test_detector_box_ap_equals_the_logged_epoch_and_other_classes_are_refused(tmp_path, demo, detector,  # noqa: F811
+                                                                              capsys):
+    model = str(detector / "model.safetensors")
     code, out, err = run_cli(["evaluate", "--checkpoint", model, "--data", str(demo), "--json"], capsys)
     assert code == 0, err
     r = json.loads(out)
-    assert r["metrics"] == ["box_ap"] and r["rows"][0]["box_ap"] == pytest.approx(last_logged(tmp_path / "out")["box_ap"])
+    assert r["metrics"] == ["box_ap"] and r["rows"][0]["box_ap"] == pytest.approx(last_logged(detector)["box_ap"])
     assert r["rows"][0]["gmacs"] > r["rows"][0]["backbone_gmacs"]  # neck and heads counted
     three = regrouped_copy(demo, tmp_path / "three")
     code, _, err = run_cli(["evaluate", "--checkpoint", model, "--data", str(three)], capsys)

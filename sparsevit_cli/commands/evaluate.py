@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import dist
-from ..errors import UserError
 from ..timing import resolve_device
 
 
@@ -30,19 +29,13 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     """{'task', 'metrics' (names, the task's first), 'images', 'rows': [{'name', 'config', <metric>: %, 'gmacs',
     'backbone_gmacs'}]}, the dense row first when asked; None on torchrun ranks other than 0 (rank 0 reports)."""
     from ..evaluate import evaluate_all, search_indices
-    from ..io import read_sparsity_file
-    from ..model_file import load_model_file
+    from ..model_file import config_option, load_model_file
     from ..tasks import backbone_of, get_task
 
     device = resolve_device(opts.device)  # options first: a typo costs no model load
-    if opts.sparsity is not None and opts.config is not None:
-        raise UserError("give either --sparsity or --config, not both")
-    config_file = read_sparsity_file(opts.config) if opts.config is not None else None
-    model, method, meta = load_model_file(opts.checkpoint, config_file)
+    model, method, meta = load_model_file(opts.checkpoint, config_option(opts.config, opts.sparsity))
     backbone = backbone_of(model)
     config = meta.sparsity
-    if opts.sparsity is not None:
-        config = method.validate(backbone, method.uniform_config(backbone, float(opts.sparsity)))
     task = get_task(meta.task)
     img_size = meta.image_size
     dataset = task.dataset(opts.data, opts.split, img_size, train=False)

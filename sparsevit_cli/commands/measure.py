@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -65,17 +65,14 @@ def measured_models(model: Optional[str], checkpoint: Optional[Path], img_size: 
                     sparsity: Optional[float], config_path: Optional[Path]) -> MeasuredModels:
     """Build what `measure` times from the command's options. A toolkit model file describes itself;
     `--model` must then name the model it holds and `--img-size` rebuilds it at another resolution."""
-    from ..io import read_sparsity_file
-    from ..model_file import read_meta
+    from ..model_file import config_option, read_meta
 
-    if sparsity is not None and config_path is not None:
-        raise UserError("give either --sparsity or --config, not both")
-    config_file = read_sparsity_file(config_path) if config_path is not None else None
+    config = config_option(config_path, sparsity)
     meta = read_meta(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
     if meta is not None:
-        return _from_model_file(Path(checkpoint), meta, model, img_size, sparsity, config_file)
+        return _from_model_file(Path(checkpoint), meta, model, img_size, config)
     return _from_timm(model or DEFAULT_MODEL, checkpoint, DEFAULT_IMG_SIZE if img_size is None else img_size,
-                      config_file["sparsity"] if config_file else sparsity)
+                      config["sparsity"] if isinstance(config, dict) else config)
 
 
 def _from_timm(name: str, checkpoint: Optional[Path], img_size: int, config) -> MeasuredModels:
@@ -94,18 +91,15 @@ def _from_timm(name: str, checkpoint: Optional[Path], img_size: int, config) -> 
     return MeasuredModels(dense, sparse, method, config, name, img_size)
 
 
-def _from_model_file(path: Path, meta, model: Optional[str], img_size: Optional[int], sparsity: Optional[float],
-                     config_file: Optional[Dict[str, Any]]) -> MeasuredModels:
+def _from_model_file(path: Path, meta, model: Optional[str], img_size: Optional[int],
+                     config: Union[None, float, Dict[str, Any]]) -> MeasuredModels:
     from ..model_file import load_model_file
     from ..tasks import backbone_of
 
     if model is not None and model != meta.model:
         raise UserError(f"--model {model} conflicts with '{path}', which holds {meta.model}; leave --model out")
-    sparse, method, meta = load_model_file(path, config_file)
+    sparse, method, meta = load_model_file(path, config)
     config = meta.sparsity
-    if sparsity is not None:
-        backbone = backbone_of(sparse)
-        config = method.validate(backbone, method.uniform_config(backbone, float(sparsity)))
     size = meta.image_size if img_size is None else img_size
     state = sparse.state_dict()
     if size != meta.image_size:  # same weights, rebuilt at the requested resolution (windows keep their size)
