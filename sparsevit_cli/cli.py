@@ -2,6 +2,7 @@
 line on stderr and exit code 2."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from enum import Enum
@@ -438,24 +439,70 @@ def _fail(message: str, code: int = 2) -> None:
 INTERNAL_ERROR = 3
 
 
+#: commands that continue an interrupted run with --resume, and those that continue by running again
+RESUMABLE = ("finetune", "adapt", "search")
+RERUNNABLE = ("demo", "report")
+
+
+def _interrupted_line(args: List[str], signum: int) -> str:
+    """What an interrupted command says (every file it writes is atomic: nothing was left half written)."""
+    import signal
+    name = signal.Signals(signum).name
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in RESUMABLE:
+        return f"interrupted ({name}); the last checkpoint is kept: run the same command with --resume to continue"
+    if command in RERUNNABLE:
+        return f"interrupted ({name}); run the same command again to continue where it stopped"
+    return f"interrupted ({name}); no output file was left half written"
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    """SIGTERM (a cluster's scheduler, `kill`) raises errors.Interrupted in the main thread, so that cleanup
+    runs as after Ctrl-C: no temporary file is left behind and the exit is one line."""
+    import signal
+    import threading
+    from .errors import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: run the Typer app quietly (library warnings only with --verbose), turning user
-    errors and usage errors (missing or unknown option, bad number) into one line and exit code 2."""
-    from .errors import quiet_warnings
+    errors and usage errors (missing or unknown option, bad number) into one line and exit code 2, and
+    Ctrl-C / SIGTERM into one line and exit code 130 / 143."""
+    import signal
+    from .errors import Interrupted, quiet_warnings
 
     args = list(sys.argv[1:] if argv is None else argv) or ["--help"]  # bare `sparsevit`: its help
     try:
-        with quiet_warnings():
+        with quiet_warnings(), _sigterm_as_exception():
             # not standalone: Typer would print a usage error as a 5-line box; it is one line below
             code = app(args=args, standalone_mode=False, prog_name="sparsevit")
-    except typer.Abort:  # Ctrl-D at a prompt
-        _fail("aborted", 130)
+    except (typer.Abort, KeyboardInterrupt) as e:  # Click turns Ctrl-C (and our SIGTERM) into Abort
+        cause = e if isinstance(e, KeyboardInterrupt) else e.__cause__
+        if not isinstance(cause, KeyboardInterrupt):  # Ctrl-D at a prompt
+            _fail("aborted", 130)
+        signum = cause.signum if isinstance(cause, Interrupted) else signal.SIGINT
+        _fail(_interrupted_line(args, signum), 128 + signum)
     except typer.TyperException as e:  # Click's usage errors (missing/unknown option, bad value, ...)
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         _fail(f"{e.format_message()}{hint}", getattr(e, "exit_code", 2))
     except UserError as e:
         _fail(str(e))
+    except RecursionError:  # a structure nested beyond Python's limit (metadata, JSON, YAML) in some input
+        _fail("an input is nested too deeply to be read (a hostile or damaged file?)")
     except Exception as e:  # a bug, not bad input: still one line (exit 3, not 2); --verbose shows the traceback
         if "--verbose" in args:
             raise

@@ -12,6 +12,28 @@ class UserError(Exception):
     """Bad input from the user: unknown model, invalid config, missing file, ..."""
 
 
+#: longest quoted value in an error line (a 1 MB config value is cut, not echoed whole)
+QUOTE_LIMIT = 80
+
+
+def shorten(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(value)` (a string: as is) cut to `limit` characters, saying how long it was: the one way an
+    error line quotes a value the user gave."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM as an exception (the CLI installs the handler), so that `finally` blocks run: a temporary
+    file is removed and a lock released as after Ctrl-C, instead of the process vanishing mid-write."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (libraries raise pages of text; users get one line)."""
     text = str(e).strip()

@@ -8,43 +8,90 @@ take) is a mapping with at least `sparsity:` (one list of gene values per group)
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
-from typing import Any, Callable, Dict, IO, List, Optional
+from typing import Any, Callable, Dict, IO, Iterable, Iterator, List, Optional
 
 import yaml
 
-from .errors import UserError, first_line
+from .errors import UserError, first_line, shorten
 
 
-def read_user_text(path: str | os.PathLike, what: str = "file") -> str:
-    """The UTF-8 text of a file a user names; missing, a directory, unreadable or binary (not UTF-8) is
-    one UserError line naming it. The one reader behind every YAML/JSON input."""
+#: largest YAML/JSON input read (a run config, a search space, best.yaml are kilobytes; a device such as
+#: /dev/zero would never end)
+MAX_TEXT_BYTES = 16 * 1024 * 1024
+
+
+def read_user_text(path: str | os.PathLike, what: str = "file", limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a file a user names; missing, a directory, a FIFO or device, larger than `limit`,
+    unreadable or binary (not UTF-8) is one UserError line naming it. The one reader behind every YAML/JSON
+    input."""
     path = check_file(path, what)
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except PermissionError:
         raise UserError(f"{what} '{path}' cannot be read: permission denied") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what} '{path}' is not UTF-8 text (byte {e.start}): a binary file?") from None
     except OSError as e:
         raise UserError(f"{what} '{path}' cannot be read: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise UserError(f"{what} '{path}' is larger than {limit // 2**20} MiB; not a {what}?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} '{path}' is not UTF-8 text (byte {e.start}): a binary file?") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error naming the key and
+    both lines (PyYAML keeps the last silently: a setting the user wrote would be ignored). Keys merged in
+    with `<<:` may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    hash(key)
+                except Exception:  # an unhashable key: the base constructor reports it
+                    continue
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{shorten(key)}' (lines {seen[key]} and {line}); give each "
+                                    f"key once", key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """`text` parsed as YAML by the toolkit's one loader (safe, duplicate keys refused): every YAML file the
+    toolkit reads goes through here. Raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def load_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = False) -> Any:
-    """The parsed content of a YAML file; every way of not being one (see `read_user_text`, bad YAML,
-    and with `mapping` anything but a mapping or an empty file) is one UserError line naming the file."""
+    """The parsed content of a YAML file; every way of not being one (see `read_user_text`, bad YAML, a
+    duplicate key, and with `mapping` anything but a mapping or an empty file) is one UserError line naming
+    the file."""
     text = read_user_text(path, what)
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = str(getattr(e, "problem", None) or e).splitlines()[0]
         raise UserError(f"{what} '{path}' is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{what} '{path}' is nested too deeply to be a {what}") from None
     if mapping and data is not None and not isinstance(data, dict):
         raise UserError(f"{what} '{path}' must be a mapping of keys, got {type(data).__name__}")
     return {} if mapping and data is None else data
@@ -63,35 +110,140 @@ def read_sparsity_file(path: str | os.PathLike) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
-# Every output file is written by `atomic_write`: into a temporary sibling `.<name>.<pid>.<hex>.tmp`, flushed
-# and fsynced, then renamed onto the target (and the folder fsynced), so a reader or a resumed run sees
-# the old file or the new one, never half of one. The temporary file is removed on any failure (also
-# Ctrl-C); one left by a killed process is removed by `remove_stale_temp_files` when the next run starts.
+# Every output file is written by `atomic_write` / `atomic_output`: into a temporary sibling
+# `.<name>.<pid>.<hex>.tmp` (created exclusively, so never through a link someone put there), flushed and
+# fsynced, then renamed onto the target (and the folder fsynced), so a reader or a resumed run sees the old
+# file or the new one, never half of one. The temporary file is removed on any failure (also Ctrl-C and
+# SIGTERM, which the CLI turns into an exception); one left by a killed process is removed by
+# `remove_stale_temp_files` when the next run starts. A failed write (disk full, read-only file system,
+# name too long, ...) is one UserError line that says the previous file is kept.
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+#: characters of the target's name kept in its temporary file's name (a name near the file system's limit
+#: must not fail only because its temporary sibling is longer)
+_TEMP_NAME_CHARS = 64
+
+#: what a failed write says, by errno (the strerror of others)
+_WRITE_ERRORS = {errno.ENOSPC: "No space left on device", errno.EROFS: "read-only file system",
+                 errno.ENAMETOOLONG: "file name too long for the file system",
+                 errno.EINVAL: "invalid file name or operation for this file system",
+                 errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted", errno.EISDIR: "a directory is in the way",
+                 errno.ENOTDIR: "a file stands where a folder should be"}
+
+
+def write_error(e: OSError, path: str | os.PathLike, what: str = "file", kept: bool = True) -> UserError:
+    """The one line for an OSError while writing `what` at `path`."""
+    reason = _WRITE_ERRORS.get(e.errno) or e.strerror or first_line(e)
+    tail = f"; the previous {what} is kept" if kept and os.path.lexists(path) else "; nothing was written"
+    return UserError(f"cannot write {what} '{shorten(str(path), 200)}': {reason}{tail}")
+
+
+def refuse_link(path: str | os.PathLike, what: str = "file") -> None:
+    """One line when `path` is a symbolic link: the toolkit never writes through one, nor replaces it."""
+    if os.path.islink(path):
+        raise UserError(f"{what} '{path}' is a symbolic link; sparsevit does not write through or over links: "
+                        f"remove it or choose another path")
+
+
+def _new_temp(path: Path) -> tuple:
+    """(fd, path) of a new, empty temporary sibling of `path`, created exclusively (O_EXCL: never an
+    existing file or link), with the permissions `open()` would give (0o666 minus the umask)."""
+    tmp = path.with_name(f".{path.name[:_TEMP_NAME_CHARS]}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    return os.open(tmp, flags, 0o666), tmp
+
+
+class _RecordingFile:
+    """A file whose first OSError on write is kept: torch.save reports a full disk as a RuntimeError
+    ('unexpected pos ...'); the write then fails with the OSError that caused it."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, what: str = "file",
+                  keep_previous: Optional[str | os.PathLike] = None) -> Iterator[Path]:
+    """Yield the path of a new, empty temporary file beside `path` for a writer that writes by name (an
+    exporter, a plotting library); when the block ends without error the file replaces `path` (with
+    `keep_previous`, an existing `path` is first renamed there). On any error the temporary file is removed
+    and `path` is left as it was; an OSError becomes one UserError line."""
+    path = Path(path)
+    refuse_link(path, what)
+    tmp: Optional[Path] = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _new_temp(path)
+        os.close(fd)
+        yield tmp
+        _fsync_file(tmp)
+        _publish(tmp, path, keep_previous)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(e, path, what) from None
+        raise
+    _fsync_folder(path.parent)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False,
-                 keep_previous: Optional[str | os.PathLike] = None) -> None:
+                 keep_previous: Optional[str | os.PathLike] = None, what: str = "file") -> None:
     """Call `write(file)` on a temporary file beside `path`, then rename it onto `path`. With
     `keep_previous`, an existing `path` is first renamed there (a checkpoint keeps its predecessor).
-    The file gets the permissions `open()` would give (0o666 minus the umask), not mkstemp's 0600."""
+    A failed write is one UserError line (see `atomic_output`); `path` is then as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    refuse_link(path, what)
+    tmp: Optional[Path] = None
+    recorder = None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _new_temp(path)
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
-            write(f)
+            recorder = _RecordingFile(f)
+            try:
+                write(recorder)
+            except Exception:
+                if recorder.error is not None:  # the library's error hides the OSError that caused it
+                    raise recorder.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _publish(tmp, path, keep_previous)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(e, path, what) from None
         raise
     _fsync_folder(path.parent)
+
+
+def _publish(tmp: Path, path: Path, keep_previous: Optional[str | os.PathLike]) -> None:
+    if keep_previous is not None and path.exists():
+        refuse_link(keep_previous)
+        os.replace(path, keep_previous)
+    os.replace(tmp, path)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -108,16 +260,16 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text))
+def atomic_write_text(path: str | os.PathLike, text: str, what: str = "file") -> None:
+    atomic_write(path, lambda f: f.write(text), what=what)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data), binary=True)
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "file") -> None:
+    atomic_write(path, lambda f: f.write(data), binary=True, what=what)
 
 
-def atomic_write_json(path: str | os.PathLike, data: Any, indent: Optional[int] = 1) -> None:
-    atomic_write_text(path, json.dumps(data, indent=indent))
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: Optional[int] = 1, what: str = "file") -> None:
+    atomic_write_text(path, json.dumps(data, indent=indent), what)
 
 
 def yaml_text(data: Any) -> str:
@@ -125,13 +277,14 @@ def yaml_text(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
-def atomic_write_yaml(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, yaml_text(data))
+def atomic_write_yaml(path: str | os.PathLike, data: Any, what: str = "file") -> None:
+    atomic_write_text(path, yaml_text(data), what)
 
 
-def atomic_torch_save(path: str | os.PathLike, obj: Any, keep_previous: Optional[str | os.PathLike] = None) -> None:
+def atomic_torch_save(path: str | os.PathLike, obj: Any, keep_previous: Optional[str | os.PathLike] = None,
+                      what: str = "file") -> None:
     import torch  # io stays importable without torch (the CLI's --help does not load it)
-    atomic_write(path, lambda f: torch.save(obj, f), binary=True, keep_previous=keep_previous)
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True, keep_previous=keep_previous, what=what)
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> List[Path]:
@@ -186,37 +339,77 @@ def torch_load_weights(path: str | os.PathLike, what: str = "file") -> Any:
 class FolderLock:
     """Exclusive use of an output folder by one process: an advisory lock (flock) on `folder/.lock`.
     The kernel drops the lock when its process ends, however it ends, so a killed run never blocks the
-    next one; the file holds the owner's pid for the message. Use as a context manager."""
+    next one; the file holds the owner's pid for the message. The lock file is opened without following
+    links and must be a regular file (a link or a FIFO there is one line, never written through).
+
+    With `kind` (finetune, adapt, search), the folder records which kind of run it holds (`.sparsevit-run`):
+    a run of another kind is refused there, so two runs' files never mix. Use as a context manager."""
 
     NAME = ".lock"
+    KIND_FILE = ".sparsevit-run"
 
-    def __init__(self, folder: str | os.PathLike, what: str = "output folder"):
-        self.folder, self.what = Path(folder), what
+    def __init__(self, folder: str | os.PathLike, what: str = "output folder", kind: Optional[str] = None):
+        self.folder, self.what, self.kind = Path(folder), what, kind
         self._fd: Optional[int] = None
 
     def acquire(self) -> "FolderLock":
         path = self.folder / self.NAME
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+            | getattr(os, "O_CLOEXEC", 0)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            if os.path.islink(path):
+                raise OSError(errno.ELOOP, "is a symbolic link")
+            fd = os.open(path, flags, 0o666)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UserError(f"lock file '{path}' is a symbolic link; sparsevit never writes through links: "
+                                f"remove it") from None
             raise UserError(f"cannot write to {self.what} '{self.folder}': {e.strerror or e}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UserError(f"lock file '{path}' is not a regular file (a FIFO, socket or device); remove it")
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; runs are not protected from each other there
             self._fd = fd
-            return self
+            return self._claim_kind()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise UserError(f"{self.what} '{self.folder}' is in use by another run (pid {owner}); wait for it "
-                            f"to finish or choose another folder") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+            raise UserError(f"{self.what} '{self.folder}' is in use by another run (pid {shorten(owner, 12)}); "
+                            f"wait for it to finish or choose another folder") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            os.close(fd)
+            raise UserError(f"cannot write to {self.what} '{self.folder}': {e.strerror or e}") from None
         self._fd = fd
+        return self._claim_kind()
+
+    def _claim_kind(self) -> "FolderLock":
+        """Record this run's kind in the folder, or refuse a folder that holds another kind of run."""
+        if self.kind is None:
+            return self
+        try:
+            held = run_kind(self.folder)
+            if held == "training" and self.kind in ("finetune", "adapt"):
+                held = self.kind  # an older training folder: its checkpoint's mode is checked on resume
+            own = {self.NAME, self.KIND_FILE}
+            holds_files = any(e.name not in own and not _TEMP_NAME.match(e.name) for e in self.folder.iterdir())
+            if held is not None and held != self.kind and holds_files:
+                raise UserError(f"'{self.folder}' holds a {held} run, not a {self.kind} run; choose another "
+                                f"--out (their files would mix)")
+            if held != self.kind or not os.path.lexists(self.folder / self.KIND_FILE):
+                atomic_write_text(self.folder / self.KIND_FILE, self.kind + "\n", "run-kind file")
+        except BaseException:
+            self.release()
+            raise
         return self
+
 
     def release(self) -> None:
         if self._fd is not None:
@@ -230,23 +423,73 @@ class FolderLock:
         self.release()
 
 
+#: files by which a folder written before run kinds were recorded shows what it holds
+_KIND_SIGNS = {"search": ("search_state.json", "history.jsonl", "best.yaml"),
+               "training": ("last.pt", "prev.pt", "metrics.jsonl", "model.safetensors")}
+
+
+def run_kind(folder: str | os.PathLike) -> Optional[str]:
+    """The kind of run a folder holds (finetune, adapt, search), None when it holds none. A folder from
+    before kinds were recorded is told by its files: 'search' or 'training' (finetune or adapt; their
+    checkpoints say which)."""
+    folder = Path(folder)
+    marker = folder / FolderLock.KIND_FILE
+    if os.path.lexists(marker):
+        if os.path.islink(marker) or not marker.is_file():
+            raise UserError(f"'{marker}' is not a regular file; remove it")
+        return marker.read_text(encoding="utf-8", errors="replace")[:64].strip() or None
+    for kind, names in _KIND_SIGNS.items():
+        if any(os.path.lexists(folder / name) for name in names):
+            return kind
+    return None
+
+
 # --------------------------------------------------------------------------------------------- user paths
 def check_file(path: str | os.PathLike, what: str = "model file") -> Path:
-    """`path` as a Path if it is a file; one clear line when it is missing or a directory."""
+    """`path` as a Path if it is a regular file (a link to one is fine); one clear line when it is missing,
+    a directory, or a FIFO, device or socket (reading those could block or never end)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} '{path}' is a directory, not a file")
-    if not path.is_file():
-        raise UserError(f"{what} '{path}' not found")
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise UserError(f"{what} '{shorten(str(path), 200)}': file name too long") from None
+        if os.path.islink(path):
+            raise UserError(f"{what} '{path}' is a broken symbolic link") from None
+        raise UserError(f"{what} '{path}' not found") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{what} '{path}' is not a regular file (a FIFO, device or socket)")
     return path
 
 
-def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
-    """`path` as a Path if a file can be written there; one line when it is a directory or a file
-    stands where a folder above it should be."""
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (links and relative paths resolved); False when either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out",
+                      inputs: Optional[Dict[str, Any]] = None) -> Path:
+    """`path` as a Path if a file can be written there; one line when it is a directory, a symbolic link,
+    not a regular file, when a file stands where a folder above it should be, when its name is too long,
+    or when it is one of the command's `inputs` ({option: path}; writing there would destroy that input)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} '{path}' is a directory, not a file: give the path of the file to write")
+    refuse_link(path, option)
+    if os.path.lexists(path) and not path.is_file():
+        raise UserError(f"{option} '{path}' is not a regular file (a FIFO, device or socket)")
+    too_long = next((part for part in path.parts if len(os.fsencode(part)) > 255), None)
+    if too_long is not None or len(os.fsencode(str(path.absolute()))) > 4095:
+        raise UserError(f"{option} '{shorten(str(path), 200)}': file name too long")
+    for name, other in (inputs or {}).items():
+        if other is not None and same_file(path, other):
+            raise UserError(f"{option} '{path}' is the command's {name} too; writing it would destroy the input: "
+                            f"choose another {option}")
     for folder in path.parents:
         if folder.exists():
             if not folder.is_dir():

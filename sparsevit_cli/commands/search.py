@@ -187,7 +187,7 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
         check_output_file(opts.latency_table, "--latency-table")
     out = check_output_dir(Path(opts.out))
     with dist.process_group(opts.device):
-        lock = dist.main_only(lambda: FolderLock(out, "search output folder").acquire())
+        lock = dist.main_only(lambda: FolderLock(out, "search output folder", kind="search").acquire())
         try:
             dist.main_only(lambda: remove_stale_temp_files(out))  # left by a killed run's atomic writes
             return _search(opts, device, out, console)

@@ -58,7 +58,7 @@ def _train(cfg: RunConfig, mode: str, resume: bool, progress: bool, console: Con
     is written."""
     with dist.process_group(cfg.device):
         trainer = Trainer(cfg, mode, progress=progress, console=console)
-        with run_folder(trainer.out, resume):
+        with run_folder(trainer.out, resume, mode):
             status = trainer.fit(resume=resume)
             return status if status["interrupted"] else finish(trainer, status)
 

@@ -144,7 +144,7 @@ def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, 
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
 
-    atomic_write(out, lambda f: fig.savefig(f, format=fmt), binary=True)
+    atomic_write(out, lambda f: fig.savefig(f, format=fmt), binary=True, what="picture")
 
 
 def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike,

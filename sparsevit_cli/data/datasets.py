@@ -22,11 +22,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError, first_line
+from ..io import load_yaml
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -40,12 +40,8 @@ def _read_meta(*folders: Path) -> Dict[str, Any]:
     for folder in folders:
         for name in META_FILES:
             path = folder / name
-            if path.is_file():
-                try:
-                    with open(path) as f:
-                        data = yaml.safe_load(f)
-                except (OSError, yaml.YAMLError) as e:
-                    raise UserError(f"cannot read data metadata '{path}': {first_line(e)}") from None
+            if os.path.lexists(path):
+                data = load_yaml(path, "data metadata")  # one line for every way of not being YAML
                 if not isinstance(data, dict):
                     raise UserError(f"data metadata '{path}' must be a mapping")
                 return data

@@ -50,6 +50,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from ..errors import UserError
+from ..io import parse_yaml
 
 #: bump when the pixels change, so an old folder is not mistaken for the current one
 GENERATOR_VERSION = 1
@@ -318,9 +319,8 @@ def _info(out: Path, meta: Dict[str, Any], written: bool) -> Dict[str, Any]:
 
 def _read_meta(path: Path) -> Optional[Dict[str, Any]]:
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
+        data = parse_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
 

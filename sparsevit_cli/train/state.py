@@ -41,11 +41,12 @@ class DamagedCheckpoint(Exception):
 
 
 @contextmanager
-def run_folder(out: Path, resume: bool) -> Iterator[None]:
+def run_folder(out: Path, resume: bool, kind: Optional[str] = None) -> Iterator[None]:
     """Hold the output folder for one run (rank 0 holds the lock): a second run at the same folder is
-    refused while this one runs, a fresh run over a folder that holds one is refused unless it resumes,
-    and temporary files of writers that were killed are removed."""
-    lock = dist.main_only(lambda: _claim(Path(out), resume))
+    refused while this one runs, a fresh run over a folder that holds one is refused unless it resumes, a
+    folder of another `kind` of run (finetune, adapt, search) is refused, and temporary files of writers
+    that were killed are removed."""
+    lock = dist.main_only(lambda: _claim(Path(out), resume, kind))
     try:
         yield
     finally:
@@ -53,10 +54,10 @@ def run_folder(out: Path, resume: bool) -> Iterator[None]:
             lock.release()
 
 
-def _claim(out: Path, resume: bool) -> FolderLock:
+def _claim(out: Path, resume: bool, kind: Optional[str]) -> FolderLock:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file, not a folder")
-    lock = FolderLock(out, "--out folder").acquire()
+    lock = FolderLock(out, "--out folder", kind=kind).acquire()
     try:
         held = [name for name in RUN_FILES if (out / name).exists()]
         if held and not resume:
@@ -74,12 +75,7 @@ def save_checkpoint(out: Path, state: Dict[str, Any]) -> None:
     write (disk full, no permission) is one line and leaves the previous checkpoint as it was."""
     missing = [k for k in KEYS if k not in state]
     assert not missing, f"checkpoint without {missing}"
-    path = out / CHECKPOINT
-    try:
-        atomic_torch_save(path, state, keep_previous=out / PREVIOUS)
-    except OSError as e:
-        raise UserError(f"cannot write checkpoint '{path}': {e.strerror or first_line(e)}; the previous "
-                        f"checkpoint is kept") from None
+    atomic_torch_save(out / CHECKPOINT, state, keep_previous=out / PREVIOUS, what="checkpoint")
 
 
 def read_checkpoint(path: Path) -> Dict[str, Any]:
@@ -167,7 +163,4 @@ def write_history(out: Path, records: List[Dict[str, Any]]) -> None:
     path = out / HISTORY
     if not records and not path.exists():
         return
-    try:
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-    except OSError as e:
-        raise UserError(f"cannot write '{path}': {e.strerror or first_line(e)}") from None
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records), "metrics history")

@@ -396,7 +396,8 @@ class Trainer:
                 self.save_state()
         checksums = dist.replica_checksums(self.model)
         dist.main_only(lambda: atomic_write_json(self.out / "replicas.json",
-                                                 {"world_size": dist.world_size(), "checksums": checksums}, None))
+                                                 {"world_size": dist.world_size(), "checksums": checksums}, None,
+                                                 "replica checksums"))
         if len(set(checksums)) != 1:
             raise RuntimeError(f"DDP replicas diverged: parameter checksums {checksums}")
         return {"interrupted": False, "global_step": st.global_step}
@@ -438,13 +439,7 @@ class Trainer:
                 "task_options": self.task_options or None, "class_names": self._class_names(),
                 "sparsity": self.config,
                 "method_options": self.method.options(self.backbone), "trained_by": self.mode, **(extra or {})}
-
-        def write() -> None:
-            try:
-                save_model(path, self.model, meta)
-            except OSError as e:
-                raise UserError(f"cannot write model file '{path}': {e.strerror or first_line(e)}") from None
-        dist.main_only(write)
+        dist.main_only(lambda: save_model(path, self.model, meta))
         return path
 
     def _class_names(self) -> Optional[List[str]]:
