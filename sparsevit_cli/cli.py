@@ -408,12 +408,16 @@ def export(
 
 @app.command()
 def info(path: Path = typer.Argument(..., help="A sparsevit model file.")):
-    """Show what a sparsevit model file holds: method, model, args, image size, sparsity, metrics."""
-    from .model_file import read_model_meta
+    """Show what a sparsevit model file holds: method, model, args, image size, sparsity, metrics; its weights
+    are checked (digest, finite)."""
+    from .model_file import read_model_meta, read_weights
     meta = read_model_meta(path)
+    read_weights(path, meta)  # a damaged or non-finite file is said here too, not only when it is used
     table = Table(title=str(path), show_header=False)
     for k, v in meta.items():
         table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    table.add_row("weights", "finite, SHA-256 verified" if (meta.format_version or 0) >= 2 else
+                  "finite (format 1: no digest to verify)")
     console.print(table)
 
 

@@ -5,6 +5,11 @@ name and constructor args, image size, sparsity config, task, toolkit version), 
 `ModelMeta` is the one holder of a loaded model's facts: `load` validates and applies the sparsity
 config once, and the loaded model's `sparsevit_meta` says which config it runs. Model files are
 safetensors only: loading one never executes code (a pickle file is refused, never unpickled).
+
+Format 2 files carry a SHA-256 of their tensors (`weights_digest`: names, dtypes, shapes and bytes) beside
+the metadata; every command checks it on load (`read_weights`), so a flipped byte is one line, not a
+silently different model. Format 1 files (written before the digest existed) are read without that
+check. Weights that are not finite (NaN, inf) are refused on load whatever the format, naming the tensor.
 """
 from __future__ import annotations
 
@@ -14,15 +19,21 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, ValidationError, with_config
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator, with_config
 from typing_extensions import TypedDict
 
-from .errors import UserError, first_line
+from .errors import UserError, first_line, shorten
 from .io import atomic_write_bytes, check_file
-from .timm_models import state_dict_problem
+from .timm_models import nonfinite_tensor, state_dict_problem
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMAT = f"sparsevit-model/{FORMAT_VERSION}"
+#: formats this version reads: 1 has no weights digest (read without that check), 2 has one
+READABLE_FORMATS = (1, 2)
+#: safetensors metadata key of the weights' SHA-256 (beside "sparsevit", the metadata JSON)
+DIGEST_KEY = "sparsevit_weights_sha256"
+#: longest metadata JSON read (real ones are a few kilobytes)
+MAX_META_CHARS = 1_000_000
 SUFFIX = ".safetensors"
 #: image size of a model whose metadata and constructor args name none (timm's 224 px models)
 DEFAULT_IMG_SIZE = 224
@@ -74,6 +85,22 @@ class ModelMeta(BaseModel):
     space: Optional[str] = None
     trained_by: Optional[str] = None
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelMeta":
+        """Metadata that contradicts itself would rebuild another model than the one trained: refused."""
+        built = self.model_args.get("img_size")
+        if self.img_size is not None and built is not None and built != self.img_size:
+            raise ValueError(f"img_size is {self.img_size} but model_args.img_size is {shorten(built)}")
+        head = self.model_args.get("num_classes")
+        if (self.task == "classification" and self.num_classes is not None and head is not None
+                and head != self.num_classes):
+            raise ValueError(f"num_classes is {self.num_classes} but model_args.num_classes is {shorten(head)}")
+        if self.num_classes is not None and self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names lists {len(self.class_names)} names for {self.num_classes} classes")
+        return self
+
     @classmethod
     def of(cls, meta: Union["ModelMeta", Mapping[str, Any]], source: str = "model metadata") -> "ModelMeta":
         """`meta` as a ModelMeta (callers may hold a plain dict); invalid metadata is one UserError line."""
@@ -84,9 +111,15 @@ class ModelMeta(BaseModel):
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "metadata"
-            raise UserError(f"{source}: invalid sparsevit metadata at '{where}': {err['msg']}") from None
+            message = shorten(err["msg"].removeprefix("Value error, "), 200)
+            raise UserError(f"{source}: invalid sparsevit metadata at '{where}': {message}") from None
 
     # ---- the facts commands ask for
+    @property
+    def format_version(self) -> Optional[int]:
+        """The model-file format's number (2 for "sparsevit-model/2")."""
+        return _format_version(self.format)
+
     @property
     def image_size(self) -> int:
         """Input resolution the model was built for (square)."""
@@ -161,10 +194,29 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: MetaLike) -> Non
     from safetensors.torch import save
     from . import __version__
 
-    meta = ModelMeta.of(meta).model_copy(update={"format": FORMAT, "toolkit_version": __version__})
+    meta = ModelMeta.of(dict(ModelMeta.of(meta).to_dict(), format=FORMAT, toolkit_version=__version__))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    bad = nonfinite_tensor(state)
+    if bad is not None:  # a file of NaNs would be refused by every command that reads it
+        raise UserError(f"refusing to write model file '{path}': weight {bad} is not finite")
+    metadata = {"sparsevit": json.dumps(meta.to_dict()), DIGEST_KEY: weights_digest(state)}
     # the shared atomic writer: normal permissions, fsync, no temp file left behind by a failure or a kill
-    atomic_write_bytes(path, save(state, metadata={"sparsevit": json.dumps(meta.to_dict())}))
+    atomic_write_bytes(path, save(state, metadata=metadata), "model file")
+
+
+def weights_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 over a state dict's tensors in name order: each name, dtype, shape and raw bytes. What a
+    format-2 model file stores and `read_weights` checks."""
+    import hashlib
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _format_version(value: Any) -> Optional[int]:
@@ -184,6 +236,7 @@ def read_meta(path: str | os.PathLike) -> Optional[ModelMeta]:
     if path.suffix != SUFFIX:
         return None
     from safetensors import safe_open
+    check_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("sparsevit")
@@ -191,19 +244,59 @@ def read_meta(path: str | os.PathLike) -> Optional[ModelMeta]:
         raise UserError(f"model file '{path}' cannot be read: {first_line(e)}")
     if raw is None:
         return None
+    if len(raw) > MAX_META_CHARS:
+        raise UserError(f"model file '{path}' has {len(raw)} characters of sparsevit metadata; real ones have a "
+                        f"few thousand (a damaged or hostile file?)")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError:
         raise UserError(f"model file '{path}' has corrupt sparsevit metadata") from None
+    except RecursionError:
+        raise UserError(f"model file '{path}' has sparsevit metadata nested too deeply to be read (a damaged "
+                        f"or hostile file?)") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), str):
         raise UserError(f"model file '{path}' has sparsevit metadata without a model name")
     # the version first: a newer format may hold keys this version cannot validate
-    version = _format_version(data.get("format", FORMAT))
-    if version != FORMAT_VERSION:
-        shown = version if version is not None else repr(data.get("format"))
-        raise UserError(f"model file '{path}' has model-file format {shown}; this sparsevit reads format "
-                        f"{FORMAT_VERSION} only (written by a newer sparsevit? upgrade it)")
-    return ModelMeta.of(data, f"model file '{path}'")
+    if "format" not in data:
+        raise UserError(f"model file '{path}' has sparsevit metadata without a 'format'; every sparsevit writes "
+                        f"one (a damaged or hand-made file?)")
+    version = _format_version(data["format"])
+    if version not in READABLE_FORMATS:
+        shown = version if version is not None else shorten(repr(data.get("format")))
+        raise UserError(f"model file '{path}' has model-file format {shown}; this sparsevit reads formats "
+                        f"{', '.join(map(str, READABLE_FORMATS))} (written by a newer sparsevit? upgrade it)")
+    try:
+        return ModelMeta.of(data, f"model file '{path}'")
+    except RecursionError:
+        raise UserError(f"model file '{path}' has sparsevit metadata nested too deeply to be read") from None
+
+
+def read_weights(path: str | os.PathLike, meta: Optional[ModelMeta] = None) -> Dict[str, Any]:
+    """The tensors of a toolkit model file, checked: the SHA-256 a format-2 file carries must match (one
+    line on a flipped byte or a missing digest), and every tensor must be finite (one line naming the
+    first that is not). The one reader of a model file's weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    meta = meta if meta is not None else read_model_meta(path)
+    try:  # the header was parsed already; reading the tensors can still fail (I/O, unsupported dtype)
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            stored = (f.metadata() or {}).get(DIGEST_KEY)
+    except Exception as e:
+        raise UserError(f"model file '{path}' cannot be read: {first_line(e)}")
+    if (meta.format_version or 0) >= 2:
+        if stored is None:
+            raise UserError(f"model file '{path}' (format {meta.format}) carries no weights digest; it was "
+                            f"not written by sparsevit or has been altered")
+        if weights_digest(state) != stored:
+            raise UserError(f"model file '{path}' is damaged: its weights do not match the SHA-256 stored in it "
+                            f"(a flipped byte, an interrupted copy?); copy it again")
+    bad = nonfinite_tensor(state)
+    if bad is not None:
+        raise UserError(f"model file '{path}' holds non-finite weights (NaN or inf) in {bad}; it cannot be used "
+                        f"(saved from a diverged run?)")
+    return state
 
 
 def build_from_meta(meta: MetaLike) -> Tuple[nn.Module, Any]:
@@ -247,15 +340,11 @@ def load(path: str | os.PathLike, config: Union[None, float, List, Mapping[str, 
     config, or `config` if given (a number: uniform sparsity; a list of groups; or a sparsity file's mapping
     from `io.read_sparsity_file`, checked to be for this method and model). `model.sparsevit_meta` is the
     file's ModelMeta with `sparsity` the config the model runs."""
-    from safetensors.torch import load_file
     from .tasks import backbone_of
 
     meta = read_model_meta(path)
     model, method = build_from_meta(meta)
-    try:  # read_meta only parsed the header; reading the tensors can still fail (I/O, unsupported dtype)
-        state = load_file(str(path))
-    except Exception as e:
-        raise UserError(f"model file '{path}' cannot be read: {first_line(e)}")
+    state = read_weights(path, meta)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

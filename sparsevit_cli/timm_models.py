@@ -62,7 +62,19 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
         if key in sd and isinstance(sd[key], dict):
             sd = sd[key]
             break
+    bad = nonfinite_tensor(sd)
+    if bad is not None:  # found now: training would only say "diverged" after its first step
+        raise UserError(f"checkpoint '{path}' holds non-finite weights (NaN or inf) in {bad}; start from a "
+                        f"healthy checkpoint")
     return sd
+
+
+def nonfinite_tensor(state: Dict[str, Any]) -> Optional[str]:
+    """The name of the first floating-point tensor of `state` holding NaN or inf, else None."""
+    for name, t in state.items():
+        if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def state_dict_problem(e: RuntimeError) -> str:
@@ -93,8 +105,10 @@ def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: 
     if filter_fn is not None:
         try:
             sd = filter_fn(sd, model)
-        except Exception as e:
-            raise UserError(f"checkpoint '{path}' does not match the model ({type(model).__name__}): {first_line(e)}")
+        except Exception as e:  # timm's filter walks the model by the checkpoint's keys: another depth breaks it
+            extra = architecture_difference(sd, model)
+            raise UserError(f"checkpoint '{path}' does not match the model ({type(model).__name__}): "
+                            f"{extra or first_line(e)}") from None
     own = model.state_dict()
     notes = []
     for head in classifier_names(model):
@@ -122,8 +136,36 @@ def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: 
     if result.unexpected_keys:
         problems.append(f"{len(result.unexpected_keys)} unexpected key(s) e.g. {result.unexpected_keys[0]}")
     if problems:
-        raise UserError(f"checkpoint '{path}' does not match the model: {'; '.join(problems)}")
+        why = architecture_difference(sd, model) or "; ".join(problems)
+        raise UserError(f"checkpoint '{path}' does not match the model: {why}")
     return "; ".join(notes) or None
+
+
+def architecture_difference(sd: Dict[str, Any], model: nn.Module) -> Optional[str]:
+    """What says a checkpoint is of another architecture than `model`: per-stage block counts that differ
+    (a Swin-S checkpoint into a Swin-T), else a module the checkpoint has and the model lacks; None if
+    neither shows."""
+    import re
+    pattern = re.compile(r"^(?:.*\.)?layers\.(\d+)\.blocks\.(\d+)\.")
+
+    def depths(keys) -> Dict[int, int]:
+        found: Dict[int, int] = {}
+        for k in keys:
+            m = pattern.match(k)
+            if m:
+                found[int(m[1])] = max(found.get(int(m[1]), 0), int(m[2]) + 1)
+        return found
+    theirs, ours = depths(sd), depths(model.state_dict())
+    if theirs and ours and theirs != ours:
+        show = lambda d: [d.get(i, 0) for i in range(max(d) + 1)]  # noqa: E731
+        return (f"the checkpoint is of another architecture (blocks per stage {show(theirs)}, the model has "
+                f"{show(ours)}): a checkpoint of another model size?")
+    own = model.state_dict()
+    stray = next((k for k in sd if k not in own), None)
+    if stray is not None and len(sd) != len(own):
+        return (f"the checkpoint is of another architecture ({len(sd)} tensors, the model has {len(own)}; "
+                f"e.g. '{stray}' is not in the model)")
+    return None
 
 
 def _family_module(model: nn.Module) -> str:

@@ -95,7 +95,7 @@ def test_unknown_format_is_refused_by_info_and_load(fmt, model_file, tmp_path, c
     with pytest.raises(UserError, match="model-file format"):
         load(path)
     code, _, err = run_cli(["info", path], capsys)
-    assert_one_line_error(code, err, "this sparsevit reads format 1 only")
+    assert_one_line_error(code, err, "this sparsevit reads formats 1, 2")
 
 
 class _Payload:

@@ -120,9 +120,8 @@ class Trainer:
         return backbone_of(self.model)
 
     def _build_model(self):
-        from ..model_file import build_from_meta
+        from ..model_file import build_from_meta, read_weights
         from ..timm_models import classifier_names, create_timm_model, load_timm_checkpoint, state_dict_problem
-        from safetensors.torch import load_file
 
         cfg = self.cfg
         args = dict(cfg.model.args)
@@ -136,8 +135,8 @@ class Trainer:
             model, method = build_from_meta(meta)
             if options:
                 method.wrap(backbone_of(model), **options)
-            try:
-                model.load_state_dict(load_file(cfg.checkpoint), strict=True)
+            try:  # read_weights: the digest and finiteness checked, one line naming what is wrong
+                model.load_state_dict(read_weights(cfg.checkpoint, meta), strict=True)
             except RuntimeError as e:
                 raise UserError(f"checkpoint '{cfg.checkpoint}' does not match its metadata: {state_dict_problem(e)}")
             self.model_name, self.model_args = meta.model, dict(meta.model_args)
