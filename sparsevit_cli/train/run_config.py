@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import UserError
+from ..errors import UserError, shorten
 from ..io import load_yaml, read_sparsity_file
 
 #: `device:` values: cpu, cuda (this process's GPU under torchrun) or cuda:N
@@ -39,20 +40,67 @@ class ModelCfg(_Section):
 
     @field_validator("args")
     @classmethod
-    def _square_img_size(cls, args: Dict[str, Any]) -> Dict[str, Any]:
+    def _known_args(cls, args: Dict[str, Any]) -> Dict[str, Any]:
+        """The constructor args whose meaning the toolkit knows get their ranges here (timm would accept
+        `drop_path_rate: 5.0` or `in_chans: 1` and fail, or train nonsense, later); others go to timm as given."""
         size = args.get("img_size")
-        if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
-            raise ValueError(f".img_size must be a positive integer (square images, in pixels), got {size!r}")
+        if size is not None and not (_is_int(size) and 1 <= size <= MAX_IMG_SIZE):
+            raise ValueError(f".img_size must be an integer in [1, {MAX_IMG_SIZE}] (square images, in pixels), "
+                             f"got {shorten(repr(size))}")
+        for key in RATE_ARGS:
+            if key in args:
+                value = args[key] = _yaml_float(args[key])
+                if not (_is_number(value) and 0.0 <= value < 1.0):
+                    raise ValueError(f".{key} must be a probability in [0, 1), got {shorten(repr(value))}")
+        if "in_chans" in args and args["in_chans"] != 3:
+            raise ValueError(f".in_chans must be 3: images are read as RGB, got {shorten(repr(args['in_chans']))}")
+        for key in POSITIVE_INT_ARGS:
+            values = args.get(key)
+            if values is None:
+                continue
+            ok = all(_is_int(v) and 1 <= v <= MAX_WIDTH for v in (values if isinstance(values, list) else [values]))
+            if not ok or (isinstance(values, list) and not values):
+                raise ValueError(f".{key} must be a positive integer (or a list of them), got {shorten(repr(values))}")
+        if "num_classes" in args and not (_is_int(args["num_classes"]) and 0 <= args["num_classes"] <= MAX_WIDTH):
+            raise ValueError(f".num_classes must be an integer >= 0, got {shorten(repr(args['num_classes']))}")
         return args
+
+
+#: largest image side (pixels) and layer width / class count a run config may ask for
+MAX_IMG_SIZE = 16384
+MAX_WIDTH = 1_000_000
+#: timm constructor args that are probabilities (of dropping a path, an activation, an attention weight)
+RATE_ARGS = ("drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate")
+#: timm constructor args that are positive integers (or per-stage lists of them)
+POSITIVE_INT_ARGS = ("embed_dim", "depths", "num_heads", "window_size", "patch_size")
+#: DataLoader workers per CPU core at most (more only thrash; 100000 would hang the machine)
+WORKERS_PER_CORE = 4
+#: bounds of counts that a typo can make absurd (epochs: 1e29 never ends; a seed must fit the RNGs)
+MAX_EPOCHS = 100_000
+MAX_SEED = 2 ** 32 - 1
+MAX_STEPS = 10 ** 9
+MAX_BATCH = 1_000_000
+
+
+def max_workers() -> int:
+    return WORKERS_PER_CORE * (os.cpu_count() or 1)
 
 
 class DataCfg(_Section):
     path: str = Field("", description="data folder: ImageFolder-style train/ and val/ (or a segmentation layout)")
     task: str = Field("classification", description="a task of sparsevit_cli.tasks.TASKS")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
+    num_workers: int = Field(0, ge=0, description=(
+        f"DataLoader worker processes (0: load in the main process), at most {WORKERS_PER_CORE} per CPU core"))
     skip_bad_images: bool = Field(False, description=(
         "drop unreadable images (corrupt, empty, truncated) after one scan, with one info line giving the "
         "count; without it the first one stops the run with a line naming the file"))
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, n: int) -> int:
+        if n > max_workers():
+            raise ValueError(f"must be <= {max_workers()} ({WORKERS_PER_CORE} per CPU core of this machine), got {n}")
+        return n
 
     @field_validator("task")
     @classmethod
@@ -60,7 +108,7 @@ class DataCfg(_Section):
         from ..tasks import TASKS  # the registry of task heads is the one list of tasks
 
         if task not in TASKS:
-            raise ValueError(f"must be {_choices(list(TASKS))}, got {task!r}")
+            raise ValueError(f"must be {_choices(list(TASKS))}, got {shorten(repr(task))}")
         return task
 
 
@@ -86,7 +134,7 @@ class OptimCfg(_Section):
 
 class ScheduleCfg(_Section):
     name: Literal["cosine", "constant"] = Field("cosine", description="timm.scheduler schedule, stepped per optimizer step")
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="linear warm-up steps")
     min_lr: float = Field(1e-5, ge=0, allow_inf_nan=False, description="cosine floor")
 
     _numbers = field_validator("min_lr", mode="before")(_yaml_float)
@@ -175,15 +223,15 @@ class RunConfig(_Section):
     adapt: AdaptCfg = Field(default_factory=AdaptCfg)
     optim: OptimCfg = Field(default_factory=OptimCfg)
     schedule: ScheduleCfg = Field(default_factory=ScheduleCfg)
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1, description="training images per step per process")
-    eval_batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="training images per step per process")
+    eval_batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     amp: bool = Field(False, description="mixed precision (fp16 on CUDA, bf16 on CPU)")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     out: str = Field("runs/finetune", description="output directory")
-    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (also at every epoch end)")
-    max_steps: Optional[int] = Field(None, ge=0, description=(
+    checkpoint_every: int = Field(50, ge=1, le=MAX_STEPS, description="steps between checkpoints (also at every epoch end)")
+    max_steps: Optional[int] = Field(None, ge=0, le=MAX_STEPS, description=(
         "stop after this many optimizer steps in this invocation (a deliberate interruption, for tests)"))
 
     @field_validator("sparsity", mode="before")
@@ -195,13 +243,13 @@ class RunConfig(_Section):
                 isinstance(group, list) and group and all(_is_number(v) for v in group) for group in value):
             return value
         raise ValueError(f"must be a number, a list of lists of numbers (one list per stage) or a path to a "
-                         f"config file, got {value!r}")
+                         f"config file, got {shorten(repr(value))}")
 
     @field_validator("device")
     @classmethod
     def _device(cls, device: str) -> str:
         if not DEVICE_PATTERN.match(device):
-            raise ValueError(f"must be cpu, cuda or cuda:N, got {device!r}")
+            raise ValueError(f"must be cpu, cuda or cuda:N, got {shorten(repr(device))}")
         return device
 
     @model_validator(mode="after")
@@ -213,6 +261,10 @@ class RunConfig(_Section):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _choices(names: List[str]) -> str:
@@ -243,9 +295,19 @@ def _path(loc: Tuple[Any, ...]) -> str:
     return text
 
 
+class _Quoted:
+    """A value as an error line quotes it: its repr, cut to a readable length (`{value!r}` in _message)."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return shorten(repr(self.value))
+
+
 def _message(error: Dict[str, Any], src: str) -> str:
     """One line for pydantic's first error, in the toolkit's words."""
-    loc, kind, ctx, value = tuple(error["loc"]), error["type"], error.get("ctx") or {}, error.get("input")
+    loc, kind, ctx, value = tuple(error["loc"]), error["type"], error.get("ctx") or {}, _Quoted(error.get("input"))
     where = _path(loc)
     if kind == "extra_forbidden":
         section = _section_at(loc[:-1])

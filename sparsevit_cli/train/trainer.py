@@ -86,6 +86,12 @@ class Trainer:
         if skipped:
             self._info(f"skipped {len(skipped)} unreadable image(s) in '{cfg.data.path}', e.g. '{skipped[0]}'")
         self.num_classes = self.train_set.num_classes
+        asked_classes = cfg.model.args.get("num_classes")
+        if self.task.name == "classification" and asked_classes is not None and asked_classes != self.num_classes:
+            # a head of another size would train on labels it cannot predict, and the model file would
+            # contradict itself; the data says how many classes there are
+            raise UserError(f"the run config says model.args.num_classes: {asked_classes}, but '{cfg.data.path}' has "
+                            f"{self.num_classes} classes; leave num_classes out (the data sets it)")
         self.model, self.method = self._build_model()
         self.model.to(self.device)
         self.config: Config = self.method.validate(self.backbone, self._fixed_sparsity())
