@@ -382,7 +382,8 @@ def export(
     from .model_file import load_model_file
     from .tasks import get_task
 
-    check_export_target(out, tolerance)  # before the model load: a typo should not cost one
+    # before the model load: a typo should not cost one
+    check_export_target(out, tolerance, format.value, {"--checkpoint": checkpoint, "--config": config})
     cfg = read_sparsity_file(config) if config is not None else None
     model, method, meta = load_model_file(checkpoint, cfg)
     size = meta.resolve_img_size(img_size)

@@ -117,7 +117,7 @@ def read_sparsity_file(path: str | os.PathLike) -> Dict[str, Any]:
 # SIGTERM, which the CLI turns into an exception); one left by a killed process is removed by
 # `remove_stale_temp_files` when the next run starts. A failed write (disk full, read-only file system,
 # name too long, ...) is one UserError line that says the previous file is kept.
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp(\.[A-Za-z0-9]+)?$")
 #: characters of the target's name kept in its temporary file's name (a name near the file system's limit
 #: must not fail only because its temporary sibling is longer)
 _TEMP_NAME_CHARS = 64
@@ -145,10 +145,11 @@ def refuse_link(path: str | os.PathLike, what: str = "file") -> None:
                         f"remove it or choose another path")
 
 
-def _new_temp(path: Path) -> tuple:
+def _new_temp(path: Path, suffix: str = "") -> tuple:
     """(fd, path) of a new, empty temporary sibling of `path`, created exclusively (O_EXCL: never an
-    existing file or link), with the permissions `open()` would give (0o666 minus the umask)."""
-    tmp = path.with_name(f".{path.name[:_TEMP_NAME_CHARS]}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    existing file or link), with the permissions `open()` would give (0o666 minus the umask); `suffix` for
+    writers that go by the name's suffix."""
+    tmp = path.with_name(f".{path.name[:_TEMP_NAME_CHARS]}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
     return os.open(tmp, flags, 0o666), tmp
 
@@ -173,7 +174,7 @@ class _RecordingFile:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, what: str = "file",
-                  keep_previous: Optional[str | os.PathLike] = None) -> Iterator[Path]:
+                  keep_previous: Optional[str | os.PathLike] = None, suffix: str = "") -> Iterator[Path]:
     """Yield the path of a new, empty temporary file beside `path` for a writer that writes by name (an
     exporter, a plotting library); when the block ends without error the file replaces `path` (with
     `keep_previous`, an existing `path` is first renamed there). On any error the temporary file is removed
@@ -183,7 +184,7 @@ def atomic_output(path: str | os.PathLike, what: str = "file",
     tmp: Optional[Path] = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _new_temp(path)
+        fd, tmp = _new_temp(path, suffix)
         os.close(fd)
         yield tmp
         _fsync_file(tmp)

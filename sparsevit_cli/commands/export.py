@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError, first_line
-from ..io import check_output_file
+from ..io import atomic_output, check_output_file
 from ..tasks import Detection, backbone_of
 
 #: an exported model's runtime: one array for a one-output model, a list of arrays for several (stage maps)
@@ -143,16 +143,39 @@ def _user_errors(what: str) -> Iterator[None]:
         raise UserError(f"{what}: {first_line(e)}") from e
 
 
+@contextmanager
+def _write_errors(what: str) -> Iterator[None]:
+    """Like `_user_errors`, but an OSError (full disk, ...) and errors caused by one pass on as the OSError,
+    for `atomic_output` to say in its words that nothing was written."""
+    try:
+        yield
+    except OSError:
+        raise
+    except UserError:
+        raise
+    except Exception as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError):
+            raise cause from None
+        raise UserError(f"{what}: {first_line(e)}") from e
+
+
 def _reference(model: nn.Module, x: torch.Tensor) -> List[np.ndarray]:
     with torch.no_grad():
         return [t.float().numpy() for t in _output_list(model(x))]
 
 
-def check_export_target(out: str | os.PathLike, tolerance: float) -> None:
-    """One line for an output path that cannot be a file and for a tolerance that is no relative error."""
+def check_export_target(out: str | os.PathLike, tolerance: float, fmt: Optional[str] = None,
+                        inputs: Optional[Dict[str, Any]] = None) -> None:
+    """One line for an output path that cannot be a file, is one of the command's `inputs` ({option: path}),
+    or whose suffix is not `fmt`'s (an ONNX file named model.safetensors would be taken for a model file),
+    and for a tolerance that is no relative error."""
     if not (math.isfinite(tolerance) and tolerance >= 0):  # NaN compares false: no check could ever pass
         raise UserError(f"--tolerance must be a finite relative error >= 0, got {tolerance}")
-    check_output_file(out)
+    check_output_file(out, inputs=inputs)
+    if fmt in FORMATS and Path(out).suffix.lower() != FORMATS[fmt].suffix:
+        raise UserError(f"--out '{out}' does not end in {FORMATS[fmt].suffix}, the suffix of --format {fmt}; "
+                        f"name it e.g. '{Path(out).with_suffix(FORMATS[fmt].suffix).name}'")
 
 
 def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: List[torch.Tensor],
@@ -173,11 +196,10 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: Lis
     # Eager references first; this also builds (and caches) the engine's per-resolution window index
     # tables as concrete tensors, so the exporters trace lookups, not table construction.
     refs = [_reference(model, x) for x in inputs]
-    with _user_errors(f"cannot write to '{out.parent}'"):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}{spec.suffix}")
-    try:  # every failure below leaves no file behind: `out` only appears once verified
-        with _user_errors(f"{fmt} export failed"):
+    # every failure below leaves no file behind (a full disk, a read-only folder: one line): `out` only
+    # appears once verified, written through a fresh temporary file (never a link someone put there)
+    with atomic_output(out, f"{fmt} export", suffix=spec.suffix) as tmp:
+        with _write_errors(f"{fmt} export failed"):
             spec.write(model, inputs[0], tmp)
         with _user_errors(f"exported {fmt} model cannot be run"):
             run = spec.load(tmp)
@@ -187,9 +209,6 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: Lis
         if not worst <= tolerance:  # `not <=` so that NaN fails too
             raise UserError(f"exported {fmt} model differs from PyTorch: relative error {worst:.2e} > tolerance "
                             f"{tolerance:.0e}; nothing was written")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     report: Dict[str, object] = {"format": fmt, "file": str(out), "checks": checks, "max_rel_error": worst}
     if time_it and dense_config is not None and method is not None:
         with _user_errors(f"timing against the dense {fmt} model failed"):

@@ -184,7 +184,7 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
     if opts.compile and opts.budget_latency is None:
         raise UserError("--compile applies to a latency budget (--budget-latency); MACs do not depend on it")
     if opts.latency_table and not os.path.lexists(opts.latency_table):  # to be built: it must be writable there
-        check_output_file(opts.latency_table, "--latency-table")
+        check_output_file(opts.latency_table, "--latency-table", inputs={"--checkpoint": opts.checkpoint})
     out = check_output_dir(Path(opts.out))
     with dist.process_group(opts.device):
         lock = dist.main_only(lambda: FolderLock(out, "search output folder", kind="search").acquire())

@@ -162,7 +162,8 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
     from ..detection.draw import DEFAULT_SCORE_THRESHOLD
     from ..tasks import Detection, backbone_of, get_task
 
-    out = check_output_file(out)
+    # the picture must not land on an input (visualize --out photo.png --image photo.png)
+    out = check_output_file(out, inputs={"--image": image, "--checkpoint": checkpoint, "--config": config})
     threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
     if not 0.0 <= threshold <= 1.0:  # NaN fails too
         raise UserError(f"--score-threshold must be a score in [0, 1], got {score_threshold}")
