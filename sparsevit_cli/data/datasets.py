@@ -14,6 +14,7 @@ digit demo data does, as a mirrored 2 is not a 2).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -72,10 +73,14 @@ def segmentation_image(image, img_size: int, mean: torch.Tensor, std: torch.Tens
 BAD_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def read_image(path: str | os.PathLike) -> Image.Image:
+#: what a training run's unreadable image adds to its error line (evaluate and visualize take no run config)
+SKIP_HINT = " (set data.skip_bad_images: true in the run config to skip such files)"
+
+
+def read_image(path: str | os.PathLike, hint: str = "") -> Image.Image:
     """An image file as an 8-bit RGB PIL image, decoded now; UserError naming the file when it cannot be
-    read. 16-bit greyscale (PIL modes I;16* and I) is scaled to 8 bit (value / 257) instead of being
-    clipped to white by PIL's convert."""
+    read (with `hint` appended). 16-bit greyscale (PIL modes I;16* and I) is scaled to 8 bit (value / 257)
+    instead of being clipped to white by PIL's convert."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -84,8 +89,13 @@ def read_image(path: str | os.PathLike) -> Image.Image:
                 image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
             return image.convert("RGB")
     except BAD_IMAGE_ERRORS as e:
-        raise UserError(f"cannot read image '{path}': {first_line(e)} (set data.skip_bad_images: true in "
-                        f"the run config to skip such files)") from None
+        raise UserError(f"cannot read image '{path}': {first_line(e)}{hint}") from None
+
+
+def _hint(skip_bad_images: Optional[bool]) -> str:
+    """A training run (which says skip_bad_images true or false) can skip unreadable images; other
+    commands (skip_bad_images None) take no run config, so their error line does not mention it."""
+    return SKIP_HINT if skip_bad_images is not None else ""
 
 
 def readable_images(paths: Sequence[Path]) -> Tuple[List[int], List[Path]]:
@@ -132,7 +142,7 @@ class ImageFolderClassification(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, img_size: int, train: bool,
-                 hflip: Optional[float] = None, skip_bad_images: bool = False):
+                 hflip: Optional[float] = None, skip_bad_images: Optional[bool] = None):
         from torchvision.datasets import ImageFolder
 
         self.root = Path(root)
@@ -160,7 +170,8 @@ class ImageFolderClassification(Dataset):
 
         try:
             self.folder = _Folder(str(folder), transform=classification_transform(self.img_size, train, hflip),
-                                  loader=read_image, is_valid_file=lambda p: _is_image(os.path.basename(p)),
+                                  loader=functools.partial(read_image, hint=_hint(skip_bad_images)),
+                                  is_valid_file=lambda p: _is_image(os.path.basename(p)),
                                   allow_empty=True)
         except FileNotFoundError as e:
             raise UserError(f"cannot read '{folder}': {first_line(e)}") from None
@@ -196,7 +207,7 @@ class SegmentationFolder(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, img_size: int, train: bool,
-                 num_classes: Optional[int] = None, hflip: Optional[float] = None, skip_bad_images: bool = False):
+                 num_classes: Optional[int] = None, hflip: Optional[float] = None, skip_bad_images: Optional[bool] = None):
         self.root = Path(root)
         self.split = split
         self.img_size = int(img_size)
@@ -224,6 +235,7 @@ class SegmentationFolder(Dataset):
             if not pairs:
                 raise UserError(f"no readable images in '{image_dir}'")
         self.pairs: List[Tuple[Path, Path]] = pairs
+        self._hint = _hint(skip_bad_images)
 
         meta = _read_meta(self.root, self.root.parent)
         if meta.get("seg_num_classes") is not None:
@@ -243,7 +255,7 @@ class SegmentationFolder(Dataset):
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         img_path, mask_path = self.pairs[i]
-        image = read_image(img_path)
+        image = read_image(img_path, self._hint)
         try:
             mask = Image.open(mask_path)
             mask.load()
@@ -280,13 +292,13 @@ def _segmentation_root(path: Path, split: str) -> Path:
 # --------------------------------------------------------------------------------------------- dispatch
 def _build_classification(path: Path, split: str, img_size: int, train: bool, **kw: Any) -> Dataset:
     return ImageFolderClassification(path, split, img_size, train, hflip=kw.get("hflip"),
-                                     skip_bad_images=kw.get("skip_bad_images", False))
+                                     skip_bad_images=kw.get("skip_bad_images"))
 
 
 def _build_segmentation(path: Path, split: str, img_size: int, train: bool, **kw: Any) -> Dataset:
     return SegmentationFolder(_segmentation_root(path, split), split, img_size, train,
                               num_classes=kw.get("num_classes"), hflip=kw.get("hflip"),
-                              skip_bad_images=kw.get("skip_bad_images", False))
+                              skip_bad_images=kw.get("skip_bad_images"))
 
 
 #: task name -> builder(path, split, img_size, train, **options); add a task by adding an entry
@@ -298,7 +310,7 @@ DATASETS: Dict[str, Callable[..., Dataset]] = {
 
 def build_dataset(path: str | os.PathLike, task: str, split: str, img_size: int, train: bool,
                   num_classes: Optional[int] = None, hflip: Optional[float] = None,
-                  skip_bad_images: bool = False) -> Dataset:
+                  skip_bad_images: Optional[bool] = None) -> Dataset:
     """The ``split`` of the data at ``path`` for ``task``, at ``img_size`` x ``img_size``.
 
     For segmentation ``path`` may be the segmentation root or the demo data root (its ``seg/`` is used).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -93,6 +94,13 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
     try:
         categories = {int(c["id"]) for c in data["categories"]}
         images = {int(im["id"]): im for im in data["images"]}
+        for kind, entries in (("image", data["images"]), ("category", data["categories"])):
+            seen: Dict[int, int] = {}
+            for n, entry in enumerate(entries):
+                if int(entry["id"]) in seen:  # a second entry would silently replace the first
+                    raise UserError(f"{where}: {kind} id {int(entry['id'])} is used twice ({kind} entries "
+                                    f"{seen[int(entry['id'])]} and {n}); ids must be unique")
+                seen[int(entry["id"])] = n
         for im in images.values():
             im["file_name"], im["width"], im["height"]  # noqa: B018 (presence check)
     except (KeyError, TypeError, ValueError) as e:
@@ -106,6 +114,9 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{where}: annotation {i} needs category_id, image_id and a 4-number bbox "
                             f"({first_line(e)})") from None
+        if not all(math.isfinite(v) for v in (x, y, w, h)):  # NaN passes every comparison below
+            named = f" (id {ann['id']})" if "id" in ann else ""
+            raise UserError(f"{where}: annotation {i}{named} has a non-finite bbox [{x:g}, {y:g}, {w:g}, {h:g}]")
         if cat not in categories:
             raise UserError(f"{where}: annotation {i} has unknown category id {cat} "
                             f"(categories: {', '.join(map(str, sorted(categories)))})")
