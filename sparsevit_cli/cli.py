@@ -435,8 +435,10 @@ def _backbone(model):
 def _fail(message: str, code: int = 2) -> None:
     """One line on stderr (however long or multi-line the message), then exit."""
     from rich.markup import escape
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False,
-                               soft_wrap=True)
+    from .errors import shorten
+    # a value no message cut (a 1 MB name echoed by a library) is cut here: the line stays readable
+    words = [shorten(word, 200) for word in message.split()]
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(' '.join(words))}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -462,24 +464,28 @@ def _interrupted_line(args: List[str], signum: int) -> str:
 
 
 @contextlib.contextmanager
-def _sigterm_as_exception():
-    """SIGTERM (a cluster's scheduler, `kill`) raises errors.Interrupted in the main thread, so that cleanup
-    runs as after Ctrl-C: no temporary file is left behind and the exit is one line."""
+def _signals_as_exceptions():
+    """SIGTERM (a cluster's scheduler, `kill`) and SIGINT (Ctrl-C) raise errors.Interrupted in the main
+    thread, so that cleanup runs (no temporary file is left behind, locks are released) and the exit is one
+    line. Yields the list of signals received (Click swallows the exception and returns 130 for both)."""
     import signal
     import threading
     from .errors import Interrupted
 
+    caught: List[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield caught
         return
 
     def handler(signum, frame):
+        caught.append(signum)
         raise Interrupted(signum)
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield caught
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -490,15 +496,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .errors import Interrupted, quiet_warnings
 
     args = list(sys.argv[1:] if argv is None else argv) or ["--help"]  # bare `sparsevit`: its help
+    caught: List[int] = []
     try:
-        with quiet_warnings(), _sigterm_as_exception():
+        with quiet_warnings(), _signals_as_exceptions() as caught:
             # not standalone: Typer would print a usage error as a 5-line box; it is one line below
             code = app(args=args, standalone_mode=False, prog_name="sparsevit")
-    except (typer.Abort, KeyboardInterrupt) as e:  # Click turns Ctrl-C (and our SIGTERM) into Abort
+    except (typer.Abort, KeyboardInterrupt) as e:  # Click may turn Ctrl-C (and our SIGTERM) into Abort
         cause = e if isinstance(e, KeyboardInterrupt) else e.__cause__
-        if not isinstance(cause, KeyboardInterrupt):  # Ctrl-D at a prompt
+        if not caught and not isinstance(cause, KeyboardInterrupt):  # Ctrl-D at a prompt
             _fail("aborted", 130)
-        signum = cause.signum if isinstance(cause, Interrupted) else signal.SIGINT
+        signum = caught[0] if caught else cause.signum if isinstance(cause, Interrupted) else signal.SIGINT
         _fail(_interrupted_line(args, signum), 128 + signum)
     except typer.TyperException as e:  # Click's usage errors (missing/unknown option, bad value, ...)
         ctx = getattr(e, "ctx", None)
@@ -514,6 +521,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         from .errors import first_line
         _fail(f"internal error, please report it ({type(e).__name__}: {first_line(e)}); run with "
               f"'sparsevit --verbose ...' for the traceback", INTERNAL_ERROR)
+    if caught:  # Click caught the interruption itself and returned 130
+        _fail(_interrupted_line(args, caught[0]), 128 + caught[0])
     if isinstance(code, int) and code:  # typer.Exit(code) inside a command
         sys.exit(code)
 

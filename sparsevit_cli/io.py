@@ -233,10 +233,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
 
 
 def _publish(tmp: Path, path: Path, keep_previous: Optional[str | os.PathLike]) -> None:
-    if keep_previous is not None and path.exists():
-        refuse_link(keep_previous)
+    """Rename `tmp` onto `path`; with `keep_previous`, the file `path` held moves there. The old file is
+    first hard-linked to a temporary name, so a failed rename leaves `path` (and `keep_previous`) as they
+    were; where hard links do not exist it is moved first, as before."""
+    if keep_previous is None or not path.exists():
+        os.replace(tmp, path)
+        return
+    refuse_link(keep_previous)
+    old = path.with_name(f".{path.name[:_TEMP_NAME_CHARS]}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.link(path, old)
+    except OSError:  # no hard links here (FAT, some network file systems)
         os.replace(path, keep_previous)
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+        return
+    try:
+        os.replace(tmp, path)
+        os.replace(old, keep_previous)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(old)
 
 
 def _fsync_file(path: Path) -> None:
@@ -450,7 +466,7 @@ def check_file(path: str | os.PathLike, what: str = "model file") -> Path:
     """`path` as a Path if it is a regular file (a link to one is fine); one clear line when it is missing,
     a directory, or a FIFO, device or socket (reading those could block or never end)."""
     path = Path(path)
-    if path.is_dir():
+    if os.path.isdir(path):
         raise UserError(f"{what} '{path}' is a directory, not a file")
     try:
         mode = path.stat().st_mode
@@ -463,6 +479,13 @@ def check_file(path: str | os.PathLike, what: str = "model file") -> Path:
     if not stat.S_ISREG(mode):
         raise UserError(f"{what} '{path}' is not a regular file (a FIFO, device or socket)")
     return path
+
+
+def check_name_length(path: Path, option: str) -> None:
+    """One line when a name in `path` is longer than file systems allow (255 bytes a name, 4095 a path)."""
+    too_long = next((part for part in path.parts if len(os.fsencode(part)) > 255), None)
+    if too_long is not None or len(os.fsencode(str(path.absolute()))) > 4095:
+        raise UserError(f"{option} '{shorten(str(path), 200)}': file name too long")
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -479,21 +502,19 @@ def check_output_file(path: str | os.PathLike, option: str = "--out",
     not a regular file, when a file stands where a folder above it should be, when its name is too long,
     or when it is one of the command's `inputs` ({option: path}; writing there would destroy that input)."""
     path = Path(path)
-    if path.is_dir():
+    check_name_length(path, option)
+    if os.path.isdir(path):
         raise UserError(f"{option} '{path}' is a directory, not a file: give the path of the file to write")
     refuse_link(path, option)
-    if os.path.lexists(path) and not path.is_file():
+    if os.path.lexists(path) and not os.path.isfile(path):
         raise UserError(f"{option} '{path}' is not a regular file (a FIFO, device or socket)")
-    too_long = next((part for part in path.parts if len(os.fsencode(part)) > 255), None)
-    if too_long is not None or len(os.fsencode(str(path.absolute()))) > 4095:
-        raise UserError(f"{option} '{shorten(str(path), 200)}': file name too long")
     for name, other in (inputs or {}).items():
         if other is not None and same_file(path, other):
             raise UserError(f"{option} '{path}' is the command's {name} too; writing it would destroy the input: "
                             f"choose another {option}")
     for folder in path.parents:
-        if folder.exists():
-            if not folder.is_dir():
+        if os.path.exists(folder):
+            if not os.path.isdir(folder):
                 raise UserError(f"{option} '{path}': '{folder}' is a file, not a folder")
             break
     return path
@@ -503,7 +524,8 @@ def check_output_dir(out: str | os.PathLike, option: str = "--out", holds: str =
     """The output folder `out`, created; one line when it (or a folder above it) is a file, or it cannot be
     created or written."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    check_name_length(out, option)
+    if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{option} '{out}' is a file; it must be a folder ({holds})")
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from .errors import UserError, first_line
+from .errors import UserError, first_line, shorten
 
 
 def create_timm_model(name: str, img_size: Optional[int] = None, **model_args: Any) -> nn.Module:
@@ -18,13 +18,13 @@ def create_timm_model(name: str, img_size: Optional[int] = None, **model_args: A
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5] if name else []
         hint = f" (did you mean: {', '.join(close)})" if close else ""
-        raise UserError(f"unknown timm model '{name}'{hint}")
+        raise UserError(f"unknown timm model '{shorten(name)}'{hint}")
     if img_size is not None:
         model_args["img_size"] = img_size
     try:
         model = timm.create_model(name, pretrained=False, **model_args)
     except Exception as e:  # user-given constructor args fail in many ways (IndexError for img_size: [] ...)
-        raise UserError(f"cannot build '{name}' with {model_args}: {first_line(e)}") from None
+        raise UserError(f"cannot build '{name}' with {shorten(model_args, 200)}: {first_line(e)}") from None
     if img_size is not None:
         check_img_size(model, img_size)
     return model

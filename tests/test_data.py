@@ -305,13 +305,16 @@ def test_unreadable_images_name_the_file_or_are_skipped(demo, tmp_path, workers)
               "truncated.png": good.read_bytes()[: len(good.read_bytes()) // 2]}
     for name, data in broken.items():
         (root / "train" / "3" / name).write_bytes(data)
-    ds = build_dataset(root, "classification", "train", 32, train=False)
-    loader = build_loader(ds, [list(range(len(ds)))], num_workers=workers)
-    with pytest.raises(UserError) as e:
-        list(iterate(loader))
-    message = str(e.value)
-    assert "\n" not in message and "cannot read image" in message and "skip_bad_images" in message
-    assert any(str(root / "train" / "3" / name) in message for name in broken)
+    # a training run (skip_bad_images false) is told of the option; evaluate (None) takes no run config
+    for skip, hint in ((False, True), (None, False)):
+        ds = build_dataset(root, "classification", "train", 32, train=False, skip_bad_images=skip)
+        loader = build_loader(ds, [list(range(len(ds)))], num_workers=workers)
+        with pytest.raises(UserError) as e:
+            list(iterate(loader))
+        message = str(e.value)
+        assert "\n" not in message and "cannot read image" in message
+        assert ("skip_bad_images" in message) == hint and ("run config" in message) == hint
+        assert any(str(root / "train" / "3" / name) in message for name in broken)
 
     kept = build_dataset(root, "classification", "train", 32, train=False, skip_bad_images=True)
     assert len(kept) == len(ds) - 3 and sorted(p.name for p in kept.skipped) == sorted(broken)

@@ -45,8 +45,8 @@ class ModelCfg(_Section):
         `drop_path_rate: 5.0` or `in_chans: 1` and fail, or train nonsense, later); others go to timm as given."""
         size = args.get("img_size")
         if size is not None and not (_is_int(size) and 1 <= size <= MAX_IMG_SIZE):
-            raise ValueError(f".img_size must be an integer in [1, {MAX_IMG_SIZE}] (square images, in pixels), "
-                             f"got {shorten(repr(size))}")
+            raise ValueError(f".img_size must be a positive integer (square images, in pixels), got "
+                             f"{shorten(repr(size))} (at most {MAX_IMG_SIZE})")
         for key in RATE_ARGS:
             if key in args:
                 value = args[key] = _yaml_float(args[key])
