@@ -139,10 +139,18 @@ def write_error(e: OSError, path: str | os.PathLike, what: str = "file", kept: b
 
 
 def refuse_link(path: str | os.PathLike, what: str = "file") -> None:
-    """One line when `path` is a symbolic link: the toolkit never writes through one, nor replaces it."""
+    """One line when `path` is a symbolic link, or a FIFO, socket or device: the toolkit never writes
+    through one, nor replaces it (someone set it up for a reason)."""
     if os.path.islink(path):
         raise UserError(f"{what} '{path}' is a symbolic link; sparsevit does not write through or over links: "
                         f"remove it or choose another path")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a directory is refused by the rename, in its words
+        raise UserError(f"{what} '{path}' is not a regular file (a FIFO, socket or device); remove it or choose "
+                        f"another path")
 
 
 def _new_temp(path: Path, suffix: str = "") -> tuple:
@@ -236,6 +244,8 @@ def _publish(tmp: Path, path: Path, keep_previous: Optional[str | os.PathLike]) 
     """Rename `tmp` onto `path`; with `keep_previous`, the file `path` held moves there. The old file is
     first hard-linked to a temporary name, so a failed rename leaves `path` (and `keep_previous`) as they
     were; where hard links do not exist it is moved first, as before."""
+    if os.path.isdir(path) and not os.path.islink(path):  # never moved aside as a "previous file"
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     if keep_previous is None or not path.exists():
         os.replace(tmp, path)
         return
@@ -418,7 +428,7 @@ class FolderLock:
             own = {self.NAME, self.KIND_FILE}
             holds_files = any(e.name not in own and not _TEMP_NAME.match(e.name) for e in self.folder.iterdir())
             if held is not None and held != self.kind and holds_files:
-                raise UserError(f"'{self.folder}' holds a {held} run, not a {self.kind} run; choose another "
+                raise UserError(f"'{self.folder}' holds {_a(held)} run, not {_a(self.kind)} run; choose another "
                                 f"--out (their files would mix)")
             if held != self.kind or not os.path.lexists(self.folder / self.KIND_FILE):
                 atomic_write_text(self.folder / self.KIND_FILE, self.kind + "\n", "run-kind file")
@@ -438,6 +448,10 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 #: files by which a folder written before run kinds were recorded shows what it holds

@@ -309,7 +309,14 @@ def build_from_meta(meta: MetaLike) -> Tuple[nn.Module, Any]:
     method = get_method(meta.method)
     backbone = create_timm_model(meta.model, **meta.model_args)
     backbone = method.wrap(backbone, **meta.method_options)
-    model = build_task_model(backbone, meta.task, meta.num_classes, **(meta.task_options or {}))
+    options = dict(meta.task_options or {})
+    reserved = next((k for k in ("backbone", "task", "num_classes") if k in options), None)
+    if reserved is not None:  # a head option may not restate what the metadata says once
+        raise UserError(f"model metadata: task_options.{reserved} is not a task option (the metadata says it once)")
+    try:
+        model = build_task_model(backbone, meta.task, meta.num_classes, **options)
+    except TypeError as e:  # a head's constructor refusing an option stored under task_options
+        raise UserError(f"model metadata: task_options do not fit the {meta.task} head: {first_line(e)}") from None
     return model, method
 
 

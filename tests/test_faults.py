@@ -358,7 +358,7 @@ def test_a_fresh_run_over_a_run_or_another_mode_is_refused(run_copy, capsys):
     code, _, err = _run(cli_args("finetune", cfg), capsys)
     one_line(code, err, "already holds a run (last.pt); pass --resume to continue it, or choose another --out")
     code, _, err = _run(cli_args("adapt", cfg, resume=True), capsys)
-    one_line(code, err, "belongs to a finetune run, not adapt")
+    one_line(code, err, "holds a finetune run, not an adapt run")
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(run_copy, capsys, monkeypatch):

@@ -237,3 +237,96 @@ def test_fuzzer_sees_every_command():
     """A new command is fuzzed without editing this file; this pins that the tree is read at all."""
     _, names = _commands()
     assert {"finetune", "adapt", "search", "export", "measure", "info", "visualize", "demo-data", "evaluate"} <= set(names)
+
+
+# ------------------------------------------------------------------------------------------- model files
+MODEL_META_KEYS = ["format", "method", "model", "model_args", "img_size", "task", "num_classes", "class_names",
+                   "sparsity", "method_options", "task_options", "space", "trained_by"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A valid micro 10-class model file (the fuzz data's classes), the seed every metadata mutation starts from."""
+    import timm
+    import torch
+    from sparsevit_cli import sparsify
+    from sparsevit_cli.model_file import save_model
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("fuzz-model") / "model.safetensors"
+    model = sparsify(timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, **MICRO_ARGS), [[0.0], [0.5]])
+    save_model(path, model, {"model": "swin_tiny_patch4_window7_224", "model_args": dict(MICRO_ARGS, num_classes=10),
+                             "img_size": 64, "num_classes": 10, "sparsity": [[0.0], [0.5]]})
+    return path
+
+
+@st.composite
+def mutated_model_file(draw, src, dst):
+    """`src` rewritten with 1-3 hostile metadata edits, metadata that is not JSON or nests deeply, a wrong or
+    missing digest, or a NaN in a tensor; returns a description."""
+    import json
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from sparsevit_cli.model_file import DIGEST_KEY, weights_digest
+
+    state = load_file(str(src))
+    with safe_open(str(src), framework="pt") as f:
+        meta = json.loads(f.metadata()["sparsevit"])
+    how = draw(st.sampled_from(["edit", "edit", "edit", "raw", "deep", "digest", "nan"]))
+    raw, digest = None, weights_digest(state)
+    if how == "edit":
+        for _ in range(draw(st.integers(1, 3))):
+            key = draw(st.sampled_from(MODEL_META_KEYS + ["zzz"]))
+            if draw(st.integers(0, 4)) == 0:
+                meta.pop(key, None)
+            else:
+                meta[key] = draw(st.one_of(HOSTILE_VALUES, st.sampled_from(
+                    ["sparsevit-model/1", "sparsevit-model/2", "sparsevit-model/3", 64, 96, [[0.5], [0.5]],
+                     ["a"] * 3, "detection", "psvit", {"img_size": 96}, {"num_classes": 3}])))
+    elif how == "raw":
+        raw = draw(st.sampled_from(["", "{", "[]", "null", '{"model": 3}', "x" * 2_000_000, '{"model": "a"}']))
+    elif how == "deep":
+        depth = draw(st.sampled_from([100, 5_000, 100_000]))
+        raw = json.dumps(meta)[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
+    elif how == "digest":
+        digest = draw(st.sampled_from(["", "0" * 64, digest[::-1]]))
+    else:
+        name = draw(st.sampled_from(sorted(k for k, v in state.items() if v.is_floating_point())))
+        state[name].view(-1)[0] = draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+        digest = weights_digest(state)
+    metadata = {"sparsevit": raw if raw is not None else json.dumps(meta, allow_nan=True)}
+    if digest:
+        metadata[DIGEST_KEY] = digest
+    save_file(state, str(dst), metadata=metadata)
+    return f"{how}: {metadata['sparsevit'][:300]!r}"
+
+
+@pytest.mark.parametrize("command", ["info", "evaluate"])
+def test_fuzzed_model_file_metadata_never_crashes(world, model_file, tmp_path_factory, command):
+    def make_argv(data, case):
+        case.mkdir(parents=True)
+        path = case / "model.safetensors"
+        what = data.draw(mutated_model_file(model_file, path))
+        argv = ["info", path] if command == "info" else \
+               ["evaluate", "--checkpoint", path, "--data", world / "data", "--max-samples", "2"]
+        return argv, f"{argv} with {what}"
+
+    fuzz_command_lines(tmp_path_factory.mktemp(f"meta-{command}"), make_argv)
+
+
+# ------------------------------------------------------------------------------------------- file system faults
+def test_fuzzed_filesystem_faults_on_every_writer(model_file, tmp_path_factory, monkeypatch):
+    """Writers drawn against file-system faults (writer_helpers.check_writer_fault: a link, a FIFO, a read-only
+    or full file system, a name too long, a file above, a directory in the way); test_hostile runs every pair."""
+    from writer_helpers import FILE_NAMES, FS_FAULTS, WRITER_NAMES, check_writer_fault, writers
+
+    table = writers(model_file)
+    root = tmp_path_factory.mktemp("fs-faults")
+    counter = iter(range(10 ** 6))
+
+    @FUZZ
+    @given(writer=st.sampled_from(WRITER_NAMES), fault=st.sampled_from(FS_FAULTS))
+    def check(writer, fault):
+        check_writer_fault(table[writer], FILE_NAMES.get(writer, "out.bin"), fault, root / f"case{next(counter)}",
+                           monkeypatch)
+
+    check()

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from sparsevit_cli.errors import UserError
 from sparsevit_cli.model_file import DIGEST_KEY, read_meta, save_model, weights_digest
 from cli_helpers import assert_one_line_error, run_cli
+from writer_helpers import FILE_NAMES, FS_FAULTS, WRITER_NAMES, check_writer_fault, temp_files, writers as _writers
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "swin_tiny_patch4_window7_224"
@@ -63,10 +64,6 @@ def rewrite(src, dst, state=None, meta=None, raw_meta=None, digest=True):
         metadata[DIGEST_KEY] = weights_digest(state)
     save_file(state, str(dst), metadata=metadata)
     return dst
-
-
-def temp_files(folder):
-    return [p.name for p in Path(folder).iterdir() if ".tmp" in p.name]
 
 
 def command_lines(path, data_dir, tmp_path):
@@ -255,41 +252,6 @@ def test_a_run_that_would_replace_its_own_starting_model_file_is_refused(model_f
 
 
 # ---- every writer against full / read-only file systems, long and invalid names
-def _writers(model_file):
-    """name -> write(path): one call of each writer the toolkit has (one per kind of output)."""
-    from sparsevit_cli.io import atomic_output, atomic_torch_save, atomic_write_json, atomic_write_yaml
-    from sparsevit_cli.search.evolution import write_output
-    from sparsevit_cli.train.state import write_history
-    from sparsevit_cli.model_file import load
-
-    def png(path):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from sparsevit_cli.io import atomic_write
-        fig = Figure(figsize=(2, 2))
-        FigureCanvasAgg(fig)
-        fig.add_subplot(1, 1, 1).plot([0, 1], [1, 0])
-        atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True, what="picture")
-
-    def by_name(path):  # an exporter writes by name
-        with atomic_output(path, "onnx export") as tmp:
-            tmp.write_bytes(b"\0" * 200_000)
-
-    big = {"w": torch.zeros(100_000)}
-    return {
-        "checkpoint": lambda p: atomic_torch_save(p, big, keep_previous=p.with_name("prev.pt"), what="checkpoint"),
-        "model file": lambda p: save_model(p, load(model_file), read_meta(model_file)),
-        "best.yaml": lambda p: write_output(p, "x: 1\n" * 50_000, "best"),
-        "history.jsonl": lambda p: write_history(p.parent, [{"epoch": i} for i in range(20_000)]),
-        "report": lambda p: atomic_write_json(p, list(range(50_000))),
-        "yaml": lambda p: atomic_write_yaml(p, {"k": list(range(50_000))}),
-        "png": png,
-        "export": by_name,
-    }
-
-
-WRITER_NAMES = ["checkpoint", "model file", "best.yaml", "history.jsonl", "report", "yaml", "png", "export"]
-FILE_NAMES = {"history.jsonl": "metrics.jsonl", "model file": "model.safetensors"}
 
 
 def _mount(folder, options):
@@ -351,6 +313,13 @@ def test_every_writer_turns_each_os_error_into_one_line(tmp_path, monkeypatch, m
     with pytest.raises(UserError, match=f"cannot write .*{target.name}.*is kept"):
         write(target)
     assert target.read_bytes() == b"previous" and temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("fault", FS_FAULTS)
+@pytest.mark.parametrize("writer", WRITER_NAMES)
+def test_every_writer_against_every_file_system_fault(model_file, tmp_path, monkeypatch, writer, fault):
+    check_writer_fault(_writers(model_file)[writer], FILE_NAMES.get(writer, "out.bin"), fault, tmp_path / "case",
+                       monkeypatch)
 
 
 def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path):
