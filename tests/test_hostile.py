@@ -322,6 +322,22 @@ def test_every_writer_against_every_file_system_fault(model_file, tmp_path, monk
                        monkeypatch)
 
 
+@pytest.mark.parametrize("command", ["finetune", "search", "export", "visualize", "demo-data"])
+def test_a_300_character_out_is_one_line(model_file, data_dir, tmp_path, capsys, command):
+    long_out = tmp_path / ("o" * 300)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name": MODEL, "args": MICRO_ARGS}, "data": {"path": str(data_dir)},
+                                   "epochs": 1, "batch_size": 8}))
+    argv = {"finetune": ["finetune", cfg, "--out", long_out, "--no-progress"],
+            "search": command_lines(model_file, data_dir, tmp_path)["search"][:5] + ["--out", long_out,
+                                                                                      "--budget-macs", "50%"],
+            "export": ["export", "--checkpoint", model_file, "--out", str(long_out) + ".onnx"],
+            "visualize": command_lines(model_file, data_dir, tmp_path)["visualize"][:5] + ["--out", str(long_out) + ".png"],
+            "demo-data": ["demo-data", long_out]}[command]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "too long")
+
+
 def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path):
     from sparsevit_cli.io import atomic_write_text
     with pytest.raises(UserError, match="file name too long"):

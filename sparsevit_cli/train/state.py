@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .. import dist
 from ..errors import UserError, first_line
-from ..io import FolderLock, atomic_torch_save, atomic_write_text, remove_stale_temp_files, torch_load_weights
+from ..io import FolderLock, atomic_torch_save, check_name_length, atomic_write_text, remove_stale_temp_files, torch_load_weights
 
 CHECKPOINT = "last.pt"
 PREVIOUS = "prev.pt"
@@ -55,6 +55,7 @@ def run_folder(out: Path, resume: bool, kind: Optional[str] = None) -> Iterator[
 
 
 def _claim(out: Path, resume: bool, kind: Optional[str]) -> FolderLock:
+    check_name_length(out, "--out")  # Path.exists raises on a name too long
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file, not a folder")
     lock = FolderLock(out, "--out folder", kind=kind).acquire()
