@@ -15,7 +15,7 @@ import re
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Callable, Dict, IO, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, IO, Iterator, List, Optional
 
 import yaml
 
@@ -181,21 +181,20 @@ class _RecordingFile:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, what: str = "file",
-                  keep_previous: Optional[str | os.PathLike] = None, suffix: str = "") -> Iterator[Path]:
-    """Yield the path of a new, empty temporary file beside `path` for a writer that writes by name (an
-    exporter, a plotting library); when the block ends without error the file replaces `path` (with
-    `keep_previous`, an existing `path` is first renamed there). On any error the temporary file is removed
-    and `path` is left as it was; an OSError becomes one UserError line."""
-    path = Path(path)
+def _replacing(path: Path, what: str, keep_previous: Optional[str | os.PathLike], suffix: str = "",
+               sync: bool = False) -> Iterator[tuple]:
+    """The one protocol behind every write: yields (fd, temporary path) of a new sibling of `path`; when the
+    block ends without error the file is fsynced (`sync`: by reopening it, for writers that closed it) and
+    renamed onto `path`. On any error (Ctrl-C and SIGTERM included) the temporary file is removed and
+    `path` left as it was; an OSError becomes one UserError line."""
     refuse_link(path, what)
     tmp: Optional[Path] = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _new_temp(path, suffix)
-        os.close(fd)
-        yield tmp
-        _fsync_file(tmp)
+        yield fd, tmp
+        if sync:
+            _fsync_file(tmp)
         _publish(tmp, path, keep_previous)
     except BaseException as e:
         if tmp is not None:
@@ -207,18 +206,24 @@ def atomic_output(path: str | os.PathLike, what: str = "file",
     _fsync_folder(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, what: str = "file",
+                  keep_previous: Optional[str | os.PathLike] = None, suffix: str = "") -> Iterator[Path]:
+    """Yield the path of a new, empty temporary file beside `path` for a writer that writes by name (an
+    exporter, a plotting library); when the block ends without error the file replaces `path` (with
+    `keep_previous`, an existing `path` is first renamed there). On any error the temporary file is removed
+    and `path` is left as it was; an OSError becomes one UserError line."""
+    with _replacing(Path(path), what, keep_previous, suffix, sync=True) as (fd, tmp):
+        os.close(fd)
+        yield tmp
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False,
                  keep_previous: Optional[str | os.PathLike] = None, what: str = "file") -> None:
     """Call `write(file)` on a temporary file beside `path`, then rename it onto `path`. With
     `keep_previous`, an existing `path` is first renamed there (a checkpoint keeps its predecessor).
     A failed write is one UserError line (see `atomic_output`); `path` is then as it was."""
-    path = Path(path)
-    refuse_link(path, what)
-    tmp: Optional[Path] = None
-    recorder = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _new_temp(path)
+    with _replacing(Path(path), what, keep_previous) as (fd, tmp):
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             recorder = _RecordingFile(f)
             try:
@@ -229,15 +234,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
                 raise
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        _publish(tmp, path, keep_previous)
-    except BaseException as e:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise write_error(e, path, what) from None
-        raise
-    _fsync_folder(path.parent)
 
 
 def _publish(tmp: Path, path: Path, keep_previous: Optional[str | os.PathLike]) -> None:
