@@ -526,3 +526,10 @@ def test_evaluate_on_a_bad_image_does_not_point_at_a_run_config(model_file, data
     code, _, err = run_cli(["evaluate", "--checkpoint", model_file, "--data", data], capsys)
     assert_one_line_error(code, err, "cannot read image")
     assert "run config" not in err
+
+
+def test_demo_data_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_fs, capsys):
+    code, _, err = run_cli(["demo-data", tiny_fs / "d", "--img-size", "64", "--train", "60", "--val", "30"], capsys)
+    assert_one_line_error(code, err, "No space left on device")
+    assert [p.name for p in tiny_fs.iterdir()] in ([], ["d"])
+    assert not any((tiny_fs / "d").iterdir()) if (tiny_fs / "d").exists() else True

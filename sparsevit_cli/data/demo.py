@@ -50,7 +50,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from ..errors import UserError
-from ..io import parse_yaml
+from ..io import parse_yaml, write_error
 
 #: bump when the pixels change, so an old folder is not mistaken for the current one
 GENERATOR_VERSION = 1
@@ -365,13 +365,17 @@ def write_demo_data(out_dir: str | os.PathLike, img_size: int = 224, n_train: in
                 raise UserError(f"'{out}' already holds other demo data ({diff}); remove it first or write elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp: Optional[Path] = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:64]}.tmp-", dir=out.parent))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the data set should be readable like any folder
         _write_tree(tmp, meta, progress)
         _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # full disk, read-only, ...: one line; a previous data set stays as it was
+            raise write_error(e, out, "demo data set") from None
         raise
     return _info(out, meta, written=True)
 
