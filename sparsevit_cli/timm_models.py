@@ -42,12 +42,8 @@ def check_img_size(model: nn.Module, img_size: int) -> None:
 
 def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     """Read a state dict from a .pth/.pt/.bin (torch) or .safetensors file; unwrap 'model'/'state_dict'."""
-    from .io import torch_load_weights
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"checkpoint '{path}' is a directory, not a file")
-    if not path.is_file():
-        raise UserError(f"checkpoint '{path}' not found")
+    from .io import check_file, torch_load_weights
+    path = check_file(path, "checkpoint")  # missing, a directory, a FIFO, a name too long: one line
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:

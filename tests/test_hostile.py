@@ -533,3 +533,12 @@ def test_demo_data_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_fs, capsys
     assert_one_line_error(code, err, "No space left on device")
     assert [p.name for p in tiny_fs.iterdir()] in ([], ["d"])
     assert not any((tiny_fs / "d").iterdir()) if (tiny_fs / "d").exists() else True
+
+
+@pytest.mark.parametrize("command", ["measure", "info", "evaluate"])
+def test_a_300_character_checkpoint_name_is_one_line(tmp_path, capsys, command):
+    path = tmp_path / ("c" * 300 + ".safetensors")
+    argv = {"measure": ["measure", "--checkpoint", path], "info": ["info", path],
+            "evaluate": ["evaluate", "--checkpoint", path, "--data", tmp_path]}[command]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "file name too long")

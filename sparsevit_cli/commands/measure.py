@@ -9,6 +9,7 @@ the MAC-ideal speedup (efficiency = measured speedup / ideal).
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -68,7 +69,7 @@ def measured_models(model: Optional[str], checkpoint: Optional[Path], img_size: 
     from ..model_file import config_option, read_meta
 
     config = config_option(config_path, sparsity)
-    meta = read_meta(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
+    meta = read_meta(checkpoint) if checkpoint is not None and os.path.isfile(checkpoint) else None
     if meta is not None:
         return _from_model_file(Path(checkpoint), meta, model, img_size, config)
     return _from_timm(model or DEFAULT_MODEL, checkpoint, DEFAULT_IMG_SIZE if img_size is None else img_size,
