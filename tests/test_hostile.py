@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from sparsevit_cli.model_file import DIGEST_KEY, read_meta, save_model, weights_
 from cli_helpers import assert_one_line_error, run_cli
 from writer_helpers import FILE_NAMES, FS_FAULTS, WRITER_NAMES, check_writer_fault, temp_files, writers as _writers
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL = "swin_tiny_patch4_window7_224"
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
 
@@ -149,9 +147,10 @@ def test_metadata_nested_100000_deep_is_one_line(model_file, data_dir, tmp_path,
 
 def test_a_checkpoint_of_another_depth_says_the_architecture_differs(tmp_path):
     from sparsevit_cli.timm_models import load_timm_checkpoint
-    small_s = timm.create_model("swin_small_patch4_window7_224", embed_dim=16, num_heads=[1, 1, 1, 1])
+    small = dict(img_size=64, window_size=4, embed_dim=8, num_heads=[1, 1, 1, 1])
+    small_s = timm.create_model("swin_small_patch4_window7_224", **small)
     torch.save(small_s.state_dict(), tmp_path / "swin_s.pth")
-    tiny = timm.create_model(MODEL, embed_dim=16, num_heads=[1, 1, 1, 1])
+    tiny = timm.create_model(MODEL, **small)
     with pytest.raises(UserError, match=r"another architecture \(blocks per stage \[2, 2, 18, 2\], the model has "
                                         r"\[2, 2, 6, 2\]\)") as e:
         load_timm_checkpoint(tiny, tmp_path / "swin_s.pth")
@@ -348,29 +347,29 @@ def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("signame,code", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_a_signal_mid_write_leaves_no_temp_file_and_says_one_line(model_file, tmp_path, signame, code):
-    """A real process: `info` whose weights check writes a file and gets the signal halfway through it."""
+def test_a_signal_mid_write_leaves_no_temp_file_and_says_one_line(model_file, tmp_path, capsys, monkeypatch,
+                                                                   signame, code):
+    """`info` whose weights check writes a file and gets a real signal halfway through it (main installs the
+    handlers in this very process)."""
+    import signal
+    import sparsevit_cli.model_file as mf
+    from sparsevit_cli.io import atomic_write
     target = tmp_path / "out.txt"
     target.write_text("previous")
-    script = f"""
-import os, signal, time
-import sparsevit_cli.model_file as mf
-from sparsevit_cli.io import atomic_write
-def write(f):
-    f.write("half")
-    f.flush()
-    os.kill(os.getpid(), signal.{signame})
-    time.sleep(30)
-mf.read_weights = lambda path, meta=None: atomic_write({str(target)!r}, write)
-from sparsevit_cli.cli import main
-main(["finetune-like-info-check"] if False else ["info", {str(model_file)!r}])
-"""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == code, proc.stderr
-    assert len(lines) == 1 and f"interrupted ({signame})" in lines[0], proc.stderr
+
+    def write(f):
+        f.write("half")
+        f.flush()
+        os.kill(os.getpid(), getattr(signal, signame))
+        raise AssertionError("the signal did not interrupt the write")
+    monkeypatch.setattr(mf, "read_weights", lambda path, meta=None: atomic_write(target, write))
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    got, _, err = run_cli(["info", model_file], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got == code, err
+    assert len(lines) == 1 and f"interrupted ({signame})" in lines[0], err
     assert target.read_text() == "previous" and temp_files(tmp_path) == []
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers restored
 
 
 def test_resumable_commands_say_how_to_continue():

@@ -41,7 +41,7 @@ def writers(model_file):
         "best.yaml": lambda p: write_output(p, "x: 1\n" * 50_000, "best"),
         "history.jsonl": lambda p: write_history(p.parent, [{"epoch": i} for i in range(20_000)]),
         "report": lambda p: atomic_write_json(p, list(range(50_000))),
-        "yaml": lambda p: atomic_write_yaml(p, {"k": list(range(50_000))}),
+        "yaml": lambda p: atomic_write_yaml(p, {"k": list(range(2_000))}),
         "png": png,
         "export": by_name,
     }

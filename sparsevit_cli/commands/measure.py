@@ -77,9 +77,12 @@ def measured_models(model: Optional[str], checkpoint: Optional[Path], img_size: 
 
 
 def _from_timm(name: str, checkpoint: Optional[Path], img_size: int, config) -> MeasuredModels:
+    from ..io import check_file
     from ..methods import method_for_model
     from ..timm_models import create_timm_model, load_timm_checkpoint
 
+    if checkpoint is not None:  # a missing or unreadable file costs no model build
+        check_file(checkpoint, "checkpoint")
     dense = create_timm_model(name, img_size=img_size)
     method = method_for_model(dense)
     if checkpoint is not None:
