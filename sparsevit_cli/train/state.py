@@ -7,7 +7,8 @@
   steps since the checkpoint before, which the resumed run repeats exactly.
 - `metrics.jsonl`: the history, rewritten from the loaded state on resume, so a line logged after the
   last checkpoint is not kept twice.
-- `.lock` (io.FolderLock): one run per folder at a time.
+- `.lock` (io.FolderLock): one run per folder at a time; `.sparsevit-run`: the kind of run the folder
+  holds (finetune, adapt; search folders say search), so no other kind of run mixes its files in.
 
 Checkpoints are loaded with `torch.load(weights_only=True)`: tensors and plain Python values only, so a
 file that carries pickled code is refused, never run.
