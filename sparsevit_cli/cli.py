@@ -223,15 +223,21 @@ def evaluate(
     max_samples: Optional[int] = typer.Option(None, min=1, help="Score a fixed random subset of this many images "
                                                                 "(default: all)."),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:N)."),
+    results_json: Optional[str] = typer.Option(None, help="Detectors: write the detections of the config asked "
+                                                          "for (not the --dense row) as a COCO results file "
+                                                          "(xywh boxes, the data's category ids, scores, RLE "
+                                                          "masks), as pycocotools' loadRes reads it."),
+    per_class: bool = typer.Option(False, "--per-class", help="Detectors: AP of every category too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Score a model file on your data: the task's metrics (top-1, mIoU, COCO box/mask AP, %) and GMACs per
-    image (the whole task model as executed, and its backbone), under its config or another one."""
+    image (the whole task model as executed, and its backbone), under its config or another one. Detectors:
+    COCO's standard summary (AP, AP50, AP75, APs/m/l, AR@1/10/100, ARs/m/l) of boxes (and masks) too."""
     from .commands.evaluate import EvaluateOptions, run_evaluate
 
     result = run_evaluate(EvaluateOptions(checkpoint=checkpoint, data=data, config=config, sparsity=sparsity,
                                           dense=dense, split=split, batch_size=batch_size, max_samples=max_samples,
-                                          device=device))
+                                          device=device, results_json=results_json, per_class=per_class))
     if result is None:  # a torchrun rank other than 0
         return
     if as_json:
@@ -245,6 +251,40 @@ def evaluate(
         table.add_row(format_config(r["config"]), *(f"{r[m]:.2f}" for m in result["metrics"]),
                       f"{r['gmacs']:.3g}" + (f" ({r['gmacs'] / dense_row['gmacs']:.0%})" if dense else ""),
                       f"{r['backbone_gmacs']:.3g}")
+    console.print(table)
+    if "coco" in result["rows"][-1]:
+        _print_coco_summary(result)
+    if "results_json" in result:
+        console.print(f"wrote {result['results_json']} (COCO results of {format_config(result['rows'][-1]['config'])})")
+
+
+#: COCOeval's summary as the table shows it (key in `detection.coco.SUMMARY_NAMES`, header)
+_COCO_COLUMNS = (("ap", "AP"), ("ap50", "AP50"), ("ap75", "AP75"), ("ap_small", "APs"), ("ap_medium", "APm"),
+                 ("ap_large", "APl"), ("ar1", "AR1"), ("ar10", "AR10"), ("ar100", "AR100"))
+
+
+def _print_coco_summary(result: dict) -> None:
+    """COCOeval's standard summary of every row and metric (box, mask), and the per-category AP if asked."""
+    def pct(v):
+        return "-" if v is None else f"{v:.1f}"  # None: no ground truth in that size range
+
+    table = Table(title="COCO summary (pycocotools COCOeval, %)")
+    for col in ("config", "", *(h for _, h in _COCO_COLUMNS)):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        for metric, stats in r["coco"].items():
+            table.add_row(format_config(r["config"]), metric.replace("_ap", ""),
+                          *(pct(stats[k]) for k, _ in _COCO_COLUMNS))
+    console.print(table)
+    if "per_class" not in next(iter(result["rows"][-1]["coco"].values())):
+        return
+    table = Table(title="AP per category (%)")
+    table.add_column("category", justify="left")
+    columns = [(r, metric) for r in result["rows"] for metric in r["coco"]]
+    for r, metric in columns:
+        table.add_column(f"{metric.replace('_ap', '')} {r['name']}", justify="right")
+    for name in next(iter(result["rows"][-1]["coco"].values()))["per_class"]:
+        table.add_row(name, *(pct(r["coco"][metric]["per_class"][name]) for r, metric in columns))
     console.print(table)
 
 

@@ -301,12 +301,17 @@ class Segmentation(Task):
 # --------------------------------------------------------------------------------------------- detection
 class CocoAP(Metric):
     """COCO AP (%) from pycocotools' COCOeval over the images seen (results gathered from every rank).
-    `compute` returns the task's metric; `compute_all` every AP the task reports (box, and mask)."""
+    `compute` returns the task's metric; `compute_all` every AP the task reports (box, and mask);
+    `summary` COCOeval's whole standard summary per reported metric (AP50, AP75, APs/m/l, AR@1/10/100, ...),
+    per category on request; `coco_results` the COCO results file's entries (the dataset's category ids).
+    Gathering and COCOeval run once per metric object (every rank must call the same methods)."""
 
     def __init__(self, dataset, metric_name: str, reported: Sequence[str]):
         self.dataset, self.metric_name, self.reported = dataset, metric_name, tuple(reported)
         self.results: List[Dict[str, Any]] = []
         self.image_ids: List[int] = []
+        self._gathered: Optional[Tuple[List[Dict[str, Any]], List[int]]] = None
+        self._evals: Dict[str, Any] = {}
 
     def update(self, outputs, targets) -> None:
         from .detection.coco import to_coco_results
@@ -314,14 +319,43 @@ class CocoAP(Metric):
         ids = [int(t["image_id"]) for t in targets]
         self.image_ids += ids
         self.results += to_coco_results(outputs, ids, self.dataset.category_ids)
+        self._gathered, self._evals = None, {}
+
+    def _all_ranks(self) -> Tuple[List[Dict[str, Any]], List[int]]:
+        if self._gathered is None:
+            gathered = dist.all_gather_object((self.results, self.image_ids))
+            self._gathered = ([r for part in gathered for r in part[0]], [i for part in gathered for i in part[1]])
+        return self._gathered
+
+    def _eval(self, name: str):
+        from .detection.coco import run_cocoeval
+
+        if name not in self._evals:
+            results, image_ids = self._all_ranks()
+            self._evals[name] = run_cocoeval(self.dataset.coco, results, name, image_ids)
+        return self._evals[name]
+
+    def coco_results(self) -> List[Dict[str, Any]]:
+        """Every rank's detections as COCO results (xywh boxes, the dataset's category ids, scores, RLE masks
+        for instance segmentation), in image order: what a COCO results JSON file holds."""
+        return sorted(self._all_ranks()[0], key=lambda r: r["image_id"])
+
+    def summary(self, per_class: bool = False) -> Dict[str, Dict[str, Any]]:
+        """{reported metric: COCOeval's summary (`coco.SUMMARY_NAMES`, %; None: no ground truth in that size
+        range), plus 'per_class': {category name: AP} with `per_class`}."""
+        from .detection.coco import per_class_ap, summary_stats
+
+        out = {}
+        for name in self.reported:
+            ev = self._eval(name)
+            out[name] = summary_stats(ev)
+            if per_class:
+                out[name]["per_class"] = per_class_ap(ev, self.dataset.coco)
+        return out
 
     def compute_all(self) -> Dict[str, float]:
-        from .detection.coco import coco_ap
-
-        gathered = dist.all_gather_object((self.results, self.image_ids))
-        results = [r for part in gathered for r in part[0]]
-        image_ids = [i for part in gathered for i in part[1]]
-        return {name: coco_ap(self.dataset.coco, results, name, image_ids)["ap"] for name in self.reported}
+        # AP is None only where the images seen hold no ground truth at all: nothing to find scores 0
+        return {name: stats["ap"] or 0.0 for name, stats in self.summary().items()}
 
     def compute(self) -> float:
         return self.compute_all()[self.metric_name]

@@ -161,6 +161,38 @@ def test_coco_ap_equals_pycocotools_own_numbers(tmp_path):
     assert 10.0 < box < 90.0 and 10.0 < mask < 90.0  # a case with hits and misses, not a trivial 0 or 100
 
 
+def test_coco_summary_and_per_class_ap_are_pycocotools_own(tmp_path):
+    """The whole summary is COCOeval.stats; a category's AP equals COCOeval run on that category alone."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ann = _write_coco(tmp_path, GT)
+    dataset = CocoDetection(tmp_path / "images", ann)
+    metric = get_task("instance_segmentation").metric(dataset)
+    for i in range(len(dataset)):
+        target = dataset.target(i)
+        metric.update([_prediction(int(target["image_id"]))], [target])
+    summary = metric.summary(per_class=True)
+    results = metric.coco_results()
+    assert {r["category_id"] for r in results} == {3, 7}  # the file's ids, not labels 1..K
+    gt = COCO(str(ann))
+    for name, iou_type in (("box_ap", "bbox"), ("mask_ap", "segm")):
+        drop = "bbox" if iou_type == "segm" else "segmentation"
+        dt = gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in results])
+        ev = COCOeval(gt, dt, iou_type)
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        stats = summary[name]
+        assert [stats[k] for k in ("ap", "ap50", "ap75", "ar1", "ar10", "ar100")] == pytest.approx(
+            [ev.stats[i] * 100 for i in (0, 1, 2, 6, 7, 8)])
+        assert stats["ap_small"] is None or stats["ap_small"] == pytest.approx(ev.stats[3] * 100)
+        for cat_id, cat_name in ((3, "cat"), (7, "dog")):
+            one = COCOeval(gt, dt, iou_type)
+            one.params.catIds = [cat_id]
+            one.evaluate(), one.accumulate(), one.summarize()
+            assert stats["per_class"][cat_name] == pytest.approx(one.stats[0] * 100)
+        assert len(set(stats["per_class"].values())) == 2  # the two categories score differently
+
+
 def test_perfect_and_empty_predictions(tmp_path):
     # a hand-written box-only file without the optional fields: detection needs none of them
     gt = [{k: v for k, v in ann.items() if k in ("image_id", "category_id", "bbox")} for ann in GT]
@@ -179,12 +211,17 @@ BAD = {
     "missing": (None, "not found"),
     "corrupt": ("{not json", "not valid JSON"),
     "empty": ([], "empty annotation list"),
-    "unknown category": ([_box_ann(1, 1, 99, [1, 1, 5, 5])], "unknown category id 99"),
-    "unknown image": ([_box_ann(1, 5, 3, [1, 1, 5, 5])], "unknown image id 5"),
+    # an annotation is named by its COCO id (what a user searches the file for) and its list position
+    "unknown category": ([_box_ann(17, 1, 99, [1, 1, 5, 5])], r"annotation id 17 \(#0 in the list\) has unknown "
+                                                              r"category id 99"),
+    "unknown image": ([_box_ann(1, 1, 3, [1, 1, 5, 5]), _box_ann(42, 5, 3, [1, 1, 5, 5])],
+                      r"annotation id 42 \(#1 in the list\) refers to unknown image id 5"),
     "outside": ([_box_ann(1, 1, 3, [50, 50, 30, 30])], "lies outside image 'a.png'"),
+    "no id": ([{k: v for k, v in _box_ann(1, 1, 3, [1, 1, 5, 5]).items() if k not in ("id", "bbox")}],
+              r"annotation #0 in the list \(no id\) needs category_id, image_id and a 4-number bbox"),
     "absent image": ("absent", "image 'absent.png' listed in .* is missing from"),
     "no mask": ([{k: v for k, v in _box_ann(1, 1, 3, [1, 1, 5, 5]).items() if k != "segmentation"}],
-                "annotation 0 has no valid segmentation"),
+                r"annotation id 1 \(#0 in the list\) has no valid segmentation"),
 }
 
 
