@@ -275,6 +275,88 @@ def test_detector_macs_count_backbone_neck_and_heads_as_executed():
     assert detector_macs(model, method, half_cfg, size, batch_size=2) == 2 * sum(half.values())
 
 
+#: heads sized to a small backbone: every size option away from torchvision's default
+SIZED = dict(box_representation_size=48, mask_head_convs=2, mask_head_channels=24, anchor_sizes=[12, [24, 40], 64],
+             anchor_aspect_ratios=[1.0, 2.0], box_batch_size_per_image=16, box_positive_fraction=0.5,
+             rpn_batch_size_per_image=32, rpn_positive_fraction=0.25)
+
+
+def _fvcore(module, *inputs) -> int:
+    """fvcore's count of `module(*inputs)`'s matrix products and convolutions (its norms and pooling left out)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    f = FlopCountAnalysis(module, inputs)
+    f.unsupported_ops_warnings(False)
+    f.uncalled_modules_warnings(False)
+    return sum(v for op, v in f.by_operator().items() if op in ("conv", "linear", "addmm", "matmul"))
+
+
+class _Seq(torch.nn.Module):
+    """head then predictor, as the RoI heads run them (fvcore traces one module)."""
+
+    def __init__(self, *mods):
+        super().__init__()
+        self.mods = torch.nn.ModuleList(mods)
+
+    def forward(self, x):
+        for m in self.mods:
+            x = m(x)
+        return x
+
+
+class _FPN(torch.nn.Module):
+    """The FPN on stage maps given as tensors (fvcore traces tensor inputs)."""
+
+    def __init__(self, fpn):
+        super().__init__()
+        self.fpn = fpn
+
+    def forward(self, *stages):
+        return tuple(self.fpn({str(i): s for i, s in enumerate(stages)}).values())
+
+
+def test_head_options_size_the_heads_and_their_macs_agree_with_fvcore():
+    K, size, C = 3, 64, LIGHT["fpn_channels"]
+    default = build_detector(sparsify(micro_swin(size)), K, masks=True, **LIGHT)
+    sized = build_detector(sparsify(micro_swin(size)), K, masks=True, **{**LIGHT, **SIZED})
+    roi, rpn = sized.roi_heads, sized.rpn
+    assert roi.box_head.fc7.out_features == 48 and roi.box_predictor.cls_score.in_features == 48
+    assert len(roi.mask_head) == 2 and roi.mask_head[-1][0].out_channels == 24
+    assert roi.mask_predictor.conv5_mask.in_channels == 24 and roi.mask_predictor.mask_fcn_logits.out_channels == K + 1
+    assert rpn.anchor_generator.sizes == ((12,), (24, 40), (64,))
+    assert rpn.anchor_generator.num_anchors_per_location() == [2, 4, 2]
+    assert (roi.fg_bg_sampler.batch_size_per_image, roi.fg_bg_sampler.positive_fraction) == (16, 0.5)
+    assert (rpn.fg_bg_sampler.batch_size_per_image, rpn.fg_bg_sampler.positive_fraction) == (32, 0.25)
+    # defaults stay torchvision's: same modules and names, so a default file's keys never change
+    assert default.roi_heads.box_head.fc7.out_features == 1024 and len(default.roi_heads.mask_head) == 4
+    assert set(sized.state_dict()) <= set(default.state_dict())
+
+    method = get_method("sparsevit")
+    parts = detector_macs(sized, method, [[0.0], [0.0]], size, breakdown=True).parts
+    n, d = LIGHT["rpn_post_nms_top_n_test"], LIGHT["box_detections_per_img"]
+    with torch.no_grad():
+        assert parts["box_head"] == _fvcore(_Seq(roi.box_head, roi.box_predictor), torch.zeros(n, C, 7, 7))
+        assert parts["mask_head"] == _fvcore(_Seq(roi.mask_head, roi.mask_predictor), torch.zeros(d, C, 14, 14))
+        stages = sized.backbone.body.forward_intermediates(torch.zeros(1, 3, size, size), intermediates_only=True)
+        feats = list(sized.backbone.fpn({str(i): s for i, s in enumerate(stages)}).values())
+        assert parts["rpn"] == _fvcore(rpn.head, feats)  # 2 or 4 anchors per location by level
+        assert parts["neck"] == _fvcore(_FPN(sized.backbone.fpn), *stages)
+    # the resized heads are a small part of the default ones (what makes the backbone's share grow)
+    base = detector_macs(default, method, [[0.0], [0.0]], size, breakdown=True).parts
+    assert parts["mask_head"] < base["mask_head"] / 20 and parts["box_head"] < base["box_head"] / 10
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"anchor_sizes": [8, 16]}, "anchor_sizes needs 3 entries"),
+    ({"anchor_sizes": ["big", 1, 2]}, "anchor_sizes needs 3 entries"),
+    ({"anchor_aspect_ratios": [0.0]}, "anchor_aspect_ratios must be positive"),
+    ({"mask_head_convs": 0}, "mask_head_convs must be >= 1"),
+])
+def test_bad_head_sizes_are_one_line(options, needle):
+    with pytest.raises(UserError, match=needle):
+        build_detector(sparsify(micro_swin(64)), 3, masks=True, **options)
+
+
 # --------------------------------------------------------------------------------------------- demo data
 def _hashes(root: Path):
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

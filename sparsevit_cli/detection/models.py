@@ -11,7 +11,7 @@ Plain ViTs (PSViT) are refused: they have one stride-16 map and no stages, and a
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,13 @@ from ..errors import UserError
 
 #: FPN width (torchvision's and the Swin Mask R-CNN configs' 256)
 FPN_CHANNELS = 256
+#: torchvision's head sizes (its FasterRCNN / MaskRCNN defaults): the box head's two-layer MLP width and the
+#: mask head's 3x3 convolutions (count and width; the mask predictor's upsampling keeps that width)
+BOX_REPRESENTATION_SIZE = 1024
+MASK_HEAD_CONVS = 4
+MASK_HEAD_CHANNELS = 256
+#: anchor aspect ratios (h / w) per location, torchvision's
+ANCHOR_ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
 def check_hierarchical(backbone: nn.Module, task: str) -> None:
@@ -78,29 +85,77 @@ def _mean_std(body: nn.Module):
     return list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), list(cfg.get("std", IMAGENET_DEFAULT_STD))
 
 
-def _levels(backbone: nn.Module, masks: bool) -> Dict[str, nn.Module]:
+def _levels(backbone: nn.Module, masks: bool, anchor_sizes=None,
+            aspect_ratios=ANCHOR_ASPECT_RATIOS) -> Dict[str, nn.Module]:
     """Anchors and RoI poolers for the backbone's own pyramid: torchvision's defaults assume four
     stages (strides 4-32, anchors 32-512 px); a backbone with other stages gets one anchor size per
-    level, 8x the level's stride (torchvision's ratio), and RoI pooling over all stage levels."""
+    level, 8x the level's stride (torchvision's ratio), and RoI pooling over all stage levels.
+    `anchor_sizes`: one size (px) or a list of sizes per level instead, finest level first."""
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
     strides = [info["reduction"] for info in backbone.feature_info]
     strides.append(strides[-1] * 2)  # LastLevelMaxPool's extra level
+    if anchor_sizes is None:
+        sizes = tuple((8 * s,) for s in strides)
+    else:
+        try:
+            sizes = tuple(tuple(int(v) for v in (a if isinstance(a, (list, tuple)) else [a])) for a in anchor_sizes)
+        except (TypeError, ValueError):
+            sizes = ()
+        if len(sizes) != len(strides) or not all(sizes) or min(min(a) for a in sizes) < 1:
+            raise UserError(f"task_options.anchor_sizes needs {len(strides)} entries of sizes >= 1 px, one per "
+                            f"pyramid level (strides {', '.join(map(str, strides))}), got {list(anchor_sizes)}")
+    try:
+        ratios = tuple(float(r) for r in aspect_ratios)
+    except (TypeError, ValueError):
+        ratios = ()
+    if not ratios or not min(ratios) > 0:
+        raise UserError(f"task_options.anchor_aspect_ratios must be positive numbers, got {list(aspect_ratios)}")
     names = [str(i) for i in range(len(backbone.feature_info))]
-    levels = {"rpn_anchor_generator": AnchorGenerator(tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides)),
+    levels = {"rpn_anchor_generator": AnchorGenerator(sizes, (ratios,) * len(strides)),
               "box_roi_pool": MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2)}
     if masks:
         levels["mask_roi_pool"] = MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2)
     return levels
 
 
+def _heads(fpn_channels: int, num_classes: int, masks: bool, box_representation_size: int,
+           mask_head_convs: int, mask_head_channels: int) -> Dict[str, nn.Module]:
+    """The RoI heads and predictors when a head is sized away from torchvision's defaults (none otherwise: a
+    default detector is then exactly torchvision's, its random initialisation included). Same modules, same
+    state-dict names: TwoMLPHead + FastRCNNPredictor, MaskRCNNHeads + MaskRCNNPredictor."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    for name, value in (("box_representation_size", box_representation_size),
+                        ("mask_head_convs", mask_head_convs), ("mask_head_channels", mask_head_channels)):
+        if int(value) < 1:
+            raise UserError(f"task_options.{name} must be >= 1, got {value}")
+    if box_representation_size == BOX_REPRESENTATION_SIZE and (
+            not masks or (mask_head_convs, mask_head_channels) == (MASK_HEAD_CONVS, MASK_HEAD_CHANNELS)):
+        return {}
+    # torchvision takes either num_classes or the predictors: with one head resized, all are given here
+    heads = {"box_head": TwoMLPHead(fpn_channels * 7 * 7, box_representation_size),  # 7: box_roi_pool's size
+             "box_predictor": FastRCNNPredictor(box_representation_size, num_classes)}
+    if masks:
+        heads["mask_head"] = MaskRCNNHeads(fpn_channels, [mask_head_channels] * mask_head_convs, 1)
+        heads["mask_predictor"] = MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes)
+    return heads
+
+
 def build_detector(backbone: nn.Module, num_classes: int, masks: bool = False, img_size: Optional[int] = None,
-                   fpn_channels: int = FPN_CHANNELS, **detector_args) -> nn.Module:
+                   fpn_channels: int = FPN_CHANNELS, box_representation_size: int = BOX_REPRESENTATION_SIZE,
+                   mask_head_convs: int = MASK_HEAD_CONVS, mask_head_channels: int = MASK_HEAD_CHANNELS,
+                   anchor_sizes: Optional[Sequence] = None,
+                   anchor_aspect_ratios: Sequence[float] = ANCHOR_ASPECT_RATIOS, **detector_args) -> nn.Module:
     """Faster R-CNN (or Mask R-CNN with `masks`) for `num_classes` object categories (background is added)
     on `backbone`. `img_size` sets torchvision's resize (shorter side, longest side capped at the same):
-    the backbone's own image size by default, so square inputs of that size are not resized. Other keyword
-    arguments go to torchvision's FasterRCNN / MaskRCNN (e.g. `rpn_post_nms_top_n_test`)."""
+    the backbone's own image size by default, so square inputs of that size are not resized. Heads sized to
+    the backbone: `fpn_channels`, `box_representation_size` (the box head's MLP width), `mask_head_convs` and
+    `mask_head_channels` (the mask head's 3x3 convolutions), `anchor_sizes` (per pyramid level) and
+    `anchor_aspect_ratios`; torchvision's sizes by default. Other keyword arguments go to torchvision's
+    FasterRCNN / MaskRCNN (e.g. `rpn_post_nms_top_n_test`, `box_batch_size_per_image`, `rpn_positive_fraction`)."""
     from torchvision.models.detection import FasterRCNN, MaskRCNN
 
     task = "instance_segmentation" if masks else "detection"
@@ -111,7 +166,9 @@ def build_detector(backbone: nn.Module, num_classes: int, masks: bool = False, i
         size = getattr(getattr(backbone, "patch_embed", None), "img_size", None) or (800, 800)
         img_size = int(max(size))
     mean, std = _mean_std(backbone)
-    args = dict(min_size=img_size, max_size=img_size, image_mean=mean, image_std=std, **_levels(backbone, masks))
+    heads = _heads(fpn_channels, num_classes + 1, masks, box_representation_size, mask_head_convs, mask_head_channels)
+    args = dict(min_size=img_size, max_size=img_size, image_mean=mean, image_std=std,
+                **_levels(backbone, masks, anchor_sizes, anchor_aspect_ratios), **heads)
     args.update(detector_args)
     cls = MaskRCNN if masks else FasterRCNN
-    return cls(SwinFPN(backbone, fpn_channels), num_classes=num_classes + 1, **args)
+    return cls(SwinFPN(backbone, fpn_channels), num_classes=None if heads else num_classes + 1, **args)

@@ -149,8 +149,31 @@ class TaskOptions(_Section):
     box_detections_per_img: Optional[int] = Field(None, ge=1)
     box_score_thresh: Optional[float] = Field(None, ge=0, le=1)
     box_nms_thresh: Optional[float] = Field(None, ge=0, le=1)
+    # heads sized to the backbone (detection / instance segmentation; torchvision's sizes by default)
+    box_representation_size: Optional[int] = Field(None, ge=1, description="the box head's MLP width (1024)")
+    mask_head_convs: Optional[int] = Field(None, ge=1, description="the mask head's 3x3 convolutions (4)")
+    mask_head_channels: Optional[int] = Field(None, ge=1, description="their width and the mask upsampling's (256)")
+    anchor_sizes: Optional[List[Any]] = Field(None, description=(
+        "anchor size in px per pyramid level, finest first (a number or a list per level); default 8x the "
+        "level's stride"))
+    anchor_aspect_ratios: Optional[List[float]] = Field(None, description="anchor h/w ratios ([0.5, 1, 2])")
+    # torchvision's RoI and RPN sampling while training, and its proposal counts
+    rpn_pre_nms_top_n_train: Optional[int] = Field(None, ge=1)
+    rpn_post_nms_top_n_train: Optional[int] = Field(None, ge=1)
+    rpn_nms_thresh: Optional[float] = Field(None, ge=0, le=1)
+    rpn_fg_iou_thresh: Optional[float] = Field(None, ge=0, le=1)
+    rpn_bg_iou_thresh: Optional[float] = Field(None, ge=0, le=1)
+    rpn_batch_size_per_image: Optional[int] = Field(None, ge=1, description="anchors sampled per image (256)")
+    rpn_positive_fraction: Optional[float] = Field(None, gt=0, le=1, description="of them positive at most (0.5)")
+    box_fg_iou_thresh: Optional[float] = Field(None, ge=0, le=1)
+    box_bg_iou_thresh: Optional[float] = Field(None, ge=0, le=1)
+    box_batch_size_per_image: Optional[int] = Field(None, ge=1, description="RoIs sampled per image (512)")
+    box_positive_fraction: Optional[float] = Field(None, gt=0, le=1, description="of them positive at most (0.25)")
 
-    _numbers = field_validator("dropout", "box_score_thresh", "box_nms_thresh", mode="before")(_yaml_float)
+    _numbers = field_validator("dropout", "box_score_thresh", "box_nms_thresh", "rpn_nms_thresh",
+                               "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_positive_fraction",
+                               "box_fg_iou_thresh", "box_bg_iou_thresh", "box_positive_fraction",
+                               mode="before")(_yaml_float)
 
     def given(self) -> Dict[str, Any]:
         """The options set, as keyword arguments for `Task.build`."""
