@@ -294,18 +294,20 @@ def test_bad_task_options_are_one_line(tmp_path, demo, capsys, task_name, option
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def regrouped_copy(demo, dest, groups: int = 3):
-    """The demo COCO set with its 10 digit categories folded into `groups` new ones (digit % groups): the
-    same images and boxes, data with other classes than a model trained on the demo."""
+def regrouped_copy(demo, dest, groups: int = 3, ids=None):
+    """The demo COCO set with its 10 digit categories folded into `groups` new ones (digit % groups) with
+    category ids `ids` (1..groups by default): the same images and boxes, data with other classes than a model
+    trained on the demo."""
     import shutil
 
+    ids = list(ids or range(1, groups + 1))
     shutil.copytree(demo / "det", dest)
     for ann_file in (dest / "annotations").glob("instances_*.json"):
         data = json.loads(ann_file.read_text())
         digit = {c["id"]: int(c["name"]) for c in data["categories"]}
-        data["categories"] = [{"id": g + 1, "name": "abc"[g], "supercategory": "group"} for g in range(groups)]
+        data["categories"] = [{"id": ids[g], "name": "abc"[g], "supercategory": "group"} for g in range(groups)]
         for ann in data["annotations"]:
-            ann["category_id"] = digit[ann["category_id"]] % groups + 1
+            ann["category_id"] = ids[digit[ann["category_id"]] % groups]
         ann_file.write_text(json.dumps(data))
     return dest
 
