@@ -76,7 +76,8 @@ def measure(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Measure dense vs sparse speed on a device: batch-1 latency and throughput, each against the MAC-ideal
-    speedup (efficiency). A task model file is timed whole (a detector end to end, its heads in the MACs)."""
+    speedup (efficiency). A task model file is timed whole (a detector end to end, its heads in the MACs) and
+    its backbone alone (a second pair of rows; `backbone` in --json)."""
     from .commands.measure import measure_dense_vs_sparse, measured_models
 
     models = measured_models(model, checkpoint, img_size, sparsity, config)
@@ -87,18 +88,26 @@ def measure(
         print(json.dumps(r.to_dict()))
         return
     how = "torch.compile" if r.compiled else "eager"
-    table = Table(title=f"{r.model} @ {r.img_size}², {r.device} {dtype}, {how} (median of {repeats}, interleaved)")
-    # short headers keep the table unwrapped in an 80-column terminal; the caption spells them out
-    for col in ("model", "GMACs", "ideal", "ms b1", "speedup", "eff.", f"img/s b{r.batch_size}", "speedup", "eff."):
-        table.add_column(col, justify="right")
-    table.add_row("dense (timm)", f"{r.dense_gmacs:.3g}", "1.00x", f"{r.dense_ms:.1f}", "1.00x", "",
-                  f"{r.dense_images_per_s:.1f}", "1.00x", "")
-    table.add_row(f"sparse {format_config(r.sparsity)}", f"{r.sparse_gmacs:.3g}", f"{r.ideal_speedup:.2f}x",
-                  f"{r.sparse_ms:.1f}", f"{r.speedup:.2f}x", f"{r.efficiency:.2f}", f"{r.sparse_images_per_s:.1f}",
-                  f"{r.throughput_speedup:.2f}x", f"{r.throughput_efficiency:.2f}")
-    table.caption = (f"GMACs per image; ideal: dense/sparse MACs; ms b1: batch-1 latency; img/s b{r.batch_size}: "
-                     f"throughput at batch {r.batch_size}; eff.: measured speedup / ideal")
-    console.print(table)
+    parts = [("", r.to_dict())] if r.backbone is None else [
+        (f"{models.task} model, end to end: ", r.to_dict()),
+        ("its backbone alone (on the batch it reads in the task model): ", r.backbone)]
+    for part, n in parts:  # a task model: one table per part, each readable in an 80-column terminal
+        table = Table(title=f"{part}{r.model} @ {r.img_size}², {r.device} {dtype}, {how} (median of {repeats}, "
+                            f"interleaved)")
+        # short headers keep the table unwrapped in an 80-column terminal; the caption spells them out
+        for col in ("model", "GMACs", "ideal", "ms b1", "speedup", "eff.", f"img/s b{r.batch_size}", "speedup",
+                    "eff."):
+            table.add_column(col, justify="right")
+        table.add_row("dense (timm)", f"{n['dense_gmacs']:.3g}", "1.00x", f"{n['dense_ms']:.1f}", "1.00x", "",
+                      f"{n['dense_images_per_s']:.1f}", "1.00x", "")
+        table.add_row(f"sparse {format_config(r.sparsity)}", f"{n['sparse_gmacs']:.3g}",
+                      f"{n['ideal_speedup']:.2f}x", f"{n['sparse_ms']:.1f}", f"{n['speedup']:.2f}x",
+                      f"{n['efficiency']:.2f}", f"{n['sparse_images_per_s']:.1f}", f"{n['throughput_speedup']:.2f}x",
+                      f"{n['throughput_efficiency']:.2f}")
+        if part == parts[-1][0]:
+            table.caption = (f"GMACs per image; ideal: dense/sparse MACs; ms b1: batch-1 latency; img/s "
+                             f"b{r.batch_size}: throughput at batch {r.batch_size}; eff.: measured speedup / ideal")
+        console.print(table)
 
 
 def _run_config(config: Optional[Path], overrides: dict):

@@ -81,6 +81,10 @@ class Task:
     def reset_head(self, model: nn.Module, num_classes: int) -> str:
         raise NotImplementedError
 
+    def backbone_input(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """What the sparse backbone reads when the task model runs on `images` (B, 3, H, W): the images."""
+        return images
+
     def export_module(self, model: nn.Module) -> Tuple[nn.Module, Optional[str]]:
         """(what `export` writes for this task's model, a line saying what part that is or None when it is
         the whole model). Input: normalised images (B, 3, S, S)."""
@@ -410,6 +414,11 @@ class Detection(Task):
             roi.mask_predictor = MaskRCNNPredictor(logits.in_channels, logits.out_channels, num_classes + 1)
             layers += " and roi_heads.mask_predictor"
         return _reset_line(layers, old, num_classes)
+
+    def backbone_input(self, model, images):
+        """The detector's transform of `images`: normalised, resized to its size and padded to its stride."""
+        model = getattr(model, "module", model)
+        return model.transform(list(images))[0].tensors
 
     def export_module(self, model):
         """The sparse backbone only: its stage maps (the FPN's input); torchvision's FPN, RPN and RoI heads

@@ -163,6 +163,18 @@ def test_measure_times_a_detector_model_file_with_its_own_heads(detector, capsys
     assert r["dense_gmacs"] == pytest.approx(task.macs(model, method, [[0.0], [0.0]], SIZE) / 1e9)
     assert r["dense_gmacs"] > task.backbone_macs(model, method, [[0.0], [0.0]], SIZE) / 1e9
     assert r["dense_ms"] > 0 and r["sparse_ms"] > 0
+    # beside it the backbone alone, timed on the batch it reads in the detector, its MACs the backbone's
+    bb = r["backbone"]
+    assert bb["dense_gmacs"] == pytest.approx(task.backbone_macs(model, method, [[0.0], [0.0]], SIZE) / 1e9)
+    assert bb["sparse_gmacs"] == pytest.approx(task.backbone_macs(model, method, [[0.3], [0.3]], SIZE) / 1e9)
+    assert bb["ideal_speedup"] > r["ideal_speedup"] > 1.0  # the dense heads dilute the whole detector's
+    assert 0 < bb["sparse_ms"] < r["sparse_ms"] and bb["speedup"] == pytest.approx(bb["dense_ms"] / bb["sparse_ms"])
+    code, out, err = run_cli(["measure", "--checkpoint", str(model_file), "--repeats", "1", "--warmup", "0",
+                              "--batch-size", "2"], capsys)
+    assert code == 0, err
+    text = " ".join(out.split())
+    # the backbone's table follows the whole detector's
+    assert 0 <= text.index("detection model, end to end") < text.index("its backbone alone")
 
 
 def test_a_backbone_mac_budget_counts_the_backbone_alone(tmp_path, demo, detector, capsys):
