@@ -309,7 +309,9 @@ def visualize(
                                                       "model's; must match it)."),
     out: Path = typer.Option(..., help="Picture to write (.png; .pdf, .svg, .jpg also work), written atomically."),
     score_threshold: Optional[float] = typer.Option(None, help="Detectors: draw predictions scoring at least "
-                                                               "this (default 0.5)."),
+                                                               "this, in [0, 1]. Default 0.5, and when no "
+                                                               "prediction reaches it (a young model), the 5 best "
+                                                               "with a line saying so."),
 ):
     """Draw the windows each stage keeps over an image (pruned windows dimmed), like SparseViT's figure 1;
     for detection and instance-segmentation models, the predicted boxes (and masks) too."""
@@ -323,6 +325,8 @@ def visualize(
         shown = ", ".join(f"{d['class']} {d['score']:.2f}" for d in result["detections"][:10])
         more = f", ... ({len(result['detections'])} in all)" if len(result["detections"]) > 10 else ""
         console.print(f"detections: {len(result['detections'])}" + (f" ({shown}{more})" if shown else ""))
+        if "note" in result:
+            console.print(f"note: {result['note']}", highlight=False)
     console.print(f"wrote {result['out']}")
 
 
