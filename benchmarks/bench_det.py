@@ -74,14 +74,15 @@ console = Console(width=160)  # a table readable in logs too (no terminal there)
 
 
 class EndToEnd(nn.Module):
-    """A torchvision detector taking a batch tensor (what `time_models` feeds) instead of a list of images."""
+    """A torchvision detector on its own list of images (canvases of mixed shapes, which no batch tensor
+    holds): `time_models` feeds a tensor, which only says the device; the detector resizes and pads the list."""
 
-    def __init__(self, detector: nn.Module):
+    def __init__(self, detector: nn.Module, images: List[torch.Tensor]):
         super().__init__()
-        self.detector = detector
+        self.detector, self.images = detector, images
 
     def forward(self, x: torch.Tensor):
-        return self.detector(list(x))
+        return self.detector(self.images)
 
 
 def uniform_at_budget(method, body: nn.Module, img_size: int, fraction: float) -> float:
@@ -179,18 +180,18 @@ def untrained_detectors(args, num_classes: int, uniform: float) -> Dict[str, nn.
     return {"dense": dense, f"uniform {uniform:.0%}": sparse}
 
 
-def measure(models: Dict[str, nn.Module], images: torch.Tensor, dense_config, args) -> List[Dict[str, Any]]:
+def measure(models: Dict[str, nn.Module], images: List[torch.Tensor], dense_config, args) -> List[Dict[str, Any]]:
     """MACs by part and interleaved latencies (end to end, backbone only) of every model, per batch size."""
     method = get_method("sparsevit")
     rows = []
     sparse_twin = next(m for m in models.values() if hasattr(backbone_of(m), "sparsity"))
     for bs in args.batch_sizes:
-        x = images[:bs] if len(images) >= bs else images.repeat((bs + len(images) - 1) // len(images), 1, 1, 1)[:bs]
-        x = x.contiguous()
+        x = [images[i % len(images)] for i in range(bs)]  # val canvases of mixed aspect ratios
         first = next(iter(models.values()))
         with torch.no_grad():  # what the backbone reads: the detector's normalised (and padded) batch
-            batch = first.transform(list(x))[0].tensors
-        e2e = time_models({k: EndToEnd(m) for k, m in models.items()}, x, warmup=args.warmup, repeats=args.repeats)
+            batch = first.transform(x)[0].tensors
+        e2e = time_models({k: EndToEnd(m, x) for k, m in models.items()}, batch, warmup=args.warmup,
+                          repeats=args.repeats)
         bb = time_models({k: BackboneFeatures(m.backbone.body).eval() for k, m in models.items()}, batch,
                          warmup=args.warmup, repeats=args.repeats)
         for name, model in models.items():
@@ -258,7 +259,7 @@ def main(argv=None) -> Dict[str, Any]:
     cli("demo-data", data, "--img-size", args.img_size, "--train", args.train, "--val", args.val, "--detection")
     task = get_task(args.task)
     val = task.dataset(data, "val", args.img_size, train=False)
-    images = torch.stack([val[i][0] for i in range(min(len(val), max(args.batch_sizes)))])
+    images = [val[i][0] for i in range(min(len(val), max(args.batch_sizes)))]
 
     method = get_method("sparsevit")
     probe = sv.sparsify(timm.create_model(args.model, img_size=args.img_size, **args.model_args))

@@ -59,8 +59,10 @@ def measure(
     checkpoint: Optional[Path] = typer.Option(None, help="sparsevit model file (.safetensors from adapt/finetune: "
                                                          "it describes its model) or a plain timm checkpoint "
                                                          "(.pth/.safetensors, with --model)."),
-    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (square); default: the model "
-                                                      "file's, else 672."),
+    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (square: the reference size "
+                                                      "MACs and timings are stated at; a detector resizes and "
+                                                      "pads it as at test time); default: the model file's, "
+                                                      "else 672."),
     batch_size: int = typer.Option(64, min=1, help="Batch of the throughput row (images/s); latency is batch 1."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: Precision = typer.Option(Precision.fp32, help="Precision: fp32, fp16 (CUDA only) or bf16."),
@@ -174,7 +176,9 @@ def search(
     budget_macs: Optional[str] = typer.Option(None, help="MAC budget: GMACs per image batch (e.g. 2.5) or a "
                                                          "percentage of the dense model (e.g. 50%); the whole "
                                                          "task model as executed (detectors: backbone, FPN, "
-                                                         "RPN and RoI heads)."),
+                                                         "RPN and RoI heads), for images of --img-size square "
+                                                         "(detectors: as their resize and padding make it; the "
+                                                         "default resize fits every image in that square)."),
     budget_latency: Optional[str] = typer.Option(None, help="Latency budget on --device: milliseconds per "
                                                             "forward (e.g. 20ms) or a percentage of dense (60%), "
                                                             "timed end to end on the first --batch-size val "

@@ -41,6 +41,9 @@ class TaskOptions(TypedDict, total=False):
     the detector's resize and torchvision's FasterRCNN / MaskRCNN arguments (any other is kept as given)."""
     fpn_channels: int
     img_size: int
+    min_size: Union[int, List[int]]
+    max_size: int
+    size_divisible: int
     rpn_pre_nms_top_n_test: int
     rpn_post_nms_top_n_test: int
     box_detections_per_img: int

@@ -22,7 +22,7 @@ from sparsevit_cli.detection.models import build_detector
 from sparsevit_cli.errors import UserError
 from sparsevit_cli.methods import get_method
 from sparsevit_cli.swin.cost import swin_macs
-from sparsevit_cli.swin.patch import sparsify
+from sparsevit_cli import sparsify
 from sparsevit_cli.tasks import get_task
 
 MICRO_ARGS = {"embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}

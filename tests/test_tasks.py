@@ -8,7 +8,7 @@ from task_helpers import train_losses
 import pytest
 
 from sparsevit_cli.errors import UserError
-from sparsevit_cli.swin.patch import sparsify
+from sparsevit_cli import sparsify
 from sparsevit_cli.tasks import TASKS, MeanIoU, SemanticFPN, backbone_of, build_task_model, get_task
 
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2, 2], "num_heads": [1, 2, 2], "window_size": 4}

@@ -11,7 +11,7 @@ Plain ViTs (PSViT) are refused: they have one stride-16 map and no stages, and a
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -144,18 +144,37 @@ def _heads(fpn_channels: int, num_classes: int, masks: bool, box_representation_
     return heads
 
 
+def _sizes(name: str, value) -> Tuple[int, ...]:
+    """A resize side (or, for `min_size`, a list of them) as positive ints; one line naming the option else."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise UserError(f"task_options.{name} must be a positive number of pixels"
+                        f"{' or a list of them' if name == 'min_size' else ''}, got {value!r}")
+    return tuple(values)
+
+
 def build_detector(backbone: nn.Module, num_classes: int, masks: bool = False, img_size: Optional[int] = None,
-                   fpn_channels: int = FPN_CHANNELS, box_representation_size: int = BOX_REPRESENTATION_SIZE,
+                   fpn_channels: int = FPN_CHANNELS, min_size=None, max_size: Optional[int] = None,
+                   size_divisible: Optional[int] = None, box_representation_size: int = BOX_REPRESENTATION_SIZE,
                    mask_head_convs: int = MASK_HEAD_CONVS, mask_head_channels: int = MASK_HEAD_CHANNELS,
                    anchor_sizes: Optional[Sequence] = None,
                    anchor_aspect_ratios: Sequence[float] = ANCHOR_ASPECT_RATIOS, **detector_args) -> nn.Module:
     """Faster R-CNN (or Mask R-CNN with `masks`) for `num_classes` object categories (background is added)
-    on `backbone`. `img_size` sets torchvision's resize (shorter side, longest side capped at the same):
-    the backbone's own image size by default, so square inputs of that size are not resized. Heads sized to
-    the backbone: `fpn_channels`, `box_representation_size` (the box head's MLP width), `mask_head_convs` and
-    `mask_head_channels` (the mask head's 3x3 convolutions), `anchor_sizes` (per pyramid level) and
-    `anchor_aspect_ratios`; torchvision's sizes by default. Other keyword arguments go to torchvision's
-    FasterRCNN / MaskRCNN (e.g. `rpn_post_nms_top_n_test`, `box_batch_size_per_image`, `rpn_positive_fraction`)."""
+    on `backbone`. Other keyword arguments go to torchvision's FasterRCNN / MaskRCNN (e.g.
+    `rpn_post_nms_top_n_test`, `box_batch_size_per_image`, `rpn_positive_fraction`).
+
+    Images keep their aspect ratio: torchvision's transform scales each so its shorter side is `min_size`
+    unless its longer side would pass `max_size`, then pads the batch to a common size, a multiple of
+    `size_divisible`. `min_size` may be a list (multi-scale training: each training image draws one;
+    evaluation uses the last, as torchvision does). `img_size` sets both sides at once, and defaults to
+    the backbone's own image size: every image then fits an img_size square canvas, which is the size a MAC
+    budget is stated at (`detection.cost`). `size_divisible` defaults to the backbone's largest stride
+    (patch x 2^(stages - 1), 32 for Swin-T): every stage map is then exact and the anchors sit on the stage
+    grid; the sparse engine pads each stage to whole windows itself, as timm does, and runs any size.
+
+    Heads sized to the backbone: `fpn_channels`, `box_representation_size` (the box head's MLP width),
+    `mask_head_convs` and `mask_head_channels` (the mask head's 3x3 convolutions), `anchor_sizes` (per pyramid
+    level) and `anchor_aspect_ratios`; torchvision's sizes by default."""
     from torchvision.models.detection import FasterRCNN, MaskRCNN
 
     task = "instance_segmentation" if masks else "detection"
@@ -165,10 +184,15 @@ def build_detector(backbone: nn.Module, num_classes: int, masks: bool = False, i
     if img_size is None:
         size = getattr(getattr(backbone, "patch_embed", None), "img_size", None) or (800, 800)
         img_size = int(max(size))
+    min_sizes = _sizes("min_size", img_size if min_size is None else min_size)
+    max_size = _sizes("max_size", img_size if max_size is None else max_size)[0]
+    if size_divisible is None:
+        size_divisible = max(info["reduction"] for info in backbone.feature_info)
+    size_divisible = _sizes("size_divisible", size_divisible)[0]
     mean, std = _mean_std(backbone)
     heads = _heads(fpn_channels, num_classes + 1, masks, box_representation_size, mask_head_convs, mask_head_channels)
-    args = dict(min_size=img_size, max_size=img_size, image_mean=mean, image_std=std,
-                **_levels(backbone, masks, anchor_sizes, anchor_aspect_ratios), **heads)
+    args = dict(min_size=min_sizes, max_size=max_size, size_divisible=size_divisible, image_mean=mean,
+                image_std=std, **_levels(backbone, masks, anchor_sizes, anchor_aspect_ratios), **heads)
     args.update(detector_args)
     cls = MaskRCNN if masks else FasterRCNN
     return cls(SwinFPN(backbone, fpn_channels), num_classes=None if heads else num_classes + 1, **args)

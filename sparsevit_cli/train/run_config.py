@@ -11,7 +11,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -143,7 +143,17 @@ class TaskOptions(_Section):
     head_channels: Optional[int] = Field(None, ge=1, description="Semantic FPN head width (128)")
     dropout: Optional[float] = Field(None, ge=0, lt=1, description="Semantic FPN dropout before the classifier")
     img_size: Optional[int] = Field(None, ge=1, description=(
-        "detectors: the shorter (and longest) side torchvision's transform resizes to; default the model's"))
+        "detectors: min_size and max_size at once (default: the model's img_size, so every image fits an "
+        "img_size square, the size MAC budgets are stated at)"))
+    min_size: Optional[Union[int, List[int]]] = Field(None, description=(
+        "detectors: the shorter side torchvision's transform scales each image to, keeping its aspect ratio "
+        "(default img_size); a list for multi-scale training, e.g. [480, 512, 544]: each training image draws "
+        "one, evaluation uses the last"))
+    max_size: Optional[int] = Field(None, ge=1, description=(
+        "detectors: the longer side is never scaled past this (default img_size)"))
+    size_divisible: Optional[int] = Field(None, ge=1, description=(
+        "detectors: batches are padded to a multiple of this (default: the backbone's largest stride, "
+        "32 for Swin-T)"))
     rpn_pre_nms_top_n_test: Optional[int] = Field(None, ge=1)
     rpn_post_nms_top_n_test: Optional[int] = Field(None, ge=1)
     box_detections_per_img: Optional[int] = Field(None, ge=1)
