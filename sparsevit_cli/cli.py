@@ -427,6 +427,11 @@ def export(
     tolerance: float = typer.Option(1e-4, help="Largest accepted relative error vs PyTorch (>= 0)."),
     data: Optional[str] = typer.Option(None, help="Data directory: verify on real validation images too."),
     time_it: bool = typer.Option(True, "--time/--no-time", help="Time exported sparse vs exported dense."),
+    dynamic_size: Optional[bool] = typer.Option(None, "--dynamic-size/--static-size", help=(
+        "Export with dynamic input height and width (ONNX dynamic axes, torch.export dynamic shapes), verified at "
+        "the model's size and at another one (and on --data's images at their own size); a format that cannot is "
+        "one line, and the model is exported at its fixed size. Default: dynamic for a detector's backbone (its "
+        "input size varies per batch), static otherwise.")),
 ):
     """Export a deployable model (window selection inside the graph) and verify it against PyTorch.
 
@@ -434,7 +439,7 @@ def export(
     output per stage map (its multi-scale features, verified against PyTorch); the FPN, RPN and RoI heads
     stay in PyTorch (torchvision)."""
     from .io import read_sparsity_file
-    from .commands.export import check_export_target, export_model, real_inputs
+    from .commands.export import check_export_target, export_model, other_size, real_inputs
     from .model_file import load_model_file
     from .tasks import get_task
 
@@ -446,16 +451,33 @@ def export(
     if part:
         console.print(part)
     inputs = [torch_randn(batch_size, size, seed) for seed in (0, 1)]
+    names = ["random 0", "random 1"]
     if data:
         inputs.append(real_inputs(data, meta, size, batch_size, model))
+        names.append("real images")
+    dynamic_inputs = None
+    # a detector's backbone reads batches whose size varies (aspect kept, padded): dynamic unless told otherwise
+    if (part is not None) if dynamic_size is None else dynamic_size:
+        import torch
+        h, w = other_size(model, size)
+        dynamic_inputs = [torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(2))]
+        names.append("random, other size")
+        if data:  # as the detector feeds them: aspect kept, padded (the static check resizes them to a square)
+            dynamic_inputs.append(real_inputs(data, meta, size, batch_size, model, own_size=True))
+            names.append("real images, own size")
     report = export_model(module, format.value, out, inputs, tolerance=tolerance, method=method,
                           config=meta.sparsity, dense_config=method.dense_config(_backbone(module)),
-                          time_it=time_it)
+                          time_it=time_it, dynamic_inputs=dynamic_inputs)
+    if report.get("dynamic"):
+        console.print(f"{format.value}: dynamic height and width, verified at "
+                      f"{', '.join(sorted({c['size'] for c in report['checks']}))}")
+    elif "dynamic_note" in report:
+        console.print(report["dynamic_note"], highlight=False)
     table = Table(title=f"export {format.value} -> {out}")
-    for col in ("input", "max abs error", "relative error"):
+    for col in ("input", "size", "max abs error", "relative error"):
         table.add_column(col, justify="right")
     for c in report["checks"]:
-        table.add_row(["random 0", "random 1", "real images"][c["input"]], f"{c['max_abs']:.2e}", f"{c['rel']:.2e}")
+        table.add_row(names[c["input"]], c["size"], f"{c['max_abs']:.2e}", f"{c['rel']:.2e}")
     console.print(table)
     if "speedup" in report:
         console.print(f"{format.value} runtime: sparse {report['sparse_ms']:.1f} ms vs dense "
