@@ -250,10 +250,11 @@ def test_visualize_a_detector_draws_kept_windows_and_predictions(tmp_path, capsy
                                      "--score-threshold", threshold], capsys)
         assert code == 0, err
         lines = stdout.splitlines()
-        # 128 px, patch 4, window 4: 8x8 windows in stage 1, 4x4 in stage 2; half of each kept
+        # a 4:3 canvas, 128 x 96 px, kept at its aspect ratio; patch 4, window 4: 8x6 windows in stage 1, 4x3 in
+        # stage 2; half of each kept
         assert [l for l in lines if l.startswith("stage")] == [
-            "stage 1: 50% pruned, 32/64 windows kept (32x32 tokens, window 4x4)",
-            "stage 2: 50% pruned, 8/16 windows kept (16x16 tokens, window 4x4)"]
+            "stage 1: 50% pruned, 24/48 windows kept (24x32 tokens, window 4x4)",
+            "stage 2: 50% pruned, 6/12 windows kept (12x16 tokens, window 4x4)"]
         detections = [l for l in lines if l.startswith("detections:")]
         assert len(detections) == 1
         n = int(detections[0].split()[1])
