@@ -173,8 +173,7 @@ def scores(model: nn.Module, dataset, task, batch_size: int) -> Dict[str, float]
 def untrained_detectors(args, num_classes: int, uniform: float) -> Dict[str, nn.Module]:
     """Dense (timm backbone) and uniform-sparse detectors with the same random weights."""
     torch.manual_seed(0)
-    # timm's dynamic-size Swin (shifted-window masks per input size): the val canvases have mixed aspect ratios
-    body = timm.create_model(args.model, img_size=args.img_size, strict_img_size=False, **args.model_args)
+    body = timm.create_model(args.model, img_size=args.img_size, **args.model_args)
     dense = build_task_model(body, args.task, num_classes, **args.heads).eval()
     sparse = copy.deepcopy(dense)
     sv.sparsify(sparse.backbone.body, uniform)

@@ -222,8 +222,11 @@ class SemanticFPN(nn.Module):
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
         super().__init__()
+        from .detection.models import any_input_size
+
         if getattr(backbone, "num_classes", 0):
             backbone.reset_classifier(0)  # never executed under a dense head: no dead weights, no MACs
+        any_input_size(backbone)  # segmentation images keep their aspect ratio
         self.backbone = backbone
         chans = [info["num_chs"] for info in backbone.feature_info]
         strides = [info["reduction"] for info in backbone.feature_info]
@@ -269,6 +272,19 @@ class Segmentation(Task):
             raise UserError("segmentation needs num_classes")
         check_hierarchical(backbone, self.name)
         return SemanticFPN(backbone, num_classes, **options)
+
+    def collate(self, items):
+        """Images of one shape stacked; of mixed aspect ratios (`data.datasets.segmentation_size`) padded to
+        the batch's largest height and width, images with 0 (the mean colour after normalisation) and masks
+        with the ignore index, so padding is neither learnt nor scored."""
+        H = max(it[0].shape[-2] for it in items)
+        W = max(it[0].shape[-1] for it in items)
+        images = torch.zeros(len(items), items[0][0].shape[0], H, W, dtype=items[0][0].dtype)
+        masks = torch.full((len(items), H, W), IGNORE_INDEX, dtype=torch.int64)
+        for i, (x, y) in enumerate(items):
+            images[i, :, : x.shape[-2], : x.shape[-1]] = x
+            masks[i, : y.shape[-2], : y.shape[-1]] = torch.as_tensor(y)
+        return images, masks
 
     def loss(self, model, images, targets):
         return F.cross_entropy(model(images), targets, ignore_index=IGNORE_INDEX)

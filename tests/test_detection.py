@@ -51,9 +51,12 @@ def test_detector_at_sparsity_zero_equals_the_dense_timm_detector(masks):
     dense = build_detector(micro_swin(64), 3, masks=masks, box_score_thresh=0.0, **LIGHT).eval()
     sparse = copy.deepcopy(dense)
     sparsify(sparse.backbone.body)  # same weights everywhere, only the backbone's execution changes
-    x = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    # a portrait and a landscape image: resized with their aspect ratios kept and padded to one batch, which
+    # the plain timm body (made dynamic-size by the detector) and the sparse one run alike
+    x = [torch.rand(3, *hw, generator=torch.Generator().manual_seed(i)) for i, hw in enumerate([(64, 40), (30, 64)])]
     with torch.no_grad():
         batch = dense.transform(x)[0].tensors
+        assert batch.shape[-2:] == (64, 64) and dense.transform.size_divisible == 8
         for (name, a), b in zip(dense.backbone(batch).items(), sparse.backbone(batch).values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
         out_dense, out_sparse = dense(x), sparse(x)

@@ -251,7 +251,7 @@ def test_visualize_a_detector_draws_kept_windows_and_predictions(tmp_path, capsy
                                      "--score-threshold", threshold], capsys)
         assert code == 0, err
         lines = stdout.splitlines()
-        # the first demo val canvas is 4:3, 128 x 96 px; patch 4, window 4: 8x6 windows in stage 1, 4x3 in
+        # a 4:3 canvas, 128 x 96 px, kept at its aspect ratio; patch 4, window 4: 8x6 windows in stage 1, 4x3 in
         # stage 2; half of each kept
         assert [l for l in lines if l.startswith("stage")] == [
             "stage 1: 50% pruned, 24/48 windows kept (24x32 tokens, window 4x4)",

@@ -36,7 +36,8 @@ PRUNED_ALPHA = 0.62
 
 
 def load_image(path: str | os.PathLike, img_size: int, task: str = "classification") -> Tuple[torch.Tensor, np.ndarray]:
-    """(normalized 3 x S x S tensor for the model, RGB float H x W x 3 in [0, 1] of that same tensor)."""
+    """(normalized 3 x H x W tensor for the model: S x S, or for segmentation the image's aspect ratio with
+    the longer side S; RGB float H x W x 3 in [0, 1] of that same tensor)."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from ..data.datasets import classification_transform, read_image, segmentation_image

@@ -41,6 +41,19 @@ def check_hierarchical(backbone: nn.Module, task: str) -> None:
                         f"{type(backbone).__name__} is a plain ViT, which is supported for classification only")
 
 
+def any_input_size(body: nn.Module) -> None:
+    """Make a timm backbone take any input size that its patch divides, as timm's dynamic-size models
+    (``strict_img_size=False``) do: no input-size check, and Swin blocks build their shifted-window mask for the
+    map at hand (``dynamic_mask``) instead of keeping the static mask of img_size. A sparse Swin already does
+    both (its blocks answer from a per-size cache); a plain timm body under a dense-prediction head needs it for
+    oblong and padded batches."""
+    if hasattr(getattr(body, "patch_embed", None), "strict_img_size"):
+        body.patch_embed.strict_img_size = False
+    for module in body.modules():
+        if hasattr(module, "dynamic_mask"):
+            module.dynamic_mask = True
+
+
 class SwinFPN(nn.Module):
     """A timm hierarchical backbone (`body`) + torchvision FPN (`fpn`), the backbone interface torchvision's
     detectors expect: forward(images) -> OrderedDict of NCHW maps, and `out_channels`."""
@@ -51,10 +64,7 @@ class SwinFPN(nn.Module):
         # and the backbone MAC count would include it)
         if getattr(body, "num_classes", 0):
             body.reset_classifier(0)
-        # torchvision's transform resizes and pads every batch; the sparse engine builds its window grids
-        # per resolution, so the backbone must accept any size that is a multiple of its patch
-        if hasattr(getattr(body, "patch_embed", None), "strict_img_size"):
-            body.patch_embed.strict_img_size = False
+        any_input_size(body)  # torchvision's transform resizes and pads every batch to its own size
         self.body = body
         self.fpn = FeaturePyramidNetwork([info["num_chs"] for info in body.feature_info], out_channels,
                                          extra_blocks=LastLevelMaxPool())
