@@ -56,6 +56,7 @@ def test_sparsity_and_config_pick_the_config(classifier, data_dir, tmp_path, cap
     (["--sparsity", "0.55"], "0.55"),
     (["--split", "test"], "test"),
     (["--per-class"], "are for COCO tasks"),
+    (["--results-json", "."], "--results-json '.' is a directory"),
 ])
 def test_bad_input_is_one_line(classifier, data_dir, capsys, extra, needle):  # noqa: F811
     code, _, err = run_cli(["evaluate", "--checkpoint", str(classifier / "model.safetensors"), "--data",
