@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+#: make bench-det TASK=instance_segmentation: the Mask R-CNN benchmark
+TASK ?= detection
 
 .PHONY: install demo test fuzz bench bench-gpu bench-export bench-latency bench-train repro clean
 
@@ -37,8 +39,8 @@ bench-latency: install  ## latency-table predictions vs measurement (Swin-T 448Â
 	$(PY) benchmarks/bench_latency_table.py --model deit_small_patch16_224 --img-size 224
 
 .PHONY: bench-det
-bench-det: install  ## dense vs uniform vs searched Faster R-CNN on the demo COCO set: box AP, end-to-end and backbone latency
-	$(PY) benchmarks/bench_det.py
+bench-det: install  ## dense vs uniform vs searched Faster R-CNN (TASK=instance_segmentation: Mask R-CNN) on the demo COCO set: box (mask) AP, end-to-end and backbone latency
+	$(PY) benchmarks/bench_det.py --task $(TASK)
 
 bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)
 	$(VENV)/bin/sparsevit report --preset repro --out runs/repro

@@ -1,7 +1,9 @@
-"""Detection evidence (issue 12, `make bench-det`): dense vs uniform vs searched sparse Faster R-CNN on the demo
-COCO set, box AP, end-to-end and backbone-only latency, all measured in one run.
+"""Detection evidence (issue 12, `make bench-det`): dense vs uniform vs searched sparse Faster R-CNN (or Mask R-CNN,
+`--task instance_segmentation`, issue 19) on the demo COCO set, box (and mask) AP, end-to-end and backbone-only
+latency, all measured in one run.
 
-    python benchmarks/bench_det.py [--out runs/bench_det] [--img-size 512] [--latency-only] [--smoke]
+    python benchmarks/bench_det.py [--task detection|instance_segmentation] [--out runs/bench_det] [--img-size 512]
+                                   [--latency-only] [--smoke]
 
 Training goes through the CLI as a user runs it (`finetune` dense -> `adapt` -> `search --budget-macs 50%` ->
 `finetune` of the searched config and of the uniform config at the same backbone MACs), the data too
@@ -12,7 +14,7 @@ heads + half the dense backbone). Box AP: pycocotools via
 end to end (torchvision transform + backbone + FPN + RPN + RoI heads) and backbone only (the stage maps).
 
 Run-config keys: `data.task: detection`, `data.path` (the demo root: its det/ COCO layout is found) and
-`task_options: {fpn_channels, rpn_post_nms_top_n_test, box_detections_per_img}` (stored in the model files).
+`task_options: {fpn_channels, rpn_post_nms_top_n_test, box_detections_per_img, ...}` (stored in the model files).
 A training stage that fails is reported (`training.status` in the JSON) and MACs and latency are still
 measured on untrained detectors (`--latency-only` skips training altogether). A killed run resumes: started again
 on the same --out, every CLI stage continues from its own checkpoint (`--resume`) and finished ones only rewrite
@@ -20,10 +22,13 @@ their model file.
 
 Heads: the neck is scaled to the backbone, as detection configs do (Swin-T's Mask R-CNN: a 96-channel stage 1
 under a 256-channel FPN). The end-to-end speedup is bounded by the backbone's share of the detector (Amdahl):
-the table prints that share, and `--heads '{"fpn_channels": 256, ...}'` measures other heads.
+the table prints that share, and `--heads '{"fpn_channels": 256, ...}'` measures other heads. Mask R-CNN's
+default mask head (4 convolutions of 256 channels on 100 detections) alone is 85% of the MACs of a Mask R-CNN on
+this small Swin, so under `--task instance_segmentation` every head is scaled as the FPN is (64 / 256): the box
+head's MLP 256 wide (torchvision 1024), the mask head's 4 convolutions 64 wide (torchvision 256).
 
-Targets (issue 12): backbone >= 1.5x and end to end >= 1.3x faster at ~50% backbone MACs, box AP within 1
-point of the adapted dense model.
+Targets (issues 12, 19): backbone >= 1.5x and end to end >= 1.3x faster at ~50% backbone MACs, box (and mask) AP
+within 1 point of the adapted dense model.
 """
 import argparse
 import contextlib
@@ -57,6 +62,11 @@ SMALL_SWIN = dict(embed_dim=32, depths=[2, 2, 6, 2], num_heads=[1, 2, 4, 8], win
 #: heads sized to that backbone and to a few objects per canvas (torchvision's defaults: 256-channel FPN, 1000
 #: proposals, 100 detections): an FPN twice as wide as stage 1 (Swin-T's detectors: 256 over 96)
 LIGHT_HEADS = dict(fpn_channels=64, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
+#: Mask R-CNN: every RoI head scaled as the FPN is (64 of torchvision's 256): box MLP 1024 -> 256, mask head
+#: 4 x 256 -> 4 x 64 channels (the mask head is torchvision's 4 convolutions, as wide as the FPN)
+MASK_HEADS = dict(LIGHT_HEADS, box_representation_size=256, mask_head_convs=4, mask_head_channels=64)
+#: the detector each task benchmarks, by the name the tables use
+DETECTOR_NAMES = {"detection": "Faster R-CNN", "instance_segmentation": "Mask R-CNN"}
 #: the fraction of dense backbone MACs the sparse configs are held to
 BUDGET = 0.5
 
@@ -64,14 +74,15 @@ console = Console(width=160)  # a table readable in logs too (no terminal there)
 
 
 class EndToEnd(nn.Module):
-    """A torchvision detector taking a batch tensor (what `time_models` feeds) instead of a list of images."""
+    """A torchvision detector on its own list of images (canvases of mixed shapes, which no batch tensor
+    holds): `time_models` feeds a tensor, which only says the device; the detector resizes and pads the list."""
 
-    def __init__(self, detector: nn.Module):
+    def __init__(self, detector: nn.Module, images: List[torch.Tensor]):
         super().__init__()
-        self.detector = detector
+        self.detector, self.images = detector, images
 
     def forward(self, x: torch.Tensor):
-        return self.detector(list(x))
+        return self.detector(self.images)
 
 
 def uniform_at_budget(method, body: nn.Module, img_size: int, fraction: float) -> float:
@@ -84,7 +95,7 @@ def uniform_at_budget(method, body: nn.Module, img_size: int, fraction: float) -
 def run_config(args, data: Path, out: Path, epochs: int, checkpoint: Optional[Path] = None,
                sparsity: Any = 0.0) -> Dict[str, Any]:
     cfg = {"model": {"name": args.model, "args": dict(args.model_args, img_size=args.img_size)},
-           "data": {"path": str(data), "task": "detection"}, "task_options": dict(args.heads),
+           "data": {"path": str(data), "task": args.task}, "task_options": dict(args.heads),
            "sparsity": sparsity, "epochs": epochs, "batch_size": args.train_batch_size,
            "eval_batch_size": args.train_batch_size, "optim": {"lr": args.lr}, "out": str(out)}
     if checkpoint is not None:
@@ -151,15 +162,11 @@ def train_all(args, data: Path, out: Path, uniform: float) -> Dict[str, Path]:
     return files
 
 
-@torch.no_grad()
-def box_ap(model: nn.Module, dataset, batch_size: int) -> float:
-    task = get_task("detection")
-    metric = task.metric(dataset)
-    model.eval()
-    for start in range(0, len(dataset), batch_size):
-        images, targets = task.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        metric.update(task.predict(model, images), targets)
-    return metric.compute()
+def scores(model: nn.Module, dataset, task, batch_size: int) -> Dict[str, float]:
+    """Every AP the task reports ({'box_ap'} or {'box_ap', 'mask_ap'}) on all of `dataset`: the one evaluation."""
+    from sparsevit_cli.evaluate import evaluate_all
+
+    return evaluate_all(model, get_method("sparsevit"), None, dataset, task, batch_size, torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -167,24 +174,24 @@ def untrained_detectors(args, num_classes: int, uniform: float) -> Dict[str, nn.
     """Dense (timm backbone) and uniform-sparse detectors with the same random weights."""
     torch.manual_seed(0)
     body = timm.create_model(args.model, img_size=args.img_size, **args.model_args)
-    dense = build_task_model(body, "detection", num_classes, **args.heads).eval()
+    dense = build_task_model(body, args.task, num_classes, **args.heads).eval()
     sparse = copy.deepcopy(dense)
     sv.sparsify(sparse.backbone.body, uniform)
     return {"dense": dense, f"uniform {uniform:.0%}": sparse}
 
 
-def measure(models: Dict[str, nn.Module], images: torch.Tensor, dense_config, args) -> List[Dict[str, Any]]:
+def measure(models: Dict[str, nn.Module], images: List[torch.Tensor], dense_config, args) -> List[Dict[str, Any]]:
     """MACs by part and interleaved latencies (end to end, backbone only) of every model, per batch size."""
     method = get_method("sparsevit")
     rows = []
     sparse_twin = next(m for m in models.values() if hasattr(backbone_of(m), "sparsity"))
     for bs in args.batch_sizes:
-        x = images[:bs] if len(images) >= bs else images.repeat((bs + len(images) - 1) // len(images), 1, 1, 1)[:bs]
-        x = x.contiguous()
+        x = [images[i % len(images)] for i in range(bs)]  # val canvases of mixed aspect ratios
         first = next(iter(models.values()))
         with torch.no_grad():  # what the backbone reads: the detector's normalised (and padded) batch
-            batch = first.transform(list(x))[0].tensors
-        e2e = time_models({k: EndToEnd(m) for k, m in models.items()}, x, warmup=args.warmup, repeats=args.repeats)
+            batch = first.transform(x)[0].tensors
+        e2e = time_models({k: EndToEnd(m, x) for k, m in models.items()}, batch, warmup=args.warmup,
+                          repeats=args.repeats)
         bb = time_models({k: BackboneFeatures(m.backbone.body).eval() for k, m in models.items()}, batch,
                          warmup=args.warmup, repeats=args.repeats)
         for name, model in models.items():
@@ -211,7 +218,10 @@ def measure(models: Dict[str, nn.Module], images: torch.Tensor, dense_config, ar
 def main(argv=None) -> Dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(ap, img_size=512, repeats=7, warmup=2)
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_det"))
+    ap.add_argument("--task", choices=sorted(DETECTOR_NAMES), default="detection",
+                    help="detection: Faster R-CNN (box AP); instance_segmentation: Mask R-CNN (box and mask AP)")
+    ap.add_argument("--out", type=Path, default=None, help="default runs/bench_det (runs/bench_det_mask for "
+                                                             "instance_segmentation)")
     ap.add_argument("--batch-sizes", default="1,4")
     ap.add_argument("--latency-only", action="store_true", help="no training: untrained dense vs uniform")
     # the defaults are the run the README reports (about 50 min on 2 CPU cores)
@@ -227,10 +237,16 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--generations", type=int, default=2)
     ap.add_argument("--model-args", type=json.loads, default=SMALL_SWIN,
                     help="timm constructor args as JSON ('{}': the model's own, e.g. the full Swin-T)")
-    ap.add_argument("--heads", type=json.loads, default=LIGHT_HEADS,
+    ap.add_argument("--heads", type=json.loads, default=None,
                     help="the detector's task_options as JSON (fpn_channels, rpn_post_nms_top_n_test, "
-                         "box_detections_per_img, ...; '{}': torchvision's defaults)")
+                         "box_detections_per_img, box_representation_size, mask_head_convs, mask_head_channels, "
+                         "...; '{}': torchvision's defaults); default LIGHT_HEADS (Faster R-CNN), MASK_HEADS "
+                         "(Mask R-CNN)")
     args = ap.parse_args(argv)
+    if args.heads is None:
+        args.heads = MASK_HEADS if args.task == "instance_segmentation" else LIGHT_HEADS
+    if args.out is None:
+        args.out = Path("runs/bench_det_mask" if args.task == "instance_segmentation" else "runs/bench_det")
     args = apply_smoke(args, batch_sizes="1,2", train=2, val=2,
                        dense_epochs=1, adapt_epochs=1, finetune_epochs=1, train_batch_size=2, eval_samples=2,
                        population=4, generations=1)
@@ -241,15 +257,15 @@ def main(argv=None) -> Dict[str, Any]:
 
     data = out / "data"
     cli("demo-data", data, "--img-size", args.img_size, "--train", args.train, "--val", args.val, "--detection")
-    task = get_task("detection")
+    task = get_task(args.task)
     val = task.dataset(data, "val", args.img_size, train=False)
-    images = torch.stack([val[i][0] for i in range(min(len(val), max(args.batch_sizes)))])
+    images = [val[i][0] for i in range(min(len(val), max(args.batch_sizes)))]
 
     method = get_method("sparsevit")
     probe = sv.sparsify(timm.create_model(args.model, img_size=args.img_size, **args.model_args))
     uniform = uniform_at_budget(method, probe, args.img_size, BUDGET)
 
-    result: Dict[str, Any] = {"model": args.model, "model_args": args.model_args, "img_size": args.img_size,
+    result: Dict[str, Any] = {"task": args.task, "model": args.model, "model_args": args.model_args, "img_size": args.img_size,
                               "heads": args.heads, "budget": BUDGET, "uniform_sparsity": uniform,
                               "threads": torch.get_num_threads(), "smoke": args.smoke}
     models = untrained_detectors(args, val.num_classes, uniform)
@@ -264,24 +280,27 @@ def main(argv=None) -> Dict[str, Any]:
             models = {name: sv.load(path) for name, path in files.items()}
             for name in ("adapted dense",):  # the adapted model run dense: the AP reference of the sparse rows
                 backbone_of(models[name]).set_sparsity(0.0)
-            aps = {name: box_ap(m, val, args.train_batch_size) for name, m in models.items()}
-            result["training"] = {"status": "ok", "box_ap": aps, "files": {k: str(v) for k, v in files.items()}}
+            aps = {name: scores(m, val, task, args.train_batch_size) for name, m in models.items()}
+            result["training"] = {"status": "ok", "files": {k: str(v) for k, v in files.items()},
+                                  **{metric: {name: a[metric] for name, a in aps.items()} for metric in task.reported}}
 
     rows = measure(models, images, method.dense_config(probe), args)
     if result["training"]["status"] == "ok":
         for r in rows:
-            r["box_ap"] = result["training"]["box_ap"][r["model"]]
+            for metric in task.reported:
+                r[metric] = result["training"][metric][r["model"]]
     result["rows"] = rows
     atomic_write_json(out / "bench_det.json", result)
 
-    table = Table(title=f"Faster R-CNN, {args.model} {args.model_args} @ {args.img_size}², heads {args.heads}, "
+    table = Table(title=f"{DETECTOR_NAMES[args.task]}, {args.model} {args.model_args} @ {args.img_size}², heads {args.heads}, "
                         f"CPU fp32, {torch.get_num_threads()} threads (median of {args.repeats}, interleaved)")
-    for col in ("model", "batch", "box AP", "backbone GMACs", "total GMACs", "backbone ms", "speedup",
+    aps = [m.replace("_ap", "") + " AP" for m in task.reported]
+    for col in ("model", "batch", *aps, "backbone GMACs", "total GMACs", "backbone ms", "speedup",
                 "end-to-end ms", "speedup", "backbone share (MACs / time)"):
         table.add_column(col, justify="right")
     for r in rows:
-        ap_text = f"{r['box_ap']:.1f}" if "box_ap" in r else "-"
-        table.add_row(r["model"], str(r["batch"]), ap_text,
+        ap_texts = [f"{r[m]:.1f}" if m in r else "-" for m in task.reported]
+        table.add_row(r["model"], str(r["batch"]), *ap_texts,
                       f"{r['backbone_gmacs']:.2f} ({r['backbone_macs_fraction']:.0%})", f"{r['total_gmacs']:.2f}",
                       f"{r['backbone_ms']:.1f}", f"{r['backbone_speedup']:.2f}x", f"{r['e2e_ms']:.1f}",
                       f"{r['e2e_speedup']:.2f}x",

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 #: public name -> module that defines it
 _EXPORTS = {
-    "sparsify": ".swin.patch",
+    "sparsify": ".methods",
     "SparseSwinTransformer": ".swin.patch",
     "psvit": ".vit.patch",
     "PSViTTransformer": ".vit.patch",

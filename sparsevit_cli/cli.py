@@ -60,8 +60,10 @@ def measure(
     checkpoint: Optional[Path] = typer.Option(None, help="sparsevit model file (.safetensors from adapt/finetune: "
                                                          "it describes its model) or a plain timm checkpoint "
                                                          "(.pth/.safetensors, with --model)."),
-    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (square); default: the model "
-                                                      "file's, else 672."),
+    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (square: the reference size "
+                                                      "MACs and timings are stated at; a detector resizes and "
+                                                      "pads it as at test time); default: the model file's, "
+                                                      "else 672."),
     batch_size: int = typer.Option(64, min=1, help="Batch of the throughput row (images/s); latency is batch 1."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: Precision = typer.Option(Precision.fp32, help="Precision: fp32, fp16 (CUDA only) or bf16."),
@@ -77,7 +79,8 @@ def measure(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Measure dense vs sparse speed on a device: batch-1 latency and throughput, each against the MAC-ideal
-    speedup (efficiency). A task model file is timed whole (a detector end to end, its heads in the MACs)."""
+    speedup (efficiency). A task model file is timed whole (a detector end to end, its heads in the MACs) and
+    its backbone alone (a second pair of rows; `backbone` in --json)."""
     from .commands.measure import measure_dense_vs_sparse, measured_models
 
     models = measured_models(model, checkpoint, img_size, sparsity, config)
@@ -88,18 +91,26 @@ def measure(
         print(json.dumps(r.to_dict()))
         return
     how = "torch.compile" if r.compiled else "eager"
-    table = Table(title=f"{r.model} @ {r.img_size}², {r.device} {dtype}, {how} (median of {repeats}, interleaved)")
-    # short headers keep the table unwrapped in an 80-column terminal; the caption spells them out
-    for col in ("model", "GMACs", "ideal", "ms b1", "speedup", "eff.", f"img/s b{r.batch_size}", "speedup", "eff."):
-        table.add_column(col, justify="right")
-    table.add_row("dense (timm)", f"{r.dense_gmacs:.3g}", "1.00x", f"{r.dense_ms:.1f}", "1.00x", "",
-                  f"{r.dense_images_per_s:.1f}", "1.00x", "")
-    table.add_row(f"sparse {format_config(r.sparsity)}", f"{r.sparse_gmacs:.3g}", f"{r.ideal_speedup:.2f}x",
-                  f"{r.sparse_ms:.1f}", f"{r.speedup:.2f}x", f"{r.efficiency:.2f}", f"{r.sparse_images_per_s:.1f}",
-                  f"{r.throughput_speedup:.2f}x", f"{r.throughput_efficiency:.2f}")
-    table.caption = (f"GMACs per image; ideal: dense/sparse MACs; ms b1: batch-1 latency; img/s b{r.batch_size}: "
-                     f"throughput at batch {r.batch_size}; eff.: measured speedup / ideal")
-    console.print(table)
+    parts = [("", r.to_dict())] if r.backbone is None else [
+        (f"{models.task} model, end to end: ", r.to_dict()),
+        ("its backbone alone (on the batch it reads in the task model): ", r.backbone)]
+    for part, n in parts:  # a task model: one table per part, each readable in an 80-column terminal
+        table = Table(title=f"{part}{r.model} @ {r.img_size}², {r.device} {dtype}, {how} (median of {repeats}, "
+                            f"interleaved)")
+        # short headers keep the table unwrapped in an 80-column terminal; the caption spells them out
+        for col in ("model", "GMACs", "ideal", "ms b1", "speedup", "eff.", f"img/s b{r.batch_size}", "speedup",
+                    "eff."):
+            table.add_column(col, justify="right")
+        table.add_row("dense (timm)", f"{n['dense_gmacs']:.3g}", "1.00x", f"{n['dense_ms']:.1f}", "1.00x", "",
+                      f"{n['dense_images_per_s']:.1f}", "1.00x", "")
+        table.add_row(f"sparse {format_config(r.sparsity)}", f"{n['sparse_gmacs']:.3g}",
+                      f"{n['ideal_speedup']:.2f}x", f"{n['sparse_ms']:.1f}", f"{n['speedup']:.2f}x",
+                      f"{n['efficiency']:.2f}", f"{n['sparse_images_per_s']:.1f}", f"{n['throughput_speedup']:.2f}x",
+                      f"{n['throughput_efficiency']:.2f}")
+        if part == parts[-1][0]:
+            table.caption = (f"GMACs per image; ideal: dense/sparse MACs; ms b1: batch-1 latency; img/s "
+                             f"b{r.batch_size}: throughput at batch {r.batch_size}; eff.: measured speedup / ideal")
+        console.print(table)
 
 
 def _run_config(config: Optional[Path], overrides: dict):
@@ -166,7 +177,9 @@ def search(
     budget_macs: Optional[str] = typer.Option(None, help="MAC budget: GMACs per image batch (e.g. 2.5) or a "
                                                          "percentage of the dense model (e.g. 50%); the whole "
                                                          "task model as executed (detectors: backbone, FPN, "
-                                                         "RPN and RoI heads)."),
+                                                         "RPN and RoI heads), for images of --img-size square "
+                                                         "(detectors: as their resize and padding make it; the "
+                                                         "default resize fits every image in that square)."),
     budget_latency: Optional[str] = typer.Option(None, help="Latency budget on --device: milliseconds per "
                                                             "forward (e.g. 20ms) or a percentage of dense (60%), "
                                                             "timed end to end on the first --batch-size val "
@@ -224,15 +237,21 @@ def evaluate(
     max_samples: Optional[int] = typer.Option(None, min=1, help="Score a fixed random subset of this many images "
                                                                 "(default: all)."),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:N)."),
+    results_json: Optional[str] = typer.Option(None, help="Detectors: write the detections of the config asked "
+                                                          "for (not the --dense row) as a COCO results file "
+                                                          "(xywh boxes, the data's category ids, scores, RLE "
+                                                          "masks), as pycocotools' loadRes reads it."),
+    per_class: bool = typer.Option(False, "--per-class", help="Detectors: AP of every category too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Score a model file on your data: the task's metrics (top-1, mIoU, COCO box/mask AP, %) and GMACs per
-    image (the whole task model as executed, and its backbone), under its config or another one."""
+    image (the whole task model as executed, and its backbone), under its config or another one. Detectors:
+    COCO's standard summary (AP, AP50, AP75, APs/m/l, AR@1/10/100, ARs/m/l) of boxes (and masks) too."""
     from .commands.evaluate import EvaluateOptions, run_evaluate
 
     result = run_evaluate(EvaluateOptions(checkpoint=checkpoint, data=data, config=config, sparsity=sparsity,
                                           dense=dense, split=split, batch_size=batch_size, max_samples=max_samples,
-                                          device=device))
+                                          device=device, results_json=results_json, per_class=per_class))
     if result is None:  # a torchrun rank other than 0
         return
     if as_json:
@@ -246,6 +265,40 @@ def evaluate(
         table.add_row(format_config(r["config"]), *(f"{r[m]:.2f}" for m in result["metrics"]),
                       f"{r['gmacs']:.3g}" + (f" ({r['gmacs'] / dense_row['gmacs']:.0%})" if dense else ""),
                       f"{r['backbone_gmacs']:.3g}")
+    console.print(table)
+    if "coco" in result["rows"][-1]:
+        _print_coco_summary(result)
+    if "results_json" in result:
+        console.print(f"wrote {result['results_json']} (COCO results of {format_config(result['rows'][-1]['config'])})")
+
+
+#: COCOeval's summary as the table shows it (key in `detection.coco.SUMMARY_NAMES`, header)
+_COCO_COLUMNS = (("ap", "AP"), ("ap50", "AP50"), ("ap75", "AP75"), ("ap_small", "APs"), ("ap_medium", "APm"),
+                 ("ap_large", "APl"), ("ar1", "AR1"), ("ar10", "AR10"), ("ar100", "AR100"))
+
+
+def _print_coco_summary(result: dict) -> None:
+    """COCOeval's standard summary of every row and metric (box, mask), and the per-category AP if asked."""
+    def pct(v):
+        return "-" if v is None else f"{v:.1f}"  # None: no ground truth in that size range
+
+    table = Table(title="COCO summary (pycocotools COCOeval, %)")
+    for col in ("config", "", *(h for _, h in _COCO_COLUMNS)):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        for metric, stats in r["coco"].items():
+            table.add_row(format_config(r["config"]), metric.replace("_ap", ""),
+                          *(pct(stats[k]) for k, _ in _COCO_COLUMNS))
+    console.print(table)
+    if "per_class" not in next(iter(result["rows"][-1]["coco"].values())):
+        return
+    table = Table(title="AP per category (%)")
+    table.add_column("category", justify="left")
+    columns = [(r, metric) for r in result["rows"] for metric in r["coco"]]
+    for r, metric in columns:
+        table.add_column(f"{metric.replace('_ap', '')} {r['name']}", justify="right")
+    for name in next(iter(result["rows"][-1]["coco"].values()))["per_class"]:
+        table.add_row(name, *(pct(r["coco"][metric]["per_class"][name]) for r, metric in columns))
     console.print(table)
 
 
@@ -261,7 +314,9 @@ def visualize(
                                                       "model's; must match it)."),
     out: Path = typer.Option(..., help="Picture to write (.png; .pdf, .svg, .jpg also work), written atomically."),
     score_threshold: Optional[float] = typer.Option(None, help="Detectors: draw predictions scoring at least "
-                                                               "this (default 0.5)."),
+                                                               "this, in [0, 1]. Default 0.5, and when no "
+                                                               "prediction reaches it (a young model), the 5 best "
+                                                               "with a line saying so."),
 ):
     """Draw the windows each stage keeps over an image (pruned windows dimmed), like SparseViT's figure 1;
     for detection and instance-segmentation models, the predicted boxes (and masks) too."""
@@ -275,6 +330,8 @@ def visualize(
         shown = ", ".join(f"{d['class']} {d['score']:.2f}" for d in result["detections"][:10])
         more = f", ... ({len(result['detections'])} in all)" if len(result["detections"]) > 10 else ""
         console.print(f"detections: {len(result['detections'])}" + (f" ({shown}{more})" if shown else ""))
+        if "note" in result:
+            console.print(f"note: {result['note']}", highlight=False)
     console.print(f"wrote {result['out']}")
 
 
@@ -371,6 +428,11 @@ def export(
     tolerance: float = typer.Option(1e-4, help="Largest accepted relative error vs PyTorch (>= 0)."),
     data: Optional[str] = typer.Option(None, help="Data directory: verify on real validation images too."),
     time_it: bool = typer.Option(True, "--time/--no-time", help="Time exported sparse vs exported dense."),
+    dynamic_size: Optional[bool] = typer.Option(None, "--dynamic-size/--static-size", help=(
+        "Export with dynamic input height and width (ONNX dynamic axes, torch.export dynamic shapes), verified at "
+        "the model's size and at another one (and on --data's images at their own size); a format that cannot is "
+        "one line, and the model is exported at its fixed size. Default: dynamic for a detector's backbone (its "
+        "input size varies per batch), static otherwise.")),
 ):
     """Export a deployable model (window selection inside the graph) and verify it against PyTorch.
 
@@ -378,7 +440,7 @@ def export(
     output per stage map (its multi-scale features, verified against PyTorch); the FPN, RPN and RoI heads
     stay in PyTorch (torchvision)."""
     from .io import read_sparsity_file
-    from .commands.export import check_export_target, export_model, real_inputs
+    from .commands.export import check_export_target, export_model, other_size, real_inputs
     from .model_file import load_model_file
     from .tasks import get_task
 
@@ -391,16 +453,33 @@ def export(
     if part:
         console.print(part)
     inputs = [torch_randn(batch_size, size, seed) for seed in (0, 1)]
+    names = ["random 0", "random 1"]
     if data:
         inputs.append(real_inputs(data, meta, size, batch_size, model))
+        names.append("real images")
+    dynamic_inputs = None
+    # a detector's backbone reads batches whose size varies (aspect kept, padded): dynamic unless told otherwise
+    if (part is not None) if dynamic_size is None else dynamic_size:
+        import torch
+        h, w = other_size(model, size)
+        dynamic_inputs = [torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(2))]
+        names.append("random, other size")
+        if data:  # as the detector feeds them: aspect kept, padded (the static check resizes them to a square)
+            dynamic_inputs.append(real_inputs(data, meta, size, batch_size, model, own_size=True))
+            names.append("real images, own size")
     report = export_model(module, format.value, out, inputs, tolerance=tolerance, method=method,
                           config=meta.sparsity, dense_config=method.dense_config(_backbone(module)),
-                          time_it=time_it)
+                          time_it=time_it, dynamic_inputs=dynamic_inputs)
+    if report.get("dynamic"):
+        console.print(f"{format.value}: dynamic height and width, verified at "
+                      f"{', '.join(sorted({c['size'] for c in report['checks']}))}")
+    elif "dynamic_note" in report:
+        console.print(report["dynamic_note"], highlight=False)
     table = Table(title=f"export {format.value} -> {out}")
-    for col in ("input", "max abs error", "relative error"):
+    for col in ("input", "size", "max abs error", "relative error"):
         table.add_column(col, justify="right")
     for c in report["checks"]:
-        table.add_row(["random 0", "random 1", "real images"][c["input"]], f"{c['max_abs']:.2e}", f"{c['rel']:.2e}")
+        table.add_row(names[c["input"]], c["size"], f"{c['max_abs']:.2e}", f"{c['rel']:.2e}")
     console.print(table)
     if "speedup" in report:
         console.print(f"{format.value} runtime: sparse {report['sparse_ms']:.1f} ms vs dense "

@@ -11,7 +11,7 @@ import torch.nn as nn
 from . import dist
 from .data.datasets import build_loader, iterate
 from .methods import Config, Method
-from .tasks import Task, backbone_of, get_task
+from .tasks import Metric, Task, backbone_of, get_task
 
 
 def autocast(device: torch.device, amp: bool):
@@ -41,14 +41,13 @@ def held_out_indices(n: int, k: Optional[int]) -> List[int]:
 
 
 @torch.no_grad()
-def evaluate_all(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
-                 batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
-                 indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> Dict[str, float]:
-    """Every number the task reports (e.g. {'box_ap', 'mask_ap'} for instance segmentation; the task's
-    `metric_name` always among them), in percent, of `model` under `config` on `indices` of `dataset`, or
-    on the search subset of `max_samples` images (`search_indices`), or on all of it. Under torchrun the
-    images are sharded over ranks and the task's metric combines them, so every rank gets the same
-    number. `num_workers` DataLoader workers decode the images."""
+def run_metric(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
+               batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
+               indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> Metric:
+    """The task's metric accumulator after a pass of `model` under `config` over `indices` of `dataset`, or
+    over the search subset of `max_samples` images (`search_indices`), or over all of it. Under torchrun the
+    images are sharded over ranks; the metric combines them when computed. `num_workers` DataLoader workers
+    decode the images."""
     task = get_task(task) if isinstance(task, str) else task
     if config is not None:
         method.apply(backbone_of(model), config)
@@ -63,9 +62,25 @@ def evaluate_all(model: nn.Module, method: Method, config: Optional[Config], dat
         with autocast(device, amp):
             outputs = task.predict(model, x)
         metric.update(outputs, y)
+    return metric
+
+
+def metric_values(metric: Metric, task: Task) -> Dict[str, float]:
+    """Every number `metric` reports (e.g. {'box_ap', 'mask_ap'}; the task's `metric_name` always among them)."""
     # COCO AP reports box and mask AP from one COCOeval pass each; count metrics have one number
     compute_all = getattr(metric, "compute_all", None)
     return compute_all() if compute_all is not None else {task.metric_name: metric.compute()}
+
+
+def evaluate_all(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
+                 batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
+                 indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> Dict[str, float]:
+    """Every number the task reports (e.g. {'box_ap', 'mask_ap'} for instance segmentation; the task's
+    `metric_name` always among them), in percent, of `model` under `config` (see `run_metric`); every rank
+    gets the same numbers."""
+    task = get_task(task) if isinstance(task, str) else task
+    return metric_values(run_metric(model, method, config, dataset, task, batch_size, device, max_samples, amp,
+                                    indices, num_workers), task)
 
 
 def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],

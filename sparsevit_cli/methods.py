@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import Any, Dict, List, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch.nn as nn
 
@@ -24,6 +24,9 @@ class Method(Protocol):
 
     #: the timm models it runs on, in words (for errors)
     supported_models: str
+    #: the public function of the package that applies it to a model (`sparsify`: every SparseViT family,
+    #: `psvit`): `sparsify` dispatches to the registered method of its name that supports the model
+    entry_point: str
     #: every value a gene of a config may take (search spaces choose among these; a space offering any
     #: other value is refused when it is loaded, not when the model later rejects the config)
     gene_values: Tuple[float, ...]
@@ -95,6 +98,27 @@ def method_for_model(model: nn.Module) -> Method:
             return method
     needs = "; ".join(f"{m.name} needs {m.supported_models}" for m in METHODS.values())
     raise UserError(f"no method supports {type(model).__name__} ({needs})")
+
+
+def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None) -> nn.Module:
+    """Make a timm Swin (V1 or V2), or its ``features_only=True`` backbone, window-sparse in place (same object,
+    parameters and state-dict keys), by the SparseViT engine of its family: the registered method with
+    ``entry_point == "sparsify"`` that supports it (so the families never import each other).
+
+    `sparsity` (one ratio per block pair per stage, or a float for all) defaults to 0, exactly the dense
+    model, and `window_score` to the engine's default; an already sparse model keeps its settings unless new
+    ones are given."""
+    _discover_methods()
+    methods = [m for m in METHODS.values() if getattr(m, "entry_point", None) == "sparsify"]
+    for method in methods:
+        if method.supports(model):
+            options = {} if window_score is None else {"window_score": window_score}
+            wrapped = method.wrap(model, **options)
+            if sparsity is not None:
+                wrapped.set_sparsity(sparsity)
+            return wrapped
+    needs = " or ".join(m.supported_models for m in methods)
+    raise UserError(f"SparseViT needs {needs}, got {type(model).__name__}")
 
 
 def _discover_methods() -> None:

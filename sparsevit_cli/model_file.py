@@ -52,6 +52,9 @@ class TaskOptions(TypedDict, total=False):
     the detector's resize and torchvision's FasterRCNN / MaskRCNN arguments (any other is kept as given)."""
     fpn_channels: int
     img_size: int
+    min_size: Union[int, List[int]]
+    max_size: int
+    size_divisible: int
     rpn_pre_nms_top_n_test: int
     rpn_post_nms_top_n_test: int
     box_detections_per_img: int
@@ -78,6 +81,9 @@ class ModelMeta(BaseModel):
     task_options: Optional[TaskOptions] = None
     #: names of the classes (detection: of labels 1..K, in order), for pictures and reports
     class_names: Optional[List[str]] = None
+    #: detection: the data set's category id of each label 1..K (COCO ids need not be contiguous); a
+    #: prediction's label L is category `category_ids[L - 1]`, named `class_names[L - 1]`
+    category_ids: Optional[List[int]] = None
     #: the sparsity config the model runs (after `load`: the one applied, override included)
     sparsity: Optional[List[List[float]]] = None
     method_options: MethodOptions = {}
@@ -152,6 +158,10 @@ class ModelMeta(BaseModel):
             raise UserError(f"model file '{path}' is a {self.task} model for {self.num_classes} classes, "
                             f"'{data_path}' has {have}; fine-tune it on this data first (finetune and adapt "
                             f"re-initialise the class-dependent layers)")
+        have_ids = getattr(dataset, "category_ids", None)
+        if self.category_ids is not None and have_ids is not None and list(have_ids) != self.category_ids:
+            raise UserError(f"model file '{path}' predicts category ids {self.category_ids}, '{data_path}' has "
+                            f"{list(have_ids)}; fine-tune it on this data first")
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able mapping of every key that has a value (extras included), as stored in the file."""

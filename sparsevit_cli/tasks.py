@@ -81,6 +81,10 @@ class Task:
     def reset_head(self, model: nn.Module, num_classes: int) -> str:
         raise NotImplementedError
 
+    def backbone_input(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """What the sparse backbone reads when the task model runs on `images` (B, 3, H, W): the images."""
+        return images
+
     def export_module(self, model: nn.Module) -> Tuple[nn.Module, Optional[str]]:
         """(what `export` writes for this task's model, a line saying what part that is or None when it is
         the whole model). Input: normalised images (B, 3, S, S)."""
@@ -218,8 +222,11 @@ class SemanticFPN(nn.Module):
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
         super().__init__()
+        from .detection.models import any_input_size
+
         if getattr(backbone, "num_classes", 0):
             backbone.reset_classifier(0)  # never executed under a dense head: no dead weights, no MACs
+        any_input_size(backbone)  # segmentation images keep their aspect ratio
         self.backbone = backbone
         chans = [info["num_chs"] for info in backbone.feature_info]
         strides = [info["reduction"] for info in backbone.feature_info]
@@ -266,6 +273,19 @@ class Segmentation(Task):
         check_hierarchical(backbone, self.name)
         return SemanticFPN(backbone, num_classes, **options)
 
+    def collate(self, items):
+        """Images of one shape stacked; of mixed aspect ratios (`data.datasets.segmentation_size`) padded to
+        the batch's largest height and width, images with 0 (the mean colour after normalisation) and masks
+        with the ignore index, so padding is neither learnt nor scored."""
+        H = max(it[0].shape[-2] for it in items)
+        W = max(it[0].shape[-1] for it in items)
+        images = torch.zeros(len(items), items[0][0].shape[0], H, W, dtype=items[0][0].dtype)
+        masks = torch.full((len(items), H, W), IGNORE_INDEX, dtype=torch.int64)
+        for i, (x, y) in enumerate(items):
+            images[i, :, : x.shape[-2], : x.shape[-1]] = x
+            masks[i, : y.shape[-2], : y.shape[-1]] = torch.as_tensor(y)
+        return images, masks
+
     def loss(self, model, images, targets):
         return F.cross_entropy(model(images), targets, ignore_index=IGNORE_INDEX)
 
@@ -301,12 +321,17 @@ class Segmentation(Task):
 # --------------------------------------------------------------------------------------------- detection
 class CocoAP(Metric):
     """COCO AP (%) from pycocotools' COCOeval over the images seen (results gathered from every rank).
-    `compute` returns the task's metric; `compute_all` every AP the task reports (box, and mask)."""
+    `compute` returns the task's metric; `compute_all` every AP the task reports (box, and mask);
+    `summary` COCOeval's whole standard summary per reported metric (AP50, AP75, APs/m/l, AR@1/10/100, ...),
+    per category on request; `coco_results` the COCO results file's entries (the dataset's category ids).
+    Gathering and COCOeval run once per metric object (every rank must call the same methods)."""
 
     def __init__(self, dataset, metric_name: str, reported: Sequence[str]):
         self.dataset, self.metric_name, self.reported = dataset, metric_name, tuple(reported)
         self.results: List[Dict[str, Any]] = []
         self.image_ids: List[int] = []
+        self._gathered: Optional[Tuple[List[Dict[str, Any]], List[int]]] = None
+        self._evals: Dict[str, Any] = {}
 
     def update(self, outputs, targets) -> None:
         from .detection.coco import to_coco_results
@@ -314,14 +339,43 @@ class CocoAP(Metric):
         ids = [int(t["image_id"]) for t in targets]
         self.image_ids += ids
         self.results += to_coco_results(outputs, ids, self.dataset.category_ids)
+        self._gathered, self._evals = None, {}
+
+    def _all_ranks(self) -> Tuple[List[Dict[str, Any]], List[int]]:
+        if self._gathered is None:
+            gathered = dist.all_gather_object((self.results, self.image_ids))
+            self._gathered = ([r for part in gathered for r in part[0]], [i for part in gathered for i in part[1]])
+        return self._gathered
+
+    def _eval(self, name: str):
+        from .detection.coco import run_cocoeval
+
+        if name not in self._evals:
+            results, image_ids = self._all_ranks()
+            self._evals[name] = run_cocoeval(self.dataset.coco, results, name, image_ids)
+        return self._evals[name]
+
+    def coco_results(self) -> List[Dict[str, Any]]:
+        """Every rank's detections as COCO results (xywh boxes, the dataset's category ids, scores, RLE masks
+        for instance segmentation), in image order: what a COCO results JSON file holds."""
+        return sorted(self._all_ranks()[0], key=lambda r: r["image_id"])
+
+    def summary(self, per_class: bool = False) -> Dict[str, Dict[str, Any]]:
+        """{reported metric: COCOeval's summary (`coco.SUMMARY_NAMES`, %; None: no ground truth in that size
+        range), plus 'per_class': {category name: AP} with `per_class`}."""
+        from .detection.coco import per_class_ap, summary_stats
+
+        out = {}
+        for name in self.reported:
+            ev = self._eval(name)
+            out[name] = summary_stats(ev)
+            if per_class:
+                out[name]["per_class"] = per_class_ap(ev, self.dataset.coco)
+        return out
 
     def compute_all(self) -> Dict[str, float]:
-        from .detection.coco import coco_ap
-
-        gathered = dist.all_gather_object((self.results, self.image_ids))
-        results = [r for part in gathered for r in part[0]]
-        image_ids = [i for part in gathered for i in part[1]]
-        return {name: coco_ap(self.dataset.coco, results, name, image_ids)["ap"] for name in self.reported}
+        # AP is None only where the images seen hold no ground truth at all: nothing to find scores 0
+        return {name: stats["ap"] or 0.0 for name, stats in self.summary().items()}
 
     def compute(self) -> float:
         return self.compute_all()[self.metric_name]
@@ -376,6 +430,11 @@ class Detection(Task):
             roi.mask_predictor = MaskRCNNPredictor(logits.in_channels, logits.out_channels, num_classes + 1)
             layers += " and roi_heads.mask_predictor"
         return _reset_line(layers, old, num_classes)
+
+    def backbone_input(self, model, images):
+        """The detector's transform of `images`: normalised, resized to its size and padded to its stride."""
+        model = getattr(model, "module", model)
+        return model.transform(list(images))[0].tensors
 
     def export_module(self, model):
         """The sparse backbone only: its stage maps (the FPN's input); torchvision's FPN, RPN and RoI heads

@@ -27,9 +27,12 @@ def check_rows(result, names):
         assert r["total_gmacs"] > r["backbone_gmacs"] > 0
 
 
-def test_latency_and_macs_of_dense_vs_uniform_at_half_the_backbone_macs(bench_det, tmp_path):
-    result = bench_det(["--smoke", "--latency-only", "--out", str(tmp_path)])
-    assert result["training"]["status"] == "skipped"
+@pytest.mark.parametrize("task", ["detection", "instance_segmentation"])
+def test_latency_and_macs_of_dense_vs_uniform_at_half_the_backbone_macs(bench_det, tmp_path, task):
+    result = bench_det(["--smoke", "--latency-only", "--task", task, "--out", str(tmp_path)])
+    assert result["training"]["status"] == "skipped" and result["task"] == task
+    parts = {"backbone", "neck", "rpn", "box_head"} | ({"mask_head"} if task == "instance_segmentation" else set())
+    assert all(set(r["gmacs_by_part"]) == parts for r in result["rows"])
     uniform = f"uniform {result['uniform_sparsity']:.0%}"
     check_rows(result, ["dense", uniform])
     fraction = next(r for r in result["rows"] if r["model"] == uniform)["backbone_macs_fraction"]
@@ -38,8 +41,14 @@ def test_latency_and_macs_of_dense_vs_uniform_at_half_the_backbone_macs(bench_de
 
 
 def test_trained_rows_through_the_cli(bench_det, tmp_path):
-    result = bench_det(["--smoke", "--out", str(tmp_path)])
+    # Mask R-CNN: the Faster R-CNN path plus the mask head and mask AP (one trained smoke run keeps the suite short;
+    # the detection task's rows are checked untrained above, its training by tests/test_detection_pipeline.py)
+    result = bench_det(["--smoke", "--task", "instance_segmentation", "--out", str(tmp_path)])
     training = result["training"]
     assert training["status"] == "ok", training
     check_rows(result, ["dense", "adapted dense", "searched", "uniform"])
-    assert all(0.0 <= r["box_ap"] <= 100.0 for r in result["rows"])
+    assert all(0.0 <= r[m] <= 100.0 for r in result["rows"] for m in ("box_ap", "mask_ap"))
+    from sparsevit_cli.model_file import read_meta
+
+    meta = read_meta(training["files"]["searched"])  # the heads sized to the backbone travel in the model files
+    assert meta.task == "instance_segmentation" and meta.task_options["mask_head_channels"] == 64

@@ -22,7 +22,7 @@ from sparsevit_cli.detection.models import build_detector
 from sparsevit_cli.errors import UserError
 from sparsevit_cli.methods import get_method
 from sparsevit_cli.swin.cost import swin_macs
-from sparsevit_cli.swin.patch import sparsify
+from sparsevit_cli import sparsify
 from sparsevit_cli.tasks import get_task
 
 MICRO_ARGS = {"embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
@@ -51,9 +51,12 @@ def test_detector_at_sparsity_zero_equals_the_dense_timm_detector(masks):
     dense = build_detector(micro_swin(64), 3, masks=masks, box_score_thresh=0.0, **LIGHT).eval()
     sparse = copy.deepcopy(dense)
     sparsify(sparse.backbone.body)  # same weights everywhere, only the backbone's execution changes
-    x = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    # a portrait and a landscape image: resized with their aspect ratios kept and padded to one batch, which
+    # the plain timm body (made dynamic-size by the detector) and the sparse one run alike
+    x = [torch.rand(3, *hw, generator=torch.Generator().manual_seed(i)) for i, hw in enumerate([(64, 40), (30, 64)])]
     with torch.no_grad():
         batch = dense.transform(x)[0].tensors
+        assert batch.shape[-2:] == (64, 64) and dense.transform.size_divisible == 8
         for (name, a), b in zip(dense.backbone(batch).items(), sparse.backbone(batch).values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
         out_dense, out_sparse = dense(x), sparse(x)
@@ -161,6 +164,38 @@ def test_coco_ap_equals_pycocotools_own_numbers(tmp_path):
     assert 10.0 < box < 90.0 and 10.0 < mask < 90.0  # a case with hits and misses, not a trivial 0 or 100
 
 
+def test_coco_summary_and_per_class_ap_are_pycocotools_own(tmp_path):
+    """The whole summary is COCOeval.stats; a category's AP equals COCOeval run on that category alone."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ann = _write_coco(tmp_path, GT)
+    dataset = CocoDetection(tmp_path / "images", ann)
+    metric = get_task("instance_segmentation").metric(dataset)
+    for i in range(len(dataset)):
+        target = dataset.target(i)
+        metric.update([_prediction(int(target["image_id"]))], [target])
+    summary = metric.summary(per_class=True)
+    results = metric.coco_results()
+    assert {r["category_id"] for r in results} == {3, 7}  # the file's ids, not labels 1..K
+    gt = COCO(str(ann))
+    for name, iou_type in (("box_ap", "bbox"), ("mask_ap", "segm")):
+        drop = "bbox" if iou_type == "segm" else "segmentation"
+        dt = gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in results])
+        ev = COCOeval(gt, dt, iou_type)
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        stats = summary[name]
+        assert [stats[k] for k in ("ap", "ap50", "ap75", "ar1", "ar10", "ar100")] == pytest.approx(
+            [ev.stats[i] * 100 for i in (0, 1, 2, 6, 7, 8)])
+        assert stats["ap_small"] is None or stats["ap_small"] == pytest.approx(ev.stats[3] * 100)
+        for cat_id, cat_name in ((3, "cat"), (7, "dog")):
+            one = COCOeval(gt, dt, iou_type)
+            one.params.catIds = [cat_id]
+            one.evaluate(), one.accumulate(), one.summarize()
+            assert stats["per_class"][cat_name] == pytest.approx(one.stats[0] * 100)
+        assert len(set(stats["per_class"].values())) == 2  # the two categories score differently
+
+
 def test_perfect_and_empty_predictions(tmp_path):
     # a hand-written box-only file without the optional fields: detection needs none of them
     gt = [{k: v for k, v in ann.items() if k in ("image_id", "category_id", "bbox")} for ann in GT]
@@ -179,12 +214,17 @@ BAD = {
     "missing": (None, "not found"),
     "corrupt": ("{not json", "not valid JSON"),
     "empty": ([], "empty annotation list"),
-    "unknown category": ([_box_ann(1, 1, 99, [1, 1, 5, 5])], "unknown category id 99"),
-    "unknown image": ([_box_ann(1, 5, 3, [1, 1, 5, 5])], "unknown image id 5"),
+    # an annotation is named by its COCO id (what a user searches the file for) and its list position
+    "unknown category": ([_box_ann(17, 1, 99, [1, 1, 5, 5])], r"annotation id 17 \(#0 in the list\) has unknown "
+                                                              r"category id 99"),
+    "unknown image": ([_box_ann(1, 1, 3, [1, 1, 5, 5]), _box_ann(42, 5, 3, [1, 1, 5, 5])],
+                      r"annotation id 42 \(#1 in the list\) refers to unknown image id 5"),
     "outside": ([_box_ann(1, 1, 3, [50, 50, 30, 30])], "lies outside image 'a.png'"),
+    "no id": ([{k: v for k, v in _box_ann(1, 1, 3, [1, 1, 5, 5]).items() if k not in ("id", "bbox")}],
+              r"annotation #0 in the list \(no id\) needs category_id, image_id and a 4-number bbox"),
     "absent image": ("absent", "image 'absent.png' listed in .* is missing from"),
     "no mask": ([{k: v for k, v in _box_ann(1, 1, 3, [1, 1, 5, 5]).items() if k != "segmentation"}],
-                "annotation 0 has no valid segmentation"),
+                r"annotation id 1 \(#0 in the list\) has no valid segmentation"),
 }
 
 
@@ -236,6 +276,88 @@ def test_detector_macs_count_backbone_neck_and_heads_as_executed():
     assert half["backbone"] < parts["backbone"]
     assert {k: v for k, v in half.items() if k != "backbone"} == {k: v for k, v in parts.items() if k != "backbone"}
     assert detector_macs(model, method, half_cfg, size, batch_size=2) == 2 * sum(half.values())
+
+
+#: heads sized to a small backbone: every size option away from torchvision's default
+SIZED = dict(box_representation_size=48, mask_head_convs=2, mask_head_channels=24, anchor_sizes=[12, [24, 40], 64],
+             anchor_aspect_ratios=[1.0, 2.0], box_batch_size_per_image=16, box_positive_fraction=0.5,
+             rpn_batch_size_per_image=32, rpn_positive_fraction=0.25)
+
+
+def _fvcore(module, *inputs) -> int:
+    """fvcore's count of `module(*inputs)`'s matrix products and convolutions (its norms and pooling left out)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    f = FlopCountAnalysis(module, inputs)
+    f.unsupported_ops_warnings(False)
+    f.uncalled_modules_warnings(False)
+    return sum(v for op, v in f.by_operator().items() if op in ("conv", "linear", "addmm", "matmul"))
+
+
+class _Seq(torch.nn.Module):
+    """head then predictor, as the RoI heads run them (fvcore traces one module)."""
+
+    def __init__(self, *mods):
+        super().__init__()
+        self.mods = torch.nn.ModuleList(mods)
+
+    def forward(self, x):
+        for m in self.mods:
+            x = m(x)
+        return x
+
+
+class _FPN(torch.nn.Module):
+    """The FPN on stage maps given as tensors (fvcore traces tensor inputs)."""
+
+    def __init__(self, fpn):
+        super().__init__()
+        self.fpn = fpn
+
+    def forward(self, *stages):
+        return tuple(self.fpn({str(i): s for i, s in enumerate(stages)}).values())
+
+
+def test_head_options_size_the_heads_and_their_macs_agree_with_fvcore():
+    K, size, C = 3, 64, LIGHT["fpn_channels"]
+    default = build_detector(sparsify(micro_swin(size)), K, masks=True, **LIGHT)
+    sized = build_detector(sparsify(micro_swin(size)), K, masks=True, **{**LIGHT, **SIZED})
+    roi, rpn = sized.roi_heads, sized.rpn
+    assert roi.box_head.fc7.out_features == 48 and roi.box_predictor.cls_score.in_features == 48
+    assert len(roi.mask_head) == 2 and roi.mask_head[-1][0].out_channels == 24
+    assert roi.mask_predictor.conv5_mask.in_channels == 24 and roi.mask_predictor.mask_fcn_logits.out_channels == K + 1
+    assert rpn.anchor_generator.sizes == ((12,), (24, 40), (64,))
+    assert rpn.anchor_generator.num_anchors_per_location() == [2, 4, 2]
+    assert (roi.fg_bg_sampler.batch_size_per_image, roi.fg_bg_sampler.positive_fraction) == (16, 0.5)
+    assert (rpn.fg_bg_sampler.batch_size_per_image, rpn.fg_bg_sampler.positive_fraction) == (32, 0.25)
+    # defaults stay torchvision's: same modules and names, so a default file's keys never change
+    assert default.roi_heads.box_head.fc7.out_features == 1024 and len(default.roi_heads.mask_head) == 4
+    assert set(sized.state_dict()) <= set(default.state_dict())
+
+    method = get_method("sparsevit")
+    parts = detector_macs(sized, method, [[0.0], [0.0]], size, breakdown=True).parts
+    n, d = LIGHT["rpn_post_nms_top_n_test"], LIGHT["box_detections_per_img"]
+    with torch.no_grad():
+        assert parts["box_head"] == _fvcore(_Seq(roi.box_head, roi.box_predictor), torch.zeros(n, C, 7, 7))
+        assert parts["mask_head"] == _fvcore(_Seq(roi.mask_head, roi.mask_predictor), torch.zeros(d, C, 14, 14))
+        stages = sized.backbone.body.forward_intermediates(torch.zeros(1, 3, size, size), intermediates_only=True)
+        feats = list(sized.backbone.fpn({str(i): s for i, s in enumerate(stages)}).values())
+        assert parts["rpn"] == _fvcore(rpn.head, feats)  # 2 or 4 anchors per location by level
+        assert parts["neck"] == _fvcore(_FPN(sized.backbone.fpn), *stages)
+    # the resized heads are a small part of the default ones (what makes the backbone's share grow)
+    base = detector_macs(default, method, [[0.0], [0.0]], size, breakdown=True).parts
+    assert parts["mask_head"] < base["mask_head"] / 20 and parts["box_head"] < base["box_head"] / 10
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"anchor_sizes": [8, 16]}, "anchor_sizes needs 3 entries"),
+    ({"anchor_sizes": ["big", 1, 2]}, "anchor_sizes needs 3 entries"),
+    ({"anchor_aspect_ratios": [0.0]}, "anchor_aspect_ratios must be positive"),
+    ({"mask_head_convs": 0}, "mask_head_convs must be >= 1"),
+])
+def test_bad_head_sizes_are_one_line(options, needle):
+    with pytest.raises(UserError, match=needle):
+        build_detector(sparsify(micro_swin(64)), 3, masks=True, **options)
 
 
 # --------------------------------------------------------------------------------------------- demo data

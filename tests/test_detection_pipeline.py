@@ -163,6 +163,18 @@ def test_measure_times_a_detector_model_file_with_its_own_heads(detector, capsys
     assert r["dense_gmacs"] == pytest.approx(task.macs(model, method, [[0.0], [0.0]], SIZE) / 1e9)
     assert r["dense_gmacs"] > task.backbone_macs(model, method, [[0.0], [0.0]], SIZE) / 1e9
     assert r["dense_ms"] > 0 and r["sparse_ms"] > 0
+    # beside it the backbone alone, timed on the batch it reads in the detector, its MACs the backbone's
+    bb = r["backbone"]
+    assert bb["dense_gmacs"] == pytest.approx(task.backbone_macs(model, method, [[0.0], [0.0]], SIZE) / 1e9)
+    assert bb["sparse_gmacs"] == pytest.approx(task.backbone_macs(model, method, [[0.3], [0.3]], SIZE) / 1e9)
+    assert bb["ideal_speedup"] > r["ideal_speedup"] > 1.0  # the dense heads dilute the whole detector's
+    assert 0 < bb["sparse_ms"] < r["sparse_ms"] and bb["speedup"] == pytest.approx(bb["dense_ms"] / bb["sparse_ms"])
+    code, out, err = run_cli(["measure", "--checkpoint", str(model_file), "--repeats", "1", "--warmup", "0",
+                              "--batch-size", "2"], capsys)
+    assert code == 0, err
+    text = " ".join(out.split())
+    # the backbone's table follows the whole detector's
+    assert 0 <= text.index("detection model, end to end") < text.index("its backbone alone")
 
 
 def test_a_backbone_mac_budget_counts_the_backbone_alone(tmp_path, demo, detector, capsys):
@@ -244,6 +256,29 @@ def test_two_process_gloo_detection_adapt_keeps_replicas_identical(tmp_path, dem
     assert {"box_ap", "mask_ap"} <= set(json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1]))
 
 
+def test_a_detector_evaluates_dense_and_trains_multi_scale_on_mixed_aspect_images(tmp_path, demo, detector, capsys):
+    # the demo COCO set is shaped like COCO: landscape, portrait, wide and square images
+    for split, shapes in (("train", {(96, 72), (72, 96), (96, 54), (96, 96)}), ("val", {(96, 72), (72, 96)})):
+        coco = json.loads((demo / "det" / "annotations" / f"instances_{split}.json").read_text())
+        assert {(im["width"], im["height"]) for im in coco["images"]} == shapes
+    # the shared detector prunes every stage at 0.3; dense, and at sparsity 0, timm's own blocks run every
+    # stage on the oblong batches (they kept the square model's attention mask and crashed)
+    model_file = str(detector / "model.safetensors")
+    code, out, err = run_cli(["evaluate", "--checkpoint", model_file, "--data", str(demo), "--dense", "--json"], capsys)
+    assert code == 0, err
+    code, out0, err = run_cli(["evaluate", "--checkpoint", model_file, "--data", str(demo), "--sparsity", "0",
+                               "--json"], capsys)
+    assert code == 0, err
+    # multi-scale training sizes, the longest side and the padding multiple travel in the model file
+    options = dict(LIGHT, min_size=[64, 80, 96], max_size=96, size_divisible=16)
+    code, _, err = run_cli(["finetune", str(write_cfg(tmp_path, demo, "detection", task_options=options, epochs=1,
+                                                      sparsity=0.0)), "--no-progress"], capsys)
+    assert code == 0, err
+    transform = load(tmp_path / "out" / "model.safetensors").transform
+    assert (transform.min_size, transform.max_size, transform.size_divisible) == ((64, 80, 96), 96, 16)
+    assert load(model_file).transform.size_divisible == 8  # default: the backbone's largest stride (2 stages)
+
+
 def test_demo_data_detection_flag_writes_the_coco_layout(tmp_path, capsys):
     code, _, err = run_cli(["demo-data", str(tmp_path / "d"), "--img-size", "64", "--train", "2", "--val", "1",
                             "--detection"], capsys)
@@ -285,6 +320,7 @@ def test_detector_starts_from_a_1000_class_timm_checkpoint(tmp_path, demo, capsy
 @pytest.mark.parametrize("task_name,options,needle", [
     ("detection", {"fpn_channels": 0}, "task_options.fpn_channels must be >= 1, got 0"),
     ("detection", {"box_score_thresh": "high"}, "task_options.box_score_thresh must be a number"),
+    ("detection", {"min_size": [64, 0]}, "task_options.min_size must be a positive number of pixels or a list"),
     ("segmentation", {"fpn_chanels": 8}, "unexpected keyword argument 'fpn_chanels'"),
 ])
 def test_bad_task_options_are_one_line(tmp_path, demo, capsys, task_name, options, needle):
@@ -294,18 +330,20 @@ def test_bad_task_options_are_one_line(tmp_path, demo, capsys, task_name, option
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def regrouped_copy(demo, dest, groups: int = 3):
-    """The demo COCO set with its 10 digit categories folded into `groups` new ones (digit % groups): the
-    same images and boxes, data with other classes than a model trained on the demo."""
+def regrouped_copy(demo, dest, groups: int = 3, ids=None):
+    """The demo COCO set with its 10 digit categories folded into `groups` new ones (digit % groups) with
+    category ids `ids` (1..groups by default): the same images and boxes, data with other classes than a model
+    trained on the demo."""
     import shutil
 
+    ids = list(ids or range(1, groups + 1))
     shutil.copytree(demo / "det", dest)
     for ann_file in (dest / "annotations").glob("instances_*.json"):
         data = json.loads(ann_file.read_text())
         digit = {c["id"]: int(c["name"]) for c in data["categories"]}
-        data["categories"] = [{"id": g + 1, "name": "abc"[g], "supercategory": "group"} for g in range(groups)]
+        data["categories"] = [{"id": ids[g], "name": "abc"[g], "supercategory": "group"} for g in range(groups)]
         for ann in data["annotations"]:
-            ann["category_id"] = digit[ann["category_id"]] % groups + 1
+            ann["category_id"] = ids[digit[ann["category_id"]] % groups]
         ann_file.write_text(json.dumps(data))
     return dest
 

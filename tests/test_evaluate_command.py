@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cli_helpers import assert_one_line_error, run_cli
-from test_detection_pipeline import demo, detector, regrouped_copy  # noqa: F401 (fixtures)
+from test_detection_pipeline import LIGHT, demo, detector, regrouped_copy, write_cfg as write_det_cfg  # noqa: F401
 from test_train import _torchrun, data_dir, write_cfg  # noqa: F401 (fixture)
 
 
@@ -55,6 +55,8 @@ def test_sparsity_and_config_pick_the_config(classifier, data_dir, tmp_path, cap
     (["--sparsity", "0.5", "--config", "best.yaml"], "either --sparsity or --config"),
     (["--sparsity", "0.55"], "0.55"),
     (["--split", "test"], "test"),
+    (["--per-class"], "are for COCO tasks"),
+    (["--results-json", "."], "--results-json '.' is a directory"),
 ])
 def test_bad_input_is_one_line(classifier, data_dir, capsys, extra, needle):  # noqa: F811
     code, _, err = run_cli(["evaluate", "--checkpoint", str(classifier / "model.safetensors"), "--data",
@@ -85,3 +87,48 @@ def test_two_process_gloo_evaluation_equals_one_process_and_rank0_reports(classi
     assert len(lines) == 1  # rank 0 alone prints
     two = json.loads(lines[0])
     assert [r["top1"] for r in two["rows"]] == pytest.approx([r["top1"] for r in one["rows"]])
+
+
+def test_coco_results_file_keeps_non_contiguous_category_ids_and_reads_back_to_the_printed_ap(tmp_path, demo,  # noqa: F811
+                                                                                              capsys):
+    """A Mask R-CNN trained on categories 3/7/11: the model file keeps the ids, `--results-json` writes them (RLE
+    masks, xywh boxes), and pycocotools' own loadRes + COCOeval of that file gives the AP evaluate printed."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from sparsevit_cli.model_file import read_meta
+
+    data = regrouped_copy(demo, tmp_path / "ids", ids=[3, 7, 11])
+    # every detection kept (a one-epoch detector scores low): the results file has masks and boxes to check
+    cfg = write_det_cfg(tmp_path, data, "instance_segmentation", epochs=1, sparsity=0.0,
+                        task_options=dict(LIGHT, box_score_thresh=0.0))
+    assert run_cli(["finetune", str(cfg), "--no-progress"], capsys)[0] == 0
+    model = str(tmp_path / "out" / "model.safetensors")
+    assert read_meta(model).category_ids == [3, 7, 11] and read_meta(model).class_names == ["a", "b", "c"]
+
+    results = tmp_path / "results.json"
+    code, out, err = run_cli(["evaluate", "--checkpoint", model, "--data", str(data), "--results-json", str(results),
+                              "--per-class", "--json"], capsys)
+    assert code == 0, err
+    row = json.loads(out)["rows"][-1]
+    dets = json.loads(results.read_text())
+    assert dets and {d["category_id"] for d in dets} <= {3, 7, 11}
+    assert all(len(d["bbox"]) == 4 and isinstance(d["segmentation"]["counts"], str) for d in dets)
+    gt = COCO(str(data / "annotations" / "instances_val.json"))
+    for metric, iou_type in (("box_ap", "bbox"), ("mask_ap", "segm")):
+        # pycocotools takes a detection's area from its box when one is given: mask AP is read without it
+        drop = "bbox" if iou_type == "segm" else "segmentation"
+        ev = COCOeval(gt, gt.loadRes([{k: v for k, v in d.items() if k != drop} for d in dets]), iou_type)
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert row[metric] == pytest.approx(max(ev.stats[0], 0) * 100, abs=1e-9)
+        assert [row["coco"][metric][k] for k in ("ap50", "ap75", "ar100")] == pytest.approx(
+            [max(ev.stats[i], 0) * 100 for i in (1, 2, 8)], abs=1e-9)
+        assert list(row["coco"][metric]["per_class"]) == ["a", "b", "c"]
+
+    code, out, err = run_cli(["evaluate", "--checkpoint", model, "--data", str(data), "--per-class"], capsys)
+    assert code == 0, err
+    assert "AP50" in out and "AR100" in out and "AP per category" in out  # the tables
+    # the same images with categories 1/2/3: the file's labels would name other categories
+    other = regrouped_copy(demo, tmp_path / "other")
+    code, _, err = run_cli(["evaluate", "--checkpoint", model, "--data", str(other)], capsys)
+    assert_one_line_error(code, err, "predicts category ids [3, 7, 11]")

@@ -294,6 +294,10 @@ def test_detector_exports_its_sparse_backbone_stage_maps(task, tmp_path, capsys)
     said = " ".join(stdout.split())
     assert f"{task} model: exported the sparse backbone only (2 multi-scale stage maps" in said
     assert "real images" in said  # the demo COCO set's validation image, through the detector's transform
+    # a detector's backbone is exported with dynamic height and width where the format can: the sparse engine's
+    # per-size tables trace as constants, so ONNX cannot, and one line says so before the fixed-size export
+    assert "onnx cannot export this model with dynamic height and width (at 48x64 its relative error is" in said
+    assert "exported with a fixed 1x3x64x64 input instead" in said
 
     import onnxruntime as ort
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -305,3 +309,50 @@ def test_detector_exports_its_sparse_backbone_stage_maps(task, tmp_path, capsys)
     assert [tuple(g.shape) for g in got] == [(1, 16, 16, 16), (1, 32, 8, 8)]
     for g, w in zip(got, want):
         assert rel_err(w, torch.from_numpy(g)) < TOL
+
+
+# ---- dynamic height and width --------------------------------------------------------------------------------
+class _Maps(torch.nn.Module):
+    """Two stride-2 / stride-4 convolution maps: a backbone whose exporters all handle any input size."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.b = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        a = self.a(x)
+        return a, self.b(a).relu()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_dynamic_export_is_verified_at_two_sizes_and_runs_at_a_third(fmt, tmp_path):
+    model, out = _Maps().eval(), tmp_path / f"maps{FORMATS[fmt].suffix}"
+    report = export_model(model, fmt, out, [images(0, 64, batch=1)], time_it=False,
+                          dynamic_inputs=[torch.randn(1, 3, 48, 64)])
+    assert report["dynamic"] is True and "dynamic_note" not in report
+    assert [c["size"] for c in report["checks"]] == ["64x64", "48x64"]
+    x = torch.randn(1, 3, 40, 88)  # a size neither check used
+    got = runtime_out(fmt, out, x)
+    got = got[0] if isinstance(got, (tuple, list)) else got  # the first output: the stride-2 map
+    assert got.shape == (1, 4, 20, 44) and rel_err(torch_out(model, x)[0], got) < TOL
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
+def test_sparse_backbone_dynamic_export_falls_back_to_a_fixed_size_with_one_line(fmt, tmp_path):
+    """The sparse engine builds its window tables and shifted-window masks per input size in Python: traced,
+    they hold the traced size only (torch.export refuses the size-keyed caches outright). Verification at a
+    second size finds it, one line says so, and the fixed-size export is written and verified."""
+    from sparsevit_cli.detection.models import BackboneFeatures
+
+    model = BackboneFeatures(micro_swin([[0.3], [0.7]])).eval()
+    out = tmp_path / f"bb{FORMATS[fmt].suffix}"
+    report = export_model(model, fmt, out, [images(0, 64, batch=1)], time_it=False,
+                          dynamic_inputs=[torch.randn(1, 3, 48, 64)])
+    assert report["dynamic"] is False and out.is_file()
+    assert report["dynamic_note"].startswith(f"{fmt} cannot export this model with dynamic height and width (")
+    assert report["dynamic_note"].endswith("exported with a fixed 1x3x64x64 input instead")
+    assert "\n" not in report["dynamic_note"] and [c["size"] for c in report["checks"]] == ["64x64"]
+    assert report["max_rel_error"] < TOL

@@ -13,7 +13,8 @@ from sparsevit_cli.methods import get_method, method_for_model
 from sparsevit_cli.model_file import load, read_meta
 from sparsevit_cli.search.space import load_space
 from sparsevit_cli.swin.latency import predict_swin_latency
-from sparsevit_cli.swin.patch import RATIO_CHOICES, WINDOW_SCORES, sparsify, swin_stages
+from sparsevit_cli import sparsify
+from sparsevit_cli.swin.patch import RATIO_CHOICES, WINDOW_SCORES, swin_stages
 from sparsevit_cli.swinv2.cost import position_bias_macs, swinv2_macs
 from sparsevit_cli.swinv2.patch import SparseSwinTransformerV2, SparseSwinV2Stage, sparse_block_v2_, sparsify_v2
 from sparsevit_cli.tasks import backbone_of
@@ -70,7 +71,7 @@ def test_features_only_backbone_is_timm_at_zero_and_runs_what_the_whole_sparse_m
     with torch.no_grad():
         for p in dense.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    sparse = sparsify(copy.deepcopy(dense))  # V1's sparsify hands a V2 backbone to the V2 engine
+    sparse = sparsify(copy.deepcopy(dense))  # the public sparsify picks the V2 engine by the method registry
     assert isinstance(sparse, SparseSwinTransformerV2)
     assert all(isinstance(s, SparseSwinV2Stage) for s in swin_stages(sparse)) and len(swin_stages(sparse)) == 2
     assert method_for_model(dense).name == "sparsevit-v2"
@@ -200,7 +201,7 @@ def test_latency_table_times_the_v2_block_restores_the_config_and_calibrates(mon
     method.apply(model, [[0.3], [0.6]])
     method.build_latency_table(model, torch.randn(1, 3, 64, 64), warmup=0, repeats=1)
     assert model.sparsity == [[0.3], [0.6]] and model.window_score == "l2"
-    assert calls and set(calls) == {"SwinTransformerV2Block"}
+    assert calls and set(calls) == {"SparseSwinTransformerV2Block"}  # timm's V2 block, its mask per size
 
 
 def test_method_is_picked_for_swin_v2_and_not_for_swin_v1():

@@ -8,7 +8,7 @@ from task_helpers import train_losses
 import pytest
 
 from sparsevit_cli.errors import UserError
-from sparsevit_cli.swin.patch import sparsify
+from sparsevit_cli import sparsify
 from sparsevit_cli.tasks import TASKS, MeanIoU, SemanticFPN, backbone_of, build_task_model, get_task
 
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2, 2], "num_heads": [1, 2, 2], "window_size": 4}
@@ -115,3 +115,35 @@ def test_classification_reset_head_names_timm_classifier():
     model = task.build(micro_swin(), 5)
     assert task.reset_head(model, 2) == "head.fc: 5 -> 2 classes, re-initialised"
     assert model.head.fc.out_features == 2
+
+
+def test_segmentation_keeps_the_aspect_ratio_and_pads_batches_with_ignore(tmp_path):
+    """Non-square segmentation data: the longer side goes to img_size, a batch of mixed shapes is padded
+    (images 0, masks ignored), and the sparse Semantic FPN trains on it with dense and pruned stages."""
+    import numpy as np
+    from PIL import Image
+
+    from sparsevit_cli.data.datasets import IGNORE_INDEX
+
+    for split in ("train",):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir(parents=True)
+        for name, (w, h) in {"a": (200, 100), "b": (90, 160), "c": (64, 64)}.items():
+            rgb = np.random.default_rng(len(name) + w).integers(0, 255, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(rgb).save(tmp_path / split / "images" / f"{name}.png")
+            Image.fromarray(np.ones((h, w), dtype=np.uint8)).save(tmp_path / split / "masks" / f"{name}.png")
+    task = get_task("segmentation")
+    ds = task.dataset(tmp_path, "train", 64, train=False, num_classes=2)
+    assert [tuple(ds[i][0].shape[-2:]) for i in range(3)] == [(32, 64), (64, 32), (64, 64)]
+    assert all(ds[i][1].shape == ds[i][0].shape[-2:] for i in range(3))
+    images, masks = task.collate([ds[0], ds[1]])
+    assert images.shape == (2, 3, 64, 64) and masks.shape == (2, 64, 64)
+    assert (masks[0, 32:] == IGNORE_INDEX).all() and (masks[1, :, 32:] == IGNORE_INDEX).all()
+    assert (images[0, :, 32:] == 0).all() and (masks[0, :32] == 1).all()
+    model = build_task_model(micro_swin().set_sparsity([[0.5], [0.0], [0.0]]), "segmentation", 2,
+                             fpn_channels=16, head_channels=16)
+    loss = task.loss(model.train(), images, masks)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        assert model.eval()(ds[1][0][None]).shape == (1, 2, 64, 32)  # a portrait image alone

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from sparsevit_cli import sparsify
+from sparsevit_cli.commands.visualize import visualize_windows
 from sparsevit_cli.model_file import save_model
 from sparsevit_cli.swin.patch import kept_windows
 from cli_helpers import assert_one_line_error, run_cli
@@ -250,17 +251,21 @@ def test_visualize_a_detector_draws_kept_windows_and_predictions(tmp_path, capsy
                                      "--score-threshold", threshold], capsys)
         assert code == 0, err
         lines = stdout.splitlines()
-        # 128 px, patch 4, window 4: 8x8 windows in stage 1, 4x4 in stage 2; half of each kept
+        # a 4:3 canvas, 128 x 96 px, kept at its aspect ratio; patch 4, window 4: 8x6 windows in stage 1, 4x3 in
+        # stage 2; half of each kept
         assert [l for l in lines if l.startswith("stage")] == [
-            "stage 1: 50% pruned, 32/64 windows kept (32x32 tokens, window 4x4)",
-            "stage 2: 50% pruned, 8/16 windows kept (16x16 tokens, window 4x4)"]
+            "stage 1: 50% pruned, 24/48 windows kept (24x32 tokens, window 4x4)",
+            "stage 2: 50% pruned, 6/12 windows kept (12x16 tokens, window 4x4)"]
         detections = [l for l in lines if l.startswith("detections:")]
         assert len(detections) == 1
         n = int(detections[0].split()[1])
         if threshold == "0":  # box_detections_per_img of them, named by the file's class names
             assert n == 5 and any(f"{name} 0." in detections[0] for name in ("zero", "one", "two"))
-        else:
+            assert not [l for l in lines if l.startswith("note:")]
+        else:  # nothing passes: one line says so, with the top score
             assert n == 0
+            notes = [l for l in lines if l.startswith("note:")]
+            assert len(notes) == 1 and "no prediction scored >= 1.00 (top score 0." in notes[0]
         with Image.open(out) as im:
             assert im.format == "PNG"
             pictures[threshold] = np.asarray(im.convert("RGB"))
@@ -274,3 +279,52 @@ def test_visualize_refuses_a_score_threshold_outside_0_1(tmp_path, capsys, model
                             "--score-threshold", "1.5"], capsys)
     assert_one_line_error(code, err, "--score-threshold must be a score in [0, 1]")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_default_threshold_draws_a_young_models_best_predictions_and_says_so(tmp_path, capsys, detection_image):
+    """An untrained detector scores about 1 / (classes + 1) everywhere: the default threshold (0.5) passes
+    nothing, so the best few are drawn, and one line says what the top score was."""
+    from sparsevit_cli.detection.draw import DEFAULT_SCORE_THRESHOLD, FALLBACK_TOP_K
+    from sparsevit_cli.tasks import build_task_model
+
+    torch.manual_seed(0)
+    options = dict(DET_OPTIONS, box_detections_per_img=8)
+    model = build_task_model(sparsify(timm.create_model(MODEL, **DET_ARGS), SPARSITY), "detection", 3, **options)
+    path = tmp_path / "det.safetensors"
+    save_model(path, model, {"method": "sparsevit", "model": MODEL, "model_args": DET_ARGS, "img_size": 128,
+                             "task": "detection", "num_classes": 3, "sparsity": SPARSITY, "task_options": options,
+                             "class_names": ["zero", "one", "two"], "category_ids": [3, 7, 11]})
+    out = tmp_path / "v.png"
+    result = visualize_windows(path, detection_image, out)
+    scores = [d["score"] for d in result["detections"]]
+    assert len(scores) == FALLBACK_TOP_K and max(scores) < DEFAULT_SCORE_THRESHOLD
+    assert scores == sorted(scores, reverse=True)  # the best ones, best first
+    assert {d["category_id"] for d in result["detections"]} <= {3, 7, 11}  # the data's ids beside the labels
+    assert result["note"].startswith(f"no prediction scored >= 0.50 (top score {max(scores):.3f}): drew the 5 best")
+
+
+def test_labels_are_coloured_by_class_and_kept_apart():
+    """Two overlapping boxes of two classes: each outlined in its class colour, their labels do not overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    from sparsevit_cli.commands.visualize import _draw_detections
+    from sparsevit_cli.detection.draw import class_colour
+
+    assert class_colour(1) != class_colour(2) and class_colour(1) == class_colour(21)
+    fig = Figure(figsize=(3, 3), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.imshow(np.zeros((64, 64, 3)), extent=(0, 64, 64, 0))
+    ax.set_xlim(0, 64), ax.set_ylim(64, 0)
+    dets = [{"class": "seven", "score": 0.9, "box": [10.0, 20.0, 40.0, 50.0], "colour": class_colour(1)},
+            {"class": "three", "score": 0.8, "box": [11.0, 21.0, 41.0, 51.0], "colour": class_colour(2)}]
+    _draw_detections(ax, fig, dets)
+    texts = [t for t in ax.get_children() if isinstance(t, Text) and t.get_text() in ("seven 0.90", "three 0.80")]
+    assert len(texts) == 2
+    renderer = fig.canvas.get_renderer()
+    a, b = (t.get_window_extent(renderer) for t in texts)
+    assert not a.overlaps(b)
+    edges = sorted(tuple(round(c * 255) for c in p.get_edgecolor()[:3]) for p in ax.patches)
+    assert edges == sorted([class_colour(1), class_colour(2)])

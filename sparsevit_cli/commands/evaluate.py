@@ -1,7 +1,12 @@
 """`sparsevit evaluate`: the task's metrics (top-1, mIoU, COCO box / mask AP) of a model file on a split of the
 user's data, under its stored config, a search's best.yaml or a uniform sparsity, optionally beside its dense
 config; with the MACs of each (the whole task model as executed, and its backbone). Under torchrun the images
-are sharded over ranks and the metrics combined (`evaluate.evaluate_all`, the one evaluation every step uses)."""
+are sharded over ranks and the metrics combined (`evaluate.run_metric`, the one evaluation every step uses).
+
+COCO tasks report COCOeval's whole standard summary per row (AP, AP50, AP75, APs/m/l, AR@1/10/100, ARs/m/l, of
+boxes and masks), per category on request, and write the evaluated config's detections as a standard COCO
+results file on request (xywh boxes, the dataset's category ids, scores, RLE masks; pycocotools' loadRes reads it).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import dist
+from ..errors import UserError
 from ..timing import resolve_device
 
 
@@ -23,16 +29,22 @@ class EvaluateOptions:
     batch_size: int = 16
     max_samples: Optional[int] = None  # a fixed random subset of this many images (all by default)
     device: str = "cpu"
+    results_json: Optional[str] = None  # COCO tasks: write the evaluated config's detections here
+    per_class: bool = False          # COCO tasks: AP of every category too
 
 
 def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     """{'task', 'metrics' (names, the task's first), 'images', 'rows': [{'name', 'config', <metric>: %, 'gmacs',
-    'backbone_gmacs'}]}, the dense row first when asked; None on torchrun ranks other than 0 (rank 0 reports)."""
-    from ..evaluate import evaluate_all, search_indices
+    'backbone_gmacs'}]}, the dense row first when asked; None on torchrun ranks other than 0 (rank 0 reports).
+    COCO tasks: every row also has 'coco': {metric: COCOeval's summary (+ 'per_class' with `per_class`)}, and
+    with `results_json` the last row's (the config asked for) detections are written there ('results_json')."""
+    from ..evaluate import metric_values, run_metric, search_indices
+    from ..io import atomic_write_json, check_output_file
     from ..model_file import config_option, load_model_file
     from ..tasks import backbone_of, get_task
 
     device = resolve_device(opts.device)  # options first: a typo costs no model load
+    results_path = check_output_file(opts.results_json, "--results-json") if opts.results_json else None
     model, method, meta = load_model_file(opts.checkpoint, config_option(opts.config, opts.sparsity))
     backbone = backbone_of(model)
     config = meta.sparsity
@@ -40,20 +52,35 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     img_size = meta.image_size
     dataset = task.dataset(opts.data, opts.split, img_size, train=False)
     meta.check_data(dataset, opts.data, opts.checkpoint)
+    if (results_path is not None or opts.per_class) and not hasattr(task.metric(dataset), "summary"):
+        raise UserError(f"--results-json and --per-class are for COCO tasks (detection, instance_segmentation); "
+                        f"'{opts.checkpoint}' is a {task.name} model")
     model = model.to(device)
     runs = ([("dense", method.dense_config(backbone))] if opts.dense else []) + [("sparse", config)]
     rows: List[Dict[str, Any]] = []
     with dist.process_group(opts.device):
         main = dist.is_main()
         for name, cfg in runs:
-            scores = evaluate_all(model, method, cfg, dataset, task, opts.batch_size, device,
-                                  max_samples=opts.max_samples)
-            rows.append({"name": name, "config": cfg, **scores,
-                         "gmacs": task.macs(model, method, cfg, img_size) / 1e9,
-                         "backbone_gmacs": task.backbone_macs(model, method, cfg, img_size) / 1e9})
+            metric = run_metric(model, method, cfg, dataset, task, opts.batch_size, device,
+                                max_samples=opts.max_samples)
+            row = {"name": name, "config": cfg, **metric_values(metric, task),
+                   "gmacs": task.macs(model, method, cfg, img_size) / 1e9,
+                   "backbone_gmacs": task.backbone_macs(model, method, cfg, img_size) / 1e9}
+            summary = getattr(metric, "summary", None)
+            if summary is not None:
+                row["coco"] = summary(per_class=opts.per_class)
+            rows.append(row)
+        if results_path is not None and main:  # the config asked for: the last row
+            try:
+                atomic_write_json(results_path, metric.coco_results(), indent=None)
+            except OSError as e:
+                raise UserError(f"cannot write --results-json '{results_path}': {e.strerror or e}") from None
     if not main:
         return None
     metrics = [task.metric_name] + sorted(k for k in rows[-1] if k not in {task.metric_name, "name", "config",
-                                                                             "gmacs", "backbone_gmacs"})
-    return {"model_file": str(Path(opts.checkpoint)), "task": task.name, "split": opts.split, "metrics": metrics,
-            "images": len(search_indices(len(dataset), opts.max_samples)), "rows": rows}
+                                                                             "gmacs", "backbone_gmacs", "coco"})
+    result = {"model_file": str(Path(opts.checkpoint)), "task": task.name, "split": opts.split, "metrics": metrics,
+              "images": len(search_indices(len(dataset), opts.max_samples)), "rows": rows}
+    if results_path is not None:
+        result["results_json"] = str(results_path)
+    return result

@@ -9,6 +9,11 @@ model is timed beside the sparse one on the same runtime.
 Detectors (detection, instance segmentation) export their sparse Swin backbone only: one output per stage
 map (`features0`, ...), the multi-scale features the FPN reads (`Task.export_module`). torchvision's FPN,
 RPN and RoI heads (data-dependent proposal counts, NMS) stay in PyTorch.
+
+Dynamic height and width (`dynamic_inputs`): the graph is written with symbolic height and width (ONNX dynamic
+axes, torch.export dynamic shapes; a TorchScript trace has no declaration) and verified at the traced size AND at
+other sizes. A format that cannot (the exporter refuses, or the file computes something else at another size) is
+one line, and the model is exported again with a fixed input size, verified as usual.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ Runner = Callable[[np.ndarray], Union[np.ndarray, List[np.ndarray]]]
 @dataclass
 class Format:
     suffix: str
-    write: Callable[[nn.Module, torch.Tensor, Path], None]
+    write: Callable[..., None]  # (model, example input, path, dynamic: height and width symbolic)
     load: Callable[[Path], Runner]
 
 
@@ -52,14 +57,18 @@ def _one_or_list(values: Sequence):
     return values[0] if len(values) == 1 else list(values)
 
 
-def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool = False) -> None:
     with torch.no_grad():
-        n = len(_output_list(model(x)))
-    names = ["output"] if n == 1 else [f"features{i}" for i in range(n)]
+        outputs = _output_list(model(x))
+    names = ["output"] if len(outputs) == 1 else [f"features{i}" for i in range(len(outputs))]
+    axes = None
+    if dynamic:  # the input's height and width, and those of every output that is a map
+        axes = {"images": {2: "height", 3: "width"}}
+        axes.update({n: {2: f"{n}_height", 3: f"{n}_width"} for n, o in zip(names, outputs) if o.dim() == 4})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=["images"], output_names=names)
+                          input_names=["images"], output_names=names, dynamic_axes=axes)
 
 
 def _load_onnx(path: Path) -> Runner:
@@ -71,7 +80,8 @@ def _load_onnx(path: Path) -> Runner:
     return lambda a: _one_or_list(session.run(None, {"images": a}))
 
 
-def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool = False) -> None:
+    # a trace declares no dynamic dimension: whether it holds at other sizes is what verification shows
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (x,), check_trace=False)
@@ -91,10 +101,16 @@ def _load_torchscript(path: Path) -> Runner:
         return _torch_runner(torch.jit.load(str(path)).eval())
 
 
-def _write_pt2(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+def _write_pt2(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool = False) -> None:
+    from torch.export import Dim
+
+    # DYNAMIC: export infers the range the model allows (e.g. a stride's minimum) and refuses a specialisation
+    shapes = ({2: Dim.DYNAMIC, 3: Dim.DYNAMIC},) if dynamic else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.export.export(model, (x,), strict=False)
+        # a copy: export marks the example's dynamic dimensions on the tensor itself, which would make a later
+        # export of the same input (the fixed-size one after a refused dynamic one) dynamic too
+        program = torch.export.export(model, (x.clone(),), dynamic_shapes=shapes, strict=False)
     torch.export.save(program, str(path))
 
 
@@ -178,12 +194,25 @@ def check_export_target(out: str | os.PathLike, tolerance: float, fmt: Optional[
                         f"name it e.g. '{Path(out).with_suffix(FORMATS[fmt].suffix).name}'")
 
 
+def _size(x: torch.Tensor) -> str:
+    return f"{x.shape[-2]}x{x.shape[-1]}"
+
+
+class _DynamicUnsupported(Exception):
+    """A format could not export the model with dynamic height and width (the message says why)."""
+
+
 def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: List[torch.Tensor],
                  tolerance: float = 1e-4, method=None, config=None, dense_config=None,
-                 time_it: bool = True) -> Dict[str, object]:
+                 time_it: bool = True, dynamic_inputs: Optional[List[torch.Tensor]] = None) -> Dict[str, object]:
     """Export `model` (eval, CPU) running `config` (when given with its `method`), traced at inputs[0]'s
     shape, verify it on every input, and time it against the dense model exported the same way. Returns a
-    report; raises UserError on failure, in which case nothing is written."""
+    report; raises UserError on failure, in which case nothing is written.
+
+    `dynamic_inputs` (inputs of other heights and widths): the graph is exported with dynamic height and width
+    and verified on them too; when the format cannot (refused, or wrong at another size), the report's
+    'dynamic_note' says so in one line and the model is exported with the fixed size of inputs[0] ('dynamic':
+    whether the file written takes any size). Every check has its input's 'size' (HxW)."""
     if fmt not in FORMATS:
         raise UserError(f"unsupported format '{fmt}' (supported: {', '.join(FORMATS)})")
     check_export_target(out, tolerance)
@@ -193,27 +222,66 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: Lis
     if method is not None and config is not None:
         # the config to export is the one given, whatever the model ran last
         method.apply(backbone_of(model), config)
+    report: Dict[str, object] = {"format": fmt, "file": str(out)}
+    if dynamic_inputs:
+        try:
+            report.update(_write_verified(model, spec, fmt, out, list(inputs) + list(dynamic_inputs), tolerance,
+                                          dynamic=True))
+            report["dynamic"] = True
+        except _DynamicUnsupported as e:
+            report["dynamic"] = False
+            report["dynamic_note"] = (f"{fmt} cannot export this model with dynamic height and width ({e}); "
+                                      f"exported with a fixed {'x'.join(map(str, inputs[0].shape))} input instead")
+    if "checks" not in report:
+        report.update(_write_verified(model, spec, fmt, out, inputs, tolerance, dynamic=False))
+    if time_it and dense_config is not None and method is not None:
+        with _user_errors(f"timing against the dense {fmt} model failed"):
+            report.update(_compare_with_dense(model, method, config, dense_config, spec, inputs[0],
+                                              FORMATS[fmt].load(out)))
+    return report
+
+
+def _write_verified(model: nn.Module, spec: Format, fmt: str, out: Path, inputs: List[torch.Tensor],
+                    tolerance: float, dynamic: bool) -> Dict[str, object]:
+    """Write `model` traced at inputs[0] (height and width symbolic with `dynamic`) to `out`, once it computes
+    what PyTorch computes on every input; {'checks', 'max_rel_error'}. With `dynamic`, a failure that only the
+    dynamic export has (refused, or wrong at a size other than the traced one) is `_DynamicUnsupported`."""
     # Eager references first; this also builds (and caches) the engine's per-resolution window index
     # tables as concrete tensors, so the exporters trace lookups, not table construction.
     refs = [_reference(model, x) for x in inputs]
+    traced = tuple(inputs[0].shape)
     # every failure below leaves no file behind (a full disk, a read-only folder: one line): `out` only
     # appears once verified, written through a fresh temporary file (never a link someone put there)
     with atomic_output(out, f"{fmt} export", suffix=spec.suffix) as tmp:
-        with _write_errors(f"{fmt} export failed"):
-            spec.write(model, inputs[0], tmp)
+        try:
+            with _write_errors(f"{fmt} export failed"):
+                if dynamic:
+                    spec.write(model, inputs[0], tmp, dynamic=True)
+                else:
+                    spec.write(model, inputs[0], tmp)
+        except UserError as e:
+            if dynamic:
+                raise _DynamicUnsupported(f"the exporter refused: {str(e).split(': ', 1)[-1]}") from None
+            raise
+        checks = []
         with _user_errors(f"exported {fmt} model cannot be run"):
             run = spec.load(tmp)
-            checks = [{"input": i, **_errors(ref, run(x.numpy()))}
-                      for i, (ref, x) in enumerate(zip(refs, inputs))]
+        for i, (ref, x) in enumerate(zip(refs, inputs)):
+            try:
+                with _user_errors(f"exported {fmt} model cannot be run"):
+                    got = run(x.numpy())
+            except UserError as e:
+                if dynamic and tuple(x.shape) != traced:
+                    raise _DynamicUnsupported(f"it fails at {_size(x)}: {str(e).split(': ', 1)[-1]}") from None
+                raise
+            checks.append({"input": i, "size": _size(x), **_errors(ref, got)})
+            if dynamic and tuple(x.shape) != traced and not checks[-1]["rel"] <= tolerance:
+                raise _DynamicUnsupported(f"at {_size(x)} its relative error is {checks[-1]['rel']:.1e}")
         worst = max(c["rel"] for c in checks)
         if not worst <= tolerance:  # `not <=` so that NaN fails too
             raise UserError(f"exported {fmt} model differs from PyTorch: relative error {worst:.2e} > tolerance "
                             f"{tolerance:.0e}; nothing was written")
-    report: Dict[str, object] = {"format": fmt, "file": str(out), "checks": checks, "max_rel_error": worst}
-    if time_it and dense_config is not None and method is not None:
-        with _user_errors(f"timing against the dense {fmt} model failed"):
-            report.update(_compare_with_dense(model, method, config, dense_config, spec, inputs[0], run))
-    return report
+    return {"checks": checks, "max_rel_error": worst}
 
 
 def _compare_with_dense(model, method, config, dense_config, spec: Format, x: torch.Tensor,
@@ -240,9 +308,10 @@ def _compare_with_dense(model, method, config, dense_config, spec: Format, x: to
 
 
 def real_inputs(data: str, meta: Dict[str, Any], img_size: int, batch_size: int,
-                model: Optional[nn.Module] = None) -> torch.Tensor:
+                model: Optional[nn.Module] = None, own_size: bool = False) -> torch.Tensor:
     """A batch of real validation images (for export checks), as the exported module reads them: for a
-    detector (`model`), its transform's normalised batch, resized to the traced img_size x img_size."""
+    detector (`model`), its transform's normalised batch, resized to the traced img_size x img_size (with
+    `own_size`: at the size the transform gives it, aspect kept and padded, for a dynamic-size export)."""
     from ..tasks import get_task
 
     task = get_task(meta.get("task", "classification"))
@@ -253,5 +322,14 @@ def real_inputs(data: str, meta: Dict[str, Any], img_size: int, batch_size: int,
     if isinstance(task, Detection) and model is not None:
         with torch.no_grad():
             batch = model.transform(images)[0].tensors
+        if own_size:
+            return batch
         return F.interpolate(batch, size=(img_size, img_size), mode="bilinear", align_corners=False)
     return torch.stack(images)
+
+
+def other_size(model: nn.Module, img_size: int) -> tuple:
+    """A second (height, width) to verify a dynamic-size export at: a landscape 3:4 of `img_size`, rounded to
+    the multiple a detector pads its batches to (its transform's `size_divisible`), else to 32."""
+    step = int(getattr(getattr(model, "transform", None), "size_divisible", 32))
+    return img_size * 3 // 4 // step * step or step, img_size

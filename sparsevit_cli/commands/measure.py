@@ -57,9 +57,24 @@ class MeasureResult:
     sparse_images_per_s: float
     throughput_speedup: float
     throughput_efficiency: float
+    #: a task model (detector, segmenter): its backbone alone, timed on what it reads inside the task model
+    #: (a detector's resized, padded batch); the same keys as the end-to-end numbers above. None: classifiers
+    backbone: Optional[Dict[str, float]] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _speed_numbers(dense_macs: int, sparse_macs: int, dense: Dict[str, float], sparse: Dict[str, float]) -> Dict[str, float]:
+    """GMACs, the MAC-ideal speedup, latency and throughput with their speedups and efficiencies (measured
+    speedup / ideal) of a dense and a sparse model, as MeasureResult names them."""
+    ideal = dense_macs / sparse_macs
+    speedup = dense["ms"] / sparse["ms"]
+    throughput = sparse["images_per_s"] / dense["images_per_s"]
+    return {"dense_gmacs": dense_macs / 1e9, "sparse_gmacs": sparse_macs / 1e9, "ideal_speedup": ideal,
+            "dense_ms": dense["ms"], "sparse_ms": sparse["ms"], "speedup": speedup, "efficiency": speedup / ideal,
+            "dense_images_per_s": dense["images_per_s"], "sparse_images_per_s": sparse["images_per_s"],
+            "throughput_speedup": throughput, "throughput_efficiency": throughput / ideal}
 
 
 def measured_models(model: Optional[str], checkpoint: Optional[Path], img_size: Optional[int],
@@ -149,17 +164,21 @@ def measure_dense_vs_sparse(models: MeasuredModels, batch_size: int = THROUGHPUT
     dense_macs = task.macs(sparse, method, method.dense_config(backbone), size)
     sparse_macs = task.macs(sparse, method, config, size)
     gen = torch.Generator().manual_seed(0)
-    speed = latency_and_throughput(
-        {"dense": dense, "sparse": sparse},
-        lambda n: torch.randn(n, 3, size, size, generator=gen).to(dev, dt),
-        batch_size=batch_size, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs, compile=compile)
-    ideal = dense_macs / sparse_macs
-    speedup = speed["dense"]["ms"] / speed["sparse"]["ms"]
-    throughput = speed["sparse"]["images_per_s"] / speed["dense"]["images_per_s"]
+
+    def images(n: int) -> torch.Tensor:
+        return torch.randn(n, 3, size, size, generator=gen).to(dev, dt)
+
+    timing = dict(batch_size=batch_size, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs, compile=compile)
+    speed = latency_and_throughput({"dense": dense, "sparse": sparse}, images, **timing)
+    numbers = _speed_numbers(dense_macs, sparse_macs, speed["dense"], speed["sparse"])
+    backbone_row = None
+    if backbone is not sparse:  # a task model: its backbone alone too, where the speedup is not diluted by heads
+        from ..detection.models import BackboneFeatures
+
+        with torch.no_grad():
+            bodies = {"dense": BackboneFeatures(backbone_of(dense)).eval(), "sparse": BackboneFeatures(backbone).eval()}
+            bb = latency_and_throughput(bodies, lambda n: task.backbone_input(sparse, images(n)), **timing)
+        backbone_row = _speed_numbers(task.backbone_macs(sparse, method, method.dense_config(backbone), size),
+                                      task.backbone_macs(sparse, method, config, size), bb["dense"], bb["sparse"])
     return MeasureResult(model=models.name, img_size=size, batch_size=batch_size, device=str(dev), dtype=dtype,
-                         compiled=compile, sparsity=config, dense_gmacs=dense_macs / 1e9,
-                         sparse_gmacs=sparse_macs / 1e9, ideal_speedup=ideal, dense_ms=speed["dense"]["ms"],
-                         sparse_ms=speed["sparse"]["ms"], speedup=speedup, efficiency=speedup / ideal,
-                         dense_images_per_s=speed["dense"]["images_per_s"],
-                         sparse_images_per_s=speed["sparse"]["images_per_s"], throughput_speedup=throughput,
-                         throughput_efficiency=throughput / ideal)
+                         compiled=compile, sparsity=config, backbone=backbone_row, **numbers)

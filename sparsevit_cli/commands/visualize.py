@@ -9,7 +9,10 @@ window grid of its W-MSA block: kept windows outlined, pruned windows dimmed and
 Detection and instance segmentation model files: the image goes through the detector's own transform
 (resize to the model's size, normalisation, padding to the backbone's stride), the windows are those the
 backbone keeps on that batch, and the first panel also shows the predicted boxes (and masks) scoring at
-least the threshold, mapped onto the transformed image (`detection.draw.draw_detections`).
+least the threshold, mapped onto the transformed image: one colour per class, each box labelled with its
+class and score on a background in that colour, labels moved apart where they would overlap. The stage
+panels show the windows only. Without `--score-threshold`, a young model whose scores all stay below the
+default threshold gets its few best predictions drawn, and a line says so (`detection.draw.select_detections`).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ PRUNED_ALPHA = 0.62
 
 
 def load_image(path: str | os.PathLike, img_size: int, task: str = "classification") -> Tuple[torch.Tensor, np.ndarray]:
-    """(normalized 3 x S x S tensor for the model, RGB float H x W x 3 in [0, 1] of that same tensor)."""
+    """(normalized 3 x H x W tensor for the model: S x S, or for segmentation the image's aspect ratio with
+    the longer side S; RGB float H x W x 3 in [0, 1] of that same tensor)."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from ..data.datasets import classification_transform, read_image, segmentation_image
@@ -73,14 +77,13 @@ def stage_windows(backbone, masks: List[List[torch.Tensor]]) -> List[Dict[str, A
     return stages
 
 
-def detector_view(model, image: str | os.PathLike, class_names, score_threshold: float):
+def detector_view(model, image: str | os.PathLike):
     """(the backbone's input batch (1, 3, H, W) as the detector's transform builds it, that batch as RGB
-    float in [0, 1] with the predictions drawn on it, the prediction in the batch's pixel coordinates)."""
+    float in [0, 1], the prediction in the batch's pixel coordinates)."""
     import torch.nn.functional as F
     from torchvision.models.detection.transform import resize_boxes
 
     from ..data.datasets import read_image
-    from ..detection.draw import draw_detections
 
     pil = read_image(check_file(image, "image"))
     img = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)  # as CocoDetection
@@ -96,12 +99,60 @@ def detector_view(model, image: str | os.PathLike, class_names, score_threshold:
     if "masks" in pred:
         masks = F.interpolate(pred["masks"], size=(h, w), mode="bilinear", align_corners=False)
         pred["masks"] = F.pad(masks, (0, x.shape[-1] - w, 0, x.shape[-2] - h))
-    drawn = draw_detections((rgb * 255).round().astype(np.uint8), pred, class_names, score_threshold)
-    return x, drawn.astype(np.float32) / 255.0, pred
+    return x, rgb, pred
+
+
+def _luminance(rgb) -> float:
+    r, g, b = (v / 255.0 for v in rgb)
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def _draw_detections(ax, fig, detections: List[Dict[str, Any]]) -> None:
+    """Boxes outlined in their class colours and labelled "<class> <score>" on a background of that colour,
+    best first; a label goes above its box, else below it, else inside it, wherever it overlaps no label
+    placed before it and stays in the panel (the first place when none is free)."""
+    from matplotlib.patches import Rectangle
+
+    renderer = fig.canvas.get_renderer()
+    panel = ax.get_window_extent(renderer)
+    placed = []
+    probe = ax.text(0, 0, "Ag", fontsize=7, bbox=dict(boxstyle="square,pad=0.15"))
+    pixels = probe.get_window_extent(renderer).height * 1.15
+    probe.remove()
+    line_height = pixels * abs(ax.get_ylim()[0] - ax.get_ylim()[1]) / panel.height  # one label, in data units
+    for d in detections:
+        x0, y0, x1, y1 = d["box"]
+        colour = tuple(v / 255.0 for v in d["colour"])
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.6))
+        style = dict(fontsize=7, color="black" if _luminance(d["colour"]) > 0.6 else "white", clip_on=True,
+                     bbox=dict(boxstyle="square,pad=0.15", facecolor=colour, edgecolor="none", alpha=0.85))
+        # (x, y, ha, va) in data coordinates, y pointing down: above, below, inside the top, at the right, then
+        # stacked above the box (neighbouring boxes of one row)
+        spots = [(x0, y0, "left", "bottom"), (x0, y1, "left", "top"), (x0, y0, "left", "top"),
+                 (x1, y0, "right", "bottom"), (x1, y1, "right", "top")]
+        spots += [(x0, y0 - k * line_height, "left", "bottom") for k in (1, 2, 3)]
+        first = None
+        for x, y, ha, va in spots:
+            text = ax.text(x, y, f"{d['class']} {d['score']:.2f}", ha=ha, va=va, **style)
+            extent = text.get_window_extent(renderer).expanded(1.05, 1.1)
+            inside = (extent.x0 >= panel.x0 and extent.x1 <= panel.x1 and extent.y0 >= panel.y0
+                      and extent.y1 <= panel.y1)
+            if inside and not any(extent.overlaps(p) for p in placed):
+                break
+            first = first or (x, y, ha, va)
+            text.remove()
+        else:
+            x, y, ha, va = first
+            text = ax.text(x, y, f"{d['class']} {d['score']:.2f}", ha=ha, va=va, **style)
+            extent = text.get_window_extent(renderer)
+        placed.append(extent)
 
 
 def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, fmt: str,
-          input_title: str = "input") -> None:
+          input_title: str = "input", input_rgb: Optional[np.ndarray] = None,
+          detections: Optional[List[Dict[str, Any]]] = None) -> None:
+    """The picture: the input panel (`input_rgb` if given, e.g. with masks tinted, and `detections` drawn on
+    it), then one panel of kept windows per stage over the plain `rgb`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -111,7 +162,7 @@ def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, 
     fig = Figure(figsize=(3.4 * n, 3.4 * H / W + 1.0), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n, squeeze=False)[0]
-    axes[0].imshow(rgb, interpolation="bilinear", extent=(0, W, H, 0))
+    axes[0].imshow(rgb if input_rgb is None else input_rgb, interpolation="bilinear", extent=(0, W, H, 0))
     axes[0].set_title(f"{input_title} · {W}×{H} px\n(as the model sees it)", fontsize=10)
     for ax, st in zip(axes[1:], stages):
         ax.imshow(rgb, interpolation="bilinear", extent=(0, W, H, 0))
@@ -143,6 +194,8 @@ def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, 
         ax.set_yticks([])
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
+    if detections:  # after the layout: labels are placed where they will be drawn
+        _draw_detections(axes[0], fig, detections)
 
     atomic_write(out, lambda f: fig.savefig(f, format=fmt), binary=True, what="picture")
 
@@ -159,13 +212,12 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
     from ..methods import get_method
     from ..model_file import load_model_file, read_model_meta
     from ..swin.method import SparseViT
-    from ..detection.draw import DEFAULT_SCORE_THRESHOLD
+    from ..detection.draw import DEFAULT_SCORE_THRESHOLD, detection_labels, select_detections, tint_masks
     from ..tasks import Detection, backbone_of, get_task
 
     # the picture must not land on an input (visualize --out photo.png --image photo.png)
     out = check_output_file(out, inputs={"--image": image, "--checkpoint": checkpoint, "--config": config})
-    threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
-    if not 0.0 <= threshold <= 1.0:  # NaN fails too
+    if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:  # NaN fails too
         raise UserError(f"--score-threshold must be a score in [0, 1], got {score_threshold}")
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
@@ -180,15 +232,16 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
     check_file(image, "image")
     model, _, meta = load_model_file(checkpoint, cfg)
     backbone = backbone_of(model)
-    detections = None
+    detections, note, input_rgb = None, None, None
     if isinstance(get_task(meta.task), Detection):  # instance segmentation too (a subclass)
         names = meta.class_names or [str(i) for i in range(1, (meta.num_classes or 0) + 1)]
-        x, rgb, pred = detector_view(model, image, names, threshold)
-        keep = pred["scores"] >= threshold
-        detections = [{"label": int(label), "class": names[int(label) - 1], "score": float(score),
-                       "box": [round(float(v), 1) for v in box]}
-                      for label, score, box in zip(pred["labels"][keep], pred["scores"][keep], pred["boxes"][keep])]
-        input_title = f"{len(detections)} detections ≥ {threshold:.2f}"
+        x, rgb, pred = detector_view(model, image)
+        keep, note = select_detections(pred, score_threshold)
+        detections = detection_labels(pred, keep, names)
+        input_rgb = tint_masks((rgb * 255).round().astype(np.uint8), pred, keep).astype(np.float32) / 255.0
+        input_title = (f"{len(detections)} best detections (none ≥ {DEFAULT_SCORE_THRESHOLD:.2f})"
+                       if note and detections else f"{len(detections)} detections ≥ "
+                       f"{DEFAULT_SCORE_THRESHOLD if score_threshold is None else float(score_threshold):.2f}")
     else:
         x, rgb = load_image(image, size, meta.task)
         x = x.unsqueeze(0)
@@ -198,9 +251,13 @@ def visualize_windows(checkpoint: str | os.PathLike, image: str | os.PathLike, o
     stages = stage_windows(backbone, masks)
     kept = sum(st["kept"] for st in stages)
     title = f"{meta.model} · sparsity {format_config(backbone.sparsity)} · kept windows outlined, pruned dimmed"
-    _draw(rgb, stages, title, out, "jpeg" if fmt == "jpg" else fmt, input_title)
+    _draw(rgb, stages, title, out, "jpeg" if fmt == "jpg" else fmt, input_title, input_rgb, detections)
     result = {"out": str(out), "img_size": size, "sparsity": backbone.sparsity, "kept_total": kept,
               "stages": [{k: v for k, v in st.items() if k != "kept_grid"} for st in stages]}
     if detections is not None:
-        result["detections"] = detections
+        result["detections"] = [{"label": d["label"], "class": d["class"], "score": d["score"],
+                                 "category_id": meta.category_ids[d["label"] - 1] if meta.category_ids else None,
+                                 "box": [round(v, 1) for v in d["box"]]} for d in detections]
+        if note:
+            result["note"] = note
     return result

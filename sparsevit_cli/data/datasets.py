@@ -59,10 +59,21 @@ def _normalize_params() -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
 
 
+def segmentation_size(width: int, height: int, img_size: int) -> Tuple[int, int]:
+    """(width, height) a segmentation image of width x height is resized to: the aspect ratio kept, the longer
+    side `img_size`, the shorter one rounded to a multiple of gcd(img_size, 32), so that it tiles the
+    backbone's patches and stages as `img_size` does (a square image becomes img_size x img_size)."""
+    step = math.gcd(int(img_size), 32)
+    long_side, short_side = max(width, height), min(width, height)
+    short = min(img_size, max(step, int(round(img_size * short_side / long_side / step)) * step))
+    return (img_size, short) if width >= height else (short, img_size)
+
+
 def segmentation_image(image, img_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """An RGB PIL image as the segmentation model sees it: bicubic resize to S x S, then normalized
-    (mean/std as (3, 1, 1) tensors). Shared by `SegmentationFolder` and `sparsevit visualize`."""
-    size = (img_size, img_size)
+    """An RGB PIL image as the segmentation model sees it: bicubic resize to `segmentation_size` (aspect
+    kept, longer side img_size), then normalized (mean/std as (3, 1, 1) tensors). Shared by
+    `SegmentationFolder` and `sparsevit visualize`."""
+    size = segmentation_size(image.size[0], image.size[1], img_size)
     if image.size != size:
         image = image.resize(size, Image.BICUBIC)
     x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
@@ -271,10 +282,10 @@ class SegmentationFolder(Dataset):
         if bad.size:
             raise UserError(f"mask '{mask_path}' has class id {int(bad[0])}, but the data set has "
                             f"{self.num_classes} classes (ids 0-{self.num_classes - 1}, {IGNORE_INDEX} = ignore)")
-        size = (self.img_size, self.img_size)
+        x = segmentation_image(image, self.img_size, self._mean, self._std)
+        size = (x.shape[-1], x.shape[-2])
         if mask.size != size:
             mask = mask.resize(size, Image.NEAREST)
-        x = segmentation_image(image, self.img_size, self._mean, self._std)
         y = torch.from_numpy(np.array(mask, dtype=np.int64))
         if self.hflip > 0 and torch.rand(()) < self.hflip:  # torch RNG: seeded by the trainer and per worker
             x, y = x.flip(-1), y.flip(-1)  # normalizing is per pixel, so before or after the flip is the same

@@ -21,7 +21,8 @@ Two layouts are written from the same pixels:
 and, with ``detection=True`` (``sparsevit demo-data --detection``), a third with other canvases:
 
 * detection / instance segmentation (COCO format): ``out/det/{train,val}/<idx>.png`` and
-  ``out/det/annotations/instances_{train,val}.json``: several digits per canvas (``DET_DIGITS``), one
+  ``out/det/annotations/instances_{train,val}.json``: canvases of mixed aspect ratios in turn
+  (``DET_ASPECTS``: 4:3, 3:4, 16:9, square; the longer side ``img_size``), several digits per canvas (``DET_DIGITS``), one
   instance each with its tight box and its mask (uncompressed RLE, ``alpha >= 0.5``), category ids
   1..num_classes named "0".."9". The classification and segmentation files do not change with it.
 
@@ -66,6 +67,9 @@ _N_DIGITS = 1797
 #: digits per detection canvas (drawn uniformly per image) and their height as a fraction of the side
 DET_DIGITS = (2, 4)
 DET_DIGIT_FRAC = (1 / 9, 1 / 6)
+#: detection canvas aspect ratios (width, height), one per image in turn: landscape 4:3, portrait 3:4,
+#: wide 16:9 and square, as COCO's photos come; the longer side is img_size
+DET_ASPECTS = ((4, 3), (3, 4), (16, 9), (1, 1))
 #: the folder of the COCO detection layout inside the demo root
 DET_LAYOUT = "det"
 _HALF = _N_DIGITS // 2
@@ -105,15 +109,17 @@ def _resize_f(a: np.ndarray, size: Tuple[int, int], resample=Image.BICUBIC) -> n
     return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize(size, resample), dtype=np.float32)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A size x size x 3 float canvas in [0, 1]: dark-to-mid base colour, low-frequency colour noise,
-    a blurred photo crop as clutter, a few faint non-digit strokes, fine sensor-like noise. Kept well
-    below the digit's brightness so the digit stays the one salient object."""
+def _background(rng: np.random.Generator, size) -> np.ndarray:
+    """A size x size x 3 (or, for size (h, w), h x w x 3) float canvas in [0, 1]: dark-to-mid base colour,
+    low-frequency colour noise, a blurred photo crop as clutter, a few faint non-digit strokes, fine
+    sensor-like noise. Kept well below the digit's brightness so the digit stays the one salient object.
+    A square canvas draws exactly what it drew before canvases could be oblong (same files)."""
+    h, w = (size, size) if isinstance(size, int) else size
     base = rng.uniform(0.12, 0.38, size=3).astype(np.float32)
-    img = np.empty((size, size, 3), dtype=np.float32)
+    img = np.empty((h, w, 3), dtype=np.float32)
     k = int(rng.integers(3, 7))  # low-frequency noise: a k x k grid blown up bicubically
     for c in range(3):
-        low = _resize_f(rng.standard_normal((k, k)).astype(np.float32), (size, size))
+        low = _resize_f(rng.standard_normal((k, k)).astype(np.float32), (w, h))
         np.multiply(low, np.float32(0.07), out=img[:, :, c])
         img[:, :, c] += base[c]
 
@@ -122,17 +128,17 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     ph, pw = photo.shape[:2]
     cw = int(rng.integers(pw // 4, pw // 2))
     cy, cx = int(rng.integers(0, ph - cw)), int(rng.integers(0, pw - cw))
-    crop = np.asarray(Image.fromarray(photo[cy: cy + cw, cx: cx + cw]).resize((size, size), Image.BICUBIC))
+    crop = np.asarray(Image.fromarray(photo[cy: cy + cw, cx: cx + cw]).resize((w, h), Image.BICUBIC))
     alpha = np.float32(rng.uniform(0.2, 0.45))
     img *= 1 - alpha
     img += crop.astype(np.float32) * (alpha * np.float32(0.6 / 255.0))
 
     # faint straight/curved strokes: edges that are NOT digits, so "any edge" does not give the label away
-    strokes = Image.new("L", (size, size), 0)
+    strokes = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(strokes)
     for _ in range(int(rng.integers(1, 4))):
-        x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, 4))
-        width = max(1, int(round(size * rng.uniform(0.004, 0.012))))
+        x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, np.array([w, h, w, h], dtype=np.float64)))
+        width = max(1, int(round(max(h, w) * rng.uniform(0.004, 0.012))))
         if rng.random() < 0.5:
             draw.line((x0, y0, x1, y1), fill=255, width=width)
         else:
@@ -142,7 +148,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     tone = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
     img[on] = img[on] * np.float32(0.88) + np.float32(0.12) * tone
 
-    noise = rng.standard_normal((size, size, 3), dtype=np.float32)
+    noise = rng.standard_normal((h, w, 3), dtype=np.float32)
     noise *= np.float32(0.015)
     img += noise
     return img
@@ -201,24 +207,35 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
+def det_canvas_size(img_size: int, idx: int) -> Tuple[int, int]:
+    """(height, width) of detection canvas `idx`: the aspect ratios of `DET_ASPECTS` in turn, the longer
+    side `img_size` (so every canvas fits an img_size square and digits keep one pixel scale)."""
+    aw, ah = DET_ASPECTS[idx % len(DET_ASPECTS)]
+    if aw >= ah:
+        return int(round(img_size * ah / aw)), img_size
+    return img_size, int(round(img_size * aw / ah))
+
+
 def render_detection_example(seed: int, split: str, idx: int, digits: List[Tuple[int, int]], img_size: int,
                              digit_frac: Tuple[float, float] = DET_DIGIT_FRAC) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
-    """One detection canvas: (RGB uint8 H x W x 3, one instance per placed digit: label, digit_index,
-    bool mask H x W, tight box [x, y, w, h]). `digits` lists (label, load_digits index) to place; a digit
-    that finds no free spot (boxes never overlap) in 50 tries is left out. A pure function of its arguments."""
+    """One detection canvas of `det_canvas_size(img_size, idx)`: (RGB uint8 H x W x 3, one instance per placed
+    digit: label, digit_index, bool mask H x W, tight box [x, y, w, h]). `digits` lists (label, load_digits
+    index) to place; a digit that finds no free spot (boxes never overlap) in 50 tries is left out. Digit
+    heights are `digit_frac` of `img_size` on every canvas. A pure function of its arguments."""
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], 2, idx])
-    img = _background(rng, img_size)
+    H, W = det_canvas_size(img_size, idx)
+    img = _background(rng, (H, W))
     samples, _ = _digits()
     margin = int(round(0.03 * img_size))
     taken: List[Tuple[int, int, int, int]] = []
     instances = []
     for label, digit_index in digits:
         alpha = _digit_alpha(rng, samples[digit_index], img_size, digit_frac)
-        ah, aw = (min(n, img_size - 2 * margin) for n in alpha.shape)
+        ah, aw = min(alpha.shape[0], H - 2 * margin), min(alpha.shape[1], W - 2 * margin)
         alpha = alpha[:ah, :aw]
         for _ in range(50):
-            y = int(rng.integers(margin, img_size - ah - margin + 1))
-            x = int(rng.integers(margin, img_size - aw - margin + 1))
+            y = int(rng.integers(margin, H - ah - margin + 1))
+            x = int(rng.integers(margin, W - aw - margin + 1))
             if all(x + aw + margin <= tx or tx + tw + margin <= x or y + ah + margin <= ty or ty + th + margin <= y
                    for tx, ty, tw, th in taken):
                 break
@@ -229,7 +246,7 @@ def render_detection_example(seed: int, split: str, idx: int, digits: List[Tuple
             continue
         taken.append((x, y, aw, ah))
         _composite_digit(img, alpha, x, y, rng)
-        mask = np.zeros((img_size, img_size), dtype=bool)
+        mask = np.zeros((H, W), dtype=bool)
         mask[y: y + ah, x: x + aw] = ink
         ys, xs = np.nonzero(ink)
         box = [x + int(xs.min()), y + int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1]
@@ -307,6 +324,8 @@ def demo_metadata(img_size: int, n_train: int, n_val: int, seed: int, num_classe
         meta["layouts"]["detection"] = DET_LAYOUT
         meta["det_digits"] = list(DET_DIGITS)
         meta["det_digit_frac"] = [float(DET_DIGIT_FRAC[0]), float(DET_DIGIT_FRAC[1])]
+        # in the metadata, so a folder written before canvases had mixed shapes is told apart
+        meta["det_aspects"] = [f"{w}:{h}" for w, h in DET_ASPECTS]
     return meta
 
 
@@ -439,7 +458,7 @@ def _write_detection(root: Path, meta: Dict[str, Any]) -> None:
             rgb, instances = render_detection_example(seed, split, idx, digits, size, tuple(meta["det_digit_frac"]))
             name = f"{idx:0{width}d}.png"
             (root / split / name).write_bytes(_png_bytes(rgb))
-            images.append({"id": idx + 1, "file_name": name, "width": size, "height": size})
+            images.append({"id": idx + 1, "file_name": name, "width": int(rgb.shape[1]), "height": int(rgb.shape[0])})
             for inst in instances:
                 annotations.append({"id": len(annotations) + 1, "image_id": idx + 1, "category_id": inst["label"] + 1,
                                     "bbox": inst["box"], "area": int(inst["mask"].sum()), "iscrowd": 0,

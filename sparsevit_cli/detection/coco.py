@@ -82,6 +82,15 @@ def _valid_segmentation(segm: Any) -> bool:
             and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segm))
 
 
+def _annotation_name(ann: Any, position: int) -> str:
+    """How an error names an annotation: by its COCO `id` (what a user searches the file for), with its
+    position in the list (0-based) for files whose ids are missing or repeated."""
+    ann_id = ann.get("id") if isinstance(ann, dict) else None
+    if ann_id is None:
+        return f"annotation #{position} in the list (no id)"
+    return f"annotation id {ann_id} (#{position} in the list)"
+
+
 def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: bool = False) -> None:
     """UserError with one line for the first fault in a COCO instances mapping (see the module doc);
     `masks`: every annotation must carry a segmentation. Fills the optional fields COCOeval reads
@@ -109,26 +118,27 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
         if not (image_dir / im["file_name"]).is_file():
             raise UserError(f"image '{im['file_name']}' listed in {where} is missing from '{image_dir}'")
     for i, ann in enumerate(data["annotations"]):
+        what = _annotation_name(ann, i)
         try:
             cat, img, (x, y, w, h) = int(ann["category_id"]), int(ann["image_id"]), (float(v) for v in ann["bbox"])
         except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{where}: annotation {i} needs category_id, image_id and a 4-number bbox "
+            raise UserError(f"{where}: {what} needs category_id, image_id and a 4-number bbox "
                             f"({first_line(e)})") from None
         if not all(math.isfinite(v) for v in (x, y, w, h)):  # NaN passes every comparison below
             named = f" (id {ann['id']})" if "id" in ann else ""
             raise UserError(f"{where}: annotation {i}{named} has a non-finite bbox [{x:g}, {y:g}, {w:g}, {h:g}]")
         if cat not in categories:
-            raise UserError(f"{where}: annotation {i} has unknown category id {cat} "
+            raise UserError(f"{where}: {what} has unknown category id {cat} "
                             f"(categories: {', '.join(map(str, sorted(categories)))})")
         if img not in images:
-            raise UserError(f"{where}: annotation {i} refers to unknown image id {img}")
+            raise UserError(f"{where}: {what} refers to unknown image id {img}")
         W, H = images[img]["width"], images[img]["height"]
         t = BOX_TOLERANCE
         if w <= 0 or h <= 0 or x < -t or y < -t or x + w > W + t or y + h > H + t:
-            raise UserError(f"{where}: annotation {i} box [x={x:g}, y={y:g}, w={w:g}, h={h:g}] lies outside "
+            raise UserError(f"{where}: {what} box [x={x:g}, y={y:g}, w={w:g}, h={h:g}] lies outside "
                             f"image '{images[img]['file_name']}' ({W} x {H}) or is empty")
         if masks and not _valid_segmentation(ann.get("segmentation")):
-            raise UserError(f"{where}: annotation {i} has no valid segmentation (polygons or RLE), which "
+            raise UserError(f"{where}: {what} has no valid segmentation (polygons or RLE), which "
                             f"instance segmentation needs")
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", w * h)
@@ -254,17 +264,22 @@ def to_coco_results(predictions: Sequence[Dict[str, torch.Tensor]], image_ids: S
     return results
 
 
-def coco_ap(coco_gt, results: List[Dict[str, Any]], metric: str = "box_ap",
-            image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
-    """COCOeval of `results` against `coco_gt` on `image_ids` (all images if None), in percent:
-    {'ap', 'ap50', 'ap75', 'ap_small', 'ap_medium', 'ap_large'}. No detections at all: AP 0."""
+#: COCOeval.stats in order, as detectron2 and mmdetection name them (AP: AP@[.5:.95], AR@N: at N detections)
+SUMMARY_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
+                 "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large")
+
+
+def run_cocoeval(coco_gt, results: List[Dict[str, Any]], metric: str = "box_ap",
+                 image_ids: Optional[Sequence[int]] = None):
+    """pycocotools' COCOeval of `results` (COCO result dicts, `to_coco_results`) against `coco_gt` on
+    `image_ids` (all images if None), evaluated, accumulated and summarized; None when there are no
+    results at all (loadRes refuses an empty list)."""
     from pycocotools.cocoeval import COCOeval
 
-    names = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-    if not results:  # loadRes refuses an empty list; nothing detected is AP 0 by definition
-        return dict.fromkeys(names, 0.0)
+    if not results:
+        return None
     # copies: loadRes writes ids and areas into them; mask results go without their box, so that
-    # loadRes takes each detection's area from its mask (as torchvision's reference evaluation does)
+    # loadRes takes each detection's area from its mask (as torchvision's and detectron2's evaluations do)
     drop = "bbox" if metric == "mask_ap" else "segmentation"
     results = [{k: v for k, v in r.items() if k != drop} for r in results]
     with _quiet():
@@ -275,5 +290,35 @@ def coco_ap(coco_gt, results: List[Dict[str, Any]], metric: str = "box_ap",
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    # COCOeval reports -1 where a size range has no ground truth; 0 keeps the numbers comparable
-    return {n: max(float(s), 0.0) * 100.0 for n, s in zip(names, ev.stats[:6])}
+    return ev
+
+
+def summary_stats(ev) -> Dict[str, Optional[float]]:
+    """COCOeval's standard summary (`SUMMARY_NAMES`) in percent; None where COCOeval says -1 (no ground
+    truth in that size range). No evaluation (nothing detected): every number 0."""
+    if ev is None:
+        return dict.fromkeys(SUMMARY_NAMES, 0.0)
+    return {n: float(s) * 100.0 if s >= 0 else None for n, s in zip(SUMMARY_NAMES, ev.stats)}
+
+
+def per_class_ap(ev, coco_gt) -> Dict[str, Optional[float]]:
+    """AP@[.5:.95] (%) of each category, keyed by its name: COCOeval's accumulated precision restricted to
+    that category (the computation of `COCOeval.summarize`'s first line, one category at a time, as
+    detectron2 reports it); None for a category without ground truth in the images evaluated."""
+    out: Dict[str, Optional[float]] = {}
+    for k, cat in enumerate(sorted(coco_gt.cats)):
+        name = str(coco_gt.cats[cat].get("name", cat))
+        if ev is None:
+            out[name] = 0.0
+            continue
+        # precision: [IoU thresholds, recall points, categories, area ranges ('all' first), max dets (100 last)]
+        p = ev.eval["precision"][:, :, k, 0, -1]
+        p = p[p > -1]
+        out[name] = float(p.mean()) * 100.0 if p.size else None
+    return out
+
+
+def coco_ap(coco_gt, results: List[Dict[str, Any]], metric: str = "box_ap",
+            image_ids: Optional[Sequence[int]] = None) -> Dict[str, Optional[float]]:
+    """The COCO summary (`summary_stats`) of `results` against `coco_gt` on `image_ids` (all images if None)."""
+    return summary_stats(run_cocoeval(coco_gt, results, metric, image_ids))

@@ -8,6 +8,12 @@
   mask head on `detections_per_img` (100): both are torchvision's caps, reached on real high-resolution
   images (RPN) or an upper bound (mask head, which runs on the kept detections only).
 
+Reference size (the one place this is decided): a count is for one image of ``img_size`` square (the model
+file's img_size unless a command is given another), passed through the detector's own test-time resize and
+padding. With the default resize (``min_size = max_size = img_size``, `models.build_detector`) that is the
+img_size square canvas that every image fits, whatever its aspect ratio: an oblong image costs less. A search
+budget and `measure` are stated at this size.
+
 Same convention as the backbone count and fvcore: a multiply-accumulate of a matrix product or a
 convolution is one MAC; normalisations, activations, RoIAlign, NMS and anchor decoding are not counted.
 The neck and heads do not depend on the sparsity config (they run dense on the stage maps), so their

@@ -8,13 +8,14 @@ import torch.nn as nn
 from ..methods import Config, check_options, register_method
 from .cost import swin_macs
 from .latency import build_swin_latency_table, predict_swin_latency
-from .patch import RATIO_CHOICES, SparseSwinTransformer, pair_counts, sparsifiable, sparsify, validate_sparsity
+from .patch import RATIO_CHOICES, SparseSwinTransformer, pair_counts, sparsifiable, sparsify_v1, validate_sparsity
 
 
 class SparseViT:
     name = "sparsevit"
     default_space = "swin_auto"  # gene counts from the model: fits every Swin depth
     supported_models = "a timm SwinTransformer or its features_only backbone"
+    entry_point = "sparsify"
     gene_values = RATIO_CHOICES  # window-sparsity ratios the engine runs (patch.py owns them)
 
     def supports(self, model: nn.Module) -> bool:
@@ -22,7 +23,7 @@ class SparseViT:
 
     def wrap(self, model: nn.Module, **options: Any) -> SparseSwinTransformer:
         check_options(self.name, options, ["window_score"])
-        return sparsify(model, window_score=options.get("window_score"))
+        return sparsify_v1(model, window_score=options.get("window_score"))
 
     def options(self, wrapped: SparseSwinTransformer) -> Dict[str, Any]:
         return {"window_score": wrapped.window_score}

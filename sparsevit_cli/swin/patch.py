@@ -1,6 +1,7 @@
 """Window-sparse execution of timm's SwinTransformer (SparseViT, arXiv 2303.17605).
 
-`sparsify(model)` patches a timm `SwinTransformer`, or a timm ``features_only=True`` Swin backbone (the
+`sparsify_v1(model)` (what the public `sparsevit_cli.sparsify` runs for a V1 model) patches a timm
+`SwinTransformer`, or a timm ``features_only=True`` Swin backbone (the
 `FeatureListNet` whose children are ``patch_embed, layers_0, layers_1, ...``), in place (ToMe-style class
 swap: same object, same parameters, same state-dict keys). The engine works per stage: every timm
 `SwinTransformerStage` becomes a `SparseSwinStage` holding its block-pair ratios and the window score, and
@@ -11,6 +12,11 @@ user's own detector runs exactly what the whole sparse classifier runs.
   forward, and inside a stage that prunes, the leading blocks that keep every window run as timm's own
   blocks. So sparsity 0 is timm, op for op, and costs what timm costs; the sparse machinery below only
   starts at a stage's first block that drops a window.
+* Any input size: a patched model takes every H x W its patch divides, square or not, at every stage,
+  dense or pruned. Index tables and shifted-window masks are built per (H, W) and cached (`shift_mask`,
+  `SparseSwinStage.grids`); timm's own blocks get their mask for the size at hand from the same cache
+  (`SizedMaskBlock`), which is what timm's dynamic-size model (``strict_img_size=False``) computes. Window
+  and shift sizes stay those timm chose for the model's img_size, as in timm's dynamic-size model.
 * Windows are ranked once per stage by the model's window score (`WINDOW_SCORES`). A score maps every
   token to one value and reduces a window's token values to the window's score; the plain and the shifted
   grid are ranked on the same token map, so every block of a stage uses one consistent order. Built in:
@@ -156,16 +162,43 @@ def build_grid(block: SwinTransformerBlock, H: int, W: int, device: torch.device
     valid = None
     if Hp > H or Wp > W:  # static shapes, not data: also safe while an exporter traces
         valid = (~pad).view(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(nh * nw, wh * ww, 1).float()
-    mask = None
-    if any(block.shift_size):
-        # timm's own mask builder, at this resolution (same -100 regions as the dense model)
+    return WindowGrid(index=index.contiguous(), valid=valid, mask=shift_mask(block, Hp, Wp, device))
+
+
+def shift_mask(block: nn.Module, Hp: int, Wp: int, device: torch.device) -> Optional[torch.Tensor]:
+    """timm's shifted-window attention mask (nW, N, N) of a Swin block (V1 or V2) on a (Hp, Wp) map padded to
+    whole windows, float32; None for a block without shift. Built by timm's own mask builder once per size,
+    layout and device, and kept on the block: the engine's kept windows and timm's own blocks
+    (`SizedMaskBlock`) read the same tensor."""
+    if not any(block.shift_size):
+        return None
+    cache = block.__dict__.setdefault("_shift_masks", {})
+    # a string device: dynamo guards on the key and cannot rebuild a torch.device
+    key = (Hp, Wp, tuple(block.window_size), tuple(block.shift_size), str(device))
+    mask = cache.get(key)
+    if mask is None:
         saved = block.input_resolution
-        block.input_resolution = (H, W)
+        block.input_resolution = (Hp, Wp)  # timm's builder reads the size from here when given no tensor
         try:
-            mask = block.get_attn_mask(device=device, dtype=torch.float32)
+            mask = cache[key] = block.get_attn_mask(device=device, dtype=torch.float32)
         finally:
             block.input_resolution = saved
-    return WindowGrid(index=index.contiguous(), valid=valid, mask=mask)
+    return mask
+
+
+class SizedMaskBlock:
+    """Mixin in front of the class of every block of a sparse stage, for the blocks that run as timm's own
+    (a stage or leading blocks that prune nothing). timm builds a block's static shifted-window mask for the
+    model's img_size, so another input size breaks its reshape; with ``dynamic_mask`` (what timm's
+    ``strict_img_size=False`` models set) timm asks `get_attn_mask` for the padded map at hand on every
+    forward. This mixin answers from `shift_mask`'s per-size cache, so timm's block runs op for op as in
+    timm's dynamic-size model without rebuilding the mask each time."""
+
+    def get_attn_mask(self, x: Optional[torch.Tensor] = None, device=None, dtype=None) -> Optional[torch.Tensor]:
+        if x is None:  # timm's static buffer, or `shift_mask` building a size
+            return super().get_attn_mask(device=device, dtype=dtype)
+        mask = shift_mask(self, x.shape[1], x.shape[2], x.device)
+        return None if mask is None else mask.to(x.dtype)  # 0 / -100: exact in every float dtype
 
 
 def stage_grids(blocks: Sequence[nn.Module], H: int, W: int, device: torch.device,
@@ -533,44 +566,55 @@ def family_stages(model: nn.Module, model_class: type, stage_class: type) -> Opt
 
 def sparsifiable(model: nn.Module) -> bool:
     """Whether `model` is a timm Swin V1 or its features_only backbone, sparse or not (what the V1 method
-    takes; `sparsify` also takes the Swin V2 family, see `swinv2.patch.sparsifiable_v2`)."""
+    takes; each family's method says what it takes, and the public `sparsify` asks them)."""
     return family_stages(model, SwinTransformer, SwinTransformerStage) is not None
 
 
 def patch_stages(model: nn.Module, stages: Sequence[nn.Module], model_mixin: type, stage_mixin: type,
                  sparsity, window_score: Optional[str]) -> SparseSwinTransformer:
-    """Put `model_mixin` in front of `model`'s class and `stage_mixin` in front of each stage's (in place),
-    then configure it: `sparsity` (None: 0, exactly the dense model) and `window_score`."""
+    """Put `model_mixin` in front of `model`'s class, `stage_mixin` in front of each stage's and
+    `SizedMaskBlock` in front of each block's (in place), then configure it: `sparsity` (None: 0, exactly the
+    dense model) and `window_score`. The patched model takes any input size its patch divides: window grids
+    and masks are built per size (timm's ``strict_img_size=False`` semantics, see `SizedMaskBlock`)."""
     if window_score is not None:
         check_window_score(window_score)  # before patching: a bad name leaves the model untouched
     model.__class__ = sparse_class(type(model), model_mixin)
     for stage in stages:
         stage.__class__ = sparse_class(type(stage), stage_mixin)
         stage._grid_cache = {}
-    return sparsify(model, 0.0 if sparsity is None else sparsity, window_score)
+        for block in stage.blocks:
+            block.__class__ = sparse_class(type(block), SizedMaskBlock)
+            block.dynamic_mask = True  # timm asks get_attn_mask for the size at hand (answered from a cache)
+    patch_embed = getattr(model, "patch_embed", None)
+    if hasattr(patch_embed, "strict_img_size"):
+        patch_embed.strict_img_size = False  # any multiple of the patch: the engine follows the size
+    return configure(model, 0.0 if sparsity is None else sparsity, window_score)
 
 
-def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None) -> SparseSwinTransformer:
-    """Make a timm SwinTransformer or SwinTransformerV2, or a timm ``features_only=True`` backbone of either,
-    window-sparse, in place (same object, same parameters).
-
-    `sparsity` defaults to 0 (exactly the dense model) for a new one and `window_score` to
-    `DEFAULT_WINDOW_SCORE`; an already sparse model keeps its settings unless new ones are given (so
-    asking a sparse model's method for e.g. its group sizes never resets it)."""
-    if not isinstance(model, SparseSwinTransformer):
-        stages = family_stages(model, SwinTransformer, SwinTransformerStage)
-        if stages is not None:
-            return patch_stages(model, stages, SparseSwinTransformer, SparseSwinStage, sparsity, window_score)
-        from ..swinv2.patch import sparsifiable_v2, sparsify_v2  # the V2 family plugs its block into the stage
-        if sparsifiable_v2(model):
-            return sparsify_v2(model, sparsity, window_score)
-        raise UserError(f"SparseViT needs a timm SwinTransformer or SwinTransformerV2, or its features_only=True "
-                        f"backbone, got {type(model).__name__}")
+def configure(model: SparseSwinTransformer, sparsity=None, window_score: Optional[str] = None) -> SparseSwinTransformer:
+    """Set a sparse Swin's `sparsity` and `window_score` where given (None keeps the current setting)."""
     if sparsity is not None:
         model.set_sparsity(sparsity)
     if window_score is not None:
         model.set_window_score(window_score)
     return model
+
+
+def sparsify_v1(model: nn.Module, sparsity=None, window_score: Optional[str] = None) -> SparseSwinTransformer:
+    """Make a timm SwinTransformer, or its ``features_only=True`` backbone, window-sparse, in place (same
+    object, same parameters); the public `sparsevit_cli.sparsify` picks this family's engine by the method
+    registry.
+
+    `sparsity` defaults to 0 (exactly the dense model) for a new one and `window_score` to
+    `DEFAULT_WINDOW_SCORE`; an already sparse model keeps its settings unless new ones are given (so
+    asking a sparse model's method for e.g. its group sizes never resets it)."""
+    if isinstance(model, SparseSwinTransformer):
+        return configure(model, sparsity, window_score)
+    stages = family_stages(model, SwinTransformer, SwinTransformerStage)
+    if stages is None:
+        raise UserError(f"SparseViT needs a timm SwinTransformer or its features_only=True backbone, "
+                        f"got {type(model).__name__}")
+    return patch_stages(model, stages, SparseSwinTransformer, SparseSwinStage, sparsity, window_score)
 
 
 _SPARSE_CLASSES: Dict[Tuple[type, type], type] = {}

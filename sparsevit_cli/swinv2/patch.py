@@ -1,6 +1,6 @@
 """Window-sparse execution of timm's SwinTransformerV2 (SparseViT on Swin V2).
 
-`sparsify_v2(model)` (or the V1 `sparsify`, which hands V2 models here) patches a timm `SwinTransformerV2`,
+`sparsify_v2(model)` (what the public `sparsevit_cli.sparsify` runs for a V2 model) patches a timm `SwinTransformerV2`,
 or its ``features_only=True`` backbone, in place (class swap: same object, parameters and state-dict keys).
 Everything but the block itself is the V1 engine's stage (`sparsevit_cli.swin.patch`, `SparseSwinStage`):
 a stage with nothing pruned is timm's own stage and the leading blocks that keep every window are timm's own
@@ -29,8 +29,8 @@ import torch.nn as nn
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block, SwinTransformerV2Stage
 
 from ..errors import UserError
-from ..swin.patch import (SparseSwinStage, SparseSwinTransformer, WindowGrid, family_stages, gather_windows,
-                          patch_stages, scatter_windows, sparsify)
+from ..swin.patch import (SparseSwinStage, SparseSwinTransformer, WindowGrid, configure, family_stages,
+                          gather_windows, patch_stages, scatter_windows)
 
 
 def sparse_block_v2_(block: SwinTransformerV2Block, buf: torch.Tensor, grid: WindowGrid,
@@ -71,9 +71,9 @@ def sparsify_v2(model: nn.Module, sparsity=None, window_score: Optional[str] = N
     object, parameters and state-dict keys).
 
     `sparsity` defaults to 0 (exactly the dense model) for a new one; an already sparse model keeps its
-    settings unless new ones are given (V1's `sparsify` applies them)."""
+    settings unless new ones are given."""
     if isinstance(model, SparseSwinTransformerV2):
-        return sparsify(model, sparsity, window_score)
+        return configure(model, sparsity, window_score)
     stages = family_stages(model, SwinTransformerV2, SwinTransformerV2Stage)
     if stages is None:
         raise UserError(f"SparseViT-V2 needs a timm SwinTransformerV2 or its features_only=True backbone, "

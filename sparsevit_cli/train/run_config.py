@@ -12,7 +12,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -191,14 +191,47 @@ class TaskOptions(_Section):
     head_channels: Optional[int] = Field(None, ge=1, description="Semantic FPN head width (128)")
     dropout: Optional[float] = Field(None, ge=0, lt=1, description="Semantic FPN dropout before the classifier")
     img_size: Optional[int] = Field(None, ge=1, description=(
-        "detectors: the shorter (and longest) side torchvision's transform resizes to; default the model's"))
+        "detectors: min_size and max_size at once (default: the model's img_size, so every image fits an "
+        "img_size square, the size MAC budgets are stated at)"))
+    min_size: Optional[Union[int, List[int]]] = Field(None, description=(
+        "detectors: the shorter side torchvision's transform scales each image to, keeping its aspect ratio "
+        "(default img_size); a list for multi-scale training, e.g. [480, 512, 544]: each training image draws "
+        "one, evaluation uses the last"))
+    max_size: Optional[int] = Field(None, ge=1, description=(
+        "detectors: the longer side is never scaled past this (default img_size)"))
+    size_divisible: Optional[int] = Field(None, ge=1, description=(
+        "detectors: batches are padded to a multiple of this (default: the backbone's largest stride, "
+        "32 for Swin-T)"))
     rpn_pre_nms_top_n_test: Optional[int] = Field(None, ge=1)
     rpn_post_nms_top_n_test: Optional[int] = Field(None, ge=1)
     box_detections_per_img: Optional[int] = Field(None, ge=1)
     box_score_thresh: Optional[float] = Field(None, ge=0, le=1)
     box_nms_thresh: Optional[float] = Field(None, ge=0, le=1)
+    # heads sized to the backbone (detection / instance segmentation; torchvision's sizes by default)
+    box_representation_size: Optional[int] = Field(None, ge=1, description="the box head's MLP width (1024)")
+    mask_head_convs: Optional[int] = Field(None, ge=1, description="the mask head's 3x3 convolutions (4)")
+    mask_head_channels: Optional[int] = Field(None, ge=1, description="their width and the mask upsampling's (256)")
+    anchor_sizes: Optional[List[Any]] = Field(None, description=(
+        "anchor size in px per pyramid level, finest first (a number or a list per level); default 8x the "
+        "level's stride"))
+    anchor_aspect_ratios: Optional[List[float]] = Field(None, description="anchor h/w ratios ([0.5, 1, 2])")
+    # torchvision's RoI and RPN sampling while training, and its proposal counts
+    rpn_pre_nms_top_n_train: Optional[int] = Field(None, ge=1)
+    rpn_post_nms_top_n_train: Optional[int] = Field(None, ge=1)
+    rpn_nms_thresh: Optional[float] = Field(None, ge=0, le=1)
+    rpn_fg_iou_thresh: Optional[float] = Field(None, ge=0, le=1)
+    rpn_bg_iou_thresh: Optional[float] = Field(None, ge=0, le=1)
+    rpn_batch_size_per_image: Optional[int] = Field(None, ge=1, description="anchors sampled per image (256)")
+    rpn_positive_fraction: Optional[float] = Field(None, gt=0, le=1, description="of them positive at most (0.5)")
+    box_fg_iou_thresh: Optional[float] = Field(None, ge=0, le=1)
+    box_bg_iou_thresh: Optional[float] = Field(None, ge=0, le=1)
+    box_batch_size_per_image: Optional[int] = Field(None, ge=1, description="RoIs sampled per image (512)")
+    box_positive_fraction: Optional[float] = Field(None, gt=0, le=1, description="of them positive at most (0.25)")
 
-    _numbers = field_validator("dropout", "box_score_thresh", "box_nms_thresh", mode="before")(_yaml_float)
+    _numbers = field_validator("dropout", "box_score_thresh", "box_nms_thresh", "rpn_nms_thresh",
+                               "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_positive_fraction",
+                               "box_fg_iou_thresh", "box_bg_iou_thresh", "box_positive_fraction",
+                               mode="before")(_yaml_float)
 
     def given(self) -> Dict[str, Any]:
         """The options set, as keyword arguments for `Task.build`."""

@@ -445,6 +445,7 @@ class Trainer:
         meta = {"method": self.method.name, "model": self.model_name, "model_args": self.model_args,
                 "img_size": self.img_size, "task": self.cfg.data.task, "num_classes": self.num_classes,
                 "task_options": self.task_options or None, "class_names": self._class_names(),
+                "category_ids": getattr(self.train_set, "category_ids", None),
                 "sparsity": self.config,
                 "method_options": self.method.options(self.backbone), "trained_by": self.mode, **(extra or {})}
         dist.main_only(lambda: save_model(path, self.model, meta))

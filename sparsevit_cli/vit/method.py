@@ -49,6 +49,7 @@ class PSViT:
     name = "psvit"
     default_space = "psvit_deit"
     supported_models = "a timm VisionTransformer (ViT/DeiT)"
+    entry_point = "psvit"
     gene_values = GENE_VALUES  # binary genes: off / on
 
     def supports(self, model: nn.Module) -> bool:
