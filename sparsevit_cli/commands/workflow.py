@@ -48,7 +48,7 @@ class DemoPreset:
 # config costs ~26% of dense MACs and a 50% budget leaves the search real choices.
 
 
-_SMALL_SWIN = dict(window_size=4, global_pool="max", drop_path_rate=0.0)
+_SMALL_SWIN = dict(window_size=2, global_pool="max", drop_path_rate=0.0)
 
 
 PRESETS: Dict[str, DemoPreset] = {
@@ -57,12 +57,12 @@ PRESETS: Dict[str, DemoPreset] = {
                         model_args=dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], **_SMALL_SWIN),
                         dense_epochs=1, adapt_epochs=1, finetune_epochs=1, batch_size=16, lr=1e-3,
                         population=6, generations=2, parents=3, children=3, eval_samples=24, timing_repeats=5),
-    "default": DemoPreset(img_size=64, n_train=3000, n_val=600, num_classes=10, digit_frac=(0.25, 0.4),
+    "default": DemoPreset(img_size=64, n_train=3000, n_val=3000, num_classes=10, digit_frac=(0.25, 0.4),
                           model_args=dict(embed_dim=48, depths=[2, 4], num_heads=[2, 4], **_SMALL_SWIN),
                           dense_epochs=12, adapt_epochs=4, finetune_epochs=2, batch_size=32, lr=1e-3,
                           population=16, generations=4, parents=4, children=6, eval_samples=300),
     # `make repro`: the default, trained longer (~20 min on 2 CPU cores), as the report's starting point
-    "repro": DemoPreset(img_size=64, n_train=3000, n_val=600, num_classes=10, digit_frac=(0.25, 0.4),
+    "repro": DemoPreset(img_size=64, n_train=3000, n_val=3000, num_classes=10, digit_frac=(0.25, 0.4),
                         model_args=dict(embed_dim=48, depths=[2, 4], num_heads=[2, 4], **_SMALL_SWIN),
                         dense_epochs=20, adapt_epochs=10, finetune_epochs=3, batch_size=32, lr=1e-3,
                         population=16, generations=4, parents=4, children=6, eval_samples=300),
