@@ -184,7 +184,16 @@ def search(
     device: str = typer.Option("cpu", help="cpu or cuda: where accuracy and latency are measured."),
     img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (default: the model's)."),
     batch_size: int = typer.Option(1, min=1, help="Batch size that costs (MACs, latency) are counted at."),
-    eval_samples: int = typer.Option(200, min=1, help="Held-out images each config is scored on."),
+    eval_samples: int = typer.Option(1000, min=1, help="Fitness split: val images every candidate is scored "
+                                                       "on (a fixed random draw, recorded in best.yaml)."),
+    confirm_samples: int = typer.Option(1000, min=1, help="Confirmation split: other val images the top "
+                                                          "candidates and the best uniform config are re-scored "
+                                                          "on; the pick is the best there."),
+    confirm_top: int = typer.Option(5, min=1, help="Distinct top candidates re-scored on the confirmation split."),
+    fitness: Optional[str] = typer.Option(None, help="What candidates are ranked by: logprob (mean log-probability "
+                                                     "of the true class; classification, the default there) or "
+                                                     "metric (the task's metric; the default elsewhere)."),
+    split_seed: int = typer.Option(0, help="Seed of the fitness / confirmation split of the val images."),
     population: int = typer.Option(50, min=1, help="Configs in the first (random, in-budget) population."),
     generations: int = typer.Option(20, min=1, help="Generations."),
     parents: int = typer.Option(10, min=1, help="Top configs kept each generation."),
@@ -205,7 +214,9 @@ def search(
                          budget_latency=budget_latency, min_macs=min_macs, min_latency=min_latency,
                          latency_table=latency_table, compile=compile, device=device, img_size=img_size,
                          batch_size=batch_size,
-                         eval_samples=eval_samples, settings=settings, resume=resume, progress=progress)
+                         eval_samples=eval_samples, confirm_samples=confirm_samples, confirm_top=confirm_top,
+                         fitness=fitness, split_seed=split_seed, settings=settings, resume=resume,
+                         progress=progress)
     run_search(opts, console=console)
 
 

@@ -78,6 +78,9 @@ class Task:
     def image_scores(self, dataset, records: Sequence[Any]) -> "ImageScores":
         raise NotImplementedError
 
+    #: the search fitnesses its `image_scores` offer (the first is the default)
+    image_scores_fitnesses: Tuple[str, ...] = ("metric",)
+
     def macs(self, model: nn.Module, method, config, img_size, batch_size: int = 1) -> int:
         """The backbone's MACs under `config` (its classifier included when the task runs it)."""
         return method.macs(backbone_of(model), config, img_size, batch_size)
@@ -107,10 +110,8 @@ class Metric:
 
 class ImageScores:
     """Per-image results of one config on a list of images. `metric(weights)` is the task's metric (%) with
-    image i counted weights[i] times (None: each once), what a bootstrap resample recomputes; `fitness`
-    names the search fitnesses the task offers beside its metric."""
-
-    fitnesses: Tuple[str, ...] = ("metric",)
+    image i counted weights[i] times (None: each once), what a bootstrap resample recomputes; `fitness(kind)`
+    a search fitness (the task's `image_scores_fitnesses`)."""
     #: recomputing the metric is expensive (a COCOeval): bootstrap it with fewer resamples
     slow: bool = False
 
@@ -123,7 +124,7 @@ class ImageScores:
     def fitness(self, kind: str) -> float:
         if kind == "metric":
             return self.metric()
-        raise UserError(f"fitness '{kind}' is not offered for this task (offered: {', '.join(self.fitnesses)})")
+        raise UserError(f"fitness '{kind}' is not offered for this task")
 
 
 TASKS: Dict[str, Task] = {}
@@ -185,6 +186,7 @@ class TopOne(_CountMetric):
 
 class Classification(Task):
     name, metric_name = "classification", "top1"
+    image_scores_fitnesses = ("logprob", "metric")
 
     def build(self, backbone, num_classes, **options):
         if num_classes is not None and backbone.num_classes != num_classes:
@@ -216,8 +218,6 @@ class Classification(Task):
 class TopOneScores(ImageScores):
     """Top-1 per image (right or wrong) and the log-probability of the true class, the lower-variance fitness:
     it moves with every image's confidence, not only where a prediction flips."""
-
-    fitnesses = ("logprob", "metric")
 
     def __init__(self, correct: Sequence[bool], logprob: Sequence[float]):
         import numpy as np

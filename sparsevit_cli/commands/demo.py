@@ -27,8 +27,8 @@ from rich.table import Table
 
 from ..io import atomic_write_text
 from ..errors import UserError
-from ..evaluate import held_out_indices
-from .workflow import METHOD_LABEL, PRESETS, DemoPreset, Stages, run_config, score, search, train, val_split
+from .workflow import (METHOD_LABEL, PRESETS, DemoPreset, Stages, report_indices, run_config, score, search,
+                       train, val_split)
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, dev
 
     dev = resolve_device(device)
     val = val_split(data, p.img_size)
-    held_out = held_out_indices(len(val), p.eval_samples)  # images the search never scored
+    held_out = report_indices(p, len(val))  # images the search never saw
     sparse = load(sparse_file).to(dev)
     models = {"dense": load(dense_file).to(dev), METHOD_LABEL[sparse.sparsevit_meta["method"]]: sparse}
     rows = []
