@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .io import make_console
 from .layers import format_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make vision transformers fast on high-resolution images by searching where to skip "
                        "computation (SparseViT window pruning for Swin, PSViT for plain ViTs).")
-console = Console()
+console = make_console()
 
 
 def _workflow_presets():
@@ -234,6 +235,9 @@ def evaluate(
     max_samples: Optional[int] = typer.Option(None, min=1, help="Score a fixed random subset of this many images "
                                                                 "(default: all)."),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:N)."),
+    include_fitness_images: bool = typer.Option(False, "--include-fitness-images",
+                                                help="With a search's best.yaml: also score the val images the "
+                                                     "search ranked its candidates on (left out by default)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Score a model file on your data: the task's metrics (top-1, mIoU, COCO box/mask AP, %) and GMACs per
@@ -242,12 +246,14 @@ def evaluate(
 
     result = run_evaluate(EvaluateOptions(checkpoint=checkpoint, data=data, config=config, sparsity=sparsity,
                                           dense=dense, split=split, batch_size=batch_size, max_samples=max_samples,
-                                          device=device))
+                                          device=device, include_fitness_images=include_fitness_images))
     if result is None:  # a torchrun rank other than 0
         return
     if as_json:
         print(json.dumps(result))
         return
+    if result.get("note"):
+        console.print(result["note"])
     table = Table(title=f"{result['model_file']}: {result['task']} on {result['images']} {split} images")
     for col in ("config", *result["metrics"], "GMACs", "backbone GMACs"):
         table.add_column(col, justify="right")

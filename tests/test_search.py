@@ -402,3 +402,32 @@ def test_compile_with_a_table_or_a_mac_budget_is_one_line(tmp_path, model_file, 
     code, _, err = run_cli(search_args(model_file, data_dir, tmp_path / "s", "--compile", *extra), capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "t.json").exists() and not (tmp_path / "s" / "best.yaml").exists()
+
+
+def test_splits_are_recorded_kept_on_resume_and_evaluate_leaves_the_fitness_images_out(
+        tmp_path, model_file, data_dir, uninterrupted, capsys):
+    best = yaml.safe_load((uninterrupted / "best.yaml").read_text())
+    split = best["search_split"]
+    assert split["images"] == 12 and len(split["fitness"]) == len(split["confirmation"]) == 6
+    assert not set(split["fitness"]) & set(split["confirmation"])
+    # the pick is the confirmation split's best candidate, and best.yaml's config
+    conf = best["confirmation"]
+    assert best["sparsity"] == conf["pick"]["config"]
+    assert conf["pick"]["confirm_metric"] == max(c["confirm_metric"] for c in conf["candidates"])
+    assert conf["uniform"]["uniform"] is not None and conf["uniform"]["config"] in [c["config"] for c in conf["candidates"]]
+    # a resumed search (more generations) keeps the same images
+    out = tmp_path / "again"
+    import shutil
+    shutil.copytree(uninterrupted, out)
+    args = search_args(model_file, data_dir, out, "--budget-macs", "60%") + ["--generations", "4", "--resume"]
+    assert run_cli(args, capsys)[0] == 0
+    assert yaml.safe_load((out / "best.yaml").read_text())["search_split"] == split
+
+    code, stdout, err = run_cli(["evaluate", "--checkpoint", str(model_file), "--data", str(data_dir), "--config",
+                                 str(uninterrupted / "best.yaml"), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["images"] == 6 and "left out the 6 val images" in result["note"]
+    code, stdout, err = run_cli(["evaluate", "--checkpoint", str(model_file), "--data", str(data_dir), "--config",
+                                 str(uninterrupted / "best.yaml"), "--include-fitness-images"], capsys)
+    assert code == 0 and "12 val images" in " ".join(stdout.split())

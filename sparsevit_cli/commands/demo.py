@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, make_console
 from ..errors import UserError
 from .workflow import (METHOD_LABEL, PRESETS, DemoPreset, Stages, report_indices, run_config, score, search,
                        train, val_split)
@@ -39,6 +39,8 @@ class DemoResult:
     out: str = ""
     throughput_batch: int = 1
     compiled: bool = False
+    #: the search's pick vs the best uniform config vs dense, with intervals (`search.confirm.Confirmation`)
+    confirmation: Dict[str, Any] = field(default_factory=dict)
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", device: str = "cpu",
@@ -48,7 +50,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     from ..io import read_sparsity_file
     from ..data.demo import write_demo_data
 
-    console = console or Console()
+    console = console or make_console()
     if preset not in PRESETS:
         raise UserError(f"unknown demo preset '{preset}' (known: {', '.join(PRESETS)})")
     p = PRESETS[preset]
@@ -73,11 +75,20 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     onnx = stage("export to ONNX", out / "export" / "sparsevit.onnx", lambda: _export(final, out / "export"))
 
     result = _compare(p, dense, final, data, device, compile)
-    result.sparsity = read_sparsity_file(best)["sparsity"]
+    searched = read_sparsity_file(best)
+    result.sparsity = searched["sparsity"]
+    result.confirmation = searched.get("confirmation", {})
     result.export_rel_error = json.loads((onnx.parent / "export.json").read_text())["max_rel_error"]
     result.out = str(out)
     atomic_write_text(out / "summary.json", json.dumps(asdict(result), indent=1))
     console.print(summary_table(result))
+    if result.confirmation:
+        from ..search.confirm import Confirmation
+        from .search import confirmation_table
+        conf = Confirmation.model_validate(result.confirmation)
+        console.print(confirmation_table(conf, "GMACs", title=f"the search at {p.budget} of dense MACs: dense, "
+                                                             f"best uniform and the pick (adapted weights)"))
+        console.print(conf.verdict)
     return result
 
 

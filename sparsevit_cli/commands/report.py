@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, make_console
 from .demo import run_demo
 from .workflow import (PRESETS, Stages, method_and_backbone, report_indices, run_config, score, search, train,
                        val_split)
@@ -52,7 +52,7 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
     from ..model_file import load
     from ..timing import THROUGHPUT_BATCH, resolve_device
 
-    console = console or Console()
+    console = console or make_console()
     demo_dir = Path(demo_dir)
     run_demo(demo_dir, preset=preset, device=device, progress=progress, console=console)
     p = PRESETS[preset]

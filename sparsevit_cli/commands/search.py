@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
-from ..io import FolderLock, remove_stale_temp_files, yaml_text
+from ..io import FolderLock, make_console, remove_stale_temp_files, yaml_text
 from ..evaluate import evaluate_all, evaluate_images, search_splits
 from ..layers import format_config
 from ..latency import calibrated_table, predict_latency, read_latency_table
@@ -181,7 +181,7 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Search
     the lock under torchrun) and the process group, if any, joined for the run."""
     from ..io import check_output_dir, check_output_file
 
-    console = console or Console()
+    console = console or make_console()
     # options first: a typo costs no model load
     device = resolve_device(opts.device)
     if (opts.budget_macs is None) == (opts.budget_latency is None):
