@@ -60,6 +60,10 @@ SETTING = DemoPreset(img_size=128, n_train=4000, n_val=3400, num_classes=10, dig
                      dense_epochs=12, adapt_epochs=6, finetune_epochs=3, batch_size=32, lr=1e-3,
                      population=12, generations=4, parents=4, children=4, eval_samples=1000,
                      confirm_samples=1000)
+#: `--reduced`: the same setting, smaller, for a run that fits a busy 2-core machine in about an hour (splits of
+#: 600 images: below the >= 1000 the full run uses, so its intervals are wider)
+REDUCED = replace(SETTING, n_train=2000, n_val=1800, dense_epochs=8, adapt_epochs=4, finetune_epochs=2,
+                  population=10, generations=3, parents=3, children=4, eval_samples=600, confirm_samples=600)
 SMOKE = replace(SETTING, img_size=64, n_train=32, n_val=45, digit_frac=(0.25, 0.4),
                 model_args=dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=2, global_pool="max"),
                 dense_epochs=1, adapt_epochs=1, finetune_epochs=1, batch_size=16, population=4, generations=2,
@@ -75,10 +79,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--confirm-top", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--smoke", action="store_true", help="micro setting, 2 seeds, one budget (the tests run it)")
+    ap.add_argument("--reduced", action="store_true", help="smaller training and splits (600 images each)")
     ap.add_argument("--results", default=str(RESULTS / "bench_search.json"),
                     help="where the results JSON (and a .md table beside it) go; '' for --out only")
     args = ap.parse_args(argv)
-    p = SMOKE if args.smoke else SETTING
+    p = SMOKE if args.smoke else (REDUCED if args.reduced else SETTING)
     if args.smoke:
         args.seeds, args.budgets, args.latency_budget = 2, "0.5", 0.9
     console = make_console()
@@ -189,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         console.print(f"{label}: done ({time.time() - started:.0f} s, {evaluations['count']} evaluations so far)")
 
     dense_report = scores(dense_cfg, "report").metric()
-    result = {"setting": {k: v for k, v in vars(p).items()}, "seeds": args.seeds, "device": str(dev),
+    result = {"setting": {k: v for k, v in vars(p).items()}, "reduced": bool(args.reduced), "seeds": args.seeds, "device": str(dev),
               "splits": {"fitness": len(splits.fitness), "confirmation": len(splits.confirmation),
                          "report": len(splits.rest)},
               "dense_report_top1": dense_report, "rows": rows, "seconds": time.time() - started,
