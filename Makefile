@@ -5,7 +5,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 #: make bench-det TASK=instance_segmentation: the Mask R-CNN benchmark
 TASK ?= detection
 
-.PHONY: install demo test fuzz bench bench-gpu bench-export bench-latency bench-train repro clean
+.PHONY: install demo test fuzz bench bench-gpu bench-export bench-latency bench-train bench-search repro clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,9 @@ bench-latency: install  ## latency-table predictions vs measurement (Swin-T 448Â
 .PHONY: bench-det
 bench-det: install  ## dense vs uniform vs searched Faster R-CNN (TASK=instance_segmentation: Mask R-CNN) on the demo COCO set: box (mask) AP, end-to-end and backbone latency
 	$(PY) benchmarks/bench_det.py --task $(TASK)
+
+bench-search: install  ## evolution vs random search vs best uniform vs downscaled dense, 5 seeds, 3 MAC + 1 latency budget
+	$(PY) benchmarks/bench_search.py
 
 bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)
 	$(VENV)/bin/sparsevit report --preset repro --out runs/repro

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import dist
 from ..errors import UserError
@@ -31,6 +31,7 @@ class EvaluateOptions:
     device: str = "cpu"
     results_json: Optional[str] = None  # COCO tasks: write the evaluated config's detections here
     per_class: bool = False          # COCO tasks: AP of every category too
+    include_fitness_images: bool = False  # with a search's best.yaml: also score the images it was ranked on
 
 
 def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
@@ -45,7 +46,8 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
 
     device = resolve_device(opts.device)  # options first: a typo costs no model load
     results_path = check_output_file(opts.results_json, "--results-json") if opts.results_json else None
-    model, method, meta = load_model_file(opts.checkpoint, config_option(opts.config, opts.sparsity))
+    config_file = config_option(opts.config, opts.sparsity)
+    model, method, meta = load_model_file(opts.checkpoint, config_file)
     backbone = backbone_of(model)
     config = meta.sparsity
     task = get_task(meta.task)
@@ -56,13 +58,16 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
         raise UserError(f"--results-json and --per-class are for COCO tasks (detection, instance_segmentation); "
                         f"'{opts.checkpoint}' is a {task.name} model")
     model = model.to(device)
+    indices = search_indices(len(dataset), opts.max_samples)
+    excluded, note = _search_images(config_file, opts, len(dataset))
+    if excluded:
+        indices = [i for i in indices if i not in excluded]
     runs = ([("dense", method.dense_config(backbone))] if opts.dense else []) + [("sparse", config)]
     rows: List[Dict[str, Any]] = []
     with dist.process_group(opts.device):
         main = dist.is_main()
         for name, cfg in runs:
-            metric = run_metric(model, method, cfg, dataset, task, opts.batch_size, device,
-                                max_samples=opts.max_samples)
+            metric = run_metric(model, method, cfg, dataset, task, opts.batch_size, device, indices=indices)
             row = {"name": name, "config": cfg, **metric_values(metric, task),
                    "gmacs": task.macs(model, method, cfg, img_size) / 1e9,
                    "backbone_gmacs": task.backbone_macs(model, method, cfg, img_size) / 1e9}
@@ -80,7 +85,25 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     metrics = [task.metric_name] + sorted(k for k in rows[-1] if k not in {task.metric_name, "name", "config",
                                                                              "gmacs", "backbone_gmacs", "coco"})
     result = {"model_file": str(Path(opts.checkpoint)), "task": task.name, "split": opts.split, "metrics": metrics,
-              "images": len(search_indices(len(dataset), opts.max_samples)), "rows": rows}
+              "images": len(indices), "rows": rows, **({"note": note} if note else {})}
     if results_path is not None:
         result["results_json"] = str(results_path)
     return result
+
+
+def _search_images(config_file: Any, opts: EvaluateOptions, n: int) -> Tuple[Set[int], Optional[str]]:
+    """(images to leave out, a line saying so): a search's best.yaml records the val images it ranked its
+    candidates on (its fitness split); scoring the pick on them would report its selection bias too."""
+    split = config_file.get("search_split") if isinstance(config_file, dict) else None
+    if not isinstance(split, dict) or opts.split != split.get("split", "val"):
+        return set(), None
+    same_data = Path(opts.data).resolve() == Path(str(split.get("data", ""))).resolve()
+    if not same_data or split.get("images") != n:
+        return set(), (f"note: {opts.config} was searched on other data ({split.get('data')}, "
+                       f"{split.get('images')} images); no images left out")
+    fitness = set(int(i) for i in split.get("fitness", []))
+    if opts.include_fitness_images:
+        return set(), (f"note: scoring the {len(fitness)} images the search ranked its candidates on too "
+                       f"(--include-fitness-images): the pick's score there is biased upwards")
+    return fitness, (f"note: left out the {len(fitness)} {opts.split} images the search ranked its candidates "
+                     f"on (its fitness split, recorded in {opts.config}); --include-fitness-images scores them too")

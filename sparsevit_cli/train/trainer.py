@@ -29,7 +29,7 @@ from .. import dist
 from ..data.datasets import build_loader, epoch_batches, iterate
 from ..errors import UserError, first_line
 from ..evaluate import autocast, evaluate_all
-from ..io import atomic_write_json, same_file
+from ..io import atomic_write_json, make_console, same_file
 from ..methods import Config, method_for_model
 from ..tasks import backbone_of, build_task_model, get_task
 from .run_config import RunConfig, to_dict
@@ -62,7 +62,7 @@ class Trainer:
         if cfg.checkpoint and same_file(cfg.checkpoint, self.out / MODEL_FILE):
             raise UserError(f"checkpoint '{cfg.checkpoint}' is the model file this run writes in --out '{self.out}'; "
                             f"it would be replaced: copy it elsewhere or choose another --out")
-        self.console = console or Console()
+        self.console = console or make_console()
         self.progress_enabled = progress and dist.is_main()
         self._seed_everything(cfg.seed)
         from ..model_file import read_meta
