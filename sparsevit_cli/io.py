@@ -67,7 +67,8 @@ def read_sparsity_file(path: str | os.PathLike) -> Dict[str, Any]:
 # and fsynced, then renamed onto the target (and the folder fsynced), so a reader or a resumed run sees
 # the old file or the new one, never half of one. The temporary file is removed on any failure (also
 # Ctrl-C); one left by a killed process is removed by `remove_stale_temp_files` when the next run starts.
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+#: `.name.<pid>.<hex>.tmp`, optionally with a suffix a writer needs (an exporter's `.onnx`)
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp(\.[A-Za-z0-9]+)?$")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False,

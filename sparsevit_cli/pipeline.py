@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
 from .errors import UserError
-from .io import atomic_write_json
+from .io import atomic_write_json, remove_stale_temp_files
 from .train.run_config import DEVICE_PATTERN, RunConfig, Section, load_run_config
 from .train.state import flatten
 
@@ -70,12 +70,12 @@ class BudgetSettings(Section):
             raise ValueError("compile applies to a latency budget; MACs do not depend on it")
         return self
 
-    def text(self) -> str:
+    def text(self, run_device: str = "cpu") -> str:
         """The budget in words, e.g. '60% of dense latency (cpu, batch 1)'."""
         if self.macs is not None:
             what = "backbone MACs" if self.macs_of == "backbone" else "MACs"
             return f"{self.macs} of dense {what}" if self.macs.endswith("%") else f"{self.macs} GMACs"
-        where = f"{self.device or 'run device'}, batch {self.batch_size}{', compiled' if self.compile else ''}"
+        where = f"{self.device or run_device}, batch {self.batch_size}{', compiled' if self.compile else ''}"
         return (f"{self.latency} of dense latency" if self.latency.endswith("%") else f"{self.latency} latency") + \
             f" ({where})"
 
@@ -227,7 +227,7 @@ class Stages:
                     old = None  # torn by hand; the writer is atomic
                 change = first_change(old, inputs) if isinstance(old, dict) else "its record is unreadable"
                 if change:
-                    raise UserError(f"stage '{title}' in '{folder}' was run with other inputs ({change}); "
+                    raise UserError(f"the {folder.name} stage in '{folder}' was run with other inputs ({change}); "
                                     f"remove '{folder}' and the stages after it, or choose another --out")
             elif output.exists():
                 raise UserError(f"'{folder}' holds a result without a record of its inputs; remove it or "
@@ -238,6 +238,7 @@ class Stages:
         if inputs is not None and not record.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(record, inputs)
+        remove_stale_temp_files(folder)  # a killed stage's half-written files (the pipeline holds the lock)
         self.console.rule(f"{self.n}. {title}")
         run()
         return output

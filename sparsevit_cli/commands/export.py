@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import statistics
 import tempfile
 import time
@@ -175,7 +176,8 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, inputs: Lis
     refs = [_reference(model, x) for x in inputs]
     with _user_errors(f"cannot write to '{out.parent}'"):
         out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}{spec.suffix}")
+    # named like atomic_write's temporary files, so a killed export's is removed by the next run in the folder
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{spec.suffix}")
     try:  # every failure below leaves no file behind: `out` only appears once verified
         with _user_errors(f"{fmt} export failed"):
             spec.write(model, inputs[0], tmp)

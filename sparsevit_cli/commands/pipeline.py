@@ -133,7 +133,7 @@ def _run(cfg: PipelineConfig, out: Path, progress: bool, console: Console, stage
     best: Optional[Path] = None
     config = cfg.sparsity
     if p.search.run:
-        best = stage(f"search ({p.budget.text()})", out / "search" / "best.yaml",
+        best = stage(f"search ({p.budget.text(cfg.device)})", out / "search" / "best.yaml",
                      lambda: _search(cfg, adapted, out / "search", progress, console),
                      {"model": adapted_digest, "data": data, "budget": p.budget.model_dump(),
                       "device": cfg.target_device, "search": p.search.model_dump(),
@@ -301,7 +301,7 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
     report = {"task": task.name, "metric": task.metric_name, "img_size": img_size, "device": str(dev),
               "model": meta["model"], "method": meta["method"], "throughput_batch": batch,
               "held_out_images": len(held), "val_images": len(val),
-              "budget": {"text": b.text(), "value": limit, "unit": unit, "of": what},
+              "budget": {"text": b.text(cfg.device), "value": limit, "unit": unit, "of": what},
               "final_model": str(final_file), "rows": rows,
               "curve": [row(pt) for pt in points if pt["kind"] in ("dense", "uniform")]}
     atomic_write_json(out, report)
