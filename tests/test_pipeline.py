@@ -178,7 +178,7 @@ def test_detection_from_a_timm_checkpoint_with_flags(tmp_path, zygote, capsys):
                            "eval_samples": 2},
                 "evaluate": {"uniform": [0.5], "pictures": 1, "repeats": 1, "throughput_batch": 2}}
     cfg = write_yaml(tmp_path / "det.yaml", "unused", pipeline, DET, task_options=LIGHT, batch_size=2,
-                     eval_batch_size=2)
+                     eval_batch_size=2, adapt={"report": [0.5]})
     args = ["pipeline", cfg, "--checkpoint", tmp_path / "swin0.pth", "--data", data / "det", "--task", "detection",
             "--budget-latency", "150%", "--out", tmp_path / "out", "--no-progress"]
     code, log = zygote.run(args)
@@ -197,3 +197,10 @@ def test_detection_from_a_timm_checkpoint_with_flags(tmp_path, zygote, capsys):
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, "the adapt stage")
     assert "checkpoint was" in err
+
+
+def test_export_formats_are_the_exporters():
+    import typing
+    from sparsevit_cli.commands.export import FORMATS
+    from sparsevit_cli.pipeline import EXPORT_FORMATS, ExportStage
+    assert typing.get_args(ExportStage.model_fields["format"].annotation) == EXPORT_FORMATS == tuple(FORMATS)
