@@ -40,6 +40,10 @@ bench-latency: install  ## latency-table predictions vs measurement (Swin-T 448Â
 bench-det: install  ## dense vs uniform vs searched Faster R-CNN on the demo COCO set: box AP, end-to-end and backbone latency
 	$(PY) benchmarks/bench_det.py
 
+.PHONY: bench-seg
+bench-seg: install  ## `sparsevit pipeline` on the demo segmentation data at 512 px (Semantic FPN): mIoU, backbone and end-to-end speedups
+	$(PY) benchmarks/bench_seg.py
+
 bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)
 	$(VENV)/bin/sparsevit report --preset repro --out runs/repro
 

@@ -82,8 +82,8 @@ def test_classification_pipeline_writes_the_report_card(reference):
         assert 0 <= r["metric"] <= 100 and r["ms"] > 0 and r["images_per_s"] > 0
         assert 0 < r["backbone_gmacs"] <= r["gmacs"]
     # the uniform curve: dense plus each uniform sparsity, cheaper as it gets sparser
-    assert [r["label"] for r in card["curve"]] == ["dense", "uniform 40%", "uniform 80%"]
-    assert card["curve"][1]["gmacs"] > card["curve"][2]["gmacs"]
+    assert [r["label"] for r in card["curve"]] == ["dense", "uniform 0%", "uniform 40%", "uniform 80%"]
+    assert card["curve"][0]["gmacs"] == card["curve"][1]["gmacs"] > card["curve"][2]["gmacs"] > card["curve"][3]["gmacs"]
     # scored on the val images the search never saw
     assert card["held_out_images"] == 12 - 6
     assert card["export"]["max_rel_error"] < 1e-4 and (reference / "export" / "model.onnx").is_file()

@@ -235,6 +235,9 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
         dense = load(dense_file).to(dev)
         points.append({"label": "dense", "kind": "dense", "model": dense,
                        "config": method_of(dense)[0].dense_config(backbone_of(dense))})
+        # the uniform curve starts at the adapted weights run dense (what sparsity is measured against)
+        points.append({"label": "uniform 0%", "kind": "uniform", "model": adapted,
+                       "config": method.dense_config(backbone)})
     else:
         points.append({"label": "dense (adapted weights)", "kind": "dense", "model": adapted,
                        "config": method.dense_config(backbone)})
