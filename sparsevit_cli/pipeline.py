@@ -26,7 +26,6 @@ from rich.console import Console
 from .errors import UserError
 from .io import atomic_write_json, remove_stale_temp_files
 from .train.run_config import DEVICE_PATTERN, RunConfig, Section, load_run_config
-from .train.state import flatten
 
 #: the stages, in the order they run
 STAGES = ("dense", "adapt", "search", "finetune", "evaluate", "export")
@@ -195,6 +194,7 @@ def data_digest(path: str | os.PathLike) -> Dict[str, Any]:
 
 def first_change(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str]:
     """'key: was X, now Y' for the first input that differs (None when none does)."""
+    from .train.state import flatten  # the trainer's resume check flattens the same way (imports torch)
     a, b = flatten(json.loads(json.dumps(old))), flatten(json.loads(json.dumps(new)))
 
     def short(v: Any) -> str:

@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from rich.console import Console
 
+from ..pipeline import Stages  # noqa: F401  (the one stage runner; demo and report use it from here)
+
 
 @dataclass(frozen=True)
 class DemoPreset:
@@ -85,22 +87,6 @@ PRESETS: Dict[str, DemoPreset] = {
                               population=6, generations=2, parents=3, children=3, eval_samples=24, budget="60%",
                               timing_repeats=5),
 }
-
-
-class Stages:
-    """Runs a stage unless its output exists; prints which stage runs."""
-
-    def __init__(self, console: Console):
-        self.console, self.n = console, 0
-
-    def __call__(self, title: str, output: Path, run: Callable[[], Any]) -> Path:
-        self.n += 1
-        if output.exists():
-            self.console.print(f"[dim]{self.n}. {title}: done ({output})[/]")
-        else:
-            self.console.rule(f"{self.n}. {title}")
-            run()
-        return output
 
 
 def run_config(p: DemoPreset, data: Path, out: Path, device: str, epochs: int, checkpoint: Optional[Path] = None,
