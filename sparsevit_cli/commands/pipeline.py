@@ -245,9 +245,9 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
         points.append({"label": f"uniform {s:.0%}", "kind": "uniform", "model": adapted,
                        "config": method.uniform_config(backbone, s)})
     if searched_config is not None and p.finetune.run:
-        points.append({"label": "searched (before finetune)", "kind": "searched", "model": adapted,
+        points.append({"label": "searched, not finetuned", "kind": "searched", "model": adapted,
                        "config": method.validate(backbone, searched_config)})
-    points.append({"label": "pick (final model)", "kind": "pick", "model": final,
+    points.append({"label": "pick (final)", "kind": "pick", "model": final,
                    "config": meta["sparsity"]})
 
     for pt in points:
@@ -299,7 +299,7 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
 
     rows = [row(dense_pt)]
     if best_uniform is not None:
-        rows.append(row(best_uniform, f"best uniform in budget ({best_uniform['label'].split()[-1]})"))
+        rows.append(row(best_uniform, f"{best_uniform['label']} (best uniform)"))
     rows += [row(pt) for pt in points if pt["kind"] in ("searched", "pick")]
     report = {"task": task.name, "metric": task.metric_name, "img_size": img_size, "device": str(dev),
               "model": meta["model"], "method": meta["method"], "throughput_batch": batch,
