@@ -147,7 +147,8 @@ class PipelineConfig(RunConfig):
         """The plain run config of one training stage: this one without the pipeline section, `changes`
         (dotted keys) applied."""
         from .train.run_config import apply_overrides, parse_run_config
-        data = self.model_dump(exclude={"pipeline"})
+        # only the keys that were set: what a run leaves unset (e.g. the task) it takes from a model file
+        data = self.model_dump(exclude={"pipeline"}, exclude_unset=True)
         return parse_run_config(apply_overrides(data, changes), "pipeline stage")
 
     @property

@@ -96,7 +96,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, console: Optional[C
 def _train_inputs(rc) -> Dict[str, Any]:
     """What a training stage computes from, besides its starting weights and data (fingerprinted apart)."""
     return rc.model_dump(exclude={"out": True, "checkpoint": True, "max_steps": True, "checkpoint_every": True,
-                                  "data": {"path", "num_workers"}})
+                                  "pipeline": True, "data": {"path", "num_workers"}})
 
 
 def _run(cfg: PipelineConfig, out: Path, progress: bool, console: Console, stage: Stages) -> PipelineResult:
@@ -197,7 +197,8 @@ def _dense_reference(cfg: PipelineConfig, source: Optional[Path]) -> Optional[Pa
     if source is None:
         return None
     meta = read_meta(source)
-    if meta is None or meta.task != cfg.data.task or meta.get("adapted"):
+    task_given = "task" in cfg.data.model_fields_set  # else the run takes the model file's own task
+    if meta is None or (task_given and meta.task != cfg.data.task) or meta.get("adapted"):
         return None
     return source
 

@@ -186,6 +186,9 @@ class RunConfig(Section):
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (also at every epoch end)")
     max_steps: Optional[int] = Field(None, ge=0, description=(
         "stop after this many optimizer steps in this invocation (a deliberate interruption, for tests)"))
+    pipeline: Optional[Dict[str, Any]] = Field(None, description=(
+        "the `sparsevit pipeline` section (schema: sparsevit_cli.pipeline.PipelineSettings, checked there); "
+        "finetune and adapt ignore it, so one file serves the pipeline and the single commands"))
 
     @field_validator("sparsity", mode="before")
     @classmethod
