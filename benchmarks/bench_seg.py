@@ -151,7 +151,7 @@ def main(argv=None) -> Dict[str, Any]:
     miou = {"dense": rows_by_kind["dense"]["metric"], "adapted dense": curve["uniform 0%"]["metric"]}
     best_uniform = next((r for r in card["rows"] if r["kind"] == "uniform"), None)
     if best_uniform is not None:
-        name = best_uniform["label"].split(" (")[0]  # "uniform 50%"
+        name = best_uniform["label"].rstrip("*")  # "uniform 50%"
         models[name] = load(files["adapt"], best_uniform["config"])
         miou[name] = best_uniform["metric"]
     models["pick (pipeline)"] = load(files["finetune"])

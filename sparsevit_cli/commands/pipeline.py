@@ -246,9 +246,9 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
         points.append({"label": f"uniform {s:.0%}", "kind": "uniform", "model": adapted,
                        "config": method.uniform_config(backbone, s)})
     if searched_config is not None and p.finetune.run:
-        points.append({"label": "searched, not finetuned", "kind": "searched", "model": adapted,
+        points.append({"label": "searched", "kind": "searched", "model": adapted,
                        "config": method.validate(backbone, searched_config)})
-    points.append({"label": "pick (final)", "kind": "pick", "model": final,
+    points.append({"label": "pick", "kind": "pick", "model": final,
                    "config": meta["sparsity"]})
 
     for pt in points:
@@ -300,7 +300,7 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
 
     rows = [row(dense_pt)]
     if best_uniform is not None:
-        rows.append(row(best_uniform, f"{best_uniform['label']} (best uniform)"))
+        rows.append(row(best_uniform, f"{best_uniform['label']}*"))
     rows += [row(pt) for pt in points if pt["kind"] in ("searched", "pick")]
     report = {"task": task.name, "metric": task.metric_name, "img_size": img_size, "device": str(dev),
               "model": meta["model"], "method": meta["method"], "throughput_batch": batch,
@@ -413,6 +413,11 @@ def _plot(ev: Dict[str, Any], path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
 
 
+LEGEND = ("uniform N%*: the best uniform sparsity of the adapted model in the budget; searched: the search's "
+          "config on the adapted weights; pick: the final model (searched config, finetuned). ideal: dense / "
+          "model MACs; eff.: measured speedup / ideal")
+
+
 def _columns(card: Dict[str, Any]) -> List[str]:
     return ["model", card["metric"], "GMACs", "backbone GMACs", "ideal", "ms b1", "speedup", "eff.",
             f"img/s b{card['throughput_batch']}", "speedup"]
@@ -437,8 +442,7 @@ def report_table(card: Dict[str, Any]) -> Table:
     for r in card["rows"]:
         table.add_row(*_cells(r, card["rows"][0]))
     export = card.get("export")
-    table.caption = (f"{card['metric']} on {card['held_out_images']} held-out val images; ideal: dense/model MACs; "
-                     f"eff.: measured speedup / ideal"
+    table.caption = (f"{card['metric']} on {card['held_out_images']} held-out val images. {LEGEND}"
                      + (f". Exported {export['file']} ({export['format']}), max relative error "
                         f"{export['max_rel_error']:.1e}" if export else ""))
     return table
@@ -453,6 +457,7 @@ def _markdown(card: Dict[str, Any]) -> str:
              f"never scored; latency and throughput measured on {card['device']}, interleaved in one run.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cells(r, dense)) + " |" for r in card["rows"]]
+    lines += ["", LEGEND + "."]
     pick = card["rows"][-1]
     lines += ["", f"Final model: `{card['final_model']}`, config `{json.dumps(pick['config'])}`."]
     export = card.get("export")
