@@ -208,6 +208,16 @@ def first_change(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+class StageStopped(Exception):
+    """A stage ended without its output (a training run stopped early on purpose: `max_steps`, an
+    interrupt it saved a checkpoint for); the stages after it cannot run yet."""
+
+    def __init__(self, stage: str, output: Path):
+        super().__init__(f"the {stage} stage stopped before writing '{output}'; run the same command again "
+                         f"to continue it")
+        self.stage = stage
+
+
 class Stages:
     """Runs each stage unless its output exists, prints which stage runs, and refuses a stage whose
     recorded inputs differ from this run's (one line naming the first difference)."""
@@ -242,4 +252,6 @@ class Stages:
         remove_stale_temp_files(folder)  # a killed stage's half-written files (the pipeline holds the lock)
         self.console.rule(f"{self.n}. {title}")
         run()
+        if not output.exists():
+            raise StageStopped(folder.name, output)
         return output

@@ -204,3 +204,12 @@ def test_export_formats_are_the_exporters():
     from sparsevit_cli.commands.export import FORMATS
     from sparsevit_cli.pipeline import EXPORT_FORMATS, ExportStage
     assert typing.get_args(ExportStage.model_fields["format"].annotation) == EXPORT_FORMATS == tuple(FORMATS)
+
+
+def test_a_training_stage_that_stops_early_stops_the_pipeline(tmp_path, data_dir, capsys):
+    """`max_steps` (a deliberate stop with a checkpoint): the stages after it wait for the rerun."""
+    cfg = write_yaml(tmp_path / "run.yaml", data_dir, max_steps=1)
+    code, out, err = run_cli(["pipeline", cfg, "--out", tmp_path / "out", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "the dense stage stopped before writing" in " ".join(out.split())
+    assert (tmp_path / "out" / "dense" / "last.pt").is_file() and not (tmp_path / "out" / "adapt").exists()

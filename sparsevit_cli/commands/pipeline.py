@@ -31,7 +31,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from ..io import FolderLock, atomic_write, atomic_write_json, atomic_write_text, check_output_dir, read_sparsity_file
-from ..pipeline import PipelineConfig, Stages, data_digest, file_digest
+from ..pipeline import PipelineConfig, StageStopped, Stages, data_digest, file_digest
 
 MODEL = "model.safetensors"
 
@@ -80,6 +80,7 @@ class PipelineResult:
     evaluation: Optional[Dict[str, Any]] = None
     export: Optional[Dict[str, Any]] = None
     stages: Dict[str, str] = field(default_factory=dict)
+    stopped: Optional[str] = None  # the stage that stopped early (nothing after it ran)
 
 
 def run_pipeline(cfg: PipelineConfig, progress: bool = True, console: Optional[Console] = None,
@@ -90,7 +91,11 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, console: Optional[C
     check_settings(cfg)
     out = check_output_dir(Path(cfg.out))
     with FolderLock(out, "pipeline output folder"):
-        return _run(cfg, out, progress, console, stages or Stages(console))
+        try:
+            return _run(cfg, out, progress, console, stages or Stages(console))
+        except StageStopped as stop:
+            console.print(f"[yellow]{stop}[/]")
+            return PipelineResult(out=str(out), final_model="", config=None, stopped=stop.stage)
 
 
 def _train_inputs(rc) -> Dict[str, Any]:
