@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .io import make_console
 from .layers import format_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make vision transformers fast on high-resolution images by searching where to skip "
                        "computation (SparseViT window pruning for Swin, PSViT for plain ViTs).")
-console = Console()
+console = make_console()
 
 
 def _workflow_presets():
@@ -184,7 +185,16 @@ def search(
     device: str = typer.Option("cpu", help="cpu or cuda: where accuracy and latency are measured."),
     img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (default: the model's)."),
     batch_size: int = typer.Option(1, min=1, help="Batch size that costs (MACs, latency) are counted at."),
-    eval_samples: int = typer.Option(200, min=1, help="Held-out images each config is scored on."),
+    eval_samples: int = typer.Option(1000, min=1, help="Fitness split: val images every candidate is scored "
+                                                       "on (a fixed random draw, recorded in best.yaml)."),
+    confirm_samples: int = typer.Option(1000, min=1, help="Confirmation split: other val images the top "
+                                                          "candidates and the best uniform config are re-scored "
+                                                          "on; the pick is the best there."),
+    confirm_top: int = typer.Option(5, min=1, help="Distinct top candidates re-scored on the confirmation split."),
+    fitness: Optional[str] = typer.Option(None, help="What candidates are ranked by: logprob (mean log-probability "
+                                                     "of the true class; classification, the default there) or "
+                                                     "metric (the task's metric; the default elsewhere)."),
+    split_seed: int = typer.Option(0, help="Seed of the fitness / confirmation split of the val images."),
     population: int = typer.Option(50, min=1, help="Configs in the first (random, in-budget) population."),
     generations: int = typer.Option(20, min=1, help="Generations."),
     parents: int = typer.Option(10, min=1, help="Top configs kept each generation."),
@@ -205,7 +215,9 @@ def search(
                          budget_latency=budget_latency, min_macs=min_macs, min_latency=min_latency,
                          latency_table=latency_table, compile=compile, device=device, img_size=img_size,
                          batch_size=batch_size,
-                         eval_samples=eval_samples, settings=settings, resume=resume, progress=progress)
+                         eval_samples=eval_samples, confirm_samples=confirm_samples, confirm_top=confirm_top,
+                         fitness=fitness, split_seed=split_seed, settings=settings, resume=resume,
+                         progress=progress)
     run_search(opts, console=console)
 
 
@@ -223,6 +235,9 @@ def evaluate(
     max_samples: Optional[int] = typer.Option(None, min=1, help="Score a fixed random subset of this many images "
                                                                 "(default: all)."),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:N)."),
+    include_fitness_images: bool = typer.Option(False, "--include-fitness-images",
+                                                help="With a search's best.yaml: also score the val images the "
+                                                     "search ranked its candidates on (left out by default)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Score a model file on your data: the task's metrics (top-1, mIoU, COCO box/mask AP, %) and GMACs per
@@ -231,12 +246,14 @@ def evaluate(
 
     result = run_evaluate(EvaluateOptions(checkpoint=checkpoint, data=data, config=config, sparsity=sparsity,
                                           dense=dense, split=split, batch_size=batch_size, max_samples=max_samples,
-                                          device=device))
+                                          device=device, include_fitness_images=include_fitness_images))
     if result is None:  # a torchrun rank other than 0
         return
     if as_json:
         print(json.dumps(result))
         return
+    if result.get("note"):
+        console.print(result["note"])
     table = Table(title=f"{result['model_file']}: {result['task']} on {result['images']} {split} images")
     for col in ("config", *result["metrics"], "GMACs", "backbone GMACs"):
         table.add_column(col, justify="right")

@@ -3,15 +3,17 @@ model under a config, on a fixed subset of a data set, sharded over torchrun ran
 task's metric (tasks.py holds every metric: one fact, one place)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from . import dist
 from .data.datasets import build_loader, iterate
+from .errors import UserError
 from .methods import Config, Method
-from .tasks import Task, backbone_of, get_task
+from .tasks import ImageScores, Task, backbone_of, get_task
 
 
 def autocast(device: torch.device, amp: bool):
@@ -38,6 +40,69 @@ def held_out_indices(n: int, k: Optional[int]) -> List[int]:
     if k is None or k >= n:
         return list(range(n))
     return sorted(_eval_permutation(n)[k:])
+
+
+@dataclass(frozen=True)
+class SearchSplits:
+    """The disjoint image sets of a search, fixed by `seed` and the data set's size: `fitness` (what the
+    search scores every candidate on), `confirmation` (what its top candidates and the best uniform config
+    are re-scored on to pick one) and `rest` (never seen by the search: an unbiased report)."""
+
+    n: int
+    seed: int
+    fitness: List[int]
+    confirmation: List[int]
+    rest: List[int]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"images": self.n, "seed": self.seed, "fitness": list(self.fitness),
+                "confirmation": list(self.confirmation)}
+
+
+def search_splits(n: int, fitness: int, confirmation: int, seed: int = 0) -> SearchSplits:
+    """Draw the splits from one seeded permutation of the n images (image folders list images by class, so a
+    prefix would hold a few classes only). When fitness + confirmation exceed n, both shrink in proportion
+    (each keeps at least one image when n >= 2) and nothing is left over."""
+    if fitness < 1 or confirmation < 1:
+        raise UserError(f"a search needs at least one fitness and one confirmation image, got {fitness} and "
+                        f"{confirmation}")
+    if n < 2:
+        raise UserError(f"a search needs at least 2 images (one to score on, one to confirm on), the split has {n}")
+    if fitness + confirmation > n:
+        f = min(n - 1, max(1, round(n * fitness / (fitness + confirmation))))
+        fitness, confirmation = f, n - f
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    return SearchSplits(n=n, seed=int(seed), fitness=sorted(perm[:fitness]),
+                        confirmation=sorted(perm[fitness:fitness + confirmation]),
+                        rest=sorted(perm[fitness + confirmation:]))
+
+
+@torch.no_grad()
+def evaluate_images(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
+                    batch_size: int, device: torch.device, indices: Sequence[int], amp: bool = False,
+                    num_workers: int = 0) -> ImageScores:
+    """Per-image results (`tasks.ImageScores`, in the order of `indices`) of `model` under `config`: the
+    task's metric on any resample of the images, and a search's fitnesses. Sharded over torchrun ranks;
+    every rank gets all images' results."""
+    task = get_task(task) if isinstance(task, str) else task
+    if config is not None:
+        method.apply(backbone_of(model), config)
+    model.eval()
+    positions = list(range(len(indices)))[dist.rank()::dist.world_size()]
+    batches = [positions[i: i + batch_size] for i in range(0, len(positions), batch_size)]
+    mine: List[Tuple[int, Any]] = []
+    loader = build_loader(dataset, [[indices[p] for p in b] for b in batches], num_workers=num_workers,
+                          collate_fn=task.collate)
+    for batch, (x, y) in zip(batches, iterate(loader)):
+        x, y = task.to_device(x, y, device)
+        with autocast(device, amp):
+            outputs = task.predict(model, x)
+        mine += list(zip(batch, task.image_records(dataset, outputs, y)))
+    records: List[Any] = [None] * len(indices)
+    for part in dist.all_gather_object(mine):
+        for pos, record in part:
+            records[pos] = record
+    return task.image_scores(dataset, records)
 
 
 @torch.no_grad()

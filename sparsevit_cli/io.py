@@ -62,6 +62,23 @@ def read_sparsity_file(path: str | os.PathLike) -> Dict[str, Any]:
     return data
 
 
+# --------------------------------------------------------------------------------------------- the console
+#: columns of printed tables when the output is not a terminal (a pipe, a log file, CI): rich would assume 80
+#: and cut column heads ("Spars…"); a log reader scrolls instead
+PIPE_WIDTH = 160
+
+
+def make_console(**options: Any):
+    """The rich Console every command prints with: the terminal's width on a terminal, else `PIPE_WIDTH`
+    columns (or $COLUMNS when set)."""
+    from rich.console import Console
+
+    console = Console(**options)
+    if not console.is_terminal and "width" not in options and not os.environ.get("COLUMNS"):
+        console = Console(width=PIPE_WIDTH, **options)
+    return console
+
+
 # --------------------------------------------------------------------------------------------- atomic writes
 # Every output file is written by `atomic_write`: into a temporary sibling `.<name>.<pid>.<hex>.tmp`, flushed
 # and fsynced, then renamed onto the target (and the folder fsynced), so a reader or a resumed run sees

@@ -57,6 +57,11 @@ class Method(Protocol):
     def uniform_config(self, model: nn.Module, value: float) -> Config:
         """Every gene set to `value` (e.g. uniform sparsity)."""
 
+    def effective(self, wrapped: nn.Module, config: Config, img_size: int) -> Any:
+        """What `config` executes at `img_size`, JSON-able (e.g. SparseViT: the kept-window count of every
+        block). Two configs with equal effective configs are one network: same output, same cost; the
+        search evaluates each network once."""
+
     def build_latency_table(self, wrapped: nn.Module, x, warmup: int = 2, repeats: int = 5) -> dict:
         """Time the model's parts on x's device once (JSON-able), for `predict_latency`."""
 

@@ -70,6 +70,17 @@ class Task:
     def metric(self, dataset) -> "Metric":
         raise NotImplementedError
 
+    def image_records(self, dataset, outputs, targets) -> List[Any]:
+        """One small picklable record per image of a batch, from which `image_scores` recomputes the metric
+        on any resample of the images (a search's bootstrap intervals)."""
+        raise NotImplementedError
+
+    def image_scores(self, dataset, records: Sequence[Any]) -> "ImageScores":
+        raise NotImplementedError
+
+    #: the search fitnesses its `image_scores` offer (the first is the default)
+    image_scores_fitnesses: Tuple[str, ...] = ("metric",)
+
     def macs(self, model: nn.Module, method, config, img_size, batch_size: int = 1) -> int:
         """The backbone's MACs under `config` (its classifier included when the task runs it)."""
         return method.macs(backbone_of(model), config, img_size, batch_size)
@@ -95,6 +106,25 @@ class Metric:
 
     def compute(self) -> float:
         raise NotImplementedError
+
+
+class ImageScores:
+    """Per-image results of one config on a list of images. `metric(weights)` is the task's metric (%) with
+    image i counted weights[i] times (None: each once), what a bootstrap resample recomputes; `fitness(kind)`
+    a search fitness (the task's `image_scores_fitnesses`)."""
+    #: recomputing the metric is expensive (a COCOeval): bootstrap it with fewer resamples
+    slow: bool = False
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def metric(self, weights=None) -> float:
+        raise NotImplementedError
+
+    def fitness(self, kind: str) -> float:
+        if kind == "metric":
+            return self.metric()
+        raise UserError(f"fitness '{kind}' is not offered for this task")
 
 
 TASKS: Dict[str, Task] = {}
@@ -156,6 +186,7 @@ class TopOne(_CountMetric):
 
 class Classification(Task):
     name, metric_name = "classification", "top1"
+    image_scores_fitnesses = ("logprob", "metric")
 
     def build(self, backbone, num_classes, **options):
         if num_classes is not None and backbone.num_classes != num_classes:
@@ -175,6 +206,39 @@ class Classification(Task):
     def metric(self, dataset) -> Metric:
         return TopOne()
 
+    def image_records(self, dataset, logits, targets):
+        logits, targets = logits.float().cpu(), targets.cpu()
+        logprob = F.log_softmax(logits, 1).gather(1, targets[:, None])[:, 0]
+        return [(bool(c), float(lp)) for c, lp in zip(logits.argmax(1) == targets, logprob)]
+
+    def image_scores(self, dataset, records):
+        return TopOneScores([r[0] for r in records], [r[1] for r in records])
+
+
+class TopOneScores(ImageScores):
+    """Top-1 per image (right or wrong) and the log-probability of the true class, the lower-variance fitness:
+    it moves with every image's confidence, not only where a prediction flips."""
+
+    def __init__(self, correct: Sequence[bool], logprob: Sequence[float]):
+        import numpy as np
+        self.correct = np.asarray(correct, dtype=bool)
+        self.logprob = np.asarray(logprob, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.correct)
+
+    def metric(self, weights=None) -> float:
+        if len(self.correct) == 0:
+            return 0.0
+        if weights is None:
+            return float(self.correct.mean() * 100.0)
+        return float((weights * self.correct).sum() / weights.sum() * 100.0)
+
+    def fitness(self, kind: str) -> float:
+        if kind == "logprob":
+            return float(self.logprob.mean()) if len(self.logprob) else 0.0
+        return super().fitness(kind)
+
 
 # --------------------------------------------------------------------------------------------- segmentation
 class MeanIoU(_CountMetric):
@@ -191,11 +255,31 @@ class MeanIoU(_CountMetric):
         self.counts += torch.bincount(idx, minlength=self.num_classes ** 2).double()
 
     def compute(self) -> float:
-        cm = self._reduced().view(self.num_classes, self.num_classes)
-        inter = cm.diag()
-        union = cm.sum(0) + cm.sum(1) - inter
-        present = union > 0
-        return float((inter[present] / union[present]).mean() * 100.0) if present.any() else 0.0
+        return mean_iou(self._reduced().view(self.num_classes, self.num_classes))
+
+
+def mean_iou(cm: torch.Tensor) -> float:
+    """mIoU (%) of a (true, predicted) confusion matrix, over the classes present in either."""
+    inter = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean() * 100.0) if present.any() else 0.0
+
+
+class IoUScores(ImageScores):
+    """One confusion matrix per image: mIoU on a resample is the mIoU of the weighted sum."""
+
+    def __init__(self, matrices, num_classes: int):
+        import numpy as np
+        self.cms = np.asarray(matrices, dtype=np.float64).reshape(-1, num_classes * num_classes)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.cms)
+
+    def metric(self, weights=None) -> float:
+        total = self.cms.sum(0) if weights is None else weights @ self.cms
+        return mean_iou(torch.from_numpy(total).view(self.num_classes, self.num_classes))
 
 
 def _reset_line(layer: str, old: int, new: int) -> str:
@@ -277,6 +361,17 @@ class Segmentation(Task):
     def metric(self, dataset) -> Metric:
         return MeanIoU(dataset.num_classes)
 
+    def image_records(self, dataset, logits, targets):
+        n = logits.shape[1]
+        out = []
+        for pred, target in zip(logits.argmax(1).cpu(), targets.cpu()):
+            keep = target != IGNORE_INDEX
+            out.append(torch.bincount(target[keep] * n + pred[keep], minlength=n * n).numpy())
+        return out
+
+    def image_scores(self, dataset, records):
+        return IoUScores(records, dataset.num_classes)
+
     @torch.no_grad()
     def macs(self, model, method, config, img_size, batch_size=1):
         """Backbone (analytic, no classifier) + FPN and head, counted as executed on the stage maps."""
@@ -327,6 +422,31 @@ class CocoAP(Metric):
         return self.compute_all()[self.metric_name]
 
 
+class CocoScores(ImageScores):
+    """Each image's detections: AP on a resample is a COCOeval over the resample, every drawn copy of an
+    image a new image (its ground truth and detections copied under a new id). A whole COCOeval per
+    resample: slow, so searches bootstrap AP with fewer resamples (`search.stats.RESAMPLES_SLOW`)."""
+
+    slow = True
+
+    def __init__(self, dataset, metric_name: str, image_ids: Sequence[int], results: Sequence[List[Dict[str, Any]]]):
+        self.dataset, self.metric_name = dataset, metric_name
+        self.image_ids = [int(i) for i in image_ids]
+        self.results = [list(r) for r in results]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def metric(self, weights=None) -> float:
+        from .detection.coco import coco_ap, resampled_coco
+
+        if weights is None:
+            return coco_ap(self.dataset.coco, [r for rs in self.results for r in rs], self.metric_name,
+                           self.image_ids)["ap"]
+        return coco_ap(*resampled_coco(self.dataset.coco, self.image_ids, self.results, weights),
+                       self.metric_name)["ap"]
+
+
 class Detection(Task):
     """torchvision Faster R-CNN on the sparse backbone through an FPN; COCO-format data (`CocoDetection`)."""
 
@@ -360,6 +480,18 @@ class Detection(Task):
 
     def metric(self, dataset) -> Metric:
         return CocoAP(dataset, self.metric_name, self.reported)
+
+    def image_records(self, dataset, outputs, targets):
+        from .detection.coco import to_coco_results
+
+        out = []
+        for output, target in zip(outputs, targets):
+            image_id = int(target["image_id"])
+            out.append((image_id, to_coco_results([output], [image_id], dataset.category_ids)))
+        return out
+
+    def image_scores(self, dataset, records):
+        return CocoScores(dataset, self.metric_name, [r[0] for r in records], [r[1] for r in records])
 
     def reset_head(self, model, num_classes):
         """New class-dependent predictors (torchvision's, + 1 for the background): the box classifier and box

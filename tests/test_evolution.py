@@ -135,7 +135,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     assert history == (full_dir / "history.jsonl").read_text()
     lines = [json.loads(line) for line in history.splitlines()]
     assert len(lines) == len(full.evaluated) == len({tuple(r["genome"]) for r in lines})
-    assert set(lines[0]) == {"genome", "config", "metric", "cost", "generation"}
+    assert set(lines[0]) == {"genome", "config", "network", "metric", "cost", "generation", "uniform"}
 
     # resuming a finished search evaluates nothing and gives the same answer
     again_eval = Counting(metric)

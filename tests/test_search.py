@@ -21,10 +21,10 @@ from sparsevit_cli.tasks import build_task_model
 from sparsevit_cli.commands import search as search_run
 from cli_helpers import assert_one_line_error, run_cli
 
-MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,
+MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 2,
               "num_classes": 10}
 SMALL_GA = ["--population", "6", "--generations", "3", "--parents", "3", "--mutations", "3",
-            "--crossovers", "3", "--mutation-prob", "0.5", "--eval-samples", "12", "--no-progress"]
+            "--crossovers", "3", "--mutation-prob", "0.5", "--eval-samples", "6", "--confirm-samples", "6", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,9 @@ def test_mac_budget_search_writes_outputs_within_budget(tmp_path, model_file, da
     assert best["gmacs"] <= 0.5 * dense + 1e-12 and best["dense_gmacs"] == pytest.approx(dense)
     history = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) >= 6 and all(h["cost"] <= 0.5 * dense + 1e-12 for h in history)
-    assert max(h["metric"] for h in history) == best["metric_value"]
+    # the pick is a searched config, reported with its score on the confirmation images
+    assert best["sparsity"] in [h["config"] for h in history]
+    assert best["metric_value"] == best["confirmation"]["pick"]["confirm_metric"]
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "top candidates" in stdout
     # the file is what finetune and measure take
@@ -263,7 +265,7 @@ def _assert_nothing_truncated(out):
         keys = [tuple(json.loads(line)["genome"]) for line in text.splitlines()]
         assert len(keys) == len(set(keys))  # no duplicate lines
     if (out / "search_state.json").exists():
-        assert json.loads((out / "search_state.json").read_text())["version"] == 1
+        assert json.loads((out / "search_state.json").read_text())["version"] == 2
     if (out / "best.yaml").exists():
         assert "sparsity" in yaml.safe_load((out / "best.yaml").read_text())
 
@@ -400,3 +402,32 @@ def test_compile_with_a_table_or_a_mac_budget_is_one_line(tmp_path, model_file, 
     code, _, err = run_cli(search_args(model_file, data_dir, tmp_path / "s", "--compile", *extra), capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "t.json").exists() and not (tmp_path / "s" / "best.yaml").exists()
+
+
+def test_splits_are_recorded_kept_on_resume_and_evaluate_leaves_the_fitness_images_out(
+        tmp_path, model_file, data_dir, uninterrupted, capsys):
+    best = yaml.safe_load((uninterrupted / "best.yaml").read_text())
+    split = best["search_split"]
+    assert split["images"] == 12 and len(split["fitness"]) == len(split["confirmation"]) == 6
+    assert not set(split["fitness"]) & set(split["confirmation"])
+    # the pick is the confirmation split's best candidate, and best.yaml's config
+    conf = best["confirmation"]
+    assert best["sparsity"] == conf["pick"]["config"]
+    assert conf["pick"]["confirm_metric"] == max(c["confirm_metric"] for c in conf["candidates"])
+    assert conf["uniform"]["uniform"] is not None and conf["uniform"]["config"] in [c["config"] for c in conf["candidates"]]
+    # a resumed search (more generations) keeps the same images
+    out = tmp_path / "again"
+    import shutil
+    shutil.copytree(uninterrupted, out)
+    args = search_args(model_file, data_dir, out, "--budget-macs", "60%") + ["--generations", "4", "--resume"]
+    assert run_cli(args, capsys)[0] == 0
+    assert yaml.safe_load((out / "best.yaml").read_text())["search_split"] == split
+
+    code, stdout, err = run_cli(["evaluate", "--checkpoint", str(model_file), "--data", str(data_dir), "--config",
+                                 str(uninterrupted / "best.yaml"), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["images"] == 6 and "left out the 6 val images" in result["note"]
+    code, stdout, err = run_cli(["evaluate", "--checkpoint", str(model_file), "--data", str(data_dir), "--config",
+                                 str(uninterrupted / "best.yaml"), "--include-fitness-images"], capsys)
+    assert code == 0 and "12 val images" in " ".join(stdout.split())

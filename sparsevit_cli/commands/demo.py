@@ -25,10 +25,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, make_console
 from ..errors import UserError
-from ..evaluate import held_out_indices
-from .workflow import METHOD_LABEL, PRESETS, DemoPreset, Stages, run_config, score, search, train, val_split
+from .workflow import (METHOD_LABEL, PRESETS, DemoPreset, Stages, report_indices, run_config, score, search,
+                       train, val_split)
 
 
 @dataclass
@@ -39,6 +39,8 @@ class DemoResult:
     out: str = ""
     throughput_batch: int = 1
     compiled: bool = False
+    #: the search's pick vs the best uniform config vs dense, with intervals (`search.confirm.Confirmation`)
+    confirmation: Dict[str, Any] = field(default_factory=dict)
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", device: str = "cpu",
@@ -48,7 +50,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     from ..io import read_sparsity_file
     from ..data.demo import write_demo_data
 
-    console = console or Console()
+    console = console or make_console()
     if preset not in PRESETS:
         raise UserError(f"unknown demo preset '{preset}' (known: {', '.join(PRESETS)})")
     p = PRESETS[preset]
@@ -73,11 +75,20 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     onnx = stage("export to ONNX", out / "export" / "sparsevit.onnx", lambda: _export(final, out / "export"))
 
     result = _compare(p, dense, final, data, device, compile)
-    result.sparsity = read_sparsity_file(best)["sparsity"]
+    searched = read_sparsity_file(best)
+    result.sparsity = searched["sparsity"]
+    result.confirmation = searched.get("confirmation", {})
     result.export_rel_error = json.loads((onnx.parent / "export.json").read_text())["max_rel_error"]
     result.out = str(out)
     atomic_write_text(out / "summary.json", json.dumps(asdict(result), indent=1))
     console.print(summary_table(result))
+    if result.confirmation:
+        from ..search.confirm import Confirmation
+        from .search import confirmation_table
+        conf = Confirmation.model_validate(result.confirmation)
+        console.print(confirmation_table(conf, "GMACs", title=f"the search at {p.budget} of dense MACs: dense, "
+                                                             f"best uniform and the pick (adapted weights)"))
+        console.print(conf.verdict)
     return result
 
 
@@ -115,7 +126,7 @@ def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, dev
 
     dev = resolve_device(device)
     val = val_split(data, p.img_size)
-    held_out = held_out_indices(len(val), p.eval_samples)  # images the search never scored
+    held_out = report_indices(p, len(val))  # images the search never saw
     sparse = load(sparse_file).to(dev)
     models = {"dense": load(dense_file).to(dev), METHOD_LABEL[sparse.sparsevit_meta["method"]]: sparse}
     rows = []

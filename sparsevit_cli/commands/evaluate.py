@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import dist
 from ..timing import resolve_device
@@ -23,6 +23,7 @@ class EvaluateOptions:
     batch_size: int = 16
     max_samples: Optional[int] = None  # a fixed random subset of this many images (all by default)
     device: str = "cpu"
+    include_fitness_images: bool = False  # with a search's best.yaml: also score the images it was ranked on
 
 
 def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
@@ -33,7 +34,8 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     from ..tasks import backbone_of, get_task
 
     device = resolve_device(opts.device)  # options first: a typo costs no model load
-    model, method, meta = load_model_file(opts.checkpoint, config_option(opts.config, opts.sparsity))
+    config_file = config_option(opts.config, opts.sparsity)
+    model, method, meta = load_model_file(opts.checkpoint, config_file)
     backbone = backbone_of(model)
     config = meta.sparsity
     task = get_task(meta.task)
@@ -41,13 +43,16 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     dataset = task.dataset(opts.data, opts.split, img_size, train=False)
     meta.check_data(dataset, opts.data, opts.checkpoint)
     model = model.to(device)
+    indices = search_indices(len(dataset), opts.max_samples)
+    excluded, note = _search_images(config_file, opts, len(dataset))
+    if excluded:
+        indices = [i for i in indices if i not in excluded]
     runs = ([("dense", method.dense_config(backbone))] if opts.dense else []) + [("sparse", config)]
     rows: List[Dict[str, Any]] = []
     with dist.process_group(opts.device):
         main = dist.is_main()
         for name, cfg in runs:
-            scores = evaluate_all(model, method, cfg, dataset, task, opts.batch_size, device,
-                                  max_samples=opts.max_samples)
+            scores = evaluate_all(model, method, cfg, dataset, task, opts.batch_size, device, indices=indices)
             rows.append({"name": name, "config": cfg, **scores,
                          "gmacs": task.macs(model, method, cfg, img_size) / 1e9,
                          "backbone_gmacs": task.backbone_macs(model, method, cfg, img_size) / 1e9})
@@ -56,4 +61,22 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     metrics = [task.metric_name] + sorted(k for k in rows[-1] if k not in {task.metric_name, "name", "config",
                                                                              "gmacs", "backbone_gmacs"})
     return {"model_file": str(Path(opts.checkpoint)), "task": task.name, "split": opts.split, "metrics": metrics,
-            "images": len(search_indices(len(dataset), opts.max_samples)), "rows": rows}
+            "images": len(indices), "rows": rows, **({"note": note} if note else {})}
+
+
+def _search_images(config_file: Any, opts: EvaluateOptions, n: int) -> Tuple[Set[int], Optional[str]]:
+    """(images to leave out, a line saying so): a search's best.yaml records the val images it ranked its
+    candidates on (its fitness split); scoring the pick on them would report its selection bias too."""
+    split = config_file.get("search_split") if isinstance(config_file, dict) else None
+    if not isinstance(split, dict) or opts.split != split.get("split", "val"):
+        return set(), None
+    same_data = Path(opts.data).resolve() == Path(str(split.get("data", ""))).resolve()
+    if not same_data or split.get("images") != n:
+        return set(), (f"note: {opts.config} was searched on other data ({split.get('data')}, "
+                       f"{split.get('images')} images); no images left out")
+    fitness = set(int(i) for i in split.get("fitness", []))
+    if opts.include_fitness_images:
+        return set(), (f"note: scoring the {len(fitness)} images the search ranked its candidates on too "
+                       f"(--include-fitness-images): the pick's score there is biased upwards")
+    return fitness, (f"note: left out the {len(fitness)} {opts.split} images the search ranked its candidates "
+                     f"on (its fitness split, recorded in {opts.config}); --include-fitness-images scores them too")

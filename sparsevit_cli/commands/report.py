@@ -27,10 +27,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, make_console
 from .demo import run_demo
-from .workflow import PRESETS, Stages, method_and_backbone, run_config, score, search, train, val_split
-from ..evaluate import held_out_indices
+from .workflow import (PRESETS, Stages, method_and_backbone, report_indices, run_config, score, search, train,
+                       val_split)
 
 UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
@@ -52,7 +52,7 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
     from ..model_file import load
     from ..timing import THROUGHPUT_BATCH, resolve_device
 
-    console = console or Console()
+    console = console or make_console()
     demo_dir = Path(demo_dir)
     run_demo(demo_dir, preset=preset, device=device, progress=progress, console=console)
     p = PRESETS[preset]
@@ -71,7 +71,7 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
 
     def add(family: str, label: str, model, config, img_size: int = p.img_size, dataset=None) -> None:
         dataset = dataset or val
-        held_out = held_out_indices(len(dataset), p.eval_samples)  # never scored by any search
+        held_out = report_indices(p, len(dataset))  # never seen by any search
         points.append(Point(family, label, *score(model, config, dataset, img_size, dev, held_out),
                             config=config))
         timed[label] = (model, config, img_size)

@@ -21,18 +21,33 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
-from ..io import FolderLock, remove_stale_temp_files, yaml_text
-from ..evaluate import evaluate, evaluate_all
+from ..io import FolderLock, make_console, remove_stale_temp_files, yaml_text
+from ..evaluate import evaluate_all, evaluate_images, search_splits
 from ..layers import format_config
 from ..latency import calibrated_table, predict_latency, read_latency_table
 from ..timing import compile_failures_as_user_errors, compile_model, resolve_device, time_fn
 from ..tasks import backbone_of, get_task
 from .. import dist
-from ..search.evolution import Budget, EvolutionSettings, plot_pareto, run_evolution, write_output
+from ..search.confirm import CONFIRM_TOP, Confirmation, confirm
+from ..search.evolution import Budget, EvolutionSettings, SearchResult, plot_pareto, run_evolution, write_output
 from ..search.space import load_space
 
 #: what a MAC budget counts: the whole task model as executed, or its sparse backbone alone
 MAC_SCOPES = ("model", "backbone")
+#: what a search can rank candidates by: the task's metric, or (classification) the mean log-probability
+#: of the true class, which moves with every image's confidence instead of only where a prediction flips
+FITNESSES = ("logprob", "metric")
+
+
+@dataclass
+class SearchOutcome:
+    """What `run_search` returns: best.yaml's mapping, the engine's result, the split and the confirmation
+    (pick vs best uniform vs dense, with intervals) as typed objects."""
+
+    report: Dict[str, Any]
+    result: SearchResult
+    confirmation: Confirmation
+    splits: Any  # evaluate.SearchSplits
 
 
 @dataclass
@@ -51,7 +66,11 @@ class SearchOptions:
     device: str = "cpu"
     img_size: Optional[int] = None
     batch_size: int = 1
-    eval_samples: int = 200
+    eval_samples: int = 1000   # fitness split: the val images every candidate is scored on
+    confirm_samples: int = 1000  # confirmation split: the top candidates and the best uniform config re-scored
+    confirm_top: int = CONFIRM_TOP
+    fitness: Optional[str] = None  # one of FITNESSES (default: the task's first)
+    split_seed: int = 0
     eval_batch_size: int = 64
     settings: EvolutionSettings = field(default_factory=EvolutionSettings)
     resume: bool = False
@@ -157,12 +176,12 @@ class LatencyCost:
         return statistics.median(errs)
 
 
-def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[str, Any]:
+def run_search(opts: SearchOptions, console: Optional[Console] = None) -> SearchOutcome:
     """Check the options, then search with the output folder locked (one search per folder; rank 0 holds
     the lock under torchrun) and the process group, if any, joined for the run."""
     from ..io import check_output_dir, check_output_file
 
-    console = console or Console()
+    console = console or make_console()
     # options first: a typo costs no model load
     device = resolve_device(opts.device)
     if (opts.budget_macs is None) == (opts.budget_latency is None):
@@ -178,6 +197,12 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
         if text is not None:
             budget_number(text, unit, what)
     opts.settings.check()
+    if opts.fitness is not None and opts.fitness not in FITNESSES:
+        raise UserError(f"--fitness must be one of {', '.join(FITNESSES)}, got '{opts.fitness}'")
+    for value, option in ((opts.eval_samples, "--eval-samples"), (opts.confirm_samples, "--confirm-samples"),
+                          (opts.confirm_top, "--confirm-top")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{option} must be a positive integer, got {value!r}")
     if opts.compile and opts.latency_table:
         raise UserError("--compile times the compiled model itself; a --latency-table predicts eager latency "
                         "per block: give one or the other")
@@ -196,7 +221,7 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Dict[s
                 lock.release()
 
 
-def _search(opts: SearchOptions, device: torch.device, out: Path, console: Console) -> Dict[str, Any]:
+def _search(opts: SearchOptions, device: torch.device, out: Path, console: Console) -> SearchOutcome:
     from ..model_file import load_model_file
 
     model, method, meta = load_model_file(opts.checkpoint)
@@ -210,9 +235,28 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     dataset = task.dataset(opts.data, "val", img_size, train=False)
     meta.check_data(dataset, opts.data, opts.checkpoint)
 
-    def metric(config) -> float:
-        return evaluate(model, method, config, dataset, task, opts.eval_batch_size, device,
-                        max_samples=opts.eval_samples)
+    fitness = opts.fitness or ("logprob" if "logprob" in task.image_scores_fitnesses else "metric")
+    if fitness not in task.image_scores_fitnesses:
+        raise UserError(f"--fitness {fitness} is not offered for a {task.name} model (offered: "
+                        f"{', '.join(task.image_scores_fitnesses)})")
+    splits = search_splits(len(dataset), opts.eval_samples, opts.confirm_samples, opts.split_seed)
+    if len(splits.fitness) < opts.eval_samples or len(splits.confirmation) < opts.confirm_samples:
+        console.print(f"the val split has {splits.n} images: fitness and confirmation splits shrunk to "
+                      f"{len(splits.fitness)} and {len(splits.confirmation)}")
+    console.print(f"fitness ({fitness}) on {len(splits.fitness)} val images, confirmation on "
+                  f"{len(splits.confirmation)} others (split seed {opts.split_seed}); "
+                  f"{len(splits.rest)} never seen by the search")
+
+    def network(config):
+        return method.effective(backbone, config, img_size)
+
+    def image_scores(config, split: str):
+        return evaluate_images(model, method, config, dataset, task, opts.eval_batch_size, device,
+                               splits.fitness if split == "fitness" else splits.confirmation)
+
+    def metric(config) -> Dict[str, float]:
+        scores = image_scores(config, "fitness")
+        return {"fitness": scores.fitness(fitness), task.metric_name: scores.metric()}
 
     def gmacs(config) -> float:
         return task.macs(model, method, config, img_size, opts.batch_size) / 1e9
@@ -252,26 +296,41 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     # what else the metrics and costs depend on: resuming from another model's or data set's state is refused
     run = {"checkpoint": str(Path(opts.checkpoint).resolve()), "model": meta.model, "method": method_name,
            "data": str(Path(opts.data).resolve()), "img_size": img_size, "batch_size": opts.batch_size,
-           "eval_samples": opts.eval_samples, "device": device.type,
+           "eval_samples": opts.eval_samples, "device": device.type, "fitness": fitness,
+           "splits": {"images": splits.n, "fitness": len(splits.fitness),
+                      "confirmation": len(splits.confirmation), "seed": splits.seed},
            **({"budget_macs_of": "backbone"} if opts.budget_macs_of == "backbone" else {}),
            **({"compile": True} if opts.compile else {})}  # a compiled search's latencies are other numbers
+    cheap = latency is None or latency.table is not None  # measured latency: only count what it may evaluate
+    allowance = opts.settings.population + (opts.settings.generations - 1) * (opts.settings.mutations +
+                                                                              opts.settings.crossovers)
     result = run_evolution(space, metric, cost, budget, opts.settings, state_path=state_path,
                            history_path=out / "history.jsonl", progress=opts.progress and dist.is_main(),
-                           write_files=dist.is_main(), run=run)
-    best_cfg = result.best_config
+                           write_files=dist.is_main(), run=run, network=network,
+                           log=console.print if dist.is_main() else None,
+                           **({} if cheap else {"count_limit": allowance}))
+    conf = confirm(result, image_scores, dense_cfg, dense_cost, fitness, task.metric_name, opts.confirm_top,
+                   seed=opts.split_seed)
+    best_cfg = conf.pick.config
     report: Dict[str, Any] = {
         "method": method_name, "model": meta.model, "model_args": dict(meta.model_args),
         "method_options": dict(meta.method_options),
         "img_size": img_size, "task": task.name, "sparsity": best_cfg, "metric": task.metric_name,
-        "metric_value": result.best_metric, "cost": result.best_cost, "cost_unit": unit,
+        "metric_value": conf.pick.confirm_metric, "cost": conf.pick.cost, "cost_unit": unit,
         "dense_cost": dense_cost, "budget": budget.max_cost,
         "gmacs": gmacs(best_cfg), "dense_gmacs": gmacs(dense_cfg),
         "backbone_gmacs": backbone_gmacs(best_cfg), "dense_backbone_gmacs": backbone_gmacs(dense_cfg),
         **({"budget_macs_of": opts.budget_macs_of} if opts.budget_macs is not None else {}),
-        "searched_on": opts.checkpoint, "eval_samples": opts.eval_samples,
+        "searched_on": opts.checkpoint, "eval_samples": len(splits.fitness),
+        "search": {"evaluations": result.evaluations, "repeats_skipped": result.repeats_skipped,
+                   "distinct_networks_in_budget": result.distinct_in_budget, "allowance": result.allowance,
+                   "exhaustive": result.exhaustive},
+        "confirmation": conf.model_dump(),
+        # the images the search saw, so `evaluate --config best.yaml` can leave the fitness ones out
+        "search_split": {"data": str(Path(opts.data).resolve()), "split": "val", **splits.to_dict()},
     }
     scores = evaluate_all(model, method, best_cfg, dataset, task, opts.eval_batch_size, device,
-                          max_samples=opts.eval_samples)
+                          indices=splits.confirmation)
     if set(scores) != {task.metric_name}:  # e.g. box AP beside an instance-segmentation search's mask AP
         report["scores"] = scores
     if latency is not None and latency.table is not None:
@@ -281,8 +340,32 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         write_output(out / "best.yaml", yaml_text(report), "best")
         plot_pareto(result, out / "pareto.png")
         console.print(_top_table(result, unit, dense_cost))
+        console.print(confirmation_table(conf, unit))
+        console.print(conf.verdict)
         console.print(f"best config -> {out / 'best.yaml'}")
-    return report
+    return SearchOutcome(report=report, result=result, confirmation=conf, splits=splits)
+
+
+def confirmation_table(conf: Confirmation, unit: str, title: Optional[str] = None) -> Table:
+    """Pick vs best uniform vs dense: the metric on both splits, the cost, and the pick's paired differences
+    with their 95% bootstrap intervals (and McNemar's p for top-1) on the confirmation images."""
+    table = Table(title=title or f"{conf.metric} of the pick, confirmed on {conf.confirmation_images} images "
+                                 f"it was not ranked on")
+    for col in ("", "config", f"fitness ({conf.fitness_images})", f"confirm ({conf.confirmation_images})", unit,
+                "pick minus it, 95% CI"):
+        table.add_column(col, justify="right")
+    diffs = {c.b: c for c in conf.comparisons}
+    for row in (conf.pick, conf.uniform, conf.dense):
+        c = diffs.get(row.name)
+        ci = "" if c is None else f"{c.diff:+.2f} [{c.low:+.2f}, {c.high:+.2f}]" + (
+            f" p={c.mcnemar_p:.2g}" if c.mcnemar_p is not None else "")
+        label = row.name + (f" {row.uniform:g}" if row.name == "best uniform" and row.uniform is not None else "")
+        table.add_row(label, format_config(row.config), f"{row.fitness_metric:.2f}", f"{row.confirm_metric:.2f}",
+                      f"{row.cost:.3g}", ci)
+    table.caption = (f"fitness: {conf.fitness} on the fitness images; the pick is the best of "
+                     f"{len(conf.candidates)} candidates on the confirmation images"
+                     + (" (not the fitness' own pick)" if conf.fitness_pick_differs else ""))
+    return table
 
 
 def _top_table(result, unit: str, dense_cost: float) -> Table:

@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, List, Optional
 from rich.console import Console
 
 from .. import dist
-from ..io import atomic_write_json
+from ..io import atomic_write_json, make_console
 from ..train.run_config import RunConfig
 from ..train.state import run_folder
 from ..train.trainer import Trainer, report_table
@@ -15,7 +15,7 @@ from ..train.trainer import Trainer, report_table
 def run_finetune(cfg: RunConfig, resume: bool = False, progress: bool = True,
                  console: Optional[Console] = None) -> Dict[str, Any]:
     """Train `cfg.sparsity` to convergence; writes out/model.safetensors with the config embedded."""
-    console = console or Console()
+    console = console or make_console()
 
     def finish(trainer: Trainer, status: Dict[str, Any]) -> Dict[str, Any]:
         scores = trainer.evaluate_all(trainer.config)
@@ -33,7 +33,7 @@ def run_adapt(cfg: RunConfig, resume: bool = False, progress: bool = True,
               console: Optional[Console] = None) -> Dict[str, Any]:
     """Sparsity-aware adaptation: a random valid config of the space every step; reports accuracy under
     the dense and a few uniform configs; writes out/model.safetensors and out/adapt_report.json."""
-    console = console or Console()
+    console = console or make_console()
 
     def finish(trainer: Trainer, status: Dict[str, Any]) -> Dict[str, Any]:
         rows: List[Dict[str, Any]] = []

@@ -270,3 +270,23 @@ def coco_ap(coco_gt, results: List[Dict[str, Any]], metric: str = "box_ap",
         ev.summarize()
     # COCOeval reports -1 where a size range has no ground truth; 0 keeps the numbers comparable
     return {n: max(float(s), 0.0) * 100.0 for n, s in zip(names, ev.stats[:6])}
+
+
+def resampled_coco(coco_gt, image_ids: Sequence[int], results: Sequence[List[Dict[str, Any]]], weights):
+    """(ground truth, results) of a bootstrap resample: image `image_ids[i]` (detections `results[i]`) copied
+    `weights[i]` times, each copy its own image (COCOeval keeps one copy of a repeated image id)."""
+    from pycocotools.coco import COCO
+
+    images, anns, out = [], [], []
+    for image_id, dets, count in zip(image_ids, results, weights):
+        for _ in range(int(count)):
+            new_id = len(images) + 1
+            images.append({**coco_gt.imgs[image_id], "id": new_id})
+            anns += [{**a, "image_id": new_id, "id": len(anns) + k + 1}
+                     for k, a in enumerate(coco_gt.imgToAnns.get(image_id, []))]
+            out += [{**r, "image_id": new_id} for r in dets]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns, "categories": list(coco_gt.cats.values())}
+    with _quiet():
+        coco.createIndex()
+    return coco, out

@@ -23,9 +23,9 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from deap import base, creator, tools
 
@@ -40,7 +40,7 @@ if not hasattr(creator, "FitnessMax"):
 if not hasattr(creator, "Individual"):
     creator.create("Individual", list, fitness=creator.FitnessMax)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: candidates keyed by the network they run
 
 
 @dataclass
@@ -93,22 +93,45 @@ class Budget:
 
 @dataclass
 class SearchResult:
-    """Outcome of a search. Candidates are dicts: genome, config, metric, cost, generation."""
+    """Outcome of a search. Candidates are dicts: genome, config, network (what it executes), metric (the
+    fitness), cost, generation, uniform (the value of a uniform config, else None), scores (what else the
+    metric function reported, e.g. top-1 beside a log-probability fitness)."""
 
     best_genome: Genome
     best_config: Config
     best_metric: float
     best_cost: float
-    #: every distinct config evaluated, in evaluation order (`generation` = when first evaluated)
+    #: every distinct network evaluated, in evaluation order (`generation` = when first evaluated)
     evaluated: List[Dict[str, Any]]
     #: the best candidates, by metric (then lower cost)
     top: List[Dict[str, Any]]
     budget: Budget
     generations: int = 0
+    #: networks evaluated (calls of the metric): never more than one per network
+    evaluations: int = 0
+    #: drawn configs that execute a network already evaluated or drawn, so were not evaluated (re-drawn)
+    repeats_skipped: int = 0
+    #: distinct networks inside the budget (None: the space is too large to count them)
+    distinct_in_budget: Optional[int] = None
+    #: the evaluations the settings allow (first population + children of every later generation)
+    allowance: int = 0
+    #: every distinct network in the budget was evaluated (the space fit the allowance)
+    exhaustive: bool = False
+    #: the uniform configs inside the budget (all in the first population), best first
+    uniform: List[Dict[str, Any]] = field(default_factory=list)
 
 
-MetricFn = Callable[[Config], float]
+#: the metric function returns the fitness, or a dict {"fitness": value, <other scores>...}
+MetricFn = Callable[[Config], Union[float, Dict[str, float]]]
 CostFn = Callable[[Config], float]
+NetworkFn = Callable[[Config], Any]
+
+#: spaces with at most this many genomes are indexed by network (every genome's network computed once)
+INDEX_LIMIT = 200_000
+#: ... and when they have at most this many networks, the cost of each is computed to count those in budget
+COUNT_LIMIT = 20_000
+#: draws a mutant or crossover child gets to run a new network inside the budget
+CHILD_TRIES = 100
 
 
 def _key(genome: Sequence[int]) -> Tuple[int, ...]:
@@ -121,29 +144,44 @@ def _rank(evaluated: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return [evaluated[i] for i in order]
 
 
-def _result(evaluated: List[Dict[str, Any]], budget: Budget, generations: int, top_k: int) -> SearchResult:
+def _result(evaluated: List[Dict[str, Any]], budget: Budget, generations: int, top_k: int,
+            **extra: Any) -> SearchResult:
     ranked = _rank(evaluated)
     best = ranked[0]
     return SearchResult(best_genome=list(best["genome"]), best_config=best["config"], best_metric=best["metric"],
                         best_cost=best["cost"], evaluated=evaluated, top=ranked[:top_k], budget=budget,
-                        generations=generations)
+                        generations=generations, uniform=[c for c in ranked if c.get("uniform") is not None],
+                        evaluations=len(evaluated), **extra)
 
 
-class _Costs:
-    """Cached cost of genomes, plus the budget checks every search does before sampling."""
+class _Networks:
+    """What each genome executes (its network key), the cost of each network (cached), the budget checks,
+    and, for spaces small enough, the index of every distinct network (and of those inside the budget)."""
 
-    def __init__(self, space: SearchSpace, cost: CostFn, budget: Budget):
-        self.space, self.fn, self.budget = space, cost, budget
-        self.cache: Dict[Tuple[int, ...], float] = {}
+    def __init__(self, space: SearchSpace, cost: CostFn, budget: Budget, network: Optional[NetworkFn]):
+        self.space, self.fn, self.budget, self.network = space, cost, budget, network
+        self.keys: Dict[Tuple[int, ...], str] = {}
+        self.cache: Dict[str, float] = {}
+        self.index: Optional[Dict[str, Genome]] = None       # network -> its first genome (lexicographic)
+        self.in_budget: Optional[List[str]] = None            # networks inside the budget, in index order
+
+    def key(self, genome: Sequence[int]) -> str:
+        k = _key(genome)
+        if k not in self.keys:
+            self.keys[k] = json.dumps(self.network(self.space.decode(genome)) if self.network else list(k))
+        return self.keys[k]
 
     def __call__(self, genome: Sequence[int]) -> float:
-        k = _key(genome)
+        k = self.key(genome)
         if k not in self.cache:
             value = float(self.fn(self.space.decode(genome)))
             if not math.isfinite(value):
                 raise UserError(f"cost of config {self.space.decode(genome)} is {value}")
             self.cache[k] = value
         return self.cache[k]
+
+    def fits(self, genome: Sequence[int]) -> bool:
+        return self.budget.contains(self(genome))
 
     def check_feasible(self) -> None:
         b = self.budget
@@ -158,31 +196,74 @@ class _Costs:
             raise UserError(f"minimum cost {b.min_cost:.4g} {b.unit} is above the most expensive config "
                             f"({densest:.4g} {b.unit}, dense)")
 
+    def build_index(self, index_limit: int, count_limit: int) -> None:
+        """Index the space's networks (when it has at most `index_limit` genomes) and count those inside the
+        budget (when there are at most `count_limit` networks: each costs one cost call)."""
+        if self.space.num_configs() > index_limit:
+            return
+        index: Dict[str, Genome] = {}
+        for genome in self.space.all_genomes():
+            index.setdefault(self.key(genome), genome)
+        self.index = index
+        if len(index) <= count_limit:
+            self.in_budget = [k for k, g in index.items() if self.fits(g)]
+            if not self.in_budget:
+                raise UserError(f"no config lies within the budget {self.budget.describe()}: widen it")
 
-def _in_budget(draw: Callable[[], Genome], costs: _Costs, max_tries: int, what: str):
-    """Rejection sampling: re-draw until the config fits the budget, as an Individual."""
-    for _ in range(max_tries):
-        genome = draw()
-        if costs.budget.contains(costs(genome)):
-            return creator.Individual(genome)
-    raise UserError(f"no {what} within the budget {costs.budget.describe()} after {max_tries} draws; "
-                    f"widen the budget or allow more tries")
+    def uniform(self) -> List[Tuple[float, Genome]]:
+        """(value, genome) of every distinct uniform config inside the budget, densest first: a value every
+        searched group offers, set on every searched gene."""
+        searched = [g for g in self.space.groups if g.fixed is None]
+        values = sorted(set.intersection(*(set(g.choices) for g in searched))) if searched else []
+        out, seen = [], set()
+        for v in values:
+            genome = self.space.uniform(v)
+            if self.key(genome) not in seen and self.fits(genome):
+                seen.add(self.key(genome))
+                out.append((v, genome))
+        return out
 
 
-def _make_toolbox(space: SearchSpace, rng: random.Random, settings: EvolutionSettings, costs: _Costs) -> base.Toolbox:
-    toolbox = base.Toolbox()
-    # variation operators straight from the space: they return valid genomes by construction
-    toolbox.register("random_genome", space.sample, rng)
-    toolbox.register("mutate", space.mutate, rng=rng, prob=settings.mutation_prob)
-    toolbox.register("mate", space.crossover, rng=rng)
-    # ...and budget-aware wrappers that re-draw an operator until its result fits the budget
-    toolbox.register("in_budget", _in_budget, costs=costs, max_tries=settings.max_tries)
-    toolbox.register("individual", lambda: toolbox.in_budget(toolbox.random_genome, what="initial config"))
-    toolbox.register("population", tools.initRepeat, list, toolbox.individual)
-    toolbox.register("mutant", lambda parent: toolbox.in_budget(lambda: toolbox.mutate(parent), what="mutant"))
-    toolbox.register("child", lambda a, b: toolbox.in_budget(lambda: toolbox.mate(a, b)[0], what="crossover child"))
-    toolbox.register("select", tools.selBest)
-    return toolbox
+class _Draws:
+    """Draws of networks no candidate runs yet: uniform over the distinct networks inside the budget when the
+    space is indexed, else rejection sampling of genomes; mutants and crossover children re-drawn until they
+    run a new network inside the budget. Each draw that repeats a network is counted and re-drawn."""
+
+    def __init__(self, nets: _Networks, rng: random.Random, settings: EvolutionSettings):
+        self.nets, self.rng, self.settings = nets, rng, settings
+        self.repeats = 0
+
+    def _new(self, draw: Callable[[], Genome], taken: set, tries: Optional[int] = None) -> Optional[Genome]:
+        for _ in range(tries or self.settings.max_tries):
+            genome = draw()
+            if self.nets.key(genome) in taken:
+                self.repeats += 1
+            elif self.nets.fits(genome):
+                return genome
+        return None
+
+    def sample(self, taken: set) -> Optional[Genome]:
+        nets = self.nets
+        pool = nets.in_budget if nets.in_budget is not None else (list(nets.index) if nets.index is not None else None)
+        if pool is None:
+            return self._new(lambda: self.nets.space.sample(self.rng), taken)
+        free = [k for k in pool if k not in taken]
+        for _ in range(self.settings.max_tries):
+            if not free:
+                return None
+            k = free.pop(self.rng.randrange(len(free)))
+            if nets.fits(nets.index[k]):  # always, when the index holds only networks in budget
+                return list(nets.index[k])
+        return None
+
+    # a variation operator gets fewer tries than a fresh draw: near converged parents most of its draws
+    # repeat a network, and a fresh draw replaces it once they are used up
+    def mutant(self, parent: Genome, taken: set) -> Optional[Genome]:
+        return self._new(lambda: self.nets.space.mutate(parent, self.rng, self.settings.mutation_prob), taken,
+                         CHILD_TRIES)
+
+    def child(self, a: Genome, b: Genome, taken: set) -> Optional[Genome]:
+        return self._new(lambda: self.nets.space.crossover(a, b, self.rng)[0], taken, CHILD_TRIES)
 
 
 # ---- state files
@@ -273,27 +354,37 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
                   history_path: Optional[Path] = None,
                   on_generation: Optional[Callable[[int, List[Dict[str, Any]]], None]] = None,
                   progress: bool = True, write_files: bool = True, top_k: int = 20,
-                  run: Optional[Dict[str, Any]] = None) -> SearchResult:
+                  run: Optional[Dict[str, Any]] = None, network: Optional[NetworkFn] = None,
+                  log: Optional[Callable[[str], None]] = None, index_limit: int = INDEX_LIMIT,
+                  count_limit: int = COUNT_LIMIT) -> SearchResult:
     """Search the config with the best `evaluate` whose `cost` lies in `budget`.
+
+    `network(config)` (JSON-able) says what a config executes (the method's `effective` config): configs
+    with the same network are one candidate, evaluated and costed once, and every draw is of a network no
+    candidate runs yet. Every uniform config inside the budget is in the first population. When the
+    distinct networks inside the budget are no more than the evaluations the settings allow, all of them
+    are evaluated (one generation) instead. `log` gets one line per such fact.
 
     `run` (JSON-able) names what else the metric and cost depend on (model, data, image size, ...): a
     state file written for another run is refused, naming the first difference.
 
-    `evaluate`/`cost` take a config (list of groups of values); higher metric is better. If
+    `evaluate`/`cost` take a config (list of groups of values); higher metric is better (`evaluate` may
+    return {"fitness": value, <other scores>}: the others are kept as the candidate's `scores`). If
     `state_path` exists the search resumes from it. `history_path` gets one JSON line per evaluated
-    config (rewritten each generation, so resuming never duplicates lines). `on_generation(gen,
+    network (rewritten each generation, so resuming never duplicates lines). `on_generation(gen,
     population)` is called after each generation with the population's candidates (dicts: genome,
     config, metric, cost), on every rank. Only `write_files=True` writes state and history.
     """
     settings.check()
+    say = log or (lambda line: None)
     state_path = Path(state_path) if state_path is not None else None
     history_path = Path(history_path) if history_path is not None else None
     rng = random.Random(settings.seed)
-    costs = _Costs(space, cost, budget)
-    toolbox = _make_toolbox(space, rng, settings, costs)
+    nets = _Networks(space, cost, budget, network)
+    draws = _Draws(nets, rng, settings)
     compat = _compat(space, budget, settings, run)
 
-    metrics: Dict[Tuple[int, ...], float] = {}
+    metrics: Dict[str, float] = {}
     evaluated: List[Dict[str, Any]] = []
     generation = 0            # index of the generation `population` belongs to
     population_done = False   # whether `population` has been evaluated already
@@ -303,10 +394,11 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
         try:
             rng.setstate(_rng_from_json(state["rng"]))
             evaluated = state["evaluated"]
-            metrics = {_key(c["genome"]): c["metric"] for c in evaluated}
-            costs.cache = {_key(g): c for g, c in state["costs"]}
+            metrics = {c["network"]: c["metric"] for c in evaluated}
+            nets.cache = {k: float(v) for k, v in state["costs"]}
             generation, population_done = state["generation"], state["population_evaluated"]
             population = [creator.Individual(g) for g in state["population"]]
+            draws.repeats = int(state["repeats_skipped"])
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise UserError(f"search state '{state_path}' is damaged ({type(e).__name__} {e}); "
                             f"use another output folder") from None
@@ -314,9 +406,43 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
             # the run may have died after writing history, before the state: history follows the state
             write_output(history_path, _history_text(evaluated), "history")
 
-    costs.check_feasible()
+    nets.check_feasible()
+    nets.build_index(index_limit, count_limit)
+    uniform = nets.uniform()
+    uniform_of = {nets.key(g): v for v, g in uniform}
+    first = max(settings.population, len(uniform))
+    allowance = first + (settings.generations - 1) * (settings.mutations + settings.crossovers)
+    exhaustive = nets.in_budget is not None and len(nets.in_budget) <= allowance
+    if nets.index is None:
+        say(f"{space.num_configs()} configs in the space: too many to count the distinct networks; draws are "
+            f"of networks not yet evaluated")
+    elif nets.in_budget is None:
+        say(f"{space.num_configs()} configs in the space run {len(nets.index)} distinct networks (too many to "
+            f"count those in the budget)")
+    else:
+        say(f"{space.num_configs()} configs in the space run {len(nets.index)} distinct networks; "
+            f"{len(nets.in_budget)} fit the budget {budget.describe()}")
+    if exhaustive:
+        say(f"all {len(nets.in_budget)} networks in the budget fit the {allowance} evaluations the settings "
+            f"allow: evaluating every one of them (no evolution needed)")
+    say(f"{len(uniform)} uniform config(s) in the budget, all in the first population"
+        + (f": {', '.join(f'{v:g}' for v, _ in uniform)}" if uniform else ""))
     if population is None:
-        population = toolbox.population(n=settings.population)
+        population = [creator.Individual(g) for _, g in uniform]
+        taken = {nets.key(g) for g in population}
+        wanted = len(nets.in_budget) if exhaustive else first
+        if exhaustive:  # every network, in index order (deterministic), after the uniform ones
+            population += [creator.Individual(nets.index[k]) for k in nets.in_budget if k not in taken]
+        while len(population) < wanted:
+            genome = draws.sample(taken)
+            if genome is None:
+                break
+            taken.add(nets.key(genome))
+            population.append(creator.Individual(genome))
+        if not population:
+            raise UserError(f"no initial config within the budget {budget.describe()} after {settings.max_tries} "
+                            f"draws; widen the budget or allow more tries")
+    generations = 1 if exhaustive else settings.generations
 
     def save() -> None:
         """Checkpoint: everything needed to continue exactly where this run is now."""
@@ -327,65 +453,87 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
         if state_path is not None:
             state = {"version": STATE_VERSION, "compat": compat, "generation": generation,
                      "population": [list(p) for p in population], "population_evaluated": population_done,
-                     "evaluated": evaluated, "costs": [[list(k), v] for k, v in costs.cache.items()],
-                     "rng": _rng_to_json(rng.getstate())}
+                     "evaluated": evaluated, "costs": [[k, v] for k, v in nets.cache.items()],
+                     "repeats_skipped": draws.repeats, "rng": _rng_to_json(rng.getstate())}
             write_output(state_path, json.dumps(state), "state")
 
-    bar = _Progress(settings.generations, budget.unit) if progress else None
+    def candidate(ind) -> Dict[str, Any]:
+        return {"genome": list(ind), "config": space.decode(ind), "metric": metrics[nets.key(ind)], "cost": nets(ind)}
+
+    bar = _Progress(generations, budget.unit) if progress else None
     try:
         if bar is not None:
             bar.update(generation, evaluated)
         while True:
             if not population_done:
-                # evaluate: each distinct genome once over the whole search
+                # evaluate: each distinct network once over the whole search
                 for ind in population:
-                    k = _key(ind)
+                    k = nets.key(ind)
                     if k not in metrics:
                         config = space.decode(ind)
-                        value = float(evaluate(config))
-                        if math.isnan(value):
-                            raise UserError(f"the metric of config {config} is NaN")
-                        metrics[k] = value
-                        evaluated.append({"genome": list(k), "config": config, "metric": value,
-                                          "cost": costs(ind), "generation": generation})
+                        fitness, scores = _fitness(evaluate(config), config)
+                        metrics[k] = fitness
+                        evaluated.append({"genome": list(ind), "config": config, "network": k, "metric": fitness,
+                                          "cost": nets(ind), "generation": generation,
+                                          "uniform": uniform_of.get(k), **({"scores": scores} if scores else {})})
                         fault_point("evaluate")
                         if bar is not None:
                             bar.update(generation, evaluated)
                 population_done = True
                 if on_generation is not None:
-                    on_generation(generation, [{"genome": list(ind), "config": space.decode(ind),
-                                                "metric": metrics[_key(ind)], "cost": costs(ind)}
-                                               for ind in population])
-                if generation + 1 >= settings.generations:
+                    on_generation(generation, [candidate(ind) for ind in population])
+                if generation + 1 >= generations:
                     save()  # finished; a resume with more generations breeds on from here
-            if generation + 1 >= settings.generations:
+            if generation + 1 >= generations:
                 break
-            # select the best distinct parents, then breed the next generation from them
+            # select the best distinct parents, then breed the next generation from them: every child a
+            # network no candidate has run yet
             for ind in population:
-                ind.fitness.values = (metrics[_key(ind)],)
-            parents = toolbox.select(_distinct(population), settings.parents)
-            mutants = [toolbox.mutant(rng.choice(parents)) for _ in range(settings.mutations)]
-            children = [toolbox.child(*_pair(parents, rng)) for _ in range(settings.crossovers)]
-            population = [creator.Individual(p) for p in parents] + mutants + children
+                ind.fitness.values = (metrics[nets.key(ind)],)
+            parents = tools.selBest(_distinct(population, nets.key), settings.parents)
+            taken = set(metrics)
+            children = []
+            for i in range(settings.mutations + settings.crossovers):
+                genome = (draws.mutant(rng.choice(parents), taken) if i < settings.mutations
+                          else draws.child(*_pair(parents, rng), taken))
+                if genome is None:  # the parents' neighbourhood is used up: a fresh network instead
+                    genome = draws.sample(taken)
+                if genome is not None:
+                    taken.add(nets.key(genome))
+                    children.append(creator.Individual(genome))
+            population = [creator.Individual(p) for p in parents] + children
             generation, population_done = generation + 1, False
             save()
             if bar is not None:
                 bar.update(generation, evaluated)
         if bar is not None:
-            bar.update(settings.generations, evaluated)
+            bar.update(generations, evaluated)
     finally:
         if bar is not None:
             bar.stop()
-    return _result(evaluated, budget, max(settings.generations, generation + 1), top_k)
+    say(f"{len(evaluated)} distinct networks evaluated, each once; {draws.repeats} draws repeated a network "
+        f"already drawn or evaluated and were drawn again instead")
+    return _result(evaluated, budget, max(generations, generation + 1), top_k, repeats_skipped=draws.repeats,
+                   distinct_in_budget=None if nets.in_budget is None else len(nets.in_budget),
+                   allowance=allowance, exhaustive=exhaustive)
 
 
-def _distinct(population: List[list]) -> List[list]:
-    """First occurrence of each genome, so duplicates cannot crowd out other parents."""
+def _fitness(value: Union[float, Dict[str, float]], config: Config) -> Tuple[float, Dict[str, float]]:
+    """(fitness, other scores) of what a metric function returned; UserError on NaN."""
+    scores = dict(value) if isinstance(value, dict) else {}
+    fitness = float(scores.pop("fitness") if isinstance(value, dict) else value)
+    if math.isnan(fitness):
+        raise UserError(f"the metric of config {config} is NaN")
+    return fitness, scores
+
+
+def _distinct(population: List[list], key: Callable[[Sequence[int]], str]) -> List[list]:
+    """First occurrence of each network, so duplicates cannot crowd out other parents."""
     seen: set = set()
     out = []
     for ind in population:
-        if _key(ind) not in seen:
-            seen.add(_key(ind))
+        if key(ind) not in seen:
+            seen.add(key(ind))
             out.append(ind)
     return out
 
@@ -422,24 +570,35 @@ class _Progress:
 
 # ---- baseline
 def random_search(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: Budget, n: int, seed: int = 0,
-                  max_tries: int = 10_000, top_k: int = 20) -> SearchResult:
-    """Best of `n` uniform in-budget draws (repeats are evaluated once): the baseline evolution must beat."""
+                  max_tries: int = 10_000, top_k: int = 20, network: Optional[NetworkFn] = None,
+                  index_limit: int = INDEX_LIMIT, count_limit: int = COUNT_LIMIT) -> SearchResult:
+    """Best of `n` distinct in-budget networks drawn at random (uniformly over the networks when the space
+    is indexed): the baseline evolution must beat, with the same number of distinct evaluations."""
     if n < 1:
         raise UserError(f"random search needs at least one sample, got {n}")
     rng = random.Random(seed)
-    costs = _Costs(space, cost, budget)
-    costs.check_feasible()
-    seen: set = set()
+    nets = _Networks(space, cost, budget, network)
+    nets.check_feasible()
+    nets.build_index(index_limit, count_limit)
+    draws = _Draws(nets, rng, EvolutionSettings(max_tries=max_tries, seed=seed))
+    taken: set = set()
     evaluated: List[Dict[str, Any]] = []
-    for _ in range(n):
-        genome = list(_in_budget(lambda: space.sample(rng), costs, max_tries, "random config"))
-        if _key(genome) in seen:
-            continue
-        seen.add(_key(genome))
+    while len(evaluated) < n:
+        genome = draws.sample(taken)
+        if genome is None:
+            if not evaluated:
+                raise UserError(f"no random config within the budget {budget.describe()} after {max_tries} "
+                                f"draws; widen the budget or allow more tries")
+            break  # every network in the budget drawn
+        k = nets.key(genome)
+        taken.add(k)
         config = space.decode(genome)
-        evaluated.append({"genome": genome, "config": config, "metric": float(evaluate(config)),
-                          "cost": costs(genome), "generation": 0})
-    return _result(evaluated, budget, 1, top_k)
+        fitness, scores = _fitness(evaluate(config), config)
+        evaluated.append({"genome": genome, "config": config, "network": k, "metric": fitness,
+                          "cost": nets(genome), "generation": 0, "uniform": None,
+                          **({"scores": scores} if scores else {})})
+    return _result(evaluated, budget, 1, top_k, repeats_skipped=draws.repeats,
+                   distinct_in_budget=None if nets.in_budget is None else len(nets.in_budget), allowance=n)
 
 
 # ---- Pareto front

@@ -18,6 +18,22 @@ from ..layers import MacBreakdown
 from .patch import SparseSwinTransformer, kept_windows, swin_stages
 
 
+def kept_window_counts(model: SparseSwinTransformer, config: List[List[float]], img_size) -> List[List[int]]:
+    """Windows each block keeps under `config` at `img_size`: what the config executes. Configs with the
+    same counts are the same network (e.g. 0.4, 0.5 and 0.6 all keep 2 of a block's 4 windows)."""
+    img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    config = model.validate_sparsity(config)
+    pe = model.patch_embed.proj
+    H, W = img_size[0] // pe.stride[0], img_size[1] // pe.stride[1]
+    counts = []
+    for s, stage in enumerate(swin_stages(model)):
+        if getattr(stage.downsample, "reduction", None) is not None:
+            H, W = (H + 1) // 2, (W + 1) // 2
+        counts.append([kept_windows(math.ceil(H / b.window_size[0]) * math.ceil(W / b.window_size[1]),
+                                    config[s][i // 2]) for i, b in enumerate(stage.blocks)])
+    return counts
+
+
 def swin_macs(model: SparseSwinTransformer, config: List[List[float]], img_size, batch_size: int = 1,
               breakdown: bool = False):
     """MACs of one forward of `model` under `config` at `img_size` (int or (H, W))."""

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Sequence
 import torch.nn as nn
 
 from ..methods import Config, check_options, register_method
-from .cost import swin_macs
+from .cost import kept_window_counts, swin_macs
 from .latency import build_swin_latency_table, predict_swin_latency
 from .patch import RATIO_CHOICES, SparseSwinTransformer, pair_counts, sparsifiable, sparsify, validate_sparsity
 
@@ -44,6 +44,10 @@ class SparseViT:
 
     def macs(self, wrapped: SparseSwinTransformer, config: Config, img_size: int, batch_size: int = 1) -> int:
         return swin_macs(wrapped, config, img_size, batch_size)
+
+    def effective(self, wrapped: SparseSwinTransformer, config: Config, img_size: int) -> List[List[int]]:
+        """Kept-window count of every block at `img_size` (the engine keeps max(1, round((1-s)*nW)))."""
+        return kept_window_counts(wrapped, config, img_size)
 
     def build_latency_table(self, wrapped: SparseSwinTransformer, x, warmup: int = 2, repeats: int = 5) -> dict:
         return build_swin_latency_table(wrapped, x, warmup=warmup, repeats=repeats)

@@ -29,7 +29,7 @@ from .. import dist
 from ..data.datasets import build_loader, epoch_batches, iterate
 from ..errors import UserError, first_line
 from ..evaluate import autocast, evaluate_all
-from ..io import atomic_write_json
+from ..io import atomic_write_json, make_console
 from ..methods import Config, method_for_model
 from ..tasks import backbone_of, build_task_model, get_task
 from .run_config import RunConfig, to_dict
@@ -59,7 +59,7 @@ class Trainer:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("device 'cuda' requested but no CUDA GPU is available")
         self.out = Path(cfg.out)
-        self.console = console or Console()
+        self.console = console or make_console()
         self.progress_enabled = progress and dist.is_main()
         self._seed_everything(cfg.seed)
         from ..model_file import read_meta

@@ -92,6 +92,10 @@ class PSViT:
     def macs(self, wrapped: PSViTTransformer, config: Config, img_size: int, batch_size: int = 1) -> int:
         return psvit_macs(wrapped, self.decode(wrapped, config, img_size), img_size, batch_size)
 
+    def effective(self, wrapped: PSViTTransformer, config: Config, img_size: int) -> Config:
+        """The layer plan the genes decode to at `img_size` (a pooling gene on a 1x1 grid runs nothing)."""
+        return self.decode(wrapped, config, img_size)
+
     def build_latency_table(self, wrapped: PSViTTransformer, x, warmup: int = 2, repeats: int = 5) -> dict:
         return build_psvit_latency_table(wrapped, x, warmup=warmup, repeats=repeats)
 

@@ -1,0 +1,141 @@
+"""A search's pick, confirmed on images it was not selected on.
+
+The evolution ranks candidates by their fitness on the fitness split. Among its leaders a fitness
+difference is mostly noise, so the top `k` distinct candidates and the best uniform config in the budget
+are re-scored on the disjoint confirmation split and the pick is the best there. The pick is then set
+against the best uniform config and the dense model with paired bootstrap intervals over the confirmation
+images (and, for top-1, the exact McNemar test), and said in words: a gain over uniform holds, or none was
+shown at this budget.
+
+The outcome is a typed object (`Confirmation`, pydantic): `search` prints it, writes it into best.yaml and
+returns it to whoever called the search.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+from pydantic import BaseModel
+
+from ..layers import Config
+from ..tasks import ImageScores
+from .evolution import SearchResult
+from .stats import RESAMPLES, RESAMPLES_SLOW, describe, mcnemar_exact, mean_bootstrap, paired_bootstrap
+
+#: candidates re-scored on the confirmation split (besides the best uniform config)
+CONFIRM_TOP = 5
+
+
+class Scored(BaseModel):
+    """One config with its metric on both splits."""
+
+    name: str                          # "pick", "best uniform", "dense", "candidate 3"
+    config: Config
+    cost: float
+    fitness: Optional[float] = None    # the search's fitness value (None: dense, not a candidate)
+    fitness_rank: Optional[int] = None  # 1 = the evolution's own pick
+    uniform: Optional[float] = None    # the value, for a uniform config
+    fitness_metric: float              # the task's metric (%) on the fitness split
+    confirm_metric: float              # ... and on the confirmation split
+
+
+class Comparison(BaseModel):
+    """a - b on the confirmation images: the paired difference and its 95% bootstrap interval."""
+
+    a: str
+    b: str
+    diff: float
+    low: float
+    high: float
+    resamples: int
+    mcnemar_p: Optional[float] = None  # top-1 only: exact two-sided McNemar test
+    words: str
+
+
+class Confirmation(BaseModel):
+    metric: str
+    fitness: str                       # what the search ranked by: "logprob" or "metric"
+    fitness_images: int
+    confirmation_images: int
+    candidates: List[Scored]           # every re-scored candidate, best on the confirmation split first
+    pick: Scored
+    uniform: Scored
+    dense: Scored
+    comparisons: List[Comparison]      # pick - best uniform, pick - dense
+    fitness_pick_differs: bool         # the confirmation split picked another candidate than the fitness did
+    gain_over_uniform: bool            # the pick - uniform interval lies above 0
+    verdict: str                       # one sentence for people
+
+
+def confirm(result: SearchResult, score: Callable[[Config, str], ImageScores], dense: Config, dense_cost: float,
+            fitness: str, metric_name: str, top: int = CONFIRM_TOP, seed: int = 0) -> Confirmation:
+    """Re-score the top `top` distinct candidates of `result` and its best uniform config on the confirmation
+    split (`score(config, "confirmation")`), pick the best there, and compare it with the best uniform and
+    `dense` (`score(config, "fitness")` gives the fitness split's scores where the search kept none)."""
+    ranked = list(result.top[:top])
+    uniform = result.uniform[0] if result.uniform else None
+    if uniform is not None and all(c["network"] != uniform["network"] for c in ranked):
+        ranked.append(uniform)
+    position = {c["network"]: i for i, c in enumerate(result.top)}
+
+    def fitness_metric(c: Dict[str, Any]) -> float:
+        if fitness == "metric":
+            return c["metric"]
+        kept = c.get("scores", {}).get(metric_name)
+        return kept if kept is not None else score(c["config"], "fitness").metric()
+
+    scores: List[ImageScores] = []
+    rows: List[Scored] = []
+    for c in ranked:
+        s = score(c["config"], "confirmation")
+        scores.append(s)
+        rank = position.get(c["network"])
+        rows.append(Scored(name="candidate", config=c["config"], cost=c["cost"], fitness=c["metric"],
+                           fitness_rank=None if rank is None else rank + 1, uniform=c.get("uniform"),
+                           fitness_metric=fitness_metric(c), confirm_metric=s.metric()))
+    # best on confirmation; ties: cheaper, then the better fitness rank
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i].confirm_metric, rows[i].cost,
+                                                     rows[i].fitness_rank or len(result.top) + 1))
+    best = order[0]
+    pick_row = rows[best].model_copy(update={"name": "pick"})
+    if uniform is None:  # no uniform config in the budget (a space without common values): the pick stands in
+        u = best
+    else:
+        u = next(i for i, c in enumerate(ranked) if c["network"] == uniform["network"])
+    uniform_row = rows[u].model_copy(update={"name": "best uniform"})
+    dense_fit, dense_conf = score(dense, "fitness"), score(dense, "confirmation")
+    dense_row = Scored(name="dense", config=dense, cost=dense_cost, fitness_metric=dense_fit.metric(),
+                       confirm_metric=dense_conf.metric())
+    comparisons = [compare("pick", scores[best], "best uniform", scores[u], seed),
+                   compare("pick", scores[best], "dense", dense_conf, seed)]
+    gain = comparisons[0].low > 0
+    if best == u:
+        verdict = (f"The best uniform config is the pick: no gain over uniform was shown at this budget "
+                   f"({comparisons[0].words}).")
+    elif gain:
+        verdict = f"The pick beats the best uniform config at this budget: {comparisons[0].words}."
+    elif comparisons[0].high < 0:
+        verdict = (f"The pick is worse than the best uniform config on the confirmation images: "
+                   f"{comparisons[0].words}; use the uniform config.")
+    else:
+        verdict = f"No gain over uniform was shown at this budget: {comparisons[0].words}."
+    candidates = [rows[i].model_copy(update={"name": "best uniform" if i == u else
+                                             ("pick" if i == best else f"candidate {n + 1}")})
+                  for n, i in enumerate(order)]
+    return Confirmation(metric=metric_name, fitness=fitness, fitness_images=len(dense_fit),
+                        confirmation_images=len(dense_conf), candidates=candidates, pick=pick_row,
+                        uniform=uniform_row, dense=dense_row, comparisons=comparisons,
+                        fitness_pick_differs=rows[best].fitness_rank != 1, gain_over_uniform=gain, verdict=verdict)
+
+
+def compare(a_name: str, a: ImageScores, b_name: str, b: ImageScores, seed: int = 0) -> Comparison:
+    """a - b with its paired bootstrap interval over the images (and McNemar's p for top-1)."""
+    correct_a, correct_b = getattr(a, "correct", None), getattr(b, "correct", None)
+    if correct_a is not None and correct_b is not None:
+        interval = mean_bootstrap(correct_a * 100.0, correct_b * 100.0, RESAMPLES, seed)
+        p = mcnemar_exact(correct_a, correct_b)
+    else:
+        interval = paired_bootstrap(a.metric, b.metric, len(a), RESAMPLES_SLOW if a.slow else RESAMPLES, seed)
+        p = None
+    return Comparison(a=a_name, b=b_name, diff=interval.diff, low=interval.low, high=interval.high,
+                      resamples=interval.resamples, mcnemar_p=p,
+                      words=describe(interval, f"{a_name} - {b_name}"))
