@@ -101,8 +101,12 @@ class SearchStage(Section):
     crossovers: int = Field(25, ge=0)
     mutation_prob: float = Field(0.1, ge=0, le=1)
     seed: int = Field(0, ge=0)
-    eval_samples: int = Field(200, ge=1, description=(
-        "val images each config is scored on; the report scores the others (held out)"))
+    eval_samples: int = Field(1000, ge=1, description="val images every candidate is scored on (fitness split)")
+    confirm_samples: int = Field(1000, ge=1, description=(
+        "other val images the top candidates and the best uniform config are re-scored on (confirmation split); "
+        "the report card scores the val images in neither split"))
+    fitness: Optional[Literal["logprob", "metric"]] = Field(None, description=(
+        "what candidates are ranked by (default: the task's first: logprob for classification)"))
 
 
 class EvaluateStage(Section):

@@ -21,7 +21,7 @@ MICRO = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2],
 #: every stage on, each as small as it can be and still do its job
 TINY = {"budget": {"macs": "50%"}, "dense": {"run": True},
         "search": {"population": 3, "generations": 1, "parents": 2, "mutations": 1, "crossovers": 1,
-                   "eval_samples": 6},
+                   "eval_samples": 4, "confirm_samples": 4},
         "evaluate": {"uniform": [0.4, 0.8], "pictures": 1, "repeats": 1, "throughput_batch": 2}}
 
 
@@ -85,7 +85,13 @@ def test_classification_pipeline_writes_the_report_card(reference):
     assert [r["label"] for r in card["curve"]] == ["dense", "uniform 0%", "uniform 40%", "uniform 80%"]
     assert card["curve"][0]["gmacs"] == card["curve"][1]["gmacs"] > card["curve"][2]["gmacs"] > card["curve"][3]["gmacs"]
     # scored on the val images the search never saw
-    assert card["held_out_images"] == 12 - 6
+    assert card["held_out_images"] == 12 - 4 - 4
+    # the search's confirmation: its pick vs the best uniform config vs dense, with intervals
+    conf = card["confirmation"]
+    assert conf["pick"]["config"] == pick["config"] and {c["b"] for c in conf["comparisons"]} == {"best uniform", "dense"}
+    assert all(c["low"] <= c["diff"] <= c["high"] for c in conf["comparisons"])
+    md = (reference / "report.md").read_text()
+    assert "confirmed on 4 images" in md and conf["verdict"] in md
     assert card["export"]["max_rel_error"] < 1e-4 and (reference / "export" / "model.onnx").is_file()
     assert card["export"]["file"] == str(reference / "export" / "model.onnx")
     md = (reference / "report.md").read_text()
@@ -175,7 +181,7 @@ def test_detection_from_a_timm_checkpoint_with_flags(tmp_path, zygote, capsys):
         torch.save(create_timm_model("swin_tiny_patch4_window7_224", **DET).state_dict(), tmp_path / f"swin{seed}.pth")
     # without the finetune stage: the final model is the adapted weights under the searched config
     pipeline = {"finetune": {"run": False}, "search": {"population": 2, "generations": 1, "parents": 1, "mutations": 1, "crossovers": 0,
-                           "eval_samples": 2},
+                           "eval_samples": 1, "confirm_samples": 1},
                 "evaluate": {"uniform": [0.5], "pictures": 1, "repeats": 1, "throughput_batch": 2}}
     cfg = write_yaml(tmp_path / "det.yaml", "unused", pipeline, DET, task_options=LIGHT, batch_size=2,
                      eval_batch_size=2, adapt={"report": [0.5]})

@@ -163,11 +163,11 @@ def _run(cfg: PipelineConfig, out: Path, progress: bool, console: Console, stage
         evaluation = stage("evaluate: dense, uniform and searched on held-out images, timed", out / "evaluate" /
                            "evaluate.json",
                            lambda: _evaluate(cfg, dense_ref, adapted, config if p.search.run else None, final,
-                                             final_config, out / "evaluate" / "evaluate.json"),
+                                             final_config, best, out / "evaluate" / "evaluate.json"),
                            {"final": final_digest, "config": final_config, "adapted": adapted_digest,
                             "dense": digest(dense_ref), "data": data, "device": cfg.target_device,
                             "budget": p.budget.model_dump(), "evaluate": p.evaluate.model_dump(),
-                            "held_out_of": p.search.eval_samples if p.search.run else None})
+                            "search": digest(best)})
         result.evaluation = json.loads(evaluation.read_text())
         result.stages["evaluate"] = str(evaluation)
     if p.export.run:
@@ -178,7 +178,8 @@ def _run(cfg: PipelineConfig, out: Path, progress: bool, console: Console, stage
         result.export = json.loads(report.read_text())
         result.stages["export"] = str(report)
     if result.evaluation is not None:
-        write_report_card(cfg, result, out, final_config=best if not p.finetune.run else None, console=console)
+        write_report_card(cfg, result, out, final_config=best if not p.finetune.run else None, search_file=best,
+                          console=console)
     console.print(f"final model -> {result.final_model}" + (f"; exported -> {result.export['file']}"
                                                            if result.export else ""))
     return result
@@ -191,7 +192,8 @@ def _search(cfg: PipelineConfig, model_file: Path, out: Path, progress: bool, co
         checkpoint=str(model_file), data=cfg.data.path, out=str(out), space=s.space, budget_macs=b.macs,
         budget_macs_of=b.macs_of if b.macs is not None else None, budget_latency=b.latency, compile=b.compile,
         device=cfg.target_device, batch_size=b.batch_size, eval_samples=s.eval_samples,
-        eval_batch_size=cfg.eval_batch_size, settings=evolution(cfg),
+        confirm_samples=s.confirm_samples, fitness=s.fitness, eval_batch_size=cfg.eval_batch_size,
+        settings=evolution(cfg),
         resume=(out / "search_state.json").exists(), progress=progress), console=console)
 
 
@@ -209,12 +211,23 @@ def _dense_reference(cfg: PipelineConfig, source: Optional[Path]) -> Optional[Pa
 
 
 # --------------------------------------------------------------------------------------------- evaluate
+def report_indices(n: int, search_file: Optional[Path]) -> List[int]:
+    """The val images a report scores: those the search never saw (neither its fitness nor its confirmation
+    split, as its best.yaml records them); all of them when there was no search or it saw them all."""
+    if search_file is None:
+        return list(range(n))
+    split = read_sparsity_file(search_file).get("search_split") or {}
+    seen = set(split.get("fitness", [])) | set(split.get("confirmation", []))
+    rest = [i for i in range(n) if i not in seen]
+    return rest or list(range(n))
+
+
 def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Path, searched_config: Any,
-              final_file: Path, final_config: Any, out: Path) -> None:
+              final_file: Path, final_config: Any, search_file: Optional[Path], out: Path) -> None:
     """Score (held-out images), cost and time every point; write evaluate.json atomically."""
     import torch
 
-    from ..evaluate import evaluate_all, held_out_indices
+    from ..evaluate import evaluate_all
     from ..model_file import load
     from ..tasks import backbone_of, get_task
     from ..timing import THROUGHPUT_BATCH, resolve_device, time_fn
@@ -228,7 +241,7 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
     task = get_task(meta["task"])
     img_size = int(meta["img_size"])
     val = task.dataset(cfg.data.path, "val", img_size, train=False)
-    held = held_out_indices(len(val), p.search.eval_samples if p.search.run else None)
+    held = report_indices(len(val), search_file)
 
     def method_of(model):
         from ..methods import get_method
@@ -340,18 +353,30 @@ def _export(cfg: PipelineConfig, final_file: Path, final_config: Any, out: Path)
 
 # --------------------------------------------------------------------------------------------- report card
 def write_report_card(cfg: PipelineConfig, result: PipelineResult, out: Path, final_config: Optional[Path],
-                      console: Console) -> None:
+                      search_file: Optional[Path], console: Console) -> None:
     """report.md, report.json, acc_vs_latency.png and the kept-window pictures in `out` (each written
-    atomically), and the table in the terminal."""
+    atomically), and the tables in the terminal: the card and the search's confirmation (its pick vs the best
+    uniform config vs dense, with 95% intervals, on images it was not ranked on)."""
     ev = result.evaluation
     assert ev is not None
-    pictures = _pictures(cfg, result, out, final_config)
+    pictures = _pictures(cfg, result, out, final_config, search_file)
     _plot(ev, out / "acc_vs_latency.png")
+    searched = read_sparsity_file(search_file) if search_file is not None else {}
     card = {**ev, "export": _export_summary(result.export), "pictures": pictures,
-            "budget": ev["budget"], "stages": result.stages}
+            "budget": ev["budget"], "stages": result.stages, "confirmation": searched.get("confirmation"),
+            "confirmation_unit": searched.get("cost_unit")}
     atomic_write_json(out / "report.json", card)
     atomic_write_text(out / "report.md", _markdown(card))
     console.print(report_table(card))
+    if card["confirmation"]:
+        from ..search.confirm import Confirmation
+        from .search import confirmation_table
+        conf = Confirmation.model_validate(card["confirmation"])
+        console.print(confirmation_table(conf, card["confirmation_unit"] or "cost",
+                                         title=f"the search: its pick vs the best uniform config vs dense "
+                                               f"(adapted weights, {conf.confirmation_images} images it was "
+                                               f"not ranked on)"))
+        console.print(conf.verdict)
     console.print(f"report card -> {out / 'report.md'}")
 
 
@@ -362,9 +387,9 @@ def _export_summary(export: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]
             "part": export.get("part")}
 
 
-def _pictures(cfg: PipelineConfig, result: PipelineResult, out: Path, config_file: Optional[Path]) -> List[str]:
+def _pictures(cfg: PipelineConfig, result: PipelineResult, out: Path, config_file: Optional[Path],
+              search_file: Optional[Path]) -> List[str]:
     """The windows the final model keeps on the first few held-out val images (SparseViT models)."""
-    from ..evaluate import held_out_indices
     from ..methods import get_method
     from ..model_file import read_model_meta
     from ..swin.method import SparseViT
@@ -379,7 +404,7 @@ def _pictures(cfg: PipelineConfig, result: PipelineResult, out: Path, config_fil
     image_path = getattr(val, "image_path", None)
     if image_path is None:
         return []
-    held = held_out_indices(len(val), cfg.pipeline.search.eval_samples if cfg.pipeline.search.run else None)
+    held = report_indices(len(val), search_file)
     names = []
     for k, i in enumerate(held[:n]):
         name = f"windows_{k + 1}.png"
@@ -470,6 +495,20 @@ def _markdown(card: Dict[str, Any]) -> str:
         part = f" ({export['part']})" if export.get("part") else ""
         lines += [f"Exported: `{export['file']}` ({export['format']}{part}), max relative error vs PyTorch "
                   f"{export['max_rel_error']:.2e}."]
+    conf = card.get("confirmation")
+    if conf:
+        lines += ["", f"## The search's pick, confirmed on {conf['confirmation_images']} images it was not ranked on",
+                  "", f"Adapted weights, before the finetune; ranked by {conf['fitness']} on "
+                      f"{conf['fitness_images']} other images.", "",
+                  f"| | config | {card['metric']} (confirmation) | {card.get('confirmation_unit') or 'cost'} | "
+                  f"pick minus it, 95% CI |", "|---|---|---|---|---|"]
+        diffs = {c["b"]: c for c in conf["comparisons"]}
+        for r in (conf["pick"], conf["uniform"], conf["dense"]):
+            c = diffs.get(r["name"])
+            ci = "" if c is None else f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+            lines.append(f"| {r['name']} | `{json.dumps(r['config'])}` | {r['confirm_metric']:.2f} | "
+                         f"{r['cost']:.4g} | {ci} |")
+        lines += ["", conf["verdict"]]
     lines += ["", "![accuracy vs latency](acc_vs_latency.png)", ""]
     for name in card["pictures"]:
         lines += [f"![kept windows]({name})", ""]
