@@ -112,6 +112,26 @@ def run_config(p: DemoPreset, data: Path, out: Path, device: str, epochs: int, c
     }, "demo")
 
 
+def pipeline_config(p: DemoPreset, data: Path, out: Path, device: str):
+    """The preset as a `sparsevit pipeline` config on the demo data in `data`: the demo IS the pipeline
+    (dense training from scratch, adapt, search, finetune, evaluate with the report card, ONNX export)."""
+    from ..pipeline import PipelineConfig
+    from ..train.run_config import parse_run_config
+    base = run_config(p, data, out, device, epochs=p.dense_epochs).model_dump(exclude_unset=True)
+    base["pipeline"] = {
+        "budget": {"macs": p.budget},
+        "dense": {"run": True, "epochs": p.dense_epochs},
+        "adapt": {"epochs": p.adapt_epochs},
+        "search": {"population": p.population, "generations": p.generations, "parents": p.parents,
+                   "mutations": p.children, "crossovers": p.children, "mutation_prob": 0.3, "seed": 0,
+                   "eval_samples": p.eval_samples, "confirm_samples": p.confirm_samples or p.eval_samples},
+        "finetune": {"epochs": p.finetune_epochs},
+        "evaluate": {"uniform": [0.3, 0.5, 0.7], "pictures": 2, "repeats": p.timing_repeats},
+        "export": {"format": "onnx"},
+    }
+    return parse_run_config(base, "demo preset", schema=PipelineConfig)
+
+
 def train(mode: str, cfg, progress: bool, console: Console) -> None:
     from .train import run_adapt, run_finetune
     (run_adapt if mode == "adapt" else run_finetune)(cfg, resume=True, progress=progress, console=console)
