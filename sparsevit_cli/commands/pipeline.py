@@ -30,7 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
-from ..io import FolderLock, atomic_write, atomic_write_json, atomic_write_text, check_output_dir, read_sparsity_file
+from ..io import (FolderLock, atomic_write, atomic_write_json, atomic_write_text, check_output_dir, make_console,
+                  read_sparsity_file)
 from ..pipeline import PipelineConfig, StageStopped, Stages, data_digest, file_digest
 
 MODEL = "model.safetensors"
@@ -87,7 +88,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, console: Optional[C
                  stages: Optional[Stages] = None) -> PipelineResult:
     """Run (or continue) the pipeline in `cfg.out`; the folder is held (locked) for the whole run.
     `stages` lets a caller that ran stages of its own first (the demo's data) keep the numbering."""
-    console = console or Console()
+    console = console or make_console()
     check_settings(cfg)
     out = check_output_dir(Path(cfg.out))
     with FolderLock(out, "pipeline output folder"):
