@@ -32,6 +32,8 @@ STAGES = ("dense", "adapt", "search", "finetune", "evaluate", "export")
 #: the export formats (commands/export.FORMATS has one writer per name; a test keeps the two equal)
 EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
 INPUTS = "inputs.json"
+#: uniform sparsities the report card's curve may use
+UNIFORM_CHOICES = tuple(round(0.1 * i, 1) for i in range(1, 9))
 
 
 class BudgetSettings(Section):
@@ -120,9 +122,11 @@ class EvaluateStage(Section):
     @field_validator("uniform")
     @classmethod
     def _fractions(cls, values: List[float]) -> List[float]:
-        bad = [v for v in values if not (isinstance(v, (int, float)) and 0.0 < v < 1.0)]
+        # the values every method takes (SparseViT's ratios stop at 0.8), checked before any stage trains
+        bad = [v for v in values if not (isinstance(v, (int, float)) and round(v, 1) in UNIFORM_CHOICES
+                                         and abs(v - round(v, 1)) < 1e-9)]
         if bad:
-            raise ValueError(f"must be sparsities in (0, 1), got {bad[0]!r}")
+            raise ValueError(f"must be sparsities 0.1 to 0.8 in steps of 0.1, got {bad[0]!r}")
         return values
 
 

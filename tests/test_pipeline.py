@@ -146,7 +146,8 @@ def test_rerun_skips_and_changed_inputs_are_refused(tmp_path, reference, run_yam
     ({"pipeline": {"budget": {"latency": "60%", "device": "tpu"}}}, [], "pipeline.budget.device"),
     ({"pipeline": {"search": {"population": 0}}}, [], "pipeline.search.population must be >= 1"),
     ({"pipeline": {"export": {"format": "tflite"}}}, [], "pipeline.export.format"),
-    ({"pipeline": {"evaluate": {"uniform": [1.5]}}}, [], "sparsities in (0, 1)"),
+    ({"pipeline": {"evaluate": {"uniform": [0.9]}}}, [], "sparsities 0.1 to 0.8"),
+    ({"pipeline": {"search": {"fitness": "loss"}}}, [], "pipeline.search.fitness"),
     ({"pipeline": {"dense": {"run": False}}}, [], "give --checkpoint"),
     ({}, ["--budget-latency", "-3"], "must be positive"),
     ({}, ["--budget-latency", "50%", "--budget-macs", "50%"], "give one budget"),
@@ -154,6 +155,7 @@ def test_rerun_skips_and_changed_inputs_are_refused(tmp_path, reference, run_yam
     ({}, ["--checkpoint", "missing.pth"], "not found"),
 ])
 def test_bad_settings_are_one_line(tmp_path, data_dir, capsys, edit, flags, needle):
+    """Refused before any stage runs: a typo costs no training."""
     cfg = yaml.safe_load(write_yaml(tmp_path / "run.yaml", data_dir).read_text())
     for key, value in edit.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
@@ -161,6 +163,11 @@ def test_bad_settings_are_one_line(tmp_path, data_dir, capsys, edit, flags, need
     code, _, err = run_cli(["pipeline", tmp_path / "run.yaml", "--out", tmp_path / "out", *flags], capsys)
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "out" / "dense").exists()  # refused before any stage ran
+
+
+def test_flags_without_a_yaml_need_a_checkpoint(tmp_path, data_dir, capsys):
+    code, _, err = run_cli(["pipeline", "--data", data_dir, "--budget-latency", "60%", "--out", tmp_path], capsys)
+    assert_one_line_error(code, err, "give --checkpoint")
 
 
 # ------------------------------------------------------------------------------------------- detection
