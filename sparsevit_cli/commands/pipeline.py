@@ -46,6 +46,9 @@ def check_settings(cfg: PipelineConfig) -> None:
 
     p = cfg.pipeline
     b = p.budget
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # its evaluation, export and report card are one process's
+        raise UserError("run the pipeline in one process, not under torchrun; for multi-GPU training run its "
+                        "stages as single commands (finetune, adapt, search) under torchrun")
     if b.macs is not None:
         budget_number(b.macs, "GMACs", "pipeline.budget.macs (--budget-macs)")
     else:
