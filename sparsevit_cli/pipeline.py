@@ -216,6 +216,12 @@ def first_change(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def _holds_work(folder: Path) -> bool:
+    """Whether a stage folder holds anything a run wrote besides its input record (and the lock)."""
+    from .io import FolderLock
+    return any(p.name not in (INPUTS, FolderLock.NAME) and not p.name.startswith(".") for p in folder.iterdir())
+
+
 class StageStopped(Exception):
     """A stage ended without its output (a training run stopped early on purpose: `max_steps`, an
     interrupt it saved a checkpoint for); the stages after it cannot run yet."""
@@ -245,6 +251,9 @@ class Stages:
                 except ValueError:
                     old = None  # torn by hand; the writer is atomic
                 change = first_change(old, inputs) if isinstance(old, dict) else "its record is unreadable"
+                if change and not _holds_work(folder):
+                    change = None  # an attempt that failed before writing anything: nothing to mix up
+                    atomic_write_json(record, inputs)
                 if change:
                     raise UserError(f"the {folder.name} stage in '{folder}' was run with other inputs ({change}); "
                                     f"remove '{folder}' and the stages after it, or choose another --out")

@@ -165,6 +165,26 @@ def test_bad_settings_are_one_line(tmp_path, data_dir, capsys, edit, flags, need
     assert not (tmp_path / "out" / "dense").exists()  # refused before any stage ran
 
 
+def test_a_stage_that_failed_before_writing_anything_takes_new_inputs(tmp_path, reference, run_yaml, capsys):
+    """A search refused for its budget (below the sparsest config) wrote nothing: fixing the budget is no
+    change of inputs to refuse."""
+    out = tmp_path / "run"
+    shutil.copytree(reference / "dense", out / "dense")  # finished stages: the same inputs
+    shutil.copytree(reference / "adapt", out / "adapt")
+    cfg = yaml.safe_load(run_yaml.read_text())
+    for later in ("finetune", "evaluate", "export"):  # only the search matters here
+        cfg["pipeline"][later] = {"run": False}
+    search_only = tmp_path / "search_only.yaml"
+    search_only.write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli(["pipeline", search_only, "--out", out, "--budget-macs", "1%", "--no-progress"], capsys)
+    assert_one_line_error(code, err, "below the cheapest config")
+    assert sorted(p.name for p in (out / "search").iterdir() if not p.name.startswith(".")) == ["inputs.json"]
+    code, _, err = run_cli(["pipeline", search_only, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    best = [yaml.safe_load((d / "search" / "best.yaml").read_text()) for d in (out, reference)]
+    assert best[0]["sparsity"] == best[1]["sparsity"] and best[0]["confirmation"] == best[1]["confirmation"]
+
+
 def test_flags_without_a_yaml_need_a_checkpoint(tmp_path, data_dir, capsys):
     code, _, err = run_cli(["pipeline", "--data", data_dir, "--budget-latency", "60%", "--out", tmp_path], capsys)
     assert_one_line_error(code, err, "give --checkpoint")
