@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test fuzz bench bench-gpu bench-export bench-latency bench-train repro clean
+.PHONY: install demo test fuzz bench bench-gpu bench-export bench-latency bench-train bench-search repro clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,9 @@ bench-det: install  ## dense vs uniform vs searched Faster R-CNN on the demo COC
 .PHONY: bench-seg
 bench-seg: install  ## `sparsevit pipeline` on the demo segmentation data at 512 px (Semantic FPN): mIoU, backbone and end-to-end speedups
 	$(PY) benchmarks/bench_seg.py
+
+bench-search: install  ## evolution vs random search vs best uniform vs downscaled dense, 5 seeds, 3 MAC + 1 latency budget
+	$(PY) benchmarks/bench_search.py
 
 bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)
 	$(VENV)/bin/sparsevit report --preset repro --out runs/repro

@@ -57,3 +57,18 @@ def test_bench_export_smoke(bench):
 def test_bench_latency_table_smoke(bench):
     errors = bench("bench_latency_table")["main"](["--smoke"])
     assert len(errors) == 3 and all(e >= 0 for e in errors)  # dense, sparsest and one random config
+
+
+def test_bench_search_smoke(bench, tmp_path):
+    """The search benchmark's whole pipeline on a micro setting: every budget has every method's rows."""
+    result = bench("bench_search")["main"](["--smoke", "--out", str(tmp_path / "b"), "--results", ""])
+    assert [r["budget"] for r in result["rows"]] == ["50% MACs", "90% latency"]
+    for row in result["rows"]:
+        if row["kind"] == "latency" and "skipped" in row:  # a table timed on a busy machine may say so
+            continue
+        assert len(row["evolution"]) == len(row["random"]) == 2
+        for run in row["evolution"] + row["random"]:
+            assert 0 <= run["report_top1"] <= 100 and run["cost"] <= row["max_cost"] + 1e-9
+            assert run["vs_uniform"]["low"] <= run["vs_uniform"]["diff"] <= run["vs_uniform"]["high"]
+        assert row["uniform"]["cost"] <= row["max_cost"] + 1e-9 and row["downscaled_dense"]["size"] < 64
+    assert (tmp_path / "b" / "results.json").is_file()

@@ -346,3 +346,23 @@ def test_a_detector_model_file_fine_tunes_on_data_with_other_classes(tmp_path, d
     code, _, err = run_cli(["search", "--checkpoint", str(source), "--data", str(three), "--out", str(tmp_path / "s"),
                             "--budget-macs", "90%", "--no-progress"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "for 10 classes" in err and "has 3" in err, err
+
+
+def test_per_image_box_ap_recomputes_the_metric_and_resamples_copy_images(detector, demo):
+    """The search's per-image detections give evaluate()'s box AP back, and a bootstrap resample that draws
+    every image once is the same set of images (each copy of a drawn image counts as its own image)."""
+    import numpy as np
+
+    from sparsevit_cli.evaluate import evaluate, evaluate_images
+    from sparsevit_cli.model_file import load_model_file
+
+    model, method, meta = load_model_file(detector / "model.safetensors")
+    task = get_task(meta.task)
+    val = task.dataset(str(demo), "val", meta.image_size, train=False)
+    idx = list(range(len(val)))
+    scores = evaluate_images(model, method, None, val, task, 4, torch.device("cpu"), idx)
+    assert scores.metric() == pytest.approx(evaluate(model, method, None, val, task, 4, torch.device("cpu"),
+                                                     indices=idx))
+    assert scores.metric(np.ones(len(idx), dtype=int)) == pytest.approx(scores.metric())
+    twice = np.full(len(idx), 2)  # every image twice: the same precision and recall, so the same AP
+    assert scores.metric(twice) == pytest.approx(scores.metric(), abs=1e-6)

@@ -140,7 +140,7 @@ def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, dev
 def summary_table(result: DemoResult) -> Table:
     how = ", torch.compile" if result.compiled else ""
     table = Table(title=f"{result.rows[1]['model']} demo ({result.out}): dense vs searched sparse{how} "
-                        f"(top-1 on val images the search never scored)")
+                        f"(top-1 on val images the search never saw)")
     # short headers keep the table unwrapped in an 80-column terminal; the caption spells them out
     for col in ("model", "top-1 %", "GMACs", "of dense", "ideal", "ms b1", "speedup",
                 f"img/s b{result.throughput_batch}", "speedup"):
