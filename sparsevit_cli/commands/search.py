@@ -339,7 +339,7 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     if dist.is_main():
         write_output(out / "best.yaml", yaml_text(report), "best")
         plot_pareto(result, out / "pareto.png")
-        console.print(_top_table(result, unit, dense_cost))
+        console.print(_top_table(result, unit, dense_cost, fitness, task.metric_name))
         console.print(confirmation_table(conf, unit))
         console.print(conf.verdict)
         console.print(f"best config -> {out / 'best.yaml'}")
@@ -368,11 +368,15 @@ def confirmation_table(conf: Confirmation, unit: str, title: Optional[str] = Non
     return table
 
 
-def _top_table(result, unit: str, dense_cost: float) -> Table:
-    table = Table(title="top candidates")
-    for col in ("rank", "metric", unit, "of dense", "generation", "config"):
+def _top_table(result, unit: str, dense_cost: float, fitness: str, metric_name: str) -> Table:
+    """The fitness ranking (the search's own view, before the confirmation split has its say)."""
+    table = Table(title=f"top candidates by fitness ({result.evaluations} distinct networks evaluated)")
+    logprob = fitness != "metric"
+    for col in ("rank", fitness, *([metric_name] if logprob else []), unit, "of dense", "generation", "config"):
         table.add_column(col, justify="right")
     for i, t in enumerate(result.top[:10]):
-        table.add_row(str(i + 1), f"{t['metric']:.2f}", f"{t['cost']:.3f}", f"{t['cost'] / dense_cost:.0%}",
-                      str(t["generation"]), format_config(t["config"]))
+        extra = [f"{t.get('scores', {}).get(metric_name, float('nan')):.2f}"] if logprob else []
+        table.add_row(str(i + 1), f"{t['metric']:.4f}" if logprob else f"{t['metric']:.2f}", *extra,
+                      f"{t['cost']:.3g}", f"{t['cost'] / dense_cost:.0%}", str(t["generation"]),
+                      format_config(t["config"]))
     return table
