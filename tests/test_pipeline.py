@@ -79,8 +79,9 @@ def test_classification_pipeline_writes_the_report_card(reference):
     dense, pick = card["rows"][0], card["rows"][-1]
     assert pick["gmacs"] <= 0.5 * dense["gmacs"] + 1e-12 and pick["in_budget"]
     for r in card["rows"] + card["curve"]:
-        assert 0 <= r["metric"] <= 100 and r["ms"] > 0 and r["images_per_s"] > 0
+        assert 0 <= r["metric"] <= 100 and r["ms"] > 0
         assert 0 < r["backbone_gmacs"] <= r["gmacs"]
+    assert all(r["images_per_s"] > 0 for r in card["rows"])  # throughput: the card's rows (the curve is latency)
     # the uniform curve: dense plus each uniform sparsity, cheaper as it gets sparser
     assert [r["label"] for r in card["curve"]] == ["dense", "uniform 0%", "uniform 40%", "uniform 80%"]
     assert card["curve"][0]["gmacs"] == card["curve"][1]["gmacs"] > card["curve"][2]["gmacs"] > card["curve"][3]["gmacs"]
