@@ -81,6 +81,7 @@ def pipeline_config(args, data: Path, out: Path) -> Dict[str, Any]:
             "finetune": {"epochs": args.finetune_epochs},
             "evaluate": {"uniform": args.uniform, "pictures": args.pictures, "repeats": args.repeats,
                          "throughput_batch": max(args.batch_sizes)},
+            "export": {"run": args.export},
         },
     }
 
@@ -131,10 +132,11 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--uniform", type=json.loads, default=[0.3, 0.5, 0.7],
                     help="uniform sparsities of the report card's curve (JSON list)")
     ap.add_argument("--pictures", type=int, default=2, help="kept-window pictures in the report card")
+    ap.add_argument("--no-export", dest="export", action="store_false", help="skip the pipeline's ONNX export")
     args = ap.parse_args(argv)
     args = apply_smoke(args, batch_sizes="1,2", train=4, val=4, dense_epochs=1, adapt_epochs=1, finetune_epochs=1,
                        train_batch_size=2, eval_samples=2, population=2, generations=1,
-                       heads=dict(fpn_channels=16, head_channels=8), uniform=[0.5], pictures=1)
+                       heads=dict(fpn_channels=16, head_channels=8), uniform=[0.5], pictures=0, export=False)
     args.batch_sizes = batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,22 @@ import runpy
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_bench_seg_smoke(monkeypatch, tmp_path):
+@pytest.fixture
+def one_thread():
+    """Micro models gain nothing from a second thread, and on a busy machine two spin-waiting OpenMP threads
+    make every forward ~100x slower; nothing here is timed for its value."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_bench_seg_smoke(monkeypatch, tmp_path, one_thread):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/bench_seg.py` runs it
     main = runpy.run_path(str(BENCHMARKS / "bench_seg.py"), run_name="bench_seg")["main"]
     result = main(["--smoke", "--out", str(tmp_path)])

@@ -34,6 +34,16 @@ def write_yaml(path, data_dir, pipeline=TINY, model_args=MICRO, **over):
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """In-process runs use one thread, as the zygote's children do (OMP_NUM_THREADS=1): micro models gain
+    nothing from a second one, and on a busy machine spin-waiting threads slow every forward ~100x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def zygote(tmp_path_factory):
     z = Zygote(tmp_path_factory.mktemp("zygote"))
