@@ -1,10 +1,9 @@
-"""The demo's stages as a public workflow: `sparsevit demo` runs them in order and `sparsevit report` reuses
-them for its comparisons. Presets are plain data (`PRESETS`): `quick` (CI, well under a minute on 2 CPU
-cores), `default` (~5 min on 2 CPU cores), `repro` (longer training, for `make repro`), `gpu` (larger
-settings for `--device cuda`), and `psvit` / `psvit-quick` (PSViT on a 12-block / 6-block DeiT).
-
-Every stage writes its result under `out/<stage>/` and is skipped when that result exists (`Stages`), and
-the training stages resume from their last checkpoint, so an interrupted run continues where it stopped.
+"""The demo's presets and the helpers `sparsevit report` reuses for its extra comparisons. Presets are plain
+data (`PRESETS`): `quick` (CI, well under a minute on 2 CPU cores), `default` (~5 min on 2 CPU cores), `repro`
+(longer training, for `make repro`), `gpu` (larger settings for `--device cuda`), and `psvit` / `psvit-quick`
+(PSViT on a 12-block / 6-block DeiT). `pipeline_config` turns a preset into `sparsevit pipeline` settings:
+the demo's stages are the pipeline's (commands/pipeline.py), each skipped when its result exists (`Stages`)
+and resumed when interrupted.
 """
 from __future__ import annotations
 
