@@ -80,6 +80,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--smoke", action="store_true", help="micro setting, 2 seeds, one budget (the tests run it)")
     ap.add_argument("--reduced", action="store_true", help="smaller training and splits (600 images each)")
+    ap.add_argument("--supernet", default=None,
+                    help="a finished `sparsevit demo` folder (data/, dense/, adapt/): search its adapted model "
+                         "instead of training one (its resolution and splits of 800 images: a reduced form)")
+    ap.add_argument("--no-downscaled", action="store_true", help="skip the dense models finetuned at lower sizes")
     ap.add_argument("--results", default=str(RESULTS / "bench_search.json"),
                     help="where the results JSON (and a .md table beside it) go; '' for --out only")
     args = ap.parse_args(argv)
@@ -92,10 +96,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     started = time.time()
 
     # ---- the supernet: data, dense training, adaptation (each skipped when done; training resumes)
-    data = out / "data"
-    write_demo_data(data, img_size=p.img_size, n_train=p.n_train, n_val=p.n_val, seed=0, num_classes=p.num_classes,
-                    digit_frac=p.digit_frac)
-    dense_file, adapted_file = out / "dense" / "model.safetensors", out / "adapt" / "model.safetensors"
+    if args.supernet:
+        src = Path(args.supernet)
+        data = src / "data"
+        preset = json.loads((src / "demo_preset.json").read_text())
+        p = replace(REDUCED, img_size=preset["img_size"], model_args=preset["model_args"], eval_samples=800,
+                    confirm_samples=800)
+    else:
+        src = out
+        data = out / "data"
+        write_demo_data(data, img_size=p.img_size, n_train=p.n_train, n_val=p.n_val, seed=0,
+                        num_classes=p.num_classes, digit_frac=p.digit_frac)
+    dense_file, adapted_file = src / "dense" / "model.safetensors", src / "adapt" / "model.safetensors"
     if not dense_file.exists():
         train("finetune", run_config(p, data, out / "dense", args.device, epochs=p.dense_epochs), False, console)
     if not adapted_file.exists():
@@ -186,15 +198,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                          "vs_uniform": diff.model_dump()})
                 uniform_row = {"config": conf.uniform.config, "cost": conf.uniform.cost,
                                "report_top1": uni.metric(), "confirm_top1": conf.uniform.confirm_metric}
-        low = _downscaled(p, out, data, kind, fraction, dense_file, args.device, dev, console)
-        summary = _summary(per_method, uniform_row, low.pop("correct"), scores)
+        low = None if args.no_downscaled else _downscaled(p, out, data, kind, fraction, dense_file, args.device,
+                                                          dev, console)
+        summary = _summary(per_method, uniform_row, low.pop("correct") if low else None, scores)
         rows.append({"budget": label, "kind": kind, "fraction": fraction, "max_cost": budget.max_cost,
                      "unit": budget.unit, "uniform": uniform_row, "downscaled_dense": low, **per_method,
                      "summary": summary})
         console.print(f"{label}: done ({time.time() - started:.0f} s, {evaluations['count']} evaluations so far)")
 
     dense_report = scores(dense_cfg, "report").metric()
-    result = {"setting": {k: v for k, v in vars(p).items()}, "reduced": bool(args.reduced), "seeds": args.seeds, "device": str(dev),
+    result = {"setting": {k: v for k, v in vars(p).items()}, "reduced": bool(args.reduced or args.supernet),
+              "supernet": args.supernet, "seeds": args.seeds, "device": str(dev),
               "splits": {"fitness": len(splits.fitness), "confirmation": len(splits.confirmation),
                          "report": len(splits.rest)},
               "dense_report_top1": dense_report, "rows": rows, "seconds": time.time() - started,
@@ -262,11 +276,16 @@ def _summary(per_method, uniform_row, low_correct, scores) -> Dict[str, Any]:
                      "lowest_ci_low": min(d["low"] for d in diffs), "highest_ci_high": max(d["high"] for d in diffs),
                      "seeds_with_gain_shown": sum(d["low"] > 0 for d in diffs),
                      "seeds_with_loss_shown": sum(d["high"] < 0 for d in diffs)}
-    uni = scores(uniform_row["config"], "report")
-    iv = mean_bootstrap(np.asarray(low_correct, dtype=float) * 100, uni.correct * 100.0)
-    out["downscaled_vs_uniform"] = {"diff": iv.diff, "low": iv.low, "high": iv.high}
+    if low_correct is not None:
+        uni = scores(uniform_row["config"], "report")
+        iv = mean_bootstrap(np.asarray(low_correct, dtype=float) * 100, uni.correct * 100.0)
+        out["downscaled_vs_uniform"] = {"diff": iv.diff, "low": iv.low, "high": iv.high}
     out["evolution_minus_random_mean"] = out["evolution"]["mean"] - out["random"]["mean"]
     return out
+
+
+def _low(low: Optional[Dict[str, Any]]) -> str:
+    return "not run" if low is None else f"{low['report_top1']:.2f} @ {low['size']} px"
 
 
 def _words(low: float, high: float) -> str:
@@ -287,7 +306,7 @@ def _table(result: Dict[str, Any]) -> Table:
         e, r = s["evolution"], s["random"]
         table.add_row(row["budget"], f"{e['mean']:.2f} ± {e['sd']:.2f}", f"{r['mean']:.2f} ± {r['sd']:.2f}",
                       f"{row['uniform']['report_top1']:.2f}",
-                      f"{row['downscaled_dense']['report_top1']:.2f} @ {row['downscaled_dense']['size']} px",
+                      _low(row["downscaled_dense"]),
                       f"{e['diff_vs_uniform_mean']:+.2f} [{e['lowest_ci_low']:+.2f}, {e['highest_ci_high']:+.2f}]",
                       f"{e['seeds_with_gain_shown']}/{result['seeds']}",
                       _words(e["lowest_ci_low"], e["highest_ci_high"]))
@@ -310,8 +329,8 @@ def _markdown(result: Dict[str, Any]) -> str:
         s = row["summary"]
         e, r = s["evolution"], s["random"]
         lines.append(f"| {row['budget']} | {e['mean']:.2f} ± {e['sd']:.2f} | {r['mean']:.2f} ± {r['sd']:.2f} | "
-                     f"{row['uniform']['report_top1']:.2f} | {row['downscaled_dense']['report_top1']:.2f} "
-                     f"({row['downscaled_dense']['size']} px) | {e['diff_vs_uniform_mean']:+.2f} "
+                     f"{row['uniform']['report_top1']:.2f} | {_low(row['downscaled_dense'])} | "
+                     f"{e['diff_vs_uniform_mean']:+.2f} "
                      f"[{e['lowest_ci_low']:+.2f}, {e['highest_ci_high']:+.2f}] | {e['seeds_with_gain_shown']}/"
                      f"{result['seeds']} | {_words(e['lowest_ci_low'], e['highest_ci_high'])} |")
     return "\n".join(lines) + "\n"

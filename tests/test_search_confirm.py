@@ -233,3 +233,16 @@ def test_tables_stay_readable_when_output_is_not_a_terminal():
     console.print(table)
     text = console.file.getvalue()
     assert "…" not in text and "pick minus it, 95% CI" in text and "Sparsity config" in text
+
+
+def test_miou_of_a_resample_is_the_miou_of_its_summed_confusion_matrices():
+    from sparsevit_cli.tasks import IoUScores, mean_iou
+    import torch
+
+    # two images, two classes: image 0 all right (class 0: 3 px), image 1 confuses class 1 as 0 once
+    cms = [np.array([3, 0, 0, 0]), np.array([0, 0, 1, 2])]
+    s = IoUScores(cms, 2)
+    # summed: [[3, 0], [1, 2]] -> IoU0 = 3 / 4, IoU1 = 2 / 3
+    assert s.metric() == pytest.approx((3 / 4 + 2 / 3) / 2 * 100)
+    assert s.metric(np.array([2, 0])) == pytest.approx(100.0)  # a resample of image 0 twice
+    assert s.metric(np.array([0, 2])) == pytest.approx(mean_iou(torch.tensor([[0.0, 0.0], [2.0, 4.0]])))

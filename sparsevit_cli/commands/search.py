@@ -1,7 +1,10 @@
 """`sparsevit search`: evolutionary search of an adapted model's config under a MAC or latency budget.
 
-Wires a model, a held-out subset and a cost (analytic MACs, measured latency, or a latency lookup
-table) into the DEAP engine of `evolution.py`, and writes best.yaml, history.jsonl and pareto.png.
+Wires a model, a fitness split of the val images and a cost (analytic MACs, measured latency, or a latency
+lookup table) into the DEAP engine of `evolution.py`, whose candidates are the networks the method's
+`effective` configs name; then confirms the leaders and the best uniform config on a disjoint confirmation
+split (`search/confirm.py`) and writes best.yaml (pick, both splits' image ids, the confirmation with its
+intervals), history.jsonl and pareto.png.
 Every task is searched the same way: the metric is the task's (top-1, mIoU, box AP, mask AP), a MAC
 budget counts what the task model executes (backbone under the config + neck + heads: `Task.macs`), and
 a measured latency budget times the whole task model end to end on a fixed batch of real val images.

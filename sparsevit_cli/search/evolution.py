@@ -201,6 +201,8 @@ class _Networks:
         budget (when there are at most `count_limit` networks: each costs one cost call)."""
         if self.space.num_configs() > index_limit:
             return
+        if self.network is None and self.space.num_configs() > count_limit:
+            return  # every genome its own network, too many to cost: an index would tell nothing new
         index: Dict[str, Genome] = {}
         for genome in self.space.all_genomes():
             index.setdefault(self.key(genome), genome)
