@@ -96,7 +96,7 @@ def test_classification_pipeline_writes_the_report_card(reference):
     assert [r["label"] for r in card["curve"]] == ["dense", "uniform 0%", "uniform 40%", "uniform 80%"]
     assert card["curve"][0]["gmacs"] == card["curve"][1]["gmacs"] > card["curve"][2]["gmacs"] > card["curve"][3]["gmacs"]
     # scored on the val images the search never saw
-    assert card["held_out_images"] == 12 - 4 - 4
+    assert card["held_out_images"] == 12 - 4 - 4 and card["held_out"]
     # the search's confirmation: its pick vs the best uniform config vs dense, with intervals
     conf = card["confirmation"]
     assert conf["pick"]["config"] == pick["config"] and {c["b"] for c in conf["comparisons"]} == {"best uniform", "dense"}

@@ -339,6 +339,8 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
     report = {"task": task.name, "metric": task.metric_name, "img_size": img_size, "device": str(dev),
               "model": meta["model"], "method": meta["method"], "throughput_batch": batch,
               "held_out_images": len(held), "val_images": len(val),
+              # False: the search saw every val image (none was left over), so the card scores them all
+              "held_out": search_file is not None and len(held) < len(val),
               "budget": {"text": b.text(cfg.device), "value": limit, "unit": unit, "of": what},
               "final_model": str(final_file), "rows": rows,
               "curve": [row(pt) for pt in points if pt["kind"] in ("dense", "uniform")]}
@@ -464,6 +466,12 @@ LEGEND = ("uniform N%*: the best uniform sparsity of the adapted model in the bu
           "model MACs; eff.: measured speedup / ideal")
 
 
+def _scored_on(card: Dict[str, Any]) -> str:
+    if card.get("held_out"):
+        return f"the {card['held_out_images']} of {card['val_images']} val images the search never saw"
+    return f"all {card['val_images']} val images (none was held out from the search: give it more val images)"
+
+
 def _columns(card: Dict[str, Any]) -> List[str]:
     return ["model", card["metric"], "GMACs", "backbone GMACs", "ideal", "ms b1", "speedup", "eff.",
             f"img/s b{card['throughput_batch']}", "speedup"]
@@ -488,7 +496,7 @@ def report_table(card: Dict[str, Any]) -> Table:
     for r in card["rows"]:
         table.add_row(*_cells(r, card["rows"][0]))
     export = card.get("export")
-    table.caption = (f"{card['metric']} on {card['held_out_images']} held-out val images. {LEGEND}"
+    table.caption = (f"{card['metric']} on {_scored_on(card)}. {LEGEND}"
                      + (f". Exported {export['file']} ({export['format']}), max relative error "
                         f"{export['max_rel_error']:.1e}" if export else ""))
     return table
@@ -499,8 +507,8 @@ def _markdown(card: Dict[str, Any]) -> str:
     dense = card["rows"][0]
     lines = [f"# Report card: {card['model']} ({card['method']}, {card['task']}, {card['img_size']} px)", "",
              f"Budget: {card['budget']['text']} (= {card['budget']['value']:.4g} {card['budget']['unit']}). "
-             f"{card['metric']} on the {card['held_out_images']} of {card['val_images']} val images the search "
-             f"never scored; latency and throughput measured on {card['device']}, interleaved in one run.", "",
+             f"{card['metric']} on {_scored_on(card)}; latency and throughput measured on {card['device']}, "
+             f"interleaved in one run.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cells(r, dense)) + " |" for r in card["rows"]]
     lines += ["", LEGEND + "."]
