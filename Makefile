@@ -42,6 +42,10 @@ bench-latency: install  ## latency-table predictions vs measurement (Swin-T 448Â
 bench-det: install  ## dense vs uniform vs searched Faster R-CNN (TASK=instance_segmentation: Mask R-CNN) on the demo COCO set: box (mask) AP, end-to-end and backbone latency
 	$(PY) benchmarks/bench_det.py --task $(TASK)
 
+.PHONY: bench-seg
+bench-seg: install  ## `sparsevit pipeline` on the demo segmentation data at 512 px (Semantic FPN): mIoU, backbone and end-to-end speedups
+	$(PY) benchmarks/bench_seg.py
+
 bench-search: install  ## evolution vs random search vs best uniform vs downscaled dense, 5 seeds, 3 MAC + 1 latency budget
 	$(PY) benchmarks/bench_search.py
 

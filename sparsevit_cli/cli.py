@@ -372,6 +372,47 @@ def demo(
 
 
 @app.command()
+def pipeline(
+    config: Optional[Path] = typer.Argument(None, help="Run-config YAML with a `pipeline:` section (budget, "
+                                                       "stages and their sizes); optional with the flags below."),
+    checkpoint: Optional[str] = typer.Option(None, help="Trained model to start from: a timm checkpoint "
+                                                         "(with --model) or a sparsevit model file."),
+    model: Optional[str] = typer.Option(None, help="timm model name (e.g. swin_tiny_patch4_window7_224)."),
+    data: Optional[str] = typer.Option(None, help="Your data in the task's layout (ImageFolder, segmentation "
+                                                  "folders or COCO)."),
+    task: Optional[str] = typer.Option(None, help="classification, segmentation, detection or "
+                                                  "instance_segmentation."),
+    budget_latency: Optional[str] = typer.Option(None, help="Latency budget on --device: ms (20ms) or a "
+                                                            "percentage of dense (60%), timed end to end."),
+    budget_macs: Optional[str] = typer.Option(None, help="MAC budget: GMACs (2.5) or a percentage of dense (50%)."),
+    budget_macs_of: Optional[MacScope] = typer.Option(None, help="What --budget-macs counts: the whole model "
+                                                                   "(default) or its backbone."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of every training stage (the run config's `epochs`)."),
+    out: Optional[str] = typer.Option(None, help="Output folder (default runs/pipeline); an interrupted "
+                                                 "pipeline continues there."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda: where training runs and latency is measured."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """From a checkpoint and your data to a deployable sparse model in one resumable command: (dense finetune,)
+    adapt, search in the budget, finetune, evaluate, export, and a report card (report.md and plots)."""
+    from .pipeline import load_pipeline_config
+    from .commands.pipeline import run_pipeline
+    from .train.run_config import REMOVE
+    budget = {"pipeline.budget.macs_of": budget_macs_of.value if budget_macs_of else None}
+    if (budget_macs is None) != (budget_latency is None):  # one budget flag replaces the file's budget
+        budget.update({"pipeline.budget.macs": budget_macs or REMOVE,
+                       "pipeline.budget.latency": budget_latency or REMOVE})
+        if budget_latency is not None and budget_macs_of is None:
+            budget["pipeline.budget.macs_of"] = REMOVE
+    elif budget_macs is not None:
+        raise UserError("give one budget: --budget-macs or --budget-latency")
+    cfg = load_pipeline_config(config, {"checkpoint": checkpoint, "model.name": model, "data.path": data,
+                                        "data.task": task, "epochs": epochs, "out": out, "device": device,
+                                        **budget})
+    run_pipeline(cfg, progress=progress, console=console)
+
+
+@app.command()
 def report(
     out: Path = typer.Option(Path("runs/demo"), help="Demo run directory (the demo is run there first if missing); "
                                                      "the report goes to OUT/report/."),

@@ -8,6 +8,17 @@ from sparsevit_cli.commands.demo import PRESETS
 from cli_helpers import exit_code
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny demo models gain nothing from a second thread, and on a busy machine spin-waiting OpenMP
+    threads slow every forward many times over; nothing here checks a speed."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
@@ -33,7 +44,12 @@ def test_quick_demo_table_is_sane(demo_run):
     assert summary["export_rel_error"] < 1e-4
     for stage in ("dense", "adapt", "finetune"):
         assert (demo_run / stage / "model.safetensors").is_file()
-    assert (demo_run / "export" / "sparsevit.onnx").is_file()
+    assert (demo_run / "export" / "model.onnx").is_file()
+    # the demo is the pipeline: its report card is there too
+    card = json.loads((demo_run / "report.json").read_text())
+    assert [r["kind"] for r in card["rows"]][0] == "dense" and card["rows"][-1]["kind"] == "pick"
+    assert card["rows"][-1]["metric"] == sparse["top1"] and card["rows"][0]["metric"] == dense["top1"]
+    assert (demo_run / "report.md").is_file() and (demo_run / "windows_1.png").is_file()
     assert (demo_run / "search" / "pareto.png").is_file()
 
 
@@ -41,7 +57,7 @@ def test_rerun_skips_finished_stages(demo_run, capsys):
     before = {p: p.stat().st_mtime_ns for p in demo_run.rglob("model.safetensors")}
     assert exit_code(["demo", "--quick", "--out", str(demo_run), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert " ".join(out.split()).count(": done (") == 6  # rich wraps long lines
+    assert " ".join(out.split()).count(": done (") == 7  # rich wraps long lines (data + the pipeline's 6 stages)
     assert {p: p.stat().st_mtime_ns for p in demo_run.rglob("model.safetensors")} == before
 
 

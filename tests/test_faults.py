@@ -33,7 +33,9 @@ def _install_fault(fault):
     ("step", n): after the n-th training step changed the weights in memory, before anything is saved;
     ("torn", name, n): while the n-th temp file of `name` is written (half of it on disk, not renamed);
     ("before", name, n) / ("after", name, n): just before / after the n-th rename onto `name`;
-    ("pause", flag): before the first step, wait until the file `flag` exists (to hold the lock)."""
+    ("pause", flag): before the first step, wait until the file `flag` exists (to hold the lock);
+    ("into", folder, n): just before the n-th rename of a file into a folder named `folder` (a pipeline
+    stage's folder: wherever that stage is when it writes its n-th file)."""
     kind, *rest = fault
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
     count = [0]
@@ -71,8 +73,8 @@ def _install_fault(fault):
         real_replace = os.replace
 
         def replace(src, dst):
-            hit = Path(dst).name == name and nth(n)
-            if hit and kind == "before":
+            hit = (Path(dst).parent.name if kind == "into" else Path(dst).name) == name and nth(n)
+            if hit and kind in ("before", "into"):
                 die()
             real_replace(src, dst)
             if hit:

@@ -7,6 +7,7 @@ one stderr line on 2, and never raise. The number of examples is bounded so the 
 `make fuzz` runs the same tests with many more (SPARSEVIT_FUZZ_EXAMPLES).
 """
 import contextlib
+import json
 import enum
 import io
 import math
@@ -29,8 +30,10 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database
 
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
 
-# commands whose valid runs are whole workflows (minutes): fuzzed with bad values only (see below)
-LONG_RUNNING = {"demo", "report"}
+# commands whose valid runs are whole workflows (minutes): fuzzed with one bad value always added last
+# (the last of a repeated option wins), so that no drawn argument list starts a real run
+LONG_RUNNING = {"demo": ["--preset", "bogus"], "report": ["--preset", "bogus"],
+                "pipeline": ["--budget-latency", "0ms"]}
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +107,23 @@ def key_paths(d, prefix=()):
             yield from key_paths(v, prefix + (k,))
 
 
+#: a pipeline section whose valid runs stay short: one step per training stage (max_steps), one search
+#: evaluation, no report card, no export
+TINY_PIPELINE = {"budget": {"macs": "50%"}, "dense": {"run": True, "epochs": 1},
+                 "search": {"population": 1, "generations": 1, "parents": 1, "mutations": 0, "crossovers": 0,
+                            "eval_samples": 2},
+                 "evaluate": {"run": False}, "export": {"run": False}}
+
+
 @st.composite
-def mutated_run_config(draw, world, out):
-    """A valid micro run config with 1-3 hostile edits, or garbage bytes instead of YAML."""
+def mutated_run_config(draw, world, out, pipeline=False):
+    """A valid micro run config (with a `pipeline:` section for `sparsevit pipeline`) with 1-3 hostile edits,
+    or garbage bytes instead of YAML."""
     if draw(st.integers(0, 9)) == 0:
         return draw(st.binary(min_size=1, max_size=64))
     cfg = base_run_config(world, out)
+    if pipeline:
+        cfg["pipeline"] = json.loads(json.dumps(TINY_PIPELINE))
     for _ in range(draw(st.integers(1, 3))):
         paths = list(key_paths(cfg))
         path = draw(st.sampled_from(paths))
@@ -147,15 +161,15 @@ def fuzz_command_lines(folder, make_argv):
     check()
 
 
-@pytest.mark.parametrize("command", ["finetune", "adapt"])
+@pytest.mark.parametrize("command", ["finetune", "adapt", "pipeline"])
 def test_fuzzed_run_configs_never_crash(world, tmp_path_factory, command):
     def make_argv(data, case):
-        blob = data.draw(mutated_run_config(world, case / "out"))
+        blob = data.draw(mutated_run_config(world, case / "out", pipeline=command == "pipeline"))
         case.mkdir(parents=True)
         cfg = case / "run.yaml"
         cfg.write_bytes(blob)
-        argv = ["finetune", cfg, "--no-progress"] if command == "finetune" else \
-               ["adapt", "--config", cfg, "--no-progress"]
+        argv = ["adapt", "--config", cfg, "--no-progress"] if command == "adapt" else \
+               [command, cfg, "--no-progress"]
         return argv, f"{argv} with {blob[:300]!r}"
 
     fuzz_command_lines(tmp_path_factory.mktemp(f"runcfg-{command}"), make_argv)
@@ -215,8 +229,7 @@ def argv_for(draw, command, world, out):
         else:
             argv += [opt, draw(option_values(param, world))]
     if command in LONG_RUNNING:
-        # a valid demo/report is a multi-minute workflow: always give it one bad value
-        argv += ["--preset", "bogus"]
+        argv += LONG_RUNNING[command]
     if draw(st.integers(0, 7)) == 0:
         argv.append(draw(st.sampled_from(["--bogus-option", "extra-arg", "-x"])))
     return argv
@@ -236,7 +249,8 @@ def test_fuzzed_command_lines_never_crash(world, tmp_path_factory, command):
 def test_fuzzer_sees_every_command():
     """A new command is fuzzed without editing this file; this pins that the tree is read at all."""
     _, names = _commands()
-    assert {"finetune", "adapt", "search", "export", "measure", "info", "visualize", "demo-data", "evaluate"} <= set(names)
+    assert {"finetune", "adapt", "search", "export", "measure", "info", "visualize", "demo-data", "evaluate",
+            "pipeline"} <= set(names)
 
 
 # ------------------------------------------------------------------------------------------- model files

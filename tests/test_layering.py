@@ -16,6 +16,7 @@ LAYERS = [
     {"swin", "swinv2", "vit"},                                     # model families (engine, cost, latency, method)
     {"tasks", "model_file", "evaluate", "latency", "search", "detection"},   # what every pipeline step shares
     {"train"},                                                     # the trainer
+    {"pipeline"},                                                  # the pipeline's settings and stage bookkeeping
     {"commands"},                                                  # thin commands, side by side
     {"cli", "__init__", "__main__"},                               # the Typer app and the package facade
 ]

@@ -1,17 +1,20 @@
 """`sparsevit demo`: the whole SparseViT workflow on the built-in data, in one command.
 
-demo data -> dense training of a small Swin -> sparsity-aware adaptation -> evolutionary search under a
-MAC budget -> finetuning of the best config -> ONNX export (verified) -> one table: dense vs SparseViT
-accuracy, GMACs and the MAC-ideal speedup, measured batch-1 latency and throughput (images/s at batch
+The demo is `sparsevit pipeline` (commands/pipeline.py) on the built-in data: demo data -> dense training of a
+small Swin -> sparsity-aware adaptation -> evolutionary search under a MAC budget (its pick confirmed against
+the best uniform config and dense) -> finetuning of the pick -> evaluation and the report card
+(`out/report.md`, plots, kept windows) -> ONNX export (verified) -> one table: dense vs SparseViT accuracy,
+GMACs and the MAC-ideal speedup, measured batch-1 latency and throughput (images/s at batch
 `THROUGHPUT_BATCH`, where the small demo model's fixed per-call costs no longer hide the saved work), each
 with its speedup over dense.
 
 Every stage writes its result under `out/<stage>/` and is skipped when that result exists, and the
 training stages resume from their last checkpoint, so an interrupted demo continues where it stopped
-(no work is lost). Presets are plain data (`PRESETS`): `quick` (CI, well under a minute on 2 CPU cores),
-`default` (~10 min on 2 CPU cores), `repro` (longer training, for `make repro`), `gpu` (larger settings for
-`--device cuda`), and `psvit` / `psvit-quick` (the same workflow with PSViT token pooling and attention
-sharing on a 12-block / 6-block DeiT).
+(no work is lost). Presets are plain data (`PRESETS`), turned into pipeline settings by
+`workflow.pipeline_config`: `quick` (CI, well under a minute on 2 CPU cores), `default` (~10 min on 2 CPU
+cores), `repro` (longer training, for `make repro`), `gpu` (larger settings for `--device cuda`), and
+`psvit` / `psvit-quick` (the same workflow with PSViT token pooling and attention sharing on a 12-block /
+6-block DeiT).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 from rich.console import Console
@@ -27,8 +30,7 @@ from rich.table import Table
 
 from ..io import atomic_write_text, make_console
 from ..errors import UserError
-from .workflow import (METHOD_LABEL, PRESETS, DemoPreset, Stages, report_indices, run_config, score, search,
-                       train, val_split)
+from .workflow import METHOD_LABEL, PRESETS, DemoPreset, Stages, pipeline_config, report_indices, score, val_split
 
 
 @dataclass
@@ -45,10 +47,13 @@ class DemoResult:
 
 def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", device: str = "cpu",
              progress: bool = True, console: Optional[Console] = None, compile: bool = False) -> DemoResult:
-    """Run (or continue) the demo in `out`; returns the final comparison (timed under torch.compile, both
-    models checked exact against eager first, with `compile`)."""
+    """Run (or continue) the demo in `out`: the demo data, then `sparsevit pipeline` on it with the preset's
+    settings (its report card in `out/report.md`); returns the final comparison of dense and the final model
+    (the pipeline's evaluation, or timed again under torch.compile, both models checked exact against eager
+    first, with `compile`)."""
     from ..io import read_sparsity_file
     from ..data.demo import write_demo_data
+    from .pipeline import run_pipeline
 
     console = console or make_console()
     if preset not in PRESETS:
@@ -62,34 +67,34 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     stage("demo data", data / "demo_data.yaml", lambda: write_demo_data(
         data, img_size=p.img_size, n_train=p.n_train, n_val=p.n_val, seed=0, num_classes=p.num_classes,
         digit_frac=p.digit_frac, progress=progress))
-    dense = stage("dense training", out / "dense" / "model.safetensors", lambda: train(
-        "finetune", run_config(p, data, out / "dense", device, epochs=p.dense_epochs), progress, console))
-    adapted = stage("sparsity-aware adaptation", out / "adapt" / "model.safetensors", lambda: train(
-        "adapt", run_config(p, data, out / "adapt", device, epochs=p.adapt_epochs, checkpoint=dense,
-                             lr=p.lr / 2), progress, console))
-    best = stage(f"search ({p.budget} of dense MACs)", out / "search" / "best.yaml", lambda: search(
-        p, adapted, data, out / "search", device, progress, console))
-    final = stage("finetune the best config", out / "finetune" / "model.safetensors", lambda: train(
-        "finetune", run_config(p, data, out / "finetune", device, epochs=p.finetune_epochs, checkpoint=adapted,
-                                lr=p.lr / 4, sparsity=read_sparsity_file(best)["sparsity"]), progress, console))
-    onnx = stage("export to ONNX", out / "export" / "sparsevit.onnx", lambda: _export(final, out / "export"))
-
-    result = _compare(p, dense, final, data, device, compile)
-    searched = read_sparsity_file(best)
+    done = run_pipeline(pipeline_config(p, data, out, device), progress=progress, console=console, stages=stage)
+    if done.stopped:  # only a stop on purpose (a saved interrupt) gets here: the rerun continues
+        return DemoResult(out=str(out))
+    dense, final = out / "dense" / "model.safetensors", Path(done.final_model)
+    result = _compare(p, dense, final, data, device, compile=True) if compile else _from_evaluation(done.evaluation)
+    result.compiled = compile
+    searched = read_sparsity_file(out / "search" / "best.yaml")
     result.sparsity = searched["sparsity"]
     result.confirmation = searched.get("confirmation", {})
-    result.export_rel_error = json.loads((onnx.parent / "export.json").read_text())["max_rel_error"]
+    result.export_rel_error = done.export["max_rel_error"]
     result.out = str(out)
     atomic_write_text(out / "summary.json", json.dumps(asdict(result), indent=1))
     console.print(summary_table(result))
-    if result.confirmation:
-        from ..search.confirm import Confirmation
-        from .search import confirmation_table
-        conf = Confirmation.model_validate(result.confirmation)
-        console.print(confirmation_table(conf, "GMACs", title=f"the search at {p.budget} of dense MACs: dense, "
-                                                             f"best uniform and the pick (adapted weights)"))
-        console.print(conf.verdict)
     return result
+
+
+def _from_evaluation(ev: Dict[str, Any]) -> DemoResult:
+    """Dense and the final model, as the pipeline's evaluate stage scored (the val images the search never
+    saw), costed and timed them."""
+    dense, pick = ev["rows"][0], ev["rows"][-1]
+    rows = [{"model": name, "top1": r["metric"], "gmacs": r["gmacs"], "ms": r["ms"],
+             "images_per_s": r["images_per_s"]}
+            for name, r in (("dense", dense), (METHOD_LABEL[ev["method"]], pick))]
+    for row in rows:
+        row["ideal_speedup"] = rows[0]["gmacs"] / row["gmacs"]
+        row["speedup"] = rows[0]["ms"] / row["ms"]
+        row["throughput_speedup"] = row["images_per_s"] / rows[0]["images_per_s"]
+    return DemoResult(rows=rows, throughput_batch=ev["throughput_batch"])
 
 
 def _check_same_preset(out: Path, name: str, p: DemoPreset) -> None:
@@ -104,17 +109,6 @@ def _check_same_preset(out: Path, name: str, p: DemoPreset) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, json.dumps(want, indent=1))
-
-
-def _export(model_file: Path, out: Path) -> None:
-    from .export import export_model
-    from ..model_file import load_model_file
-    model, method, meta = load_model_file(model_file)
-    model = model.cpu()
-    size = int(meta["img_size"])
-    inputs = [torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
-    report = export_model(model, "onnx", out / "sparsevit.onnx", inputs, method=method, time_it=False)
-    atomic_write_text(out / "export.json", json.dumps(report, indent=1))
 
 
 def _compare(p: DemoPreset, dense_file: Path, sparse_file: Path, data: Path, device: str,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import statistics
 import tempfile
 import time

@@ -1,18 +1,19 @@
-"""The demo's stages as a public workflow: `sparsevit demo` runs them in order and `sparsevit report` reuses
-them for its comparisons. Presets are plain data (`PRESETS`): `quick` (CI, well under a minute on 2 CPU
-cores), `default` (~5 min on 2 CPU cores), `repro` (longer training, for `make repro`), `gpu` (larger
-settings for `--device cuda`), and `psvit` / `psvit-quick` (PSViT on a 12-block / 6-block DeiT).
-
-Every stage writes its result under `out/<stage>/` and is skipped when that result exists (`Stages`), and
-the training stages resume from their last checkpoint, so an interrupted run continues where it stopped.
+"""The demo's presets and the helpers `sparsevit report` reuses for its extra comparisons. Presets are plain
+data (`PRESETS`): `quick` (CI, well under a minute on 2 CPU cores), `default` (~5 min on 2 CPU cores), `repro`
+(longer training, for `make repro`), `gpu` (larger settings for `--device cuda`), and `psvit` / `psvit-quick`
+(PSViT on a 12-block / 6-block DeiT). `pipeline_config` turns a preset into `sparsevit pipeline` settings:
+the demo's stages are the pipeline's (commands/pipeline.py), each skipped when its result exists (`Stages`)
+and resumed when interrupted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from rich.console import Console
+
+from ..pipeline import Stages  # noqa: F401  (the one stage runner; demo and report use it from here)
 
 
 @dataclass(frozen=True)
@@ -95,22 +96,6 @@ PRESETS: Dict[str, DemoPreset] = {
 }
 
 
-class Stages:
-    """Runs a stage unless its output exists; prints which stage runs."""
-
-    def __init__(self, console: Console):
-        self.console, self.n = console, 0
-
-    def __call__(self, title: str, output: Path, run: Callable[[], Any]) -> Path:
-        self.n += 1
-        if output.exists():
-            self.console.print(f"[dim]{self.n}. {title}: done ({output})[/]")
-        else:
-            self.console.rule(f"{self.n}. {title}")
-            run()
-        return output
-
-
 def run_config(p: DemoPreset, data: Path, out: Path, device: str, epochs: int, checkpoint: Optional[Path] = None,
                 lr: Optional[float] = None, sparsity: Any = 0.0):
     from ..train.run_config import parse_run_config
@@ -124,6 +109,26 @@ def run_config(p: DemoPreset, data: Path, out: Path, device: str, epochs: int, c
         "epochs": epochs, "batch_size": p.batch_size, "eval_batch_size": 100, "device": device,
         "seed": 0, "out": str(out), "checkpoint_every": 20,
     }, "demo")
+
+
+def pipeline_config(p: DemoPreset, data: Path, out: Path, device: str):
+    """The preset as a `sparsevit pipeline` config on the demo data in `data`: the demo IS the pipeline
+    (dense training from scratch, adapt, search, finetune, evaluate with the report card, ONNX export)."""
+    from ..pipeline import PipelineConfig
+    from ..train.run_config import parse_run_config
+    base = run_config(p, data, out, device, epochs=p.dense_epochs).model_dump(exclude_unset=True)
+    base["pipeline"] = {
+        "budget": {"macs": p.budget},
+        "dense": {"run": True, "epochs": p.dense_epochs},
+        "adapt": {"epochs": p.adapt_epochs},
+        "search": {"population": p.population, "generations": p.generations, "parents": p.parents,
+                   "mutations": p.children, "crossovers": p.children, "mutation_prob": 0.3, "seed": 0,
+                   "eval_samples": p.eval_samples, "confirm_samples": p.confirm_samples or p.eval_samples},
+        "finetune": {"epochs": p.finetune_epochs},
+        "evaluate": {"uniform": [0.3, 0.5, 0.7], "pictures": 2, "repeats": p.timing_repeats},
+        "export": {"format": "onnx"},
+    }
+    return parse_run_config(base, "demo preset", schema=PipelineConfig)
 
 
 def train(mode: str, cfg, progress: bool, console: Console) -> None:

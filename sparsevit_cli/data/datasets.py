@@ -205,6 +205,10 @@ class ImageFolderClassification(Dataset):
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         return self.folder[i]
 
+    def image_path(self, i: int) -> Path:
+        """The file of item `i` (to draw it, e.g. the pipeline's kept-window pictures)."""
+        return Path(self.folder.samples[i][0])
+
 
 # --------------------------------------------------------------------------------------------- segmentation
 class SegmentationFolder(Dataset):
@@ -263,6 +267,10 @@ class SegmentationFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def image_path(self, i: int) -> Path:
+        """The image file of item `i`."""
+        return self.pairs[i][0]
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         img_path, mask_path = self.pairs[i]

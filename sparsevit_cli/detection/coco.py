@@ -193,6 +193,10 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_path(self, i: int) -> Path:
+        """The image file of item `i`."""
+        return self.image_dir / self.coco.imgs[self.image_ids[i]]["file_name"]
+
     def target(self, index: int) -> Dict[str, torch.Tensor]:
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]

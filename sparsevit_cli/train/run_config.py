@@ -23,7 +23,8 @@ from ..io import load_yaml, read_sparsity_file
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A run-config section: every key typed, no unknown key, no coercion."""
     # strict: YAML's `lr: "fast"` or `batch_size: 2.5` is a mistake to report, not to coerce
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
@@ -33,7 +34,7 @@ class _Section(BaseModel):
         return {} if data is None else data  # `optim:` with nothing under it
 
 
-class ModelCfg(_Section):
+class ModelCfg(Section):
     name: str = Field("swin_tiny_patch4_window7_224", description="timm model name")
     args: Dict[str, Any] = Field(default_factory=dict, description=(
         "timm constructor args, e.g. {img_size: 224, embed_dim: 32, depths: [2, 2, 2, 2], num_heads: [...]}"))
@@ -86,7 +87,7 @@ def max_workers() -> int:
     return WORKERS_PER_CORE * (os.cpu_count() or 1)
 
 
-class DataCfg(_Section):
+class DataCfg(Section):
     path: str = Field("", description="data folder: ImageFolder-style train/ and val/ (or a segmentation layout)")
     task: str = Field("classification", description="a task of sparsevit_cli.tasks.TASKS")
     num_workers: int = Field(0, ge=0, description=(
@@ -120,7 +121,7 @@ def _yaml_float(value: Any) -> Any:
     return float(value) if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()) else value
 
 
-class OptimCfg(_Section):
+class OptimCfg(Section):
     name: Literal["adamw", "sgd"] = Field("adamw", description="optimizer, built by timm.optim.create_optimizer_v2")
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="peak learning rate")
     weight_decay: float = Field(0.05, ge=0, allow_inf_nan=False, description=(
@@ -132,7 +133,7 @@ class OptimCfg(_Section):
     _numbers = field_validator("lr", "weight_decay", "momentum", "grad_clip", mode="before")(_yaml_float)
 
 
-class ScheduleCfg(_Section):
+class ScheduleCfg(Section):
     name: Literal["cosine", "constant"] = Field("cosine", description="timm.scheduler schedule, stepped per optimizer step")
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="linear warm-up steps")
     min_lr: float = Field(1e-5, ge=0, allow_inf_nan=False, description="cosine floor")
@@ -140,7 +141,7 @@ class ScheduleCfg(_Section):
     _numbers = field_validator("min_lr", mode="before")(_yaml_float)
 
 
-class AdaptCfg(_Section):
+class AdaptCfg(Section):
     space: Optional[str] = Field(None, description=(
         "search space the per-step configs are sampled from (packaged name or YAML path); default: the "
         "method's own (swin_auto for Swin, psvit_deit for ViT)"))
@@ -157,7 +158,7 @@ class AdaptCfg(_Section):
         return values
 
 
-class MethodOptions(_Section):
+class MethodOptions(Section):
     """Settings of the compression method (`Method.wrap(**options)`); unset ones keep the model file's
     own setting or the method's default. Known options are typed here; an unknown one is kept so that
     the method the model turns out to use names it with its own options in its one-line error (which
@@ -181,7 +182,7 @@ class MethodOptions(_Section):
         return self.model_dump(exclude_none=True)
 
 
-class TaskOptions(_Section):
+class TaskOptions(Section):
     """Settings of the task head, passed to `Task.build(backbone, num_classes, **options)` and stored in
     the model file (`model_file.TaskOptions`), so that loading rebuilds the same head. The common ones are
     typed here; any other is passed on as given, and the head names an unknown one in its one-line error."""
@@ -238,7 +239,7 @@ class TaskOptions(_Section):
         return self.model_dump(exclude_none=True)
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     model: ModelCfg = Field(default_factory=ModelCfg)
     checkpoint: Optional[str] = Field(None, description="timm-format checkpoint or toolkit model file to start from")
     reset_head: bool = Field(False, description=(
@@ -266,6 +267,9 @@ class RunConfig(_Section):
     checkpoint_every: int = Field(50, ge=1, le=MAX_STEPS, description="steps between checkpoints (also at every epoch end)")
     max_steps: Optional[int] = Field(None, ge=0, le=MAX_STEPS, description=(
         "stop after this many optimizer steps in this invocation (a deliberate interruption, for tests)"))
+    pipeline: Optional[Dict[str, Any]] = Field(None, description=(
+        "the `sparsevit pipeline` section (schema: sparsevit_cli.pipeline.PipelineSettings, checked there); "
+        "finetune and adapt ignore it, so one file serves the pipeline and the single commands"))
 
     @field_validator("sparsity", mode="before")
     @classmethod
@@ -309,9 +313,9 @@ _KINDS = {"int": "an integer", "float": "a number", "bool": "true/false", "strin
           "list": "a list", "dict": "a mapping", "model": "a mapping"}
 
 
-def _section_at(loc: Tuple[Any, ...]) -> Optional[Type[BaseModel]]:
+def _section_at(loc: Tuple[Any, ...], schema: Optional[Type[BaseModel]] = None) -> Optional[Type[BaseModel]]:
     """The schema class whose keys live at `loc` (None when `loc` is not a section)."""
-    cls: Type[BaseModel] = RunConfig
+    cls: Type[BaseModel] = schema or RunConfig
     for key in loc:
         field = cls.model_fields.get(key) if isinstance(key, str) else None
         sub = field.annotation if field is not None else None
@@ -338,12 +342,12 @@ class _Quoted:
         return shorten(repr(self.value))
 
 
-def _message(error: Dict[str, Any], src: str) -> str:
+def _message(error: Dict[str, Any], src: str, schema: Optional[Type[BaseModel]] = None) -> str:
     """One line for pydantic's first error, in the toolkit's words."""
     loc, kind, ctx, value = tuple(error["loc"]), error["type"], error.get("ctx") or {}, _Quoted(error.get("input"))
     where = _path(loc)
     if kind == "extra_forbidden":
-        section = _section_at(loc[:-1])
+        section = _section_at(loc[:-1], schema)
         names = list(section.model_fields) if section else []
         close = difflib.get_close_matches(str(loc[-1]), names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})" if names else ""
@@ -386,24 +390,34 @@ def apply_overrides(data: Dict[str, Any], overrides: Optional[Dict[str, Any]]) -
             child = node.get(p)
             node[p] = dict(child) if isinstance(child, dict) else {}
             node = node[p]
-        node[leaf] = value
+        if value is REMOVE:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
     return data
 
 
-def parse_run_config(data: Any, src: str = "config") -> RunConfig:
-    """Validate a run-config mapping; UserError with one line for the first problem."""
+#: an override value that removes the key (an option that replaces another key of the file, e.g. a MAC
+#: budget flag replacing the file's latency budget)
+REMOVE = object()
+
+
+def parse_run_config(data: Any, src: str = "config", schema: Type[RunConfig] = RunConfig) -> RunConfig:
+    """Validate a run-config mapping against `schema` (RunConfig or a schema extending it, such as the
+    pipeline's); UserError with one line for the first problem."""
     try:
-        return RunConfig.model_validate({} if data is None else data)
+        return schema.model_validate({} if data is None else data)
     except ValidationError as e:
-        raise UserError(_message(e.errors()[0], src)) from None
+        raise UserError(_message(e.errors()[0], src, schema)) from None
 
 
-def load_run_config(path: Optional[str | Path], overrides: Optional[Dict[str, Any]] = None) -> RunConfig:
+def load_run_config(path: Optional[str | Path], overrides: Optional[Dict[str, Any]] = None,
+                    schema: Type[RunConfig] = RunConfig) -> RunConfig:
     """The run config of a YAML file (or the defaults when `path` is None), `overrides` applied.
     Relative paths in the file are relative to the file; a `sparsity:` path is read here."""
     data = load_yaml(path, "run config", mapping=True) if path is not None else {}
     src = str(path) if path is not None else "command line"
-    cfg = parse_run_config(apply_overrides(data or {}, overrides), src)
+    cfg = parse_run_config(apply_overrides(data or {}, overrides), src, schema)
     base = Path(path).parent if path is not None else Path(".")
     for holder, attr in ((cfg.data, "path"), (cfg, "checkpoint")):
         val = getattr(holder, attr)
@@ -414,7 +428,7 @@ def load_run_config(path: Optional[str | Path], overrides: Optional[Dict[str, An
         if not sp.is_absolute() and (base / sp).exists():
             sp = base / sp
         cfg.sparsity = parse_run_config(dict(to_dict(cfg), sparsity=read_sparsity_file(sp)["sparsity"]),
-                                        str(sp)).sparsity
+                                        str(sp), schema).sparsity
     return cfg
 
 

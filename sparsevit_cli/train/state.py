@@ -32,7 +32,7 @@ HISTORY = "metrics.jsonl"
 #: files that show a folder holds a run (a fresh run there would overwrite it)
 RUN_FILES = (CHECKPOINT, PREVIOUS, HISTORY, "model.safetensors")
 #: run-config keys that do not change what a run computes, so a resumed run may change them
-FREE_ON_RESUME = ("out", "max_steps", "checkpoint_every", "data.num_workers")
+FREE_ON_RESUME = ("out", "max_steps", "checkpoint_every", "data.num_workers", "pipeline")
 #: what every checkpoint holds; one without these is not one of this version's
 KEYS = ("model", "optimizer", "scheduler", "scaler", "train_state", "mode", "config", "rng", "history", "loss")
 
@@ -136,7 +136,7 @@ def _set_aside(damaged: Path) -> None:
 def check_same_run(saved: Dict[str, Any], current: Dict[str, Any], path: Path) -> None:
     """Refuse to resume the run saved in `path` with other settings (one line naming the key and both
     values): the result would be neither run."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     if old.get("model.name") != new.get("model.name"):
         raise UserError(f"'{path.parent}' holds a run of model {old.get('model.name')}, this run trains "
                         f"{new.get('model.name')}; choose another --out")
@@ -149,11 +149,11 @@ def check_same_run(saved: Dict[str, Any], current: Dict[str, Any], path: Path) -
                             f"settings, or choose another --out")
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     flat: Dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
