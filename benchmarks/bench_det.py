@@ -151,6 +151,7 @@ def train_all(args, data: Path, out: Path, uniform: float) -> Dict[str, Path]:
     files["adapted dense"] = out / "adapt" / "model.safetensors"
     cli("search", "--checkpoint", files["adapted dense"], "--data", data, "--out", out / "search",
         "--budget-macs", f"{BUDGET:.0%}", "--budget-macs-of", "backbone", "--eval-samples", args.eval_samples,
+        "--confirm-samples", args.confirm_samples,
         "--population", args.population,
         "--generations", args.generations, "--parents", max(2, args.population // 4), "--mutations",
         args.population // 2, "--crossovers", args.population // 2, "--no-progress", *resume(out / "search"))
@@ -162,11 +163,22 @@ def train_all(args, data: Path, out: Path, uniform: float) -> Dict[str, Path]:
     return files
 
 
-def scores(model: nn.Module, dataset, task, batch_size: int) -> Dict[str, float]:
-    """Every AP the task reports ({'box_ap'} or {'box_ap', 'mask_ap'}) on all of `dataset`: the one evaluation."""
+def scores(model: nn.Module, dataset, task, batch_size: int, indices=None) -> Dict[str, float]:
+    """Every AP the task reports ({'box_ap'} or {'box_ap', 'mask_ap'}) on `indices` of `dataset` (all of it if
+    None): the one evaluation."""
     from sparsevit_cli.evaluate import evaluate_all
 
-    return evaluate_all(model, get_method("sparsevit"), None, dataset, task, batch_size, torch.device("cpu"))
+    return evaluate_all(model, get_method("sparsevit"), None, dataset, task, batch_size, torch.device("cpu"),
+                        indices=indices)
+
+
+def unseen_by_search(out: Path, n: int) -> Optional[List[int]]:
+    """The val canvases the search neither ranked nor confirmed its candidates on (its best.yaml records
+    both splits): scoring the pick on them carries no selection bias. None (all) when nothing is left."""
+    split = read_sparsity_file(out / "search" / "best.yaml").get("search_split") or {}
+    seen = set(int(i) for i in split.get("fitness", [])) | set(int(i) for i in split.get("confirmation", []))
+    rest = [i for i in range(n) if i not in seen]
+    return rest or None
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -232,7 +244,9 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--train-batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--eval-samples", type=int, default=16)
+    ap.add_argument("--eval-samples", type=int, default=16, help="the search's fitness split (val canvases)")
+    ap.add_argument("--confirm-samples", type=int, default=16,
+                    help="the search's confirmation split (val canvases); AP rows are on the other val canvases")
     ap.add_argument("--population", type=int, default=8)
     ap.add_argument("--generations", type=int, default=2)
     ap.add_argument("--model-args", type=json.loads, default=SMALL_SWIN,
@@ -248,7 +262,7 @@ def main(argv=None) -> Dict[str, Any]:
     if args.out is None:
         args.out = Path("runs/bench_det_mask" if args.task == "instance_segmentation" else "runs/bench_det")
     args = apply_smoke(args, batch_sizes="1,2", train=2, val=2,
-                       dense_epochs=1, adapt_epochs=1, finetune_epochs=1, train_batch_size=2, eval_samples=2,
+                       dense_epochs=1, adapt_epochs=1, finetune_epochs=1, train_batch_size=2, eval_samples=1, confirm_samples=1,
                        population=4, generations=1)
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
     IN_PROCESS["on"] = args.smoke
@@ -280,8 +294,10 @@ def main(argv=None) -> Dict[str, Any]:
             models = {name: sv.load(path) for name, path in files.items()}
             for name in ("adapted dense",):  # the adapted model run dense: the AP reference of the sparse rows
                 backbone_of(models[name]).set_sparsity(0.0)
-            aps = {name: scores(m, val, task, args.train_batch_size) for name, m in models.items()}
+            report_images = unseen_by_search(out, len(val))
+            aps = {name: scores(m, val, task, args.train_batch_size, report_images) for name, m in models.items()}
             result["training"] = {"status": "ok", "files": {k: str(v) for k, v in files.items()},
+                                  "ap_images": len(report_images) if report_images else len(val),
                                   **{metric: {name: a[metric] for name, a in aps.items()} for metric in task.reported}}
 
     rows = measure(models, images, method.dense_config(probe), args)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .errors import UserError
 from .io import make_console
-from .layers import format_config
+from .layers import MAX_SEED, format_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make vision transformers fast on high-resolution images by searching where to skip "
@@ -208,14 +208,15 @@ def search(
     fitness: Optional[str] = typer.Option(None, help="What candidates are ranked by: logprob (mean log-probability "
                                                      "of the true class; classification, the default there) or "
                                                      "metric (the task's metric; the default elsewhere)."),
-    split_seed: int = typer.Option(0, help="Seed of the fitness / confirmation split of the val images."),
+    split_seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the fitness / confirmation split of the "
+                                                                 "val images, 0 to 2^32-1."),
     population: int = typer.Option(50, min=1, help="Configs in the first (random, in-budget) population."),
     generations: int = typer.Option(20, min=1, help="Generations."),
     parents: int = typer.Option(10, min=1, help="Top configs kept each generation."),
     mutations: int = typer.Option(25, min=0, help="Mutated children per generation."),
     crossovers: int = typer.Option(25, min=0, help="Crossover children per generation."),
     mutation_prob: float = typer.Option(0.1, help="Per-gene probability of resampling in a mutant (0-1)."),
-    seed: int = typer.Option(0, help="Random seed (same seed, same search)."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Random seed, 0 to 2^32-1 (same seed, same search)."),
     resume: bool = typer.Option(False, help="Continue an interrupted search in --out from its last generation."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
@@ -446,7 +447,7 @@ def demo_data(
     img_size: int = typer.Option(224, min=32, help="Image side in pixels."),
     train: int = typer.Option(200, min=1, help="Training images."),
     val: int = typer.Option(100, min=1, help="Validation images."),
-    seed: int = typer.Option(0, min=0, help="Random seed, >= 0 (same seed, same bytes)."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Random seed, 0 to 2^32-1 (same seed, same bytes)."),
     detection: bool = typer.Option(False, "--detection/--no-detection", help=(
         "Also write a COCO detection set in det/ (several digits per canvas, boxes and instance masks; "
         "data for task: detection or instance_segmentation).")),

@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
+#: the largest seed any option or run config takes (numpy's and Python's RNGs take 32 bits; 1e23 is a typo)
+MAX_SEED = 2 ** 32 - 1
+
 #: a config: a list of groups, each a list of gene values (e.g. one sparsity ratio per Swin block pair)
 Config = List[List[float]]
 

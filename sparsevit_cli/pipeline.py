@@ -24,6 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
 from .errors import UserError
+from .layers import MAX_SEED
 from .io import atomic_write_json, remove_stale_temp_files
 from .train.run_config import DEVICE_PATTERN, RunConfig, Section, load_run_config
 
@@ -102,7 +103,7 @@ class SearchStage(Section):
     mutations: int = Field(25, ge=0)
     crossovers: int = Field(25, ge=0)
     mutation_prob: float = Field(0.1, ge=0, le=1)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     eval_samples: int = Field(1000, ge=1, description="val images every candidate is scored on (fitness split)")
     confirm_samples: int = Field(1000, ge=1, description=(
         "other val images the top candidates and the best uniform config are re-scored on (confirmation split); "

@@ -541,3 +541,15 @@ def test_a_300_character_checkpoint_name_is_one_line(tmp_path, capsys, command):
             "evaluate": ["evaluate", "--checkpoint", path, "--data", tmp_path]}[command]
     code, _, err = run_cli(argv, capsys)
     assert_one_line_error(code, err, "file name too long")
+
+
+@pytest.mark.parametrize("option", ["--seed", "--split-seed"])
+@pytest.mark.parametrize("value", ["-1", str(10 ** 30), "1e23"])
+def test_search_seeds_out_of_range_are_one_line(model_file, data_dir, tmp_path, capsys, option, value):
+    """A search seed is 0..2^32-1 like a run config's (10**30 used to reach the RNG)."""
+    code, _, err = run_cli(["search", "--checkpoint", model_file, "--data", data_dir, "--out", tmp_path / "s",
+                            "--budget-macs", "50%", option, value], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert len([l for l in err.strip().splitlines() if l.strip()]) == 1, err
+    assert option in err, err
+    assert not (tmp_path / "s").exists()

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import UserError, shorten
 from ..io import load_yaml, read_sparsity_file
+from ..layers import MAX_SEED
 
 #: `device:` values: cpu, cuda (this process's GPU under torchrun) or cuda:N
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -78,7 +79,6 @@ POSITIVE_INT_ARGS = ("embed_dim", "depths", "num_heads", "window_size", "patch_s
 WORKERS_PER_CORE = 4
 #: bounds of counts that a typo can make absurd (epochs: 1e29 never ends; a seed must fit the RNGs)
 MAX_EPOCHS = 100_000
-MAX_SEED = 2 ** 32 - 1
 MAX_STEPS = 10 ** 9
 MAX_BATCH = 1_000_000
 
