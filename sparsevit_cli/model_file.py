@@ -211,7 +211,22 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: MetaLike) -> Non
         raise UserError(f"refusing to write model file '{path}': weight {bad} is not finite")
     metadata = {"sparsevit": json.dumps(meta.to_dict()), DIGEST_KEY: weights_digest(state)}
     # the shared atomic writer: normal permissions, fsync, no temp file left behind by a failure or a kill
-    atomic_write_bytes(path, save(state, metadata=metadata), "model file")
+    atomic_write_bytes(path, canonical_safetensors(save(state, metadata=metadata)), "model file")
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """`blob` (a .safetensors file) with its header's metadata keys in sorted order. safetensors keeps the
+    metadata in a Rust HashMap, whose order is random per process: the same weights and metadata would give
+    other bytes in another process (a resumed run's model file must equal an uninterrupted run's)."""
+    import struct
+
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+    return struct.pack("<Q", len(text)) + text + blob[8 + n:]
 
 
 def weights_digest(state: Mapping[str, Any]) -> str:

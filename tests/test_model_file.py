@@ -179,3 +179,23 @@ def test_detector_model_file_round_trip(tmp_path, capsys):
         dense = loaded(images)
     assert any(a["boxes"].shape != b["boxes"].shape or not torch.allclose(a["boxes"], b["boxes"])
                for a, b in zip(got, dense))
+
+
+def test_model_file_bytes_do_not_depend_on_the_process(tmp_path):
+    """safetensors orders its metadata by a per-process random hash: save_model sorts it, so the same model
+    saved in two processes is the same bytes (resumed runs compare model files byte for byte)."""
+    import subprocess
+    import sys
+    code = ("import sys, timm, torch; from sparsevit_cli import sparsify; from sparsevit_cli.model_file import save_model;"
+            "torch.manual_seed(0);"
+            "m = sparsify(timm.create_model('swin_tiny_patch4_window7_224', img_size=32, embed_dim=8, depths=[1, 1],"
+            " num_heads=[1, 1], window_size=2, num_classes=3));"
+            "save_model(sys.argv[1], m, {'model': 'swin_tiny_patch4_window7_224', 'img_size': 32, 'num_classes': 3,"
+            " 'model_args': {'embed_dim': 8, 'depths': [1, 1], 'num_heads': [1, 1], 'window_size': 2, 'num_classes': 3,"
+            " 'img_size': 32}, 'sparsity': [[0.0], [0.0]]})")
+    files = [tmp_path / f"m{i}.safetensors" for i in range(5)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", code, str(f)], check=True)
+    assert len({f.read_bytes() for f in files}) == 1
+    from sparsevit_cli.model_file import load
+    load(files[0])  # still a valid model file, digest included
