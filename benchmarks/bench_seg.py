@@ -77,7 +77,8 @@ def pipeline_config(args, data: Path, out: Path) -> Dict[str, Any]:
             "adapt": {"epochs": args.adapt_epochs},
             "search": {"population": args.population, "generations": args.generations,
                        "parents": max(2, args.population // 4), "mutations": args.population // 2,
-                       "crossovers": args.population // 2, "eval_samples": args.eval_samples},
+                       "crossovers": args.population // 2, "eval_samples": args.eval_samples,
+                       "confirm_samples": args.confirm_samples},
             "finetune": {"epochs": args.finetune_epochs},
             "evaluate": {"uniform": args.uniform, "pictures": args.pictures, "repeats": args.repeats,
                          "throughput_batch": max(args.batch_sizes)},
@@ -124,7 +125,9 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--train-batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--budget", default="50%", help="of the dense backbone's MACs")
-    ap.add_argument("--eval-samples", type=int, default=24)
+    ap.add_argument("--eval-samples", type=int, default=24, help="the search's fitness split (val canvases)")
+    ap.add_argument("--confirm-samples", type=int, default=16,
+                    help="the search's confirmation split (val canvases); mIoU rows are on the other val canvases")
     ap.add_argument("--population", type=int, default=12)
     ap.add_argument("--generations", type=int, default=3)
     ap.add_argument("--model-args", type=json.loads, default=SMALL_SWIN)
@@ -135,7 +138,7 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--no-export", dest="export", action="store_false", help="skip the pipeline's ONNX export")
     args = ap.parse_args(argv)
     args = apply_smoke(args, batch_sizes="1,2", train=4, val=4, dense_epochs=1, adapt_epochs=1, finetune_epochs=1,
-                       train_batch_size=2, eval_samples=2, population=2, generations=1,
+                       train_batch_size=2, eval_samples=1, confirm_samples=1, population=2, generations=1,
                        heads=dict(fpn_channels=16, head_channels=8), uniform=[0.5], pictures=0, export=False)
     args.batch_sizes = batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
     out = args.out
