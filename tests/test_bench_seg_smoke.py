@@ -6,19 +6,8 @@ import runpy
 from pathlib import Path
 
 import pytest
-import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-@pytest.fixture
-def one_thread():
-    """Micro models gain nothing from a second thread, and on a busy machine two spin-waiting OpenMP threads
-    make every forward ~100x slower; nothing here is timed for its value."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_bench_seg_smoke(monkeypatch, tmp_path, one_thread):

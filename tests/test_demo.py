@@ -8,15 +8,7 @@ from sparsevit_cli.commands.demo import PRESETS
 from cli_helpers import exit_code
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny demo models gain nothing from a second thread, and on a busy machine spin-waiting OpenMP
-    threads slow every forward many times over; nothing here checks a speed."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

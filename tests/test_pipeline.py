@@ -14,7 +14,7 @@ import yaml
 
 from cli_helpers import assert_one_line_error, run_cli
 from sparsevit_cli.data.demo import write_demo_data
-from test_faults import Zygote
+from test_faults import zygote  # noqa: F401  (the fixture: one zygote per module, as test_faults has it)
 
 MICRO = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,
          "global_pool": "max", "drop_path_rate": 0.0}
@@ -34,21 +34,7 @@ def write_yaml(path, data_dir, pipeline=TINY, model_args=MICRO, **over):
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """In-process runs use one thread, as the zygote's children do (OMP_NUM_THREADS=1): micro models gain
-    nothing from a second one, and on a busy machine spin-waiting threads slow every forward ~100x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def zygote(tmp_path_factory):
-    z = Zygote(tmp_path_factory.mktemp("zygote"))
-    yield z
-    z.close()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
