@@ -47,7 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 import sparsevit_cli as sv
-from common import add_model_options, apply_smoke
+from common import add_model_options, add_pipeline_options, apply_smoke
 from sparsevit_cli.detection.cost import detector_macs
 from sparsevit_cli.detection.models import BackboneFeatures
 from sparsevit_cli.io import atomic_write_json, read_sparsity_file
@@ -237,16 +237,8 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--batch-sizes", default="1,4")
     ap.add_argument("--latency-only", action="store_true", help="no training: untrained dense vs uniform")
     # the defaults are the run the README reports (about 50 min on 2 CPU cores)
-    ap.add_argument("--train", type=int, default=128, help="training canvases")
-    ap.add_argument("--val", type=int, default=48, help="validation canvases")
-    ap.add_argument("--dense-epochs", type=int, default=10)
-    ap.add_argument("--adapt-epochs", type=int, default=6)
-    ap.add_argument("--finetune-epochs", type=int, default=2)
-    ap.add_argument("--train-batch-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--eval-samples", type=int, default=16, help="the search's fitness split (val canvases)")
-    ap.add_argument("--confirm-samples", type=int, default=16,
-                    help="the search's confirmation split (val canvases); AP rows are on the other val canvases")
+    add_pipeline_options(ap, train=128, val=48, dense_epochs=10, adapt_epochs=6, finetune_epochs=2,
+                         train_batch_size=4, lr=2e-4, eval_samples=16, confirm_samples=16)
     ap.add_argument("--population", type=int, default=8)
     ap.add_argument("--generations", type=int, default=2)
     ap.add_argument("--model-args", type=json.loads, default=SMALL_SWIN,

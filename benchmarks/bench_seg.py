@@ -31,7 +31,7 @@ import torch.nn as nn
 from rich.console import Console
 from rich.table import Table
 
-from common import add_model_options, apply_smoke
+from common import add_model_options, add_pipeline_options, apply_smoke
 from sparsevit_cli.detection.models import BackboneFeatures
 from sparsevit_cli.io import atomic_write_json
 from sparsevit_cli.methods import get_method
@@ -117,17 +117,9 @@ def main(argv=None) -> Dict[str, Any]:
     add_model_options(ap, img_size=512, repeats=7, warmup=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_seg"))
     ap.add_argument("--batch-sizes", default="1,4")
-    ap.add_argument("--train", type=int, default=256, help="training canvases")
-    ap.add_argument("--val", type=int, default=64, help="validation canvases")
-    ap.add_argument("--dense-epochs", type=int, default=12)
-    ap.add_argument("--adapt-epochs", type=int, default=6)
-    ap.add_argument("--finetune-epochs", type=int, default=3)
-    ap.add_argument("--train-batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    add_pipeline_options(ap, train=256, val=64, dense_epochs=12, adapt_epochs=6, finetune_epochs=3,
+                         train_batch_size=8, lr=1e-3, eval_samples=24, confirm_samples=16)
     ap.add_argument("--budget", default="50%", help="of the dense backbone's MACs")
-    ap.add_argument("--eval-samples", type=int, default=24, help="the search's fitness split (val canvases)")
-    ap.add_argument("--confirm-samples", type=int, default=16,
-                    help="the search's confirmation split (val canvases); mIoU rows are on the other val canvases")
     ap.add_argument("--population", type=int, default=12)
     ap.add_argument("--generations", type=int, default=3)
     ap.add_argument("--model-args", type=json.loads, default=SMALL_SWIN)

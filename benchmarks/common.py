@@ -24,6 +24,24 @@ def add_model_options(ap: argparse.ArgumentParser, img_size: int, repeats: int, 
     add_smoke_option(ap)
 
 
+def add_pipeline_options(ap: argparse.ArgumentParser, train: int, val: int, dense_epochs: int, adapt_epochs: int,
+                         finetune_epochs: int, train_batch_size: int, lr: float, eval_samples: int,
+                         confirm_samples: int) -> None:
+    """The sizes of a dense -> adapt -> search -> finetune run on demo canvases (bench-det, bench-seg): data,
+    epochs per stage, and the search's fitness / confirmation splits (the rows are scored on the other val
+    canvases, which the search never saw)."""
+    ap.add_argument("--train", type=int, default=train, help="training canvases")
+    ap.add_argument("--val", type=int, default=val, help="validation canvases")
+    ap.add_argument("--dense-epochs", type=int, default=dense_epochs)
+    ap.add_argument("--adapt-epochs", type=int, default=adapt_epochs)
+    ap.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
+    ap.add_argument("--train-batch-size", type=int, default=train_batch_size)
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--eval-samples", type=int, default=eval_samples, help="the search's fitness split (val canvases)")
+    ap.add_argument("--confirm-samples", type=int, default=confirm_samples,
+                    help="the search's confirmation split (val canvases); the rows are scored on the other val canvases")
+
+
 def add_smoke_option(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--smoke", action="store_true", help="micro model on CPU, one repeat (the tests run it)")
     ap.set_defaults(model_args={})
