@@ -78,6 +78,25 @@ def search_splits(n: int, fitness: int, confirmation: int, seed: int = 0) -> Sea
 
 
 @torch.no_grad()
+def _batches(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Task, batch_size: int,
+             device: torch.device, indices: Sequence[int], amp: bool, num_workers: int):
+    """`model` under `config` over this torchrun rank's share of `indices` (all of them on one process), in
+    batches: yields (positions in `indices`, the model's outputs, the targets)."""
+    if config is not None:
+        method.apply(backbone_of(model), config)
+    model.eval()
+    positions = list(range(len(indices)))[dist.rank()::dist.world_size()]
+    batches = [positions[i: i + batch_size] for i in range(0, len(positions), batch_size)]
+    loader = build_loader(dataset, [[indices[p] for p in b] for b in batches], num_workers=num_workers,
+                          collate_fn=task.collate)
+    for batch, (x, y) in zip(batches, iterate(loader)):
+        x, y = task.to_device(x, y, device)
+        with autocast(device, amp):
+            outputs = task.predict(model, x)
+        yield batch, outputs, y
+
+
+@torch.no_grad()
 def evaluate_images(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
                     batch_size: int, device: torch.device, indices: Sequence[int], amp: bool = False,
                     num_workers: int = 0) -> ImageScores:
@@ -85,18 +104,9 @@ def evaluate_images(model: nn.Module, method: Method, config: Optional[Config], 
     task's metric on any resample of the images, and a search's fitnesses. Sharded over torchrun ranks;
     every rank gets all images' results."""
     task = get_task(task) if isinstance(task, str) else task
-    if config is not None:
-        method.apply(backbone_of(model), config)
-    model.eval()
-    positions = list(range(len(indices)))[dist.rank()::dist.world_size()]
-    batches = [positions[i: i + batch_size] for i in range(0, len(positions), batch_size)]
     mine: List[Tuple[int, Any]] = []
-    loader = build_loader(dataset, [[indices[p] for p in b] for b in batches], num_workers=num_workers,
-                          collate_fn=task.collate)
-    for batch, (x, y) in zip(batches, iterate(loader)):
-        x, y = task.to_device(x, y, device)
-        with autocast(device, amp):
-            outputs = task.predict(model, x)
+    for batch, outputs, y in _batches(model, method, config, dataset, task, batch_size, device, indices, amp,
+                                      num_workers):
         mine += list(zip(batch, task.image_records(dataset, outputs, y)))
     records: List[Any] = [None] * len(indices)
     for part in dist.all_gather_object(mine):
@@ -114,18 +124,11 @@ def run_metric(model: nn.Module, method: Method, config: Optional[Config], datas
     images are sharded over ranks; the metric combines them when computed. `num_workers` DataLoader workers
     decode the images."""
     task = get_task(task) if isinstance(task, str) else task
-    if config is not None:
-        method.apply(backbone_of(model), config)
-    model.eval()
     if indices is None:
         indices = search_indices(len(dataset), max_samples)
-    idx = list(indices)[dist.rank()::dist.world_size()]
-    batches = [idx[i: i + batch_size] for i in range(0, len(idx), batch_size)]
     metric = task.metric(dataset)
-    for x, y in iterate(build_loader(dataset, batches, num_workers=num_workers, collate_fn=task.collate)):
-        x, y = task.to_device(x, y, device)
-        with autocast(device, amp):
-            outputs = task.predict(model, x)
+    for _, outputs, y in _batches(model, method, config, dataset, task, batch_size, device, list(indices), amp,
+                                  num_workers):
         metric.update(outputs, y)
     return metric
 

@@ -100,6 +100,11 @@ def test_report_on_the_quick_demo(demo_run):
         assert 0.0 <= pt["top1"] <= 100.0 and pt["ms"] > 0 and pt["gmacs"] > 0 and pt["images_per_s"] > 0
     searched = next(pt for pt in points if pt["family"] == "searched")
     assert searched["gmacs"] <= 0.5 * dense["gmacs"] + 1e-9
+    # the random baseline evaluates as many distinct networks as the evolution did, inside the same budget
+    best = yaml.safe_load((out / "search_50" / "best.yaml").read_text())
+    rnd = next(pt for pt in points if pt["family"] == "random")
+    assert rnd["label"] == f"best of {best['search']['evaluations']} random 50%"
+    assert rnd["gmacs"] <= 0.5 * dense["gmacs"] + 1e-9
     down = next(pt for pt in points if pt["family"] == "downscaled")
     assert down["label"] == "dense @ 32 px" and down["gmacs"] < dense["gmacs"]
     assert [c["claim"] for c in report["claims"]][-1].startswith("at 50% of dense MACs")

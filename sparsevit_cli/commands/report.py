@@ -150,21 +150,44 @@ def _uniform(model, value: float):
 
 
 def _random_baseline(model, search_dir: Path, val, p, dev, max_gmacs: float) -> Dict[str, Any]:
-    """The best of as many uniform random in-budget configs as the search evaluated, scored the same way
-    (same images, same metric): what the evolutionary search must beat."""
+    """Random search run as the evolution was (what it must beat): as many distinct in-budget networks as
+    the evolution evaluated, drawn over networks (not genomes), ranked by the same fitness on the same
+    fitness images, and its leaders confirmed on the same confirmation images (all read from best.yaml)."""
+    from ..evaluate import evaluate_images
+    from ..io import read_sparsity_file
+    from ..search.confirm import confirm
     from ..search.evolution import Budget, random_search
     from ..search.space import load_space
-    from ..evaluate import evaluate
+    from ..tasks import get_task
 
+    best = read_sparsity_file(search_dir / "best.yaml")
     method, backbone = method_and_backbone(model)
-    n = len((search_dir / "history.jsonl").read_text().splitlines())
+    task = get_task("classification")
+    split = {"fitness": best["search_split"]["fitness"], "confirmation": best["search_split"]["confirmation"]}
+    fitness = best["confirmation"]["fitness"]
+    n = best["search"]["evaluations"]
     space = load_space(model.sparsevit_meta.get("space") or method.default_space,
                        group_sizes=method.group_sizes(backbone))
-    result = random_search(
-        space, lambda c: evaluate(model, method, c, val, "classification", 100, dev,
-                                  max_samples=p.eval_samples),
-        lambda c: method.macs(backbone, c, p.img_size) / 1e9, Budget(max_cost=max_gmacs), n=n, seed=1)
-    return {"config": result.best_config, "n": n}
+    memo: Dict[tuple, Any] = {}
+
+    def image_scores(config, which: str):
+        key = (json.dumps(method.effective(backbone, config, p.img_size)), which)
+        if key not in memo:
+            memo[key] = evaluate_images(model, method, config, val, task, 100, dev, split[which])
+        return memo[key]
+
+    def metric(config) -> Dict[str, float]:
+        s = image_scores(config, "fitness")
+        return {"fitness": s.fitness(fitness), task.metric_name: s.metric()}
+
+    def gmacs(config) -> float:
+        return method.macs(backbone, config, p.img_size) / 1e9
+
+    result = random_search(space, metric, gmacs, Budget(max_cost=max_gmacs), n=n, seed=1,
+                           network=lambda c: method.effective(backbone, c, p.img_size))
+    dense = method.dense_config(backbone)
+    picked = confirm(result, image_scores, dense, gmacs(dense), fitness, task.metric_name)
+    return {"config": picked.pick.config, "n": result.evaluations}
 
 
 def _lower_size(p, scale: float) -> int:
