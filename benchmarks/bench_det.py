@@ -237,7 +237,7 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--batch-sizes", default="1,4")
     ap.add_argument("--latency-only", action="store_true", help="no training: untrained dense vs uniform")
     # the defaults are the run the README reports (about 50 min on 2 CPU cores)
-    add_pipeline_options(ap, train=128, val=48, dense_epochs=10, adapt_epochs=6, finetune_epochs=2,
+    add_pipeline_options(ap, train=128, val=112, dense_epochs=10, adapt_epochs=6, finetune_epochs=2,
                          train_batch_size=4, lr=2e-4, eval_samples=16, confirm_samples=16)
     ap.add_argument("--population", type=int, default=8)
     ap.add_argument("--generations", type=int, default=2)

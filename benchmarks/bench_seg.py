@@ -117,7 +117,7 @@ def main(argv=None) -> Dict[str, Any]:
     add_model_options(ap, img_size=512, repeats=7, warmup=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_seg"))
     ap.add_argument("--batch-sizes", default="1,4")
-    add_pipeline_options(ap, train=256, val=64, dense_epochs=12, adapt_epochs=6, finetune_epochs=3,
+    add_pipeline_options(ap, train=256, val=96, dense_epochs=12, adapt_epochs=6, finetune_epochs=3,
                          train_batch_size=8, lr=1e-3, eval_samples=24, confirm_samples=16)
     ap.add_argument("--budget", default="50%", help="of the dense backbone's MACs")
     ap.add_argument("--population", type=int, default=12)
