@@ -35,6 +35,12 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class PickRule(str, Enum):
+    """How a search picks among its confirmed candidates (search.confirm.PICK_RULES; a test keeps the two equal)."""
+    best = "best"
+    gain_shown = "gain-shown"
+
+
 class MacScope(str, Enum):
     """What a search's MAC budget counts (commands.search.MAC_SCOPES; a test keeps the two equal)."""
     model = "model"
@@ -205,6 +211,10 @@ def search(
                                                           "candidates and the best uniform config are re-scored "
                                                           "on; the pick is the best there."),
     confirm_top: int = typer.Option(5, min=1, help="Distinct top candidates re-scored on the confirmation split."),
+    pick: PickRule = typer.Option(PickRule.best, help="best: the pick is the best candidate on the confirmation "
+                                                      "split; gain-shown: only when its gain over the best uniform "
+                                                      "config is shown there (95% interval above 0), else that "
+                                                      "uniform config."),
     fitness: Optional[str] = typer.Option(None, help="What candidates are ranked by: logprob (mean log-probability "
                                                      "of the true class; classification, the default there) or "
                                                      "metric (the task's metric; the default elsewhere)."),
@@ -231,7 +241,7 @@ def search(
                          latency_table=latency_table, compile=compile, device=device, img_size=img_size,
                          batch_size=batch_size,
                          eval_samples=eval_samples, confirm_samples=confirm_samples, confirm_top=confirm_top,
-                         fitness=fitness, split_seed=split_seed, settings=settings, resume=resume,
+                         pick=pick.value, fitness=fitness, split_seed=split_seed, settings=settings, resume=resume,
                          progress=progress)
     run_search(opts, console=console)
 

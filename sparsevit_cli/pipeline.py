@@ -110,6 +110,9 @@ class SearchStage(Section):
         "the report card scores the val images in neither split"))
     fitness: Optional[Literal["logprob", "metric"]] = Field(None, description=(
         "what candidates are ranked by (default: the task's first: logprob for classification)"))
+    pick: Literal["best", "gain-shown"] = Field("best", description=(
+        "best: the best candidate on the confirmation split; gain-shown: only when its gain over the best "
+        "uniform config is shown there, else that uniform config (search.confirm.PICK_RULES)"))
 
 
 class EvaluateStage(Section):

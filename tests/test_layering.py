@@ -111,3 +111,9 @@ def test_cli_choices_are_the_cores_names():
     from sparsevit_cli.cli import MacScope
     from sparsevit_cli.commands.search import MAC_SCOPES
     assert [m.value for m in MacScope] == list(MAC_SCOPES)
+    import typing
+    from sparsevit_cli.cli import PickRule
+    from sparsevit_cli.pipeline import SearchStage
+    from sparsevit_cli.search.confirm import PICK_RULES
+    assert [r.value for r in PickRule] == list(PICK_RULES)
+    assert typing.get_args(SearchStage.model_fields["pick"].annotation) == PICK_RULES

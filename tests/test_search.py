@@ -74,6 +74,22 @@ def test_mac_budget_search_writes_outputs_within_budget(tmp_path, model_file, da
     assert read_sparsity_file(out / "best.yaml")["sparsity"] == best["sparsity"]
 
 
+def test_pick_gain_shown_keeps_uniform_unless_a_gain_is_shown(tmp_path, model_file, data_dir, capsys):
+    out = tmp_path / "s"
+    code, stdout, err = run_cli(search_args(model_file, data_dir, out, "--budget-macs", "50%", "--pick",
+                                            "gain-shown"), capsys)
+    assert code == 0, err
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    conf = best["confirmation"]
+    assert conf["rule"] == "gain-shown"
+    if conf["gain_over_uniform"]:  # shown: the best on the confirmation split, as under --pick best
+        assert best["sparsity"] == conf["candidates"][0]["config"] and conf["set_aside"] is None
+    else:  # not shown: the best uniform config, and the candidate set aside is reported when there was one
+        assert best["sparsity"] == conf["uniform"]["config"]
+        assert (conf["set_aside"] is not None) == (conf["candidates"][0]["config"] != conf["uniform"]["config"])
+    assert best["metric_value"] == conf["pick"]["confirm_metric"]
+
+
 def test_latency_budget_with_table_reports_table_error(tmp_path, model_file, data_dir, capsys):
     out, table = tmp_path / "s", tmp_path / "lat.json"
     code, _, err = run_cli(search_args(model_file, data_dir, out, "--budget-latency", "10000ms",
@@ -152,6 +168,7 @@ def bad(tmp_path):
     (["--budget-macs", "50%", "--mutation-prob", "nan"], "must be a probability in [0, 1], got nan"),
     (["--budget-macs", "50%", "--parents", "7"], "'parents' (--parents) (7) exceeds 'population' (6)"),
     (["--budget-macs", "50%", "--device", "tpu"], "device must be cpu or cuda"),
+    (["--budget-macs", "50%", "--pick", "luck"], "'luck' is not one of"),
 ])
 def test_bad_input_is_one_line(tmp_path, model_file, data_dir, bad, capsys, extra, needle):
     extra = [e.format(**bad) for e in extra]

@@ -215,6 +215,42 @@ def test_when_the_interval_holds_zero_the_verdict_says_no_gain_was_shown():
     assert "No gain over uniform was shown at this budget" in conf.verdict and not conf.gain_over_uniform
 
 
+def test_gain_shown_rule_picks_uniform_unless_the_gain_is_shown():
+    """Under --pick gain-shown a candidate that is best on the confirmation split but not shown better than the
+    best uniform config is set aside (and reported); one whose gain is shown is picked as under 'best'."""
+    a = TopOneScores([1, 0, 1, 0, 1, 1], [0.0] * 6)   # best on confirmation, gain within noise
+    b = TopOneScores([0, 1, 1, 0, 1, 0], [0.0] * 6)   # the best uniform config
+    scores_of = {str([[0.5]]): a, str([[0.4]]): b, str([[0.0]]): a}
+
+    def scores(config, split):
+        return scores_of[str(config)]
+
+    result = _result_with([([[0.5]], 2.0, None, None), ([[0.4]], 1.0, None, 0.4)])
+    plain = confirm(result, scores, [[0.0]], 5.0, "metric", "top1")
+    assert plain.pick.config == [[0.5]] and plain.rule == "best" and plain.set_aside is None
+    guarded = confirm(result, scores, [[0.0]], 5.0, "metric", "top1", rule="gain-shown")
+    assert guarded.rule == "gain-shown" and guarded.pick.config == [[0.4]] == guarded.uniform.config
+    assert guarded.pick.confirm_metric == pytest.approx(50.0) and not guarded.gain_over_uniform
+    assert (guarded.comparisons[0].diff, guarded.comparisons[0].low, guarded.comparisons[0].high) == (0, 0, 0)
+    aside = guarded.set_aside
+    assert aside is not None and (aside.a, aside.b) == ("best candidate", "best uniform")
+    assert aside.diff == pytest.approx(plain.comparisons[0].diff) and aside.low < 0 < aside.high
+    assert "so the pick is the best uniform config" in guarded.verdict
+    assert guarded.candidates[0].config == [[0.5]]  # still listed first: best on the confirmation split
+
+    # a shown gain: the rule changes nothing
+    n = 400
+    rng = np.random.default_rng(1)
+    base = rng.random(n) < 0.5
+    better = base | (rng.random(n) < 0.6)
+    scores_of = {str([[0.5]]): TopOneScores(better, np.zeros(n)), str([[0.4]]): TopOneScores(base, np.zeros(n)),
+                 str([[0.0]]): TopOneScores(better, np.zeros(n))}
+    shown = confirm(result, scores, [[0.0]], 5.0, "metric", "top1", rule="gain-shown")
+    assert shown.pick.config == [[0.5]] and shown.gain_over_uniform and shown.set_aside is None
+    with pytest.raises(ValueError):
+        confirm(result, scores, [[0.0]], 5.0, "metric", "top1", rule="maybe")
+
+
 def test_tables_stay_readable_when_output_is_not_a_terminal():
     import io
 

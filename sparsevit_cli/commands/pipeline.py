@@ -196,7 +196,7 @@ def _search(cfg: PipelineConfig, model_file: Path, out: Path, progress: bool, co
         checkpoint=str(model_file), data=cfg.data.path, out=str(out), space=s.space, budget_macs=b.macs,
         budget_macs_of=b.macs_of if b.macs is not None else None, budget_latency=b.latency, compile=b.compile,
         device=cfg.target_device, batch_size=b.batch_size, eval_samples=s.eval_samples,
-        confirm_samples=s.confirm_samples, fitness=s.fitness, eval_batch_size=cfg.eval_batch_size,
+        confirm_samples=s.confirm_samples, pick=s.pick, fitness=s.fitness, eval_batch_size=cfg.eval_batch_size,
         settings=evolution(cfg),
         resume=(out / "search_state.json").exists(), progress=progress), console=console)
 

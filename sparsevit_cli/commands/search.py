@@ -31,7 +31,7 @@ from ..latency import calibrated_table, predict_latency, read_latency_table
 from ..timing import compile_failures_as_user_errors, compile_model, resolve_device, time_fn
 from ..tasks import backbone_of, get_task
 from .. import dist
-from ..search.confirm import CONFIRM_TOP, Confirmation, confirm
+from ..search.confirm import CONFIRM_TOP, PICK_RULES, Confirmation, confirm
 from ..search.evolution import Budget, EvolutionSettings, SearchResult, plot_pareto, run_evolution, write_output
 from ..search.space import load_space
 
@@ -72,6 +72,7 @@ class SearchOptions:
     eval_samples: int = 1000   # fitness split: the val images every candidate is scored on
     confirm_samples: int = 1000  # confirmation split: the top candidates and the best uniform config re-scored
     confirm_top: int = CONFIRM_TOP
+    pick: str = PICK_RULES[0]  # how the confirmation split picks (search.confirm.PICK_RULES)
     fitness: Optional[str] = None  # one of FITNESSES (default: the task's first)
     split_seed: int = 0
     eval_batch_size: int = 64
@@ -200,6 +201,8 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Search
         if text is not None:
             budget_number(text, unit, what)
     opts.settings.check()
+    if opts.pick not in PICK_RULES:
+        raise UserError(f"--pick must be one of {', '.join(PICK_RULES)}, got '{opts.pick}'")
     if opts.fitness is not None and opts.fitness not in FITNESSES:
         raise UserError(f"--fitness must be one of {', '.join(FITNESSES)}, got '{opts.fitness}'")
     for value, option in ((opts.eval_samples, "--eval-samples"), (opts.confirm_samples, "--confirm-samples"),
@@ -313,7 +316,7 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
                            log=console.print if dist.is_main() else None,
                            **({} if cheap else {"count_limit": allowance}))
     conf = confirm(result, image_scores, dense_cfg, dense_cost, fitness, task.metric_name, opts.confirm_top,
-                   seed=opts.split_seed)
+                   seed=opts.split_seed, rule=opts.pick)
     best_cfg = conf.pick.config
     report: Dict[str, Any] = {
         "method": method_name, "model": meta.model, "model_args": dict(meta.model_args),
@@ -367,7 +370,10 @@ def confirmation_table(conf: Confirmation, unit: str, title: Optional[str] = Non
                       f"{row.cost:.3g}", ci)
     table.caption = (f"fitness: {conf.fitness} on the fitness images; the pick is the best of "
                      f"{len(conf.candidates)} candidates on the confirmation images"
-                     + (" (not the fitness' own pick)" if conf.fitness_pick_differs else ""))
+                     + (" (not the fitness' own pick)" if conf.fitness_pick_differs else "")
+                     + (f"; the best of them, {format_config(conf.candidates[0].config)}, was set aside (pick rule "
+                        f"gain-shown: {conf.set_aside.diff:+.2f} [{conf.set_aside.low:+.2f}, "
+                        f"{conf.set_aside.high:+.2f}] over uniform, not shown)" if conf.set_aside else ""))
     return table
 
 

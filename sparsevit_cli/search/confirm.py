@@ -23,6 +23,11 @@ from .stats import RESAMPLES, RESAMPLES_SLOW, describe, mcnemar_exact, mean_boot
 
 #: candidates re-scored on the confirmation split (besides the best uniform config)
 CONFIRM_TOP = 5
+#: how the pick is chosen among the re-scored candidates:
+#: "best": the best on the confirmation split;
+#: "gain-shown": that one only when its gain over the best uniform config is shown there (the 95% interval of
+#: the paired difference lies above 0), else the best uniform config: never a non-uniform config without evidence
+PICK_RULES = ("best", "gain-shown")
 
 
 class Scored(BaseModel):
@@ -64,13 +69,21 @@ class Confirmation(BaseModel):
     fitness_pick_differs: bool         # the confirmation split picked another candidate than the fitness did
     gain_over_uniform: bool            # the pick - uniform interval lies above 0
     verdict: str                       # one sentence for people
+    rule: str = "best"                 # one of PICK_RULES
+    #: under "gain-shown", the best candidate on the confirmation split against the best uniform config when
+    #: the rule set it aside (its gain was not shown) and picked the uniform config instead
+    set_aside: Optional[Comparison] = None
 
 
 def confirm(result: SearchResult, score: Callable[[Config, str], ImageScores], dense: Config, dense_cost: float,
-            fitness: str, metric_name: str, top: int = CONFIRM_TOP, seed: int = 0) -> Confirmation:
+            fitness: str, metric_name: str, top: int = CONFIRM_TOP, seed: int = 0, rule: str = "best") -> Confirmation:
     """Re-score the top `top` distinct candidates of `result` and its best uniform config on the confirmation
-    split (`score(config, "confirmation")`), pick the best there, and compare it with the best uniform and
-    `dense` (`score(config, "fitness")` gives the fitness split's scores where the search kept none)."""
+    split (`score(config, "confirmation")`), pick the best there (under `rule` "gain-shown": only when its
+    gain over the best uniform config is shown, else that uniform config), and compare the pick with the best
+    uniform and `dense` (`score(config, "fitness")` gives the fitness split's scores where the search kept
+    none)."""
+    if rule not in PICK_RULES:
+        raise ValueError(f"unknown pick rule {rule!r} (one of {PICK_RULES})")
     ranked = list(result.top[:top])
     uniform = result.uniform[0] if result.uniform else None
     if uniform is not None and all(c["network"] != uniform["network"] for c in ranked):
@@ -108,7 +121,17 @@ def confirm(result: SearchResult, score: Callable[[Config, str], ImageScores], d
     comparisons = [compare("pick", scores[best], "best uniform", scores[u], seed),
                    compare("pick", scores[best], "dense", dense_conf, seed)]
     gain = comparisons[0].low > 0
-    if best == u:
+    set_aside = None
+    if rule == "gain-shown" and best != u and not gain:
+        set_aside = compare("best candidate", scores[best], "best uniform", scores[u], seed)
+        best = u
+        pick_row = rows[u].model_copy(update={"name": "pick"})
+        comparisons = [compare("pick", scores[u], "best uniform", scores[u], seed),
+                       compare("pick", scores[u], "dense", dense_conf, seed)]
+    if set_aside is not None:
+        verdict = (f"No gain over uniform was shown at this budget ({set_aside.words}), so the pick is the best "
+                   f"uniform config (pick rule gain-shown).")
+    elif best == u:
         verdict = (f"The best uniform config is the pick: no gain over uniform was shown at this budget "
                    f"({comparisons[0].words}).")
     elif gain:
@@ -124,7 +147,8 @@ def confirm(result: SearchResult, score: Callable[[Config, str], ImageScores], d
     return Confirmation(metric=metric_name, fitness=fitness, fitness_images=len(dense_fit),
                         confirmation_images=len(dense_conf), candidates=candidates, pick=pick_row,
                         uniform=uniform_row, dense=dense_row, comparisons=comparisons,
-                        fitness_pick_differs=rows[best].fitness_rank != 1, gain_over_uniform=gain, verdict=verdict)
+                        fitness_pick_differs=rows[best].fitness_rank != 1, gain_over_uniform=gain, verdict=verdict,
+                        rule=rule, set_aside=set_aside)
 
 
 def compare(a_name: str, a: ImageScores, b_name: str, b: ImageScores, seed: int = 0) -> Comparison:
