@@ -21,7 +21,7 @@ MICRO = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2],
 #: every stage on, each as small as it can be and still do its job
 TINY = {"budget": {"macs": "50%"}, "dense": {"run": True},
         "search": {"population": 3, "generations": 1, "parents": 2, "mutations": 1, "crossovers": 1,
-                   "eval_samples": 4, "confirm_samples": 4},
+                   "eval_samples": 4, "confirm_samples": 4, "pick": "gain-shown"},
         "evaluate": {"uniform": [0.4, 0.8], "pictures": 1, "repeats": 1, "throughput_batch": 2}}
 
 
@@ -99,6 +99,7 @@ def test_classification_pipeline_writes_the_report_card(reference):
     # the final model carries the searched config
     best = yaml.safe_load((reference / "search" / "best.yaml").read_text())
     assert pick["config"] == best["sparsity"]
+    assert best["confirmation"]["rule"] == "gain-shown"  # the pipeline's search.pick reaches the search
 
 
 def test_sigkill_in_every_stage_then_rerun_gives_the_same_result(tmp_path, zygote, run_yaml, reference):
@@ -145,6 +146,7 @@ def test_rerun_skips_and_changed_inputs_are_refused(tmp_path, reference, run_yam
     ({"pipeline": {"export": {"format": "tflite"}}}, [], "pipeline.export.format"),
     ({"pipeline": {"evaluate": {"uniform": [0.9]}}}, [], "sparsities 0.1 to 0.8"),
     ({"pipeline": {"search": {"fitness": "loss"}}}, [], "pipeline.search.fitness"),
+    ({"pipeline": {"search": {"pick": "luck"}}}, [], "pipeline.search.pick"),
     ({"pipeline": {"dense": {"run": False}}}, [], "give --checkpoint"),
     ({}, ["--budget-latency", "-3"], "must be positive"),
     ({}, ["--budget-latency", "50%", "--budget-macs", "50%"], "give one budget"),
