@@ -212,13 +212,13 @@ def test_detection_from_a_timm_checkpoint_with_flags(tmp_path, zygote, capsys):
     cfg = write_yaml(tmp_path / "det.yaml", "unused", pipeline, DET, task_options=LIGHT, batch_size=2,
                      eval_batch_size=2, adapt={"report": [0.5]})
     args = ["pipeline", cfg, "--checkpoint", tmp_path / "swin0.pth", "--data", data / "det", "--task", "detection",
-            "--budget-latency", "150%", "--out", tmp_path / "out", "--no-progress"]
+            "--budget-latency", "5000%", "--out", tmp_path / "out", "--no-progress"]
     code, log = zygote.run(args)
     assert code == 0, log
     card = json.loads((tmp_path / "out" / "report.json").read_text())
     assert card["task"] == "detection" and card["metric"] == "box_ap" and card["budget"]["unit"] == "ms"
     assert card["rows"][0]["label"] == "dense (adapted weights)"  # a timm checkpoint is no detector yet
-    # a budget above dense (timing a micro detector on a shared machine is noise): any config fits
+    # a budget far above dense (timing a micro detector on a loaded machine is noise: 13x seen): any config fits
     assert card["budget"]["value"] > card["rows"][0]["cost"]
     assert card["rows"][-1]["backbone_gmacs"] < card["rows"][-1]["gmacs"]  # FPN and heads stay dense
     assert card["export"]["max_rel_error"] < 1e-4 and "backbone" in card["export"]["part"]
