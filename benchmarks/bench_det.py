@@ -163,13 +163,26 @@ def train_all(args, data: Path, out: Path, uniform: float) -> Dict[str, Path]:
     return files
 
 
-def scores(model: nn.Module, dataset, task, batch_size: int, indices=None) -> Dict[str, float]:
-    """Every AP the task reports ({'box_ap'} or {'box_ap', 'mask_ap'}) on `indices` of `dataset` (all of it if
-    None): the one evaluation."""
-    from sparsevit_cli.evaluate import evaluate_all
+def scores(model: nn.Module, dataset, task, batch_size: int, indices=None) -> Dict[str, Any]:
+    """Per-image detections of `model` on `indices` of `dataset` (all of it if None), one evaluation, as every
+    AP the task reports ({'box_ap'} or {'box_ap', 'mask_ap'}: `tasks.CocoScores`, which recompute AP on any
+    resample of the images for the bootstrap intervals)."""
+    from sparsevit_cli.evaluate import evaluate_images
+    from sparsevit_cli.tasks import CocoScores
 
-    return evaluate_all(model, get_method("sparsevit"), None, dataset, task, batch_size, torch.device("cpu"),
-                        indices=indices)
+    s = evaluate_images(model, get_method("sparsevit"), None, dataset, task, batch_size, torch.device("cpu"),
+                        list(range(len(dataset))) if indices is None else indices)
+    return {metric: CocoScores(dataset, metric, s.image_ids, s.results) for metric in task.reported}
+
+
+def intervals(per_image: Dict[str, Dict[str, Any]], reference: str) -> Dict[str, Dict[str, Any]]:
+    """Every other model minus `reference`, per AP, with its 95% paired bootstrap interval over the images
+    (COCOeval on each of `RESAMPLES_SLOW` resamples, as `search` does)."""
+    from sparsevit_cli.search.confirm import compare
+
+    return {name: {metric: compare(name, s, reference, per_image[reference][metric]).model_dump()
+                   for metric, s in per.items()}
+            for name, per in per_image.items() if name not in (reference, "dense")}
 
 
 def unseen_by_search(out: Path, n: int) -> Optional[List[int]]:
@@ -287,10 +300,13 @@ def main(argv=None) -> Dict[str, Any]:
             for name in ("adapted dense",):  # the adapted model run dense: the AP reference of the sparse rows
                 backbone_of(models[name]).set_sparsity(0.0)
             report_images = unseen_by_search(out, len(val))
-            aps = {name: scores(m, val, task, args.train_batch_size, report_images) for name, m in models.items()}
+            per_image = {name: scores(m, val, task, args.train_batch_size, report_images)
+                         for name, m in models.items()}
             result["training"] = {"status": "ok", "files": {k: str(v) for k, v in files.items()},
                                   "ap_images": len(report_images) if report_images else len(val),
-                                  **{metric: {name: a[metric] for name, a in aps.items()} for metric in task.reported}}
+                                  **{metric: {name: per[metric].metric() for name, per in per_image.items()}
+                                     for metric in task.reported},
+                                  "vs_adapted_dense": intervals(per_image, "adapted dense")}
 
     rows = measure(models, images, method.dense_config(probe), args)
     if result["training"]["status"] == "ok":
@@ -314,6 +330,19 @@ def main(argv=None) -> Dict[str, Any]:
                       f"{r['e2e_speedup']:.2f}x",
                       f"{r['backbone_gmacs'] / r['total_gmacs']:.0%} / {r['backbone_latency_share']:.0%}")
     console.print(table)
+    if result["training"]["status"] == "ok":
+        for name, per in result["training"]["vs_adapted_dense"].items():
+            for metric, c in per.items():
+                console.print(f"{metric}: {c['words']} (over {result['training']['ap_images']} canvases)")
+        pick = next(r for r in rows if r["model"] == "searched" and r["batch"] == args.batch_sizes[0])
+        result["targets"] = {
+            f"backbone >= 1.5x (batch {pick['batch']})": pick["backbone_speedup"] >= 1.5,
+            f"end to end >= 1.3x (batch {pick['batch']})": pick["e2e_speedup"] >= 1.3,
+            **{f"{metric} >= adapted dense - 1": result["training"]["vs_adapted_dense"]["searched"][metric]["diff"] >= -1
+               for metric in task.reported}}
+        for what, ok in result["targets"].items():
+            console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {what}")
+        atomic_write_json(out / "bench_det.json", result)
     console.print(f"wrote {out / 'bench_det.json'}")
     return result
 

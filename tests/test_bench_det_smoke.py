@@ -48,6 +48,14 @@ def test_trained_rows_through_the_cli(bench_det, tmp_path):
     assert training["status"] == "ok", training
     check_rows(result, ["dense", "adapted dense", "searched", "uniform"])
     assert all(0.0 <= r[m] <= 100.0 for r in result["rows"] for m in ("box_ap", "mask_ap"))
+    # AP differences to the adapted dense model, with paired bootstrap intervals over the canvases
+    vs = training["vs_adapted_dense"]
+    assert set(vs) == {"searched", "uniform"} and all(set(per) == {"box_ap", "mask_ap"} for per in vs.values())
+    for name, per in vs.items():
+        for m, c in per.items():
+            assert c["diff"] == pytest.approx(training[m][name] - training[m]["adapted dense"])
+            assert c["low"] <= c["diff"] <= c["high"] and c["b"] == "adapted dense"
+    assert set(result["targets"]) >= {"box_ap >= adapted dense - 1", "mask_ap >= adapted dense - 1"}
     from sparsevit_cli.model_file import read_meta
 
     meta = read_meta(training["files"]["searched"])  # the heads sized to the backbone travel in the model files
