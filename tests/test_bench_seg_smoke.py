@@ -28,5 +28,8 @@ def test_bench_seg_smoke(monkeypatch, tmp_path, one_thread):
     pick = next(r for r in rows if r["model"] == "pick (pipeline)")
     assert pick["backbone_macs_fraction"] <= 0.5 + 1e-9  # the budget: 50% of the backbone's MACs
     assert set(result["targets"]) == {"backbone >= 1.5x (b1)", "end to end >= 1.3x (b1)", "mIoU >= adapted dense - 1"}
+    # a one-epoch micro model predicts background only: its accuracy target is not judged (None), never "met"
+    adapted = next(r for r in rows if r["model"] == "adapted dense")["miou"]
+    assert (result["targets"]["mIoU >= adapted dense - 1"] is None) == (adapted < 2 * 100 / 11)
     assert json.loads((tmp_path / "bench_seg.json").read_text())["rows"] == rows
     assert (tmp_path / "pipeline" / "report.md").is_file()

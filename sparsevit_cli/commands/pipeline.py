@@ -226,6 +226,15 @@ def report_indices(n: int, search_file: Optional[Path]) -> List[int]:
     return rest or list(range(n))
 
 
+def search_uniform(search_file: Optional[Path]) -> Optional[float]:
+    """The best uniform sparsity in the budget that the search confirmed its pick against (best.yaml), so the
+    report card's uniform row is that config, not only the nearest one on its own curve; None without one."""
+    if search_file is None:
+        return None
+    value = ((read_sparsity_file(search_file).get("confirmation") or {}).get("uniform") or {}).get("uniform")
+    return None if value is None else float(value)
+
+
 def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Path, searched_config: Any,
               final_file: Path, final_config: Any, search_file: Optional[Path], out: Path) -> None:
     """Score (held-out images), cost and time every point; write evaluate.json atomically."""
@@ -264,7 +273,11 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
     else:
         points.append({"label": "dense (adapted weights)", "kind": "dense", "model": adapted,
                        "config": method.dense_config(backbone)})
-    for s in p.evaluate.uniform:
+    values = list(p.evaluate.uniform)
+    searched_uniform = search_uniform(search_file)
+    if searched_uniform is not None and all(abs(searched_uniform - v) > 1e-9 for v in values):
+        values = sorted(values + [searched_uniform])
+    for s in values:
         points.append({"label": f"uniform {s:.0%}", "kind": "uniform", "model": adapted,
                        "config": method.uniform_config(backbone, s)})
     if searched_config is not None and p.finetune.run:
