@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from ..layers import Config
 from ..tasks import ImageScores
 from .evolution import SearchResult
-from .stats import RESAMPLES, RESAMPLES_SLOW, describe, mcnemar_exact, mean_bootstrap, paired_bootstrap
+from .stats import RESAMPLES, RESAMPLES_SLOW, Interval, describe, mcnemar_exact, mean_bootstrap, paired_bootstrap
 
 #: candidates re-scored on the confirmation split (besides the best uniform config)
 CONFIRM_TOP = 5
@@ -118,16 +118,18 @@ def confirm(result: SearchResult, score: Callable[[Config, str], ImageScores], d
     dense_fit, dense_conf = score(dense, "fitness"), score(dense, "confirmation")
     dense_row = Scored(name="dense", config=dense, cost=dense_cost, fitness_metric=dense_fit.metric(),
                        confirm_metric=dense_conf.metric())
-    comparisons = [compare("pick", scores[best], "best uniform", scores[u], seed),
-                   compare("pick", scores[best], "dense", dense_conf, seed)]
-    gain = comparisons[0].low > 0
+    vs_uniform = compare("pick", scores[best], "best uniform", scores[u], seed)
+    gain = vs_uniform.low > 0
     set_aside = None
     if rule == "gain-shown" and best != u and not gain:
-        set_aside = compare("best candidate", scores[best], "best uniform", scores[u], seed)
+        # the same interval, now named for the candidate the rule set aside (no second bootstrap)
+        what = Interval(vs_uniform.diff, vs_uniform.low, vs_uniform.high, vs_uniform.resamples)
+        set_aside = vs_uniform.model_copy(update={"a": "best candidate",
+                                                  "words": describe(what, "best candidate - best uniform")})
         best = u
         pick_row = rows[u].model_copy(update={"name": "pick"})
-        comparisons = [compare("pick", scores[u], "best uniform", scores[u], seed),
-                       compare("pick", scores[u], "dense", dense_conf, seed)]
+        vs_uniform = compare("pick", scores[u], "best uniform", scores[u], seed)
+    comparisons = [vs_uniform, compare("pick", scores[best], "dense", dense_conf, seed)]
     if set_aside is not None:
         verdict = (f"No gain over uniform was shown at this budget ({set_aside.words}), so the pick is the best "
                    f"uniform config (pick rule gain-shown).")
