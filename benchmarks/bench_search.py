@@ -19,7 +19,10 @@ calibrated on this machine), for each search seed:
 
 Every pick is scored on the report split; the table gives mean ± sd over seeds of report top-1 and the paired
 difference pick - uniform on the report split with its 95% bootstrap interval (per seed, then the mean of the
-per-seed differences). Everything is cached under --out (trained models, the latency table, every network's
+per-seed differences), and the pooled interval: each report image's difference averaged over the seeds, one
+bootstrap over images. The target "never below uniform" is read on the pooled interval (one per budget): a
+per-seed interval on ~1,400 images is about +-0.5 points wide, so a config exactly as good as uniform has its
+lower end near -0.5 and the per-seed check (also printed, "stricter") fails on any non-uniform pick. Everything is cached under --out (trained models, the latency table, every network's
 scores per split), so an interrupted run continues where it stopped. Results: --out/results.json and
 benchmarks/results/bench_search.json (+ .md).
 """
@@ -213,9 +216,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     dense_report = scores(dense_cfg, "report").metric()
     done = [row for row in rows if "summary" in row]
     targets = {  # the issue's targets, per run (a gain where one exists is read from the table, not checked)
-        "evolution's pick never below uniform (every per-seed lower end >= -0.3)":
+        "evolution's pick never below uniform (pooled interval's lower end >= -0.3, every budget)":
+            all(r["summary"]["evolution"]["pooled_vs_uniform"]["low"] >= -0.3 for r in done),
+        "gain-shown rule never below uniform (pooled interval's lower end >= -0.3, every budget)":
+            all(r["summary"][GUARDED]["pooled_vs_uniform"]["low"] >= -0.3 for r in done),
+        "stricter: evolution's pick, every per-seed lower end >= -0.3":
             all(r["summary"]["evolution"]["lowest_ci_low"] >= -0.3 for r in done),
-        "gain-shown rule never below uniform (every per-seed lower end >= -0.3)":
+        "stricter: gain-shown rule, every per-seed lower end >= -0.3":
             all(r["summary"][GUARDED]["lowest_ci_low"] >= -0.3 for r in done),
         "evolution >= random search (mean over seeds, every budget)":
             all(r["summary"]["evolution_minus_random_mean"] >= 0 for r in done)}
@@ -295,12 +302,23 @@ def _summary(per_method, uniform_row, low_correct, scores) -> Dict[str, Any]:
                      "lowest_ci_low": min(d["low"] for d in diffs), "highest_ci_high": max(d["high"] for d in diffs),
                      "seeds_with_gain_shown": sum(d["low"] > 0 for d in diffs),
                      "seeds_with_loss_shown": sum(d["high"] < 0 for d in diffs)}
+        # the search as a procedure: each report image's pick-minus-uniform averaged over the seeds, one
+        # bootstrap over images (what a user running it with some seed should expect, with its interval)
+        picks = np.mean([scores(r["config"], "report").correct for r in runs], axis=0) * 100.0
+        pooled = mean_bootstrap(picks, scores(uniform_row["config"], "report").correct * 100.0)
+        out[name]["pooled_vs_uniform"] = {"diff": pooled.diff, "low": pooled.low, "high": pooled.high}
+    uni = scores(uniform_row["config"], "report")
     if low_correct is not None:
-        uni = scores(uniform_row["config"], "report")
         iv = mean_bootstrap(np.asarray(low_correct, dtype=float) * 100, uni.correct * 100.0)
         out["downscaled_vs_uniform"] = {"diff": iv.diff, "low": iv.low, "high": iv.high}
     out["evolution_minus_random_mean"] = out["evolution"]["mean"] - out["random"]["mean"]
     return out
+
+
+def _verdict(summary: Dict[str, Any]) -> str:
+    """In words, from the pooled interval (the per-seed ones are too wide to tell +-0.3 apart on ~1,400 images)."""
+    p = summary["pooled_vs_uniform"]
+    return _words(p["low"], p["high"])
 
 
 def _low(low: Optional[Dict[str, Any]]) -> str:
@@ -311,14 +329,20 @@ def _words(low: float, high: float) -> str:
     return "holds" if low > 0 else ("does not hold" if high < 0 else "within noise")
 
 
+def _pooled(summary: Dict[str, Any]) -> str:
+    p = summary["pooled_vs_uniform"]
+    return f"{p['diff']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]"
+
+
 def _diff(summary: Dict[str, Any]) -> str:
     return (f"{summary['diff_vs_uniform_mean']:+.2f} [{summary['lowest_ci_low']:+.2f}, "
             f"{summary['highest_ci_high']:+.2f}]")
 
 
 COLUMNS = ("budget", "evolution", "random", "best uniform", "dense downscaled",
-           "evolution - uniform (per-seed CI range)", "seeds with gain shown", "verdict",
-           "gain-shown rule - uniform (per-seed CI range)", "verdict (gain-shown)")
+           "evolution - uniform (per-seed CI range)", "seeds with gain shown", "evolution - uniform, pooled (CI)",
+           "verdict", "gain-shown rule - uniform (per-seed CI range)", "gain-shown - uniform, pooled (CI)",
+           "verdict (gain-shown)")
 
 
 def _rows(result: Dict[str, Any]) -> List[List[str]]:
@@ -333,8 +357,8 @@ def _rows(result: Dict[str, Any]) -> List[List[str]]:
         g = s.get(GUARDED)
         rows.append([row["budget"], f"{e['mean']:.2f} ± {e['sd']:.2f}", f"{r['mean']:.2f} ± {r['sd']:.2f}",
                      f"{row['uniform']['report_top1']:.2f}", _low(row["downscaled_dense"]), _diff(e),
-                     f"{e['seeds_with_gain_shown']}/{result['seeds']}", _words(e["lowest_ci_low"], e["highest_ci_high"]),
-                     _diff(g) if g else "", _words(g["lowest_ci_low"], g["highest_ci_high"]) if g else ""])
+                     f"{e['seeds_with_gain_shown']}/{result['seeds']}", _pooled(e), _verdict(e),
+                     _diff(g) if g else "", _pooled(g) if g else "", _verdict(g) if g else ""])
     return rows
 
 
@@ -346,7 +370,8 @@ def _table(result: Dict[str, Any]) -> Table:
     for cells in _rows(result):
         table.add_row(*cells)
     table.caption = ("x - uniform: mean over seeds of the paired report-split difference, in brackets the lowest "
-                     "and highest ends of the per-seed 95% bootstrap intervals; gain-shown rule: the evolution's "
+                     "and highest ends of the per-seed 95% bootstrap intervals; pooled: each image's difference "
+                     "averaged over the seeds, one 95% bootstrap interval; gain-shown rule: the evolution's "
                      "pick only when its gain over uniform is shown on the confirmation split, else uniform")
     return table
 

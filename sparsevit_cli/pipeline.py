@@ -110,9 +110,10 @@ class SearchStage(Section):
         "the report card scores the val images in neither split"))
     fitness: Optional[Literal["logprob", "metric"]] = Field(None, description=(
         "what candidates are ranked by (default: the task's first: logprob for classification)"))
-    pick: Literal["best", "gain-shown"] = Field("best", description=(
-        "best: the best candidate on the confirmation split; gain-shown: only when its gain over the best "
-        "uniform config is shown there, else that uniform config (search.confirm.PICK_RULES)"))
+    pick: Literal["best", "gain-shown"] = Field("gain-shown", description=(
+        "gain-shown: the best candidate on the confirmation split only when its gain over the best uniform config "
+        "is shown there, else that uniform config; best: the best candidate there, shown or not "
+        "(search.confirm.PICK_RULES, DEFAULT_PICK_RULE)"))
 
 
 class EvaluateStage(Section):

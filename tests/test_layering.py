@@ -117,3 +117,10 @@ def test_cli_choices_are_the_cores_names():
     from sparsevit_cli.search.confirm import PICK_RULES
     assert [r.value for r in PickRule] == list(PICK_RULES)
     assert typing.get_args(SearchStage.model_fields["pick"].annotation) == PICK_RULES
+    # and the default pick rule too (the CLI and the pipeline schema cannot import the search's torch code)
+    import inspect
+    from sparsevit_cli.cli import search as search_command
+    from sparsevit_cli.search.confirm import DEFAULT_PICK_RULE, confirm
+    assert inspect.signature(search_command).parameters["pick"].default.default.value == DEFAULT_PICK_RULE
+    assert SearchStage.model_fields["pick"].default == DEFAULT_PICK_RULE
+    assert inspect.signature(confirm).parameters["rule"].default == DEFAULT_PICK_RULE

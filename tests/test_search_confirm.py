@@ -13,7 +13,7 @@ from sparsevit_cli import sparsify
 from sparsevit_cli.errors import UserError
 from sparsevit_cli.evaluate import search_splits
 from sparsevit_cli.methods import get_method
-from sparsevit_cli.search.confirm import compare, confirm
+from sparsevit_cli.search.confirm import DEFAULT_PICK_RULE, compare, confirm
 from sparsevit_cli.search.evolution import Budget, EvolutionSettings, random_search, run_evolution
 from sparsevit_cli.search.space import SearchSpace
 from sparsevit_cli.search.stats import (binomial_two_sided, mcnemar_exact, mean_bootstrap, paired_bootstrap,
@@ -211,7 +211,7 @@ def test_when_the_interval_holds_zero_the_verdict_says_no_gain_was_shown():
         return {str([[0.5]]): a, str([[0.4]]): b, str([[0.0]]): a}[str(config)]
 
     conf = confirm(_result_with([([[0.5]], 2.0, None, None), ([[0.4]], 1.0, None, 0.4)]), scores, [[0.0]], 5.0,
-                   "metric", "top1")
+                   "metric", "top1", rule="best")
     assert "No gain over uniform was shown at this budget" in conf.verdict and not conf.gain_over_uniform
 
 
@@ -226,9 +226,10 @@ def test_gain_shown_rule_picks_uniform_unless_the_gain_is_shown():
         return scores_of[str(config)]
 
     result = _result_with([([[0.5]], 2.0, None, None), ([[0.4]], 1.0, None, 0.4)])
-    plain = confirm(result, scores, [[0.0]], 5.0, "metric", "top1")
+    plain = confirm(result, scores, [[0.0]], 5.0, "metric", "top1", rule="best")
     assert plain.pick.config == [[0.5]] and plain.rule == "best" and plain.set_aside is None
-    guarded = confirm(result, scores, [[0.0]], 5.0, "metric", "top1", rule="gain-shown")
+    guarded = confirm(result, scores, [[0.0]], 5.0, "metric", "top1")  # the default rule
+    assert guarded.rule == "gain-shown" == DEFAULT_PICK_RULE
     assert guarded.rule == "gain-shown" and guarded.pick.config == [[0.4]] == guarded.uniform.config
     assert guarded.pick.confirm_metric == pytest.approx(50.0) and not guarded.gain_over_uniform
     assert (guarded.comparisons[0].diff, guarded.comparisons[0].low, guarded.comparisons[0].high) == (0, 0, 0)

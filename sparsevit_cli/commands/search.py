@@ -31,7 +31,7 @@ from ..latency import calibrated_table, predict_latency, read_latency_table
 from ..timing import compile_failures_as_user_errors, compile_model, resolve_device, time_fn
 from ..tasks import backbone_of, get_task
 from .. import dist
-from ..search.confirm import CONFIRM_TOP, PICK_RULES, Confirmation, confirm
+from ..search.confirm import CONFIRM_TOP, DEFAULT_PICK_RULE, PICK_RULES, Confirmation, confirm
 from ..search.evolution import Budget, EvolutionSettings, SearchResult, plot_pareto, run_evolution, write_output
 from ..search.space import load_space
 
@@ -72,7 +72,7 @@ class SearchOptions:
     eval_samples: int = 1000   # fitness split: the val images every candidate is scored on
     confirm_samples: int = 1000  # confirmation split: the top candidates and the best uniform config re-scored
     confirm_top: int = CONFIRM_TOP
-    pick: str = PICK_RULES[0]  # how the confirmation split picks (search.confirm.PICK_RULES)
+    pick: str = DEFAULT_PICK_RULE  # how the confirmation split picks (search.confirm.PICK_RULES)
     fitness: Optional[str] = None  # one of FITNESSES (default: the task's first)
     split_seed: int = 0
     eval_batch_size: int = 64
