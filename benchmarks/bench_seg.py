@@ -4,8 +4,10 @@ the pipeline's pick: mIoU, backbone and end-to-end latency, and the backbone's s
 
     python benchmarks/bench_seg.py [--out runs/bench_seg] [--img-size 512] [--smoke]
 
-Everything a user would run is the CLI: `sparsevit demo-data` (its seg/ layout: digits as classes on textured
-canvases, background class 0), then ONE `sparsevit pipeline run.yaml` (dense finetune -> adapt -> search under
+Everything a user would run is the CLI: `sparsevit demo-data --seg-labels foreground` (its seg/ layout: where the
+digits are on textured canvases, 2 classes: background 0, digit 1; `--seg-labels digits` labels each digit's
+class, 11 classes, which a Semantic FPN trained from scratch on CPU does not learn: the first full run stayed at
+the background-only mIoU, see README), then ONE `sparsevit pipeline run.yaml` (dense finetune -> adapt -> search under
 `budget: {macs: 50%, macs_of: backbone}` -> finetune -> evaluate -> export, with its report card in OUT/pipeline/).
 mIoU is the pipeline's, on the val images its search never scored. This script adds what the report card does
 not split: latency of the backbone alone (the stage maps the Semantic FPN reads) next to end to end, interleaved
@@ -32,11 +34,12 @@ from rich.console import Console
 from rich.table import Table
 
 from common import add_model_options, add_pipeline_options, apply_smoke
+from sparsevit_cli.data.demo import IGNORE_INDEX, SEG_LABELS
 from sparsevit_cli.detection.models import BackboneFeatures
 from sparsevit_cli.io import atomic_write_json
 from sparsevit_cli.methods import get_method
 from sparsevit_cli.model_file import load
-from sparsevit_cli.tasks import backbone_of, get_task
+from sparsevit_cli.tasks import backbone_of, get_task, mean_iou
 from sparsevit_cli.timing import time_models
 
 SMALL_SWIN = dict(embed_dim=32, depths=[2, 2, 6, 2], num_heads=[1, 2, 4, 8], window_size=8)
@@ -87,6 +90,18 @@ def pipeline_config(args, data: Path, out: Path) -> Dict[str, Any]:
     }
 
 
+def background_only_miou(dataset) -> float:
+    """mIoU (%) of predicting background everywhere on `dataset` (its masks only; ignored pixels left out)."""
+    n = dataset.num_classes
+    counts = torch.zeros(n, dtype=torch.float64)
+    for i in range(len(dataset)):
+        y = dataset[i][1]
+        counts += torch.bincount(y[y != IGNORE_INDEX], minlength=n)[:n].double()
+    cm = torch.zeros(n, n, dtype=torch.float64)
+    cm[:, 0] = counts  # (true, predicted): everything predicted background
+    return mean_iou(cm)
+
+
 def measure(models: Dict[str, nn.Module], images: torch.Tensor, batch_sizes: List[int], args) -> List[Dict[str, Any]]:
     """Interleaved latency of every model end to end and of its backbone alone, per batch size; MACs by part."""
     task = get_task("segmentation")
@@ -127,6 +142,8 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--uniform", type=json.loads, default=[0.3, 0.5, 0.7],
                     help="uniform sparsities of the report card's curve (JSON list)")
     ap.add_argument("--pictures", type=int, default=2, help="kept-window pictures in the report card")
+    ap.add_argument("--seg-labels", choices=SEG_LABELS, default="foreground",
+                    help="what the demo masks label (sparsevit demo-data --seg-labels)")
     ap.add_argument("--no-export", dest="export", action="store_false", help="skip the pipeline's ONNX export")
     args = ap.parse_args(argv)
     args = apply_smoke(args, batch_sizes="1,2", train=4, val=4, dense_epochs=1, adapt_epochs=1, finetune_epochs=1,
@@ -138,7 +155,7 @@ def main(argv=None) -> Dict[str, Any]:
 
     data = out / "data"
     cli("demo-data", data, "--img-size", args.img_size, "--train", args.train, "--val", args.val,
-        in_process=args.smoke)
+        "--seg-labels", args.seg_labels, in_process=args.smoke)
     config = out / "run.yaml"
     atomic_write_json(config, pipeline_config(args, data / "seg", out / "pipeline"))  # JSON is YAML
     cli("pipeline", config, "--no-progress", in_process=args.smoke)
@@ -165,13 +182,16 @@ def main(argv=None) -> Dict[str, Any]:
         r["miou"] = miou[r["model"]]
         r["miou_vs_adapted_dense"] = r["miou"] - miou["adapted dense"]
     pick = next(r for r in rows if r["model"] == "pick (pipeline)" and r["batch"] == 1)
-    # a model that predicts background everywhere scores about 100 / classes mIoU: below twice that, the
-    # accuracy comparison says nothing about sparsity (None: not judged)
-    learned = miou["adapted dense"] >= 2 * 100.0 / val.num_classes
+    # a model that predicts background everywhere scores `background_only` (the background's IoU is its share of
+    # the pixels, every other class 0): below a quarter of the way from there to 100 the models did not learn the
+    # task, and the accuracy comparison says nothing about sparsity (None: not judged)
+    background_only = background_only_miou(val)
+    learned = miou["adapted dense"] >= background_only + (100.0 - background_only) / 4
     targets = {"backbone >= 1.5x (b1)": pick["backbone_speedup"] >= 1.5,
                "end to end >= 1.3x (b1)": pick["e2e_speedup"] >= 1.3,
                "mIoU >= adapted dense - 1": (pick["miou_vs_adapted_dense"] >= -1.0) if learned else None}
     result = {"model": args.model, "model_args": args.model_args, "img_size": args.img_size, "heads": args.heads,
+              "seg_labels": args.seg_labels, "background_only_miou": background_only,
               "budget": card["budget"], "held_out_images": card["held_out_images"],
               "threads": torch.get_num_threads(), "smoke": args.smoke, "rows": rows, "targets": targets,
               "report_card": str(out / "pipeline" / "report.md")}
@@ -191,8 +211,8 @@ def main(argv=None) -> Dict[str, Any]:
     for what, ok in targets.items():
         console.print({True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]not judged[/]"}[ok] + f"  {what}"
                       + ("" if ok is not None else f" (the adapted dense model's {miou['adapted dense']:.1f} mIoU is "
-                                                   f"near predicting background only: {100 / val.num_classes:.0f} over "
-                                                   f"{val.num_classes} classes)"))
+                                                   f"near predicting background everywhere: {background_only:.1f} "
+                                                   f"over {val.num_classes} classes)"))
     console.print(f"wrote {out / 'bench_seg.json'}; report card {result['report_card']}")
     return result
 

@@ -35,6 +35,12 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class SegLabels(str, Enum):
+    """What the demo segmentation masks label (data.demo.SEG_LABELS; a test keeps the two equal)."""
+    digits = "digits"
+    foreground = "foreground"
+
+
 class PickRule(str, Enum):
     """How a search picks among its confirmed candidates (search.confirm.PICK_RULES; a test keeps the two equal)."""
     best = "best"
@@ -462,13 +468,16 @@ def demo_data(
     detection: bool = typer.Option(False, "--detection/--no-detection", help=(
         "Also write a COCO detection set in det/ (several digits per canvas, boxes and instance masks; "
         "data for task: detection or instance_segmentation).")),
+    seg_labels: SegLabels = typer.Option(SegLabels.digits, help=(
+        "What the seg/ masks label: digits (each digit's class, 11 classes with background) or foreground "
+        "(where the digits are, 2 classes; learnable in a short CPU training).")),
 ):
     """Write the built-in high-resolution demo data set: small handwritten digits on large textured canvases."""
     from .data.demo import write_demo_data
     from .io import check_output_dir
     check_output_dir(out_dir, "output folder", "the demo data set")
     info = write_demo_data(out_dir, img_size=img_size, n_train=train, n_val=val, seed=seed, progress=True,
-                           detection=detection)
+                           detection=detection, seg_labels=seg_labels.value)
     console.print(f"wrote demo data to {out_dir}: {info}")
 
 

@@ -98,6 +98,31 @@ def test_demo_metadata_file(demo):
     assert meta["seg_num_classes"] == 11 and meta["flip_invariant"] is False
 
 
+def test_foreground_seg_labels_mark_every_digit_as_one_class(demo, tmp_path):
+    """seg_labels="foreground": the same pixels, the same classification layout, masks that are the digit masks
+    with every digit class folded into 1 (ignored edges kept); 2 classes, and the loader reads them so."""
+    small = write_demo_data(tmp_path / "fg", img_size=224, n_train=20, n_val=10, seed=0, seg_labels="foreground")
+    assert small["seg_num_classes"] == 2
+    meta = demo_metadata(224, 20, 10, 0, 10, seg_labels="foreground")
+    assert meta["seg_labels"] == "foreground" and meta["seg_num_classes"] == 2
+    assert "seg_labels" not in demo_metadata(224, 20, 10, 0, 10)  # the default set's metadata is unchanged
+    digits = write_demo_data(tmp_path / "digits", img_size=224, n_train=20, n_val=10, seed=0)
+    root_fg, root_digits = Path(small["root"]), Path(digits["root"])
+    for row in read_demo_index(root_fg):
+        name = Path(row["split"]) / "masks" / row["file"]
+        fg = np.asarray(Image.open(root_fg / "seg" / name))
+        per_digit = np.asarray(Image.open(root_digits / "seg" / name))
+        assert set(np.unique(fg).tolist()) == {0, 1, 255}
+        assert np.array_equal(fg == 1, per_digit == row["label"] + 1)
+        assert np.array_equal(fg == 255, per_digit == 255)
+        image = Path(row["split"]) / str(row["label"]) / row["file"]
+        assert (root_fg / image).read_bytes() == (root_digits / image).read_bytes()
+    ds = build_dataset(root_fg, "segmentation", "val", 112, train=False)
+    assert ds.num_classes == 2 and set(torch.unique(ds[0][1]).tolist()) <= {0, 1, 255}
+    with pytest.raises(UserError, match="seg_labels must be one of digits, foreground"):
+        write_demo_data(tmp_path / "bad", seg_labels="shapes")
+
+
 def test_demo_balanced_classes(demo):
     for split, n in (("train", N_TRAIN), ("val", N_VAL)):
         counts = [len(list((demo / split / str(c)).iterdir())) for c in range(10)]

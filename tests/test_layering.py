@@ -116,6 +116,9 @@ def test_cli_choices_are_the_cores_names():
     from sparsevit_cli.pipeline import SearchStage
     from sparsevit_cli.search.confirm import PICK_RULES
     assert [r.value for r in PickRule] == list(PICK_RULES)
+    from sparsevit_cli.cli import SegLabels
+    from sparsevit_cli.data.demo import SEG_LABELS
+    assert [s.value for s in SegLabels] == list(SEG_LABELS)
     assert typing.get_args(SearchStage.model_fields["pick"].annotation) == PICK_RULES
     # and the default pick rule too (the CLI and the pipeline schema cannot import the search's torch code)
     import inspect
