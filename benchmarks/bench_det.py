@@ -47,7 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 import sparsevit_cli as sv
-from common import add_model_options, add_pipeline_options, apply_smoke
+from common import add_model_options, add_pipeline_options, apply_smoke, unseen_by_search
 from sparsevit_cli.detection.cost import detector_macs
 from sparsevit_cli.detection.models import BackboneFeatures
 from sparsevit_cli.io import atomic_write_json, read_sparsity_file
@@ -185,15 +185,6 @@ def intervals(per_image: Dict[str, Dict[str, Any]], reference: str) -> Dict[str,
             for name, per in per_image.items() if name not in (reference, "dense")}
 
 
-def unseen_by_search(out: Path, n: int) -> Optional[List[int]]:
-    """The val canvases the search neither ranked nor confirmed its candidates on (its best.yaml records
-    both splits): scoring the pick on them carries no selection bias. None (all) when nothing is left."""
-    split = read_sparsity_file(out / "search" / "best.yaml").get("search_split") or {}
-    seen = set(int(i) for i in split.get("fitness", [])) | set(int(i) for i in split.get("confirmation", []))
-    rest = [i for i in range(n) if i not in seen]
-    return rest or None
-
-
 # --------------------------------------------------------------------------------------------- measuring
 def untrained_detectors(args, num_classes: int, uniform: float) -> Dict[str, nn.Module]:
     """Dense (timm backbone) and uniform-sparse detectors with the same random weights."""
@@ -299,7 +290,7 @@ def main(argv=None) -> Dict[str, Any]:
             models = {name: sv.load(path) for name, path in files.items()}
             for name in ("adapted dense",):  # the adapted model run dense: the AP reference of the sparse rows
                 backbone_of(models[name]).set_sparsity(0.0)
-            report_images = unseen_by_search(out, len(val))
+            report_images = unseen_by_search(out / "search" / "best.yaml", len(val))
             per_image = {name: scores(m, val, task, args.train_batch_size, report_images)
                          for name, m in models.items()}
             result["training"] = {"status": "ok", "files": {k: str(v) for k, v in files.items()},

@@ -33,12 +33,14 @@ import torch.nn as nn
 from rich.console import Console
 from rich.table import Table
 
-from common import add_model_options, add_pipeline_options, apply_smoke
+from common import add_model_options, add_pipeline_options, apply_smoke, unseen_by_search
 from sparsevit_cli.data.demo import IGNORE_INDEX, SEG_LABELS
 from sparsevit_cli.detection.models import BackboneFeatures
+from sparsevit_cli.evaluate import evaluate_images
 from sparsevit_cli.io import atomic_write_json
 from sparsevit_cli.methods import get_method
 from sparsevit_cli.model_file import load
+from sparsevit_cli.search.confirm import compare
 from sparsevit_cli.tasks import backbone_of, get_task, mean_iou
 from sparsevit_cli.timing import time_models
 
@@ -161,26 +163,32 @@ def main(argv=None) -> Dict[str, Any]:
     cli("pipeline", config, "--no-progress", in_process=args.smoke)
     card = json.loads((out / "pipeline" / "report.json").read_text())
 
-    rows_by_kind = {r["kind"]: r for r in card["rows"]}
-    curve = {r["label"]: r for r in card["curve"]}
     files = card["stages"]
     models = {"dense": load(files["dense"]), "adapted dense": load(files["adapt"], 0.0)}
-    miou = {"dense": rows_by_kind["dense"]["metric"], "adapted dense": curve["uniform 0%"]["metric"]}
     best_uniform = next((r for r in card["rows"] if r["kind"] == "uniform"), None)
     if best_uniform is not None:
-        name = best_uniform["label"].rstrip("*")  # "uniform 50%"
-        models[name] = load(files["adapt"], best_uniform["config"])
-        miou[name] = best_uniform["metric"]
+        models[best_uniform["label"].rstrip("*")] = load(files["adapt"], best_uniform["config"])  # "uniform 50%"
     models["pick (pipeline)"] = load(files["finetune"])
-    miou["pick (pipeline)"] = rows_by_kind["pick"]["metric"]
 
+    # one confusion matrix per val canvas the search never saw: each model's mIoU there (the report card's), and
+    # its difference from the adapted dense model with a paired bootstrap interval over those canvases
     val = get_task("segmentation").dataset(data / "seg", "val", args.img_size, train=False)
+    held_out = unseen_by_search(out / "pipeline" / "search" / "best.yaml", len(val)) or list(range(len(val)))
+    per_image = {name: evaluate_images(m, get_method(m.sparsevit_meta["method"]), None, val, "segmentation",
+                                       args.train_batch_size, torch.device("cpu"), held_out)
+                 for name, m in models.items()}
+    miou = {name: s.metric() for name, s in per_image.items()}
+    versus = {name: compare(name, s, "adapted dense", per_image["adapted dense"])
+              for name, s in per_image.items() if name != "adapted dense"}
+
     images = torch.stack([val[i][0] for i in range(min(len(val), max(batch_sizes)))])
     with torch.no_grad():
         rows = measure({k: m.eval() for k, m in models.items()}, images, batch_sizes, args)
     for r in rows:
         r["miou"] = miou[r["model"]]
         r["miou_vs_adapted_dense"] = r["miou"] - miou["adapted dense"]
+        if r["model"] in versus:
+            r["miou_vs_adapted_dense_ci95"] = [versus[r["model"]].low, versus[r["model"]].high]
     pick = next(r for r in rows if r["model"] == "pick (pipeline)" and r["batch"] == 1)
     # a model that predicts background everywhere scores `background_only` (the background's IoU is its share of
     # the pixels, every other class 0): below a quarter of the way from there to 100 the models did not learn the
@@ -192,18 +200,21 @@ def main(argv=None) -> Dict[str, Any]:
                "mIoU >= adapted dense - 1": (pick["miou_vs_adapted_dense"] >= -1.0) if learned else None}
     result = {"model": args.model, "model_args": args.model_args, "img_size": args.img_size, "heads": args.heads,
               "seg_labels": args.seg_labels, "background_only_miou": background_only,
-              "budget": card["budget"], "held_out_images": card["held_out_images"],
+              "budget": card["budget"], "held_out_images": len(held_out),
+              "report_card_miou": {r["label"]: r["metric"] for r in card["rows"]},
               "threads": torch.get_num_threads(), "smoke": args.smoke, "rows": rows, "targets": targets,
               "report_card": str(out / "pipeline" / "report.md")}
     atomic_write_json(out / "bench_seg.json", result)
 
     table = Table(title=f"Semantic FPN {args.heads}, {args.model} {args.model_args} @ {args.img_size}², CPU fp32, "
                         f"{torch.get_num_threads()} threads (median of {args.repeats}, interleaved)")
-    for col in ("model", "batch", "mIoU", "backbone GMACs", "total GMACs", "backbone ms", "speedup",
-                "end-to-end ms", "speedup", "backbone share (MACs / time)"):
+    for col in ("model", "batch", "mIoU", "vs adapted dense (95% CI)", "backbone GMACs", "total GMACs",
+                "backbone ms", "speedup", "end-to-end ms", "speedup", "backbone share (MACs / time)"):
         table.add_column(col, justify="right")
     for r in rows:
+        ci = r.get("miou_vs_adapted_dense_ci95")
         table.add_row(r["model"], str(r["batch"]), f"{r['miou']:.1f}",
+                      f"{r['miou_vs_adapted_dense']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "",
                       f"{r['backbone_gmacs']:.2f} ({r['backbone_macs_fraction']:.0%})", f"{r['total_gmacs']:.2f}",
                       f"{r['backbone_ms']:.1f}", f"{r['backbone_speedup']:.2f}x", f"{r['e2e_ms']:.1f}",
                       f"{r['e2e_speedup']:.2f}x", f"{r['backbone_macs_share']:.0%} / {r['backbone_latency_share']:.0%}")

@@ -2,7 +2,8 @@
 CPU, so that the test suite can check every script still runs (tests/test_bench_smoke.py); no timing is
 asserted."""
 import argparse
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 # two stages with 4x4-token windows: several windows per stage at 64 px, so sparsity still has work to skip
 MICRO_SWIN = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4)
@@ -54,3 +55,14 @@ def apply_smoke(args: argparse.Namespace, **settings) -> argparse.Namespace:
         for key, value in settings.items():
             setattr(args, key, value)
     return args
+
+
+def unseen_by_search(best_yaml: Path, n: int) -> Optional[List[int]]:
+    """The val canvases (of `n`) a search neither ranked nor confirmed its candidates on (its best.yaml records
+    both splits): scoring the pick on them carries no selection bias. None (all) when nothing is left."""
+    from sparsevit_cli.io import read_sparsity_file
+
+    split = read_sparsity_file(best_yaml).get("search_split") or {}
+    seen = set(int(i) for i in split.get("fitness", [])) | set(int(i) for i in split.get("confirmation", []))
+    rest = [i for i in range(n) if i not in seen]
+    return rest or None

@@ -25,6 +25,15 @@ def test_bench_seg_smoke(monkeypatch, tmp_path, one_thread):
         # the Semantic FPN runs dense: the totals differ by the backbone's difference only
         assert r["total_gmacs"] - r["backbone_gmacs"] == pytest.approx(dense["total_gmacs"] - dense["backbone_gmacs"])
         assert 0 <= r["miou"] <= 100
+        # the per-canvas recomputation (for the intervals) reproduces the report card's mIoU on the same canvases
+        card_label = {"dense": "dense", "pick (pipeline)": "pick"}.get(r["model"])
+        if card_label:
+            assert r["miou"] == pytest.approx(result["report_card_miou"][card_label], abs=1e-6)
+        if r["model"] == "adapted dense":
+            assert r["miou_vs_adapted_dense"] == 0 and "miou_vs_adapted_dense_ci95" not in r
+        else:
+            low, high = r["miou_vs_adapted_dense_ci95"]
+            assert low <= r["miou_vs_adapted_dense"] <= high
     pick = next(r for r in rows if r["model"] == "pick (pipeline)")
     assert pick["backbone_macs_fraction"] <= 0.5 + 1e-9  # the budget: 50% of the backbone's MACs
     assert set(result["targets"]) == {"backbone >= 1.5x (b1)", "end to end >= 1.3x (b1)", "mIoU >= adapted dense - 1"}
