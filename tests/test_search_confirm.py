@@ -252,6 +252,48 @@ def test_gain_shown_rule_picks_uniform_unless_the_gain_is_shown():
         confirm(result, scores, [[0.0]], 5.0, "metric", "top1", rule="maybe")
 
 
+def test_a_gain_is_shown_only_at_the_family_level_over_the_candidates():
+    """The best of 5 non-uniform candidates on the confirmation split is the largest of 5 noisy differences:
+    its gain counts only when the interval excludes 0 at the Bonferroni level 1 - 0.05/5 = 99%. Hand-built:
+    the best candidate is right on 4 more of 200 images than uniform (never worse). A resample misses all 4
+    with probability (1 - 4/200)^200 = 1.8%: above the 0.5% tail, below the 2.5% one, so the plain 95%
+    interval lies above 0 and the 99% one starts at 0."""
+    from sparsevit_cli.search.stats import family_level
+    assert family_level(1) == pytest.approx(0.95) and family_level(5) == pytest.approx(0.99)
+    n = 200
+    base = np.random.default_rng(3).random(n) < 0.5
+    wrong = np.flatnonzero(~base)
+    best = base.copy()
+    best[wrong[:4]] = True
+    rivals = []
+    for k in range(4):  # each right on one more image than uniform
+        r = base.copy()
+        r[wrong[10 + k]] = True
+        rivals.append(r)
+    configs = [[[0.5]], [[0.2]], [[0.3]], [[0.4]], [[0.7]], [[0.6]]]  # 5 candidates, then uniform 0.6
+    table = dict(zip(map(str, configs), [best, *rivals, base]))
+    table[str([[0.0]])] = base
+
+    def scores(config, split):
+        return TopOneScores(table[str(config)], np.zeros(n))
+
+    result = _result_with([(c, 10.0 - i, None, 0.6 if i == 5 else None) for i, c in enumerate(configs)])
+    plain = confirm(result, scores, [[0.0]], 20.0, "metric", "top1", rule="best")
+    assert plain.pick.config == [[0.5]] and plain.comparisons[0].diff == pytest.approx(2.0)
+    assert plain.comparisons[0].low > 0 and plain.comparisons[0].level == 0.95    # the plain interval: "a gain"
+    test = plain.gain_test
+    assert test.level == pytest.approx(0.99) and test.low == 0 and not plain.gain_over_uniform
+    assert "judged at the 99% level for the best of 5 candidates" in plain.verdict
+    assert "No gain over uniform was shown" in plain.verdict
+    guarded = confirm(result, scores, [[0.0]], 20.0, "metric", "top1", rule="gain-shown")
+    assert guarded.pick.config == [[0.6]] and guarded.set_aside is not None and guarded.gain_test.low == 0
+    assert "so the pick is the best uniform config" in guarded.verdict and "99% level" in guarded.verdict
+    # two more images for the best candidate: the gain clears the family level too and is picked
+    best[wrong[4:6]] = True
+    shown = confirm(result, scores, [[0.0]], 20.0, "metric", "top1", rule="gain-shown")
+    assert shown.pick.config == [[0.5]] and shown.gain_over_uniform and shown.gain_test.low > 0
+
+
 def test_tables_stay_readable_when_output_is_not_a_terminal():
     import io
 

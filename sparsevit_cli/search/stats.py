@@ -17,16 +17,19 @@ import numpy as np
 #: AP recomputes a whole COCOeval per resample, so it gets fewer (its interval's ends are then rougher)
 RESAMPLES = 2000
 RESAMPLES_SLOW = 100
+#: the level of every reported interval
+LEVEL = 0.95
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A paired difference (a - b, metric points) with its 95% bootstrap interval."""
+    """A paired difference (a - b, metric points) with its bootstrap interval (95% unless `level` says)."""
 
     diff: float
     low: float
     high: float
     resamples: int
+    level: float = LEVEL
 
     def holds_zero(self) -> bool:
         return self.low <= 0.0 <= self.high
@@ -40,32 +43,32 @@ def resample_weights(n: int, resamples: int, seed: int = 0) -> np.ndarray:
 
 def paired_bootstrap(metric_a: Callable[[Optional[np.ndarray]], float],
                      metric_b: Callable[[Optional[np.ndarray]], float], n: int, resamples: int = RESAMPLES,
-                     seed: int = 0, level: float = 0.95) -> Interval:
+                     seed: int = 0, level: float = LEVEL) -> Interval:
     """metric_a(None) - metric_b(None) and the percentile interval of that difference over `resamples`
     paired resamples of the n images (both metrics see the same resample). `metric_x(weights)` recomputes a
     metric with each image counted `weights[i]` times."""
     diff = metric_a(None) - metric_b(None)
     if n == 0 or resamples < 1:
-        return Interval(diff, diff, diff, 0)
+        return Interval(diff, diff, diff, 0, level)
     diffs = np.array([metric_a(w) - metric_b(w) for w in resample_weights(n, resamples, seed)])
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(diffs, [tail, 100.0 - tail])
-    return Interval(float(diff), float(low), float(high), int(resamples))
+    return Interval(float(diff), float(low), float(high), int(resamples), level)
 
 
 def mean_bootstrap(values_a: Sequence[float], values_b: Sequence[float], resamples: int = RESAMPLES,
-                   seed: int = 0, level: float = 0.95) -> Interval:
+                   seed: int = 0, level: float = LEVEL) -> Interval:
     """`paired_bootstrap` of two per-image values' means, vectorised (top-1: values are 0/100 per image)."""
     a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
     d = a - b
     n = len(d)
     if n == 0:
-        return Interval(0.0, 0.0, 0.0, 0)
+        return Interval(0.0, 0.0, 0.0, 0, level)
     w = resample_weights(n, resamples, seed)
     diffs = w @ d / n
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(diffs, [tail, 100.0 - tail])
-    return Interval(float(d.mean()), float(low), float(high), int(resamples))
+    return Interval(float(d.mean()), float(low), float(high), int(resamples), level)
 
 
 def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
@@ -117,7 +120,14 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 def describe(interval: Interval, what: str, unit: str = "points") -> str:
     """The interval in words: a gain shown, a loss shown, or within noise (the words the README uses)."""
-    text = f"{interval.diff:+.2f} {unit} (95% CI {interval.low:+.2f}..{interval.high:+.2f})"
+    text = f"{interval.diff:+.2f} {unit} ({interval.level * 100:.3g}% CI {interval.low:+.2f}..{interval.high:+.2f})"
     if interval.holds_zero():
         return f"{what}: {text}: within noise, no difference shown"
     return f"{what}: {text}: " + ("holds, better" if interval.low > 0 else "holds, worse")
+
+
+def family_level(comparisons: int, level: float = LEVEL) -> float:
+    """Bonferroni: the level at which each of `comparisons` intervals must exclude 0 so that, when none of the
+    differences is real, the chance that any of them does stays below 1 - `level` (the best of several
+    candidates has the largest of several noisy differences: its plain interval is optimistic)."""
+    return 1.0 - (1.0 - level) / max(1, comparisons)
