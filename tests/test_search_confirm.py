@@ -283,11 +283,14 @@ def test_a_gain_is_shown_only_at_the_family_level_over_the_candidates():
     assert plain.comparisons[0].low > 0 and plain.comparisons[0].level == 0.95    # the plain interval: "a gain"
     test = plain.gain_test
     assert test.level == pytest.approx(0.99) and test.low == 0 and not plain.gain_over_uniform
-    assert "judged at the 99% level for the best of 5 candidates" in plain.verdict
-    assert "No gain over uniform was shown" in plain.verdict
+    assert plain.verdict == ("No gain over uniform was shown at this budget: pick - best uniform: +2.00 points "
+                             f"(99% CI {test.low:+.2f}..{test.high:+.2f}): within noise, no difference shown; 99% "
+                             f"because it is the best of 5 candidates, its 95% CI {plain.comparisons[0].low:+.2f}.."
+                             f"{plain.comparisons[0].high:+.2f}.")
     guarded = confirm(result, scores, [[0.0]], 20.0, "metric", "top1", rule="gain-shown")
     assert guarded.pick.config == [[0.6]] and guarded.set_aside is not None and guarded.gain_test.low == 0
-    assert "so the pick is the best uniform config" in guarded.verdict and "99% level" in guarded.verdict
+    assert "so the pick is the best uniform config" in guarded.verdict and "(99% CI" in guarded.verdict
+    assert guarded.set_aside.words.startswith("best candidate - best uniform: +2.00 points (99% CI")
     # two more images for the best candidate: the gain clears the family level too and is picked
     best[wrong[4:6]] = True
     shown = confirm(result, scores, [[0.0]], 20.0, "metric", "top1", rule="gain-shown")

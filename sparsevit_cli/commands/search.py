@@ -33,6 +33,7 @@ from ..tasks import backbone_of, get_task
 from .. import dist
 from ..search.confirm import CONFIRM_TOP, DEFAULT_PICK_RULE, PICK_RULES, Confirmation, confirm
 from ..search.evolution import Budget, EvolutionSettings, SearchResult, plot_pareto, run_evolution, write_output
+from ..search.stats import LEVEL
 from ..search.space import load_space
 
 #: what a MAC budget counts: the whole task model as executed, or its sparse backbone alone
@@ -372,9 +373,15 @@ def confirmation_table(conf: Confirmation, unit: str, title: Optional[str] = Non
                      f"{len(conf.candidates)} candidates on the confirmation images"
                      + (" (not the fitness' own pick)" if conf.fitness_pick_differs else "")
                      + (f"; the best of them, {format_config(conf.candidates[0].config)}, was set aside (pick rule "
-                        f"gain-shown: {conf.set_aside.diff:+.2f} [{conf.set_aside.low:+.2f}, "
-                        f"{conf.set_aside.high:+.2f}] over uniform, not shown)" if conf.set_aside else ""))
+                        f"gain-shown: {_interval(conf.gain_test or conf.set_aside)} over uniform, not shown)"
+                        if conf.set_aside else ""))
     return table
+
+
+def _interval(c) -> str:
+    """A comparison's difference and interval, its level named when it is not the usual 95%."""
+    level = "" if c.level == LEVEL else f" ({c.level * 100:.3g}% CI)"
+    return f"{c.diff:+.2f} [{c.low:+.2f}, {c.high:+.2f}]{level}"
 
 
 def _top_table(result, unit: str, dense_cost: float, fitness: str, metric_name: str) -> Table:

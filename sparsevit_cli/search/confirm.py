@@ -140,32 +140,38 @@ def confirm(result: SearchResult, score: Callable[[Config, str], ImageScores], d
         gain_test = (vs_uniform if level == vs_uniform.level else
                      compare("best candidate", scores[best], "best uniform", scores[u], seed, level))
     gain = gain_test is not None and gain_test.low > 0
-    shown_at = ("" if gain_test is None or gain_test.level == LEVEL else
-                f"; judged at the {gain_test.level * 100:.3g}% level for the best of {rivals} candidates: "
-                f"{gain_test.low:+.2f}..{gain_test.high:+.2f}")
+
+    def gain_words(who: str) -> str:
+        """`who` - best uniform in words, judged at the gain test's level (with the plain interval beside it)."""
+        if gain_test is None or gain_test.level == vs_uniform.level:
+            return describe(Interval(vs_uniform.diff, vs_uniform.low, vs_uniform.high, vs_uniform.resamples,
+                                     vs_uniform.level), f"{who} - best uniform")
+        test = Interval(gain_test.diff, gain_test.low, gain_test.high, gain_test.resamples, gain_test.level)
+        return (f"{describe(test, f'{who} - best uniform')}; {gain_test.level * 100:.3g}% because it is the best "
+                f"of {rivals} candidates, its {vs_uniform.level * 100:.3g}% CI {vs_uniform.low:+.2f}.."
+                f"{vs_uniform.high:+.2f}")
+
     set_aside = None
     if rule == "gain-shown" and best != u and not gain:
-        # the same interval, now named for the candidate the rule set aside (no second bootstrap)
-        what = Interval(vs_uniform.diff, vs_uniform.low, vs_uniform.high, vs_uniform.resamples, vs_uniform.level)
-        set_aside = vs_uniform.model_copy(update={"a": "best candidate",
-                                                  "words": describe(what, "best candidate - best uniform")})
+        # the pick's interval, now named for the candidate the rule set aside (no second bootstrap)
+        set_aside = vs_uniform.model_copy(update={"a": "best candidate", "words": gain_words("best candidate")})
         best = u
         pick_row = rows[u].model_copy(update={"name": "pick"})
         vs_uniform = compare("pick", scores[u], "best uniform", scores[u], seed)
     comparisons = [vs_uniform, compare("pick", scores[best], "dense", dense_conf, seed)]
     if set_aside is not None:
-        verdict = (f"No gain over uniform was shown at this budget ({set_aside.words}{shown_at}), so the pick is "
-                   f"the best uniform config (pick rule gain-shown).")
+        verdict = (f"No gain over uniform was shown at this budget ({set_aside.words}), so the pick is the best "
+                   f"uniform config (pick rule gain-shown).")
     elif best == u:
         verdict = (f"The best uniform config is the pick: no gain over uniform was shown at this budget "
                    f"({comparisons[0].words}).")
     elif gain:
-        verdict = f"The pick beats the best uniform config at this budget: {comparisons[0].words}{shown_at}."
+        verdict = f"The pick beats the best uniform config at this budget: {gain_words('pick')}."
     elif comparisons[0].high < 0:
         verdict = (f"The pick is worse than the best uniform config on the confirmation images: "
                    f"{comparisons[0].words}; use the uniform config.")
     else:
-        verdict = f"No gain over uniform was shown at this budget: {comparisons[0].words}{shown_at}."
+        verdict = f"No gain over uniform was shown at this budget: {gain_words('pick')}."
     candidates = [rows[i].model_copy(update={"name": "best uniform" if i == u else
                                              ("pick" if i == best else f"candidate {n + 1}")})
                   for n, i in enumerate(order)]
