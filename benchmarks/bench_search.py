@@ -22,8 +22,9 @@ difference pick - uniform on the report split with its 95% bootstrap interval (p
 per-seed differences), and the pooled interval: each report image's difference averaged over the seeds, one
 bootstrap over images. The target "never below uniform" is read on the pooled interval (one per budget): a
 per-seed interval on ~1,400 images is about +-0.5 points wide, so a config exactly as good as uniform has its
-lower end near -0.5 and the per-seed check (also printed, "stricter") fails on any non-uniform pick. Everything is cached under --out (trained models, the latency table, every network's
-scores per split), so an interrupted run continues where it stopped. Results: --out/results.json and
+lower end near -0.5 and the per-seed check (also printed, "stricter") fails on any non-uniform pick.
+Everything is cached under --out (trained models, the latency table, every network's scores per split), so an
+interrupted run continues where it stopped. Results: --out/results.json and
 benchmarks/results/bench_search.json (+ .md).
 """
 from __future__ import annotations

@@ -219,9 +219,10 @@ def search(
     confirm_top: int = typer.Option(5, min=1, help="Distinct top candidates re-scored on the confirmation split."),
     pick: PickRule = typer.Option(PickRule.gain_shown, help="gain-shown (default): the best candidate on the "
                                                             "confirmation split only when its gain over the best "
-                                                            "uniform config is shown there (95% interval above 0), "
-                                                            "else that uniform config; best: the best candidate "
-                                                            "there, shown or not."),
+                                                            "uniform config is shown there (its interval above 0 "
+                                                            "at the Bonferroni level over the candidates: 99% for "
+                                                            "the best of 5), else that uniform config; best: the "
+                                                            "best candidate there, shown or not."),
     fitness: Optional[str] = typer.Option(None, help="What candidates are ranked by: logprob (mean log-probability "
                                                      "of the true class; classification, the default there) or "
                                                      "metric (the task's metric; the default elsewhere)."),

@@ -364,8 +364,7 @@ def confirmation_table(conf: Confirmation, unit: str, title: Optional[str] = Non
     diffs = {c.b: c for c in conf.comparisons}
     for row in (conf.pick, conf.uniform, conf.dense):
         c = diffs.get(row.name)
-        ci = "" if c is None else f"{c.diff:+.2f} [{c.low:+.2f}, {c.high:+.2f}]" + (
-            f" p={c.mcnemar_p:.2g}" if c.mcnemar_p is not None else "")
+        ci = "" if c is None else _interval(c) + (f" p={c.mcnemar_p:.2g}" if c.mcnemar_p is not None else "")
         label = row.name + (f" {row.uniform:g}" if row.name == "best uniform" and row.uniform is not None else "")
         table.add_row(label, format_config(row.config), f"{row.fitness_metric:.2f}", f"{row.confirm_metric:.2f}",
                       f"{row.cost:.3g}", ci)
