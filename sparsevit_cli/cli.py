@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .errors import UserError
 from .io import make_console
-from .layers import MAX_SEED, format_config
+from .layers import DEFAULT_BUDGET, MAX_SEED, format_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make vision transformers fast on high-resolution images by searching where to skip "
@@ -393,30 +393,67 @@ def demo(
 @app.command()
 def pipeline(
     config: Optional[Path] = typer.Argument(None, help="Run-config YAML with a `pipeline:` section (budget, "
-                                                       "stages and their sizes); optional with the flags below."),
+                                                       "stages and their sizes); optional with the flags below, "
+                                                       "which override its keys."),
     checkpoint: Optional[str] = typer.Option(None, help="Trained model to start from: a timm checkpoint "
-                                                         "(with --model) or a sparsevit model file."),
-    model: Optional[str] = typer.Option(None, help="timm model name (e.g. swin_tiny_patch4_window7_224)."),
-    data: Optional[str] = typer.Option(None, help="Your data in the task's layout (ImageFolder, segmentation "
-                                                  "folders or COCO)."),
+                                                         "(.pth/.safetensors, with --model) or a sparsevit model file."),
+    model: Optional[str] = typer.Option(None, help="timm model name; default: swin_tiny_patch4_window7_224, or "
+                                                   "the one a sparsevit model file holds."),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=(
+        "A timm constructor argument as KEY=VALUE (VALUE read as YAML), repeatable, e.g. --model-arg "
+        "embed_dim=32 --model-arg depths=[2,2,6,2] (the run config's model.args); default: timm's.")),
+    img_size: Optional[int] = typer.Option(None, min=1, help="Input resolution in pixels, square (model.args."
+                                                             "img_size); default: 224, or the model file's."),
+    data: Optional[str] = typer.Option(None, help="Your data: the folder holding train/ and val/ (ImageFolder or "
+                                                  "segmentation folders), or a COCO folder (train/, val/, "
+                                                  "annotations/)."),
     task: Optional[str] = typer.Option(None, help="classification, segmentation, detection or "
-                                                  "instance_segmentation."),
+                                                  "instance_segmentation; default: classification, or the model "
+                                                  "file's."),
     budget_latency: Optional[str] = typer.Option(None, help="Latency budget on --device: ms (20ms) or a "
-                                                            "percentage of dense (60%), timed end to end."),
-    budget_macs: Optional[str] = typer.Option(None, help="MAC budget: GMACs (2.5) or a percentage of dense (50%)."),
-    budget_macs_of: Optional[MacScope] = typer.Option(None, help="What --budget-macs counts: the whole model "
-                                                                   "(default) or its backbone."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs of every training stage (the run config's `epochs`)."),
-    out: Optional[str] = typer.Option(None, help="Output folder (default runs/pipeline); an interrupted "
-                                                 "pipeline continues there."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda: where training runs and latency is measured."),
+                                                            "percentage of dense (60%), timed end to end; a bare "
+                                                            "number is refused. Default: none (a MAC budget)."),
+    budget_macs: Optional[str] = typer.Option(None, help=f"MAC budget: GMACs (2.5GMACs) or a percentage of dense "
+                                                         f"(50%); a bare number is refused. Default: "
+                                                         f"{DEFAULT_BUDGET} when neither budget is given."),
+    budget_macs_of: Optional[MacScope] = typer.Option(None, help="What --budget-macs counts: the whole model or "
+                                                                   "its backbone. Default: the model for "
+                                                                   "classification, the backbone for detection and "
+                                                                   "segmentation (neck and heads are a fixed cost)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs of every training stage (the run config's "
+                                                           "`epochs`); default: 10."),
+    epochs_dense: Optional[int] = typer.Option(None, min=1, help="Epochs of the dense finetune (turns that stage on; "
+                                                                 "default: off, the checkpoint is trained)."),
+    epochs_adapt: Optional[int] = typer.Option(None, min=1, help="Epochs of the adapt stage; default: --epochs."),
+    epochs_finetune: Optional[int] = typer.Option(None, min=1, help="Epochs of the final finetune; default: "
+                                                                    "--epochs."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Training images per step; default: 32."),
+    population: Optional[int] = typer.Option(None, min=1, help="Search: configs in the first population; "
+                                                               "default: 50."),
+    generations: Optional[int] = typer.Option(None, min=1, help="Search: generations; default: 20."),
+    eval_samples: Optional[int] = typer.Option(None, min=1, help="Val images the search ranks candidates on "
+                                                                 "(fitness split); default: half of what the "
+                                                                 "report split leaves, at most 1000."),
+    confirm_samples: Optional[int] = typer.Option(None, min=1, help="Other val images the search confirms its "
+                                                                    "leaders on; default: as --eval-samples."),
+    report_samples: Optional[int] = typer.Option(None, min=1, help="Val images in neither split, which the "
+                                                                   "report card scores (at least); default: 20% "
+                                                                   "of the val split, at least 10."),
+    allow_small_val: bool = typer.Option(False, "--allow-small-val", help="Run on a val split too small for the "
+                                                                          "three splits (the report card may then "
+                                                                          "score images the search saw)."),
+    out: Optional[str] = typer.Option(None, help="Output folder; an interrupted pipeline continues there. "
+                                                 "Default: runs/pipeline."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N: where training runs and latency is "
+                                                    "measured; default: cpu."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """From a checkpoint and your data to a deployable sparse model in one resumable command: (dense finetune,)
-    adapt, search in the budget, finetune, evaluate, export, and a report card (report.md and plots)."""
+    adapt, search in the budget, finetune, evaluate, export, and a report card (report.md and plots). Budget,
+    device and val split are checked first (seconds): a mistake costs no training."""
     from .pipeline import load_pipeline_config
     from .commands.pipeline import run_pipeline
-    from .train.run_config import REMOVE
+    from .train.run_config import REMOVE, parse_model_args
     budget = {"pipeline.budget.macs_of": budget_macs_of.value if budget_macs_of else None}
     if (budget_macs is None) != (budget_latency is None):  # one budget flag replaces the file's budget
         budget.update({"pipeline.budget.macs": budget_macs or REMOVE,
@@ -425,9 +462,16 @@ def pipeline(
             budget["pipeline.budget.macs_of"] = REMOVE
     elif budget_macs is not None:
         raise UserError("give one budget: --budget-macs or --budget-latency")
-    cfg = load_pipeline_config(config, {"checkpoint": checkpoint, "model.name": model, "data.path": data,
-                                        "data.task": task, "epochs": epochs, "out": out, "device": device,
-                                        **budget})
+    args = {f"model.args.{k}": v for k, v in parse_model_args(model_arg or []).items()}
+    cfg = load_pipeline_config(config, {
+        "checkpoint": checkpoint, "model.name": model, **args, "model.args.img_size": img_size, "data.path": data,
+        "data.task": task, "epochs": epochs, "batch_size": batch_size, "out": out, "device": device,
+        "pipeline.dense.run": True if epochs_dense is not None else None, "pipeline.dense.epochs": epochs_dense,
+        "pipeline.adapt.epochs": epochs_adapt, "pipeline.finetune.epochs": epochs_finetune,
+        "pipeline.search.population": population, "pipeline.search.generations": generations,
+        "pipeline.search.eval_samples": eval_samples, "pipeline.search.confirm_samples": confirm_samples,
+        "pipeline.search.report_samples": report_samples,
+        "pipeline.allow_small_val": True if allow_small_val else None, **budget})
     run_pipeline(cfg, progress=progress, console=console)
 
 

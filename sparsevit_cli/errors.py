@@ -8,8 +8,13 @@ from typing import Iterator
 NOISY_LOGGERS = ("timm", "torch", "onnxscript", "onnx")
 
 
-class UserError(Exception):
-    """Bad input from the user: unknown model, invalid config, missing file, ..."""
+class UserError(ValueError):
+    """Bad input from the user: unknown model, invalid config, missing file, ... Its message is one line that
+    says what is wrong and how to fix it.
+
+    A `ValueError` subclass, so Python code that calls the library catches it as the bad value it is:
+    `except ValueError` (or `except UserError` for the toolkit's own checks). The CLI prints it as one line
+    on stderr and exits with code 2."""
 
 
 #: longest quoted value in an error line (a 1 MB config value is cut, not echoed whole)

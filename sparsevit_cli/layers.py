@@ -7,6 +7,10 @@ from typing import Dict, List, Sequence
 #: the largest seed any option or run config takes (numpy's and Python's RNGs take 32 bits; 1e23 is a typo)
 MAX_SEED = 2 ** 32 - 1
 
+#: the pipeline's search budget when the user gives none (a share of the dense model's MACs); here, below the
+#: CLI, so that its `--help` states it without importing the pipeline's schema
+DEFAULT_BUDGET = "50%"
+
 #: a config: a list of groups, each a list of gene values (e.g. one sparsity ratio per Swin block pair)
 Config = List[List[float]]
 

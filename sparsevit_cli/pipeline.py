@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
 from .errors import UserError
-from .layers import MAX_SEED
+from .layers import DEFAULT_BUDGET, MAX_SEED
 from .io import atomic_write_json, remove_stale_temp_files
 from .train.run_config import DEVICE_PATTERN, RunConfig, Section, load_run_config
 
@@ -39,9 +39,11 @@ UNIFORM_CHOICES = tuple(round(0.1 * i, 1) for i in range(1, 9))
 
 class BudgetSettings(Section):
     macs: Optional[str] = Field(None, description=(
-        "MAC budget: GMACs per image (e.g. '2.5') or a percentage of the dense model ('50%')"))
-    macs_of: Literal["model", "backbone"] = Field("model", description=(
-        "what a MAC budget counts: the whole task model as executed, or its sparse backbone alone"))
+        "MAC budget: GMACs per image (e.g. '2.5GMACs') or a percentage of the dense model ('50%')"))
+    macs_of: Optional[Literal["model", "backbone"]] = Field(None, description=(
+        "what a MAC budget counts: the whole task model as executed, or its sparse backbone alone (default: the "
+        "model for classification, the backbone for detection and segmentation, whose neck and heads are a "
+        "fixed cost)"))
     latency: Optional[str] = Field(None, description=(
         "latency budget on `device`: milliseconds per forward ('20ms') or a percentage of dense ('60%')"))
     device: Optional[str] = Field(None, description=(
@@ -52,7 +54,8 @@ class BudgetSettings(Section):
     @field_validator("macs", "latency", mode="before")
     @classmethod
     def _number_is_text(cls, value: Any) -> Any:
-        # `macs: 2.5` in YAML is a number of GMACs, as `--budget-macs 2.5` is
+        # `macs: 2.5` in YAML is read as the text '2.5', which the checks refuse as `--budget-macs 2.5` is:
+        # a budget carries its unit ('2.5GMACs', '20ms') or '%'
         return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
     @field_validator("device")
@@ -66,7 +69,7 @@ class BudgetSettings(Section):
     def _one_budget(self) -> "BudgetSettings":
         if (self.macs is None) == (self.latency is None):
             raise ValueError("needs exactly one of macs (e.g. '50%') or latency (e.g. '60%' or '20ms')")
-        if self.macs is None and self.macs_of != "model":
+        if self.macs is None and self.macs_of not in (None, "model"):
             raise ValueError("macs_of says what a MAC budget counts; a latency budget times the whole model")
         if self.compile and self.latency is None:
             raise ValueError("compile applies to a latency budget; MACs do not depend on it")
@@ -97,23 +100,36 @@ class DenseStage(TrainStage):
 class SearchStage(Section):
     run: bool = Field(True, description="search a config in the budget (off: the run config's `sparsity`)")
     space: Optional[str] = Field(None, description="search space (default: the one the model was adapted on)")
-    population: int = Field(50, ge=1)
+    population: int = Field(50, ge=1, description="configs in the first (random, in-budget) population")
     generations: int = Field(20, ge=1)
     parents: int = Field(10, ge=1)
     mutations: int = Field(25, ge=0)
     crossovers: int = Field(25, ge=0)
     mutation_prob: float = Field(0.1, ge=0, le=1)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    eval_samples: int = Field(1000, ge=1, description="val images every candidate is scored on (fitness split)")
-    confirm_samples: int = Field(1000, ge=1, description=(
+    eval_samples: Optional[int] = Field(None, ge=1, description=(
+        "val images every candidate is scored on (fitness split); default: half of what the report split leaves, "
+        "at most 1000 (commands.precheck.plan_splits)"))
+    confirm_samples: Optional[int] = Field(None, ge=1, description=(
         "other val images the top candidates and the best uniform config are re-scored on (confirmation split); "
-        "the report card scores the val images in neither split"))
+        "default: as eval_samples"))
+    report_samples: Optional[int] = Field(None, ge=1, description=(
+        "val images in neither split, which the report card scores (at least); default: 20% of the val images, "
+        "at least 10. A val split too small for the three is refused unless pipeline.allow_small_val"))
     fitness: Optional[Literal["logprob", "metric"]] = Field(None, description=(
         "what candidates are ranked by (default: the task's first: logprob for classification)"))
     pick: Literal["best", "gain-shown"] = Field("gain-shown", description=(
         "gain-shown: the best candidate on the confirmation split only when its gain over the best uniform config "
         "is shown there, else that uniform config; best: the best candidate there, shown or not "
         "(search.confirm.PICK_RULES, DEFAULT_PICK_RULE)"))
+
+
+    @model_validator(mode="after")
+    def _parents_fit(self) -> "SearchStage":
+        # `--population 6` alone: the default 10 parents shrink to the population instead of being refused
+        if "parents" not in self.model_fields_set and self.parents > self.population:
+            self.__dict__["parents"] = self.population
+        return self
 
 
 class EvaluateStage(Section):
@@ -142,13 +158,22 @@ class ExportStage(Section):
 
 
 class PipelineSettings(Section):
-    budget: BudgetSettings = Field(default_factory=lambda: BudgetSettings(macs="50%"))
+    budget: BudgetSettings = Field(default_factory=lambda: BudgetSettings(macs=DEFAULT_BUDGET), description=(
+        f"default: {DEFAULT_BUDGET} of dense MACs"))
+    allow_small_val: bool = Field(False, description=(
+        "run on a val split too small for the fitness, confirmation and report splits (the search shrinks its "
+        "splits; the report card may score images the search saw)"))
     dense: DenseStage = Field(default_factory=DenseStage)
     adapt: TrainStage = Field(default_factory=TrainStage)
     search: SearchStage = Field(default_factory=SearchStage)
     finetune: TrainStage = Field(default_factory=TrainStage)
     evaluate: EvaluateStage = Field(default_factory=EvaluateStage)
     export: ExportStage = Field(default_factory=ExportStage)
+
+    @property
+    def budget_given(self) -> bool:
+        """Whether the run config or a flag set the budget (else the default is used, and said)."""
+        return "budget" in self.model_fields_set
 
 
 class PipelineConfig(RunConfig):
@@ -228,8 +253,8 @@ def _holds_work(folder: Path) -> bool:
 
 
 class StageStopped(Exception):
-    """A stage ended without its output (a training run stopped early on purpose: `max_steps`, an
-    interrupt it saved a checkpoint for); the stages after it cannot run yet."""
+    """A stage ended without its output (a training run stopped early on purpose: an interrupt it saved a
+    checkpoint for); the stages after it cannot run yet."""
 
     def __init__(self, stage: str, output: Path):
         super().__init__(f"the {stage} stage stopped before writing '{output}'; run the same command again "

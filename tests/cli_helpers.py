@@ -26,3 +26,12 @@ def assert_one_line_error(code, err, needle):
 
 def exit_code(args):
     return run_cli(args)[0]
+
+
+def stopped_after(steps):
+    """Inside: every training run stops after `steps` optimizer steps of its call, with a checkpoint and no model
+    file, as an interruption would (the trainer's test-only STOP_AFTER_STEPS_ENV; `max_steps` is a setting)."""
+    import os
+    from unittest import mock
+    from sparsevit_cli.train.trainer import STOP_AFTER_STEPS_ENV
+    return mock.patch.dict(os.environ, {STOP_AFTER_STEPS_ENV: str(steps)})

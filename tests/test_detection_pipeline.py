@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from cli_helpers import run_cli
+from cli_helpers import run_cli, stopped_after
 from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.model_file import load, read_meta
 from sparsevit_cli.methods import get_method
@@ -99,10 +99,9 @@ def test_detection_resume_is_bit_exact(tmp_path, demo):
 
     full = load_run_config(write_cfg(tmp_path, demo, "detection", "a.yaml", epochs=2, out=str(tmp_path / "a")))
     run_finetune(full, progress=False)
-    part = load_run_config(write_cfg(tmp_path, demo, "detection", "b.yaml", epochs=2, out=str(tmp_path / "b"),
-                                     max_steps=3))
-    assert run_finetune(part, progress=False)["interrupted"]  # mid-epoch 2 (2 steps per epoch)
-    part.max_steps = None
+    part = load_run_config(write_cfg(tmp_path, demo, "detection", "b.yaml", epochs=2, out=str(tmp_path / "b")))
+    with stopped_after(3):
+        assert run_finetune(part, progress=False)["interrupted"]  # mid-epoch 2 (2 steps per epoch)
     run_finetune(part, resume=True, progress=False)
     a = load(tmp_path / "a" / "model.safetensors").state_dict()
     b = load(tmp_path / "b" / "model.safetensors").state_dict()

@@ -22,6 +22,8 @@ import pytest
 import torch
 import yaml
 
+from cli_helpers import stopped_after
+
 REPO = Path(__file__).resolve().parents[1]
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,
               "drop_path_rate": 0.1}
@@ -287,7 +289,8 @@ def stopped_run(tmp_path_factory, data_dir):
     base = tmp_path_factory.mktemp("stopped")
     run_finetune(load_run_config(write_cfg(base, data_dir, base / "ref")), progress=False)
     stopped = base / "stopped"
-    status = run_finetune(load_run_config(write_cfg(base, data_dir, stopped, max_steps=3)), progress=False)
+    with stopped_after(3):
+        status = run_finetune(load_run_config(write_cfg(base, data_dir, stopped)), progress=False)
     assert status["interrupted"] and status["global_step"] == 3
     return base, stopped
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, stopped_after
 from sparsevit_cli.data.demo import write_demo_data
 from test_faults import zygote  # noqa: F401  (the fixture: one zygote per module, as test_faults has it)
 
@@ -243,9 +243,11 @@ def test_export_formats_are_the_exporters():
 
 
 def test_a_training_stage_that_stops_early_stops_the_pipeline(tmp_path, data_dir, capsys):
-    """`max_steps` (a deliberate stop with a checkpoint): the stages after it wait for the rerun."""
-    cfg = write_yaml(tmp_path / "run.yaml", data_dir, max_steps=1)
-    code, out, err = run_cli(["pipeline", cfg, "--out", tmp_path / "out", "--no-progress"], capsys)
+    """A training stage interrupted on purpose (a checkpoint, no model file): the stages after it wait for the
+    rerun."""
+    cfg = write_yaml(tmp_path / "run.yaml", data_dir)
+    with stopped_after(1):
+        code, out, err = run_cli(["pipeline", cfg, "--out", tmp_path / "out", "--no-progress"], capsys)
     assert code == 0, err
     assert "the dense stage stopped before writing" in " ".join(out.split())
     assert (tmp_path / "out" / "dense" / "last.pt").is_file() and not (tmp_path / "out" / "adapt").exists()

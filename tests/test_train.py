@@ -16,7 +16,7 @@ from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.commands.train import run_adapt, run_finetune
 from sparsevit_cli.swin.patch import WINDOW_SCORES
 from sparsevit_cli.train.run_config import load_run_config
-from cli_helpers import run_cli
+from cli_helpers import run_cli, stopped_after
 
 # a micro Swin: 64 px, 16x16 tokens, 4x4 windows -> 16 windows in stage 1, 4 in stage 2
 MICRO_ARGS = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,
@@ -89,11 +89,11 @@ def test_resume_is_bit_exact(tmp_path, data_dir):
     full = load_run_config(write_cfg(tmp_path, data_dir, "a.yaml", out=str(tmp_path / "a")))
     run_finetune(full, progress=False)
 
-    part = load_run_config(write_cfg(tmp_path, data_dir, "b.yaml", out=str(tmp_path / "b"), max_steps=3))
-    status = run_finetune(part, progress=False)
+    part = load_run_config(write_cfg(tmp_path, data_dir, "b.yaml", out=str(tmp_path / "b")))
+    with stopped_after(3):
+        status = run_finetune(part, progress=False)
     assert status["interrupted"] and status["global_step"] == 3  # stopped mid-epoch (3 steps per epoch)
     assert not (tmp_path / "b" / "model.safetensors").exists()
-    part.max_steps = None
     run_finetune(part, resume=True, progress=False)
 
     a, b = state_of(tmp_path / "a" / "model.safetensors"), state_of(tmp_path / "b" / "model.safetensors")
@@ -310,9 +310,9 @@ def test_constant_schedule_sgd_and_workers_resume_bit_exact(tmp_path, data_dir):
     over = {"optim.name": "sgd", "optim.lr": 0.05, "schedule.name": "constant", "data.num_workers": 2}
     full = load_run_config(write_cfg(tmp_path, data_dir, "a.yaml", out=str(tmp_path / "a"), **over))
     run_finetune(full, progress=False)
-    part = load_run_config(write_cfg(tmp_path, data_dir, "b.yaml", out=str(tmp_path / "b"), max_steps=4, **over))
-    assert run_finetune(part, progress=False)["interrupted"]
-    part.max_steps = None
+    part = load_run_config(write_cfg(tmp_path, data_dir, "b.yaml", out=str(tmp_path / "b"), **over))
+    with stopped_after(4):
+        assert run_finetune(part, progress=False)["interrupted"]
     run_finetune(part, resume=True, progress=False)
     a, b = state_of(tmp_path / "a" / "model.safetensors"), state_of(tmp_path / "b" / "model.safetensors")
     for k in a:

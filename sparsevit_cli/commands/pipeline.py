@@ -91,8 +91,11 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, console: Optional[C
                  stages: Optional[Stages] = None) -> PipelineResult:
     """Run (or continue) the pipeline in `cfg.out`; the folder is held (locked) for the whole run.
     `stages` lets a caller that ran stages of its own first (the demo's data) keep the numbering."""
+    from .precheck import check_pipeline
+
     console = console or make_console()
     check_settings(cfg)
+    check_pipeline(cfg, console)  # the budget against the space's cheapest and densest config, the val split
     out = check_output_dir(Path(cfg.out))
     with FolderLock(out, "pipeline output folder"):
         try:
@@ -104,7 +107,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, console: Optional[C
 
 def _train_inputs(rc) -> Dict[str, Any]:
     """What a training stage computes from, besides its starting weights and data (fingerprinted apart)."""
-    return rc.model_dump(exclude={"out": True, "checkpoint": True, "max_steps": True, "checkpoint_every": True,
+    return rc.model_dump(exclude={"out": True, "checkpoint": True, "checkpoint_every": True,
                                   "pipeline": True, "data": {"path", "num_workers"}})
 
 

@@ -35,6 +35,7 @@ from ..search.confirm import CONFIRM_TOP, DEFAULT_PICK_RULE, PICK_RULES, Confirm
 from ..search.evolution import Budget, EvolutionSettings, SearchResult, plot_pareto, run_evolution, write_output
 from ..search.stats import LEVEL
 from ..search.space import load_space
+from .precheck import BudgetAsk, check_budget
 
 #: what a MAC budget counts: the whole task model as executed, or its sparse backbone alone
 MAC_SCOPES = ("model", "backbone")
@@ -61,7 +62,7 @@ class SearchOptions:
     out: str = "runs/search"
     space: Optional[str] = None
     budget_macs: Optional[str] = None  # "50%" of dense, or absolute GMACs "2.5"
-    budget_macs_of: Optional[str] = None  # one of MAC_SCOPES (default: the whole model)
+    budget_macs_of: Optional[str] = None  # one of MAC_SCOPES (default: precheck.default_mac_scope of the task)
     budget_latency: Optional[str] = None  # "20ms", "20" (ms) or "60%" of dense latency
     min_macs: Optional[str] = None
     min_latency: Optional[str] = None
@@ -83,26 +84,27 @@ class SearchOptions:
 
 
 def parse_budget(text: Optional[str], dense_value: float, unit: str, what: str) -> Optional[float]:
-    """'50%' -> half of the dense cost; '2.5' or '2.5<unit>' -> absolute."""
+    """'50%' -> half of the dense cost; '2.5GMACs' or '20ms' -> absolute."""
     if text is None:
         return None
     value, percent = budget_number(text, unit, what)
     return value / 100.0 * dense_value if percent else value
 
 
+#: the suffixes a budget in each unit may carry (case-insensitive); a bare number is refused, since
+#: `--budget-latency 60` may mean 60 ms or 60% of dense
+UNIT_SUFFIXES = {"GMACs": ("gmacs", "gmac", "g"), "ms": ("ms",)}
+
+
 def budget_number(text: str, unit: str, what: str) -> Tuple[float, bool]:
-    """(number, is a percentage) of a budget option; UserError unless it is a positive, finite number."""
+    """(number, is a percentage) of a budget option, which must carry its unit (`2.5GMACs`, `20ms`) or `%`;
+    UserError unless it is a positive, finite number with one of them."""
     t = str(text).strip().lower()
     percent = t.endswith("%")
-    if percent:
-        t = t[:-1]
-    else:
-        for suffix in (unit.lower(), "ms", "gmacs", "g"):
-            if t.endswith(suffix):
-                t = t[: -len(suffix)]
-                break
+    suffix = "%" if percent else next((s for s in UNIT_SUFFIXES[unit] if t.endswith(s)), None)
+    number = t[: len(t) - len(suffix)].strip() if suffix else t
     try:
-        value = float(t)
+        value = float(number)
     except ValueError:
         raise UserError(f"{what} must be a number of {unit} or a percentage of dense (e.g. 50%), got '{text}'") from None
     if math.isnan(value):
@@ -112,6 +114,8 @@ def budget_number(text: str, unit: str, what: str) -> Tuple[float, bool]:
         raise UserError(f"{what} must be a finite number of {unit} or a percentage of dense, got '{text}'")
     if value <= 0:
         raise UserError(f"{what} must be positive, got '{text}'")
+    if suffix is None:
+        raise UserError(f"{what} '{text}' has no unit: say {number}{unit} or {number}% (of dense)")
     return value, percent
 
 
@@ -191,11 +195,9 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Search
     device = resolve_device(opts.device)
     if (opts.budget_macs is None) == (opts.budget_latency is None):
         raise UserError("give exactly one budget: --budget-macs or --budget-latency")
-    if opts.budget_macs_of is None:
-        opts.budget_macs_of = MAC_SCOPES[0]
-    elif opts.budget_macs_of not in MAC_SCOPES:
+    if opts.budget_macs_of is not None and opts.budget_macs_of not in MAC_SCOPES:
         raise UserError(f"--budget-macs-of must be one of {', '.join(MAC_SCOPES)}, got '{opts.budget_macs_of}'")
-    elif opts.budget_macs is None:
+    elif opts.budget_macs_of is not None and opts.budget_macs is None:
         raise UserError("--budget-macs-of says what a --budget-macs counts; a latency budget times the whole model")
     for text, unit, what in ((opts.budget_macs, "GMACs", "--budget-macs"), (opts.min_macs, "GMACs", "--min-macs"),
                              (opts.budget_latency, "ms", "--budget-latency"), (opts.min_latency, "ms", "--min-latency")):
@@ -241,6 +243,11 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
                        for_method=method_name, model_label="the model file")
     dataset = task.dataset(opts.data, "val", img_size, train=False)
     meta.check_data(dataset, opts.data, opts.checkpoint)
+    # before any scoring: the budget against the cheapest and densest config (and the MAC scope's default)
+    opts.budget_macs_of = check_budget(
+        BudgetAsk(macs=opts.budget_macs, latency=opts.budget_latency, macs_of=opts.budget_macs_of), model=model,
+        method=method, task=task, space=space, img_size=img_size, batch_size=opts.batch_size, device=device,
+        dataset=dataset, console=console if dist.is_main() else None)
 
     fitness = opts.fitness or ("logprob" if "logprob" in task.image_scores_fitnesses else "metric")
     if fitness not in task.image_scores_fitnesses:

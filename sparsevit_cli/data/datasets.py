@@ -125,9 +125,18 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
+#: the split folders a data set holds (a --data naming one of them is one level too deep)
+SPLIT_NAMES = ("train", "val", "test")
+
+
 def _require_dir(path: Path) -> None:
-    if not path.is_dir():
-        raise UserError(f"data folder '{path}' not found")
+    if path.is_dir():
+        return
+    given = path.parent  # `--data mydata/train`: its split folder would be mydata/train/train
+    if given.name in SPLIT_NAMES and path.name in SPLIT_NAMES and (given.parent / path.name).is_dir():
+        raise UserError(f"data folder '{path}' not found: --data is the folder holding train/ and val/; pass "
+                        f"'{given.parent}', not '{given}'")
+    raise UserError(f"data folder '{path}' not found")
 
 
 # --------------------------------------------------------------------------------------------- classification

@@ -60,6 +60,10 @@ def split_paths(root: str | os.PathLike, split: str) -> Tuple[Path, Path]:
 
 def _load_json(ann_file: Path) -> Dict[str, Any]:
     if not ann_file.is_file():
+        given = ann_file.parent.parent  # `--data coco/train`: the annotations are beside it, not in it
+        if given.name in ("train", "val", "test") and (given.parent / "annotations" / ann_file.name).is_file():
+            raise UserError(f"annotation file '{ann_file}' not found: --data is the folder holding train/, val/ "
+                            f"and annotations/; pass '{given.parent}', not '{given}'")
         raise UserError(f"annotation file '{ann_file}' not found")
     try:
         with open(ann_file) as f:
@@ -112,6 +116,8 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
                 seen[int(entry["id"])] = n
         for im in images.values():
             im["file_name"], im["width"], im["height"]  # noqa: B018 (presence check)
+    except UserError:  # a ValueError too: said as it is, not as a missing field
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{where}: an image or category entry lacks a field ({first_line(e)})") from None
     for im in images.values():

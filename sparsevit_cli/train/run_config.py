@@ -265,8 +265,9 @@ class RunConfig(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     out: str = Field("runs/finetune", description="output directory")
     checkpoint_every: int = Field(50, ge=1, le=MAX_STEPS, description="steps between checkpoints (also at every epoch end)")
-    max_steps: Optional[int] = Field(None, ge=0, le=MAX_STEPS, description=(
-        "stop after this many optimizer steps in this invocation (a deliberate interruption, for tests)"))
+    max_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description=(
+        "total optimizer steps: training ends after this many (or after `epochs`, whichever comes first), "
+        "evaluated and with its model file, and the learning-rate schedule spans them"))
     pipeline: Optional[Dict[str, Any]] = Field(None, description=(
         "the `sparsevit pipeline` section (schema: sparsevit_cli.pipeline.PipelineSettings, checked there); "
         "finetune and adapt ignore it, so one file serves the pipeline and the single commands"))
@@ -395,6 +396,26 @@ def apply_overrides(data: Dict[str, Any], overrides: Optional[Dict[str, Any]]) -
         else:
             node[leaf] = value
     return data
+
+
+def parse_model_args(items: List[str]) -> Dict[str, Any]:
+    """`--model-arg KEY=VALUE` options as the run config's `model.args` mapping, each VALUE read as YAML
+    (`embed_dim=32`, `depths=[2,2,6,2]`, `drop_path_rate=0.1`); one line for a malformed one."""
+    import yaml
+
+    args: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UserError(f"--model-arg takes KEY=VALUE (e.g. embed_dim=32 or depths=[2,2,6,2]), got "
+                            f"{shorten(repr(item))}")
+        try:
+            args[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UserError(f"--model-arg {key}: cannot read {shorten(repr(value))} as a value "
+                            f"({str(e).splitlines()[0]})") from None
+    return args
 
 
 #: an override value that removes the key (an option that replaces another key of the file, e.g. a MAC

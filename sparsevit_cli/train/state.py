@@ -32,7 +32,7 @@ HISTORY = "metrics.jsonl"
 #: files that show a folder holds a run (a fresh run there would overwrite it)
 RUN_FILES = (CHECKPOINT, PREVIOUS, HISTORY, "model.safetensors")
 #: run-config keys that do not change what a run computes, so a resumed run may change them
-FREE_ON_RESUME = ("out", "max_steps", "checkpoint_every", "data.num_workers", "pipeline")
+FREE_ON_RESUME = ("out", "checkpoint_every", "data.num_workers", "pipeline")
 #: what every checkpoint holds; one without these is not one of this version's
 KEYS = ("model", "optimizer", "scheduler", "scaler", "train_state", "mode", "config", "rng", "history", "loss")
 

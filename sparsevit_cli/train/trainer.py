@@ -38,6 +38,17 @@ from .state import check_same_run, load_checkpoint, read_checkpoint, save_checkp
 MODEL_FILE = "model.safetensors"
 
 
+#: test-only: an environment variable that stops `Trainer.fit` after this many optimizer steps of one call,
+#: with a checkpoint and no model file, as an interruption would (the tests of resume and of the pipeline's
+#: stopped stages use it); never a setting (`max_steps` is the run's total optimizer steps)
+STOP_AFTER_STEPS_ENV = "SPARSEVIT_TEST_STOP_AFTER_STEPS"
+
+
+def stop_after_steps_for_tests() -> Optional[int]:
+    value = os.environ.get(STOP_AFTER_STEPS_ENV)
+    return int(value) if value else None
+
+
 # --------------------------------------------------------------------------------------------- trainer
 @dataclass
 class TrainState:
@@ -79,7 +90,8 @@ class Trainer:
                                 f"asks for {asked} px (model.args.img_size); leave it out to train at {built} px")
             img_size = built
         else:
-            img_size = int(asked or 224)
+            from ..model_file import DEFAULT_IMG_SIZE
+            img_size = int(asked or DEFAULT_IMG_SIZE)
         self.img_size = img_size
         data = dict(img_size=img_size, skip_bad_images=cfg.data.skip_bad_images)
         self.train_set = self.task.dataset(cfg.data.path, "train", train=True, **data)
@@ -105,7 +117,8 @@ class Trainer:
         self.steps_per_epoch = len(self._batches(0))
         if self.steps_per_epoch == 0:
             raise UserError(f"data set has fewer than batch_size={cfg.batch_size} training images per process")
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        # `max_steps` (total optimizer steps, as in Hugging Face's Trainer) ends the run early, schedule included
+        self.total_steps = min(self.steps_per_epoch * cfg.epochs, cfg.max_steps or self.steps_per_epoch * cfg.epochs)
         self.scheduler = self._build_scheduler()
         self.scaler = torch.amp.GradScaler("cuda") if (cfg.amp and self.device.type == "cuda") else None
         self.state = TrainState()
@@ -365,8 +378,8 @@ class Trainer:
         return total
 
     def fit(self, resume: bool = False) -> Dict[str, Any]:
-        """Train to `epochs` (or `max_steps` steps of this call); the caller holds the output folder
-        (state.run_folder)."""
+        """Train to `epochs` or `max_steps` total optimizer steps, whichever comes first; the caller holds the
+        output folder (state.run_folder). Tests may interrupt it on purpose (`stop_after_steps_for_tests`)."""
         self.history: List[Dict[str, Any]] = []
         self.last_loss = float("nan")
         if resume:
@@ -376,12 +389,13 @@ class Trainer:
             dist.main_only(lambda: write_history(self.out, self.history))
         cfg, st = self.cfg, self.state
         done_steps_here = 0
+        stop_after = stop_after_steps_for_tests()
         with self._progress() as progress:
             task = progress.add_task(self.mode, total=self.total_steps, completed=st.global_step,
                                      loss=float("nan"), ips=0.0, epoch=st.epoch + 1)
-            while st.epoch < cfg.epochs:
+            while st.epoch < cfg.epochs and st.global_step < self.total_steps:
                 for x, y in iterate(self._loader(st.epoch, st.step_in_epoch)):
-                    if cfg.max_steps is not None and done_steps_here >= cfg.max_steps:
+                    if stop_after is not None and done_steps_here >= stop_after:
                         self.save_state()
                         return {"interrupted": True, "global_step": st.global_step}
                     t0 = time.perf_counter()
@@ -394,6 +408,8 @@ class Trainer:
                     progress.update(task, advance=1, loss=loss, ips=ips, epoch=st.epoch + 1)
                     if cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0:
                         self.save_state()
+                    if st.global_step >= self.total_steps:  # max_steps reached inside this epoch
+                        break
                 st.epoch += 1
                 st.step_in_epoch = 0
                 self._require_finite_weights()
