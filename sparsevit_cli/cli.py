@@ -268,6 +268,9 @@ def evaluate(
     max_samples: Optional[int] = typer.Option(None, min=1, help="Score a fixed random subset of this many images "
                                                                 "(default: all)."),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:N)."),
+    img_size: Optional[int] = typer.Option(None, min=1, help="Input resolution in pixels, square; default: the "
+                                                             "model file's (a Swin runs any size: e.g. 512 for a "
+                                                             "model built at 256; a ViT only its own)."),
     results_json: Optional[str] = typer.Option(None, help="Detectors: write the detections of the config asked "
                                                           "for (not the --dense row) as a COCO results file "
                                                           "(xywh boxes, the data's category ids, scores, RLE "
@@ -286,7 +289,7 @@ def evaluate(
     result = run_evaluate(EvaluateOptions(checkpoint=checkpoint, data=data, config=config, sparsity=sparsity,
                                           dense=dense, split=split, batch_size=batch_size, max_samples=max_samples,
                                           device=device, results_json=results_json, per_class=per_class,
-                                          include_fitness_images=include_fitness_images))
+                                          include_fitness_images=include_fitness_images, img_size=img_size))
     if result is None:  # a torchrun rank other than 0
         return
     if as_json:
@@ -347,8 +350,9 @@ def visualize(
                                          "detector's own transform)."),
     config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml); "
                                                      "default: the config stored in the model file."),
-    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels, square (default: the "
-                                                      "model's; must match it)."),
+    img_size: Optional[int] = typer.Option(None, min=1, help="Input resolution in pixels, square; default: the "
+                                                             "model file's (a Swin runs any size; a ViT only its "
+                                                             "own)."),
     out: Path = typer.Option(..., help="Picture to write (.png; .pdf, .svg, .jpg also work), written atomically."),
     score_threshold: Optional[float] = typer.Option(None, help="Detectors: draw predictions scoring at least "
                                                                "this, in [0, 1]. Default 0.5, and when no "
@@ -544,8 +548,9 @@ def export(
     config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. best.yaml); default: the "
                                                      "config stored in the model file."),
     format: ExportFormat = typer.Option(ExportFormat.onnx, help="Output format."),
-    img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (default and only choice: "
-                                                      "the model's)."),
+    img_size: Optional[int] = typer.Option(None, min=1, help="Input resolution in pixels, square; default: the "
+                                                             "model file's (a Swin exports at any size; a ViT "
+                                                             "only at its own)."),
     batch_size: int = typer.Option(1, min=1, help="Static batch size of the exported graph."),
     dtype: ExportDtype = typer.Option(ExportDtype.fp32, help="Precision (fp16 export is for CUDA runtimes; "
                                                              "not verifiable here)."),

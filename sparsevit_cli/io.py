@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import math
 import re
 import secrets
 import stat
@@ -98,14 +99,23 @@ def load_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = 
 
 
 def read_sparsity_file(path: str | os.PathLike) -> Dict[str, Any]:
-    """Read a sparsity-config file; returns its mapping with a `sparsity` list guaranteed."""
+    """Read a sparsity-config file; returns its mapping with a `sparsity` guaranteed: a list of groups (one
+    list of ratios per stage), or one number for uniform sparsity (`sparsity: 0.5`, as the Python API's
+    `load(path, 0.5)` takes it), as a float."""
     data = load_yaml(path, "config file")
-    if isinstance(data, list):  # a bare list of groups is accepted too
+    if isinstance(data, (list, int, float)) and not isinstance(data, bool):  # a bare list or number too
         data = {"sparsity": data}
     if not isinstance(data, dict) or "sparsity" not in data:
-        raise UserError(f"config file '{path}' needs a 'sparsity:' key with one list of ratios per stage")
-    if not isinstance(data["sparsity"], list):
-        raise UserError(f"config file '{path}': 'sparsity' must be a list of lists, got {type(data['sparsity']).__name__}")
+        raise UserError(f"config file '{path}' needs a 'sparsity:' key: one number (uniform) or one list of "
+                        f"ratios per stage")
+    value = data["sparsity"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise UserError(f"config file '{path}': 'sparsity' must be a finite number, got {value}")
+        return dict(data, sparsity=float(value))
+    if not isinstance(value, list):
+        raise UserError(f"config file '{path}': 'sparsity' must be a list of lists or one number, got "
+                        f"{type(value).__name__}")
     return data
 
 

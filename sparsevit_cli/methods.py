@@ -27,6 +27,9 @@ class Method(Protocol):
     #: the public function of the package that applies it to a model (`sparsify`: every SparseViT family,
     #: `psvit`): `sparsify` dispatches to the registered method of its name that supports the model
     entry_point: str
+    #: whether the wrapped model runs at any input size, not only the one it was built for (Swin's engine pads
+    #: each stage to whole windows; a ViT's position embedding is fixed): `--img-size` of a model file
+    any_size: bool
     #: every value a gene of a config may take (search spaces choose among these; a space offering any
     #: other value is refused when it is loaded, not when the model later rejects the config)
     gene_values: Tuple[float, ...]

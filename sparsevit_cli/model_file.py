@@ -131,12 +131,22 @@ class ModelMeta(BaseModel):
         """Input resolution the model was built for (square)."""
         return int(self.img_size or self.model_args.get("img_size") or DEFAULT_IMG_SIZE)
 
-    def resolve_img_size(self, requested: Optional[int]) -> int:
-        """The model's image size; a requested size (e.g. `--img-size`) must equal it."""
-        if requested is not None and int(requested) != self.image_size:
+    def resolve_img_size(self, requested: Optional[int], own_size_only: bool = False) -> int:
+        """The size to run at: `requested` (e.g. `--img-size`) when given, else the model's. Another size
+        than the model's is refused for a method whose model runs only at its own (`Method.any_size`:
+        a Swin runs any size, a ViT its built one), and with `own_size_only` (a search: what it adapted at)."""
+        from .methods import get_method
+        if requested is None or int(requested) == self.image_size:
+            return self.image_size
+        if own_size_only:
             raise UserError(f"the model file was built for img_size {self.image_size}, not {requested}; "
                             f"leave out --img-size to use the model's")
-        return self.image_size
+        if int(requested) < 1:
+            raise UserError(f"--img-size must be a positive number of pixels, got {requested}")
+        if not getattr(get_method(self.method), "any_size", False):
+            raise UserError(f"the model file was built for img_size {self.image_size}, not {requested}, and a "
+                            f"{self.method} model runs only at its own size; leave out --img-size to use it")
+        return int(requested)
 
     def sparsity_from(self, config: Union[None, List, Mapping[str, Any]]) -> Optional[List]:
         """The config to run: `config` if given (a list of groups, or a sparsity file's mapping whose
@@ -386,6 +396,8 @@ def load(path: str | os.PathLike, config: Union[None, float, List, Mapping[str, 
         sparsity = method.uniform_config(backbone, float(config))
     else:
         sparsity = meta.sparsity_from(config)
+        if isinstance(sparsity, (int, float)):  # a sparsity file's `sparsity: 0.5`: uniform
+            sparsity = method.uniform_config(backbone, float(sparsity))
     if sparsity is not None:  # the one place a loaded model's config is validated and applied
         sparsity = method.validate(backbone, sparsity)
         method.apply(backbone, sparsity)

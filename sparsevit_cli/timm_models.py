@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -16,7 +16,7 @@ from .errors import UserError, first_line, shorten
 def create_timm_model(name: str, img_size: Optional[int] = None, **model_args: Any) -> nn.Module:
     """timm.create_model with the checks a user needs (unknown name, impossible image size)."""
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5] if name else []
+        close = similar_model_names(name)
         hint = f" (did you mean: {', '.join(close)})" if close else ""
         raise UserError(f"unknown timm model '{shorten(name)}'{hint}")
     if img_size is not None:
@@ -28,6 +28,24 @@ def create_timm_model(name: str, img_size: Optional[int] = None, **model_args: A
     if img_size is not None:
         check_img_size(model, img_size)
     return model
+
+
+def similar_model_names(name: str, n: int = 5) -> List[str]:
+    """timm model names most like `name`: those that contain it (`swin_tiny` -> swin_tiny_patch4_window7_224,
+    ...) first, then difflib's closest by similarity (a typo: `swin_tiny_patch4_window7_244`), best first."""
+    import difflib
+
+    if not name:
+        return []
+    names = timm.list_models()
+    typed = name.lower()
+
+    def similarity(m: str) -> float:
+        return difflib.SequenceMatcher(None, typed, m).ratio()
+
+    containing = sorted((m for m in names if typed in m), key=lambda m: (-similarity(m), m))
+    close = difflib.get_close_matches(typed, names, n=n, cutoff=0.5)
+    return list(dict.fromkeys(containing + close))[:n]
 
 
 def check_img_size(model: nn.Module, img_size: int) -> None:

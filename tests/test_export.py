@@ -218,7 +218,7 @@ def bad_files(model_file, tmp_path_factory):
     (["--bogus", "1"], "No such option: --bogus"),
     (["--config", "{other_model}"], "config is for model 'swin_small_patch4_window7_224'"),
     (["--config", "{shape}"], "one list per stage"),
-    (["--img-size", "96"], "img_size 64"),
+    (["--img-size", "0"], "Invalid value for '--img-size'"),
     (["--dtype", "fp16"], "fp32"),
 ])
 def test_bad_export_input_is_one_line(args, needle, model_file, bad_files, tmp_path, capsys):

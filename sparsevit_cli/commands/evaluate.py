@@ -32,6 +32,7 @@ class EvaluateOptions:
     results_json: Optional[str] = None  # COCO tasks: write the evaluated config's detections here
     per_class: bool = False          # COCO tasks: AP of every category too
     include_fitness_images: bool = False  # with a search's best.yaml: also score the images it was ranked on
+    img_size: Optional[int] = None   # another input size than the model file's (a Swin runs any size)
 
 
 def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
@@ -51,7 +52,7 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     backbone = backbone_of(model)
     config = meta.sparsity
     task = get_task(meta.task)
-    img_size = meta.image_size
+    img_size = meta.resolve_img_size(opts.img_size)
     dataset = task.dataset(opts.data, opts.split, img_size, train=False)
     meta.check_data(dataset, opts.data, opts.checkpoint)
     if (results_path is not None or opts.per_class) and not hasattr(task.metric(dataset), "summary"):

@@ -238,7 +238,7 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     method_name = meta.method
     backbone = backbone_of(model)
     task = get_task(meta.task)
-    img_size = meta.resolve_img_size(opts.img_size)
+    img_size = meta.resolve_img_size(opts.img_size, own_size_only=True)
     space = load_space(opts.space or meta.space or method.default_space, group_sizes=method.group_sizes(backbone),
                        for_method=method_name, model_label="the model file")
     dataset = task.dataset(opts.data, "val", img_size, train=False)

@@ -16,6 +16,7 @@ class SparseViT:
     default_space = "swin_auto"  # gene counts from the model: fits every Swin depth
     supported_models = "a timm SwinTransformer or its features_only backbone"
     entry_point = "sparsify"
+    any_size = True  # the engine runs any size the patch divides (tests/test_swin_any_size.py)
     gene_values = RATIO_CHOICES  # window-sparsity ratios the engine runs (patch.py owns them)
 
     def supports(self, model: nn.Module) -> bool:

@@ -50,6 +50,7 @@ class PSViT:
     default_space = "psvit_deit"
     supported_models = "a timm VisionTransformer (ViT/DeiT)"
     entry_point = "psvit"
+    any_size = False  # a fixed position embedding and token-count dependent pooling
     gene_values = GENE_VALUES  # binary genes: off / on
 
     def supports(self, model: nn.Module) -> bool:
