@@ -152,22 +152,28 @@ def adapt(
     config: Optional[Path] = typer.Option(None, "--config", help="Run-config YAML (same keys as finetune)."),
     checkpoint: Optional[str] = typer.Option(None, help="Trained model: a sparsevit .safetensors file, or a "
                                                          "timm-format checkpoint together with --model."),
-    model: Optional[str] = typer.Option(None, help="timm model name (when the checkpoint is timm-format)."),
+    model: Optional[str] = typer.Option(None, help="timm model name (when the checkpoint is timm-format); default: "
+                                                   "swin_tiny_patch4_window7_224."),
     data: Optional[str] = typer.Option(None, help="Data directory in the task's layout: ImageFolder train/ and "
                                                   "val/ (classification) or COCO (detection; the task is the "
                                                   "run config's, else the model file's)."),
-    space: Optional[str] = typer.Option(None, help="Search space: packaged name (e.g. swin_t) or YAML path."),
-    sandwich: Optional[bool] = typer.Option(None, help="Also train the dense and the sparsest config every step."),
+    space: Optional[str] = typer.Option(None, help="Search space: packaged name (e.g. swin_t) or YAML path; "
+                                                   "default: the method's (swin_auto for Swin)."),
+    sandwich: Optional[bool] = typer.Option(None, help="Also train the dense and the sparsest config every step; "
+                                                       "default: the run config's, else off."),
     # a plain string, not a Typer choice: the choices are the engine's registry (swin.patch.WINDOW_SCORES),
     # which imports torch, and `sparsevit --help` must stay light; the run config checks it by that registry
     window_score: Optional[str] = typer.Option(None, help="SparseViT window ranking: l2-centered (default: "
                                                           "magnitude of the deviation from the image's mean "
                                                           "token), l2 (the paper's raw L2 magnitude) or "
                                                           "mean-abs (the authors' released code)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step per process."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    out: Optional[str] = typer.Option(None, help="Output directory."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs; default: the run config's, else 10."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Training images per step per process; default: "
+                                                               "the run config's, else 32."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate; default: the run config's optim.lr, else "
+                                                  "0.001."),
+    out: Optional[str] = typer.Option(None, help="Output directory; default: the run config's, else "
+                                                 "runs/finetune."),
     resume: bool = typer.Option(False, help="Continue bit-for-bit from out/last.pt."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
