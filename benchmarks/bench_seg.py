@@ -83,7 +83,9 @@ def pipeline_config(args, data: Path, out: Path) -> Dict[str, Any]:
             "search": {"population": args.population, "generations": args.generations,
                        "parents": max(2, args.population // 4), "mutations": args.population // 2,
                        "crossovers": args.population // 2, "eval_samples": args.eval_samples,
-                       "confirm_samples": args.confirm_samples},
+                       "confirm_samples": args.confirm_samples,
+                       # the report card scores the val canvases neither split saw: all that are left
+                       "report_samples": max(1, args.val - args.eval_samples - args.confirm_samples)},
             "finetune": {"epochs": args.finetune_epochs},
             "evaluate": {"uniform": args.uniform, "pictures": args.pictures, "repeats": args.repeats,
                          "throughput_batch": max(args.batch_sizes)},

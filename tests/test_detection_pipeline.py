@@ -183,8 +183,12 @@ def test_a_backbone_mac_budget_counts_the_backbone_alone(tmp_path, demo, detecto
     search = ["search", "--checkpoint", model_file, "--data", str(demo), "--budget-macs", "50%", "--population",
               "3", "--generations", "1", "--parents", "2", "--mutations", "1", "--crossovers", "1", "--eval-samples",
               "2", "--no-progress"]
-    code, _, err = run_cli(search + ["--out", str(tmp_path / "whole")], capsys)
+    code, _, err = run_cli(search + ["--out", str(tmp_path / "whole"), "--budget-macs-of", "model"], capsys)
     assert code == 2 and "below the cheapest config" in err and len(err.strip().splitlines()) == 1, err
+    assert "--budget-macs-of backbone" in err  # the refusal names the fix
+    # unsaid, a detector's MAC budget counts its backbone (the heads are a fixed cost): that one runs
+    code, out, err = run_cli(search + ["--out", str(tmp_path / "default")], capsys)
+    assert code == 0 and "counts the backbone's MACs" in " ".join(out.split()), err
 
     code, _, err = run_cli(search + ["--out", str(tmp_path / "bb"), "--budget-macs-of", "backbone"], capsys)
     assert code == 0, err
@@ -196,7 +200,7 @@ def test_a_backbone_mac_budget_counts_the_backbone_alone(tmp_path, demo, detecto
     assert history and all(h["cost"] <= best["budget"] + 1e-9 for h in history if "cost" in h)
 
     # a search resumed with the other scope would mix costs: refused
-    code, _, err = run_cli(search + ["--out", str(tmp_path / "bb"), "--resume"], capsys)
+    code, _, err = run_cli(search + ["--out", str(tmp_path / "bb"), "--resume", "--budget-macs-of", "model"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 

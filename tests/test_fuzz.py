@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from sparsevit_cli.cli import app, main
 from sparsevit_cli.data.demo import write_demo_data
+from cli_helpers import stopped_after
 
 EXAMPLES = int(os.environ.get("SPARSEVIT_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -47,6 +48,14 @@ def world(tmp_path_factory):
     (root / "truncated.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     (root / "adir").mkdir()
     return root
+
+
+@pytest.fixture(autouse=True)
+def one_step_runs():
+    """A fuzzed run that trains stops after one optimizer step, as an interruption would (a pipeline's later
+    stages then wait): every valid draw stays short."""
+    with stopped_after(1):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -107,9 +116,9 @@ def key_paths(d, prefix=()):
             yield from key_paths(v, prefix + (k,))
 
 
-#: a pipeline section whose valid runs stay short: one step per training stage (max_steps), one search
-#: evaluation, no report card, no export
-TINY_PIPELINE = {"budget": {"macs": "50%"}, "dense": {"run": True, "epochs": 1},
+#: a pipeline section whose valid runs stay short: one step (max_steps; the first stage stops after it:
+#: `one_step_runs`), one search evaluation, no report card, no export
+TINY_PIPELINE = {"budget": {"macs": "50%"}, "dense": {"run": True, "epochs": 1}, "allow_small_val": True,
                  "search": {"population": 1, "generations": 1, "parents": 1, "mutations": 0, "crossovers": 0,
                             "eval_samples": 2},
                  "evaluate": {"run": False}, "export": {"run": False}}

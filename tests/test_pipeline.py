@@ -21,7 +21,7 @@ MICRO = {"img_size": 64, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2],
 #: every stage on, each as small as it can be and still do its job
 TINY = {"budget": {"macs": "50%"}, "dense": {"run": True},
         "search": {"population": 3, "generations": 1, "parents": 2, "mutations": 1, "crossovers": 1,
-                   "eval_samples": 4, "confirm_samples": 4, "pick": "gain-shown"},
+                   "eval_samples": 4, "confirm_samples": 4, "report_samples": 4, "pick": "gain-shown"},
         "evaluate": {"uniform": [0.4, 0.8], "pictures": 1, "repeats": 1, "throughput_batch": 2}}
 
 
@@ -156,6 +156,9 @@ def test_rerun_skips_and_changed_inputs_are_refused(tmp_path, reference, run_yam
     ({}, ["--budget-latency", "50%", "--budget-macs", "50%"], "give one budget"),
     ({}, ["--budget-latency", "50%", "--budget-macs-of", "backbone"], "macs_of"),
     ({}, ["--checkpoint", "missing.pth"], "not found"),
+    ({}, ["--budget-macs", "1%"], "below the cheapest config"),
+    ({}, ["--budget-latency", "60"], "say 60ms or 60%"),
+    ({"pipeline": {"search": {"eval_samples": 8}}}, [], "--allow-small-val"),
 ])
 def test_bad_settings_are_one_line(tmp_path, data_dir, capsys, edit, flags, needle):
     """Refused before any stage runs: a typo costs no training."""
@@ -168,9 +171,16 @@ def test_bad_settings_are_one_line(tmp_path, data_dir, capsys, edit, flags, need
     assert not (tmp_path / "out" / "dense").exists()  # refused before any stage ran
 
 
-def test_a_stage_that_failed_before_writing_anything_takes_new_inputs(tmp_path, reference, run_yaml, capsys):
-    """A search refused for its budget (below the sparsest config) wrote nothing: fixing the budget is no
-    change of inputs to refuse."""
+def test_a_stage_that_failed_before_writing_anything_takes_new_inputs(tmp_path, reference, run_yaml, capsys,
+                                                                       monkeypatch):
+    """A search refused for its budget wrote nothing: fixing the budget is no change of inputs to refuse. (A
+    budget below the cheapest config is refused before any stage now, by the pre-checks: the search stage
+    here refuses one itself, as one the pre-checks passed may still be, e.g. measured again under load.)"""
+    from sparsevit_cli.commands import pipeline as command
+    from sparsevit_cli.errors import UserError
+
+    def refused(*args, **kwargs):
+        raise UserError("--budget-macs 40% is below the cheapest config")
     out = tmp_path / "run"
     shutil.copytree(reference / "dense", out / "dense")  # finished stages: the same inputs
     shutil.copytree(reference / "adapt", out / "adapt")
@@ -179,7 +189,10 @@ def test_a_stage_that_failed_before_writing_anything_takes_new_inputs(tmp_path, 
         cfg["pipeline"][later] = {"run": False}
     search_only = tmp_path / "search_only.yaml"
     search_only.write_text(yaml.safe_dump(cfg))
-    code, _, err = run_cli(["pipeline", search_only, "--out", out, "--budget-macs", "1%", "--no-progress"], capsys)
+    with monkeypatch.context() as m:
+        m.setattr(command, "_search", refused)
+        code, _, err = run_cli(["pipeline", search_only, "--out", out, "--budget-macs", "40%", "--no-progress"],
+                               capsys)
     assert_one_line_error(code, err, "below the cheapest config")
     assert sorted(p.name for p in (out / "search").iterdir() if not p.name.startswith(".")) == ["inputs.json"]
     code, _, err = run_cli(["pipeline", search_only, "--out", out, "--no-progress"], capsys)
@@ -211,7 +224,7 @@ def test_detection_from_a_timm_checkpoint_with_flags(tmp_path, zygote, capsys):
         torch.save(create_timm_model("swin_tiny_patch4_window7_224", **DET).state_dict(), tmp_path / f"swin{seed}.pth")
     # without the finetune stage: the final model is the adapted weights under the searched config
     pipeline = {"finetune": {"run": False}, "search": {"population": 2, "generations": 1, "parents": 1, "mutations": 1, "crossovers": 0,
-                           "eval_samples": 1, "confirm_samples": 1},
+                           "eval_samples": 1, "confirm_samples": 1, "report_samples": 2},
                 "evaluate": {"uniform": [0.5], "pictures": 1, "repeats": 1, "throughput_batch": 2}}
     cfg = write_yaml(tmp_path / "det.yaml", "unused", pipeline, DET, task_options=LIGHT, batch_size=2,
                      eval_batch_size=2, adapt={"report": [0.5]})

@@ -79,19 +79,19 @@ PRESETS: Dict[str, DemoPreset] = {
                       model_args=dict(embed_dim=64, depths=[2, 2, 6, 2], num_heads=[2, 4, 8, 16], window_size=7,
                                       global_pool="max"),
                       dense_epochs=30, adapt_epochs=10, finetune_epochs=5, batch_size=64, lr=1e-3,
-                      population=50, generations=20, parents=10, children=25, eval_samples=500),
+                      population=50, generations=20, parents=10, children=25, eval_samples=400),
     # PSViT on a 12-block DeiT (the gene layout of DeiT-S/B, so its searched config runs on them too)
     "psvit": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=3000, n_val=600, num_classes=10,
                         digit_frac=(0.25, 0.4),
                         model_args=dict(patch_size=8, embed_dim=96, depth=12, num_heads=3, global_pool="max",
                                         drop_path_rate=0.0),
                         dense_epochs=15, adapt_epochs=5, finetune_epochs=2, batch_size=32, lr=1e-3,
-                        population=16, generations=4, parents=4, children=6, eval_samples=300, budget="60%"),
+                        population=16, generations=4, parents=4, children=6, eval_samples=240, budget="60%"),
     "psvit-quick": DemoPreset(model="deit_tiny_patch16_224", img_size=64, n_train=64, n_val=48, num_classes=10,
                               digit_frac=(0.25, 0.4),
                               model_args=dict(patch_size=8, embed_dim=32, depth=6, num_heads=2, global_pool="max"),
                               dense_epochs=1, adapt_epochs=1, finetune_epochs=1, batch_size=16, lr=1e-3,
-                              population=6, generations=2, parents=3, children=3, eval_samples=24, budget="60%",
+                              population=6, generations=2, parents=3, children=3, eval_samples=16, budget="60%",
                               timing_repeats=5),
 }
 
