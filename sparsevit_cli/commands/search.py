@@ -354,8 +354,7 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         from ..timm_models import describe_architecture
         pick = (conf.pick.cost, conf.pick.fitness) if conf.pick.fitness is not None else None
         plot_pareto(result, out / "pareto.png", fitness_label(fitness, task.metric_name), pick=pick,
-                    title=f"search of {describe_architecture(backbone)} ({method_name}, {task.name}): "
-                          f"{len(result.evaluated)} networks evaluated")
+                    title=f"{describe_architecture(backbone)}, {task.name}: {len(result.evaluated)} networks searched")
         console.print(_top_table(result, unit, dense_cost, fitness, task.metric_name))
         console.print(confirmation_table(conf, unit))
         console.print(conf.verdict)

@@ -663,7 +663,7 @@ def plot_pareto(result: SearchResult, path: Path, metric_name: str = "metric", t
         ax.axvline(result.budget.min_cost, ls=":", color="gray", lw=1, label="minimum cost")
     ax.set_xlabel(f"cost ({unit})")
     ax.set_ylabel(metric_name)
-    ax.set_title(title or f"search: {len(result.evaluated)} configs evaluated")
+    ax.set_title(title or f"search: {len(result.evaluated)} configs evaluated", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
