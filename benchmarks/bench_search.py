@@ -8,8 +8,10 @@ adapted (sparsity-aware, a random config every step). The val images are split o
 confirmation split (the search's own, `evaluate.search_splits`) and the rest as the report split, which no
 search sees.
 
-At three MAC budgets (30/50/70% of dense) and one latency budget (50% of dense, predicted by a latency table
-calibrated on this machine), for each search seed:
+At MAC budgets (30/50/70% of dense, and budgets placed on the uniform grid: `at:0.5` is exactly uniform 50%'s
+MACs, `mid:0.7:0.8` midway between uniform 70%'s and 80%'s, where uniform leaves MACs unused and a non-uniform
+config may spend them) and one latency budget (predicted by a latency table calibrated on this machine), for
+each search seed (each row says where its budget lies on the uniform grid: at a grid point or between two):
 
 * evolution (`run_evolution`, fitness = mean log-probability of the true class), its top candidates and the
   best uniform config confirmed on the confirmation split (`search.confirm.confirm`), as `sparsevit search`;
@@ -80,7 +82,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/bench_search")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--budgets", default="0.3,0.5,0.7", help="MAC budgets, fractions of dense")
+    ap.add_argument("--budgets", default=DEFAULT_BUDGETS,
+                    help="MAC budgets: fractions of dense (0.3), at a uniform config's MACs (at:0.5: uniform 50%%), "
+                         "or midway between two uniform configs' MACs (mid:0.7:0.8)")
     ap.add_argument("--latency-budget", type=float, default=0.5, help="fraction of dense latency (0: none)")
     ap.add_argument("--confirm-top", type=int, default=5)
     ap.add_argument("--device", default="cpu")
@@ -95,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = ap.parse_args(argv)
     p = SMOKE if args.smoke else (REDUCED if args.reduced else SETTING)
     if args.smoke:
-        args.seeds, args.budgets, args.latency_budget = 2, "0.5", 0.9
+        args.seeds, args.budgets, args.latency_budget = 2, "at:0.5,mid:0.7:0.8", 0.9
     console = make_console()
     out = Path(args.out)
     dev = torch.device(args.device)
@@ -170,7 +174,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     def latency(config) -> float:
         return predict_latency(method, lat_table, config)
 
-    budgets = [("MACs", float(b), gmacs) for b in args.budgets.split(",")]
+    searched_groups = [g for g in space.groups if g.fixed is None]  # the uniform values, as the search has them
+    uniform_values = sorted(set.intersection(*(set(g.choices) for g in searched_groups)) - {0.0})
+
+    def grid(cost) -> Dict[float, float]:
+        """Each uniform config's cost as a fraction of dense: the grid a uniform-only choice is stuck on."""
+        return {float(v): cost(space.decode(space.uniform(v))) / cost(dense_cfg) for v in uniform_values}
+
+    budgets = [("MACs", budget_fraction(b, grid(gmacs)), gmacs) for b in args.budgets.split(",")]
     if args.latency_budget > 0:
         budgets.append(("latency", args.latency_budget, latency))
     settings = EvolutionSettings(population=p.population, generations=p.generations, parents=p.parents,
@@ -180,10 +191,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         dense_cost = cost(dense_cfg)
         budget = Budget(max_cost=fraction * dense_cost, unit="GMACs" if kind == "MACs" else "ms")
         label = f"{fraction:.0%} {kind}"
+        position = grid_position(fraction, grid(cost))
         sparsest = cost(space.decode(space.extreme("sparsest")))
         if sparsest > budget.max_cost:  # a latency table on a busy machine can say so: report it, go on
             console.print(f"[yellow]{label}: skipped, below the sparsest config ({sparsest:.4g} {budget.unit})[/]")
-            rows.append({"budget": label, "kind": kind, "fraction": fraction, "skipped":
+            rows.append({"budget": label, "kind": kind, "fraction": fraction, "grid": position, "skipped":
                          f"budget {budget.max_cost:.4g} {budget.unit} below the sparsest config {sparsest:.4g}"})
             continue
         per_method: Dict[str, List[Dict[str, Any]]] = {"evolution": [], "random": [], GUARDED: []}
@@ -209,7 +221,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         low = None if args.no_downscaled else _downscaled(p, out, data, kind, fraction, dense_file, args.device,
                                                           dev, console)
         summary = _summary(per_method, uniform_row, low.pop("correct") if low else None, scores)
-        rows.append({"budget": label, "kind": kind, "fraction": fraction, "max_cost": budget.max_cost,
+        rows.append({"budget": label, "kind": kind, "fraction": fraction, "grid": position, "max_cost": budget.max_cost,
                      "unit": budget.unit, "uniform": uniform_row, "downscaled_dense": low, **per_method,
                      "summary": summary})
         console.print(f"{label}: done ({time.time() - started:.0f} s, {evaluations['count']} evaluations so far)")
@@ -242,6 +254,52 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     for what, ok in targets.items():
         console.print(f"{'[green]holds[/]' if ok else '[red]does not hold[/]'}  {what}")
     return result
+
+
+#: the default MAC budgets: the earlier run's three, and budgets on the uniform grid (at a grid point; midway
+#: between uniform 70% and 80%, where a held-out enumeration of the demo's space found +1.3 top-1 at 30% MACs)
+DEFAULT_BUDGETS = "0.3,0.5,0.7,at:0.5,at:0.7,mid:0.7:0.8"
+
+
+def budget_fraction(spec: str, grid: Dict[float, float]) -> float:
+    """A budget as a fraction of dense cost: '0.3' as given, 'at:0.5' uniform 50%'s cost, 'mid:0.7:0.8' midway
+    between uniform 70%'s and 80%'s (`grid`: uniform value -> cost fraction)."""
+    kind, *values = spec.strip().split(":")
+    if not values:
+        return float(kind)
+
+    def cost(v: str) -> float:
+        key = min(grid, key=lambda u: abs(u - float(v)))
+        if abs(key - float(v)) > 1e-9:
+            raise SystemExit(f"--budgets {spec}: {v} is not a uniform value of the space ({sorted(grid)})")
+        return grid[key]
+    if kind == "at" and len(values) == 1:
+        return cost(values[0])
+    if kind == "mid" and len(values) == 2:
+        return (cost(values[0]) + cost(values[1])) / 2
+    raise SystemExit(f"--budgets {spec}: give a fraction (0.3), at:U or mid:U1:U2 (U: a uniform sparsity)")
+
+
+def grid_position(fraction: float, grid: Dict[float, float], tol: float = 1e-3) -> Dict[str, Any]:
+    """Where a budget (a fraction of dense cost) lies on the uniform grid (uniform value -> cost fraction):
+    `at` a uniform config's cost, `between` two (the densest uniform config inside the budget and the next
+    denser one), or below / above the grid; `slack`: the share of dense cost the best uniform config in the
+    budget leaves unused (what a non-uniform config can spend)."""
+    full = {0.0: 1.0, **grid}  # dense (sparsity 0) is the grid's densest point
+    inside = [(c, v) for v, c in full.items() if c <= fraction + tol]
+    outside = [(c, v) for v, c in full.items() if c > fraction + tol]
+    at = [v for v, c in full.items() if abs(c - fraction) <= tol]
+    if at:
+        return {"where": "at", "uniform": [at[0]], "slack": 0.0, "text": f"at uniform {at[0]:.0%}"}
+    if not inside:
+        return {"where": "below", "uniform": [], "slack": None, "text": "below the sparsest uniform config"}
+    fit_cost, fit = max(inside)  # the densest uniform config in the budget
+    if not outside:
+        return {"where": "above", "uniform": [0.0], "slack": fraction - 1.0, "text": "above dense"}
+    denser_cost, denser = min(outside)
+    share = (fraction - fit_cost) / (denser_cost - fit_cost)
+    return {"where": "between", "uniform": [denser, fit], "slack": fraction - fit_cost,
+            "text": f"between uniform {denser:.0%} and {fit:.0%} ({share:.0%} of the way up from {fit:.0%})"}
 
 
 def _downscaled(p: DemoPreset, out: Path, data: Path, kind: str, fraction: float, dense_file: Path, device: str,
@@ -340,7 +398,7 @@ def _diff(summary: Dict[str, Any]) -> str:
             f"{summary['highest_ci_high']:+.2f}]")
 
 
-COLUMNS = ("budget", "evolution", "random", "best uniform", "dense downscaled",
+COLUMNS = ("budget", "on the uniform grid", "MACs uniform leaves unused", "evolution", "random", "best uniform", "dense downscaled",
            "evolution - uniform (per-seed CI range)", "seeds with gain shown", "evolution - uniform, pooled (CI)",
            "verdict", "gain-shown rule - uniform (per-seed CI range)", "gain-shown - uniform, pooled (CI)",
            "verdict (gain-shown)")
@@ -351,16 +409,25 @@ def _rows(result: Dict[str, Any]) -> List[List[str]]:
     rows = []
     for row in result["rows"]:
         if "skipped" in row:
-            rows.append([row["budget"], f"skipped: {row['skipped']}"] + [""] * (len(COLUMNS) - 2))
+            rows.append([row["budget"], *_grid_cells(row), f"skipped: {row['skipped']}"] + [""] * (len(COLUMNS) - 4))
             continue
         s = row["summary"]
         e, r = s["evolution"], s["random"]
         g = s.get(GUARDED)
-        rows.append([row["budget"], f"{e['mean']:.2f} ± {e['sd']:.2f}", f"{r['mean']:.2f} ± {r['sd']:.2f}",
+        rows.append([row["budget"], *_grid_cells(row), f"{e['mean']:.2f} ± {e['sd']:.2f}", f"{r['mean']:.2f} ± {r['sd']:.2f}",
                      f"{row['uniform']['report_top1']:.2f}", _low(row["downscaled_dense"]), _diff(e),
                      f"{e['seeds_with_gain_shown']}/{result['seeds']}", _pooled(e), _verdict(e),
                      _diff(g) if g else "", _pooled(g) if g else "", _verdict(g) if g else ""])
     return rows
+
+
+def _grid_cells(row: Dict[str, Any]) -> List[str]:
+    """Where the budget lies on the uniform grid, and the share of dense cost the best uniform config in it
+    leaves unused (rows of results written before the grid was recorded: unknown)."""
+    g = row.get("grid")
+    if g is None:
+        return ["", ""]
+    return [g["text"], "" if g["slack"] is None else f"{g['slack']:.1%} of dense"]
 
 
 def _table(result: Dict[str, Any]) -> Table:

@@ -166,7 +166,8 @@ def main(argv=None) -> Dict[str, Any]:
     card = json.loads((out / "pipeline" / "report.json").read_text())
 
     files = card["stages"]
-    models = {"dense": load(files["dense"]), "adapted dense": load(files["adapt"], 0.0)}
+    # dense as the card has it: like-for-like, the adapted model finetuned dense as long as the pick
+    models = {"dense": load(card.get("dense_model") or files["dense"]), "adapted dense": load(files["adapt"], 0.0)}
     best_uniform = next((r for r in card["rows"] if r["kind"] == "uniform"), None)
     if best_uniform is not None:
         models[best_uniform["label"].rstrip("*")] = load(files["adapt"], best_uniform["config"])  # "uniform 50%"

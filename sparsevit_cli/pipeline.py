@@ -138,7 +138,12 @@ class EvaluateStage(Section):
         "uniform sparsities of the adapted model: the report's uniform curve and its best-uniform-in-budget row"))
     pictures: int = Field(3, ge=0, description="val images drawn with the windows the final model keeps")
     throughput_batch: Optional[int] = Field(None, ge=1, description="batch of the throughput column (default 64)")
-    repeats: int = Field(10, ge=1, description="timed repeats per model (the median is reported)")
+    repeats: int = Field(10, ge=1, description=(
+        "timed repeats per model, interleaved (the median and interquartile range are reported)"))
+    dense_finetune: bool = Field(True, description=(
+        "like-for-like dense row: finetune the adapted model dense for the finetune stage's epochs, so dense "
+        "and the pick have the same training (off: the dense row is the model as trained before adapt, and the "
+        "card says its gap to the pick includes the extra epochs)"))
 
     @field_validator("uniform")
     @classmethod

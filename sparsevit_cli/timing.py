@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from typing import Any, Callable, Dict, Iterator, List
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import torch
 import torch.nn as nn
@@ -64,6 +65,39 @@ def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeat
     return statistics.median(times)
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Milliseconds of one thing timed `repeats` times: the median and the interquartile range (robust to
+    a repeat slowed by another process, which min-max is not)."""
+
+    median: float
+    low: float   # first quartile
+    high: float  # third quartile
+    repeats: int
+
+    @classmethod
+    def of(cls, times: Sequence[float]) -> "Spread":
+        times = sorted(times)
+        if len(times) < 2:
+            return cls(times[0], times[0], times[0], len(times))
+        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+        return cls(statistics.median(times), q1, q3, len(times))
+
+    def overlaps(self, other: "Spread") -> bool:
+        """The two interquartile ranges overlap: which of the two is faster is not shown by these repeats."""
+        return self.low <= other.high and other.low <= self.high
+
+
+#: fewer interleaved repeats than this estimate no spread worth the name: a comparison is then flagged
+MIN_SPREAD_REPEATS = 5
+
+
+def unreliable(a: Spread, b: Spread) -> bool:
+    """A speed comparison of `a` with `b` these repeats cannot support: their interquartile ranges overlap,
+    or too few repeats to measure a spread."""
+    return min(a.repeats, b.repeats) < MIN_SPREAD_REPEATS or a.overlaps(b)
+
+
 def _runner(model: nn.Module, x: torch.Tensor, cuda_graphs: bool) -> Callable[[], torch.Tensor]:
     """A zero-argument callable running one forward; with CUDA graphs, a captured replay."""
     if not cuda_graphs:
@@ -83,6 +117,12 @@ def _runner(model: nn.Module, x: torch.Tensor, cuda_graphs: bool) -> Callable[[]
 def time_models(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int = 3, repeats: int = 10,
                 cuda_graphs: bool = False) -> Dict[str, float]:
     """Median milliseconds of one forward for each model, timed interleaved on the same input."""
+    return {name: s.median for name, s in time_models_spread(models, x, warmup, repeats, cuda_graphs).items()}
+
+
+def time_models_spread(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int = 3, repeats: int = 10,
+                       cuda_graphs: bool = False) -> Dict[str, Spread]:
+    """`time_models` with the spread of the repeats: the median and interquartile range per model."""
     device = x.device
     if cuda_graphs and device.type != "cuda":
         raise UserError("--cuda-graphs needs --device cuda")
@@ -100,7 +140,7 @@ def time_models(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int = 3, 
                 run()
                 _sync(device)
                 times[name].append((time.perf_counter() - t0) * 1000.0)
-    return {name: statistics.median(v) for name, v in times.items()}
+    return {name: Spread.of(v) for name, v in times.items()}
 
 
 def relative_error(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -153,12 +193,15 @@ def latency_and_throughput(models: Dict[str, nn.Module], make_input: Callable[[i
                            compile_backend: str = "inductor") -> Dict[str, Dict[str, float]]:
     """Per model: batch-1 latency `ms` and `images_per_s` at `batch_size` (the batch-1 rate when it is 1).
     Each batch size is one interleaved run over all models; `make_input(n)` returns n inputs on the models'
-    device. With `compile`, every model is compiled for each batch shape and checked against eager first."""
-    ms: Dict[int, Dict[str, float]] = {}
+    device. With `compile`, every model is compiled for each batch shape and checked against eager first.
+    `ms_low` and `ms_high` are the batch-1 latency's interquartile range over the repeats."""
+    ms: Dict[int, Dict[str, Spread]] = {}
     for n in sorted({1, batch_size}):
         x = make_input(n)
         runs = {name: compile_model(m, x, compile_backend) if compile else m for name, m in models.items()}
         with compile_failures_as_user_errors(compile):
-            ms[n] = time_models(runs, x, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
-    return {name: {"ms": ms[1][name], "images_per_s": 1000.0 * batch_size / ms[batch_size][name]}
+            ms[n] = time_models_spread(runs, x, warmup=warmup, repeats=repeats, cuda_graphs=cuda_graphs)
+    # ms_low, ms_high: the batch-1 latency's interquartile range over the repeats
+    return {name: {"ms": ms[1][name].median, "ms_low": ms[1][name].low, "ms_high": ms[1][name].high,
+                   "images_per_s": 1000.0 * batch_size / ms[batch_size][name].median}
             for name in models}

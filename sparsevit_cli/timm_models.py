@@ -188,3 +188,31 @@ def _family_module(model: nn.Module) -> str:
         if cls.__module__.startswith("timm.models."):
             return cls.__module__
     return type(model).__module__
+
+
+#: the family names of timm's model classes, as people say them
+FAMILY_NAMES = {"SwinTransformer": "Swin", "SwinTransformerV2": "Swin V2", "SwinTransformerV2Cr": "Swin V2",
+                "VisionTransformer": "ViT", "VisionTransformerDistilled": "DeiT"}
+
+
+def describe_architecture(model: nn.Module) -> str:
+    """The architecture a (timm) model really is, read from the built model rather than its timm name: e.g.
+    'Swin (embed 32, depths 2-4)' for `swin_tiny_patch4_window7_224` built with embed_dim=32, depths=[2, 4];
+    pass a task model's backbone (`tasks.backbone_of`)."""
+    inner = model
+    # the timm class it is (an engine-patched model is a subclass of it)
+    mro = type(inner).__mro__
+    family = next((FAMILY_NAMES[c.__name__] for c in mro if c.__name__ in FAMILY_NAMES),
+                  next((c.__name__ for c in mro if c.__module__.startswith("timm.models.")), type(inner).__name__))
+    embed = getattr(inner, "embed_dim", None)
+    if isinstance(embed, (list, tuple)):
+        embed = embed[0]
+    layers = getattr(inner, "layers", None)
+    blocks = getattr(inner, "blocks", None)
+    if layers is not None and all(hasattr(layer, "blocks") for layer in layers):
+        depth = "depths " + "-".join(str(len(layer.blocks)) for layer in layers)
+    elif blocks is not None:
+        depth = f"depth {len(blocks)}"
+    else:
+        return family
+    return f"{family} (embed {embed}, {depth})" if embed is not None else f"{family} ({depth})"

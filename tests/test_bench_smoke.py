@@ -62,7 +62,13 @@ def test_bench_latency_table_smoke(bench):
 def test_bench_search_smoke(bench, tmp_path):
     """The search benchmark's whole pipeline on a micro setting: every budget has every method's rows."""
     result = bench("bench_search")["main"](["--smoke", "--out", str(tmp_path / "b"), "--results", ""])
-    assert [r["budget"] for r in result["rows"]] == ["50% MACs", "90% latency"]
+    assert [r["kind"] for r in result["rows"]] == ["MACs", "MACs", "latency"]
+    # one budget at a uniform grid point (uniform 50%'s MACs), one midway between uniform 70% and 80%
+    at, mid = result["rows"][0]["grid"], result["rows"][1]["grid"]
+    assert at["where"] == "at" and at["uniform"] == [0.5] and at["slack"] == pytest.approx(0, abs=1e-3)
+    assert mid["where"] == "between" and mid["uniform"] == [0.7, 0.8] and mid["slack"] > 0
+    md = bench("bench_search")["_markdown"](result)
+    assert "at uniform 50%" in md and "between uniform 70% and 80% (50% of the way up from 80%)" in md
     for row in result["rows"]:
         if row["kind"] == "latency" and "skipped" in row:  # a table timed on a busy machine may say so
             continue
@@ -72,3 +78,22 @@ def test_bench_search_smoke(bench, tmp_path):
             assert run["vs_uniform"]["low"] <= run["vs_uniform"]["diff"] <= run["vs_uniform"]["high"]
         assert row["uniform"]["cost"] <= row["max_cost"] + 1e-9 and row["downscaled_dense"]["size"] < 64
     assert (tmp_path / "b" / "results.json").is_file()
+
+
+def test_bench_search_places_budgets_on_the_uniform_grid(bench):
+    """Budgets at a grid point and between two, from each uniform config's cost fraction (hand-built grid)."""
+    mod = bench("bench_search")
+    grid = {0.5: 0.52, 0.6: 0.41, 0.7: 0.34, 0.8: 0.23}
+    assert mod["budget_fraction"]("0.3", grid) == 0.3
+    assert mod["budget_fraction"]("at:0.7", grid) == 0.34
+    assert mod["budget_fraction"]("mid:0.7:0.8", grid) == pytest.approx(0.285)
+    with pytest.raises(SystemExit):
+        mod["budget_fraction"]("at:0.75", grid)  # not a uniform value of the space
+    at = mod["grid_position"](0.34, grid)
+    assert (at["where"], at["uniform"], at["slack"]) == ("at", [0.7], 0.0)
+    between = mod["grid_position"](0.3, grid)  # uniform 80% (0.23) is the best uniform config inside it
+    assert between["where"] == "between" and between["uniform"] == [0.7, 0.8]
+    assert between["slack"] == pytest.approx(0.07) and "64% of the way" in between["text"]
+    assert mod["grid_position"](0.2, grid)["where"] == "below"
+    above = mod["grid_position"](0.6, grid)  # above every uniform config but dense: between dense and 50%
+    assert above["where"] == "between" and above["uniform"] == [0.0, 0.5]

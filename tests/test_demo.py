@@ -34,8 +34,10 @@ def test_quick_demo_table_is_sane(demo_run):
     assert sparse["throughput_speedup"] == pytest.approx(sparse["images_per_s"] / dense["images_per_s"])
     assert sparse["ideal_speedup"] == pytest.approx(dense["gmacs"] / sparse["gmacs"]) and sparse["ideal_speedup"] >= 2
     assert summary["export_rel_error"] < 1e-4
-    for stage in ("dense", "adapt", "finetune"):
+    for stage in ("dense", "adapt", "finetune", "finetune_dense"):
         assert (demo_run / stage / "model.safetensors").is_file()
+    # the headline compares like with like: dense gets the final model's extra epochs (1 + 1 + 1)
+    assert summary["training"].startswith("Like-for-like") and "3 epochs" in summary["training"]
     assert (demo_run / "export" / "model.onnx").is_file()
     # the demo is the pipeline: its report card is there too
     card = json.loads((demo_run / "report.json").read_text())
@@ -49,7 +51,7 @@ def test_rerun_skips_finished_stages(demo_run, capsys):
     before = {p: p.stat().st_mtime_ns for p in demo_run.rglob("model.safetensors")}
     assert exit_code(["demo", "--quick", "--out", str(demo_run), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert " ".join(out.split()).count(": done (") == 7  # rich wraps long lines (data + the pipeline's 6 stages)
+    assert " ".join(out.split()).count(": done (") == 8  # rich wraps long lines (data + the pipeline's 7 stages)
     assert {p: p.stat().st_mtime_ns for p in demo_run.rglob("model.safetensors")} == before
 
 
@@ -105,6 +107,10 @@ def test_report_on_the_quick_demo(demo_run):
     rnd = next(pt for pt in points if pt["family"] == "random")
     assert rnd["label"] == f"best of {best['search']['evaluations']} random 50%"
     assert rnd["gmacs"] <= 0.5 * dense["gmacs"] + 1e-9
+    final = next(pt for pt in points if pt["family"] == "searched+finetuned")
+    assert dense["epochs"] == final["epochs"] == 3 and searched["epochs"] == 2  # like-for-like dense
+    assert report["architecture"] == "Swin (embed 16, depths 2-2)" and report["architecture"] in (out / "report.md").read_text()
+    assert all(pt["ms_low"] <= pt["ms"] <= pt["ms_high"] for pt in points)
     down = next(pt for pt in points if pt["family"] == "downscaled")
     assert down["label"] == "dense @ 32 px" and down["gmacs"] < dense["gmacs"]
     assert [c["claim"] for c in report["claims"]][-1].startswith("at 50% of dense MACs")

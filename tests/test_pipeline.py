@@ -61,7 +61,7 @@ def reference(tmp_path_factory, zygote, run_yaml):
 def comparable(out):
     """What a rerun must reproduce: the final weights, the exported model, and the report card's numbers
     (all but the timings, which are measured again)."""
-    timing = {"ms", "images_per_s", "cost", "in_budget", "budget_ms"}
+    timing = {"ms", "ms_low", "ms_high", "images_per_s", "cost", "in_budget", "budget_ms"}
     card = json.loads((out / "report.json").read_text())
     rows = [{k: v for k, v in r.items() if k not in timing} for r in card["rows"] + card["curve"]]
     return ((out / "finetune" / "model.safetensors").read_bytes(), (out / "export" / "model.onnx").read_bytes(),
@@ -106,12 +106,44 @@ def test_classification_pipeline_writes_the_report_card(reference):
     assert best["confirmation"]["rule"] == "gain-shown"  # the pipeline's search.pick reaches the search
 
 
+def test_the_report_card_is_consistent(reference):
+    """One best uniform config in every table (the search's), dense trained as long as the pick, the plot's
+    pick at the pick's coordinates, the real architecture named."""
+    from sparsevit_cli.commands.pipeline import plot_data
+    card = json.loads((reference / "report.json").read_text())
+    md = (reference / "report.md").read_text()
+    conf_uniform = card["confirmation"]["uniform"]
+    uniform_rows = [r for r in card["rows"] if r["kind"] == "uniform"]
+    assert len(uniform_rows) == 1 and uniform_rows[0]["config"] == conf_uniform["config"]
+    assert uniform_rows[0]["label"] == f"uniform {conf_uniform['uniform']:.0%}*" and card["best_uniform_from"] == "search"
+    assert f"| best uniform {conf_uniform['uniform']:.0%} |" in md and f"| {uniform_rows[0]['label']} |" in md
+    # like-for-like: dense is the adapted model finetuned dense for the pick's epochs (1 + 1 + 1 here)
+    dense, pick = card["rows"][0], card["rows"][-1]
+    assert dense["epochs"] == pick["epochs"] == 3 and card["dense_model"] == str(reference / "finetune_dense" / "model.safetensors")
+    assert card["training"].startswith("Like-for-like training") and card["training"] in md
+    assert all(r["epochs"] == 2 for r in card["curve"] if r["kind"] == "uniform")  # adapted weights: no finetune
+    # latency: the median inside its interquartile range; one repeat is flagged as no spread measured
+    for r in card["rows"] + card["curve"]:
+        assert r["ms_low"] <= r["ms"] <= r["ms_high"]
+    assert len(card["warnings"]) == len(card["rows"]) - 1 and "only 1 timed repeat" in card["warnings"][0]
+    assert card["warnings"][0] in md
+    # the plot: each marker where its row is, the curve ordered by each panel's cost
+    series = plot_data(card)
+    for panel, key in (("gmacs", "gmacs"), ("latency", "ms")):
+        (p,) = [s for s in series if s.panel == panel and s.kind == "pick"]
+        assert (p.x, p.y) == ([pick[key]], [pick["metric"]])
+        (curve,) = [s for s in series if s.panel == panel and s.kind == "curve"]
+        assert curve.x == sorted(curve.x)
+    assert card["architecture"] == "Swin (embed 16, depths 2-2)" and card["architecture"] in md
+    assert "swin_tiny_patch4_window7_224" not in md.splitlines()[0]
+
+
 def test_sigkill_in_every_stage_then_rerun_gives_the_same_result(tmp_path, zygote, run_yaml, reference):
     """One chain: each run is killed inside the next stage (just before the n-th file it writes), the last
     rerun finishes; the result is the uninterrupted run's."""
     out = tmp_path / "run"
     args = ["pipeline", run_yaml, "--out", out, "--no-progress"]
-    for folder, n in [("dense", 3), ("adapt", 3), ("search", 3), ("finetune", 3), ("evaluate", 2),
+    for folder, n in [("dense", 3), ("adapt", 3), ("search", 3), ("finetune", 3), ("finetune_dense", 3), ("evaluate", 2),
                       ("export", 2), ("run", 2)]:
         code, log = zygote.run(args, fault=("into", folder, n))
         assert code == -9, f"no kill in {folder}: exit {code}\n{log}"
@@ -125,7 +157,7 @@ def test_rerun_skips_and_changed_inputs_are_refused(tmp_path, reference, run_yam
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("model.safetensors")}
     code, out, err = run_cli(["pipeline", run_yaml, "--out", reference, "--no-progress"], capsys)
     assert code == 0, err
-    assert " ".join(out.split()).count(": done (") == 6
+    assert " ".join(out.split()).count(": done (") == 7
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("model.safetensors")} == before
     # another budget: the search is refused (dense and adapt are still the same)
     code, _, err = run_cli(["pipeline", run_yaml, "--out", reference, "--budget-macs", "40%"], capsys)

@@ -43,6 +43,8 @@ class DemoResult:
     compiled: bool = False
     #: the search's pick vs the best uniform config vs dense, with intervals (`search.confirm.Confirmation`)
     confirmation: Dict[str, Any] = field(default_factory=dict)
+    #: whether dense and the final model had the same training, in one line (the report card's)
+    training: str = ""
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", device: str = "cpu",
@@ -70,13 +72,16 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     done = run_pipeline(pipeline_config(p, data, out, device), progress=progress, console=console, stages=stage)
     if done.stopped:  # only a stop on purpose (a saved interrupt) gets here: the rerun continues
         return DemoResult(out=str(out))
-    dense, final = out / "dense" / "model.safetensors", Path(done.final_model)
+    # dense as the report card has it: like-for-like, the adapted model finetuned dense as long as the pick
+    dense = Path(done.evaluation.get("dense_model") or out / "dense" / "model.safetensors")
+    final = Path(done.final_model)
     result = _compare(p, dense, final, data, device, compile=True) if compile else _from_evaluation(done.evaluation)
     result.compiled = compile
     searched = read_sparsity_file(out / "search" / "best.yaml")
     result.sparsity = searched["sparsity"]
     result.confirmation = searched.get("confirmation", {})
     result.export_rel_error = done.export["max_rel_error"]
+    result.training = done.evaluation.get("training") or ""
     result.out = str(out)
     atomic_write_text(out / "summary.json", json.dumps(asdict(result), indent=1))
     console.print(summary_table(result))
@@ -88,7 +93,7 @@ def _from_evaluation(ev: Dict[str, Any]) -> DemoResult:
     saw), costed and timed them."""
     dense, pick = ev["rows"][0], ev["rows"][-1]
     rows = [{"model": name, "top1": r["metric"], "gmacs": r["gmacs"], "ms": r["ms"],
-             "images_per_s": r["images_per_s"]}
+             "images_per_s": r["images_per_s"], "epochs": r.get("epochs")}
             for name, r in (("dense", dense), (METHOD_LABEL[ev["method"]], pick))]
     for row in rows:
         row["ideal_speedup"] = rows[0]["gmacs"] / row["gmacs"]
@@ -152,6 +157,7 @@ def summary_table(result: DemoResult) -> Table:
                       f"{r['images_per_s']:.0f}", f"{r['throughput_speedup']:.2f}x")
     table.caption = (f"ideal: dense/sparse MACs; ms b1: batch-1 latency; img/s b{result.throughput_batch}: "
                      f"throughput at batch {result.throughput_batch}. Searched config {result.sparsity}; ONNX "
-                     f"export max relative error {result.export_rel_error:.1e}")
+                     f"export max relative error {result.export_rel_error:.1e}"
+                     + (f". {result.training}" if result.training else ""))
     return table
 

@@ -9,7 +9,8 @@ same result):
   adapt/     `adapt`: sparsity-aware training, a random config of the search space every step
   search/    `search`: the most accurate config in the budget (MACs or latency on the target device)
   finetune/  `finetune` of that config: the final model file
-  evaluate/  dense, the best uniform sparsity in the budget, the searched config and the final model, scored
+  finetune_dense/  the adapted model finetuned dense as long (like-for-like dense row; evaluate.dense_finetune)
+  evaluate/  dense, the best uniform config (the search's), the searched config and the final model, scored
              on the val images the search never saw, costed (GMACs of the model and its backbone) and timed
              on the target device (batch-1 latency, throughput); the uniform curve of the adapted model
   export/    `export` of the final model (ONNX by default), verified against PyTorch
@@ -167,10 +168,18 @@ def _run(cfg: PipelineConfig, out: Path, progress: bool, console: Console, stage
 
     if p.evaluate.run:
         dense_ref = _dense_reference(cfg, source)
+        if p.finetune.run and p.evaluate.dense_finetune:  # like-for-like: dense gets the pick's extra epochs
+            rc = cfg.run_config(out=str(out / "finetune_dense"), checkpoint=str(adapted), epochs=p.finetune.epochs,
+                                sparsity=0.0, **{"optim.lr": p.finetune.lr or cfg.optim.lr / 4})
+            dense_ref = stage("finetune dense as the pick (like-for-like baseline)", out / "finetune_dense" / MODEL,
+                              lambda: run_finetune(rc, resume=True, progress=progress, console=console),
+                              {"checkpoint": adapted_digest, "data": data, "run": _train_inputs(rc)})
+            result.stages["finetune_dense"] = str(dense_ref)
+        training = _training(cfg, dense_ref, source)
         evaluation = stage("evaluate: dense, uniform and searched on held-out images, timed", out / "evaluate" /
                            "evaluate.json",
                            lambda: _evaluate(cfg, dense_ref, adapted, config if p.search.run else None, final,
-                                             final_config, best, out / "evaluate" / "evaluate.json"),
+                                             final_config, best, out / "evaluate" / "evaluate.json", training),
                            {"final": final_digest, "config": final_config, "adapted": adapted_digest,
                             "dense": digest(dense_ref), "data": data, "device": cfg.target_device,
                             "budget": p.budget.model_dump(), "evaluate": p.evaluate.model_dump(),
@@ -217,6 +226,40 @@ def _dense_reference(cfg: PipelineConfig, source: Optional[Path]) -> Optional[Pa
     return source
 
 
+def _training(cfg: PipelineConfig, dense_ref: Optional[Path], source: Optional[Path]) -> "Training":
+    """Epochs trained in this run behind each kind of row, and the card's line saying whether dense and the
+    pick were trained alike."""
+    p = cfg.pipeline
+    epochs = lambda st: (st.epochs or cfg.epochs) if st.run else 0  # noqa: E731
+    adapted = epochs(p.dense) + epochs(p.adapt)
+    pick = adapted + epochs(p.finetune)
+    if dense_ref is None:
+        dense, how = adapted, "the adapted weights run dense"
+    elif p.finetune.run and p.evaluate.dense_finetune:
+        dense, how = pick, f"the adapted model finetuned dense for the pick's {epochs(p.finetune)} finetune epochs"
+    else:
+        dense = epochs(p.dense) if p.dense.run else 0
+        how = "the dense stage's model" if p.dense.run else "the checkpoint as given"
+    if dense == pick:
+        line = f"Like-for-like training: dense is {how}; dense and the pick each trained {pick} epochs in this run."
+    else:
+        line = (f"Not like-for-like: dense is {how} ({dense} epochs in this run), the pick trained {pick}: the gap "
+                f"between them includes {pick - dense} epochs of extra training (pipeline.evaluate.dense_finetune "
+                f"gives dense the same epochs).")
+    return Training(dense=dense, adapted=adapted, pick=pick, line=line)
+
+
+@dataclass(frozen=True)
+class Training:
+    """Epochs trained in this pipeline run (after the checkpoint) behind the dense row, the adapted weights
+    (uniform curve, searched) and the pick; `line` says it on the card."""
+
+    dense: int
+    adapted: int
+    pick: int
+    line: str
+
+
 # --------------------------------------------------------------------------------------------- evaluate
 def report_indices(n: int, search_file: Optional[Path]) -> List[int]:
     """The val images a report scores: those the search never saw (neither its fitness nor its confirmation
@@ -239,17 +282,20 @@ def search_uniform(search_file: Optional[Path]) -> Optional[float]:
 
 
 def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Path, searched_config: Any,
-              final_file: Path, final_config: Any, search_file: Optional[Path], out: Path) -> None:
+              final_file: Path, final_config: Any, search_file: Optional[Path], out: Path,
+              training: Optional[Training] = None) -> None:
     """Score (held-out images), cost and time every point; write evaluate.json atomically."""
     import torch
 
     from ..evaluate import evaluate_all
     from ..model_file import load
     from ..tasks import backbone_of, get_task
-    from ..timing import THROUGHPUT_BATCH, resolve_device, time_fn
+    from ..timing import THROUGHPUT_BATCH, Spread, resolve_device, time_fn
+    from ..timm_models import describe_architecture
     from .search import latency_batch, parse_budget
 
     p = cfg.pipeline
+    training = training or _training(cfg, dense_file, None)
     dev = resolve_device(cfg.target_device)
     adapted = load(adapted_file).to(dev)
     final = load(final_file, final_config).to(dev)
@@ -268,25 +314,26 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
 
     if dense_file is not None:
         dense = load(dense_file).to(dev)
-        points.append({"label": "dense", "kind": "dense", "model": dense,
+        points.append({"label": "dense", "kind": "dense", "model": dense, "epochs": training.dense,
                        "config": method_of(dense)[0].dense_config(backbone_of(dense))})
         # the uniform curve starts at the adapted weights run dense (what sparsity is measured against)
-        points.append({"label": "uniform 0%", "kind": "uniform", "model": adapted,
-                       "config": method.dense_config(backbone)})
+        points.append({"label": "uniform 0%", "kind": "uniform", "model": adapted, "value": 0.0,
+                       "epochs": training.adapted, "config": method.dense_config(backbone)})
     else:
         points.append({"label": "dense (adapted weights)", "kind": "dense", "model": adapted,
-                       "config": method.dense_config(backbone)})
+                       "epochs": training.adapted, "config": method.dense_config(backbone)})
     values = list(p.evaluate.uniform)
     searched_uniform = search_uniform(search_file)
-    if searched_uniform is not None and all(abs(searched_uniform - v) > 1e-9 for v in values):
+    have = values + [pt["value"] for pt in points if pt["kind"] == "uniform"]
+    if searched_uniform is not None and all(abs(searched_uniform - v) > 1e-9 for v in have):
         values = sorted(values + [searched_uniform])
     for s in values:
-        points.append({"label": f"uniform {s:.0%}", "kind": "uniform", "model": adapted,
-                       "config": method.uniform_config(backbone, s)})
+        points.append({"label": f"uniform {s:.0%}", "kind": "uniform", "model": adapted, "value": s,
+                       "epochs": training.adapted, "config": method.uniform_config(backbone, s)})
     if searched_config is not None and p.finetune.run:
-        points.append({"label": "searched", "kind": "searched", "model": adapted,
+        points.append({"label": "searched", "kind": "searched", "model": adapted, "epochs": training.adapted,
                        "config": method.validate(backbone, searched_config)})
-    points.append({"label": "pick", "kind": "pick", "model": final,
+    points.append({"label": "pick", "kind": "pick", "model": final, "epochs": training.pick,
                    "config": meta["sparsity"]})
 
     for pt in points:
@@ -296,10 +343,9 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
                   gmacs=task.macs(pt["model"], m, pt["config"], img_size) / 1e9,
                   backbone_gmacs=task.backbone_macs(pt["model"], m, pt["config"], img_size) / 1e9)
 
-    def timed(pts: List[Dict[str, Any]], n: int) -> List[float]:
-        """Median ms of one forward of each point on the same real val batch of `n`, interleaved, each model
-        under its own config."""
-        import statistics
+    def timed(pts: List[Dict[str, Any]], n: int) -> List[Spread]:
+        """Median and interquartile range (ms) of one forward of each point on the same real val batch of `n`,
+        interleaved repeat by repeat, each model under its own config."""
         x = latency_batch(task, val, n, dev)
         times: List[List[float]] = [[] for _ in pts]
         with torch.inference_mode():
@@ -311,15 +357,16 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
                 for i, pt in enumerate(pts):
                     method_of(pt["model"])[0].apply(backbone_of(pt["model"]), pt["config"])
                     times[i].append(time_fn(lambda: pt["model"](x), dev, warmup=0, repeats=1))
-        return [statistics.median(t) for t in times]
+        return [Spread.of(t) for t in times]
 
     # batch-1 latency (and the budget's batch) for every point: the curve and which uniform config fits
     b = p.budget
     for pt, ms in zip(points, timed(points, 1)):
-        pt["ms"] = pt["budget_ms"] = ms
+        pt["ms"] = pt["budget_ms"] = ms.median
+        pt["ms_low"], pt["ms_high"] = ms.low, ms.high
     if b.batch_size != 1:
         for pt, ms in zip(points, timed(points, b.batch_size)):
-            pt["budget_ms"] = ms
+            pt["budget_ms"] = ms.median
 
     dense_pt = points[0]
     if b.macs is not None:
@@ -332,8 +379,11 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
     for pt in points:
         pt["cost"], pt["in_budget"] = cost(pt), cost(pt) <= limit * (1 + 1e-9)
     uniform = [pt for pt in points if pt["kind"] == "uniform"]
-    fitting = [pt for pt in uniform if pt["in_budget"]]
-    best_uniform = max(fitting, key=lambda pt: pt["metric"]) if fitting else None
+    if searched_uniform is not None:  # one best uniform config everywhere: the one the search confirmed against
+        best_uniform = next(pt for pt in uniform if abs(pt["value"] - searched_uniform) < 1e-9)
+    else:
+        fitting = [pt for pt in uniform if pt["in_budget"]]
+        best_uniform = max(fitting, key=lambda pt: pt["metric"]) if fitting else None
 
     # throughput of the card's rows only (the curve is latency): one interleaved run at the larger batch
     batch = p.evaluate.throughput_batch or THROUGHPUT_BATCH
@@ -341,11 +391,12 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
         [pt for pt in points if pt["kind"] in ("searched", "pick")]
     for pt in points:
         pt["images_per_s"] = None
-    for pt, ms in zip(shown, timed(shown, batch) if batch != 1 else [pt["ms"] for pt in shown]):
+    for pt, ms in zip(shown, [t.median for t in timed(shown, batch)] if batch != 1 else [pt["ms"] for pt in shown]):
         pt["images_per_s"] = 1000.0 * batch / ms
 
     def row(pt: Dict[str, Any], label: Optional[str] = None) -> Dict[str, Any]:
-        keep = ("kind", "metric", "scores", "gmacs", "backbone_gmacs", "ms", "images_per_s", "cost", "in_budget")
+        keep = ("kind", "metric", "scores", "gmacs", "backbone_gmacs", "ms", "ms_low", "ms_high", "images_per_s",
+                "cost", "in_budget", "epochs")
         return {"label": label or pt["label"], **{k: pt[k] for k in keep}, "config": pt["config"]}
 
     rows = [row(dense_pt)]
@@ -353,7 +404,11 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
         rows.append(row(best_uniform, f"{best_uniform['label']}*"))
     rows += [row(pt) for pt in points if pt["kind"] in ("searched", "pick")]
     report = {"task": task.name, "metric": task.metric_name, "img_size": img_size, "device": str(dev),
-              "model": meta["model"], "method": meta["method"], "throughput_batch": batch,
+              "model": meta["model"], "architecture": describe_architecture(backbone_of(final)),
+              "method": meta["method"], "throughput_batch": batch, "repeats": p.evaluate.repeats,
+              "training": training.line, "dense_model": str(dense_file) if dense_file is not None else None,
+              # the best uniform row is the search's own (its fitness split's, confirmed against its pick)
+              "best_uniform_from": "search" if searched_uniform is not None else "report images",
               "held_out_images": len(held), "val_images": len(val),
               # False: the search saw every val image (none was left over), so the card scores them all
               "held_out": search_file is not None and len(held) < len(val),
@@ -394,14 +449,17 @@ def write_report_card(cfg: PipelineConfig, result: PipelineResult, out: Path, fi
     ev = result.evaluation
     assert ev is not None
     pictures = _pictures(cfg, result, out, final_config, search_file)
-    _plot(ev, out / "acc_vs_latency.png")
     searched = read_sparsity_file(search_file) if search_file is not None else {}
     card = {**ev, "export": _export_summary(result.export), "pictures": pictures,
             "budget": ev["budget"], "stages": result.stages, "confirmation": searched.get("confirmation"),
             "confirmation_unit": searched.get("cost_unit")}
+    card["warnings"] = latency_warnings(card)
+    _plot(card, out / "acc_vs_latency.png")
     atomic_write_json(out / "report.json", card)
     atomic_write_text(out / "report.md", _markdown(card))
     console.print(report_table(card))
+    for line in card["warnings"]:
+        console.print(f"[yellow]{line}[/]")
     if card["confirmation"]:
         from ..search.confirm import Confirmation
         from .search import confirmation_table
@@ -447,39 +505,107 @@ def _pictures(cfg: PipelineConfig, result: PipelineResult, out: Path, config_fil
     return names
 
 
-def _plot(ev: Dict[str, Any], path: Path) -> None:
+def _spread(r: Dict[str, Any], repeats: int):
+    from ..timing import Spread
+    return Spread(r["ms"], r.get("ms_low", r["ms"]), r.get("ms_high", r["ms"]), repeats)
+
+
+def latency_warnings(card: Dict[str, Any]) -> List[str]:
+    """One line per row whose latency against dense these repeats cannot support (interquartile ranges that
+    overlap, or too few repeats to measure a spread): its speedup may be timing noise."""
+    from ..timing import MIN_SPREAD_REPEATS, unreliable
+    repeats = card.get("repeats", 1)
+    dense = card["rows"][0]
+    a = _spread(dense, repeats)
+    lines = []
+    for r in card["rows"][1:]:
+        b = _spread(r, repeats)
+        if not unreliable(a, b):
+            continue
+        why = (f"only {repeats} timed repeat{'s' if repeats != 1 else ''} (at least {MIN_SPREAD_REPEATS} measure "
+               f"a spread)" if repeats < MIN_SPREAD_REPEATS else
+               f"its interquartile range {b.low:.3g}-{b.high:.3g} ms overlaps dense's {a.low:.3g}-{a.high:.3g} ms")
+        lines.append(f"warning: latency of {r['label']} vs dense is not shown by these timings: {why}; its "
+                     f"{a.median / b.median:.2f}x speedup may be noise (a busy machine? rerun on an idle one, or "
+                     f"raise pipeline.evaluate.repeats)")
+    return lines
+
+
+@dataclass
+class Series:
+    """One thing drawn on the card's plot: points (x, y) with x's spread (low, high), in drawing order."""
+
+    panel: str                     # "gmacs" or "latency": which axes
+    label: str
+    kind: str                      # curve | dense | best uniform | searched | pick
+    x: List[float]
+    y: List[float]
+    x_low: List[float]
+    x_high: List[float]
+
+
+def plot_data(card: Dict[str, Any]) -> List[Series]:
+    """What acc_vs_latency.png draws, as data: on each panel the uniform curve ordered by that panel's cost
+    (GMACs; measured median latency), then each row of the card (dense, the best uniform config, searched,
+    the pick) at its own coordinates; latency with its interquartile range over the interleaved repeats."""
+    series = []
+    for panel, key in (("gmacs", "gmacs"), ("latency", "ms")):
+        def one(rows, label, kind):
+            lat = panel == "latency"
+            return Series(panel, label, kind, [r[key] for r in rows], [r["metric"] for r in rows],
+                          [r.get("ms_low", r["ms"]) if lat else r[key] for r in rows],
+                          [r.get("ms_high", r["ms"]) if lat else r[key] for r in rows])
+        curve = sorted((r for r in card["curve"] if r["kind"] == "uniform"), key=lambda r: (r[key], -r["metric"]))
+        series.append(one(curve, "uniform sparsity (adapted weights)", "curve"))
+        for r in card["rows"]:
+            series.append(one([r], r["label"], "best uniform" if r["kind"] == "uniform" else r["kind"]))
+    return series
+
+
+def _plot(card: Dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.4), dpi=110)
+    fig = Figure(figsize=(10, 4.4), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    curve = sorted(ev["curve"], key=lambda r: r["ms"])
-    ax.plot([r["ms"] for r in curve], [r["metric"] for r in curve], "o-", color="tab:blue",
-            label="uniform sparsity (adapted weights)")
-    for r in curve:
-        ax.annotate(r["label"].split()[-1], (r["ms"], r["metric"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    styles = {"dense": ("*", "black"), "searched": ("D", "tab:green"), "pick": ("P", "tab:red")}
-    for r in ev["rows"]:
-        if r["kind"] in styles:
-            marker, colour = styles[r["kind"]]
-            ax.plot([r["ms"]], [r["metric"]], marker, color=colour, markersize=10, label=r["label"])
-    if ev["budget"]["unit"] == "ms" and ev["budget"]["of"] == "latency":
-        ax.axvline(ev["budget"]["value"], color="grey", linestyle="--", linewidth=1, label="latency budget")
-    ax.set_xlabel(f"latency ms ({ev['device']}, batch 1)")
-    ax.set_ylabel(f"{ev['metric']} (held-out val images)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    axes = dict(zip(("gmacs", "latency"), fig.subplots(1, 2, sharey=True)))
+    styles = {"curve": ("o-", "tab:blue", 5), "dense": ("*", "black", 12), "best uniform": ("o", "tab:blue", 11),
+              "searched": ("D", "tab:green", 8), "pick": ("P", "tab:red", 11)}
+    for s in plot_data(card):
+        marker, colour, size = styles[s.kind]
+        hollow = {"mfc": "none", "mew": 1.5} if s.kind == "best uniform" else {}
+        ax = axes[s.panel]
+        err = None if s.panel == "gmacs" else [[x - lo for x, lo in zip(s.x, s.x_low)],
+                                                [hi - x for x, hi in zip(s.x, s.x_high)]]
+        ax.errorbar(s.x, s.y, xerr=err, fmt=marker, color=colour, markersize=size, capsize=2, elinewidth=1,
+                    label=s.label, **hollow)
+    budget = card["budget"]
+    if budget["unit"] == "ms" and budget["of"] == "latency":
+        axes["latency"].axvline(budget["value"], color="grey", linestyle="--", linewidth=1, label="latency budget")
+    elif budget["of"] == "macs" and budget["unit"] == "GMACs" and "backbone" not in budget["text"]:
+        axes["gmacs"].axvline(budget["value"], color="grey", linestyle="--", linewidth=1, label="MAC budget")
+    axes["gmacs"].set_xlabel("GMACs per image (analytic, whole model)")
+    axes["latency"].set_xlabel(f"batch-1 latency, ms ({card['device']}): median and interquartile range of "
+                               f"{card.get('repeats', 1)} interleaved repeats", fontsize=8)
+    axes["gmacs"].set_ylabel(f"{card['metric']} on {card.get('held_out_images', '')} held-out val images")
+    for ax in axes.values():
+        ax.grid(alpha=0.3)
+    axes["gmacs"].legend(fontsize=8)
+    fig.suptitle(f"{card.get('architecture', card['model'])}, {card['method']}, {card['task']} at "
+                 f"{card['img_size']} px: accuracy vs cost", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
 
 
-LEGEND = ("uniform N%*: the best uniform sparsity of the adapted model in the budget; searched: the search's "
-          "config on the adapted weights; pick: the final model (searched config, finetuned). ideal: dense / "
-          "model MACs; eff.: measured speedup / ideal")
+def _legend(card: Dict[str, Any]) -> str:
+    uniform = ("the best uniform config in the budget as the search chose it (the one its confirmation table "
+               "sets the pick against)" if card.get("best_uniform_from") == "search" else
+               "the most accurate uniform config of the adapted model in the budget on these images")
+    return (f"uniform N%*: {uniform}; searched: the search's config on the adapted weights; pick: the final model "
+            f"(searched config, finetuned). epochs: trained in this run. ideal: dense / model MACs; ms b1: median "
+            f"[interquartile range] of {card.get('repeats', 1)} interleaved repeats; eff.: measured speedup / ideal")
 
 
 def _scored_on(card: Dict[str, Any]) -> str:
@@ -489,7 +615,7 @@ def _scored_on(card: Dict[str, Any]) -> str:
 
 
 def _columns(card: Dict[str, Any]) -> List[str]:
-    return ["model", card["metric"], "GMACs", "backbone GMACs", "ideal", "ms b1", "speedup", "eff.",
+    return ["model", card["metric"], "epochs", "GMACs", "backbone GMACs", "ideal", "ms b1", "speedup", "eff.",
             f"img/s b{card['throughput_batch']}", "speedup"]
 
 
@@ -499,20 +625,21 @@ def _cells(r: Dict[str, Any], dense: Dict[str, Any]) -> List[str]:
     metric = f"{r['metric']:.2f}"
     if r.get("interval"):
         metric += f" [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]"
-    return [r["label"], metric, f"{r['gmacs']:.3g}", f"{r['backbone_gmacs']:.3g}", f"{ideal:.2f}x",
-            f"{r['ms']:.2f}", f"{speedup:.2f}x", f"{speedup / ideal:.2f}",
+    ms = f"{r['ms']:.2f}" + (f" [{r['ms_low']:.2f}, {r['ms_high']:.2f}]" if "ms_low" in r else "")
+    return [r["label"], metric, str(r.get("epochs", "")), f"{r['gmacs']:.3g}", f"{r['backbone_gmacs']:.3g}",
+            f"{ideal:.2f}x", ms, f"{speedup:.2f}x", f"{speedup / ideal:.2f}",
             f"{r['images_per_s']:.1f}", f"{r['images_per_s'] / dense['images_per_s']:.2f}x"]
 
 
 def report_table(card: Dict[str, Any]) -> Table:
-    table = Table(title=f"{card['model']} ({card['method']}, {card['task']}) on {card['device']}: "
-                        f"budget {card['budget']['text']}")
+    table = Table(title=f"{card.get('architecture', card['model'])} ({card['method']}, {card['task']}) on "
+                        f"{card['device']}: budget {card['budget']['text']}")
     for col in _columns(card):
         table.add_column(col, justify="right")
     for r in card["rows"]:
         table.add_row(*_cells(r, card["rows"][0]))
     export = card.get("export")
-    table.caption = (f"{card['metric']} on {_scored_on(card)}. {LEGEND}"
+    table.caption = (f"{card['metric']} on {_scored_on(card)}. {card.get('training') or ''} {_legend(card)}"
                      + (f". Exported {export['file']} ({export['format']}), max relative error "
                         f"{export['max_rel_error']:.1e}" if export else ""))
     return table
@@ -521,13 +648,19 @@ def report_table(card: Dict[str, Any]) -> Table:
 def _markdown(card: Dict[str, Any]) -> str:
     cols = _columns(card)
     dense = card["rows"][0]
-    lines = [f"# Report card: {card['model']} ({card['method']}, {card['task']}, {card['img_size']} px)", "",
+    arch = card.get("architecture", card["model"])
+    lines = [f"# Report card: {arch} ({card['method']}, {card['task']}, {card['img_size']} px)", "",
+             f"Model: {arch}, built as timm `{card['model']}`.",
              f"Budget: {card['budget']['text']} (= {card['budget']['value']:.4g} {card['budget']['unit']}). "
              f"{card['metric']} on {_scored_on(card)}; latency and throughput measured on {card['device']}, "
-             f"interleaved in one run.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+             f"interleaved in one run.", ""]
+    if card.get("training"):
+        lines += [card["training"], ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cells(r, dense)) + " |" for r in card["rows"]]
-    lines += ["", LEGEND + "."]
+    lines += ["", _legend(card) + "."]
+    if card.get("warnings"):
+        lines += [""] + [f"- **{line}**" for line in card["warnings"]]
     pick = card["rows"][-1]
     lines += ["", f"Final model: `{card['final_model']}`, config `{json.dumps(pick['config'])}`."]
     export = card.get("export")
@@ -546,7 +679,9 @@ def _markdown(card: Dict[str, Any]) -> str:
         for r in (conf["pick"], conf["uniform"], conf["dense"]):
             c = diffs.get(r["name"])
             ci = "" if c is None else f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
-            lines.append(f"| {r['name']} | `{json.dumps(r['config'])}` | {r['confirm_metric']:.2f} | "
+            name = r["name"] + (f" {r['uniform']:.0%}" if r["name"] == "best uniform" and r.get("uniform") is not None
+                                else "")
+            lines.append(f"| {name} | `{json.dumps(r['config'])}` | {r['confirm_metric']:.2f} | "
                          f"{r['cost']:.4g} | {ci} |")
         lines += ["", conf["verdict"]]
     lines += ["", "![accuracy vs latency](acc_vs_latency.png)", ""]

@@ -41,9 +41,12 @@ class Point:
     label: str
     top1: float
     gmacs: float
-    ms: float = float("nan")            # batch-1 latency
+    ms: float = float("nan")            # batch-1 latency (median of the interleaved repeats)
     images_per_s: float = float("nan")  # throughput at THROUGHPUT_BATCH
     config: Any = None
+    epochs: Optional[int] = None        # epochs the weights were trained in the demo and here
+    ms_low: float = float("nan")        # batch-1 latency's interquartile range over the repeats
+    ms_high: float = float("nan")
 
 
 def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default", device: str = "cpu",
@@ -67,17 +70,25 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
     dense = load(demo_dir / "dense" / "model.safetensors").to(dev)
     adapted = load(demo_dir / "adapt" / "model.safetensors").to(dev)
     final = load(demo_dir / "finetune" / "model.safetensors").to(dev)
+    # like-for-like dense: the adapted model finetuned dense as long as the final model (the demo's pipeline)
+    matched = demo_dir / "finetune_dense" / "model.safetensors"
+    dense_row = load(matched).to(dev) if matched.is_file() else dense
     val = val_split(data, p.img_size)
+    epochs = {"dense": p.dense_epochs, "adapted": p.dense_epochs + p.adapt_epochs,
+              "final": p.dense_epochs + p.adapt_epochs + p.finetune_epochs,
+              "downscaled": p.dense_epochs + p.finetune_epochs}
+    epochs["dense row"] = epochs["final"] if matched.is_file() else epochs["dense"]
 
-    def add(family: str, label: str, model, config, img_size: int = p.img_size, dataset=None) -> None:
+    def add(family: str, label: str, model, config, img_size: int = p.img_size, dataset=None,
+            trained: str = "adapted") -> None:
         dataset = dataset or val
         held_out = report_indices(p, len(dataset))  # never seen by any search
         points.append(Point(family, label, *score(model, config, dataset, img_size, dev, held_out),
-                            config=config))
+                            config=config, epochs=epochs[trained]))
         timed[label] = (model, config, img_size)
 
-    add("dense", "dense", dense, _dense(dense))
-    add("un-adapted", "dense weights, uniform 50%", dense, _uniform(dense, 0.5))
+    add("dense", "dense", dense_row, _dense(dense_row), trained="dense row")
+    add("un-adapted", "dense weights, uniform 50%", dense, _uniform(dense, 0.5), trained="dense")
 
     # (b) dense at lower resolutions: finetune the dense weights at each size, evaluate at that size
     for scale in scales:
@@ -86,7 +97,7 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
         stage(f"dense at {size} px", folder / "model.safetensors",
               lambda: _finetune_at(p, demo_dir, folder, size, device, progress, console))
         add("downscaled", f"dense @ {size} px", load(folder / "model.safetensors").to(dev), None, size,
-            val_split(data, size))
+            val_split(data, size), trained="downscaled")
 
     # (c) uniform sparsity on the adapted weights
     for s in (0.0,) + UNIFORM:
@@ -110,7 +121,8 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
         if abs(b - 0.5) < 1e-9:
             best = _random_baseline(adapted, folder, val, p, dev, b * points[0].gmacs)
             add("random", f"best of {best['n']} random {b:.0%}", adapted, best["config"])
-    add("searched+finetuned", "searched 50% + finetune (demo)", final, final.sparsevit_meta["sparsity"])
+    add("searched+finetuned", "searched 50% + finetune (demo)", final, final.sparsevit_meta["sparsity"],
+        trained="final")
 
     # ablation: the same adapted weights ranking windows by each other registered window score (SparseViT)
     method, backbone = method_and_backbone(adapted)
@@ -124,12 +136,25 @@ def run_report(demo_dir: str | os.PathLike = "runs/demo", preset: str = "default
                 add(f"score {name}", f"uniform {s:.0%}, score {name}", other, _uniform(other, s))
 
     _time_all(points, timed, dev, p.timing_repeats)
+    from ..tasks import backbone_of
+    from ..timm_models import describe_architecture
+    arch = describe_architecture(backbone_of(dense))
+    training = (f"Training (epochs): dense {epochs['dense row']} ("
+                + ("like-for-like: the adapted model finetuned dense as long as the final model"
+                   if matched.is_file() else "the dense stage's model: fewer epochs than the final model")
+                + f"), searched + finetuned {epochs['final']}, uniform / searched / random / scores "
+                  f"{epochs['adapted']} (the adapted weights), downscaled {epochs['downscaled']}, un-adapted "
+                  f"{epochs['dense']}.")
     report = {"preset": preset, "img_size": p.img_size, "device": str(dev), "throughput_batch": THROUGHPUT_BATCH,
+              "architecture": arch, "training": training, "repeats": p.timing_repeats,
               "points": [vars(pt) for pt in points], "claims": _claims(points)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.json", json.dumps(report, indent=1))
-    _plot(points, "gmacs", "GMACs (analytic, batch 1)", out / "acc_vs_gmacs.png")
-    _plot(points, "ms", f"latency ms ({dev}, batch 1)", out / "acc_vs_latency.png")
+    title = f"{arch}, demo data at {p.img_size} px"
+    ylabel = f"top-1 % ({len(report_indices(p, len(val)))} val images no search saw)"
+    _plot(points, "gmacs", "GMACs (analytic, batch 1)", out / "acc_vs_gmacs.png", title, ylabel)
+    _plot(points, "ms", f"batch-1 latency, ms ({dev}): median and interquartile range of {p.timing_repeats} "
+                        f"interleaved repeats", out / "acc_vs_latency.png", title, ylabel)
     atomic_write_text(out / "report.md", _markdown(report, points))
     console.print(_table(points, THROUGHPUT_BATCH))
     for claim in report["claims"]:
@@ -237,6 +262,7 @@ def _time_all(points: List[Point], timed: Dict[str, tuple], dev, repeats: int) -
                                             warmup=2, repeats=repeats))
     for pt in points:
         pt.ms, pt.images_per_s = speed[pt.label]["ms"], speed[pt.label]["images_per_s"]
+        pt.ms_low, pt.ms_high = speed[pt.label]["ms_low"], speed[pt.label]["ms_high"]
 
 
 def _best_at(points: List[Point], family: str, max_gmacs: float) -> Optional[Point]:
@@ -271,14 +297,16 @@ def _claims(points: List[Point]) -> List[Dict[str, Any]]:
 
 
 def _columns(batch: int) -> List[str]:
-    return ["family", "point", "top-1 %", "GMACs", "of dense", "ideal (MACs)", "latency ms (batch 1)", "speedup",
-            f"images/s (batch {batch})", "speedup"]
+    return ["family", "point", "top-1 %", "epochs", "GMACs", "of dense", "ideal (MACs)", "latency ms (batch 1) [IQR]",
+            "speedup", f"images/s (batch {batch})", "speedup"]
 
 
 def _cells(pt: Point, dense: Point) -> List[str]:
-    """One point's row: cost, then latency and throughput, each with its speedup over dense."""
-    return [pt.family, pt.label, f"{pt.top1:.1f}", f"{pt.gmacs:.3f}", f"{pt.gmacs / dense.gmacs:.0%}",
-            f"{dense.gmacs / pt.gmacs:.2f}x", f"{pt.ms:.1f}", f"{dense.ms / pt.ms:.2f}x", f"{pt.images_per_s:.0f}",
+    """One point's row: cost, then latency (median [interquartile range]) and throughput, each with its
+    speedup over dense."""
+    return [pt.family, pt.label, f"{pt.top1:.1f}", "" if pt.epochs is None else str(pt.epochs), f"{pt.gmacs:.3f}",
+            f"{pt.gmacs / dense.gmacs:.0%}", f"{dense.gmacs / pt.gmacs:.2f}x",
+            f"{pt.ms:.1f} [{pt.ms_low:.1f}, {pt.ms_high:.1f}]", f"{dense.ms / pt.ms:.2f}x", f"{pt.images_per_s:.0f}",
             f"{pt.images_per_s / dense.images_per_s:.2f}x"]
 
 
@@ -293,8 +321,9 @@ def _table(points: List[Point], batch: int) -> Table:
 
 def _markdown(report: Dict[str, Any], points: List[Point]) -> str:
     columns = _columns(report["throughput_batch"])
-    lines = [f"# SparseViT reproduction on the demo data ({report['preset']} preset, {report['img_size']} px, "
-             f"{report['device']})", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [f"# SparseViT reproduction on the demo data: {report['architecture']} ({report['preset']} preset, "
+             f"{report['img_size']} px, {report['device']})", "", report["training"], "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cells(pt, points[0])) + " |" for pt in points]
     lines += ["", "## Claims at matched MACs", ""]
     lines += [f"- **{'holds' if c['holds'] else 'fails'}**: {c['claim']} ({c['detail']})" for c in report["claims"]]
@@ -302,7 +331,8 @@ def _markdown(report: Dict[str, Any], points: List[Point]) -> str:
     return "\n".join(lines)
 
 
-def _plot(points: List[Point], x: str, xlabel: str, path: Path) -> None:
+def _plot(points: List[Point], x: str, xlabel: str, path: Path, title: str = "", ylabel: str = "top-1 % (val)") -> None:
+    """Each family's points ordered by this plot's cost `x`; latency with its interquartile range as bars."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -317,10 +347,15 @@ def _plot(points: List[Point], x: str, xlabel: str, path: Path) -> None:
     for family, (marker, colour) in styles.items():
         pts = sorted((pt for pt in points if pt.family == family), key=lambda pt: getattr(pt, x))
         if pts:
-            ax.plot([getattr(pt, x) for pt in pts], [pt.top1 for pt in pts], marker, color=colour, label=family,
-                    markersize=9 if family == "dense" else 6)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("top-1 % (val)")
+            xs = [getattr(pt, x) for pt in pts]
+            err = [[v - pt.ms_low for v, pt in zip(xs, pts)], [pt.ms_high - v for v, pt in zip(xs, pts)]] \
+                if x == "ms" else None
+            ax.errorbar(xs, [pt.top1 for pt in pts], xerr=err, fmt=marker, color=colour, label=family,
+                        markersize=9 if family == "dense" else 6, capsize=2, elinewidth=1)
+    ax.set_xlabel(xlabel, fontsize=8 if x == "ms" else None)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

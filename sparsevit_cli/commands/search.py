@@ -44,6 +44,12 @@ MAC_SCOPES = ("model", "backbone")
 FITNESSES = ("logprob", "metric")
 
 
+def fitness_label(fitness: str, metric_name: str) -> str:
+    """What a fitness value is, in words (pareto.png's y-axis): on the fitness split of the val images."""
+    what = "mean log-probability of the true class" if fitness == "logprob" else metric_name
+    return f"{what} (fitness split)"
+
+
 @dataclass
 class SearchOutcome:
     """What `run_search` returns: best.yaml's mapping, the engine's result, the split and the confirmation
@@ -352,7 +358,10 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         report["latency_table_median_abs_error"] = latency.table_error([t["config"] for t in result.top[:5]])
     if dist.is_main():
         write_output(out / "best.yaml", yaml_text(report), "best")
-        plot_pareto(result, out / "pareto.png")
+        from ..timm_models import describe_architecture
+        pick = (conf.pick.cost, conf.pick.fitness) if conf.pick.fitness is not None else None
+        plot_pareto(result, out / "pareto.png", fitness_label(fitness, task.metric_name), pick=pick,
+                    title=f"{describe_architecture(backbone)}, {task.name}: {len(result.evaluated)} networks searched")
         console.print(_top_table(result, unit, dense_cost, fitness, task.metric_name))
         console.print(confirmation_table(conf, unit))
         console.print(conf.verdict)

@@ -620,8 +620,20 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
     return front
 
 
-def plot_pareto(result: SearchResult, path: Path, metric_name: str = "metric", title: Optional[str] = None) -> Path:
-    """PNG of every candidate (cost vs metric, coloured by generation), the Pareto front and the budget."""
+def pareto_marks(result: SearchResult, pick: Optional[Tuple[float, float]] = None) -> Dict[str, Tuple[float, float]]:
+    """The (cost, fitness) points pareto.png marks: `pick` (the confirmed pick, which the star marks; the
+    fitness' own best when none is given) and, when it differs, the best by fitness before confirmation."""
+    best = (result.best_cost, result.best_metric)
+    marks = {"pick": pick if pick is not None else best}
+    if pick is not None and pick != best:
+        marks["best by fitness"] = best
+    return marks
+
+
+def plot_pareto(result: SearchResult, path: Path, metric_name: str = "metric", title: Optional[str] = None,
+                pick: Optional[Tuple[float, float]] = None) -> Path:
+    """PNG of every candidate (cost vs fitness, coloured by generation), the Pareto front, the budget and the
+    pick (`pareto_marks`); `metric_name` names the y-axis (what the fitness is, on which images)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -641,13 +653,17 @@ def plot_pareto(result: SearchResult, path: Path, metric_name: str = "metric", t
     if front:
         ax.plot([costs[i] for i in front], [values[i] for i in front], "-o", color="tab:red", ms=4, lw=1.5,
                 drawstyle="steps-post", label="Pareto front")
-    ax.plot([result.best_cost], [result.best_metric], "*", color="gold", mec="black", ms=14, label="best")
+    marks = pareto_marks(result, pick)
+    if "best by fitness" in marks:
+        ax.plot(*[[v] for v in marks["best by fitness"]], "o", mfc="none", mec="black", ms=10,
+                label="best by fitness (not the pick after confirmation)")
+    ax.plot(*[[v] for v in marks["pick"]], "*", color="gold", mec="black", ms=14, label="pick")
     ax.axvline(result.budget.max_cost, ls="--", color="gray", lw=1, label=f"budget ({result.budget.max_cost:.4g} {unit})")
     if result.budget.min_cost > 0:
         ax.axvline(result.budget.min_cost, ls=":", color="gray", lw=1, label="minimum cost")
     ax.set_xlabel(f"cost ({unit})")
     ax.set_ylabel(metric_name)
-    ax.set_title(title or f"search: {len(result.evaluated)} configs evaluated")
+    ax.set_title(title or f"search: {len(result.evaluated)} configs evaluated", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
