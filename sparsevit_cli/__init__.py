@@ -1,20 +1,20 @@
 """sparsevit: search where to skip computation in vision transformers.
 
-    import timm, sparsevit_cli as sv
-    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=672)
-    sparse = sv.sparsify(model)            # same object and weights, patched in place (like ToMe)
-    sparse.set_sparsity([[0.0], [0.2], [0.4, 0.5, 0.6], [0.8]])
-    logits = sparse(images)
+    import timm, torch
+    import sparsevit_cli as sv
+    model = timm.create_model("swin_tiny_patch4_window7_224").eval()
+    sv.sparsify(model, sparsity=0.5)      # in place, like ToMe: same object, weights and state-dict keys
+    logits = model(torch.randn(2, 3, 224, 224))
     vit = sv.psvit(timm.create_model("deit_small_patch16_224"))   # PSViT: token pooling + attention sharing
-    model = sv.load("runs/ft/model.safetensors")   # a model file from finetune/adapt, ready to run
+    model = sv.load("runs/pipeline/finetune/model.safetensors")   # a model file from the CLI, ready to run
 
-Names are resolved on first use, so `import sparsevit_cli` (and `sparsevit --help`) does not pay for
-importing torch and timm.
+docs/api.md has the whole API. Names are resolved on first use, so `import sparsevit_cli` (and
+`sparsevit --help`) does not pay for importing torch and timm; `dir(sparsevit_cli)` lists them all.
 """
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import Any, List
 
 __version__ = "0.1.0"
 
@@ -22,9 +22,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "sparsify": ".methods",
     "SparseSwinTransformer": ".swin.patch",
+    "RATIO_CHOICES": ".swin.patch",
+    "WINDOW_SCORES": ".swin.patch",
+    "OUTPUT_FMTS": ".swin.patch",
     "psvit": ".vit.patch",
     "PSViTTransformer": ".vit.patch",
     "load": ".model_file",
+    "save_model": ".model_file",
     "ModelMeta": ".model_file",
     "get_method": ".methods",
     "method_for_model": ".methods",
@@ -38,3 +42,9 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    """The public API, resolved lazily or not (so `dir()` and tab completion show `sparsify`, `load`, ...),
+    and the module's dunder names; not the helpers this file imports."""
+    return sorted(set(__all__) | {n for n in globals() if n.startswith("__")})

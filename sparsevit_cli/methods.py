@@ -108,14 +108,18 @@ def method_for_model(model: nn.Module) -> Method:
     raise UserError(f"no method supports {type(model).__name__} ({needs})")
 
 
-def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None) -> nn.Module:
+def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None,
+             output_fmt: Optional[str] = None) -> nn.Module:
     """Make a timm Swin (V1 or V2), or its ``features_only=True`` backbone, window-sparse in place (same object,
     parameters and state-dict keys), by the SparseViT engine of its family: the registered method with
     ``entry_point == "sparsify"`` that supports it (so the families never import each other).
 
     `sparsity` (one ratio per block pair per stage, or a float for all) defaults to 0, exactly the dense
     model, and `window_score` to the engine's default; an already sparse model keeps its settings unless new
-    ones are given."""
+    ones are given.
+
+    `output_fmt` is the layout of a ``features_only`` backbone's stage maps: None keeps timm's (NHWC for a
+    Swin), "NCHW" gives what `forward_intermediates` returns (the model's `set_output_fmt`)."""
     _discover_methods()
     methods = [m for m in METHODS.values() if getattr(m, "entry_point", None) == "sparsify"]
     for method in methods:
@@ -124,6 +128,8 @@ def sparsify(model: nn.Module, sparsity=None, window_score: Optional[str] = None
             wrapped = method.wrap(model, **options)
             if sparsity is not None:
                 wrapped.set_sparsity(sparsity)
+            if output_fmt is not None:
+                wrapped.set_output_fmt(output_fmt)
             return wrapped
     needs = " or ".join(m.supported_models for m in methods)
     raise UserError(f"SparseViT needs {needs}, got {type(model).__name__}")

@@ -59,12 +59,15 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import Format
 from timm.models._features import FeatureDictNet
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, SwinTransformerStage
 
 from ..errors import UserError
 
 RATIO_CHOICES = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0 ... 0.8
+#: layouts of a features_only backbone's stage maps (`set_output_fmt`): timm's NHWC, or NCHW
+OUTPUT_FMTS = ("NHWC", "NCHW")
 
 
 def _l2_energy(x: torch.Tensor) -> torch.Tensor:
@@ -504,7 +507,27 @@ class SparseSwinTransformer:
             stage.window_score = name
         return self
 
+    def set_output_fmt(self, fmt: str) -> "SparseSwinTransformer":
+        """Layout of a ``features_only`` backbone's stage maps: "NHWC" (timm's features_only Swin, the
+        default) or "NCHW" (what `forward_intermediates` returns and torchvision / mmdet necks take);
+        `output_fmt` says which (timm's FeatureDictNet attribute). A whole Swin returns logits: refused."""
+        if fmt not in OUTPUT_FMTS:
+            raise UserError(f"output_fmt must be one of {', '.join(OUTPUT_FMTS)}, got {fmt!r}")
+        if not isinstance(self, FeatureDictNet):
+            raise UserError("output_fmt is for a features_only=True backbone; a whole Swin returns logits "
+                            "(its forward_intermediates returns NCHW maps)")
+        self.output_fmt = Format(fmt)
+        return self
+
     # --- forward -----------------------------------------------------------------------------------
+    def _collect(self, x: torch.Tensor):
+        """A ``features_only`` backbone's stage maps (timm's FeatureDictNet runs its forward through this),
+        in the layout `output_fmt` names: the stages give NHWC, "NCHW" permutes them."""
+        out = super()._collect(x)
+        if self.output_fmt == Format.NCHW:
+            out = type(out)((k, v.permute(0, 3, 1, 2).contiguous()) for k, v in out.items())
+        return out
+
     @torch.no_grad()
     def kept_window_masks(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
         """Which tokens every block keeps for `x` under the current sparsity: per stage, per block, a
