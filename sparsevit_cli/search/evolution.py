@@ -34,6 +34,7 @@ from deap import base, creator, tools
 
 from ..io import ProgressReport, append_durable, atomic_write, read_journal
 from ..errors import UserError
+from ..layers import EVAL_CHUNK
 from .space import Config, Genome, SearchSpace
 
 # DEAP's creator adds classes to a module-wide namespace; creating them twice only warns, but
@@ -129,9 +130,7 @@ class SearchResult:
 MetricFn = Callable[[Config], Union[float, Dict[str, float]]]
 #: scores several networks at once (e.g. sharing their common prefixes): one MetricFn result per config
 ManyMetricFn = Callable[[List[Config]], List[Union[float, Dict[str, float]]]]
-#: networks `evaluate_many` gets per call: each call's networks are journaled when it returns, so a kill
-#: loses at most one call's work
-EVAL_CHUNK = 16
+#: networks `evaluate_many` gets per call (`layers.EVAL_CHUNK`): journaled when the call returns
 CostFn = Callable[[Config], float]
 NetworkFn = Callable[[Config], Any]
 
