@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .errors import UserError
 from .io import make_console
-from .layers import DEFAULT_BUDGET, MAX_SEED, format_config
+from .layers import DEFAULT_BUDGET, EVAL_CHUNK, MAX_SEED, format_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make vision transformers fast on high-resolution images by searching where to skip "
@@ -241,7 +241,14 @@ def search(
     crossovers: int = typer.Option(25, min=0, help="Crossover children per generation."),
     mutation_prob: float = typer.Option(0.1, help="Per-gene probability of resampling in a mutant (0-1)."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Random seed, 0 to 2^32-1 (same seed, same search)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted search in --out from its last generation."),
+    resume: bool = typer.Option(False, help="Continue an interrupted search in --out: every network already "
+                                "scored is kept (none is scored twice)."),
+    shared_prefix: bool = typer.Option(True, help="Score each chunk of networks as a tree over their shared "
+                                       "block prefixes (default: on; same fitness, fewer block executions)."),
+    race: bool = typer.Option(False, help="Racing on growing slices of the fitness images (default: off): a "
+                              "network whose 99% upper bound is below the leader's lower bound stops early."),
+    eval_chunk: int = typer.Option(EVAL_CHUNK, min=1, help="Networks scored together and journaled together "
+                                   f"(default: {EVAL_CHUNK} networks)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Evolutionary search (DEAP) for the most accurate config within a MAC or latency budget."""
@@ -256,7 +263,7 @@ def search(
                          batch_size=batch_size,
                          eval_samples=eval_samples, confirm_samples=confirm_samples, confirm_top=confirm_top,
                          pick=pick.value, fitness=fitness, split_seed=split_seed, settings=settings, resume=resume,
-                         progress=progress)
+                         progress=progress, shared_prefix=shared_prefix, race=race, eval_chunk=eval_chunk)
     run_search(opts, console=console)
 
 

@@ -12,7 +12,8 @@ import torch.nn as nn
 from . import dist
 from .data.datasets import build_loader, iterate
 from .errors import UserError
-from .methods import Config, Method
+from .io import ProgressReport
+from .methods import Config, Method, shares_prefixes
 from .tasks import ImageScores, Metric, Task, backbone_of, get_task
 
 
@@ -104,15 +105,116 @@ def evaluate_images(model: nn.Module, method: Method, config: Optional[Config], 
     task's metric on any resample of the images, and a search's fitnesses. Sharded over torchrun ranks;
     every rank gets all images' results."""
     task = get_task(task) if isinstance(task, str) else task
+    return task.image_scores(dataset, _records(model, method, config, dataset, task, batch_size, device, indices,
+                                               amp, num_workers))
+
+
+def _records(model, method, config, dataset, task: Task, batch_size: int, device, indices, amp: bool,
+             num_workers: int, progress: Optional[ProgressReport] = None, bar: int = 0) -> List[Any]:
+    """The task's per-image records of `model` under `config` on `indices` (in their order), every rank's."""
     mine: List[Tuple[int, Any]] = []
     for batch, outputs, y in _batches(model, method, config, dataset, task, batch_size, device, indices, amp,
                                       num_workers):
         mine += list(zip(batch, task.image_records(dataset, outputs, y)))
+        if progress is not None:
+            progress.update(bar, advance=len(batch) * dist.world_size())
     records: List[Any] = [None] * len(indices)
     for part in dist.all_gather_object(mine):
         for pos, record in part:
             records[pos] = record
-    return task.image_scores(dataset, records)
+    return records
+
+
+@dataclass
+class SharingCounts:
+    """Block-pair executions of `evaluate_images_many`: run, and what scoring each network alone runs."""
+
+    pairs_run: int = 0
+    pairs_asked: int = 0
+    forwards: int = 0
+
+
+@torch.no_grad()
+def evaluate_images_many(model: nn.Module, method: Method, configs: Sequence[Config], dataset,
+                         task: Union[str, Task], batch_size: int, device: torch.device, indices: Sequence[int],
+                         img_size: Optional[int] = None, amp: bool = False, num_workers: int = 0,
+                         share: bool = True, counts: Optional[SharingCounts] = None,
+                         progress: Optional[ProgressReport] = None) -> List[ImageScores]:
+    """`evaluate_images` of every config in `configs` (same order), scored batch by batch as a tree: on each
+    image batch the networks run one after another in the order of their `effective` configs at `img_size`
+    (their per-block kept-window counts), inside the method's `shared_prefixes` context, so each distinct
+    prefix of blocks is computed once per batch and reused by every network sharing it (memory: one path of
+    stage buffers). The results equal scoring each config alone. A method without `shared_prefixes` (or
+    `share=False`) scores one config after another. Sharded over torchrun ranks like `evaluate_images`.
+    `counts` gets the block-pair executions; `progress` an 'images' counter (images x networks)."""
+    task = get_task(task) if isinstance(task, str) else task
+    return [task.image_scores(dataset, r) for r in
+            evaluate_records_many(model, method, configs, dataset, task, batch_size, device, indices, img_size,
+                                  amp, num_workers, share, counts, progress)]
+
+
+@torch.no_grad()
+def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Config], dataset, task: Task,
+                          batch_size: int, device: torch.device, indices: Sequence[int],
+                          img_size: Optional[int] = None, amp: bool = False, num_workers: int = 0,
+                          share: bool = True, counts: Optional[SharingCounts] = None,
+                          progress: Optional[ProgressReport] = None) -> List[List[Any]]:
+    """The per-image records (`task.image_records`, in the order of `indices`) of `evaluate_images_many`."""
+    configs = list(configs)
+    backbone = backbone_of(model)
+    batches_here = _my_batches(len(indices), batch_size)
+    bar = 0
+    if progress is not None:
+        units = [c["unit"] for c in progress.counters]
+        bar = units.index("images") if "images" in units else progress.add("images", 0)
+        progress.update(bar, completed=0, total=len(indices) * len(configs))
+    if counts is not None:
+        counts.forwards += batches_here * len(configs)
+    if not (share and shares_prefixes(method)) or len(configs) < 2:
+        out = []
+        for config in configs:
+            out.append(_records(model, method, config, dataset, task, batch_size, device, indices, amp,
+                                num_workers, progress, bar))
+            if counts is not None:
+                pairs = sum(method.group_sizes(backbone)) * batches_here
+                counts.pairs_run += pairs
+                counts.pairs_asked += pairs
+        return out
+    order = sorted(range(len(configs)),
+                   key=lambda i: (method.effective(backbone, configs[i], img_size) if img_size else configs[i]))
+    model.eval()
+    positions = list(range(len(indices)))[dist.rank()::dist.world_size()]
+    batches = [positions[i: i + batch_size] for i in range(0, len(positions), batch_size)]
+    loader = build_loader(dataset, [[indices[p] for p in b] for b in batches], num_workers=num_workers,
+                          collate_fn=task.collate)
+    mine: List[List[Tuple[int, Any]]] = [[] for _ in configs]
+    with method.shared_prefixes(backbone) as cache:
+        for batch, (x, y) in zip(batches, iterate(loader)):
+            x, y = task.to_device(x, y, device)
+            for i in order:
+                method.apply(backbone, configs[i])
+                with autocast(device, amp):
+                    outputs = task.predict(model, x)
+                mine[i] += list(zip(batch, task.image_records(dataset, outputs, y)))
+            if progress is not None:
+                progress.update(bar, advance=len(batch) * dist.world_size() * len(configs))
+        if counts is not None:
+            counts.pairs_run += cache.pairs_run
+            counts.pairs_asked += cache.pairs_asked
+    out = []
+    parts = dist.all_gather_object(mine)
+    for i in range(len(configs)):
+        records: List[Any] = [None] * len(indices)
+        for part in parts:
+            for pos, record in part[i]:
+                records[pos] = record
+        out.append(records)
+    return out
+
+
+def _my_batches(n: int, batch_size: int) -> int:
+    mine = len(range(dist.rank(), n, dist.world_size()))
+    return -(-mine // batch_size)
 
 
 @torch.no_grad()

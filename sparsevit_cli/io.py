@@ -571,3 +571,149 @@ def check_output_dir(out: str | os.PathLike, option: str = "--out", holds: str =
     if not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"{option} '{out}' is not writable")
     return out
+
+
+# --------------------------------------------------------------------------------------------- progress
+#: seconds between two plain progress lines of one stage when the output is not a terminal (a log file, a
+#: pipe, CI): what tqdm's `mininterval` and the Hugging Face Trainer's logging steps give a log reader
+PLAIN_INTERVAL_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class ProgressReport:
+    """Progress of one stage (a search, an evaluation, a training run) over one or more counters (networks,
+    images, steps), each with a total: rich bars with an ETA on a terminal; otherwise one plain line at
+    most every `interval_s` seconds (and one when the stage ends), e.g.
+    ``search: 12/64 networks (19%), 3000/6000 images, best 0.81 | 1m02s elapsed, ETA 4m24s``.
+    The ETA extrapolates the first counter's rate. `clock` and `interval_s` are injectable (tests)."""
+
+    def __init__(self, title: str, console=None, enabled: bool = True, interval_s: Optional[float] = None,
+                 clock: Optional[Callable[[], float]] = None, terminal: Optional[bool] = None):
+        import time
+        self.title, self.enabled = title, enabled
+        self.console = console if console is not None else make_console()
+        self.clock = clock or time.monotonic
+        self.interval_s = PLAIN_INTERVAL_S if interval_s is None else interval_s
+        self.terminal = self.console.is_terminal if terminal is None else terminal
+        self.counters: List[Dict[str, Any]] = []
+        self.note = ""
+        self.start = self.clock()
+        self.last_line: Optional[float] = None
+        self.bars = None
+        if enabled and self.terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self.console, transient=False)
+            self.bars.start()
+
+    def add(self, unit: str, total: Optional[float], completed: float = 0) -> int:
+        """A counter (e.g. 'networks' out of 64); returns its handle for `update`."""
+        counter = {"unit": unit, "total": total, "completed": completed, "start_completed": completed}
+        if self.bars is not None:
+            counter["task"] = self.bars.add_task(self.title if not self.counters else "", total=total,
+                                                 completed=completed, unit=unit)
+        self.counters.append(counter)
+        return len(self.counters) - 1
+
+    def update(self, counter: int = 0, advance: float = 0, completed: Optional[float] = None,
+               total: Optional[float] = None, note: Optional[str] = None) -> None:
+        c = self.counters[counter]
+        c["completed"] = c["completed"] + advance if completed is None else completed
+        if total is not None:
+            c["total"] = total
+        if note is not None:
+            self.note = note
+        if not self.enabled:
+            return
+        if self.bars is not None:
+            description = self.title + (f" {self.note}" if self.note and counter == 0 else "")
+            self.bars.update(c["task"], completed=c["completed"], total=c["total"],
+                             **({"description": description} if counter == 0 else {}))
+            if note is not None and counter != 0 and self.counters:
+                self.bars.update(self.counters[0]["task"], description=f"{self.title} {self.note}")
+            return
+        now = self.clock()
+        if self.last_line is None or now - self.last_line >= self.interval_s:
+            self._line(now)
+
+    def line(self) -> str:
+        """The plain progress line as of now."""
+        return self._text(self.clock())
+
+    def _text(self, now: float) -> str:
+        parts = []
+        for i, c in enumerate(self.counters):
+            part = f"{c['completed']:g}/{c['total']:g} {c['unit']}" if c["total"] else f"{c['completed']:g} {c['unit']}"
+            if i == 0 and c["total"]:
+                part += f" ({c['completed'] / c['total']:.0%})"
+            parts.append(part)
+        text = f"{self.title}: " + ", ".join(parts) + (f", {self.note}" if self.note else "")
+        elapsed = now - self.start
+        text += f" | {_duration(elapsed)} elapsed"
+        if self.counters and self.counters[0]["total"]:
+            c = self.counters[0]
+            done = c["completed"] - c["start_completed"]
+            if done > 0 and c["completed"] < c["total"]:
+                text += f", ETA {_duration(elapsed / done * (c['total'] - c['completed']))}"
+        return text
+
+    def _line(self, now: float) -> None:
+        self.last_line = now
+        self.console.print(self._text(now), highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        """Stop the bars, or print the stage's last plain line (when anything moved since the last one)."""
+        if self.bars is not None:
+            self.bars.stop()
+            self.bars = None
+        elif self.enabled and self.counters:
+            self._line(self.clock())
+        self.enabled = False
+
+    def __enter__(self) -> "ProgressReport":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------- journals
+def append_durable(path: str | os.PathLike, text: str) -> None:
+    """Append `text` (whole lines) to a journal file and fsync it: the one append-only writer, for records
+    that must survive a kill the moment they are made (a search's scored networks). A kill mid-append can
+    leave a torn last line; `read_journal` skips it. A failed write is one UserError line."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UserError(f"cannot append to '{path}': {e.strerror or e}") from None
+
+
+def read_journal(path: str | os.PathLike) -> List[Any]:
+    """The JSON records of a journal written by `append_durable`, one per line; a torn (unparsable) last
+    line, left by a kill mid-append, is skipped. A missing file has none."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read '{path}': {e}") from None
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # torn by a kill mid-append
+            raise UserError(f"'{path}' line {i + 1} is not JSON; use another output folder") from None
+    return out

@@ -32,3 +32,8 @@ class MacBreakdown:
     def add(self, name: str, macs: int) -> None:
         self.parts[name] = self.parts.get(name, 0) + int(macs)
         self.total += int(macs)
+
+
+#: networks a search scores together (by one shared-prefix tree, or one race) and journals together: a kill
+#: loses at most one chunk's work
+EVAL_CHUNK = 16

@@ -68,6 +68,13 @@ class Method(Protocol):
         block). Two configs with equal effective configs are one network: same output, same cost; the
         search evaluates each network once."""
 
+    # optional: a family whose networks can share their first blocks defines
+    #     def shared_prefixes(self, wrapped) -> ContextManager[<counts>]
+    # a context in which forwards of `wrapped` on one image batch under one config after another (in the
+    # order of their `effective` configs) compute each distinct prefix of blocks once, with outputs identical
+    # to each config's own forward; the yielded object counts `pairs_run` and `pairs_asked`. A family without
+    # it (PSViT) is evaluated one network at a time (`evaluate.evaluate_images_many`, `shares_prefixes`).
+
     def build_latency_table(self, wrapped: nn.Module, x, warmup: int = 2, repeats: int = 5) -> dict:
         """Time the model's parts on x's device once (JSON-able), for `predict_latency`."""
 
@@ -76,6 +83,11 @@ class Method(Protocol):
 
 
 METHODS: Dict[str, Method] = {}
+
+
+def shares_prefixes(method: Method) -> bool:
+    """Whether `method` evaluates several configs sharing their common prefixes (`shared_prefixes`)."""
+    return callable(getattr(method, "shared_prefixes", None))
 
 
 def check_options(method: str, options: Dict[str, Any], known: Sequence[str]) -> None:

@@ -130,6 +130,11 @@ class ImageScores:
             return self.metric()
         raise UserError(f"fitness '{kind}' is not offered for this task")
 
+    def per_image(self, kind: str):
+        """The per-image values whose mean is fitness `kind` (an array), or None when the fitness is no mean
+        over images (mIoU, COCO AP): what racing bounds."""
+        return None
+
 
 TASKS: Dict[str, Task] = {}
 
@@ -242,6 +247,9 @@ class TopOneScores(ImageScores):
         if kind == "logprob":
             return float(self.logprob.mean()) if len(self.logprob) else 0.0
         return super().fitness(kind)
+
+    def per_image(self, kind: str):
+        return self.logprob if kind == "logprob" else self.correct * 100.0
 
 
 # --------------------------------------------------------------------------------------------- segmentation

@@ -446,3 +446,20 @@ def test_run_config_naming_another_model_than_its_model_file_is_refused(tmp_path
     code, _, err = run_cli(["finetune", cfg, "--no-progress"], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"model file '{path}' {needle}" in err
+
+
+def test_training_logged_to_a_file_shows_progress_lines(tmp_path, data_dir, monkeypatch):
+    """Output not a terminal: plain 'finetune: n/N steps' lines (throttled by io.PLAIN_INTERVAL_S, 0 here)."""
+    import io as std_io
+
+    from rich.console import Console
+
+    from sparsevit_cli import io as sv_io
+    monkeypatch.setattr(sv_io, "PLAIN_INTERVAL_S", 0.0)
+    out = std_io.StringIO()
+    cfg = load_run_config(write_cfg(tmp_path, data_dir, epochs=1))
+    run_finetune(cfg, progress=True, console=Console(file=out, width=200))
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("finetune: ")]
+    assert lines[0].startswith("finetune: 1/3 steps (33%), epoch 1/1, loss ")
+    assert "img/s | " in lines[0] and "elapsed, ETA" in lines[0]
+    assert lines[-1].startswith("finetune: 3/3 steps (100%)")

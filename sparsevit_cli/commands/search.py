@@ -24,15 +24,16 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
-from ..io import FolderLock, make_console, remove_stale_temp_files, yaml_text
-from ..evaluate import evaluate_all, evaluate_images, search_splits
-from ..layers import format_config
+from ..io import FolderLock, ProgressReport, make_console, remove_stale_temp_files, yaml_text
+from ..evaluate import SharingCounts, evaluate_all, evaluate_images, evaluate_records_many, search_splits
 from ..latency import calibrated_table, predict_latency, read_latency_table
 from ..timing import compile_failures_as_user_errors, compile_model, resolve_device, time_fn
 from ..tasks import backbone_of, get_task
 from .. import dist
 from ..search.confirm import CONFIRM_TOP, DEFAULT_PICK_RULE, PICK_RULES, Confirmation, confirm
+from ..layers import EVAL_CHUNK, format_config
 from ..search.evolution import Budget, EvolutionSettings, SearchResult, plot_pareto, run_evolution, write_output
+from ..search.racing import race
 from ..search.stats import LEVEL
 from ..search.space import load_space
 from .precheck import BudgetAsk, check_budget
@@ -59,6 +60,8 @@ class SearchOutcome:
     result: SearchResult
     confirmation: Confirmation
     splits: Any  # evaluate.SearchSplits
+    #: block-pair executions of this run's fitness scoring (and what scoring each network alone executes)
+    counts: SharingCounts = field(default_factory=SharingCounts)
 
 
 @dataclass
@@ -87,6 +90,9 @@ class SearchOptions:
     settings: EvolutionSettings = field(default_factory=EvolutionSettings)
     resume: bool = False
     progress: bool = True
+    shared_prefix: bool = True  # score a generation's networks as a tree over their shared block prefixes
+    race: bool = False  # racing on growing subsets of the fitness images (search/racing.py)
+    eval_chunk: int = EVAL_CHUNK  # networks scored together (and journaled together)
 
 
 def parse_budget(text: Optional[str], dense_value: float, unit: str, what: str) -> Optional[float]:
@@ -215,7 +221,7 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Search
     if opts.fitness is not None and opts.fitness not in FITNESSES:
         raise UserError(f"--fitness must be one of {', '.join(FITNESSES)}, got '{opts.fitness}'")
     for value, option in ((opts.eval_samples, "--eval-samples"), (opts.confirm_samples, "--confirm-samples"),
-                          (opts.confirm_top, "--confirm-top")):
+                          (opts.confirm_top, "--confirm-top"), (opts.eval_chunk, "--eval-chunk")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{option} must be a positive integer, got {value!r}")
     if opts.compile and opts.latency_table:
@@ -259,6 +265,9 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     if fitness not in task.image_scores_fitnesses:
         raise UserError(f"--fitness {fitness} is not offered for a {task.name} model (offered: "
                         f"{', '.join(task.image_scores_fitnesses)})")
+    if opts.race and "logprob" not in task.image_scores_fitnesses:
+        raise UserError(f"--race bounds a fitness that is a mean over images (a classification model's logprob "
+                        f"or top-1); a {task.name} model's {task.metric_name} is not: leave --race out")
     splits = search_splits(len(dataset), opts.eval_samples, opts.confirm_samples, opts.split_seed)
     if len(splits.fitness) < opts.eval_samples or len(splits.confirmation) < opts.confirm_samples:
         console.print(f"the val split has {splits.n} images: fitness and confirmation splits shrunk to "
@@ -277,6 +286,28 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     def metric(config) -> Dict[str, float]:
         scores = image_scores(config, "fitness")
         return {"fitness": scores.fitness(fitness), task.metric_name: scores.metric()}
+
+    bar = ProgressReport("search", console=console, enabled=opts.progress and dist.is_main())
+    counts = SharingCounts()
+
+    def records_many(configs, indices):
+        return evaluate_records_many(model, method, configs, dataset, task, opts.eval_batch_size, device, indices,
+                                     img_size, share=opts.shared_prefix, counts=counts, progress=bar)
+
+    def fitness_of(records, finished: bool = True) -> Dict[str, float]:
+        scores = task.image_scores(dataset, records)
+        return {"fitness": scores.fitness(fitness), task.metric_name: scores.metric(),
+                **({} if finished else {"images": len(records)})}
+
+    def metric_many(configs) -> List[Dict[str, float]]:
+        """A chunk of networks: scored as a tree over shared prefixes and, with --race, on growing slices."""
+        if not opts.race:
+            return [fitness_of(r) for r in records_many(configs, splits.fitness)]
+        ids = splits.fitness
+        outcome = race(lambda alive, start, end: records_many([configs[i] for i in alive], ids[start:end]),
+                       lambda records: task.image_scores(dataset, records).per_image(fitness), len(configs),
+                       len(ids), opts.eval_batch_size * dist.world_size())
+        return [fitness_of(r, done) for r, done in zip(outcome.records, outcome.finished)]
 
     def gmacs(config) -> float:
         return task.macs(model, method, config, img_size, opts.batch_size) / 1e9
@@ -320,15 +351,24 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
            "splits": {"images": splits.n, "fitness": len(splits.fitness),
                       "confirmation": len(splits.confirmation), "seed": splits.seed},
            **({"budget_macs_of": "backbone"} if opts.budget_macs_of == "backbone" else {}),
-           **({"compile": True} if opts.compile else {})}  # a compiled search's latencies are other numbers
+           **({"compile": True} if opts.compile else {}),  # a compiled search's latencies are other numbers
+           **({"race": True} if opts.race else {})}  # raced-out networks are scored on a slice only
     cheap = latency is None or latency.table is not None  # measured latency: only count what it may evaluate
     allowance = opts.settings.population + (opts.settings.generations - 1) * (opts.settings.mutations +
                                                                               opts.settings.crossovers)
     result = run_evolution(space, metric, cost, budget, opts.settings, state_path=state_path,
-                           history_path=out / "history.jsonl", progress=opts.progress and dist.is_main(),
+                           history_path=out / "history.jsonl",
                            write_files=dist.is_main(), run=run, network=network,
                            log=console.print if dist.is_main() else None,
+                           evaluate_many=metric_many, chunk=opts.eval_chunk, progress=bar,
                            **({} if cheap else {"count_limit": allowance}))
+    if dist.is_main() and counts.pairs_asked:
+        console.print(f"fitness scoring ran {counts.pairs_run} block-pair executions"
+                      + (f" ({counts.pairs_asked / counts.pairs_run:.2f}x fewer than the {counts.pairs_asked} of "
+                         f"scoring each network alone: shared prefixes)" if counts.pairs_run < counts.pairs_asked
+                         else "")
+                      + (f"; racing stopped {sum(1 for c in result.evaluated if c.get('images') is not None)} "
+                         f"network(s) early" if opts.race else ""))
     conf = confirm(result, image_scores, dense_cfg, dense_cost, fitness, task.metric_name, opts.confirm_top,
                    seed=opts.split_seed, rule=opts.pick)
     best_cfg = conf.pick.config
@@ -366,7 +406,7 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         console.print(confirmation_table(conf, unit))
         console.print(conf.verdict)
         console.print(f"best config -> {out / 'best.yaml'}")
-    return SearchOutcome(report=report, result=result, confirmation=conf, splits=splits)
+    return SearchOutcome(report=report, result=result, confirmation=conf, splits=splits, counts=counts)
 
 
 def confirmation_table(conf: Confirmation, unit: str, title: Optional[str] = None) -> Table:

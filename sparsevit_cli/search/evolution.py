@@ -11,10 +11,13 @@ Properties the rest of the tool relies on:
   torch-distributed rank running this with the same seed (and the same, rank-reduced metric) agrees on
   every population; only the rank with `write_files=True` touches the disk.
 * Cheap on repeats: a genome's metric and cost are computed once (caches keyed by genome).
-* Resumable: after each generation the whole state (population, caches, RNG state) is written
-  atomically; a resumed run ends with exactly the result of an uninterrupted one. The state file is the
-  truth: history.jsonl is rewritten from it (whole, atomically) when a run resumes, so a kill between the
-  two writes can neither duplicate nor cut a line.
+* Resumable, losing no scored network: the whole state (population, caches, RNG state) is written
+  atomically when a population is drawn or bred (so also before generation 0 is scored), and every network
+  is appended to history.jsonl (fsync'd) the moment it is scored. A resumed run takes the state, adds the
+  journaled networks of the generation it was scoring and scores only the others, so no network is ever
+  scored twice (in generation 0 and in an exhaustive enumeration too), and it ends with exactly the result
+  of an uninterrupted one. history.jsonl is then rewritten (whole, atomically) from that merge, so a kill
+  mid-append can neither duplicate nor cut a line.
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from deap import base, creator, tools
 
-from ..io import atomic_write
+from ..io import ProgressReport, append_durable, atomic_write, read_journal
 from ..errors import UserError
+from ..layers import EVAL_CHUNK
 from .space import Config, Genome, SearchSpace
 
 # DEAP's creator adds classes to a module-wide namespace; creating them twice only warns, but
@@ -121,8 +125,12 @@ class SearchResult:
     uniform: List[Dict[str, Any]] = field(default_factory=list)
 
 
-#: the metric function returns the fitness, or a dict {"fitness": value, <other scores>...}
+#: the metric function returns the fitness, or a dict {"fitness": value, <other scores>...} (with "images":
+#: the number of fitness images it was scored on when racing stopped it early)
 MetricFn = Callable[[Config], Union[float, Dict[str, float]]]
+#: scores several networks at once (e.g. sharing their common prefixes): one MetricFn result per config
+ManyMetricFn = Callable[[List[Config]], List[Union[float, Dict[str, float]]]]
+#: networks `evaluate_many` gets per call (`layers.EVAL_CHUNK`): journaled when the call returns
 CostFn = Callable[[Config], float]
 NetworkFn = Callable[[Config], Any]
 
@@ -139,8 +147,10 @@ def _key(genome: Sequence[int]) -> Tuple[int, ...]:
 
 
 def _rank(evaluated: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Best first: higher metric, then lower cost, then earlier (a total, reproducible order)."""
-    order = sorted(range(len(evaluated)), key=lambda i: (-evaluated[i]["metric"], evaluated[i]["cost"], i))
+    """Best first: fully scored before raced out (scored on a first slice only, `images` set), then higher
+    metric, then lower cost, then earlier (a total, reproducible order)."""
+    order = sorted(range(len(evaluated)), key=lambda i: (evaluated[i].get("images") is not None,
+                                                         -evaluated[i]["metric"], evaluated[i]["cost"], i))
     return [evaluated[i] for i in order]
 
 
@@ -358,8 +368,13 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
                   progress: bool = True, write_files: bool = True, top_k: int = 20,
                   run: Optional[Dict[str, Any]] = None, network: Optional[NetworkFn] = None,
                   log: Optional[Callable[[str], None]] = None, index_limit: int = INDEX_LIMIT,
-                  count_limit: int = COUNT_LIMIT) -> SearchResult:
+                  count_limit: int = COUNT_LIMIT, evaluate_many: Optional[ManyMetricFn] = None,
+                  chunk: int = EVAL_CHUNK) -> SearchResult:
     """Search the config with the best `evaluate` whose `cost` lies in `budget`.
+
+    With `evaluate_many`, a generation's networks not yet scored are scored `chunk` at a time, in the
+    lexicographic order of their networks (neighbours share prefixes), by one call each; `evaluate` is then
+    unused. `progress` is True/False or a `ProgressReport` to count networks on (its first counter).
 
     `network(config)` (JSON-able) says what a config executes (the method's `effective` config): configs
     with the same network are one candidate, evaluated and costed once, and every draw is of a network no
@@ -373,7 +388,7 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
     `evaluate`/`cost` take a config (list of groups of values); higher metric is better (`evaluate` may
     return {"fitness": value, <other scores>}: the others are kept as the candidate's `scores`). If
     `state_path` exists the search resumes from it. `history_path` gets one JSON line per evaluated
-    network (rewritten each generation, so resuming never duplicates lines). `on_generation(gen,
+    network, appended (fsync'd) as it is scored; a resumed run keeps them and never scores them again. `on_generation(gen,
     population)` is called after each generation with the population's candidates (dicts: genome,
     config, metric, cost), on every rank. Only `write_files=True` writes state and history.
     """
@@ -404,8 +419,17 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise UserError(f"search state '{state_path}' is damaged ({type(e).__name__} {e}); "
                             f"use another output folder") from None
+        if not population_done and history_path is not None:
+            # networks scored after the state was written: the journal has them (a torn last line skipped)
+            current = {nets.key(ind) for ind in population}
+            for entry in read_journal(history_path)[len(evaluated):]:
+                k = entry.get("network") if isinstance(entry, dict) else None
+                if k in current and k not in metrics and entry.get("generation") == generation:
+                    evaluated.append(entry)
+                    metrics[k] = entry["metric"]
         if write_files and history_path is not None:
-            # the run may have died after writing history, before the state: history follows the state
+            # the run may have died after writing history, before the state, or mid-append: history follows
+            # the state and the journal's whole lines
             write_output(history_path, _history_text(evaluated), "history")
 
     nets.check_feasible()
@@ -444,6 +468,9 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
         if not population:
             raise UserError(f"no initial config within the budget {budget.describe()} after {settings.max_tries} "
                             f"draws; widen the budget or allow more tries")
+        fresh = True
+    else:
+        fresh = False
     generations = 1 if exhaustive else settings.generations
 
     def save() -> None:
@@ -462,25 +489,50 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
     def candidate(ind) -> Dict[str, Any]:
         return {"genome": list(ind), "config": space.decode(ind), "metric": metrics[nets.key(ind)], "cost": nets(ind)}
 
-    bar = _Progress(generations, budget.unit) if progress else None
+    if fresh:
+        save()  # the first population, before it is scored: a kill in generation 0 loses nothing scored
+
+    total = len(nets.in_budget) if exhaustive else allowance
+    bar = progress if isinstance(progress, ProgressReport) else ProgressReport("search", enabled=bool(progress))
+    if not bar.counters:
+        bar.add("networks", total, completed=len(evaluated))
+
+    def record(ind, value) -> None:
+        k = nets.key(ind)
+        config = space.decode(ind)
+        fitness, scores = _fitness(value, config)
+        images = scores.pop("images", None)
+        metrics[k] = fitness
+        entry = {"genome": list(ind), "config": config, "network": k, "metric": fitness, "cost": nets(ind),
+                 "generation": generation, "uniform": uniform_of.get(k), **({"scores": scores} if scores else {}),
+                 **({"images": int(images)} if images is not None else {})}
+        evaluated.append(entry)
+        if write_files and history_path is not None:
+            append_durable(history_path, json.dumps(entry) + "\n")
+        fault_point("evaluate")
+        best = _rank(evaluated)[0]
+        bar.update(0, completed=len(evaluated),
+                   note=f"best {best['metric']:.4g} @ {best['cost']:.4g} {budget.unit}, generation {generation + 1}")
+
     try:
-        if bar is not None:
-            bar.update(generation, evaluated)
         while True:
             if not population_done:
                 # evaluate: each distinct network once over the whole search
+                pending, seen = [], set()
                 for ind in population:
                     k = nets.key(ind)
-                    if k not in metrics:
-                        config = space.decode(ind)
-                        fitness, scores = _fitness(evaluate(config), config)
-                        metrics[k] = fitness
-                        evaluated.append({"genome": list(ind), "config": config, "network": k, "metric": fitness,
-                                          "cost": nets(ind), "generation": generation,
-                                          "uniform": uniform_of.get(k), **({"scores": scores} if scores else {})})
-                        fault_point("evaluate")
-                        if bar is not None:
-                            bar.update(generation, evaluated)
+                    if k not in metrics and k not in seen:
+                        seen.add(k)
+                        pending.append(ind)
+                if evaluate_many is None:
+                    for ind in pending:
+                        record(ind, evaluate(space.decode(ind)))
+                else:
+                    pending.sort(key=lambda ind: json.loads(nets.key(ind)))  # neighbours share prefixes
+                    for i in range(0, len(pending), max(1, chunk)):
+                        part = pending[i: i + max(1, chunk)]
+                        for ind, value in zip(part, evaluate_many([space.decode(ind) for ind in part])):
+                            record(ind, value)
                 population_done = True
                 if on_generation is not None:
                     on_generation(generation, [candidate(ind) for ind in population])
@@ -506,13 +558,8 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
             population = [creator.Individual(p) for p in parents] + children
             generation, population_done = generation + 1, False
             save()
-            if bar is not None:
-                bar.update(generation, evaluated)
-        if bar is not None:
-            bar.update(generations, evaluated)
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.close()
     say(f"{len(evaluated)} distinct networks evaluated, each once; {draws.repeats} draws repeated a network "
         f"already drawn or evaluated and were drawn again instead")
     return _result(evaluated, budget, max(generations, generation + 1), top_k, repeats_skipped=draws.repeats,
@@ -545,29 +592,6 @@ def _pair(parents: List[list], rng: random.Random) -> Tuple[list, list]:
         return parents[0], parents[0]
     a, b = rng.sample(parents, 2)
     return a, b
-
-
-class _Progress:
-    """A rich progress bar over generations; the label shows the evaluations and the best so far."""
-
-    def __init__(self, generations: int, unit: str):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-        self.unit = unit
-        self.generations = generations
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total} generations"), TimeElapsedColumn())
-        self.task = self.progress.add_task("search", total=generations)
-        self.progress.start()
-
-    def update(self, generation: int, evaluated: List[Dict[str, Any]]) -> None:
-        label = f"{len(evaluated)} configs evaluated"
-        if evaluated:
-            best = max(evaluated, key=lambda c: c["metric"])
-            label += f", best {best['metric']:.4g} @ {best['cost']:.4g} {self.unit}"
-        self.progress.update(self.task, completed=min(generation, self.generations), description=label)
-
-    def stop(self) -> None:
-        self.progress.stop()
 
 
 # ---- baseline

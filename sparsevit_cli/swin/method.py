@@ -8,7 +8,8 @@ import torch.nn as nn
 from ..methods import Config, check_options, register_method
 from .cost import kept_window_counts, swin_macs
 from .latency import build_swin_latency_table, predict_swin_latency
-from .patch import RATIO_CHOICES, SparseSwinTransformer, pair_counts, sparsifiable, sparsify_v1, validate_sparsity
+from .patch import (RATIO_CHOICES, SparseSwinTransformer, pair_counts, shared_prefixes, sparsifiable, sparsify_v1,
+                    validate_sparsity)
 
 
 class SparseViT:
@@ -50,6 +51,10 @@ class SparseViT:
     def effective(self, wrapped: SparseSwinTransformer, config: Config, img_size: int) -> List[List[int]]:
         """Kept-window count of every block at `img_size` (the engine keeps max(1, round((1-s)*nW)))."""
         return kept_window_counts(wrapped, config, img_size)
+
+    def shared_prefixes(self, wrapped: SparseSwinTransformer):
+        """Forwards under one config after another share the blocks they keep the same windows in."""
+        return shared_prefixes(wrapped)
 
     def build_latency_table(self, wrapped: SparseSwinTransformer, x, warmup: int = 2, repeats: int = 5) -> dict:
         return build_swin_latency_table(wrapped, x, warmup=warmup, repeats=repeats)

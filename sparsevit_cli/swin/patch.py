@@ -52,9 +52,10 @@ what timm's block computes on the windows it keeps, in the same operation order.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -435,7 +436,13 @@ class SparseSwinStage:
             grids = self._grid_cache[key] = stage_grids(self.blocks, H, W, device, self.make_grid)
         return grids
 
+    #: while `shared_prefixes` runs: the cache of block prefixes this stage reads and fills, and its index
+    _prefix_cache: Optional["PrefixCache"] = None
+    _prefix_index: int = 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._prefix_cache is not None and self._kept_recorder is None and not self.training:
+            return forward_shared(self, x)
         if self._kept_recorder is None and not any(self.ratios):
             return super().forward(x)  # timm's own stage: nothing to prune, nothing added
         return self.forward_blocks(self.downsample(x))
@@ -649,3 +656,124 @@ def sparse_class(cls: type, mixin: type = SparseSwinTransformer) -> type:
         _SPARSE_CLASSES[cls, mixin] = type(f"Sparse{cls.__name__}", (mixin, cls),
                                            {"__module__": cls.__module__, "__doc__": mixin.__doc__})
     return _SPARSE_CLASSES[cls, mixin]
+
+
+# --------------------------------------------------------------------------------------------- shared prefixes
+class PrefixCache:
+    """What `shared_prefixes` keeps while a model is run on one image batch under one network after another:
+    the state after every block of the network just run (the stage map, or the stage buffer, copied), keyed
+    by the kept-window counts of every block up to there, and each stage's window order with the state it was
+    ranked on. A network that keeps the same windows as the previous one in its first blocks starts from the
+    deepest state they share. Only the current path is kept: storing a state drops every state that is not a
+    prefix of it, so networks run in the lexicographic order of their kept-window counts reuse every shared
+    prefix and memory holds one path of stage buffers. A new batch (another stage-1 input) clears it.
+
+    `blocks_run` / `pairs_run` count block (pair) executions; `pairs_asked` what running every network alone
+    would have executed."""
+
+    def __init__(self) -> None:
+        self.states: Dict[tuple, Tuple[str, torch.Tensor, Optional[Dict[int, torch.Tensor]]]] = {}
+        self.stage_input: Optional[torch.Tensor] = None
+        self.prefix: tuple = ()
+        self.blocks_run = self.pairs_run = self.pairs_asked = 0
+
+    def start(self, x: torch.Tensor) -> None:
+        """Stage 1's input of a forward: the same batch keeps the states, another one clears them."""
+        same = (self.stage_input is not None and self.stage_input.shape == x.shape
+                and self.stage_input.dtype == x.dtype and torch.equal(self.stage_input, x))
+        if not same:
+            self.states.clear()
+            self.stage_input = x.clone()
+        self.prefix = ()
+
+    def store(self, key: tuple, form: str, tensor: torch.Tensor,
+              orders: Optional[Dict[int, torch.Tensor]] = None) -> None:
+        for old in [k for k in self.states if not _is_prefix(k, key)]:
+            del self.states[old]
+        self.states[key] = (form, tensor, orders)
+
+
+def _is_prefix(a: tuple, b: tuple) -> bool:
+    """Whether key `a` (per-stage tuples of kept-window counts, the last one partial) is a prefix of `b`."""
+    if len(a) > len(b) or a[:-1] != b[: len(a) - 1]:
+        return False
+    return not a or a[-1] == b[len(a) - 1][: len(a[-1])]
+
+
+def forward_shared(stage: SparseSwinStage, x: torch.Tensor) -> torch.Tensor:
+    """`stage.forward` reading and filling its model's `PrefixCache`: the same operations in the same order
+    as a forward of the network alone (so the same numbers), minus the blocks a cached state already holds.
+    The stage's window order is the one ranked on the state its prefix computed."""
+    cache = stage._prefix_cache
+    if stage._prefix_index == 0:
+        cache.start(x)
+    base = cache.prefix
+    n = len(stage.blocks)
+    keeps: List[int] = []
+
+    def key(i: int) -> tuple:  # the state after the downsample and i blocks of this stage
+        return base + (tuple(keeps[:i]),)
+
+    cache.pairs_asked += math.ceil(n / 2)
+    if key(0) in cache.states:
+        x = cache.states[key(0)][1]
+    else:
+        x = stage.downsample(x)
+        cache.store(key(0), "map", x)
+    B, H, W, C = x.shape
+    grids = stage.grids(H, W, x.device)
+    keeps = [kept_windows(g.num_windows, stage.ratios[i // 2]) for i, g in enumerate(grids)]
+    pruned = [bool(k < g.num_windows) for k, g in zip(keeps, grids)]
+    first = next((i for i, p in enumerate(pruned) if p), n)
+    rank_at = first if window_score_spec(stage.window_score).at_first_pruned_block else 0
+
+    def ranked() -> Dict[int, torch.Tensor]:  # the order ranked on the state at `rank_at` (a stage map)
+        form, state, orders = cache.states[key(rank_at)]
+        if orders is None:
+            orders = rank_grids(stage.window_score, state.reshape(B, H * W, C), grids)
+            cache.states[key(rank_at)] = (form, state, orders)
+        return orders
+
+    start = max(i for i in range(n + 1) if i == 0 or key(i) in cache.states)
+    orders = ranked() if first < n and start > rank_at else None
+    form, state, _ = cache.states[key(start)]
+    if form == "buf":
+        buf = state.clone()  # later blocks write in place: the cached state stays as it is
+    else:
+        x = state
+    for i in range(start, n):
+        if i == rank_at and first < n:
+            orders = ranked()
+        if i < first:
+            x = stage.blocks[i](x)
+            cache.store(key(i + 1), "map", x)
+        else:
+            if i == first:
+                buf = torch.cat([x.reshape(B, H * W, C), x.new_zeros(B, 1, C)], dim=1)
+            window_ids = orders[id(grids[i])][:, : keeps[i]] if pruned[i] else None
+            buf = stage.sparse_block(stage.blocks[i], buf, grids[i], window_ids)
+            cache.store(key(i + 1), "buf", buf.clone())
+        cache.blocks_run += 1
+        cache.pairs_run += i % 2 == 0
+    cache.prefix = key(n)
+    form, state, _ = cache.states[key(n)]
+    # a copy: what leaves the stage (to the next stage, a head, a neck) never aliases a cached state
+    return (state[:, : H * W].reshape(B, H, W, C) if form == "buf" else state).clone()
+
+
+@contextlib.contextmanager
+def shared_prefixes(model: nn.Module) -> Iterator[PrefixCache]:
+    """Within this context, forwards of the sparse Swin `model` (eval mode, any config) on one image batch
+    share every prefix of blocks they keep the same windows in: run the networks in the lexicographic order
+    of their kept-window counts (`effective`) and each distinct prefix is computed once per batch, its
+    output bit-identical to the network's own forward. Yields the `PrefixCache` (its execution counts)."""
+    cache = PrefixCache()
+    stages = [s for s in swin_stages(model) if isinstance(s, SparseSwinStage)]
+    for i, stage in enumerate(stages):
+        stage._prefix_cache, stage._prefix_index = cache, i
+    try:
+        yield cache
+    finally:
+        for stage in stages:
+            stage.__dict__.pop("_prefix_cache", None)
+            stage.__dict__.pop("_prefix_index", None)

@@ -22,14 +22,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .. import dist
 from ..data.datasets import build_loader, epoch_batches, iterate
 from ..errors import UserError, first_line
 from ..evaluate import autocast, evaluate_all
-from ..io import atomic_write_json, make_console, same_file
+from ..io import ProgressReport, atomic_write_json, make_console, same_file
 from ..methods import Config, method_for_model
 from ..tasks import backbone_of, build_task_model, get_task
 from .run_config import RunConfig, to_dict
@@ -391,8 +390,7 @@ class Trainer:
         done_steps_here = 0
         stop_after = stop_after_steps_for_tests()
         with self._progress() as progress:
-            task = progress.add_task(self.mode, total=self.total_steps, completed=st.global_step,
-                                     loss=float("nan"), ips=0.0, epoch=st.epoch + 1)
+            steps = progress.add("steps", self.total_steps, completed=st.global_step)
             while st.epoch < cfg.epochs and st.global_step < self.total_steps:
                 for x, y in iterate(self._loader(st.epoch, st.step_in_epoch)):
                     if stop_after is not None and done_steps_here >= stop_after:
@@ -405,7 +403,8 @@ class Trainer:
                     st.global_step += 1
                     done_steps_here += 1
                     ips = len(x) * dist.world_size() / (time.perf_counter() - t0)
-                    progress.update(task, advance=1, loss=loss, ips=ips, epoch=st.epoch + 1)
+                    progress.update(steps, completed=st.global_step,
+                                    note=f"epoch {st.epoch + 1}/{cfg.epochs}, loss {loss:.3f}, {ips:.1f} img/s")
                     if cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0:
                         self.save_state()
                     if st.global_step >= self.total_steps:  # max_steps reached inside this epoch
@@ -476,11 +475,10 @@ class Trainer:
         self.history.append(record)
         dist.main_only(lambda: write_history(self.out, self.history))
 
-    def _progress(self) -> Progress:
-        return Progress(TextColumn("[bold]{task.description}[/] ep {task.fields[epoch]}"), BarColumn(),
-                        MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
-                        TextColumn("{task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
-                        console=self.console, disable=not self.progress_enabled, transient=False)
+    def _progress(self) -> ProgressReport:
+        """Steps with loss, speed and an ETA: a bar on a terminal, else a plain line at most every 30 s (a log
+        file shows progress during a long epoch)."""
+        return ProgressReport(self.mode, console=self.console, enabled=self.progress_enabled)
 
 
 def report_table(title: str, rows: List[Dict[str, Any]], columns: Sequence[str]) -> Table:

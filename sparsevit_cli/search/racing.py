@@ -1,0 +1,88 @@
+"""Racing on growing subsets (successive halving with confidence bounds, as in Hoeffding/Bernstein races
+and Hyperband's successive halving): every candidate of a round is scored on a first slice of the fitness
+images; a candidate whose upper confidence bound falls below the leader's lower bound stops there, the
+others go on to the next, larger slice, until the survivors have seen every fitness image.
+
+A bound is the mean of a candidate's per-image fitness values so far +- t * sd / sqrt(n) (Student's t at
+`level`, two-sided, n - 1 degrees of freedom); the leader is the candidate with the highest mean on the
+images seen so far (every candidate in the race has seen the same images). The race needs a fitness that
+is a mean over images (classification's log-probability or top-1); a survivor's fitness is computed from its
+records over all fitness images, the same number as scoring it without racing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: the level of each candidate's two-sided interval: a candidate stops only when its interval and the
+#: leader's are disjoint at this level
+RACE_LEVEL = 0.99
+#: the shares of the fitness images after which the race drops candidates (the last is 1: every image)
+RACE_SLICES = (0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Bound:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def bound(values: Sequence[float], level: float = RACE_LEVEL) -> Bound:
+    """Mean and two-sided t interval of per-image values (no interval from fewer than 2 values)."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    mean = float(v.mean()) if n else float("nan")
+    if n < 2:
+        return Bound(mean, -np.inf, np.inf, n)
+    half = float(t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
+    return Bound(mean, mean - half, mean + half, n)
+
+
+def survivors(values: Sequence[Sequence[float]], level: float = RACE_LEVEL) -> List[bool]:
+    """Which candidates go on: all but those whose upper bound is below the leader's lower bound."""
+    bounds = [bound(v, level) for v in values]
+    leader = max(range(len(bounds)), key=lambda i: bounds[i].mean)
+    return [b.high >= bounds[leader].low for b in bounds]
+
+
+def slice_ends(n: int, step: int, slices: Sequence[float] = RACE_SLICES) -> List[int]:
+    """Where the race's slices of n images end: at the given shares, rounded to whole multiples of `step`
+    (the batch a rank scores, so every image is scored in the same batch as without racing), distinct,
+    the last at n."""
+    ends = sorted({min(n, max(step, int(round(s * n / step)) * step)) for s in slices} | {n})
+    return ends
+
+
+@dataclass
+class RaceOutcome:
+    #: per candidate: the records over the images it was scored on (all fitness images for survivors)
+    records: List[list]
+    #: per candidate: the images it was scored on
+    images: List[int]
+    #: per candidate: whether it was scored on every fitness image
+    finished: List[bool]
+
+
+def race(score: Callable[[List[int], int, int], List[list]], per_image: Callable[[list], np.ndarray],
+         candidates: int, n: int, step: int, level: float = RACE_LEVEL,
+         slices: Sequence[float] = RACE_SLICES) -> RaceOutcome:
+    """Race `candidates` over n fitness images. `score(ids, start, end)` returns, for the candidates `ids`,
+    their records on images [start, end); `per_image(records)` their per-image fitness values."""
+    records: List[list] = [[] for _ in range(candidates)]
+    alive = list(range(candidates))
+    start = 0
+    for end in slice_ends(n, step, slices):
+        for i, part in zip(alive, score(alive, start, end)):
+            records[i] += list(part)
+        start = end
+        if end < n and len(alive) > 1:
+            keep = survivors([per_image(records[i]) for i in alive], level)
+            alive = [i for i, k in zip(alive, keep) if k]
+    return RaceOutcome(records=records, images=[len(r) for r in records],
+                       finished=[len(r) == n for r in records])
