@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator, wi
 from typing_extensions import TypedDict
 
 from .errors import UserError, first_line, shorten
-from .io import atomic_write_bytes, check_file
+from .io import atomic_write_bytes, check_file, note_input
 from .timm_models import nonfinite_tensor, state_dict_problem
 
 FORMAT_VERSION = 2
@@ -262,6 +262,7 @@ def read_meta(path: str | os.PathLike) -> Optional[ModelMeta]:
         return None
     from safetensors import safe_open
     check_file(path)
+    note_input(path, "model file")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("sparsevit")
