@@ -572,16 +572,19 @@ def export(
 @app.command()
 def info(path: Path = typer.Argument(..., help="A sparsevit model file.")):
     """Show what a sparsevit model file holds: method, model, args, image size, sparsity, metrics; its weights
-    are checked (digest, finite)."""
-    from .model_file import read_model_meta, read_weights
-    meta = read_model_meta(path)
-    read_weights(path, meta)  # a damaged or non-finite file is said here too, not only when it is used
+    are checked (digest, finite). A file other commands would refuse is shown too, with one line per reason
+    (exit code 2)."""
+    from .model_file import inspect_model_file
+    rows, faults = inspect_model_file(path)
     table = Table(title=str(path), show_header=False)
-    for k, v in meta.items():
-        table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-    table.add_row("weights", "finite, SHA-256 verified" if (meta.format_version or 0) >= 2 else
-                  "finite (format 1: no digest to verify)")
+    for k, v in rows:
+        table.add_row(k, v)
     console.print(table)
+    for fault in faults:
+        console.print(f"refused: {fault}", markup=False, highlight=False, soft_wrap=True)
+    if faults:
+        raise UserError(f"model file '{path}' would be refused by every command ({len(faults)} "
+                        f"fault{'s' if len(faults) > 1 else ''} listed above)")
 
 
 def torch_randn(batch_size: int, size: int, seed: int):
