@@ -3,7 +3,9 @@ line on stderr and exit code 2."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -632,16 +634,19 @@ def export(
 @app.command()
 def info(path: Path = typer.Argument(..., help="A sparsevit model file.")):
     """Show what a sparsevit model file holds: method, model, args, image size, sparsity, metrics; its weights
-    are checked (digest, finite)."""
-    from .model_file import read_model_meta, read_weights
-    meta = read_model_meta(path)
-    read_weights(path, meta)  # a damaged or non-finite file is said here too, not only when it is used
+    are checked (digest, finite). A file other commands would refuse is shown too, with one line per reason
+    (exit code 2)."""
+    from .model_file import inspect_model_file
+    rows, faults = inspect_model_file(path)
     table = Table(title=str(path), show_header=False)
-    for k, v in meta.items():
-        table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-    table.add_row("weights", "finite, SHA-256 verified" if (meta.format_version or 0) >= 2 else
-                  "finite (format 1: no digest to verify)")
+    for k, v in rows:
+        table.add_row(k, v)
     console.print(table)
+    for fault in faults:
+        console.print(f"refused: {fault}", markup=False, highlight=False, soft_wrap=True)
+    if faults:
+        raise UserError(f"model file '{path}' would be refused by every command ({len(faults)} "
+                        f"fault{'s' if len(faults) > 1 else ''} listed above)")
 
 
 def torch_randn(batch_size: int, size: int, seed: int):
@@ -710,6 +715,26 @@ def _signals_as_exceptions():
             signal.signal(sig, old)
 
 
+#: errnos of a standard output that cannot take more (a full disk, /dev/full, a closed pipe, a lost terminal)
+_OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EPIPE, errno.EIO, errno.EFBIG)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail a second time."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+
+
+def _internal(e: BaseException, args: List[str]) -> None:
+    if "--verbose" in args:
+        raise e
+    from .errors import first_line
+    _fail(f"internal error, please report it ({type(e).__name__}: {first_line(e)}); run with "
+          f"'sparsevit --verbose ...' for the traceback", INTERNAL_ERROR)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: run the Typer app quietly (library warnings only with --verbose), turning user
     errors and usage errors (missing or unknown option, bad number) into one line and exit code 2, and
@@ -719,10 +744,12 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv) or ["--help"]  # bare `sparsevit`: its help
     caught: List[int] = []
+    from .io import command_inputs
     try:
-        with quiet_warnings(), _signals_as_exceptions() as caught:
+        with quiet_warnings(), _signals_as_exceptions() as caught, command_inputs():
             # not standalone: Typer would print a usage error as a 5-line box; it is one line below
             code = app(args=args, standalone_mode=False, prog_name="sparsevit")
+            sys.stdout.flush()  # a full or closed stdout fails here, not at exit
     except (typer.Abort, KeyboardInterrupt) as e:  # Click may turn Ctrl-C (and our SIGTERM) into Abort
         cause = e if isinstance(e, KeyboardInterrupt) else e.__cause__
         if not caught and not isinstance(cause, KeyboardInterrupt):  # Ctrl-D at a prompt
@@ -735,14 +762,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         _fail(f"{e.format_message()}{hint}", getattr(e, "exit_code", 2))
     except UserError as e:
         _fail(str(e))
+    except OSError as e:  # every file writer turns its OSError into a UserError: what is left is stdout's
+        if e.errno not in _OUTPUT_ERRORS:
+            _internal(e, args)
+        _quiet_stdout()
+        _fail(f"cannot write to the standard output: {e.strerror or e} (a full disk or a closed pipe?)")
     except RecursionError:  # a structure nested beyond Python's limit (metadata, JSON, YAML) in some input
         _fail("an input is nested too deeply to be read (a hostile or damaged file?)")
     except Exception as e:  # a bug, not bad input: still one line (exit 3, not 2); --verbose shows the traceback
-        if "--verbose" in args:
-            raise
-        from .errors import first_line
-        _fail(f"internal error, please report it ({type(e).__name__}: {first_line(e)}); run with "
-              f"'sparsevit --verbose ...' for the traceback", INTERNAL_ERROR)
+        _internal(e, args)
     if caught:  # Click caught the interruption itself and returned 130
         _fail(_interrupted_line(args, caught[0]), 128 + caught[0])
     if isinstance(code, int) and code:  # typer.Exit(code) inside a command

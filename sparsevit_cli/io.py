@@ -8,7 +8,9 @@ take) is a mapping with at least `sparsity:` (one list of gene values per group)
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
+import hashlib
 import json
 import os
 import math
@@ -16,7 +18,7 @@ import re
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Callable, Dict, IO, Iterator, List, Optional
+from typing import Any, Callable, Dict, IO, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -33,6 +35,7 @@ def read_user_text(path: str | os.PathLike, what: str = "file", limit: int = MAX
     unreadable or binary (not UTF-8) is one UserError line naming it. The one reader behind every YAML/JSON
     input."""
     path = check_file(path, what)
+    note_input(path, what)
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
@@ -213,8 +216,10 @@ def _replacing(path: Path, what: str, keep_previous: Optional[str | os.PathLike]
     """The one protocol behind every write: yields (fd, temporary path) of a new sibling of `path`; when the
     block ends without error the file is fsynced (`sync`: by reopening it, for writers that closed it) and
     renamed onto `path`. On any error (Ctrl-C and SIGTERM included) the temporary file is removed and
-    `path` left as it was; an OSError becomes one UserError line."""
+    `path` left as it was; an OSError becomes one UserError line. A `path` that is one of the running
+    command's inputs (`note_input`) is refused before anything is written."""
     refuse_link(path, what)
+    refuse_input(path, what)
     tmp: Optional[Path] = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -533,11 +538,131 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
+# --------------------------------------------------------------------------------------------- command inputs
+# Every file a command reads is noted here (`note_input`: the model file, a checkpoint, every YAML/JSON input,
+# the annotation file, every image and mask the data loaders list), and every writer refuses a target that is
+# one of them (`refuse_input`, called by `check_output_file` and by the writers' one protocol): an output
+# named like an input, or reached through a symlinked folder or a hard link, never destroys the input. Files
+# are known by (st_dev, st_ino), so links of any kind are the file they point to. The notes live in a scope
+# (`command_inputs`) that the CLI opens around each command; outside one, noting is a no-op.
+_INPUT_SCOPES: contextvars.ContextVar[Tuple["InputFiles", ...]] = contextvars.ContextVar("sparsevit_inputs",
+                                                                                        default=())
+
+
+class InputFiles:
+    """The files one command reads: (st_dev, st_ino) -> (what, path as named)."""
+
+    def __init__(self) -> None:
+        self.files: Dict[Tuple[int, int], Tuple[str, str]] = {}
+
+    def add(self, key: Tuple[int, int], what: str, path: str | os.PathLike) -> None:
+        self.files.setdefault(key, (what, str(path)))
+
+
+@contextlib.contextmanager
+def command_inputs() -> Iterator[InputFiles]:
+    """A scope in which the files read are noted and no writer may replace one of them (nested scopes add
+    to the outer ones: a pipeline stage's inputs are protected as long as the stage runs)."""
+    files = InputFiles()
+    token = _INPUT_SCOPES.set(_INPUT_SCOPES.get() + (files,))
+    try:
+        yield files
+    finally:
+        _INPUT_SCOPES.reset(token)
+
+
+def _file_key(path: str | os.PathLike) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def note_input(path: str | os.PathLike, what: str = "input", key: Optional[Tuple[int, int]] = None) -> None:
+    """Note that the running command reads the file `path` (`key`: its (st_dev, st_ino) when the caller has
+    it); a no-op outside `command_inputs`, and for anything but a regular file."""
+    scopes = _INPUT_SCOPES.get()
+    if not scopes:
+        return
+    key = key or _file_key(path)
+    if key is not None:
+        scopes[-1].add(key, what, path)
+
+
+def refuse_input(path: str | os.PathLike, option: str = "--out",
+                 extra: Optional[Dict[str, Any]] = None) -> None:
+    """One line when `path` is a file the running command reads (noted, or one of `extra`: {what: path}):
+    writing it would destroy that input."""
+    key = _file_key(path)
+    if key is None:
+        return
+    hit = next((scope.files[key] for scope in _INPUT_SCOPES.get() if key in scope.files), None)
+    for what, other in (extra or {}).items():
+        if hit is None and other is not None and _file_key(other) == key:
+            hit = (what, str(other))
+    if hit is not None:
+        what, named = hit
+        same = "" if os.path.abspath(named) == os.path.abspath(path) else f" ('{shorten(named, 120)}')"
+        raise UserError(f"{option} '{shorten(str(path), 200)}' is the command's {what}{same} too; writing it "
+                        f"would destroy the input: choose another path")
+
+
+def data_files(folder: str | os.PathLike, suffixes: Optional[Sequence[str]] = None, recursive: bool = True,
+               what: str = "data folder") -> List[Path]:
+    """The files of a data folder a loader reads, sorted: every file whose name ends in one of `suffixes`
+    (any case; every file when None), in subfolders too with `recursive` (links to folders followed once),
+    hidden names (starting with '.': .git, .ipynb_checkpoints, .more/) skipped, as every loader and the
+    pipeline's data fingerprint skip them (this is the one listing they share). A FIFO, socket or device, or a
+    broken link, with such a name is one UserError line (reading it could block forever). Every file listed
+    is noted as an input of the running command."""
+    root = Path(folder)
+    ends = tuple(s.lower() for s in suffixes) if suffixes is not None else None
+    out: List[Path] = []
+    seen = set()
+
+    def walk(d: Path) -> None:
+        try:
+            st = os.stat(d)
+            if (st.st_dev, st.st_ino) in seen:  # a link back up the tree
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise UserError(f"cannot read {what} '{shorten(str(d), 200)}': {e.strerror or e}") from None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():
+                    if recursive:
+                        walk(d / e.name)
+                    continue
+                wanted = ends is None or e.name.lower().endswith(ends)
+                if not wanted:
+                    continue
+                if not e.is_file():
+                    kind = "a broken symbolic link" if e.is_symlink() and not os.path.exists(e.path) else \
+                        "not a regular file (a FIFO, socket or device)"
+                    raise UserError(f"'{shorten(e.path, 200)}' in {what} '{shorten(str(root), 120)}' is {kind}; "
+                                    f"remove it or move it out of the data")
+                key = (st.st_dev, e.inode()) if not e.is_symlink() else None
+                out.append(d / e.name)
+                note_input(e.path, "data file", key)
+            except OSError as err:
+                raise UserError(f"cannot read '{shorten(e.path, 200)}': {err.strerror or err}") from None
+
+    walk(root)
+    return out
+
+
 def check_output_file(path: str | os.PathLike, option: str = "--out",
                       inputs: Optional[Dict[str, Any]] = None) -> Path:
     """`path` as a Path if a file can be written there; one line when it is a directory, a symbolic link,
     not a regular file, when a file stands where a folder above it should be, when its name is too long,
-    or when it is one of the command's `inputs` ({option: path}; writing there would destroy that input)."""
+    or when it is one of the command's inputs (`inputs` ({option: path}), or a file noted by `note_input`):
+    writing there would destroy that input. `inputs` are noted as inputs of the running command too."""
     path = Path(path)
     check_name_length(path, option)
     if os.path.isdir(path):
@@ -546,9 +671,9 @@ def check_output_file(path: str | os.PathLike, option: str = "--out",
     if os.path.lexists(path) and not os.path.isfile(path):
         raise UserError(f"{option} '{path}' is not a regular file (a FIFO, device or socket)")
     for name, other in (inputs or {}).items():
-        if other is not None and same_file(path, other):
-            raise UserError(f"{option} '{path}' is the command's {name} too; writing it would destroy the input: "
-                            f"choose another {option}")
+        if other is not None:
+            note_input(other, name)
+    refuse_input(path, option, extra={name: other for name, other in (inputs or {}).items()})
     for folder in path.parents:
         if os.path.exists(folder):
             if not os.path.isdir(folder):

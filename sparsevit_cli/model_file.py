@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator, wi
 from typing_extensions import TypedDict
 
 from .errors import UserError, first_line, shorten
-from .io import atomic_write_bytes, check_file
+from .io import atomic_write_bytes, check_file, note_input
 from .timm_models import nonfinite_tensor, state_dict_problem
 
 FORMAT_VERSION = 2
@@ -105,6 +105,8 @@ class ModelMeta(BaseModel):
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
         if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names lists {len(self.class_names)} names for {self.num_classes} classes")
+        if self.category_ids is not None and self.num_classes is not None and len(self.category_ids) != self.num_classes:
+            raise ValueError(f"category_ids lists {len(self.category_ids)} ids for {self.num_classes} classes")
         return self
 
     @classmethod
@@ -265,13 +267,15 @@ def _format_version(value: Any) -> Optional[int]:
         return None
 
 
-def read_meta(path: str | os.PathLike) -> Optional[ModelMeta]:
-    """The toolkit metadata of a model file, or None if it is not one of ours (e.g. a plain timm file)."""
-    path = Path(path)
-    if path.suffix != SUFFIX:
-        return None
+def _raw_meta(path: Path, limit: Optional[int] = MAX_META_CHARS) -> Optional[Dict[str, Any]]:
+    """The sparsevit metadata mapping of a .safetensors file as stored (not validated), None when it has
+    none; one line when it cannot be read, is longer than `limit` characters, or is not a JSON mapping."""
     from safetensors import safe_open
     check_file(path)
+    if path.suffix != SUFFIX:
+        raise not_a_model_file(path, f"model files are {SUFFIX}; pickle files such as .pth are never "
+                                     f"loaded, as they can run code")
+    note_input(path, "model file")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("sparsevit")
@@ -279,7 +283,7 @@ def read_meta(path: str | os.PathLike) -> Optional[ModelMeta]:
         raise UserError(f"model file '{path}' cannot be read: {first_line(e)}")
     if raw is None:
         return None
-    if len(raw) > MAX_META_CHARS:
+    if limit is not None and len(raw) > limit:
         raise UserError(f"model file '{path}' has {len(raw)} characters of sparsevit metadata; real ones have a "
                         f"few thousand (a damaged or hostile file?)")
     try:
@@ -289,7 +293,20 @@ def read_meta(path: str | os.PathLike) -> Optional[ModelMeta]:
     except RecursionError:
         raise UserError(f"model file '{path}' has sparsevit metadata nested too deeply to be read (a damaged "
                         f"or hostile file?)") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+    if not isinstance(data, dict):
+        raise UserError(f"model file '{path}' has sparsevit metadata without a model name")
+    return data
+
+
+def read_meta(path: str | os.PathLike) -> Optional[ModelMeta]:
+    """The toolkit metadata of a model file, or None if it is not one of ours (e.g. a plain timm file)."""
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        return None
+    data = _raw_meta(path)
+    if data is None:
+        return None
+    if not isinstance(data.get("model"), str):
         raise UserError(f"model file '{path}' has sparsevit metadata without a model name")
     # the version first: a newer format may hold keys this version cannot validate
     if "format" not in data:
@@ -341,18 +358,30 @@ def build_from_meta(meta: MetaLike) -> Tuple[nn.Module, Any]:
     from .tasks import build_task_model
 
     meta = ModelMeta.of(meta)
+    check_task_fields(meta)
     method = get_method(meta.method)
     backbone = create_timm_model(meta.model, **meta.model_args)
     backbone = method.wrap(backbone, **meta.method_options)
     options = dict(meta.task_options or {})
-    reserved = next((k for k in ("backbone", "task", "num_classes") if k in options), None)
-    if reserved is not None:  # a head option may not restate what the metadata says once
-        raise UserError(f"model metadata: task_options.{reserved} is not a task option (the metadata says it once)")
     try:
         model = build_task_model(backbone, meta.task, meta.num_classes, **options)
-    except TypeError as e:  # a head's constructor refusing an option stored under task_options
+    except (TypeError, ValueError, RuntimeError) as e:  # a head's constructor refusing a stored option
         raise UserError(f"model metadata: task_options do not fit the {meta.task} head: {first_line(e)}") from None
     return model, method
+
+
+def check_task_fields(meta: ModelMeta) -> None:
+    """One line when the metadata carries what only another task's head has (a classification file with
+    detection category ids would score its labels against categories it never predicted), or restates under
+    task_options what it says once."""
+    from .tasks import get_task
+
+    task = get_task(meta.task)
+    if meta.category_ids is not None and not task.has_category_ids:
+        raise UserError(f"model metadata: category_ids belong to a detector, the file holds a {meta.task} model")
+    reserved = next((k for k in ("backbone", "task", "num_classes") if k in (meta.task_options or {})), None)
+    if reserved is not None:  # a head option may not restate what the metadata says once
+        raise UserError(f"model metadata: task_options.{reserved} is not a task option (the metadata says it once)")
 
 
 def read_model_meta(path: str | os.PathLike) -> ModelMeta:
@@ -386,11 +415,7 @@ def load(path: str | os.PathLike, config: Union[None, float, List, Mapping[str, 
 
     meta = read_model_meta(path)
     model, method = build_from_meta(meta)
-    state = read_weights(path, meta)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"model file '{path}' does not match its own metadata: {state_dict_problem(e)}")
+    _load_weights(model, path, read_weights(path, meta))
     backbone = backbone_of(model)
     if isinstance(config, (int, float)):
         sparsity = method.uniform_config(backbone, float(config))
@@ -403,6 +428,73 @@ def load(path: str | os.PathLike, config: Union[None, float, List, Mapping[str, 
         method.apply(backbone, sparsity)
     model.sparsevit_meta = meta.model_copy(update={"sparsity": sparsity})
     return model.eval()
+
+
+def _load_weights(model: nn.Module, path: Any, state: Mapping[str, Any]) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"model file '{path}' does not match its own metadata: {state_dict_problem(e)}")
+
+
+#: longest value `inspect_model_file` shows in a row
+SHOWN_CHARS = 200
+
+
+def inspect_model_file(path: str | os.PathLike) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """(rows, faults) of a model file, for `sparsevit info`: every metadata key it holds with its value (cut to
+    `SHOWN_CHARS`), and one line per reason every other command would refuse it, found by the steps `load`
+    takes (the metadata's schema, field by field; the task's fields; building the method, timm model and
+    head; the stored sparsity config against that model; the weights' digest and finiteness; the weights
+    against the model). A file that is no model file at all (missing, a pickle, no metadata, metadata
+    that is not JSON) is one UserError line, as for every command."""
+    from .tasks import backbone_of
+
+    path = check_file(path)
+    data, faults = _raw_meta(path, limit=None), []
+    if data is None:
+        raise not_a_model_file(path, "no sparsevit metadata")
+    rows = [(str(k), shorten(json.dumps(v) if isinstance(v, (list, dict)) else str(v), SHOWN_CHARS))
+            for k, v in data.items()]
+    meta: Optional[ModelMeta] = None
+    try:
+        meta = read_model_meta(path)
+    except UserError as e:
+        faults.append(str(e))
+        try:  # the schema's other faults too, one line each
+            ModelMeta.model_validate(data)
+        except ValidationError as v:
+            for err in v.errors()[1:]:
+                where = ".".join(str(p) for p in err["loc"]) or "metadata"
+                faults.append(f"invalid sparsevit metadata at '{where}': "
+                              f"{shorten(err['msg'].removeprefix('Value error, '), 200)}")
+        except Exception:  # noqa: BLE001 (the first fault is already said)
+            pass
+    model = method = None
+    if meta is not None:
+        try:
+            model, method = build_from_meta(meta)
+        except UserError as e:
+            faults.append(str(e))
+    if model is not None and meta.sparsity is not None:
+        try:
+            method.validate(backbone_of(model), meta.sparsity)
+        except UserError as e:
+            faults.append(f"stored sparsity: {e}")
+    state = None
+    try:
+        version = ModelMeta.model_construct(format=str(data.get("format", FORMAT)))
+        state = read_weights(path, meta if meta is not None else version)
+        rows.append(("weights", "finite, SHA-256 verified" if (version.format_version or 0) >= 2 else
+                     "finite (format 1: no digest to verify)"))
+    except UserError as e:
+        faults.append(str(e))
+    if model is not None and state is not None:
+        try:
+            _load_weights(model, path, state)
+        except UserError as e:
+            faults.append(str(e))
+    return rows, faults
 
 
 def load_model_file(path: str | os.PathLike, config_file: Union[None, float, Mapping[str, Any]] = None):

@@ -33,6 +33,8 @@ STAGES = ("dense", "adapt", "search", "finetune", "evaluate", "export")
 #: the export formats (commands/export.FORMATS has one writer per name; a test keeps the two equal)
 EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
 INPUTS = "inputs.json"
+#: the content-hash cache of the data fingerprint (`data_digest`), in the pipeline's output folder
+DATA_HASHES = ".data-hashes.json"
 #: uniform sparsities the report card's curve may use
 UNIFORM_CHOICES = tuple(round(0.1 * i, 1) for i in range(1, 9))
 
@@ -220,19 +222,51 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def data_digest(path: str | os.PathLike) -> Dict[str, Any]:
-    """The data folder as a stage input: its path and a digest of its listing (every file's relative path
-    and size), so added, removed or replaced images are seen without reading every image."""
+#: a file changed less than this long ago may change again within the same timestamp tick: its content hash
+#: is not cached (as git treats a "racily clean" file)
+RACY_NS = 2_000_000_000
+
+
+def data_digest(path: str | os.PathLike, cache: Optional[str | os.PathLike] = None) -> Dict[str, Any]:
+    """The data folder as a stage input: its path and a digest of exactly the files the loaders read
+    (`io.data_files`, the listing they share: hidden names skipped, a FIFO refused), each by its relative path,
+    size and SHA-256 of its content, so an image changed in place at the same size, or two images swapped, is
+    seen. The content hashes are cached in `cache` (a JSON file) under the file's size, mtime_ns, ctime_ns and
+    inode, as make and rsync judge a file unchanged (and git's index): an unchanged data set is stat()ed, not
+    read again; a file whose stat differs in any of them (a rename or swap changes ctime and inode, an edit
+    mtime) is read again."""
+    import time
+    from .io import atomic_write_json, data_files
+
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"data folder '{root}' not found" if not root.exists() else f"data '{root}' is not a folder")
-    h, n = hashlib.sha256(), 0
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(f for f in files if not f.startswith(".")):
-            p = Path(folder) / name
-            h.update(f"{p.relative_to(root).as_posix()}\t{p.stat().st_size}\n".encode())
-            n += 1
+    old: Dict[str, Any] = {}
+    if cache is not None and os.path.isfile(cache):
+        try:
+            old = json.loads(Path(cache).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}  # a torn or foreign cache: every file is hashed again
+        old = old if isinstance(old, dict) and old.get("root") == str(root.resolve()) else {}
+    known = old.get("files", {}) if isinstance(old.get("files"), dict) else {}
+    now = time.time_ns()
+    h, n, fresh = hashlib.sha256(), 0, {}
+    for p in data_files(root):
+        rel = p.relative_to(root).as_posix()
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise UserError(f"cannot read '{p}': {e.strerror or e}") from None
+        key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = known.get(rel)
+        sha = entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[0] == key else file_digest(p)
+        if now - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
+            fresh[rel] = [key, sha]
+        h.update(os.fsencode(rel) + f"\0{st.st_size}\0{sha}\n".encode())
+        n += 1
+    if cache is not None and fresh != known:
+        atomic_write_json(cache, {"root": str(root.resolve()), "files": fresh}, indent=None,
+                          what="data hash cache")
     return {"path": str(root.resolve()), "files": n, "listing": h.hexdigest()}
 
 

@@ -44,6 +44,8 @@ class Task:
 
     name: str = ""
     metric_name: str = ""
+    #: whether the task's labels are a data set's category ids (a model file's `category_ids`: detection)
+    has_category_ids: bool = False
 
     def dataset(self, path, split: str, img_size: int, train: bool, **options: Any):
         """Image folders (classification) and images/ + masks/ folders (segmentation): `data.build_dataset`."""
@@ -198,6 +200,8 @@ class Classification(Task):
     image_scores_fitnesses = ("logprob", "metric")
 
     def build(self, backbone, num_classes, **options):
+        if options:  # the timm model is the whole model: an option here belongs to another task's head
+            raise TypeError(f"the classification model takes no task options, got {', '.join(sorted(options))}")
         if num_classes is not None and backbone.num_classes != num_classes:
             backbone.reset_classifier(num_classes)
         return backbone
@@ -509,10 +513,19 @@ class CocoScores(ImageScores):
                        self.metric_name)["ap"] or 0.0
 
 
+def _check_resizable(model, images, name: str) -> None:
+    from .detection.models import check_resizable
+
+    detector = getattr(model, "module", model)  # DistributedDataParallel
+    for image in images:
+        check_resizable(detector, int(image.shape[-2]), int(image.shape[-1]), name)
+
+
 class Detection(Task):
     """torchvision Faster R-CNN on the sparse backbone through an FPN; COCO-format data (`CocoDetection`)."""
 
     name, metric_name = "detection", "box_ap"
+    has_category_ids = True
     masks = False
     reported = ("box_ap",)
 
@@ -537,7 +550,12 @@ class Detection(Task):
         return ([im.to(device, non_blocking=True) for im in images],
                 [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
 
+    def predict(self, model, images):
+        _check_resizable(model, images, "an image of the data")
+        return model(images)
+
     def loss(self, model, images, targets):
+        _check_resizable(model, images, "an image of the data")
         return sum(model(images, targets).values())
 
     def metric(self, dataset) -> Metric:

@@ -60,8 +60,9 @@ def check_img_size(model: nn.Module, img_size: int) -> None:
 
 def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     """Read a state dict from a .pth/.pt/.bin (torch) or .safetensors file; unwrap 'model'/'state_dict'."""
-    from .io import check_file, torch_load_weights
+    from .io import check_file, note_input, torch_load_weights
     path = check_file(path, "checkpoint")  # missing, a directory, a FIFO, a name too long: one line
+    note_input(path, "checkpoint")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:

@@ -53,7 +53,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     settings (its report card in `out/report.md`); returns the final comparison of dense and the final model
     (the pipeline's evaluation, or timed again under torch.compile, both models checked exact against eager
     first, with `compile`)."""
-    from ..io import read_sparsity_file
+    from ..io import check_output_dir, read_sparsity_file
     from ..data.demo import write_demo_data
     from .pipeline import run_pipeline
 
@@ -61,7 +61,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     if preset not in PRESETS:
         raise UserError(f"unknown demo preset '{preset}' (known: {', '.join(PRESETS)})")
     p = PRESETS[preset]
-    out = Path(out)
+    out = check_output_dir(Path(out), "--out", "the demo run")  # a file there: one line, not FileExistsError
     _check_same_preset(out, preset, p)
     data = out / "data"
     stage = Stages(console)

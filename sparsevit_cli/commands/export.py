@@ -17,6 +17,7 @@ one line, and the model is exported again with a fixed input size, verified as u
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import secrets
@@ -86,7 +87,18 @@ def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path, dynamic: b
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (x,), check_trace=False)
-    traced.save(str(path))
+    _save_through_memory(lambda f: torch.jit.save(traced, f), path)
+
+
+def _save_through_memory(save: Callable[[Any], None], path: Path) -> None:
+    """Serialize with a torch writer into memory, then write the bytes to `path` (the temporary file of
+    `atomic_output`) from Python: torch's C++ file writers abort the process on a full disk (a native
+    stack trace, exit 134, the temporary file left behind); Python's write raises the OSError that the
+    writers' one protocol turns into one line, removing the temporary file."""
+    buffer = io.BytesIO()
+    save(buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def _torch_runner(module: Callable) -> Runner:
@@ -112,7 +124,7 @@ def _write_pt2(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool = Fa
         # a copy: export marks the example's dynamic dimensions on the tensor itself, which would make a later
         # export of the same input (the fixed-size one after a refused dynamic one) dynamic too
         program = torch.export.export(model, (x.clone(),), dynamic_shapes=shapes, strict=False)
-    torch.export.save(program, str(path))
+    _save_through_memory(lambda f: torch.export.save(program, f), path)
 
 
 def _load_pt2(path: Path) -> Runner:

@@ -33,7 +33,7 @@ from rich.table import Table
 from ..errors import UserError
 from ..io import (FolderLock, atomic_write, atomic_write_json, atomic_write_text, check_output_dir, make_console,
                   read_sparsity_file)
-from ..pipeline import PipelineConfig, StageStopped, Stages, data_digest, file_digest
+from ..pipeline import DATA_HASHES, PipelineConfig, StageStopped, Stages, data_digest, file_digest
 
 MODEL = "model.safetensors"
 
@@ -118,7 +118,7 @@ def _run(cfg: PipelineConfig, out: Path, progress: bool, console: Console, stage
 
     remove_stale_temp_files(out)
     p = cfg.pipeline
-    data = data_digest(cfg.data.path)
+    data = data_digest(cfg.data.path, cache=out / DATA_HASHES)
     result = PipelineResult(out=str(out), final_model="", config=None)
     source: Optional[Path] = Path(cfg.checkpoint) if cfg.checkpoint else None
 

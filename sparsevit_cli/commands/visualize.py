@@ -85,7 +85,10 @@ def detector_view(model, image: str | os.PathLike):
 
     from ..data.datasets import read_image
 
+    from ..detection.models import check_resizable
+
     pil = read_image(check_file(image, "image"))
+    check_resizable(model, pil.height, pil.width, f"image '{image}'")
     img = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)  # as CocoDetection
     with torch.no_grad():
         batch, _ = model.transform([img])

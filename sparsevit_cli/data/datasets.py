@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError, first_line
-from ..io import load_yaml
+from ..io import data_files, load_yaml
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -188,6 +188,13 @@ class ImageFolderClassification(Dataset):
             def find_classes(self, directory):
                 return classes, class_to_idx
 
+            @staticmethod
+            def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+                # io.data_files, the listing the pipeline's data fingerprint reads too (hidden names skipped,
+                # FIFOs refused), instead of torchvision's walk
+                return [(str(p), class_to_idx[c]) for c in classes if os.path.isdir(os.path.join(directory, c))
+                        for p in data_files(os.path.join(directory, c), IMAGE_EXTENSIONS)]
+
         try:
             self.folder = _Folder(str(folder), transform=classification_transform(self.img_size, train, hflip),
                                   loader=functools.partial(read_image, hint=_hint(skip_bad_images)),
@@ -240,10 +247,10 @@ class SegmentationFolder(Dataset):
         _require_dir(self.root / split)
         _require_dir(image_dir)
         _require_dir(mask_dir)
-        images = sorted(p for p in image_dir.iterdir() if p.is_file() and _is_image(p.name))
+        images = data_files(image_dir, IMAGE_EXTENSIONS, recursive=False)
         if not images:
             raise UserError(f"no images in '{image_dir}'")
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png"}
+        masks = {p.stem: p for p in data_files(mask_dir, (".png",), recursive=False)}
         pairs = []
         for img in images:
             if img.stem not in masks:

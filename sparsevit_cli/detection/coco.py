@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -28,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data.demo import DET_LAYOUT
-from ..errors import UserError, first_line
+from ..errors import UserError, first_line, shorten
 
 #: how far (px) a box may reach past its image's border before it is refused (rounding in COCO's own
 #: annotations reaches a fraction of a pixel past the edge); boxes within it are clipped
@@ -65,6 +66,8 @@ def _load_json(ann_file: Path) -> Dict[str, Any]:
             raise UserError(f"annotation file '{ann_file}' not found: --data is the folder holding train/, val/ "
                             f"and annotations/; pass '{given.parent}', not '{given}'")
         raise UserError(f"annotation file '{ann_file}' not found")
+    from ..io import note_input
+    note_input(ann_file, "annotation file")
     try:
         with open(ann_file) as f:
             data = json.load(f)
@@ -76,6 +79,78 @@ def _load_json(ann_file: Path) -> Dict[str, Any]:
         if not isinstance(data.get(key), list):
             raise UserError(f"annotation file '{ann_file}' has no '{key}' list (COCO instances format)")
     return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _rle_counts(counts: str) -> List[int]:
+    """The run lengths of COCO's compressed RLE string (pycocotools' rleFrString, whose C code trusts its input:
+    a garbage string decodes to runs that overrun the mask). ValueError when the string is not one."""
+    runs: List[int] = []
+    data, p = counts.encode("ascii"), 0
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data):
+                raise ValueError("a run ends in the middle")
+            c = data[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {chr(data[p])!r} is not in COCO's RLE alphabet")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def segmentation_fault(segm: Any, height: Any, width: Any) -> Optional[str]:
+    """Why `segm` is not a COCO segmentation of an image of height x width (None when it is one): polygons
+    (a non-empty list of lists of >= 3 finite x, y pairs), or RLE (`size` [height, width] of the image, `counts`
+    a list of non-negative run lengths or COCO's compressed string, summing to height * width)."""
+    if isinstance(segm, list):
+        if not segm:
+            return "is an empty list"
+        for k, poly in enumerate(segm):
+            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                return f"polygon {k} is not a list of numbers"
+            if len(poly) < 6 or len(poly) % 2:
+                return f"polygon {k} has {len(poly)} coordinates (needs x, y pairs, at least 3)"
+            if not all(math.isfinite(v) for v in poly):
+                return f"polygon {k} has a non-finite coordinate"
+        return None
+    if not isinstance(segm, dict):
+        return f"must be polygons or RLE, got {type(segm).__name__} {shorten(segm, 40)}"
+    size, counts = segm.get("size"), segm.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+        return f"RLE needs 'size' [height, width], got {shorten(size, 40)}"
+    if size != [height, width]:
+        return f"RLE size {size} is not the image's [height, width] [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(_is_int(v) for v in counts):
+            return "RLE counts must be whole numbers"
+        runs = counts
+    elif isinstance(counts, str):
+        try:
+            runs = _rle_counts(counts)
+        except (ValueError, UnicodeEncodeError) as e:
+            return f"RLE counts is not COCO's compressed RLE ({first_line(e)})"
+    else:
+        return f"RLE needs 'counts' (a list or a string), got {type(counts).__name__}"
+    if any(v < 0 for v in runs):
+        return "RLE counts has a negative run"
+    if sum(runs) != height * width:
+        return f"RLE counts cover {sum(runs)} pixels, the image has {height} x {width} = {height * width}"
+    return None
 
 
 def _valid_segmentation(segm: Any) -> bool:
@@ -92,44 +167,85 @@ def _annotation_name(ann: Any, position: int) -> str:
     ann_id = ann.get("id") if isinstance(ann, dict) else None
     if ann_id is None:
         return f"annotation #{position} in the list (no id)"
-    return f"annotation id {ann_id} (#{position} in the list)"
+    return f"annotation id {shorten(ann_id, 40)} (#{position} in the list)"
+
+
+def _check_entries(where: str, kind: str, entries: List[Any], fields: Dict[str, Any]) -> None:
+    """Each image or category entry: a mapping whose `fields` ({name: (check, what it must be)}) hold."""
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: {kind} entry {n} is a {type(entry).__name__}, not a mapping")
+        for name, (check, must) in fields.items():
+            if name not in entry:
+                raise UserError(f"{where}: {kind} entry {n} lacks '{name}'")
+            if not check(entry[name]):
+                raise UserError(f"{where}: {kind} entry {n} ('id' {shorten(entry.get('id'), 40)}): '{name}' must be "
+                                f"{must}, got {shorten(entry[name], 40)}")
 
 
 def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: bool = False) -> None:
-    """UserError with one line for the first fault in a COCO instances mapping (see the module doc);
+    """UserError with one line for the first fault in a COCO instances mapping, naming the entry (an
+    annotation by its id) and the field: the format's types (ids integers, `file_name` a string, `iscrowd`
+    0 or 1, `area` a finite number, `bbox` four finite numbers, `segmentation` polygons or RLE that fit the
+    image), unique image, category and annotation ids, ids that exist, boxes inside their image, images that
+    are files in `image_dir`. The one validator every COCO reader runs before training or scoring;
     `masks`: every annotation must carry a segmentation. Fills the optional fields COCOeval reads
     (``iscrowd`` 0, ``area`` of the box, ``id``) where a hand-written file leaves them out."""
+    from ..io import note_input
+
     where = f"annotation file '{ann_file}'"
     if not data["annotations"]:
         raise UserError(f"{where} has an empty annotation list")
     if not data["categories"]:
         raise UserError(f"{where} has no categories")
-    try:
-        categories = {int(c["id"]) for c in data["categories"]}
-        images = {int(im["id"]): im for im in data["images"]}
-        for kind, entries in (("image", data["images"]), ("category", data["categories"])):
-            seen: Dict[int, int] = {}
-            for n, entry in enumerate(entries):
-                if int(entry["id"]) in seen:  # a second entry would silently replace the first
-                    raise UserError(f"{where}: {kind} id {int(entry['id'])} is used twice ({kind} entries "
-                                    f"{seen[int(entry['id'])]} and {n}); ids must be unique")
-                seen[int(entry["id"])] = n
-        for im in images.values():
-            im["file_name"], im["width"], im["height"]  # noqa: B018 (presence check)
-    except UserError:  # a ValueError too: said as it is, not as a missing field
-        raise
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{where}: an image or category entry lacks a field ({first_line(e)})") from None
+    positive = (lambda v: _is_int(v) and v > 0, "a positive whole number")
+    _check_entries(where, "image", data["images"], {"id": (_is_int, "a whole number"),
+                                                    "file_name": (lambda v: isinstance(v, str) and v != "",
+                                                                  "a file name (a string)"),
+                                                    "width": positive, "height": positive})
+    _check_entries(where, "category", data["categories"], {"id": (_is_int, "a whole number")})
+    for kind, entries in (("image", data["images"]), ("category", data["categories"])):
+        seen: Dict[int, int] = {}
+        for n, entry in enumerate(entries):
+            if entry["id"] in seen:  # a second entry would silently replace the first
+                raise UserError(f"{where}: {kind} id {entry['id']} is used twice ({kind} entries "
+                                f"{seen[entry['id']]} and {n}); ids must be unique")
+            seen[entry["id"]] = n
+    categories = {c["id"] for c in data["categories"]}
+    images = {im["id"]: im for im in data["images"]}
     for im in images.values():
-        if not (image_dir / im["file_name"]).is_file():
-            raise UserError(f"image '{im['file_name']}' listed in {where} is missing from '{image_dir}'")
+        path = image_dir / im["file_name"]
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            raise UserError(f"image '{shorten(im['file_name'], 120)}' listed in {where} is missing from "
+                            f"'{image_dir}'") from None
+        if not stat.S_ISREG(mode):
+            raise UserError(f"image '{shorten(im['file_name'], 120)}' listed in {where} is not a regular file "
+                            f"(a folder, FIFO, socket or device)")
+        note_input(path, "data file")
+    seen_ids: Dict[Any, int] = {}
     for i, ann in enumerate(data["annotations"]):
         what = _annotation_name(ann, i)
+        if not isinstance(ann, dict):
+            raise UserError(f"{where}: {what} is a {type(ann).__name__}, not a mapping")
         try:
-            cat, img, (x, y, w, h) = int(ann["category_id"]), int(ann["image_id"]), (float(v) for v in ann["bbox"])
+            cat, img, (x, y, w, h) = ann["category_id"], ann["image_id"], ann["bbox"]
+            if not (_is_number(x) and _is_number(y) and _is_number(w) and _is_number(h)):
+                raise TypeError("bbox values must be numbers")
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{where}: {what} needs category_id, image_id and a 4-number bbox "
                             f"({first_line(e)})") from None
+        for name, value in (("image_id", img), ("category_id", cat)):
+            if not _is_int(value):
+                raise UserError(f"{where}: {what}: '{name}' must be a whole number, got {shorten(value, 40)}")
+        if "id" in ann:
+            if not _is_int(ann["id"]):
+                raise UserError(f"{where}: {what}: 'id' must be a whole number, got {shorten(ann['id'], 40)}")
+            if ann["id"] in seen_ids:  # pycocotools keys annotations by id: one would be silently lost
+                raise UserError(f"{where}: annotation id {ann['id']} is used twice (annotations #{seen_ids[ann['id']]} "
+                                f"and #{i} in the list); ids must be unique")
+            seen_ids[ann["id"]] = i
         if not all(math.isfinite(v) for v in (x, y, w, h)):  # NaN passes every comparison below
             named = f" (id {ann['id']})" if "id" in ann else ""
             raise UserError(f"{where}: annotation {i}{named} has a non-finite bbox [{x:g}, {y:g}, {w:g}, {h:g}]")
@@ -143,12 +259,26 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
         if w <= 0 or h <= 0 or x < -t or y < -t or x + w > W + t or y + h > H + t:
             raise UserError(f"{where}: {what} box [x={x:g}, y={y:g}, w={w:g}, h={h:g}] lies outside "
                             f"image '{images[img]['file_name']}' ({W} x {H}) or is empty")
-        if masks and not _valid_segmentation(ann.get("segmentation")):
+        if "iscrowd" in ann and not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
+            raise UserError(f"{where}: {what}: 'iscrowd' must be 0 or 1, got {shorten(ann['iscrowd'], 40)}")
+        if "area" in ann and not (_is_number(ann["area"]) and math.isfinite(ann["area"]) and ann["area"] >= 0):
+            raise UserError(f"{where}: {what}: 'area' must be a finite number >= 0, got {shorten(ann['area'], 40)}")
+        segm = ann.get("segmentation")
+        if masks and not _valid_segmentation(segm):
             raise UserError(f"{where}: {what} has no valid segmentation (polygons or RLE), which "
                             f"instance segmentation needs")
+        if segm is not None and segm != []:  # an empty list: no mask (a box-only file may carry one)
+            fault = segmentation_fault(segm, H, W)
+            if fault:
+                raise UserError(f"{where}: {what}: 'segmentation' {fault}")
+        if ann.get("iscrowd") == 1 and segm is not None and segm != [] and not isinstance(segm, dict):
+            raise UserError(f"{where}: {what}: 'segmentation' of a crowd annotation (iscrowd 1) must be RLE")
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", w * h)
-        ann.setdefault("id", i + 1)
+    next_id = max((v for v in seen_ids), default=0) + 1
+    for ann in data["annotations"]:
+        if "id" not in ann:  # after every given id: a filled-in id never repeats one
+            ann["id"], next_id = next_id, next_id + 1
 
 
 def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, masks: bool = False):

@@ -10,6 +10,8 @@ Plain ViTs (PSViT) are refused: they have one stride-16 map and no stages, and a
 """
 from __future__ import annotations
 
+import math
+
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -163,6 +165,20 @@ def _sizes(name: str, value) -> Tuple[int, ...]:
     return tuple(values)
 
 
+def check_resizable(model: nn.Module, height: int, width: int, name: str) -> None:
+    """One line when the detector's transform would resize an image of height x width to nothing: it scales
+    the shorter side to min_size unless the longer side would pass max_size, so a very elongated image
+    (10000 x 10) gets a shorter side under one pixel."""
+    transform = getattr(model, "transform", None)
+    if transform is None or not height or not width:
+        return
+    short, long = min(height, width), max(height, width)
+    scale = min(float(transform.min_size[-1]) / short, float(transform.max_size) / long)
+    if math.floor(short * scale) < 1:
+        raise UserError(f"{name} is {width} x {height} px: the detector resizes its longer side to "
+                        f"{transform.max_size} px, which leaves its shorter side under 1 px; crop it first")
+
+
 def build_detector(backbone: nn.Module, num_classes: int, masks: bool = False, img_size: Optional[int] = None,
                    fpn_channels: int = FPN_CHANNELS, min_size=None, max_size: Optional[int] = None,
                    size_divisible: Optional[int] = None, box_representation_size: int = BOX_REPRESENTATION_SIZE,
@@ -191,6 +207,9 @@ def build_detector(backbone: nn.Module, num_classes: int, masks: bool = False, i
     check_hierarchical(backbone, task)
     if not num_classes or num_classes < 1:
         raise UserError(f"task '{task}' needs at least one object category, got {num_classes}")
+    for name, value in dict(detector_args, fpn_channels=fpn_channels).items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:  # torchvision's counts and sizes
+            raise UserError(f"task_options.{name} must be >= 1, got {value}")
     if img_size is None:
         size = getattr(getattr(backbone, "patch_embed", None), "img_size", None) or (800, 800)
         img_size = int(max(size))
