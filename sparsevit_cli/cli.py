@@ -576,20 +576,31 @@ def export(
         "the model's size and at another one (and on --data's images at their own size); a format that cannot is "
         "one line, and the model is exported at its fixed size. Default: dynamic for a detector's backbone (its "
         "input size varies per batch), static otherwise.")),
+    backbone_only: bool = typer.Option(False, "--backbone-only", help=(
+        "Detectors: export the sparse backbone alone (its stage maps; the FPN, RPN and RoI heads stay in PyTorch), "
+        "in any --format. Default: off, the whole detector in one ONNX file.")),
 ):
     """Export a deployable model (window selection inside the graph) and verify it against PyTorch.
 
-    Detection and instance-segmentation models: backbone only. The sparse Swin backbone is exported with one
-    output per stage map (its multi-scale features, verified against PyTorch); the FPN, RPN and RoI heads
-    stay in PyTorch (torchvision)."""
+    Detection and instance-segmentation models: the whole torchvision Faster / Mask R-CNN in one ONNX file (one
+    float RGB image (3, H, W) in [0, 1] in; boxes, labels, scores (and masks) out, in the image's pixels), verified
+    in onnxruntime against PyTorch (and, with --data, its AP); --backbone-only: the sparse backbone alone, one
+    output per stage map. Segmentation: the whole Semantic FPN. ONNX files carry the model's metadata (classes,
+    category ids) for `sparsevit predict`."""
     from .io import read_sparsity_file
     from .commands.export import check_export_target, export_model, other_size, real_inputs
-    from .model_file import load_model_file
-    from .tasks import get_task
+    from .model_file import load_model_file, read_model_meta
+    from .tasks import Detection, get_task
 
     # before the model load: a typo should not cost one
     check_export_target(out, tolerance, format.value, {"--checkpoint": checkpoint, "--config": config})
     cfg = read_sparsity_file(config) if config is not None else None
+    if isinstance(get_task(read_model_meta(checkpoint).task), Detection) and not backbone_only:
+        if format != ExportFormat.onnx:
+            raise UserError(f"the whole detector is exported as ONNX (--format onnx); --format {format.value} "
+                            f"exports its backbone only: add --backbone-only")
+        _export_whole_detector(checkpoint, cfg, out, data, img_size)
+        return
     model, method, meta = load_model_file(checkpoint, cfg)
     size = meta.resolve_img_size(img_size)
     module, part = get_task(meta.task).export_module(model)  # detectors: the backbone only
@@ -627,6 +638,28 @@ def export(
     if "speedup" in report:
         console.print(f"{format.value} runtime: sparse {report['sparse_ms']:.1f} ms vs dense "
                       f"{report['dense_ms']:.1f} ms -> {report['speedup']:.2f}x")
+    if format == ExportFormat.onnx:  # the metadata `predict` reads: classes, category ids, the input convention
+        from .commands.export_whole import IO_BACKBONE, IO_BATCH, add_metadata_atomically
+        add_metadata_atomically(out, meta, IO_BACKBONE if part else IO_BATCH)
+
+
+def _export_whole_detector(checkpoint, cfg, out, data, img_size) -> None:
+    """`export` of a whole detector (commands.export_whole) and its report."""
+    from .commands.export_whole import run_whole_detector_export
+
+    report = run_whole_detector_export(str(checkpoint), cfg, out, data, img_size)
+    if report.get("note"):
+        console.print(report["note"], highlight=False)
+    table = Table(title=f"export onnx (whole detector) -> {out}")
+    for col in ("input", "size", "detections", "max box error (px)", "max score error"):
+        table.add_column(col, justify="right")
+    for c in report["checks"]:
+        table.add_row("random" if c["input"] < 2 else "real image", c["size"], f"{c['detections']:.0f}",
+                      f"{c['boxes_px']:.2e}", f"{c['scores']:.2e}")
+    console.print(table)
+    if "ap" in report:
+        console.print(f"AP on the val images: PyTorch {report['ap']['pytorch']:.2f}, onnxruntime "
+                      f"{report['ap']['onnxruntime']:.2f}", highlight=False)
 
 
 @app.command()

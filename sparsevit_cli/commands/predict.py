@@ -32,18 +32,12 @@ import numpy as np
 
 from ..data.datasets import IMAGE_EXTENSIONS
 from ..errors import UserError, first_line
+from .export_whole import IO_BACKBONE, IO_BATCH, IO_DETECTOR, ONNX_IO_KEY, ONNX_META_KEY
 
 #: what `--on-error` may say: skip an unreadable image (one line each) or stop at the first
 ON_ERROR = ("skip", "stop")
 #: classification outputs (the table's file suffix)
 TABLE_FORMATS = ("csv", "json")
-#: ONNX metadata_props keys `sparsevit export` writes: the model file's metadata (JSON), and the graph's I/O kind
-ONNX_META_KEY = "sparsevit"
-ONNX_IO_KEY = "sparsevit_io"
-#: graph I/O kinds: a whole detector (image in, detections out), a batch model (normalised images in, logits
-#: out), a detector's backbone alone (stage maps out: cannot predict)
-IO_DETECTOR, IO_BATCH, IO_BACKBONE = "detector-image", "normalised-batch", "backbone-features"
-
 
 @dataclass
 class PredictOptions:
@@ -247,13 +241,9 @@ class OnnxEngine(Engine):
                             f"export the whole model (`sparsevit export` without --backbone-only) to predict")
         if self.io not in (IO_DETECTOR, IO_BATCH):
             raise UserError(f"ONNX file '{path}' has an unknown input convention '{self.io}'")
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise UserError("predicting with an ONNX file needs onnxruntime: pip install 'sparsevit[export]'") from None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's concern
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        from .export_whole import onnx_session
+
+        self.session = onnx_session(Path(path))
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         self.shape = [d if isinstance(d, int) else None for d in graph_input.shape]
