@@ -55,6 +55,18 @@ class MacScope(str, Enum):
     backbone = "backbone"
 
 
+class OnError(str, Enum):
+    """What predict does with an unreadable image (commands.predict.ON_ERROR; a test keeps the two equal)."""
+    skip = "skip"
+    stop = "stop"
+
+
+class TableFormat(str, Enum):
+    """predict's classification table (commands.predict.TABLE_FORMATS; a test keeps the two equal)."""
+    csv = "csv"
+    json = "json"
+
+
 #: demo presets, by name: the names of commands.workflow.PRESETS (light to import: no torch)
 Preset = Enum("Preset", {name: name for name in _workflow_presets()}, type=str)
 
@@ -288,8 +300,11 @@ def evaluate(
                                                              "model built at 256; a ViT only its own)."),
     results_json: Optional[str] = typer.Option(None, help="Detectors: write the detections of the config asked "
                                                           "for (not the --dense row) as a COCO results file "
-                                                          "(xywh boxes, the data's category ids, scores, RLE "
-                                                          "masks), as pycocotools' loadRes reads it."),
+                                                          "(xywh boxes, the data's category ids, scores), as "
+                                                          "pycocotools' loadRes reads it; instance segmentation: "
+                                                          "this file holds the RLE masks (no box, so loadRes "
+                                                          "takes areas from masks) and <stem>.bbox.json the "
+                                                          "boxes. Default: none written."),
     per_class: bool = typer.Option(False, "--per-class", help="Detectors: AP of every category too."),
     include_fitness_images: bool = typer.Option(False, "--include-fitness-images",
                                                 help="With a search's best.yaml: also score the val images the "
@@ -324,7 +339,8 @@ def evaluate(
     if "coco" in result["rows"][-1]:
         _print_coco_summary(result)
     if "results_json" in result:
-        console.print(f"wrote {result['results_json']} (COCO results of {format_config(result['rows'][-1]['config'])})")
+        files = ", ".join(f"{path} ({kind})" for kind, path in result["results_files"].items())
+        console.print(f"wrote {files}: COCO results of {format_config(result['rows'][-1]['config'])}")
 
 
 #: COCOeval's summary as the table shows it (key in `detection.coco.SUMMARY_NAMES`, header)
@@ -389,6 +405,52 @@ def visualize(
         if "note" in result:
             console.print(f"note: {result['note']}", highlight=False)
     console.print(f"wrote {result['out']}")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Option(..., help="A sparsevit model file (.safetensors) or an ONNX file from `sparsevit "
+                                         "export` (whole model; it carries the classes and category ids)."),
+    images: Path = typer.Option(..., help="Folder of images (PNG, JPEG, ...; any sizes, greyscale and RGBA read "
+                                          "as RGB), or one image file."),
+    out: Path = typer.Option(..., help="Output folder: results.json + images.json (detection; instance "
+                                       "segmentation: masks in results.json, boxes in results.bbox.json), masks/ "
+                                       "(segmentation: one PNG of class indices per image, its own size) or "
+                                       "predictions.csv/.json (classification), and pictures/ with --pictures."),
+    batch_size: int = typer.Option(8, min=1, help="Images per forward (default 8)."),
+    on_error: OnError = typer.Option(OnError.skip, help="An image that cannot be read: skip it (one line each) "
+                                                        "or stop there (exit 2). Default: skip."),
+    pictures: bool = typer.Option(False, "--pictures", help="Also draw each image's predictions into pictures/ "
+                                                             "(PNG). Default: off."),
+    score_threshold: Optional[float] = typer.Option(None, help="Pictures: draw detections scoring at least this "
+                                                               "(0-1); default 0.5, or the best few when none "
+                                                               "reaches it. The results files keep every detection."),
+    table_format: TableFormat = typer.Option(TableFormat.csv, help="Classification table format (default csv)."),
+    coco_images: Optional[Path] = typer.Option(None, help="Detection: a COCO instances JSON listing the images; "
+                                                          "the results use its image ids (by file name). Default: "
+                                                          "ids 1..N in file-name order, listed in images.json."),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N); model files only (default cpu)."),
+    progress: bool = typer.Option(True, help="Show a progress bar (default on)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of lines."),
+):
+    """Predict a folder of images with a model file or an exported ONNX file: COCO results (detectors, the data
+    set's category ids), PNG masks (segmentation), or class and score per image (classification)."""
+    from .commands.predict import PredictOptions, run_predict
+
+    err = make_console(stderr=True)
+    result = run_predict(PredictOptions(model=str(model), images=str(images), out=str(out), batch_size=batch_size,
+                                        on_error=on_error.value, pictures=pictures, score_threshold=score_threshold,
+                                        table_format=table_format.value,
+                                        coco_images=str(coco_images) if coco_images else None, device=device,
+                                        progress=progress and not as_json),
+                         console=err, warn=lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True))
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(f"{result['task']}: predicted {result['predicted']} of {result['images']} images"
+                  + (f" ({len(result['skipped'])} skipped)" if result["skipped"] else ""), highlight=False)
+    for what, path in result["files"].items():
+        console.print(f"wrote {path} ({what.replace('_', ' ')})", highlight=False)
 
 
 @app.command()
@@ -578,20 +640,31 @@ def export(
         "the model's size and at another one (and on --data's images at their own size); a format that cannot is "
         "one line, and the model is exported at its fixed size. Default: dynamic for a detector's backbone (its "
         "input size varies per batch), static otherwise.")),
+    backbone_only: bool = typer.Option(False, "--backbone-only", help=(
+        "Detectors: export the sparse backbone alone (its stage maps; the FPN, RPN and RoI heads stay in PyTorch), "
+        "in any --format. Default: off, the whole detector in one ONNX file.")),
 ):
     """Export a deployable model (window selection inside the graph) and verify it against PyTorch.
 
-    Detection and instance-segmentation models: backbone only. The sparse Swin backbone is exported with one
-    output per stage map (its multi-scale features, verified against PyTorch); the FPN, RPN and RoI heads
-    stay in PyTorch (torchvision)."""
+    Detection and instance-segmentation models: the whole torchvision Faster / Mask R-CNN in one ONNX file (one
+    float RGB image (3, H, W) in [0, 1] in; boxes, labels, scores (and masks) out, in the image's pixels), verified
+    in onnxruntime against PyTorch (and, with --data, its AP); --backbone-only: the sparse backbone alone, one
+    output per stage map. Segmentation: the whole Semantic FPN. ONNX files carry the model's metadata (classes,
+    category ids) for `sparsevit predict`."""
     from .io import read_sparsity_file
     from .commands.export import check_export_target, export_model, other_size, real_inputs
-    from .model_file import load_model_file
-    from .tasks import get_task
+    from .model_file import load_model_file, read_model_meta
+    from .tasks import Detection, get_task
 
     # before the model load: a typo should not cost one
     check_export_target(out, tolerance, format.value, {"--checkpoint": checkpoint, "--config": config})
     cfg = read_sparsity_file(config) if config is not None else None
+    if isinstance(get_task(read_model_meta(checkpoint).task), Detection) and not backbone_only:
+        if format != ExportFormat.onnx:
+            raise UserError(f"the whole detector is exported as ONNX (--format onnx); --format {format.value} "
+                            f"exports its backbone only: add --backbone-only")
+        _export_whole_detector(checkpoint, cfg, out, data, img_size)
+        return
     model, method, meta = load_model_file(checkpoint, cfg)
     size = meta.resolve_img_size(img_size)
     module, part = get_task(meta.task).export_module(model)  # detectors: the backbone only
@@ -629,6 +702,28 @@ def export(
     if "speedup" in report:
         console.print(f"{format.value} runtime: sparse {report['sparse_ms']:.1f} ms vs dense "
                       f"{report['dense_ms']:.1f} ms -> {report['speedup']:.2f}x")
+    if format == ExportFormat.onnx:  # the metadata `predict` reads: classes, category ids, the input convention
+        from .commands.export_whole import IO_BACKBONE, IO_BATCH, add_metadata_atomically
+        add_metadata_atomically(out, meta, IO_BACKBONE if part else IO_BATCH)
+
+
+def _export_whole_detector(checkpoint, cfg, out, data, img_size) -> None:
+    """`export` of a whole detector (commands.export_whole) and its report."""
+    from .commands.export_whole import run_whole_detector_export
+
+    report = run_whole_detector_export(str(checkpoint), cfg, out, data, img_size)
+    if report.get("note"):
+        console.print(report["note"], highlight=False)
+    table = Table(title=f"export onnx (whole detector) -> {out}")
+    for col in ("input", "size", "detections", "max box error (px)", "max score error"):
+        table.add_column(col, justify="right")
+    for c in report["checks"]:
+        table.add_row("random" if c["input"] < 2 else "real image", c["size"], f"{c['detections']:.0f}",
+                      f"{c['boxes_px']:.2e}", f"{c['scores']:.2e}")
+    console.print(table)
+    if "ap" in report:
+        console.print(f"AP on the val images: PyTorch {report['ap']['pytorch']:.2f}, onnxruntime "
+                      f"{report['ap']['onnxruntime']:.2f}", highlight=False)
 
 
 @app.command()

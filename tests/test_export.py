@@ -270,9 +270,10 @@ DET_ARGS = dict(img_size=64, embed_dim=16, depths=[2, 2], num_heads=[1, 2], wind
 DET_OPTIONS = {"fpn_channels": 32, "rpn_post_nms_top_n_test": 20, "box_detections_per_img": 5}
 
 
-def test_export_help_says_detectors_export_the_backbone_only(capsys):
+def test_export_help_says_detectors_export_the_whole_model_or_the_backbone_only(capsys):
     code, out, _ = run_cli(["export", "--help"], capsys)
-    assert code == 0 and "backbone only" in " ".join(out.split())
+    said = " ".join(out.split())
+    assert code == 0 and "whole torchvision Faster / Mask R-CNN in one ONNX file" in said and "--backbone-only" in said
 
 
 @pytest.mark.parametrize("task", ["detection", "instance_segmentation"])
@@ -289,7 +290,8 @@ def test_detector_exports_its_sparse_backbone_stage_maps(task, tmp_path, capsys)
     data = tmp_path / "data"
     write_demo_data(data, img_size=64, n_train=1, n_val=1, seed=0, detection=True)
     out = tmp_path / "det.onnx"
-    code, stdout, err = run_cli(["export", "--checkpoint", path, "--out", out, "--data", data, "--no-time"], capsys)
+    code, stdout, err = run_cli(["export", "--checkpoint", path, "--out", out, "--data", data, "--no-time",
+                                 "--backbone-only"], capsys)
     assert code == 0, err
     said = " ".join(stdout.split())
     assert f"{task} model: exported the sparse backbone only (2 multi-scale stage maps" in said

@@ -326,5 +326,55 @@ def test_labels_are_coloured_by_class_and_kept_apart():
     renderer = fig.canvas.get_renderer()
     a, b = (t.get_window_extent(renderer) for t in texts)
     assert not a.overlaps(b)
-    edges = sorted(tuple(round(c * 255) for c in p.get_edgecolor()[:3]) for p in ax.patches)
+    edges = sorted(tuple(round(c * 255) for c in p.get_edgecolor()[:3]) for p in ax.patches if not p.get_fill())
     assert edges == sorted([class_colour(1), class_colour(2)])
+    # each label on a background of its class colour
+    fills = sorted(tuple(round(c * 255) for c in p.get_facecolor()[:3]) for p in ax.patches if p.get_fill())
+    assert fills == sorted([class_colour(1), class_colour(2)])
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_label_layout_never_overlaps():
+    """Many boxes piled in one place (a young model's detections), and boxes at every border: the label rectangles
+    are pairwise disjoint and inside the canvas; when the canvas is full, labels are left out, never stacked."""
+    from sparsevit_cli.detection.draw import layout_labels
+
+    g = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(g.integers(1, 40))
+        W, H = int(g.integers(40, 300)), int(g.integers(40, 300))
+        x0, y0 = g.uniform(-5, W, n), g.uniform(-5, H, n)
+        boxes = np.stack([x0, y0, x0 + g.uniform(1, 60, n), y0 + g.uniform(1, 60, n)], 1)
+        if trial % 2:  # piled up: every box nearly the same
+            boxes = np.tile([W / 3, H / 3, W / 2, H / 2], (n, 1)) + g.uniform(0, 2, (n, 4))
+        sizes = np.stack([g.uniform(10, 60, n), g.uniform(6, 14, n)], 1)
+        rects = layout_labels(boxes.tolist(), sizes.tolist(), (W, H))
+        placed = [r for r in rects if r is not None]
+        for i, a in enumerate(placed):
+            assert 0 <= a[0] and a[2] <= W + 1e-9 and 0 <= a[1] and a[3] <= H + 1e-9
+            assert all(not _overlap(a, b) for b in placed[i + 1:])
+        for r, (w, h) in zip(rects, sizes):
+            if r is not None:
+                assert (r[2] - r[0], r[3] - r[1]) == pytest.approx((w, h))
+    # room for all: every label placed, the first right above its box
+    rects = layout_labels([[10, 20, 40, 50], [11, 21, 41, 51]], [(20, 8), (20, 8)], (64, 64))
+    assert rects[0] == (10, 12, 30, 20) and rects[1] is not None and not _overlap(*rects)
+    # no room: the second label is left out
+    assert layout_labels([[0, 0, 10, 10], [0, 0, 10, 10]], [(64, 64), (10, 10)], (64, 64))[1] is None
+
+
+def test_masks_are_translucent_in_the_class_colour():
+    """A masked pixel is the image's pixel mixed with the class colour (the object stays visible)."""
+    from sparsevit_cli.detection.draw import MASK_ALPHA, class_colour, tint_masks
+
+    rgb = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    pred = {"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]]), "labels": torch.tensor([2]), "scores": torch.tensor([0.9]),
+            "masks": torch.zeros(1, 1, 16, 16)}
+    pred["masks"][0, 0, :8, :8] = 1.0
+    out = tint_masks(rgb, pred, torch.tensor([True])).astype(float)
+    want = rgb[:8, :8] * (1 - MASK_ALPHA) + np.array(class_colour(2)) * MASK_ALPHA
+    assert np.abs(out[:8, :8] - want).max() <= 1.0
+    assert (out[8:] == rgb[8:]).all()

@@ -41,12 +41,18 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     COCO tasks: every row also has 'coco': {metric: COCOeval's summary (+ 'per_class' with `per_class`)}, and
     with `results_json` the last row's (the config asked for) detections are written there ('results_json')."""
     from ..evaluate import metric_values, run_metric, search_indices
-    from ..io import atomic_write_json, check_output_file
+    from ..detection.coco import write_coco_results
+    from ..io import check_output_file
     from ..model_file import config_option, load_model_file
     from ..tasks import backbone_of, get_task
 
     device = resolve_device(opts.device)  # options first: a typo costs no model load
     results_path = check_output_file(opts.results_json, "--results-json") if opts.results_json else None
+    if results_path is not None:  # its companion (an instance segmenter's boxes) may not land on an input either
+        from ..detection.coco import results_paths
+
+        for extra in results_paths(results_path, True).values():
+            check_output_file(extra, "--results-json", inputs={"--checkpoint": opts.checkpoint})
     config_file = config_option(opts.config, opts.sparsity)
     model, method, meta = load_model_file(opts.checkpoint, config_file)
     backbone = backbone_of(model)
@@ -78,7 +84,7 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
             rows.append(row)
         if results_path is not None and main:  # the config asked for: the last row
             try:
-                atomic_write_json(results_path, metric.coco_results(), indent=None)
+                written = write_coco_results(results_path, metric.coco_results(), getattr(task, "masks", False))
             except OSError as e:
                 raise UserError(f"cannot write --results-json '{results_path}': {e.strerror or e}") from None
     if not main:
@@ -89,6 +95,7 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
               "images": len(indices), "rows": rows, **({"note": note} if note else {})}
     if results_path is not None:
         result["results_json"] = str(results_path)
+        result["results_files"] = written
     return result
 
 

@@ -10,7 +10,7 @@ Detection and instance segmentation model files: the image goes through the dete
 (resize to the model's size, normalisation, padding to the backbone's stride), the windows are those the
 backbone keeps on that batch, and the first panel also shows the predicted boxes (and masks) scoring at
 least the threshold, mapped onto the transformed image: one colour per class, each box labelled with its
-class and score on a background in that colour, labels moved apart where they would overlap. The stage
+class and score on a background in that colour; no two labels overlap (`detection.draw.layout_labels`). The stage
 panels show the windows only. Without `--score-threshold`, a young model whose scores all stay below the
 default threshold gets its few best predictions drawn, and a line says so (`detection.draw.select_detections`).
 """
@@ -105,50 +105,40 @@ def detector_view(model, image: str | os.PathLike):
     return x, rgb, pred
 
 
-def _luminance(rgb) -> float:
-    r, g, b = (v / 255.0 for v in rgb)
-    return 0.299 * r + 0.587 * g + 0.114 * b
-
-
-def _draw_detections(ax, fig, detections: List[Dict[str, Any]]) -> None:
+def _draw_detections(ax, fig, detections: List[Dict[str, Any]]) -> List[Tuple[float, float, float, float]]:
     """Boxes outlined in their class colours and labelled "<class> <score>" on a background of that colour,
-    best first; a label goes above its box, else below it, else inside it, wherever it overlaps no label
-    placed before it and stays in the panel (the first place when none is free)."""
+    best first, where `detection.draw.layout_labels` puts them: no two labels overlap (a label with no free
+    place in the panel is left out). Returns the label rectangles drawn (x0, y0, x1, y1 in image pixels)."""
     from matplotlib.patches import Rectangle
+
+    from ..detection.draw import luminance, layout_labels
 
     renderer = fig.canvas.get_renderer()
     panel = ax.get_window_extent(renderer)
-    placed = []
-    probe = ax.text(0, 0, "Ag", fontsize=7, bbox=dict(boxstyle="square,pad=0.15"))
-    pixels = probe.get_window_extent(renderer).height * 1.15
-    probe.remove()
-    line_height = pixels * abs(ax.get_ylim()[0] - ax.get_ylim()[1]) / panel.height  # one label, in data units
+    (left, right), (bottom, top) = ax.get_xlim(), ax.get_ylim()
+    per_px = (abs(right - left) / panel.width, abs(bottom - top) / panel.height)  # data units per display pixel
+    texts, sizes = [], []
     for d in detections:
         x0, y0, x1, y1 = d["box"]
         colour = tuple(v / 255.0 for v in d["colour"])
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.6))
-        style = dict(fontsize=7, color="black" if _luminance(d["colour"]) > 0.6 else "white", clip_on=True,
-                     bbox=dict(boxstyle="square,pad=0.15", facecolor=colour, edgecolor="none", alpha=0.85))
-        # (x, y, ha, va) in data coordinates, y pointing down: above, below, inside the top, at the right, then
-        # stacked above the box (neighbouring boxes of one row)
-        spots = [(x0, y0, "left", "bottom"), (x0, y1, "left", "top"), (x0, y0, "left", "top"),
-                 (x1, y0, "right", "bottom"), (x1, y1, "right", "top")]
-        spots += [(x0, y0 - k * line_height, "left", "bottom") for k in (1, 2, 3)]
-        first = None
-        for x, y, ha, va in spots:
-            text = ax.text(x, y, f"{d['class']} {d['score']:.2f}", ha=ha, va=va, **style)
-            extent = text.get_window_extent(renderer).expanded(1.05, 1.1)
-            inside = (extent.x0 >= panel.x0 and extent.x1 <= panel.x1 and extent.y0 >= panel.y0
-                      and extent.y1 <= panel.y1)
-            if inside and not any(extent.overlaps(p) for p in placed):
-                break
-            first = first or (x, y, ha, va)
+        text = ax.text(0, 0, f"{d['class']} {d['score']:.2f}", fontsize=7, ha="center", va="center_baseline",
+                       color="black" if luminance(d["colour"]) > 0.6 else "white", clip_on=True, zorder=4)
+        extent = text.get_window_extent(renderer)
+        texts.append(text)
+        sizes.append(((extent.width + 4) * per_px[0], (extent.height + 2) * per_px[1]))
+    rects = layout_labels([d["box"] for d in detections], sizes, (abs(right - left), abs(bottom - top)))
+    drawn = []
+    for d, text, rect in zip(detections, texts, rects):
+        if rect is None:
             text.remove()
-        else:
-            x, y, ha, va = first
-            text = ax.text(x, y, f"{d['class']} {d['score']:.2f}", ha=ha, va=va, **style)
-            extent = text.get_window_extent(renderer)
-        placed.append(extent)
+            continue
+        x0, y0, x1, y1 = rect
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor=tuple(v / 255.0 for v in d["colour"]),
+                               edgecolor="none", alpha=0.9, zorder=3, label="label"))
+        text.set_position(((x0 + x1) / 2, (y0 + y1) / 2))
+        drawn.append(rect)
+    return drawn
 
 
 def _draw(rgb: np.ndarray, stages: List[Dict[str, Any]], title: str, out: Path, fmt: str,

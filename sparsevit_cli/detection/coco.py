@@ -404,6 +404,42 @@ def to_coco_results(predictions: Sequence[Dict[str, torch.Tensor]], image_ids: S
     return results
 
 
+def split_results(results: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """COCO results by COCOeval iouType, as a results file must hold them for plain pycocotools: 'bbox'
+    entries (image_id, category_id, bbox, score) and, where masks were predicted, 'segm' entries (image_id,
+    category_id, segmentation, score) without the box. A file whose entries hold both is read by loadRes as box
+    results, which gives every mask its box's area, so mask APs/APm/APl would differ from `evaluate`'s
+    (detectron2 drops the box before its mask evaluation for the same reason; mmdetection writes two files)."""
+    out: Dict[str, List[Dict[str, Any]]] = {"bbox": [{k: v for k, v in r.items() if k != "segmentation"}
+                                                     for r in results]}
+    if any("segmentation" in r for r in results):
+        out["segm"] = [{k: v for k, v in r.items() if k != "bbox"} for r in results if "segmentation" in r]
+    return out
+
+
+def results_paths(path: str | os.PathLike, masks: bool) -> Dict[str, Path]:
+    """Where the COCO results of a detector go, by iouType: `path` holds the task's metric (boxes of a
+    detector, masks of an instance segmenter), and an instance segmenter's boxes go beside it to
+    ``<stem>.bbox.json``; each file is evaluated by plain ``COCOeval(gt, gt.loadRes(file), iouType)``."""
+    path = Path(path)
+    if not masks:
+        return {"bbox": path}
+    return {"segm": path, "bbox": path.with_name(f"{path.stem}.bbox.json")}
+
+
+def write_coco_results(path: str | os.PathLike, results: Sequence[Dict[str, Any]], masks: bool) -> Dict[str, str]:
+    """Write `results` (`to_coco_results`) as COCO results files (`results_paths`, `split_results`), each
+    atomically; {iouType: path written}. Compact JSON: a results file of a large set is big."""
+    from ..io import atomic_write_json
+
+    parts = split_results(results)
+    written = {}
+    for iou_type, file in results_paths(path, masks).items():
+        atomic_write_json(file, parts.get(iou_type, []), indent=None, what="COCO results file")
+        written[iou_type] = str(file)
+    return written
+
+
 #: COCOeval.stats in order, as detectron2 and mmdetection name them (AP: AP@[.5:.95], AR@N: at N detections)
 SUMMARY_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
                  "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large")
@@ -418,10 +454,11 @@ def run_cocoeval(coco_gt, results: List[Dict[str, Any]], metric: str = "box_ap",
 
     if not results:
         return None
-    # copies: loadRes writes ids and areas into them; mask results go without their box, so that
-    # loadRes takes each detection's area from its mask (as torchvision's and detectron2's evaluations do)
-    drop = "bbox" if metric == "mask_ap" else "segmentation"
-    results = [{k: v for k, v in r.items() if k != drop} for r in results]
+    # copies, one iouType each (`split_results`: loadRes writes ids and areas into them; mask results go
+    # without their box, so that loadRes takes each detection's area from its mask)
+    results = split_results(results).get(IOU_TYPES[metric], [])
+    if not results:
+        return None
     with _quiet():
         coco_dt = coco_gt.loadRes(results)
         ev = COCOeval(coco_gt, coco_dt, IOU_TYPES[metric])
