@@ -47,7 +47,7 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     device = resolve_device(opts.device)  # options first: a typo costs no model load
     results_path = check_output_file(opts.results_json, "--results-json") if opts.results_json else None
     config_file = config_option(opts.config, opts.sparsity)
-    model, method, meta = load_model_file(opts.checkpoint, config_file)
+    model, method, meta = load_model_file(opts.checkpoint, config_file, checkpoints=True)
     backbone = backbone_of(model)
     config = meta.sparsity
     task = get_task(meta.task)
