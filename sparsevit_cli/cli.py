@@ -83,10 +83,11 @@ def _root(ctx: typer.Context,
 @app.command()
 def measure(
     model: Optional[str] = typer.Option(None, help="timm model name (a Swin for SparseViT); default: the "
-                                                  "one a --checkpoint model file holds, else Swin-T."),
+                                                  "one a --checkpoint holds, else Swin-T."),
     checkpoint: Optional[Path] = typer.Option(None, help="sparsevit model file (.safetensors from adapt/finetune: "
-                                                         "it describes its model) or a plain timm checkpoint "
-                                                         "(.pth/.safetensors, with --model)."),
+                                                         "it describes its model) or a checkpoint from timm, the "
+                                                         "official Swin repo, Hugging Face or mmdetection (its "
+                                                         "architecture is read from it)."),
     img_size: Optional[int] = typer.Option(None, help="Input resolution in pixels (square: the reference size "
                                                       "MACs and timings are stated at; a detector resizes and "
                                                       "pads it as at test time); default: the model file's, "
@@ -165,9 +166,11 @@ def finetune(
 def adapt(
     config: Optional[Path] = typer.Option(None, "--config", help="Run-config YAML (same keys as finetune)."),
     checkpoint: Optional[str] = typer.Option(None, help="Trained model: a sparsevit .safetensors file, or a "
-                                                         "timm-format checkpoint together with --model."),
-    model: Optional[str] = typer.Option(None, help="timm model name (when the checkpoint is timm-format); default: "
-                                                   "swin_tiny_patch4_window7_224."),
+                                                         "checkpoint from timm, the official Swin repo, Hugging "
+                                                         "Face (file or save_pretrained folder) or mmdetection/"
+                                                         "mmsegmentation (its architecture is read from it)."),
+    model: Optional[str] = typer.Option(None, help="timm model name; default: the architecture the checkpoint "
+                                                   "holds, else swin_tiny_patch4_window7_224."),
     data: Optional[str] = typer.Option(None, help="Data directory in the task's layout: ImageFolder train/ and "
                                                   "val/ (classification) or COCO (detection; the task is the "
                                                   "run config's, else the model file's)."),
@@ -283,7 +286,9 @@ def search(
 
 @app.command()
 def evaluate(
-    checkpoint: str = typer.Option(..., help="sparsevit model file (.safetensors from finetune/adapt)."),
+    checkpoint: str = typer.Option(..., help="sparsevit model file (.safetensors from finetune/adapt), or a "
+                                             "classifier checkpoint in another layout (timm, official Swin, "
+                                             "Hugging Face, mmdetection) evaluated dense."),
     data: str = typer.Option(..., help="Data directory in the model's task layout (ImageFolder, segmentation "
                                        "folders or COCO)."),
     config: Optional[str] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml); default: "
@@ -476,10 +481,13 @@ def pipeline(
     config: Optional[Path] = typer.Argument(None, help="Run-config YAML with a `pipeline:` section (budget, "
                                                        "stages and their sizes); optional with the flags below, "
                                                        "which override its keys."),
-    checkpoint: Optional[str] = typer.Option(None, help="Trained model to start from: a timm checkpoint "
-                                                         "(.pth/.safetensors, with --model) or a sparsevit model file."),
-    model: Optional[str] = typer.Option(None, help="timm model name; default: swin_tiny_patch4_window7_224, or "
-                                                   "the one a sparsevit model file holds."),
+    checkpoint: Optional[str] = typer.Option(None, help="Trained model to start from: a sparsevit model file, "
+                                                         "or a checkpoint from timm, the official Swin repo, "
+                                                         "Hugging Face (file or folder) or mmdetection/"
+                                                         "mmsegmentation (its architecture is read from it)."),
+    model: Optional[str] = typer.Option(None, help="timm model name (e.g. swin_tiny_patch4_window7_224); "
+                                                   "default: the architecture the checkpoint holds, else "
+                                                   "swin_tiny_patch4_window7_224."),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=(
         "A timm constructor argument as KEY=VALUE (VALUE read as YAML), repeatable, e.g. --model-arg "
         "embed_dim=32 --model-arg depths=[2,2,6,2] (the run config's model.args); default: timm's.")),
@@ -727,11 +735,15 @@ def _export_whole_detector(checkpoint, cfg, out, data, img_size) -> None:
 
 
 @app.command()
-def info(path: Path = typer.Argument(..., help="A sparsevit model file.")):
+def info(path: Path = typer.Argument(..., help="A sparsevit model file, or a checkpoint in another layout "
+                                                 "(timm, official Swin, Hugging Face file or folder, mmdetection).")):
     """Show what a sparsevit model file holds: method, model, args, image size, sparsity, metrics; its weights
     are checked (digest, finite). A file other commands would refuse is shown too, with one line per reason
-    (exit code 2)."""
-    from .model_file import inspect_model_file
+    (exit code 2). Any other checkpoint: its layout, architecture and what a run would drop."""
+    from .model_file import inspect_model_file, is_raw_checkpoint
+    if is_raw_checkpoint(path):
+        _checkpoint_info(path)
+        return
     rows, faults = inspect_model_file(path)
     table = Table(title=str(path), show_header=False)
     for k, v in rows:
@@ -742,6 +754,14 @@ def info(path: Path = typer.Argument(..., help="A sparsevit model file.")):
     if faults:
         raise UserError(f"model file '{path}' would be refused by every command ({len(faults)} "
                         f"fault{'s' if len(faults) > 1 else ''} listed above)")
+
+
+def _checkpoint_info(path: Path) -> None:
+    from .checkpoints import describe_checkpoint
+    table = Table(title=str(path), show_header=False)
+    for k, v in describe_checkpoint(path):
+        table.add_row(k, v)
+    console.print(table)
 
 
 def torch_randn(batch_size: int, size: int, seed: int):

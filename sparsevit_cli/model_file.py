@@ -406,16 +406,22 @@ def config_option(config_path: Optional[str | os.PathLike], sparsity: Optional[f
     return read_sparsity_file(config_path) if config_path is not None else sparsity
 
 
-def load(path: str | os.PathLike, config: Union[None, float, List, Mapping[str, Any]] = None) -> nn.Module:
+def load(path: str | os.PathLike, config: Union[None, float, List, Mapping[str, Any]] = None,
+         checkpoints: bool = True) -> nn.Module:
     """Load a toolkit model file and return the ready model (eval mode) running its stored sparsity
     config, or `config` if given (a number: uniform sparsity; a list of groups; or a sparsity file's mapping
     from `io.read_sparsity_file`, checked to be for this method and model). `model.sparsevit_meta` is the
-    file's ModelMeta with `sparsity` the config the model runs."""
+    file's ModelMeta with `sparsity` the config the model runs. With `checkpoints`, a checkpoint in any
+    layout `checkpoints.LAYOUTS` reads (timm, official Swin, a Hugging Face file or folder, mmdetection)
+    loads too: a classifier of the architecture it holds, dense unless `config` says otherwise."""
     from .tasks import backbone_of
 
-    meta = read_model_meta(path)
-    model, method = build_from_meta(meta)
-    _load_weights(model, path, read_weights(path, meta))
+    if checkpoints and is_raw_checkpoint(path):
+        model, method, meta = _from_checkpoint(path)
+    else:
+        meta = read_model_meta(path)
+        model, method = build_from_meta(meta)
+        _load_weights(model, path, read_weights(path, meta))
     backbone = backbone_of(model)
     if isinstance(config, (int, float)):
         sparsity = method.uniform_config(backbone, float(config))
@@ -497,10 +503,37 @@ def inspect_model_file(path: str | os.PathLike) -> Tuple[List[Tuple[str, str]], 
     return rows, faults
 
 
-def load_model_file(path: str | os.PathLike, config_file: Union[None, float, Mapping[str, Any]] = None):
-    """(model, method, meta) of `load(path, config_file)`; `meta.sparsity` is the config it runs."""
+def is_raw_checkpoint(path: str | os.PathLike) -> bool:
+    """True for what is not a sparsevit model file: a folder, or a file without sparsevit metadata (a
+    checkpoint for `checkpoints.read_checkpoint`)."""
+    return os.path.isdir(path) or read_meta(path) is None
+
+
+def _from_checkpoint(path: str | os.PathLike) -> Tuple[nn.Module, Any, ModelMeta]:
+    """A classifier (or a headless backbone) of the architecture a checkpoint in any layout `checkpoints`
+    reads holds, its weights loaded, wrapped by its family's method, and the metadata a model file of it
+    would carry (dense: no stored sparsity)."""
+    from .checkpoints import model_for, read_checkpoint
+    from .methods import method_for_model
+    from .timm_models import create_timm_model, load_timm_checkpoint
+
+    ckpt = read_checkpoint(path)
+    name, args = model_for(ckpt, None, {})
+    backbone = create_timm_model(name, **args)
+    load_timm_checkpoint(backbone, path, checkpoint=ckpt)
+    method = method_for_model(backbone)
+    model = method.wrap(backbone)
+    meta = ModelMeta(method=method.name, model=name, model_args=args, img_size=ckpt.architecture.img_size,
+                     num_classes=ckpt.architecture.num_classes, trained_by=ckpt.layout)
+    return model, method, meta
+
+
+def load_model_file(path: str | os.PathLike, config_file: Union[None, float, Mapping[str, Any]] = None,
+                    checkpoints: bool = False):
+    """(model, method, meta) of `load(path, config_file, checkpoints)`; `meta.sparsity` is the config it
+    runs. By default only a toolkit model file (what search and export need: an adapted model)."""
     from .methods import get_method
 
-    model = load(path, config_file)
+    model = load(path, config_file, checkpoints)
     meta = model.sparsevit_meta
     return model, get_method(meta.method), meta

@@ -211,12 +211,17 @@ def load_pipeline_config(path: Optional[str | os.PathLike], overrides: Optional[
 
 # --------------------------------------------------------------------------------------------- fingerprints
 def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes: a checkpoint with other weights is another input, wherever it lies."""
+    """sha256 of a file's bytes: a checkpoint with other weights is another input, wherever it lies. A
+    folder (a Hugging Face save_pretrained checkpoint): of its files' names and bytes, in name order."""
     h = hashlib.sha256()
+    files = sorted(p for p in Path(path).iterdir() if p.is_file()) if os.path.isdir(path) else [Path(path)]
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        for file in files:
+            if os.path.isdir(path):
+                h.update(f"{file.name}\0".encode())
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
     except OSError as e:
         raise UserError(f"cannot read '{path}': {e.strerror or e}") from None
     return h.hexdigest()

@@ -109,13 +109,23 @@ def _head_keys(sd: Dict[str, torch.Tensor], head: str):
     return [k for k in sd if k.startswith(f"{head}.")]
 
 
-def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: bool = False) -> Optional[str]:
-    """Load a timm-format checkpoint with timm's own key filter/resizing rules (e.g. relative position
-    tables and patch embeddings resized to the model's window/patch size), strictly, except for the
-    classifier: one for another number of classes than `model`'s (or any, with `reset_head`) is left out,
-    so the model keeps its freshly initialised head. Returns the info line saying so (else None); any
-    other mismatch is one UserError line naming it."""
-    sd = read_state_dict(path)
+def load_timm_checkpoint(model: nn.Module, path: str | os.PathLike, reset_head: bool = False,
+                         checkpoint: Any = None, asked: Optional[str] = None) -> Optional[str]:
+    """Load a checkpoint in any layout `checkpoints.LAYOUTS` reads (timm, official Swin, Hugging Face,
+    mmdetection; `checkpoint`: one `checkpoints.read_checkpoint` read already), converted to timm's layout,
+    with timm's own key filter/resizing rules (e.g. relative position tables and patch embeddings resized
+    to the model's window/patch size), strictly, except for the classifier: one for another number of
+    classes than `model`'s (or any, with `reset_head`) is left out, so the model keeps its freshly
+    initialised head. `asked`: the model name the user gave; a checkpoint of another architecture is then
+    one line saying what the file holds and what was asked. Returns the info line about the head (else
+    None); any other mismatch is one UserError line naming it."""
+    from .checkpoints import architecture_mismatch, read_checkpoint
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
+    if asked is not None:
+        mismatch = architecture_mismatch(checkpoint.architecture, model, asked)
+        if mismatch:
+            raise UserError(f"checkpoint '{path}': {mismatch}")
+    sd = dict(checkpoint.state)
     filter_fn = getattr(importlib.import_module(_family_module(model)), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:

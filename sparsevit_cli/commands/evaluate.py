@@ -54,7 +54,7 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
         for extra in results_paths(results_path, True).values():
             check_output_file(extra, "--results-json", inputs={"--checkpoint": opts.checkpoint})
     config_file = config_option(opts.config, opts.sparsity)
-    model, method, meta = load_model_file(opts.checkpoint, config_file)
+    model, method, meta = load_model_file(opts.checkpoint, config_file, checkpoints=True)
     backbone = backbone_of(model)
     config = meta.sparsity
     task = get_task(meta.task)

@@ -87,21 +87,27 @@ def measured_models(model: Optional[str], checkpoint: Optional[Path], img_size: 
     meta = read_meta(checkpoint) if checkpoint is not None and os.path.isfile(checkpoint) else None
     if meta is not None:
         return _from_model_file(Path(checkpoint), meta, model, img_size, config)
-    return _from_timm(model or DEFAULT_MODEL, checkpoint, DEFAULT_IMG_SIZE if img_size is None else img_size,
+    return _from_timm(model, checkpoint, DEFAULT_IMG_SIZE if img_size is None else img_size,
                       config["sparsity"] if isinstance(config, dict) else config)
 
 
-def _from_timm(name: str, checkpoint: Optional[Path], img_size: int, config) -> MeasuredModels:
-    from ..io import check_file
+def _from_timm(name: Optional[str], checkpoint: Optional[Path], img_size: int, config) -> MeasuredModels:
+    """A timm model, from a checkpoint in any layout `checkpoints` reads (its own architecture unless
+    `name` is given), else `name` (default Swin-T) with random weights."""
+    from ..checkpoints import model_for, read_checkpoint
     from ..methods import method_for_model
     from ..timm_models import create_timm_model, load_timm_checkpoint
 
-    if checkpoint is not None:  # a missing or unreadable file costs no model build
-        check_file(checkpoint, "checkpoint")
-    dense = create_timm_model(name, img_size=img_size)
+    # a missing or unreadable file costs no model build
+    ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
+    asked, args = name, {"img_size": img_size}
+    if ckpt is not None:
+        name, args = model_for(ckpt, name, args)
+    name = name or DEFAULT_MODEL
+    dense = create_timm_model(name, **args)
     method = method_for_model(dense)
-    if checkpoint is not None:
-        load_timm_checkpoint(dense, checkpoint)
+    if ckpt is not None:
+        load_timm_checkpoint(dense, checkpoint, checkpoint=ckpt, asked=asked)
     if config is None or isinstance(config, (int, float)):
         config = method.uniform_config(dense, DEFAULT_SPARSITY if config is None else float(config))
     sparse = method.wrap(copy.deepcopy(dense))

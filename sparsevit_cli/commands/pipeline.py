@@ -61,8 +61,11 @@ def check_settings(cfg: PipelineConfig) -> None:
         raise UserError("the pipeline starts from a trained model: give --checkpoint (a timm checkpoint with "
                         "--model, or a sparsevit model file), or turn on pipeline.dense.run to train one")
     if cfg.checkpoint:
-        check_file(cfg.checkpoint, "checkpoint")
-        if not p.dense.run and not p.adapt.run and read_meta(cfg.checkpoint) is None:
+        from ..checkpoints import read_checkpoint
+        raw = os.path.isdir(cfg.checkpoint) or read_meta(check_file(cfg.checkpoint, "checkpoint")) is None
+        if raw:  # timm, official Swin, Hugging Face (a folder too), mmdetection: recognised before any stage
+            read_checkpoint(cfg.checkpoint)
+        if not p.dense.run and not p.adapt.run and raw:
             raise UserError(f"'{cfg.checkpoint}' is a timm checkpoint; without the adapt stage the pipeline "
                             f"searches the checkpoint itself, which must be a sparsevit model file (from adapt)")
     if p.search.run is False and p.finetune.run is False and p.export.run is False and p.evaluate.run is False:

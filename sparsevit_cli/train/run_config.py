@@ -241,7 +241,9 @@ class TaskOptions(Section):
 
 class RunConfig(Section):
     model: ModelCfg = Field(default_factory=ModelCfg)
-    checkpoint: Optional[str] = Field(None, description="timm-format checkpoint or toolkit model file to start from")
+    checkpoint: Optional[str] = Field(None, description=(
+        "toolkit model file, or a checkpoint (file or Hugging Face folder) from timm, the official Swin repo, "
+        "Hugging Face or mmdetection/mmsegmentation to start from; without model.name its architecture is built"))
     reset_head: bool = Field(False, description=(
         "always re-initialise the checkpoint's classifier, or the class-dependent layers of its task head "
         "(one for another number of classes is re-initialised without it)"))

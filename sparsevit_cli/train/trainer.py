@@ -77,7 +77,14 @@ class Trainer:
         self._seed_everything(cfg.seed)
         from ..model_file import read_meta
         # a toolkit model file fixes the model; the run config may only restate what the file says
-        self.checkpoint_meta = read_meta(cfg.checkpoint) if cfg.checkpoint else None
+        self.checkpoint_meta = read_meta(cfg.checkpoint) if cfg.checkpoint and not os.path.isdir(cfg.checkpoint) else None
+        # any other checkpoint (timm, official Swin, Hugging Face, mmdetection) is read and recognised now,
+        # before the data: its architecture is the model's unless model.name is given
+        self.raw_checkpoint = None
+        if cfg.checkpoint and self.checkpoint_meta is None:
+            from ..checkpoints import read_checkpoint
+            self.raw_checkpoint = read_checkpoint(cfg.checkpoint)
+            self._info(self.raw_checkpoint.layout_line)
         if self.checkpoint_meta is not None and "task" not in cfg.data.model_fields_set:
             cfg.data.task = self.checkpoint_meta.task  # `adapt --checkpoint det.safetensors --data coco/`
         self.task = get_task(cfg.data.task)
@@ -90,7 +97,8 @@ class Trainer:
             img_size = built
         else:
             from ..model_file import DEFAULT_IMG_SIZE
-            img_size = int(asked or DEFAULT_IMG_SIZE)
+            held = self.raw_checkpoint.architecture.img_size if self.raw_checkpoint is not None else None
+            img_size = int(asked or (held if not self._model_named else None) or DEFAULT_IMG_SIZE)
         self.img_size = img_size
         data = dict(img_size=img_size, skip_bad_images=cfg.data.skip_bad_images)
         self.train_set = self.task.dataset(cfg.data.path, "train", train=True, **data)
@@ -168,14 +176,21 @@ class Trainer:
             return model, method
         # the timm checkpoint loads into the bare backbone, classifier included (a dense task's head then
         # drops the classifier, which it never runs); the task head is built fresh around it
-        backbone = create_timm_model(cfg.model.name, **args)
-        if cfg.checkpoint:
-            note = load_timm_checkpoint(backbone, cfg.checkpoint, reset_head=cfg.reset_head)
-            if note:
-                self._info(note)
+        name, ckpt = cfg.model.name, self.raw_checkpoint
+        if ckpt is not None:  # without model.name, the checkpoint's own architecture at the run's image size
+            from ..checkpoints import model_for
+            name, args = model_for(ckpt, name if self._model_named else None,
+                                   args if self._model_named else {**args, "img_size": self.img_size})
+        backbone = create_timm_model(name, **args)
+        if ckpt is not None:
+            note = load_timm_checkpoint(backbone, cfg.checkpoint, reset_head=cfg.reset_head, checkpoint=ckpt,
+                                        asked=name if self._model_named else None)
+            for line in (ckpt.dropped_line, note):
+                if line:
+                    self._info(line)
         method = method_for_model(backbone)
         backbone = method.wrap(backbone, **options)
-        self.model_name, self.model_args = cfg.model.name, args
+        self.model_name, self.model_args = name, args
         self.task_options = cfg.task_options.given()
         head, had_classes = classifier_names(backbone)[0], backbone.num_classes
         try:
@@ -187,6 +202,11 @@ class Trainer:
         if cfg.checkpoint and had_classes and not backbone_of(model).num_classes:
             self._info(f"{head}: not used by the {cfg.data.task} head, dropped (backbone weights loaded)")
         return model, method
+
+    @property
+    def _model_named(self) -> bool:
+        """Whether the run config (or --model) names the model; else a checkpoint's architecture is built."""
+        return "name" in self.cfg.model.model_fields_set
 
     def _check_model_matches_file(self, meta) -> None:
         """A run config that names another model, other constructor args or another task than the
