@@ -98,7 +98,8 @@ def measure(
     sparsity: Optional[float] = typer.Option(None, help="Uniform window sparsity for every block, 0.0-0.8 "
                                                         "in steps of 0.1 (default: the model file's config, "
                                                         "else 0.6)."),
-    config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml)."),
+    config: Optional[Path] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml, or "
+                                                     "`sparsity: 0.5`); default: --sparsity."),
     repeats: int = typer.Option(10, min=1, help="Timed repeats; the median is reported."),
     warmup: int = typer.Option(3, min=0, help="Untimed warm-up runs."),
     cuda_graphs: bool = typer.Option(False, help="Capture each model in a CUDA graph (CUDA only)."),
@@ -152,8 +153,10 @@ def finetune(
     config: Path = typer.Argument(..., help="Run-config YAML: model, checkpoint, data, task, sparsity "
                                             "(a list, a number or a search's best.yaml), optimiser, schedule, epochs..."),
     resume: bool = typer.Option(False, help="Continue bit-for-bit from out/last.pt."),
-    out: Optional[str] = typer.Option(None, help="Output directory (overrides the file's `out`)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (overrides the file)."),
+    out: Optional[str] = typer.Option(None, help="Output directory (overrides the file's `out`); default: the "
+                                                 "file's, else runs/finetune."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (overrides the file); default: the file's, "
+                                                           "else 10."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Train one sparsity config to convergence (all zeros = dense training); writes out/model.safetensors."""
@@ -164,7 +167,8 @@ def finetune(
 
 @app.command()
 def adapt(
-    config: Optional[Path] = typer.Option(None, "--config", help="Run-config YAML (same keys as finetune)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Run-config YAML (same keys as finetune); "
+                                                                "default: none (the options below and defaults)."),
     checkpoint: Optional[str] = typer.Option(None, help="Trained model: a sparsevit .safetensors file, or a "
                                                          "checkpoint from timm, the official Swin repo, Hugging "
                                                          "Face (file or save_pretrained folder) or mmdetection/"
@@ -210,24 +214,30 @@ def search(
     out: str = typer.Option("runs/search", help="Output directory: best.yaml, history.jsonl, pareto.png."),
     space: Optional[str] = typer.Option(None, help="Search space: packaged name (swin_t, psvit_deit, ...) or "
                                                    "YAML path (default: the one the model was adapted on)."),
-    budget_macs: Optional[str] = typer.Option(None, help="MAC budget: GMACs per image batch (e.g. 2.5) or a "
-                                                         "percentage of the dense model (e.g. 50%); the whole "
-                                                         "task model as executed (detectors: backbone, FPN, "
-                                                         "RPN and RoI heads), for images of --img-size square "
+    budget_macs: Optional[str] = typer.Option(None, help="MAC budget: GMACs per image batch (e.g. 2.5GMACs) or "
+                                                         "a percentage of the dense model (e.g. 50%); a bare "
+                                                         "number is refused; for images of --img-size square "
                                                          "(detectors: as their resize and padding make it; the "
-                                                         "default resize fits every image in that square)."),
+                                                         "default resize fits every image in that square). "
+                                                         "Checked against the cheapest and densest config first. "
+                                                         "Give it or --budget-latency."),
     budget_latency: Optional[str] = typer.Option(None, help="Latency budget on --device: milliseconds per "
                                                             "forward (e.g. 20ms) or a percentage of dense (60%), "
                                                             "timed end to end on the first --batch-size val "
-                                                            "images."),
+                                                            "images; a bare number is refused. Give it or "
+                                                            "--budget-macs."),
     budget_macs_of: Optional[MacScope] = typer.Option(None, help="What --budget-macs and --min-macs count: the "
-                                                                   "whole task model as executed (default) or "
-                                                                   "its sparse backbone alone (the paper's "
-                                                                   "'50% of backbone MACs')."),
-    min_macs: Optional[str] = typer.Option(None, help="Lower MAC bound (GMACs or % of dense)."),
-    min_latency: Optional[str] = typer.Option(None, help="Lower latency bound (ms or % of dense)."),
+                                                                   "whole task model as executed (detectors: "
+                                                                   "backbone, FPN, RPN and RoI heads) or its sparse "
+                                                                   "backbone alone (the paper's '50% of backbone "
+                                                                   "MACs'). Default: the model for classification, "
+                                                                   "the backbone for detection and segmentation "
+                                                                   "(neck and heads are a fixed cost)."),
+    min_macs: Optional[str] = typer.Option(None, help="Lower MAC bound (2GMACs or % of dense); default: none."),
+    min_latency: Optional[str] = typer.Option(None, help="Lower latency bound (ms or % of dense); default: none."),
     latency_table: Optional[str] = typer.Option(None, help="Per-block latency table JSON: predicted instead of "
-                                                           "measured; built and saved there if missing."),
+                                                           "measured; built and saved there if missing. Default: "
+                                                           "none (measured)."),
     compile: bool = typer.Option(False, "--compile", help="Measure the latency budget on the torch.compile'd "
                                                           "model (checked exact against eager per config); "
                                                           "not with --latency-table."),
@@ -293,7 +303,8 @@ def evaluate(
                                        "folders or COCO)."),
     config: Optional[str] = typer.Option(None, help="Sparsity-config YAML (e.g. a search's best.yaml); default: "
                                                     "the config stored in the model file."),
-    sparsity: Optional[float] = typer.Option(None, help="Uniform sparsity for every block instead (0.0-0.8)."),
+    sparsity: Optional[float] = typer.Option(None, help="Uniform sparsity for every block instead (0.0-0.8); "
+                                                        "default: the model file's config."),
     dense: bool = typer.Option(False, "--dense", help="Also score the dense config (same weights), first row."),
     split: str = typer.Option("val", help="Split of --data to score (its folder or instances_<split>.json)."),
     batch_size: int = typer.Option(16, min=1, help="Images per forward."),
@@ -641,7 +652,8 @@ def export(
                                                              "not verifiable here)."),
     out: Path = typer.Option(..., help="Output file."),
     tolerance: float = typer.Option(1e-4, help="Largest accepted relative error vs PyTorch (>= 0)."),
-    data: Optional[str] = typer.Option(None, help="Data directory: verify on real validation images too."),
+    data: Optional[str] = typer.Option(None, help="Data directory: verify on real validation images too; "
+                                                  "default: none (random inputs only)."),
     time_it: bool = typer.Option(True, "--time/--no-time", help="Time exported sparse vs exported dense."),
     dynamic_size: Optional[bool] = typer.Option(None, "--dynamic-size/--static-size", help=(
         "Export with dynamic input height and width (ONNX dynamic axes, torch.export dynamic shapes), verified at "
