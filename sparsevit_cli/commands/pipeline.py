@@ -511,8 +511,10 @@ def latency_warnings(card: Dict[str, Any]) -> List[str]:
     """One line per row whose latency against dense these repeats cannot support (interquartile ranges that
     overlap, or too few repeats to measure a spread): its speedup may be timing noise."""
     from ..timing import MIN_SPREAD_REPEATS, unreliable
-    repeats = card.get("repeats", 1)
     dense = card["rows"][0]
+    if "repeats" not in card or "ms_low" not in dense:  # an evaluation recorded before spreads were: unknown
+        return []
+    repeats = card["repeats"]
     a = _spread(dense, repeats)
     lines = []
     for r in card["rows"][1:]:
