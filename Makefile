@@ -46,7 +46,7 @@ bench-det: install  ## dense vs uniform vs searched Faster R-CNN (TASK=instance_
 bench-seg: install  ## `sparsevit pipeline` on the demo segmentation data at 512 px (Semantic FPN): mIoU, backbone and end-to-end speedups
 	$(PY) benchmarks/bench_seg.py
 
-bench-search: install  ## evolution vs random search vs best uniform vs downscaled dense, 5 seeds, 3 MAC + 1 latency budget
+bench-search: install  ## evolution vs random search vs best uniform vs downscaled dense, 5 seeds, 6 MAC budgets (at and between uniform grid points) + 1 latency budget
 	$(PY) benchmarks/bench_search.py
 
 bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)

@@ -84,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budgets", default=DEFAULT_BUDGETS,
                     help="MAC budgets: fractions of dense (0.3), at a uniform config's MACs (at:0.5: uniform 50%%), "
-                         "or midway between two uniform configs' MACs (mid:0.7:0.8)")
+                         "or midway between two uniform configs' MACs (mid:0.7:0.8); default %(default)s")
     ap.add_argument("--latency-budget", type=float, default=0.5, help="fraction of dense latency (0: none)")
     ap.add_argument("--confirm-top", type=int, default=5)
     ap.add_argument("--device", default="cpu")

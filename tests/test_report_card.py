@@ -96,7 +96,7 @@ def test_training_line_says_whether_dense_and_pick_trained_alike(stages, want_de
         "dense": {"run": True}, "adapt": {"epochs": 2}, "finetune": {"run": stages["finetune"], "epochs": 1},
         "evaluate": {"dense_finetune": stages["dense_finetune"]}}})
     dense_ref = None if not stages["finetune"] else Path("dense.safetensors")
-    t = _training(cfg, dense_ref, None)
+    t = _training(cfg, dense_ref)
     assert (t.dense, t.pick) == (want_dense, want_pick)
     assert t.line.startswith("Like-for-like" if alike else "Not like-for-like")
     if not alike:

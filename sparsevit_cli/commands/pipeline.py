@@ -178,7 +178,7 @@ def _run(cfg: PipelineConfig, out: Path, progress: bool, console: Console, stage
                               lambda: run_finetune(rc, resume=True, progress=progress, console=console),
                               {"checkpoint": adapted_digest, "data": data, "run": _train_inputs(rc)})
             result.stages["finetune_dense"] = str(dense_ref)
-        training = _training(cfg, dense_ref, source)
+        training = _training(cfg, dense_ref)
         evaluation = stage("evaluate: dense, uniform and searched on held-out images, timed", out / "evaluate" /
                            "evaluate.json",
                            lambda: _evaluate(cfg, dense_ref, adapted, config if p.search.run else None, final,
@@ -229,7 +229,7 @@ def _dense_reference(cfg: PipelineConfig, source: Optional[Path]) -> Optional[Pa
     return source
 
 
-def _training(cfg: PipelineConfig, dense_ref: Optional[Path], source: Optional[Path]) -> "Training":
+def _training(cfg: PipelineConfig, dense_ref: Optional[Path]) -> "Training":
     """Epochs trained in this run behind each kind of row, and the card's line saying whether dense and the
     pick were trained alike."""
     p = cfg.pipeline
@@ -286,7 +286,7 @@ def search_uniform(search_file: Optional[Path]) -> Optional[float]:
 
 def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Path, searched_config: Any,
               final_file: Path, final_config: Any, search_file: Optional[Path], out: Path,
-              training: Optional[Training] = None) -> None:
+              training: Training) -> None:
     """Score (held-out images), cost and time every point; write evaluate.json atomically."""
     import torch
 
@@ -298,7 +298,6 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
     from .search import latency_batch, parse_budget
 
     p = cfg.pipeline
-    training = training or _training(cfg, dense_file, None)
     dev = resolve_device(cfg.target_device)
     adapted = load(adapted_file).to(dev)
     final = load(final_file, final_config).to(dev)
@@ -415,7 +414,7 @@ def _evaluate(cfg: PipelineConfig, dense_file: Optional[Path], adapted_file: Pat
               "held_out_images": len(held), "val_images": len(val),
               # False: the search saw every val image (none was left over), so the card scores them all
               "held_out": search_file is not None and len(held) < len(val),
-              "budget": {"text": b.text(cfg.device), "value": limit, "unit": unit, "of": what},
+              "budget": {"text": b.text(cfg.device), "value": limit, "unit": unit, "of": what, "batch": b.batch_size},
               "final_model": str(final_file), "rows": rows,
               "curve": [row(pt) for pt in points if pt["kind"] in ("dense", "uniform")]}
     atomic_write_json(out, report)
@@ -517,8 +516,10 @@ def latency_warnings(card: Dict[str, Any]) -> List[str]:
     """One line per row whose latency against dense these repeats cannot support (interquartile ranges that
     overlap, or too few repeats to measure a spread): its speedup may be timing noise."""
     from ..timing import MIN_SPREAD_REPEATS, unreliable
-    repeats = card.get("repeats", 1)
     dense = card["rows"][0]
+    if "repeats" not in card or "ms_low" not in dense:  # an evaluation recorded before spreads were: unknown
+        return []
+    repeats = card["repeats"]
     a = _spread(dense, repeats)
     lines = []
     for r in card["rows"][1:]:
@@ -587,8 +588,9 @@ def _plot(card: Dict[str, Any], path: Path) -> None:
     budget = card["budget"]
     if budget["unit"] == "ms" and budget["of"] == "latency":
         axes["latency"].axvline(budget["value"], color="grey", linestyle="--", linewidth=1, label="latency budget")
-    elif budget["of"] == "macs" and budget["unit"] == "GMACs" and "backbone" not in budget["text"]:
-        axes["gmacs"].axvline(budget["value"], color="grey", linestyle="--", linewidth=1, label="MAC budget")
+    elif budget["of"] == "macs" and "backbone" not in budget["text"]:  # counted at the budget's batch
+        axes["gmacs"].axvline(budget["value"] / budget.get("batch", 1), color="grey", linestyle="--", linewidth=1,
+                              label="MAC budget")
     axes["gmacs"].set_xlabel("GMACs per image (analytic, whole model)")
     axes["latency"].set_xlabel(f"batch-1 latency, ms ({card['device']}): median and interquartile range of "
                                f"{card.get('repeats', 1)} interleaved repeats", fontsize=8)
