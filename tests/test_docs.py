@@ -13,6 +13,7 @@ checkpoint of a micro Swin), `my_data/` (an ImageFolder), `my_coco/` (a COCO set
   trailing flags for search sizes, timing repeats and epochs (a flag given twice: the last wins).
 - ```yaml: checked against the run-config schema (`PipelineConfig`); a block whose first line is
   `# NAME.yaml` is written to the sandbox as NAME.yaml, with the same tiny sizes merged in.
+- Searches of detectors bootstrap COCO AP with 10 resamples instead of 100 (each one is a COCOeval).
 - ```text: not run. Any other fence fails the test (a block is code that runs, or text that says so).
 """
 import copy
@@ -148,6 +149,8 @@ def run_page(page: str, sandbox, capsys, monkeypatch):
         run_page("README.md", sandbox, capsys, monkeypatch)  # the pages build on its pipeline run
     box = sandbox["dir"]
     monkeypatch.chdir(box)
+    # a COCO AP interval re-runs COCOeval per bootstrap resample (100 in a search): 10 make the same code path
+    monkeypatch.setattr("sparsevit_cli.search.confirm.RESAMPLES_SLOW", 10)
     namespace = {"__name__": f"doc:{page}"}
     targets = make_targets()
     for lang, code, line in blocks(page):
