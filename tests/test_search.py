@@ -448,3 +448,19 @@ def test_splits_are_recorded_kept_on_resume_and_evaluate_leaves_the_fitness_imag
     code, stdout, err = run_cli(["evaluate", "--checkpoint", str(model_file), "--data", str(data_dir), "--config",
                                  str(uninterrupted / "best.yaml"), "--include-fitness-images"], capsys)
     assert code == 0 and "12 val images" in " ".join(stdout.split())
+
+
+def test_shared_prefix_search_equals_network_by_network(tmp_path, model_file, data_dir, capsys):
+    """The default (shared prefixes) and --no-shared-prefix score every network the same, to the bit: same
+    history, same pick; the counts line says how many block-pair executions the tree saved."""
+    outs = {}
+    for name, extra in (("tree", []), ("alone", ["--no-shared-prefix"])):
+        outs[name] = tmp_path / name
+        code, stdout, err = run_cli(search_args(model_file, data_dir, outs[name], "--budget-macs", "60%", *extra),
+                                    capsys)
+        assert code == 0, err
+        if name == "tree":
+            assert "fewer than the" in stdout and "block-pair executions" in stdout
+    assert (outs["tree"] / "history.jsonl").read_text() == (outs["alone"] / "history.jsonl").read_text()
+    assert yaml.safe_load((outs["tree"] / "best.yaml").read_text()) == \
+        yaml.safe_load((outs["alone"] / "best.yaml").read_text())

@@ -55,8 +55,8 @@ def slice_ends(n: int, step: int, slices: Sequence[float] = RACE_SLICES) -> List
     """Where the race's slices of n images end: at the given shares, rounded to whole multiples of `step`
     (the batch a rank scores, so every image is scored in the same batch as without racing), distinct,
     the last at n."""
-    ends = sorted({min(n, max(step, int(round(s * n / step)) * step)) for s in slices} | {n})
-    return ends
+    inner = {max(step, int(round(s * n / step)) * step) for s in slices if s < 1.0}
+    return sorted({e for e in inner if e < n} | {n})
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""Racing on growing slices drops a candidate only by the stated bound: its upper bound below the leader's
+lower bound (Student's t interval at RACE_LEVEL), checked on hand-built per-image scores."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import t
+
+from sparsevit_cli.search.racing import RACE_LEVEL, bound, race, slice_ends, survivors
+
+
+def test_bound_is_the_t_interval_of_the_mean():
+    v = [1.0, 2.0, 3.0, 4.0]
+    b = bound(v, 0.95)
+    half = t.ppf(0.975, 3) * np.std(v, ddof=1) / 2.0
+    assert b.mean == 2.5 and b.low == pytest.approx(2.5 - half) and b.high == pytest.approx(2.5 + half)
+    assert bound([1.0]).low == -np.inf  # one image bounds nothing
+
+
+def test_a_candidate_stops_only_when_its_upper_bound_is_below_the_leaders_lower_bound():
+    spread = np.array([-1.0, 1.0] * 8)  # sd ~1.03 over 16 images
+    leader = 10.0 + spread
+    half = bound(leader).mean - bound(leader).low  # same spread: same half width for every candidate
+    # just below the gap of two half widths: intervals overlap, kept; just above it: disjoint, dropped
+    kept, dropped = leader - 2 * half + 1e-6, leader - 2 * half - 1e-6
+    assert survivors([leader, kept, dropped]) == [True, True, False]
+    assert bound(dropped).high < bound(leader).low <= bound(kept).high
+    # noisier scores widen the interval: the same mean gap no longer drops it
+    assert survivors([leader, dropped.mean() + 5 * spread]) == [True, True]
+
+
+def test_slices_end_on_whole_batches_and_at_n():
+    assert slice_ends(100, 8) == [24, 48, 100]
+    assert slice_ends(10, 8) == [8, 10]
+    assert slice_ends(5, 8) == [5]
+
+
+def test_race_scores_survivors_on_every_image_and_stops_the_others_at_a_slice():
+    n = 64
+    rng = np.random.default_rng(0)
+    truth = [0.0, -0.05, -3.0, -6.0]  # two close, two far behind
+    per_image = [m + rng.normal(0, 0.5, n) for m in truth]
+    asked = []
+
+    def score(alive, start, end):
+        asked.append((list(alive), start, end))
+        return [list(per_image[i][start:end]) for i in alive]
+
+    out = race(score, np.asarray, len(truth), n, step=4)
+    assert asked[0] == ([0, 1, 2, 3], 0, 16)  # everyone on the first quarter
+    assert out.finished == [True, True, False, False] and out.images == [64, 64, 16, 16]
+    assert all(np.array_equal(out.records[i], per_image[i][:out.images[i]]) for i in range(4))
+    # what was dropped was dropped by the bound on the images it had seen
+    first = [per_image[i][:16] for i in range(4)]
+    assert [bound(first[i]).high < bound(first[0]).low for i in range(4)] == [False, False, True, True]
