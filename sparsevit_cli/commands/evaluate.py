@@ -40,12 +40,13 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     COCO tasks: every row also has 'coco': {metric: COCOeval's summary (+ 'per_class' with `per_class`)}, and
     with `results_json` the last row's (the config asked for) detections are written there ('results_json')."""
     from ..evaluate import metric_values, run_metric, search_indices
-    from ..io import atomic_write_json, check_output_file
+    from ..io import atomic_write_json, check_output_file, refuse_input
     from ..model_file import config_option, load_model_file
     from ..tasks import backbone_of, get_task
 
     device = resolve_device(opts.device)  # options first: a typo costs no model load
-    results_path = check_output_file(opts.results_json, "--results-json") if opts.results_json else None
+    results_path = check_output_file(opts.results_json, "--results-json", inputs={
+        "model file": opts.checkpoint, "--config": opts.config}) if opts.results_json else None
     config_file = config_option(opts.config, opts.sparsity)
     model, method, meta = load_model_file(opts.checkpoint, config_file)
     backbone = backbone_of(model)
@@ -54,6 +55,8 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     img_size = meta.image_size
     dataset = task.dataset(opts.data, opts.split, img_size, train=False)
     meta.check_data(dataset, opts.data, opts.checkpoint)
+    if results_path is not None:  # the data's files are known now: refused before any image is scored
+        refuse_input(results_path, "--results-json")
     if (results_path is not None or opts.per_class) and not hasattr(task.metric(dataset), "summary"):
         raise UserError(f"--results-json and --per-class are for COCO tasks (detection, instance_segmentation); "
                         f"'{opts.checkpoint}' is a {task.name} model")
