@@ -42,17 +42,21 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     with `results_json` the last row's (the config asked for) detections are written there ('results_json')."""
     from ..evaluate import metric_values, run_metric, search_indices
     from ..detection.coco import write_coco_results
-    from ..io import check_output_file
+    from ..io import check_output_file, refuse_input
     from ..model_file import config_option, load_model_file
     from ..tasks import backbone_of, get_task
 
     device = resolve_device(opts.device)  # options first: a typo costs no model load
-    results_path = check_output_file(opts.results_json, "--results-json") if opts.results_json else None
+    results_path = check_output_file(opts.results_json, "--results-json", inputs={
+        "model file": opts.checkpoint, "--config": opts.config}) if opts.results_json else None
+    results_extra = []
     if results_path is not None:  # its companion (an instance segmenter's boxes) may not land on an input either
         from ..detection.coco import results_paths
 
         for extra in results_paths(results_path, True).values():
-            check_output_file(extra, "--results-json", inputs={"--checkpoint": opts.checkpoint})
+            if extra != results_path:
+                results_extra.append(check_output_file(extra, "--results-json", inputs={
+                    "model file": opts.checkpoint, "--config": opts.config}))
     config_file = config_option(opts.config, opts.sparsity)
     model, method, meta = load_model_file(opts.checkpoint, config_file, checkpoints=True)
     backbone = backbone_of(model)
@@ -61,6 +65,9 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
     img_size = meta.resolve_img_size(opts.img_size)
     dataset = task.dataset(opts.data, opts.split, img_size, train=False)
     meta.check_data(dataset, opts.data, opts.checkpoint)
+    if results_path is not None:  # the data's files are known now: refused before any image is scored
+        for path in (results_path, *results_extra):
+            refuse_input(path, "--results-json")
     if (results_path is not None or opts.per_class) and not hasattr(task.metric(dataset), "summary"):
         raise UserError(f"--results-json and --per-class are for COCO tasks (detection, instance_segmentation); "
                         f"'{opts.checkpoint}' is a {task.name} model")

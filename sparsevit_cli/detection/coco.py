@@ -264,13 +264,13 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
         if "area" in ann and not (_is_number(ann["area"]) and math.isfinite(ann["area"]) and ann["area"] >= 0):
             raise UserError(f"{where}: {what}: 'area' must be a finite number >= 0, got {shorten(ann['area'], 40)}")
         segm = ann.get("segmentation")
-        if masks and not _valid_segmentation(segm):
-            raise UserError(f"{where}: {what} has no valid segmentation (polygons or RLE), which "
-                            f"instance segmentation needs")
         if segm is not None and segm != []:  # an empty list: no mask (a box-only file may carry one)
             fault = segmentation_fault(segm, H, W)
             if fault:
                 raise UserError(f"{where}: {what}: 'segmentation' {fault}")
+        if masks and not _valid_segmentation(segm):
+            raise UserError(f"{where}: {what} has no valid segmentation (polygons or RLE), which "
+                            f"instance segmentation needs")
         if ann.get("iscrowd") == 1 and segm is not None and segm != [] and not isinstance(segm, dict):
             raise UserError(f"{where}: {what}: 'segmentation' of a crowd annotation (iscrowd 1) must be RLE")
         ann.setdefault("iscrowd", 0)
