@@ -31,7 +31,7 @@ bench: install  ## ratios measured in one run; never part of the tests
 bench-gpu: install  ## Swin-T 1344², batch 8, fp16/bf16 x eager/CUDA graphs/compile, 0-80% + a searched-style config
 	$(PY) benchmarks/bench_gpu.py --json runs/bench_gpu.json
 
-bench-export: install  ## exported ONNX dense vs sparse on onnxruntime CPU, with parity errors
+bench-export: install  ## exported ONNX dense vs sparse on onnxruntime CPU, with parity errors: the Swin backbone, then whole Faster R-CNN detectors at 512 px and on a mixed-aspect set
 	$(PY) benchmarks/bench_export.py
 
 bench-latency: install  ## latency-table predictions vs measurement (Swin-T 448² and DeiT-S 224², CPU)

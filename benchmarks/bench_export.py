@@ -1,6 +1,9 @@
-"""Exported dense vs exported window-sparse Swin on onnxruntime (CPU), timed in one run (interleaved).
+"""Exported dense vs exported window-sparse Swin on onnxruntime (CPU), timed in one run (interleaved); then the
+same for whole Faster R-CNN detectors (one ONNX file each, `sparsevit export` of a detector) at --det-img-size and
+on a mixed-aspect set of images (the detector resizes each, aspect kept).
 
     python benchmarks/bench_export.py [--img-size 448] [--sparsity 0.6] [--repeats 10] [--warmup 3]
+                                      [--det-img-size 512] [--det-sparsity 0.5] [--no-detector]
 
 Both models go through `sparsevit_cli.commands.export.export_model`, the code behind `sparsevit export`, so each file
 is checked against PyTorch as it is written; the parity column is the largest relative error over the
@@ -24,7 +27,7 @@ import sparsevit_cli as sv
 from sparsevit_cli.commands.export import FORMATS, export_model
 from sparsevit_cli.timing import time_models
 from sparsevit_cli.swin.cost import swin_macs
-from common import add_model_options, apply_smoke
+from common import SMOKE_IMG_SIZE, add_model_options, apply_smoke
 
 
 def randomize_norms_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -52,7 +55,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(ap, img_size=448, repeats=10, warmup=3)
     ap.add_argument("--sparsity", type=float, default=0.6, help="uniform window sparsity of the sparse model")
-    args = apply_smoke(ap.parse_args(argv))
+    add_detector_options(ap)
+    args = apply_smoke(ap.parse_args(argv), det_img_size=SMOKE_IMG_SIZE)
 
     torch.manual_seed(0)
     model = sv.sparsify(randomize_norms_(timm.create_model(args.model, img_size=args.img_size, **args.model_args).eval()))
@@ -75,7 +79,68 @@ def main(argv=None):
         table.add_row(label, f"{macs / 1e9:.2f}", f"{ms[label]:.1f}", f"{speedup:.2f}x", f"{ideal:.2f}x",
                       f"{speedup / ideal:.2f}", f"{err:.1e}")
     Console(width=120).print(table)  # no wrapping when piped to a file
+    if args.detector:
+        detector_rows(args)
     return {label: err for label, (_, err, _) in exported.items()}
+
+
+#: the mixed-aspect set (width x height at a 512 px canvas; scaled to --det-img-size): 4:3, 3:4, 16:9, 1:1
+MIXED_ASPECT = ((320, 240), (240, 320), (384, 216), (256, 256))
+
+
+def add_detector_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--det-img-size", type=int, default=512, help="the detectors' canvas (px)")
+    ap.add_argument("--det-sparsity", type=float, default=0.5, help="uniform window sparsity of the sparse detector")
+    ap.add_argument("--no-detector", dest="detector", action="store_false", help="skip the whole-detector rows")
+
+
+def detector_rows(args) -> dict:
+    """Dense vs sparse whole Faster R-CNN (random weights, every detection kept so both run the same heads) in
+    onnxruntime: each exported and verified by `export_whole_detector`, then timed interleaved on one square
+    image and on each image of the mixed-aspect set. Returns {'square': {label: ms}, 'mixed': {label: ms}, ...}."""
+    import numpy as np
+
+    from sparsevit_cli.commands.export_whole import (DETECTOR_INPUT, export_whole_detector, onnx_session)
+    from sparsevit_cli.model_file import ModelMeta
+    from sparsevit_cli.tasks import build_task_model
+
+    S = args.det_img_size
+    torch.manual_seed(0)
+    body = sv.sparsify(randomize_norms_(timm.create_model(args.model, img_size=S, **args.model_args).eval()))
+    detector = build_task_model(body, "detection", 3, box_score_thresh=0.0).eval()
+    meta = ModelMeta(model=args.model, model_args=dict(args.model_args, img_size=S), img_size=S, task="detection",
+                     num_classes=3)
+    g = torch.Generator().manual_seed(0)
+    square = torch.rand(3, S, S, generator=g)
+    mixed = [torch.rand(3, h * S // 512, w * S // 512, generator=g) for w, h in MIXED_ASPECT]
+    labels = {"dense": 0.0, f"sparse {args.det_sparsity:.0%}": args.det_sparsity}
+    runners, notes, parity = {}, [], {}
+    with tempfile.TemporaryDirectory() as d:
+        for i, (label, sparsity) in enumerate(labels.items()):
+            body.set_sparsity(sparsity)
+            # random weights: near-tied scores may reorder between runtimes; the parity is reported, not required
+            report = export_whole_detector(detector, meta, Path(d) / f"det{i}.onnx", S, strict=False)
+            parity[label] = max(c["boxes_px"] for c in report["checks"])
+            notes += [report["note"]] if report.get("note") else []
+            session = onnx_session(Path(d) / f"det{i}.onnx")
+            runners[label] = (lambda s: lambda x: s.run(None, {DETECTOR_INPUT: x.numpy()}))(session)
+        square_ms = time_models(runners, square, warmup=args.warmup, repeats=args.repeats)
+        mixed_ms = {label: 0.0 for label in labels}
+        for image in mixed:
+            for label, ms in time_models(runners, image, warmup=args.warmup, repeats=args.repeats).items():
+                mixed_ms[label] += ms / len(mixed)
+    table = Table(title=f"whole Faster R-CNN ({args.model}) in onnxruntime {ort.__version__} CPU fp32, batch 1 "
+                        f"(median of {args.repeats}, interleaved)")
+    for col in ("detector", f"{S}² ms", "speedup", "mixed-aspect ms (mean)", "speedup", "max box error (px)"):
+        table.add_column(col, justify="right")
+    for label in labels:
+        table.add_row(label, f"{square_ms[label]:.1f}", f"{square_ms['dense'] / square_ms[label]:.2f}x",
+                      f"{mixed_ms[label]:.1f}", f"{mixed_ms['dense'] / mixed_ms[label]:.2f}x", f"{parity[label]:.2g}")
+    console = Console(width=120)
+    for note in dict.fromkeys(notes):
+        console.print(note, highlight=False)
+    console.print(table)
+    return {"square": square_ms, "mixed": mixed_ms, "notes": notes, "parity_px": parity}
 
 
 if __name__ == "__main__":

@@ -50,8 +50,22 @@ def test_bench_gpu_rejects_unknown_mode(bench):
 
 
 def test_bench_export_smoke(bench):
-    errors = bench("bench_export")["main"](["--smoke"])
+    errors = bench("bench_export")["main"](["--smoke", "--no-detector"])
     assert set(errors) == {"dense", "sparse 60%"} and max(errors.values()) < 1e-4
+
+
+def test_bench_export_whole_detector_smoke(bench):
+    """The whole-detector rows: dense and sparse Faster R-CNN exported, verified and timed at one size and on the
+    mixed-aspect set (no timing asserted)."""
+    import argparse
+    module = bench("bench_export")
+    ap = argparse.ArgumentParser()
+    module["add_model_options"](ap, img_size=448, repeats=10, warmup=3)
+    module["add_detector_options"](ap)
+    args = module["apply_smoke"](ap.parse_args(["--smoke"]), det_img_size=64)
+    rows = module["detector_rows"](args)
+    assert set(rows["square"]) == set(rows["mixed"]) == {"dense", "sparse 50%"}
+    assert all(ms > 0 for ms in list(rows["square"].values()) + list(rows["mixed"].values()))
 
 
 def test_bench_latency_table_smoke(bench):
