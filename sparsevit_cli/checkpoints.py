@@ -583,8 +583,8 @@ def _read_raw(path: Path) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
         cfg_file = path / HF_CONFIG
         weights = next((path / n for n in HF_WEIGHTS if (path / n).is_file()), None)
         if weights is None:
-            raise UserError(f"checkpoint folder '{path}' holds no weights (a Hugging Face save_pretrained folder "
-                            f"has {' or '.join(HF_WEIGHTS[:2])} beside {HF_CONFIG})")
+            raise UserError(f"checkpoint '{path}' is a directory without weights (a Hugging Face save_pretrained "
+                            f"folder has {' or '.join(HF_WEIGHTS[:2])} beside {HF_CONFIG})")
         if cfg_file.is_file():
             try:
                 config = json.loads(cfg_file.read_text(encoding="utf-8"))

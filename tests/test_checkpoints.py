@@ -328,7 +328,7 @@ def test_bad_checkpoints_are_one_line(official, tmp_path, capsys):
     (tmp_path / "empty_folder").mkdir()
     (tmp_path / "empty_folder" / "config.json").write_text(json.dumps({"model_type": "swin"}))
     cases = {"truncated.pth": "cannot be read", "mixed.pth": "mixes layouts",
-             "resnet.pth": "in no layout this toolkit reads", "empty_folder": "holds no weights"}
+             "resnet.pth": "in no layout this toolkit reads", "empty_folder": "is a directory without weights"}
     for name, needle in cases.items():
         for argv in (["info", tmp_path / name], ["measure", "--checkpoint", tmp_path / name]):
             code, _, err = run_cli(argv, capsys)
