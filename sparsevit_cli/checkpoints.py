@@ -64,16 +64,17 @@ class Architecture:
 
     @property
     def size_name(self) -> Optional[Tuple[str, str]]:
+        """(timm's size word, the papers' short name), e.g. ('base', 'Swin-B'); None for another size."""
         if self.family == "vit":
             return VIT_SIZES.get((self.embed_dim, self.depths[0]))
-        return SWIN_SIZES.get((self.embed_dim, tuple(self.depths)))
+        size = SWIN_SIZES.get((self.embed_dim, tuple(self.depths)))
+        return (size[0], size[1].replace("Swin-", "SwinV2-")) if size and self.family == "swinv2" else size
 
     def describe(self) -> str:
         """'a Swin with embed_dim 128, depths 2-2-18-2 (Swin-B)'."""
         deep = f"depth {self.depths[0]}" if self.family == "vit" else f"depths {'-'.join(map(str, self.depths))}"
         size = self.size_name
-        return (f"a {FAMILY_WORDS[self.family]} with embed_dim {self.embed_dim}, {deep}"
-                + (f" ({('V2 ' if self.family == 'swinv2' else '')}{size[1]})" if size else ""))
+        return f"a {FAMILY_WORDS[self.family]} with embed_dim {self.embed_dim}, {deep}" + (f" ({size[1]})" if size else "")
 
     def details(self) -> str:
         """Every field, for `info`."""
@@ -202,7 +203,7 @@ def architecture_mismatch(held: Architecture, model: Any, asked: str) -> Optiona
     if same:
         return None
     size = mine.size_name
-    short = f"{'V2 ' if mine.family == 'swinv2' else ''}{size[1]}" if size else asked
+    short = size[1] if size else asked
     heads = "" if held.num_heads == mine.num_heads or not held.num_heads else \
         f", heads {'-'.join(map(str, held.num_heads))} vs {'-'.join(map(str, mine.num_heads or ()))}"
     return (f"the checkpoint holds {held.describe()}; --model is {short} ({mine.describe().removeprefix('a ')}"
@@ -583,8 +584,8 @@ def _read_raw(path: Path) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
         cfg_file = path / HF_CONFIG
         weights = next((path / n for n in HF_WEIGHTS if (path / n).is_file()), None)
         if weights is None:
-            raise UserError(f"checkpoint folder '{path}' holds no weights (a Hugging Face save_pretrained folder "
-                            f"has {' or '.join(HF_WEIGHTS[:2])} beside {HF_CONFIG})")
+            raise UserError(f"checkpoint '{path}' is a directory without weights (a Hugging Face save_pretrained "
+                            f"folder has {' or '.join(HF_WEIGHTS[:2])} beside {HF_CONFIG})")
         if cfg_file.is_file():
             try:
                 config = json.loads(cfg_file.read_text(encoding="utf-8"))

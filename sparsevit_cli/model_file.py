@@ -523,8 +523,11 @@ def _from_checkpoint(path: str | os.PathLike) -> Tuple[nn.Module, Any, ModelMeta
     load_timm_checkpoint(backbone, path, checkpoint=ckpt)
     method = method_for_model(backbone)
     model = method.wrap(backbone)
-    meta = ModelMeta(method=method.name, model=name, model_args=args, img_size=ckpt.architecture.img_size,
-                     num_classes=ckpt.architecture.num_classes, trained_by=ckpt.layout)
+    size = getattr(backbone.patch_embed, "img_size", None)  # the file's, else the timm model's default
+    img_size = ckpt.architecture.img_size or (int(size[0]) if size else DEFAULT_IMG_SIZE)
+    meta = ModelMeta(method=method.name, model=name, model_args=dict(args, img_size=img_size), img_size=img_size,
+                     num_classes=ckpt.architecture.num_classes, trained_by=ckpt.layout,
+                     sparsity=method.uniform_config(model, 0.0))  # dense: what the checkpoint computes
     return model, method, meta
 
 

@@ -328,9 +328,13 @@ def test_bad_checkpoints_are_one_line(official, tmp_path, capsys):
     (tmp_path / "empty_folder").mkdir()
     (tmp_path / "empty_folder" / "config.json").write_text(json.dumps({"model_type": "swin"}))
     cases = {"truncated.pth": "cannot be read", "mixed.pth": "mixes layouts",
-             "resnet.pth": "in no layout this toolkit reads", "empty_folder": "holds no weights"}
+             "resnet.pth": "in no layout this toolkit reads", "empty_folder": "is a directory without weights"}
     for name, needle in cases.items():
-        for argv in (["info", tmp_path / name], ["measure", "--checkpoint", tmp_path / name]):
+        bad = tmp_path / name
+        for argv in (["info", bad], ["measure", "--checkpoint", bad],
+                     ["adapt", "--checkpoint", bad, "--data", tmp_path, "--out", tmp_path / "a"],
+                     ["pipeline", "--checkpoint", bad, "--data", tmp_path, "--budget-macs", "50%", "--out", tmp_path / "p"],
+                     ["evaluate", "--checkpoint", bad, "--data", tmp_path]):
             code, _, err = run_cli(argv, capsys)
             assert_one_line_error(code, err, needle)
         with pytest.raises(UserError, match=needle):
@@ -354,3 +358,18 @@ def test_every_layout_is_accepted_by_load_and_info(hf_swin, official, tmp_path, 
         assert sv.load(f) is not None
         code, out, err = run_cli(["info", f], capsys)
         assert code == 0 and "layout" in out, (f, err)
+
+
+def test_evaluate_takes_a_hf_folder_and_checks_its_classes(hf_swin, tmp_path, capsys):
+    from sparsevit_cli.data.demo import write_demo_data
+    data = tmp_path / "data"
+    write_demo_data(data, img_size=32, n_train=4, n_val=4, seed=0)
+    _, five = hf_swin
+    code, _, err = run_cli(["evaluate", "--checkpoint", five, "--data", data], capsys)
+    assert_one_line_error(code, err, "classification model for 5 classes, '" + str(data) + "' has 10")
+    torch.manual_seed(6)
+    transformers.SwinForImageClassification(transformers.SwinConfig(image_size=32, num_labels=10, **SWIN)).save_pretrained(
+        tmp_path / "ten")
+    code, out, err = run_cli(["evaluate", "--checkpoint", tmp_path / "ten", "--data", data, "--json"], capsys)
+    assert code == 0, err
+    assert "top1" in out

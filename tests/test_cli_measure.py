@@ -60,7 +60,9 @@ def bad_files(tmp_path):
     (["--config", "{count}"], "needs 3 ratio"),
     (["--config", "{broken}"], "not valid YAML"),
     (["--checkpoint", "{missing}"], "not found"),
-    (["--checkpoint", "{small}"], "does not match"),
+    # without --model a checkpoint builds its own architecture (issue 27); with one, a mismatch says both
+    (["--model", "swin_tiny_patch4_window7_224", "--checkpoint", "{small}"],
+     "the checkpoint holds a Swin with embed_dim 96, depths 2-2-18-2 (Swin-S); --model is Swin-T"),
     (["--checkpoint", "{corrupt}"], "cannot be read"),
     (["--img-size", "230"], "not a multiple of the patch size"),
     (["--img-size", "0"], "image size"),
