@@ -247,3 +247,10 @@ def test_a_swin_model_file_runs_at_another_size_and_a_uniform_sparsity_file(tmp_
     code, out, err = run_cli(["visualize", "--checkpoint", tmp_path / "m.safetensors", "--image", tmp_path / "x.png",
                               "--img-size", "96", "--out", tmp_path / "w.png"], capsys)
     assert code == 0, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_the_demo_on_a_missing_device_is_refused_before_writing_its_data(tmp_path, capsys):
+    code, _, err = run_cli(["demo", "--device", "cuda", "--out", tmp_path / "demo", "--no-progress"], capsys)
+    assert_one_line_error(code, err, "no CUDA GPU")
+    assert not (tmp_path / "demo").exists()

@@ -61,6 +61,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", devi
     if preset not in PRESETS:
         raise UserError(f"unknown demo preset '{preset}' (known: {', '.join(PRESETS)})")
     p = PRESETS[preset]
+    from ..timing import resolve_device
+    resolve_device(device)  # `--device cuda` without CUDA: refused before the demo data is written
     out = check_output_dir(Path(out), "--out", "the demo run")  # a file there: one line, not FileExistsError
     _check_same_preset(out, preset, p)
     data = out / "data"

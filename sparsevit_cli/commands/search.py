@@ -70,9 +70,9 @@ class SearchOptions:
     data: str
     out: str = "runs/search"
     space: Optional[str] = None
-    budget_macs: Optional[str] = None  # "50%" of dense, or absolute GMACs "2.5"
+    budget_macs: Optional[str] = None  # "50%" of dense, or absolute "2.5GMACs"
     budget_macs_of: Optional[str] = None  # one of MAC_SCOPES (default: precheck.default_mac_scope of the task)
-    budget_latency: Optional[str] = None  # "20ms", "20" (ms) or "60%" of dense latency
+    budget_latency: Optional[str] = None  # "20ms" or "60%" of dense latency
     min_macs: Optional[str] = None
     min_latency: Optional[str] = None
     latency_table: Optional[str] = None  # path: load if it exists, else build and save there
