@@ -72,3 +72,15 @@ def test_bench_search_smoke(bench, tmp_path):
             assert run["vs_uniform"]["low"] <= run["vs_uniform"]["diff"] <= run["vs_uniform"]["high"]
         assert row["uniform"]["cost"] <= row["max_cost"] + 1e-9 and row["downscaled_dense"]["size"] < 64
     assert (tmp_path / "b" / "results.json").is_file()
+
+
+def test_bench_search_cost_smoke(bench, tmp_path, capsys):
+    rows = bench("bench_search_cost")["main"](["--smoke", "--out", str(tmp_path / "cost")])
+    assert [r["mode"] for r in rows] == ["one network at a time", "shared prefixes"]
+    alone, tree = rows
+    assert tree["pair_executions"] < alone["pair_executions"] == tree["pair_executions_alone"]
+    assert tree["fitness_pick"] == alone["fitness_pick"] and tree["same_pick"]
+    doc = json.loads((tmp_path / "cost" / "results.json").read_text())
+    assert doc["max_fitness_diff"] == 0.0 and doc["networks_compared"] == alone["networks"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"shared-prefix evaluation: {tree['speedup_wall']:.2f}x faster, fitness identical (max diff 0)"
