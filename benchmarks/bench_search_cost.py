@@ -49,7 +49,7 @@ def setting(args) -> Dict[str, Any]:
     if args.smoke:
         return dict(img_size=64, model_args=dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=2,
                                                  global_pool="max"),
-                    n_val=8, eval_samples=4, confirm_samples=2, population=4, generations=1, parents=2,
+                    n_val=8, eval_samples=4, confirm_samples=2, population=8, generations=1, parents=2,
                     children=2, budget="60%", batch=2)
     quick = args.quick
     return dict(img_size=p.img_size, model_args=dict(p.model_args), n_val=320 if quick else 1600,
