@@ -49,6 +49,10 @@ bench-seg: install  ## `sparsevit pipeline` on the demo segmentation data at 512
 bench-search: install  ## evolution vs random search vs best uniform vs downscaled dense, 5 seeds, 6 MAC budgets (at and between uniform grid points) + 1 latency budget
 	$(PY) benchmarks/bench_search.py
 
+.PHONY: bench-search-cost
+bench-search-cost: install  ## the demo's search with and without shared-prefix evaluation and racing: wall time, block-pair executions, the pick (--quick: <= 5 min)
+	$(PY) benchmarks/bench_search_cost.py $(ARGS)
+
 bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)
 	$(VENV)/bin/sparsevit report --preset repro --out runs/repro
 

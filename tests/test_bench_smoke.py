@@ -111,3 +111,15 @@ def test_bench_search_places_budgets_on_the_uniform_grid(bench):
     assert mod["grid_position"](0.2, grid)["where"] == "below"
     above = mod["grid_position"](0.6, grid)  # above every uniform config but dense: between dense and 50%
     assert above["where"] == "between" and above["uniform"] == [0.0, 0.5]
+
+
+def test_bench_search_cost_smoke(bench, tmp_path, capsys):
+    rows = bench("bench_search_cost")["main"](["--smoke", "--out", str(tmp_path / "cost")])
+    assert [r["mode"] for r in rows] == ["one network at a time", "shared prefixes"]
+    alone, tree = rows
+    assert tree["pair_executions"] < alone["pair_executions"] == tree["pair_executions_alone"]
+    assert tree["fitness_pick"] == alone["fitness_pick"] and tree["same_pick"]
+    doc = json.loads((tmp_path / "cost" / "results.json").read_text())
+    assert doc["max_fitness_diff"] == 0.0 and doc["networks_compared"] == alone["networks"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"shared-prefix evaluation: {tree['speedup_wall']:.2f}x faster, fitness identical (max diff 0)"
