@@ -763,9 +763,9 @@ def info(path: Path = typer.Argument(..., help="A sparsevit model file, or a che
     console.print(table)
     for fault in faults:
         console.print(f"refused: {fault}", markup=False, highlight=False, soft_wrap=True)
-    if faults:
-        raise UserError(f"model file '{path}' would be refused by every command ({len(faults)} "
-                        f"fault{'s' if len(faults) > 1 else ''} listed above)")
+    if faults:  # the first reason as the error line; every one is listed above
+        more = f" (and {len(faults) - 1} more, listed above)" if len(faults) > 1 else ""
+        raise UserError(f"'{path}' would be refused by every command: {faults[0]}{more}")
 
 
 def _checkpoint_info(path: Path) -> None:
@@ -870,6 +870,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .errors import Interrupted, quiet_warnings
 
     args = list(sys.argv[1:] if argv is None else argv) or ["--help"]  # bare `sparsevit`: its help
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never an error
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     caught: List[int] = []
     from .io import command_inputs
     try:

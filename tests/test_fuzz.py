@@ -353,3 +353,195 @@ def test_fuzzed_filesystem_faults_on_every_writer(model_file, tmp_path_factory, 
                            monkeypatch)
 
     check()
+
+
+# ------------------------------------------------------------------------------------------- COCO annotation files
+COCO_FIELDS = {"images": ["id", "file_name", "width", "height"],
+               "annotations": ["id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"],
+               "categories": ["id", "name"]}
+#: values a COCO field is likely to be mangled into (beside HOSTILE_VALUES)
+COCO_VALUES = st.sampled_from([
+    1, 2, 7, "1", 1.0, True, [], [1, 2, 3], [0, 0, 5, 5], [[0, 0, 5, 0, 5, 5]], [[0, 0, 5, 0, 5]],
+    [[0, 0, float("nan"), 0, 5, 5]], {"size": [48, 64], "counts": [3072]}, {"size": [48, 64], "counts": [3000]},
+    {"size": [48, 64], "counts": [-1, 3073]}, {"size": [64, 48], "counts": [3072]}, {"size": [48, 64], "counts": "0`0"},
+    {"size": [48, 64], "counts": "garbage"}, {"size": [48, 64], "counts": "P`0"}, {"size": "48x64", "counts": []},
+    {"counts": [3072]}, "a.png", "00000.png", "../00000.png", "missing.png"])
+
+
+@pytest.fixture(scope="module")
+def coco_world(tmp_path_factory):
+    """The demo's COCO val split (images and a valid instances file), the seed of every mutation."""
+    root = tmp_path_factory.mktemp("fuzz-coco")
+    write_demo_data(root, img_size=64, n_train=2, n_val=2, seed=0, detection=True)
+    return root / "det"
+
+
+@st.composite
+def mutated_coco(draw, valid):
+    """A valid COCO instances mapping with 1-3 edits: a field set to a hostile or a near-valid value, a field
+    removed, an entry repeated or replaced."""
+    import copy
+    data = copy.deepcopy(valid)
+    for _ in range(draw(st.integers(1, 3))):
+        section = draw(st.sampled_from(sorted(COCO_FIELDS)))
+        entries = data[section]
+        if not entries:
+            continue
+        i = draw(st.integers(0, len(entries) - 1))
+        how = draw(st.sampled_from(["set", "set", "set", "drop", "repeat", "replace"]))
+        if how == "repeat":
+            entries.append(copy.deepcopy(entries[i]))
+        elif how == "replace":
+            entries[i] = draw(HOSTILE_VALUES)
+        elif isinstance(entries[i], dict):
+            field = draw(st.sampled_from(COCO_FIELDS[section]))
+            if how == "drop":
+                entries[i].pop(field, None)
+            else:
+                entries[i][field] = draw(st.one_of(COCO_VALUES, HOSTILE_VALUES))
+    return data
+
+
+def test_fuzzed_coco_files_are_refused_in_one_line_or_read_cleanly(coco_world):
+    """Mutations of a valid instances file: the validator refuses one in one line, or everything downstream
+    (pycocotools' index, every annotation's mask, COCOeval of boxes and masks, the data set's targets) reads it
+    without an error. pycocotools' C code trusts RLE counts: a bad one that passed would crash here."""
+    import copy
+    from pycocotools.coco import COCO
+    from sparsevit_cli.detection.coco import CocoDetection, coco_ap, validate_coco
+    from sparsevit_cli.errors import UserError
+
+    ann_file = coco_world / "annotations" / "instances_val.json"
+    valid = json.loads(ann_file.read_text())
+
+    @FUZZ
+    @given(data=mutated_coco(valid), masks=st.booleans())
+    def check(data, masks):
+        try:
+            validate_coco(data, ann_file, coco_world / "val", masks=masks)
+        except UserError as e:
+            assert "\n" not in str(e) and len(str(e)) < 1000, str(e)
+            return
+        coco = COCO()
+        coco.dataset = copy.deepcopy(data)
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        for ann in coco.dataset["annotations"]:
+            if ann.get("segmentation") not in (None, []):
+                assert coco.annToMask(ann).shape == (coco.imgs[ann["image_id"]]["height"],
+                                                     coco.imgs[ann["image_id"]]["width"])
+        results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+                   for a in coco.dataset["annotations"]]
+        coco_ap(coco, results, "box_ap")
+        dataset = CocoDetection.__new__(CocoDetection)
+        dataset.coco, dataset.masks, dataset.image_dir = coco, masks, coco_world / "val"
+        dataset.image_ids, dataset.category_ids = sorted(coco.imgs), sorted(coco.cats)
+        dataset.cat_to_label = {c: i + 1 for i, c in enumerate(dataset.category_ids)}
+        for i in range(len(dataset.image_ids)):
+            dataset.target(i)
+
+    check()
+
+
+# ------------------------------------------------------------------------------------------- outputs over inputs
+def test_fuzzed_output_paths_never_replace_an_input(tmp_path_factory):
+    """Every writer, pointed at a drawn path inside a command's scope: a file the command read (by its name,
+    through a symlinked folder, through a hard link, relative) is refused in one line and left as it was; any
+    other path is written."""
+    from sparsevit_cli.errors import UserError
+    from sparsevit_cli.io import (atomic_output, atomic_write_json, atomic_write_text, command_inputs, data_files,
+                                  note_input)
+
+    root = tmp_path_factory.mktemp("fuzz-outputs")
+    (root / "data" / "a").mkdir(parents=True)
+    for name in ("x.png", "y.jpg"):
+        (root / "data" / "a" / name).write_bytes(name.encode())
+    (root / "model.safetensors").write_bytes(b"weights")
+    (root / "other.json").write_text("{}")
+    (root / "link").symlink_to(root / "data")
+    os.link(root / "data" / "a" / "x.png", root / "hard.json")
+    inputs = {root / "data" / "a" / "x.png", root / "data" / "a" / "y.jpg", root / "model.safetensors"}
+    candidates = sorted(str(p) for p in inputs) + [
+        str(root / "link" / "a" / "y.jpg"), str(root / "hard.json"), str(root / "other.json"), str(root / "new.json"),
+        str(root / "data" / "a" / "new.png"), str(root / "data" / "a" / "." / ".." / "a" / "x.png")]
+    writers = {"json": lambda p: atomic_write_json(p, [1]), "text": lambda p: atomic_write_text(p, "t"),
+               "by name": lambda p: atomic_output(p).__enter__()}
+    counter = iter(range(10 ** 6))
+
+    @FUZZ
+    @given(target=st.sampled_from(candidates), writer=st.sampled_from(sorted(writers)))
+    def check(target, writer):
+        before = {p: p.read_bytes() for p in inputs}
+        is_input = any(os.path.exists(target) and os.path.samefile(target, p) for p in inputs)
+        with command_inputs():
+            data_files(root / "data", (".png", ".jpg"))
+            note_input(root / "model.safetensors", "model file")
+            try:
+                if writer == "by name":
+                    with atomic_output(target) as tmp:
+                        tmp.write_text(f"{next(counter)}")
+                else:
+                    writers[writer](target)
+                refused = None
+            except UserError as e:
+                refused = str(e)
+        assert (refused is not None) == is_input, (target, writer, refused)
+        if refused:
+            assert "is the command's" in refused and "\n" not in refused
+        assert {p: p.read_bytes() for p in inputs} == before
+        if not is_input:
+            os.unlink(target) if Path(target).name == "new.json" or "new.png" in target else None
+
+    check()
+
+
+@pytest.fixture(scope="module")
+def detector_file(tmp_path_factory):
+    """An untrained micro detector for the demo COCO data's 10 categories."""
+    import timm
+    import torch
+    from sparsevit_cli import sparsify
+    from sparsevit_cli.model_file import save_model
+    from sparsevit_cli.tasks import build_task_model
+    torch.manual_seed(0)
+    options = {"fpn_channels": 16, "box_representation_size": 32, "rpn_pre_nms_top_n_test": 10,
+               "rpn_post_nms_top_n_test": 5, "box_detections_per_img": 5}
+    sparse = sparsify(timm.create_model("swin_tiny_patch4_window7_224", **MICRO_ARGS), [[0.0], [0.5]])
+    path = tmp_path_factory.mktemp("fuzz-det") / "det.safetensors"
+    save_model(path, build_task_model(sparse, "detection", 10, **options),
+               {"model": "swin_tiny_patch4_window7_224", "model_args": MICRO_ARGS, "img_size": 64, "task": "detection",
+                "num_classes": 10, "sparsity": [[0.0], [0.5]], "task_options": options,
+                "category_ids": list(range(1, 11))})
+    return path
+
+
+def test_fuzzed_evaluate_results_json_targets(coco_world, detector_file, tmp_path_factory):
+    """`evaluate --results-json` at a drawn path (the model file, the annotations, an image, through a symlinked
+    folder or a hard link, an unrelated or a new file): exit 2 in one line with every input intact when the path
+    is an input, else exit 0 with the results written."""
+    root = tmp_path_factory.mktemp("fuzz-results")
+    data = coco_world.parent
+    (root / "link").symlink_to(data)
+    image = coco_world / "val" / "00000.png"
+    os.link(image, root / "hard.json")
+    ann = coco_world / "annotations" / "instances_val.json"
+    inputs = [detector_file, ann, image]
+    candidates = [detector_file, ann, image, root / "link" / "det" / "annotations" / "instances_val.json",
+                  root / "hard.json", root / "new.json"]
+    counter = iter(range(10 ** 6))
+
+    @settings(FUZZ, max_examples=max(3, EXAMPLES // 5))
+    @given(target=st.sampled_from(candidates))
+    def check(target):
+        before = [p.read_bytes() for p in inputs]
+        is_input = any(os.path.samefile(target, p) for p in inputs if os.path.exists(target))
+        code, err = run(["evaluate", "--checkpoint", detector_file, "--data", data, "--max-samples", "1",
+                         "--results-json", target])
+        assert_clean(code, err, target)
+        assert (code == 2) == is_input, (target, err)
+        assert [p.read_bytes() for p in inputs] == before
+        if not is_input:
+            assert isinstance(json.loads(Path(target).read_text()), list)
+            Path(target).rename(root / f"done{next(counter)}.json")
+
+    check()

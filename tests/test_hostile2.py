@@ -307,7 +307,8 @@ def test_info_shows_a_refused_file_and_says_why(files, tmp_path, capsys, case):
     src, edit, needle = MODEL_FAULTS[case]
     path = rewrite(files / f"{src}.safetensors", tmp_path / "m.safetensors", **edit)
     code, out, err = run_cli(["info", path], capsys)
-    assert_one_line_error(code, err, "would be refused by every command")
+    assert_one_line_error(code, err, "would be refused by every command: ")
+    assert needle in err
     refused = [line for line in out.splitlines() if line.startswith("refused: ")]
     assert len(refused) == 1 and needle in refused[0], out
     assert "model_args" in out and len(out) < 20_000  # the rows are shown, long values cut
@@ -459,3 +460,21 @@ def test_a_fifo_image_in_the_data_is_refused_not_waited_on(files, demo, tmp_path
     finally:
         signal.alarm(0)
     assert_one_line_error(code, err, "not a regular file")
+
+
+def test_a_file_name_that_is_not_utf8_is_read_fingerprinted_and_printed(files, demo, tmp_path, capsys):
+    """A data file named with bytes that are not UTF-8 (a Latin-1 file system, a copied archive): evaluated,
+    fingerprinted, and its name printed escaped instead of an encoding error."""
+    from sparsevit_cli.pipeline import data_digest
+    data = tmp_path / "data"
+    shutil.copytree(demo / "val", data / "val")
+    shutil.copytree(demo / "train", data / "train")
+    odd = os.fsencode(data / "val" / "3") + b"/caf\xe9.png"
+    shutil.copy(next((data / "val" / "3").glob("*.png")), odd)
+    assert data_digest(data)["files"] == len(list((data / "train").rglob("*.png"))) + \
+        len(list((data / "val").rglob("*.png")))
+    code, out, err = run_cli(["evaluate", "--checkpoint", files / "cls.safetensors", "--data", data], capsys)
+    assert code == 0, err
+    os.mkfifo(odd.replace(b".png", b"2.png"))
+    code, _, err = run_cli(["evaluate", "--checkpoint", files / "cls.safetensors", "--data", data], capsys)
+    assert_one_line_error(code, err, "\\xe92.png' in data folder")

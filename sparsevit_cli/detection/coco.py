@@ -81,6 +81,11 @@ def _load_json(ann_file: Path) -> Dict[str, Any]:
     return data
 
 
+def _quote(value: Any) -> str:
+    """A value from the file as an error line quotes it: its repr (a string's newlines escaped), cut short."""
+    return shorten(repr(value), 40)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -129,10 +134,10 @@ def segmentation_fault(segm: Any, height: Any, width: Any) -> Optional[str]:
                 return f"polygon {k} has a non-finite coordinate"
         return None
     if not isinstance(segm, dict):
-        return f"must be polygons or RLE, got {type(segm).__name__} {shorten(segm, 40)}"
+        return f"must be polygons or RLE, got {type(segm).__name__} {_quote(segm)}"
     size, counts = segm.get("size"), segm.get("counts")
     if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
-        return f"RLE needs 'size' [height, width], got {shorten(size, 40)}"
+        return f"RLE needs 'size' [height, width], got {_quote(size)}"
     if size != [height, width]:
         return f"RLE size {size} is not the image's [height, width] [{height}, {width}]"
     if isinstance(counts, list):
@@ -167,7 +172,7 @@ def _annotation_name(ann: Any, position: int) -> str:
     ann_id = ann.get("id") if isinstance(ann, dict) else None
     if ann_id is None:
         return f"annotation #{position} in the list (no id)"
-    return f"annotation id {shorten(ann_id, 40)} (#{position} in the list)"
+    return f"annotation id {_quote(ann_id)} (#{position} in the list)"
 
 
 def _check_entries(where: str, kind: str, entries: List[Any], fields: Dict[str, Any]) -> None:
@@ -179,8 +184,8 @@ def _check_entries(where: str, kind: str, entries: List[Any], fields: Dict[str, 
             if name not in entry:
                 raise UserError(f"{where}: {kind} entry {n} lacks '{name}'")
             if not check(entry[name]):
-                raise UserError(f"{where}: {kind} entry {n} ('id' {shorten(entry.get('id'), 40)}): '{name}' must be "
-                                f"{must}, got {shorten(entry[name], 40)}")
+                raise UserError(f"{where}: {kind} entry {n} ('id' {_quote(entry.get('id'))}): '{name}' must be "
+                                f"{must}, got {_quote(entry[name])}")
 
 
 def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: bool = False) -> None:
@@ -218,10 +223,10 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
         try:
             mode = os.stat(path).st_mode
         except (OSError, ValueError):
-            raise UserError(f"image '{shorten(im['file_name'], 120)}' listed in {where} is missing from "
+            raise UserError(f"image '{shorten(repr(im['file_name'])[1:-1], 120)}' listed in {where} is missing from "
                             f"'{image_dir}'") from None
         if not stat.S_ISREG(mode):
-            raise UserError(f"image '{shorten(im['file_name'], 120)}' listed in {where} is not a regular file "
+            raise UserError(f"image '{shorten(repr(im['file_name'])[1:-1], 120)}' listed in {where} is not a regular file "
                             f"(a folder, FIFO, socket or device)")
         note_input(path, "data file")
     seen_ids: Dict[Any, int] = {}
@@ -238,10 +243,10 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
                             f"({first_line(e)})") from None
         for name, value in (("image_id", img), ("category_id", cat)):
             if not _is_int(value):
-                raise UserError(f"{where}: {what}: '{name}' must be a whole number, got {shorten(value, 40)}")
+                raise UserError(f"{where}: {what}: '{name}' must be a whole number, got {_quote(value)}")
         if "id" in ann:
             if not _is_int(ann["id"]):
-                raise UserError(f"{where}: {what}: 'id' must be a whole number, got {shorten(ann['id'], 40)}")
+                raise UserError(f"{where}: {what}: 'id' must be a whole number, got {_quote(ann['id'])}")
             if ann["id"] in seen_ids:  # pycocotools keys annotations by id: one would be silently lost
                 raise UserError(f"{where}: annotation id {ann['id']} is used twice (annotations #{seen_ids[ann['id']]} "
                                 f"and #{i} in the list); ids must be unique")
@@ -260,9 +265,9 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
             raise UserError(f"{where}: {what} box [x={x:g}, y={y:g}, w={w:g}, h={h:g}] lies outside "
                             f"image '{images[img]['file_name']}' ({W} x {H}) or is empty")
         if "iscrowd" in ann and not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
-            raise UserError(f"{where}: {what}: 'iscrowd' must be 0 or 1, got {shorten(ann['iscrowd'], 40)}")
+            raise UserError(f"{where}: {what}: 'iscrowd' must be 0 or 1, got {_quote(ann['iscrowd'])}")
         if "area" in ann and not (_is_number(ann["area"]) and math.isfinite(ann["area"]) and ann["area"] >= 0):
-            raise UserError(f"{where}: {what}: 'area' must be a finite number >= 0, got {shorten(ann['area'], 40)}")
+            raise UserError(f"{where}: {what}: 'area' must be a finite number >= 0, got {_quote(ann['area'])}")
         segm = ann.get("segmentation")
         if segm is not None and segm != []:  # an empty list: no mask (a box-only file may carry one)
             fault = segmentation_fault(segm, H, W)
