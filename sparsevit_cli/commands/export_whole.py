@@ -167,19 +167,25 @@ def _verify(module: WholeDetector, path: Path, images: Sequence[torch.Tensor]) -
 
 
 def coco_ap_parity(module: WholeDetector, path: Path, dataset, metric: str) -> Dict[str, float]:
-    """{'pytorch': AP, 'onnxruntime': AP} (%, pycocotools) of the module and of its ONNX file on `dataset`."""
+    """{'pytorch': AP, 'onnxruntime': AP} (%, pycocotools) of the module and of its ONNX file on `dataset`; with a
+    letterboxing module also 'pytorch_own_size', the AP of the detector itself (each image padded to its own
+    size), what the canvas costs."""
     from ..detection.coco import coco_ap, to_coco_results
 
     run = run_detector_session(onnx_session(path))
-    ours, theirs = [], []
+    plain = WholeDetector(module.detector).eval() if module.canvas is not None else None
+    runs: Dict[str, Callable] = {"pytorch": lambda im: _pytorch(module, im), "onnxruntime": run}
+    if plain is not None:
+        runs["pytorch_own_size"] = lambda im: _pytorch(plain, im)
+    results: Dict[str, List[Dict[str, Any]]] = {name: [] for name in runs}
     for i in range(len(dataset)):
         image, target = dataset[i]
         image_id = int(target["image_id"])
-        for out, pred in ((ours, _pytorch(module, image)), (theirs, run(image))):
-            out += to_coco_results([{k: torch.from_numpy(np.asarray(v)) for k, v in pred.items()}], [image_id],
-                                   dataset.category_ids)
-    return {"pytorch": coco_ap(dataset.coco, ours, metric)["ap"] or 0.0,
-            "onnxruntime": coco_ap(dataset.coco, theirs, metric)["ap"] or 0.0}
+        for name, predict in runs.items():
+            pred = predict(image)
+            results[name] += to_coco_results([{k: torch.from_numpy(np.asarray(v)) for k, v in pred.items()}],
+                                             [image_id], dataset.category_ids)
+    return {name: coco_ap(dataset.coco, rs, metric)["ap"] or 0.0 for name, rs in results.items()}
 
 
 def export_whole_detector(model: nn.Module, meta, out: Path, img_size: int, real: Sequence[torch.Tensor] = (),
