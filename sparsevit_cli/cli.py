@@ -742,8 +742,11 @@ def _export_whole_detector(checkpoint, cfg, out, data, img_size) -> None:
                       f"{c['boxes_px']:.2e}", f"{c['scores']:.2e}")
     console.print(table)
     if "ap" in report:
+        own = report["ap"].get("pytorch_own_size")
         console.print(f"AP on the val images: PyTorch {report['ap']['pytorch']:.2f}, onnxruntime "
-                      f"{report['ap']['onnxruntime']:.2f}", highlight=False)
+                      f"{report['ap']['onnxruntime']:.2f}" + (f" (the detector without the canvas, each image at its "
+                                                             f"own size: {own:.2f})" if own is not None else ""),
+                      highlight=False)
 
 
 @app.command()

@@ -117,14 +117,27 @@ def test_whole_detector_is_onnx_and_backbone_only_takes_other_formats(exported, 
     assert_one_line_error(code, err, "add --backbone-only")
 
 
-def test_predict_refuses_a_backbone_only_file(exported, tmp_path, capsys):
-    out = tmp_path / "b.onnx"
-    code, _, err = run_cli(["export", "--checkpoint", exported["model"], "--out", out, "--backbone-only", "--no-time",
-                            "--static-size"], capsys)
-    assert code == 0, err
-    code, _, err = run_cli(["predict", "--model", out, "--images", exported["data"] / "det" / "val",
-                            "--out", tmp_path / "p", "--no-progress"], capsys)
-    assert_one_line_error(code, err, "holds a detector's backbone only")
+def test_predict_refuses_a_backbone_only_file_and_a_file_without_metadata(exported, tmp_path, capsys):
+    """A backbone's ONNX file (`export --backbone-only` marks it so) cannot predict: its heads are not in it; an
+    ONNX file from elsewhere carries no classes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sparsevit_cli.commands.export_whole import IO_BACKBONE, attach_onnx_metadata
+    from sparsevit_cli.model_file import read_model_meta
+
+    plain = tmp_path / "plain.onnx"
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["features0"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+                              [helper.make_tensor_value_info("features0", TensorProto.FLOAT, [1, 3, 64, 64])])
+    onnx.save(helper.make_model(graph), str(plain))
+    backbone = tmp_path / "backbone.onnx"
+    backbone.write_bytes(plain.read_bytes())
+    attach_onnx_metadata(backbone, read_model_meta(exported["model"]), IO_BACKBONE)
+    for path, needle in ((backbone, "holds a detector's backbone only"), (plain, "carries no sparsevit metadata")):
+        code, _, err = run_cli(["predict", "--model", path, "--images", exported["data"] / "det" / "val",
+                                "--out", tmp_path / "p", "--no-progress"], capsys)
+        assert_one_line_error(code, err, needle)
 
 
 def test_segmenter_onnx_file_predicts_like_the_model_file(tmp_path, capsys):

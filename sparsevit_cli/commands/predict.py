@@ -295,9 +295,10 @@ def open_engine(path: str, device: str = "cpu") -> Engine:
 
 
 # --------------------------------------------------------------------------------------------- outputs
-def _class_names(meta) -> List[str]:
-    n = meta.num_classes or 0
-    return list(meta.class_names) if meta.class_names else [str(i) for i in range(n)]
+def _class_name(meta, k: int) -> str:
+    """The name of class index `k` (its number where the metadata names no classes)."""
+    names = meta.class_names or []
+    return str(names[k]) if k < len(names) else str(k)
 
 
 def _detection_names(meta) -> List[str]:
@@ -333,7 +334,7 @@ def picture(rgb: np.ndarray, p: Prediction, task: str, meta, score_threshold: Op
         return _segmentation_picture(rgb, p.values["classes"])
     k = int(np.argmax(p.values["probs"]))
     H, W = rgb.shape[:2]
-    return draw_labelled_boxes(rgb, [{"class": _class_names(meta)[k], "score": float(p.values["probs"][k]),
+    return draw_labelled_boxes(rgb, [{"class": _class_name(meta, k), "score": float(p.values["probs"][k]),
                                       "box": [0.0, 0.0, float(W), float(H)], "colour": class_colour(k + 1)}])
 
 
@@ -406,7 +407,7 @@ def run_predict(opts: PredictOptions, console=None, warn: Optional[Callable[[str
                                    what="mask")
             else:
                 k = int(np.argmax(p.values["probs"]))
-                rows.append({"file": files[i].name, "class_index": k, "class": _class_names(meta)[k],
+                rows.append({"file": files[i].name, "class_index": k, "class": _class_name(meta, k),
                              "score": round(float(p.values["probs"][k]), 6)})
             if opts.pictures:
                 atomic_write_bytes(out / "pictures" / f"{names[i]}.png",
