@@ -163,11 +163,7 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
     configs = list(configs)
     backbone = backbone_of(model)
     batches_here = _my_batches(len(indices), batch_size)
-    bar = 0
-    if progress is not None:
-        units = [c["unit"] for c in progress.counters]
-        bar = units.index("images") if "images" in units else progress.add("images", 0)
-        progress.update(bar, completed=0, total=len(indices) * len(configs))
+    bar = 0 if progress is None else progress.counter("images", len(indices) * len(configs))
     if counts is not None:
         counts.forwards += batches_here * len(configs)
     if not (share and shares_prefixes(method)) or len(configs) < 2:
@@ -220,7 +216,8 @@ def _my_batches(n: int, batch_size: int) -> int:
 @torch.no_grad()
 def run_metric(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
                batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
-               indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> Metric:
+               indices: Optional[Sequence[int]] = None, num_workers: int = 0,
+               progress: Optional[ProgressReport] = None) -> Metric:
     """The task's metric accumulator after a pass of `model` under `config` over `indices` of `dataset`, or
     over the search subset of `max_samples` images (`search_indices`), or over all of it. Under torchrun the
     images are sharded over ranks; the metric combines them when computed. `num_workers` DataLoader workers
@@ -229,9 +226,12 @@ def run_metric(model: nn.Module, method: Method, config: Optional[Config], datas
     if indices is None:
         indices = search_indices(len(dataset), max_samples)
     metric = task.metric(dataset)
-    for _, outputs, y in _batches(model, method, config, dataset, task, batch_size, device, list(indices), amp,
-                                  num_workers):
+    bar = None if progress is None else progress.counter("val images", len(indices))
+    for batch, outputs, y in _batches(model, method, config, dataset, task, batch_size, device, list(indices), amp,
+                                      num_workers):
         metric.update(outputs, y)
+        if bar is not None:
+            progress.update(bar, advance=len(batch) * dist.world_size())
     return metric
 
 
@@ -244,13 +244,14 @@ def metric_values(metric: Metric, task: Task) -> Dict[str, float]:
 
 def evaluate_all(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],
                  batch_size: int, device: torch.device, max_samples: Optional[int] = None, amp: bool = False,
-                 indices: Optional[Sequence[int]] = None, num_workers: int = 0) -> Dict[str, float]:
+                 indices: Optional[Sequence[int]] = None, num_workers: int = 0,
+                 progress: Optional[ProgressReport] = None) -> Dict[str, float]:
     """Every number the task reports (e.g. {'box_ap', 'mask_ap'} for instance segmentation; the task's
     `metric_name` always among them), in percent, of `model` under `config` (see `run_metric`); every rank
     gets the same numbers."""
     task = get_task(task) if isinstance(task, str) else task
     return metric_values(run_metric(model, method, config, dataset, task, batch_size, device, max_samples, amp,
-                                    indices, num_workers), task)
+                                    indices, num_workers, progress), task)
 
 
 def evaluate(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Union[str, Task],

@@ -748,6 +748,16 @@ class ProgressReport:
         self.counters.append(counter)
         return len(self.counters) - 1
 
+    def counter(self, unit: str, total: Optional[float]) -> int:
+        """The counter of `unit`, restarted at 0 of `total` (added the first time): a stage that repeats a
+        sub-step (an evaluation per epoch, the images of each chunk of networks) reuses one counter."""
+        for i, c in enumerate(self.counters):
+            if c["unit"] == unit:
+                c["start_completed"] = 0
+                self.update(i, completed=0, total=total)
+                return i
+        return self.add(unit, total)
+
     def update(self, counter: int = 0, advance: float = 0, completed: Optional[float] = None,
                total: Optional[float] = None, note: Optional[str] = None) -> None:
         c = self.counters[counter]

@@ -463,4 +463,4 @@ def test_training_logged_to_a_file_shows_progress_lines(tmp_path, data_dir, monk
     lines = [line for line in out.getvalue().splitlines() if line.startswith("finetune: ")]
     assert lines[0].startswith("finetune: 1/3 steps (33%), epoch 1/1, loss ")
     assert "img/s | " in lines[0] and "elapsed, ETA" in lines[0]
-    assert lines[-1].startswith("finetune: 3/3 steps (100%)")
+    assert lines[-1].startswith("finetune: 3/3 steps (100%), 12/12 val images, epoch 1/1")

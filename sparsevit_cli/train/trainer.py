@@ -432,7 +432,7 @@ class Trainer:
                 st.epoch += 1
                 st.step_in_epoch = 0
                 self._require_finite_weights()
-                scores = self.evaluate_all(self.config)
+                scores = self.evaluate_all(self.config, progress=progress)
                 self._log({"epoch": st.epoch, "step": st.global_step, "loss": self.last_loss, **scores})
                 shown = ", ".join(f"{name} {value:.2f}" for name, value in scores.items())
                 progress.console.print(f"epoch {st.epoch}/{cfg.epochs}: {shown}")
@@ -460,11 +460,13 @@ class Trainer:
     def metric_name(self) -> str:
         return self.task.metric_name
 
-    def evaluate_all(self, config: Optional[Config] = None, max_samples: Optional[int] = None) -> Dict[str, float]:
+    def evaluate_all(self, config: Optional[Config] = None, max_samples: Optional[int] = None,
+                     progress: Optional[ProgressReport] = None) -> Dict[str, float]:
         """Every number the task reports (top-1, mIoU, box AP and mask AP; %) on the validation split under
-        `config`, combined over ranks."""
+        `config`, combined over ranks (`progress`: its 'val images' counter moves)."""
         scores = evaluate_all(self.model, self.method, config, self.val_set, self.task, self.cfg.eval_batch_size,
-                              self.device, max_samples, amp=self.cfg.amp, num_workers=self.cfg.data.num_workers)
+                              self.device, max_samples, amp=self.cfg.amp, num_workers=self.cfg.data.num_workers,
+                              progress=progress)
         self.method.apply(self.backbone, self.config)
         return scores
 
