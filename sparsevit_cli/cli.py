@@ -793,7 +793,9 @@ def _fail(message: str, code: int = 2) -> None:
     """One line on stderr (however long or multi-line the message), then exit."""
     from rich.markup import escape
     from .errors import shorten
-    # a value no message cut (a 1 MB name echoed by a library) is cut here: the line stays readable
+    # a value no message cut (a 1 MB name echoed by a library) is cut here: the line stays readable; a file
+    # name's bytes that are not UTF-8 are shown as \xNN
+    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     words = [shorten(word, 200) for word in message.split()]
     Console(stderr=True).print(f"[bold red]error:[/] {escape(' '.join(words))}", highlight=False, soft_wrap=True)
     sys.exit(code)

@@ -469,12 +469,13 @@ def test_a_file_name_that_is_not_utf8_is_read_fingerprinted_and_printed(files, d
     data = tmp_path / "data"
     shutil.copytree(demo / "val", data / "val")
     shutil.copytree(demo / "train", data / "train")
-    odd = os.fsencode(data / "val" / "3") + b"/caf\xe9.png"
-    shutil.copy(next((data / "val" / "3").glob("*.png")), odd)
+    image = next((data / "val").rglob("*.png"))
+    odd = os.fsencode(image.parent) + b"/caf\xe9.png"
+    shutil.copy(image, odd)
     assert data_digest(data)["files"] == len(list((data / "train").rglob("*.png"))) + \
         len(list((data / "val").rglob("*.png")))
     code, out, err = run_cli(["evaluate", "--checkpoint", files / "cls.safetensors", "--data", data], capsys)
     assert code == 0, err
     os.mkfifo(odd.replace(b".png", b"2.png"))
     code, _, err = run_cli(["evaluate", "--checkpoint", files / "cls.safetensors", "--data", data], capsys)
-    assert_one_line_error(code, err, "\\xe92.png' in data folder")
+    assert_one_line_error(code, err, "caf\\xe92.png' in data folder")
