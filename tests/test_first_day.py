@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from cli_helpers import assert_one_line_error, run_cli
+from sparsevit_cli.commands.precheck import plan_splits
 from sparsevit_cli.data.demo import write_demo_data
 
 MODEL = "swin_tiny_patch4_window7_224"
@@ -20,11 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A 36-image val split (room for the default splits), a 12-image one, and a timm checkpoint."""
+    """A 36-image val split (room for the default splits) and a timm checkpoint."""
     from sparsevit_cli.timm_models import create_timm_model
     root = tmp_path_factory.mktemp("firstday")
     write_demo_data(root / "data", img_size=IMG, n_train=16, n_val=36, seed=0, num_classes=3)
-    write_demo_data(root / "small", img_size=IMG, n_train=16, n_val=12, seed=0, num_classes=3)
     torch.manual_seed(0)
     torch.save(create_timm_model(MODEL, img_size=IMG, **MICRO).state_dict(), root / "swin.pth")
     return root
@@ -46,14 +46,14 @@ def flags(world, out, data="data"):
     (["--budget-latency", "0.0001ms"], "below the cheapest config"),
     (["--budget-macs", "5ms"], "must be a number of GMACs"),
     (["--eval-samples", "30"], "--eval-samples 30"),
-    (["--data", "{small}"], "has 12 images"),
+    (["--report-samples", "20"], "has 36 images"),
     (["--data", "{data}/train"], "pass '{data}', not '{data}/train'"),
     (["--model", "swin_tiny"], "did you mean: swin_tiny_patch4_window7_224"),
     (["--model-arg", "embed_dim"], "KEY=VALUE"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
 ])
 def test_a_mistake_is_refused_in_seconds_before_anything_trains(world, tmp_path, capsys, extra, needle):
-    names = {"small": world / "small", "data": world / "data"}
+    names = {"data": world / "data"}
     extra = [e.format(**names) if isinstance(e, str) else e for e in extra]
     t0 = time.perf_counter()
     code, _, err = run_cli(flags(world, tmp_path / "out") + extra, capsys)
@@ -64,12 +64,13 @@ def test_a_mistake_is_refused_in_seconds_before_anything_trains(world, tmp_path,
 
 
 def test_the_small_val_refusal_says_the_counts_and_flags_and_can_be_overridden(world, tmp_path, capsys):
-    code, _, err = run_cli(flags(world, tmp_path / "out", "small"), capsys)
+    code, _, err = run_cli(flags(world, tmp_path / "out") + ["--report-samples", "20"], capsys)
     text = " ".join(err.split())
-    assert code == 2 and "need 30" in text  # 10 each at least: fitness, confirmation, report
+    assert code == 2 and "need 40" in text  # 10 each at least for fitness and confirmation, 20 asked for the report
+    with pytest.raises(Exception, match="need 30"):  # 12 images: 10 each at least, fitness, confirmation, report
+        plan_splits(12, None, None, None, allow_small=False, where="small")
     for flag in ("--eval-samples", "--confirm-samples", "--report-samples", "--allow-small-val"):
         assert flag in text
-    from sparsevit_cli.commands.precheck import plan_splits
     plan = plan_splits(12, None, None, None, allow_small=True, where="small")
     assert plan.fitness + plan.confirmation <= 12 and plan.fitness >= 1 and plan.confirmation >= 1
     plan = plan_splits(12, 4, 4, 4, allow_small=False, where="small")  # explicit sizes that fit: as given
@@ -216,7 +217,7 @@ def test_a_sparsity_file_takes_one_number(tmp_path):
     assert read_sparsity_file(tmp_path / "b.yaml")["sparsity"] == 0.3
 
 
-def test_a_swin_model_file_runs_at_another_size_and_a_uniform_sparsity_file(tmp_path, capsys):
+def test_a_swin_model_file_runs_at_another_size_and_a_uniform_sparsity_file(world, tmp_path, capsys):
     """`evaluate`/`export`/`visualize --img-size` on a model file built at another size (a Swin runs any
     size), with a sparsity file that says one number."""
     from sparsevit_cli.model_file import save_model
@@ -228,8 +229,7 @@ def test_a_swin_model_file_runs_at_another_size_and_a_uniform_sparsity_file(tmp_
             "img_size": IMG, "task": "classification", "num_classes": 3, "sparsity": [[0.0], [0.0]]}
     save_model(tmp_path / "m.safetensors", model, meta)
     (tmp_path / "half.yaml").write_text("sparsity: 0.5\n")
-    data = tmp_path / "data"
-    write_demo_data(data, img_size=96, n_train=3, n_val=6, seed=0, num_classes=3)
+    data = world / "data"  # 64 px images, read at 96 px
     code, out, err = run_cli(["evaluate", "--checkpoint", tmp_path / "m.safetensors", "--data", data, "--img-size",
                               "96", "--config", tmp_path / "half.yaml", "--json"], capsys)
     assert code == 0, err

@@ -55,8 +55,12 @@ def test_invalid_meta_is_one_line(bad, needle):
 def test_image_size_is_resolved_in_one_place():
     meta = ModelMeta.of(meta_dict())
     assert meta.resolve_img_size(None) == 64 and meta.resolve_img_size(64) == 64
-    with pytest.raises(UserError, match="built for img_size 64, not 96"):
-        meta.resolve_img_size(96)
+    assert meta.resolve_img_size(96) == 96  # a Swin (SparseViT) runs any size
+    with pytest.raises(UserError, match="built for img_size 64, not 96"):  # a search stays at its own
+        meta.resolve_img_size(96, own_size_only=True)
+    vit = ModelMeta.of(meta_dict(method="psvit"))
+    with pytest.raises(UserError, match="runs only at its own size"):
+        vit.resolve_img_size(96)
     assert ModelMeta.of(meta_dict(img_size=None)).image_size == 64  # from the constructor args
     assert ModelMeta.of(meta_dict(img_size=None, model_args={})).image_size == 224  # timm's default
 
