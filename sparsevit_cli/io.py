@@ -569,6 +569,14 @@ def _file_key(path: str | os.PathLike) -> Optional[Tuple[int, int]]:
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
+def _folder_key(path: str | os.PathLike) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def note_input(path: str | os.PathLike, what: str = "input", key: Optional[Tuple[int, int]] = None) -> None:
     """Note that the running command reads the file `path` (`key`: its (st_dev, st_ino) when the caller has
     it); a no-op outside `command_inputs`, and for anything but a regular file."""
@@ -599,17 +607,18 @@ def refuse_input(path: str | os.PathLike, option: str = "--out",
 
 
 def data_files(folder: str | os.PathLike, suffixes: Optional[Sequence[str]] = None, recursive: bool = True,
-               what: str = "data folder") -> List[Path]:
+               what: str = "data folder", skip: Sequence[str | os.PathLike] = ()) -> List[Path]:
     """The files of a data folder a loader reads, sorted: every file whose name ends in one of `suffixes`
     (any case; every file when None), in subfolders too with `recursive` (links to folders followed once),
     hidden names (starting with '.': .git, .ipynb_checkpoints, .more/) skipped, as every loader and the
     pipeline's data fingerprint skip them (this is the one listing they share). A FIFO, socket or device, or a
     broken link, with such a name is one UserError line (reading it could block forever). Every file listed
-    is noted as an input of the running command."""
+    is noted as an input of the running command. Folders in `skip` (e.g. an output folder inside the data) are
+    left out."""
     root = Path(folder)
     ends = tuple(s.lower() for s in suffixes) if suffixes is not None else None
     out: List[Path] = []
-    seen = set()
+    seen = {key for key in (_folder_key(d) for d in skip) if key is not None}
 
     def walk(d: Path) -> None:
         try:

@@ -479,3 +479,13 @@ def test_a_file_name_that_is_not_utf8_is_read_fingerprinted_and_printed(files, d
     os.mkfifo(odd.replace(b".png", b"2.png"))
     code, _, err = run_cli(["evaluate", "--checkpoint", files / "cls.safetensors", "--data", data], capsys)
     assert_one_line_error(code, err, "caf\\xe92.png' in data folder")
+
+
+def test_a_pipeline_output_folder_inside_the_data_is_not_data(tmp_path):
+    from sparsevit_cli.pipeline import DATA_HASHES, data_digest
+    root = _classes(tmp_path)
+    out = root / "runs"
+    out.mkdir()
+    first = data_digest(root, out / DATA_HASHES)
+    (out / "model.png").write_bytes(b"an output")
+    assert data_digest(root, out / DATA_HASHES) == first
