@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
-import hashlib
 import json
 import os
 import re
@@ -540,13 +539,26 @@ _INPUT_SCOPES: contextvars.ContextVar[Tuple["InputFiles", ...]] = contextvars.Co
 
 
 class InputFiles:
-    """The files one command reads: (st_dev, st_ino) -> (what, path as named)."""
+    """The files one command reads: the few it names, (st_dev, st_ino) -> (what, path as named), and the many
+    files of a data set as bare (st_dev, st_ino) pairs packed in one int each (a million images cost tens of
+    MB, not hundreds)."""
+
+    DATA = "data file"
 
     def __init__(self) -> None:
         self.files: Dict[Tuple[int, int], Tuple[str, str]] = {}
+        self.data: set = set()
 
     def add(self, key: Tuple[int, int], what: str, path: str | os.PathLike) -> None:
-        self.files.setdefault(key, (what, str(path)))
+        if what == self.DATA:
+            self.data.add(key[0] << 64 | key[1])
+        else:
+            self.files.setdefault(key, (what, str(path)))
+
+    def get(self, key: Tuple[int, int]) -> Optional[Tuple[str, str]]:
+        if key in self.files:
+            return self.files[key]
+        return (self.DATA, "") if key[0] << 64 | key[1] in self.data else None
 
 
 @contextlib.contextmanager
@@ -595,13 +607,13 @@ def refuse_input(path: str | os.PathLike, option: str = "--out",
     key = _file_key(path)
     if key is None:
         return
-    hit = next((scope.files[key] for scope in _INPUT_SCOPES.get() if key in scope.files), None)
+    hit = next((found for found in (scope.get(key) for scope in _INPUT_SCOPES.get()) if found), None)
     for what, other in (extra or {}).items():
         if hit is None and other is not None and _file_key(other) == key:
             hit = (what, str(other))
     if hit is not None:
         what, named = hit
-        same = "" if os.path.abspath(named) == os.path.abspath(path) else f" ('{shorten(named, 120)}')"
+        same = "" if not named or os.path.abspath(named) == os.path.abspath(path) else f" ('{shorten(named, 120)}')"
         raise UserError(f"{option} '{shorten(str(path), 200)}' is the command's {what}{same} too; writing it "
                         f"would destroy the input: choose another path")
 
@@ -648,7 +660,7 @@ def data_files(folder: str | os.PathLike, suffixes: Optional[Sequence[str]] = No
                                     f"remove it or move it out of the data")
                 key = (st.st_dev, e.inode()) if not e.is_symlink() else None
                 out.append(d / e.name)
-                note_input(e.path, "data file", key)
+                note_input(e.path, InputFiles.DATA, key)
             except OSError as err:
                 raise UserError(f"cannot read '{shorten(e.path, 200)}': {err.strerror or err}") from None
 
