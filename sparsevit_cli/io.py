@@ -1,5 +1,7 @@
 """Files in and out: YAML a user hands to the toolkit (one-line errors), the sparsity-config format, the
-one atomic writer for every output (text, bytes, JSON, YAML, torch objects) and the output-folder lock.
+one atomic writer for every output (text, bytes, JSON, YAML, torch objects) and the output-folder lock; the
+files a command reads (`note_input`), which no writer may replace, and the listing of a data folder that every
+loader and the pipeline's data fingerprint share (`data_files`).
 
 A sparsity-config file (what `search` writes as best.yaml, and what `finetune`, `export` and `measure`
 take) is a mapping with at least `sparsity:` (one list of gene values per group); it may also name the
