@@ -631,7 +631,7 @@ def data_files(folder: str | os.PathLike, suffixes: Optional[Sequence[str]] = No
     left out."""
     root = Path(folder)
     ends = tuple(s.lower() for s in suffixes) if suffixes is not None else None
-    out: List[Path] = []
+    groups: List[Tuple[str, List[Path]]] = []  # (folder, its files): sorted as torchvision's sorted(os.walk)
     seen = {key for key in (_folder_key(d) for d in skip) if key is not None}
 
     def walk(d: Path) -> None:
@@ -644,6 +644,8 @@ def data_files(folder: str | os.PathLike, suffixes: Optional[Sequence[str]] = No
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             raise UserError(f"cannot read {what} '{shorten(str(d), 200)}': {e.strerror or e}") from None
+        out: List[Path] = []
+        groups.append((str(d), out))
         for e in entries:
             if e.name.startswith("."):
                 continue
@@ -667,7 +669,7 @@ def data_files(folder: str | os.PathLike, suffixes: Optional[Sequence[str]] = No
                 raise UserError(f"cannot read '{shorten(e.path, 200)}': {err.strerror or err}") from None
 
     walk(root)
-    return out
+    return [p for _, files in sorted(groups, key=lambda g: g[0]) for p in files]
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--out",
