@@ -1,5 +1,7 @@
 """Files in and out: YAML a user hands to the toolkit (one-line errors), the sparsity-config format, the
-one atomic writer for every output (text, bytes, JSON, YAML, torch objects) and the output-folder lock.
+one atomic writer for every output (text, bytes, JSON, YAML, torch objects) and the output-folder lock; the
+files a command reads (`note_input`), which no writer may replace, and the listing of a data folder that every
+loader and the pipeline's data fingerprint share (`data_files`).
 
 A sparsity-config file (what `search` writes as best.yaml, and what `finetune`, `export` and `measure`
 take) is a mapping with at least `sparsity:` (one list of gene values per group); it may also name the
@@ -10,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
-import hashlib
 import json
 import os
 import math
@@ -550,13 +551,26 @@ _INPUT_SCOPES: contextvars.ContextVar[Tuple["InputFiles", ...]] = contextvars.Co
 
 
 class InputFiles:
-    """The files one command reads: (st_dev, st_ino) -> (what, path as named)."""
+    """The files one command reads: the few it names, (st_dev, st_ino) -> (what, path as named), and the many
+    files of a data set as bare (st_dev, st_ino) pairs packed in one int each (a million images cost tens of
+    MB, not hundreds)."""
+
+    DATA = "data file"
 
     def __init__(self) -> None:
         self.files: Dict[Tuple[int, int], Tuple[str, str]] = {}
+        self.data: set = set()
 
     def add(self, key: Tuple[int, int], what: str, path: str | os.PathLike) -> None:
-        self.files.setdefault(key, (what, str(path)))
+        if what == self.DATA:
+            self.data.add(key[0] << 64 | key[1])
+        else:
+            self.files.setdefault(key, (what, str(path)))
+
+    def get(self, key: Tuple[int, int]) -> Optional[Tuple[str, str]]:
+        if key in self.files:
+            return self.files[key]
+        return (self.DATA, "") if key[0] << 64 | key[1] in self.data else None
 
 
 @contextlib.contextmanager
@@ -579,6 +593,14 @@ def _file_key(path: str | os.PathLike) -> Optional[Tuple[int, int]]:
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
+def _folder_key(path: str | os.PathLike) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def note_input(path: str | os.PathLike, what: str = "input", key: Optional[Tuple[int, int]] = None) -> None:
     """Note that the running command reads the file `path` (`key`: its (st_dev, st_ino) when the caller has
     it); a no-op outside `command_inputs`, and for anything but a regular file."""
@@ -597,29 +619,30 @@ def refuse_input(path: str | os.PathLike, option: str = "--out",
     key = _file_key(path)
     if key is None:
         return
-    hit = next((scope.files[key] for scope in _INPUT_SCOPES.get() if key in scope.files), None)
+    hit = next((found for found in (scope.get(key) for scope in _INPUT_SCOPES.get()) if found), None)
     for what, other in (extra or {}).items():
         if hit is None and other is not None and _file_key(other) == key:
             hit = (what, str(other))
     if hit is not None:
         what, named = hit
-        same = "" if os.path.abspath(named) == os.path.abspath(path) else f" ('{shorten(named, 120)}')"
+        same = "" if not named or os.path.abspath(named) == os.path.abspath(path) else f" ('{shorten(named, 120)}')"
         raise UserError(f"{option} '{shorten(str(path), 200)}' is the command's {what}{same} too; writing it "
                         f"would destroy the input: choose another path")
 
 
 def data_files(folder: str | os.PathLike, suffixes: Optional[Sequence[str]] = None, recursive: bool = True,
-               what: str = "data folder") -> List[Path]:
+               what: str = "data folder", skip: Sequence[str | os.PathLike] = ()) -> List[Path]:
     """The files of a data folder a loader reads, sorted: every file whose name ends in one of `suffixes`
     (any case; every file when None), in subfolders too with `recursive` (links to folders followed once),
     hidden names (starting with '.': .git, .ipynb_checkpoints, .more/) skipped, as every loader and the
     pipeline's data fingerprint skip them (this is the one listing they share). A FIFO, socket or device, or a
     broken link, with such a name is one UserError line (reading it could block forever). Every file listed
-    is noted as an input of the running command."""
+    is noted as an input of the running command. Folders in `skip` (e.g. an output folder inside the data) are
+    left out."""
     root = Path(folder)
     ends = tuple(s.lower() for s in suffixes) if suffixes is not None else None
-    out: List[Path] = []
-    seen = set()
+    groups: List[Tuple[str, List[Path]]] = []  # (folder, its files): sorted as torchvision's sorted(os.walk)
+    seen = {key for key in (_folder_key(d) for d in skip) if key is not None}
 
     def walk(d: Path) -> None:
         try:
@@ -631,6 +654,8 @@ def data_files(folder: str | os.PathLike, suffixes: Optional[Sequence[str]] = No
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             raise UserError(f"cannot read {what} '{shorten(str(d), 200)}': {e.strerror or e}") from None
+        out: List[Path] = []
+        groups.append((str(d), out))
         for e in entries:
             if e.name.startswith("."):
                 continue
@@ -649,12 +674,12 @@ def data_files(folder: str | os.PathLike, suffixes: Optional[Sequence[str]] = No
                                     f"remove it or move it out of the data")
                 key = (st.st_dev, e.inode()) if not e.is_symlink() else None
                 out.append(d / e.name)
-                note_input(e.path, "data file", key)
+                note_input(e.path, InputFiles.DATA, key)
             except OSError as err:
                 raise UserError(f"cannot read '{shorten(e.path, 200)}': {err.strerror or err}") from None
 
     walk(root)
-    return out
+    return [p for _, files in sorted(groups, key=lambda g: g[0]) for p in files]
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--out",

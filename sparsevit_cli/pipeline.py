@@ -239,7 +239,7 @@ def data_digest(path: str | os.PathLike, cache: Optional[str | os.PathLike] = No
     seen. The content hashes are cached in `cache` (a JSON file) under the file's size, mtime_ns, ctime_ns and
     inode, as make and rsync judge a file unchanged (and git's index): an unchanged data set is stat()ed, not
     read again; a file whose stat differs in any of them (a rename or swap changes ctime and inode, an edit
-    mtime) is read again."""
+    mtime) is read again. The folder holding `cache` (the pipeline's output) is left out of the listing."""
     import time
     from .io import atomic_write_json, data_files
 
@@ -256,7 +256,8 @@ def data_digest(path: str | os.PathLike, cache: Optional[str | os.PathLike] = No
     known = old.get("files", {}) if isinstance(old.get("files"), dict) else {}
     now = time.time_ns()
     h, n, fresh = hashlib.sha256(), 0, {}
-    for p in data_files(root):
+    # the pipeline's own output folder (where the cache lives) may lie inside the data: its files are no data
+    for p in data_files(root, skip=[Path(cache).parent] if cache is not None else ()):
         rel = p.relative_to(root).as_posix()
         try:
             st = p.stat()

@@ -479,3 +479,24 @@ def test_a_file_name_that_is_not_utf8_is_read_fingerprinted_and_printed(files, d
     os.mkfifo(odd.replace(b".png", b"2.png"))
     code, _, err = run_cli(["evaluate", "--checkpoint", files / "cls.safetensors", "--data", data], capsys)
     assert_one_line_error(code, err, "caf\\xe92.png' in data folder")
+
+
+def test_a_pipeline_output_folder_inside_the_data_is_not_data(tmp_path):
+    from sparsevit_cli.pipeline import DATA_HASHES, data_digest
+    root = _classes(tmp_path)
+    out = root / "runs"
+    out.mkdir()
+    first = data_digest(root, out / DATA_HASHES)
+    (out / "model.png").write_bytes(b"an output")
+    assert data_digest(root, out / DATA_HASHES) == first
+
+
+def test_the_shared_listing_keeps_torchvisions_order(tmp_path):
+    """Sample indices (and so search splits) stay those of torchvision's ImageFolder for visible files."""
+    from torchvision.datasets.folder import make_dataset
+    from sparsevit_cli.io import data_files
+    for name in ("z.png", "a.png", "B.PNG", "sub/b.png", "sub-x/q.png", "a/k.png", "notes.txt"):
+        (tmp_path / "c" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "c" / name).write_bytes(b"x")
+    theirs = [p for p, _ in make_dataset(str(tmp_path), {"c": 0}, extensions=(".png",))]
+    assert [str(p) for p in data_files(tmp_path / "c", (".png",))] == theirs

@@ -196,7 +196,7 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
     are files in `image_dir`. The one validator every COCO reader runs before training or scoring;
     `masks`: every annotation must carry a segmentation. Fills the optional fields COCOeval reads
     (``iscrowd`` 0, ``area`` of the box, ``id``) where a hand-written file leaves them out."""
-    from ..io import note_input
+    from ..io import InputFiles, note_input
 
     where = f"annotation file '{ann_file}'"
     if not data["annotations"]:
@@ -228,7 +228,7 @@ def validate_coco(data: Dict[str, Any], ann_file: Path, image_dir: Path, masks: 
         if not stat.S_ISREG(mode):
             raise UserError(f"image '{shorten(repr(im['file_name'])[1:-1], 120)}' listed in {where} is not a regular file "
                             f"(a folder, FIFO, socket or device)")
-        note_input(path, "data file")
+        note_input(path, InputFiles.DATA)
     seen_ids: Dict[Any, int] = {}
     for i, ann in enumerate(data["annotations"]):
         what = _annotation_name(ann, i)
