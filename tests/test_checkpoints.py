@@ -362,10 +362,17 @@ def test_every_layout_is_accepted_by_load_and_info(hf_swin, official, tmp_path, 
     transformers.ViTModel(transformers.ViTConfig(**VIT)).save_pretrained(tmp_path / "vit")
     files = [tmp_path / "timm.pth", path, tmp_path / "hf.bin", folder, tmp_path / "mmdet_backbone.pth",
              tmp_path / "det.pth", tmp_path / "vit"]
+    from safetensors.torch import save_file
+    save_file({f"module.{k}": v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "ddp.safetensors")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ddp.pth")
+    files += [tmp_path / "ddp.safetensors", tmp_path / "ddp.pth"]  # timm, saved from DDP
     for f in files:
         assert sv.load(f) is not None
         code, out, err = run_cli(["info", f], capsys)
         assert code == 0 and "layout" in out, (f, err)
+    loaded = sv.load(tmp_path / "ddp.safetensors").state_dict()  # built at 224 px: a timm Swin file has no size
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items() if "relative_position_index" not in k
+               and "attn_mask" not in k)
 
 
 def test_evaluate_takes_a_hf_folder_and_checks_its_classes(hf_swin, tmp_path, capsys):
