@@ -165,7 +165,7 @@ def architecture_of(state: Dict[str, Any], config: Optional[Dict[str, Any]] = No
                 side = math.isqrt(int(table.shape[0]))
                 window = (side + 1) // 2 if side * side == int(table.shape[0]) else None
     extra: Dict[str, Any] = {}
-    pretrained = config.get("pretrained_window_sizes")
+    pretrained = config.get("pretrained_window_sizes") or hints.get("pretrained_window_sizes")
     if v2 and pretrained and any(pretrained):
         extra["pretrained_window_sizes"] = list(pretrained)
     if v2 and window is None:
@@ -251,15 +251,31 @@ BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
 
 
 def _window_hint(state: Dict[str, Any]) -> Dict[str, Any]:
-    """The window size from a relative_position_index / relative_coords_table buffer, if the file has one."""
+    """The window size from a relative_position_index / relative_coords_table buffer, if the file has one;
+    Swin V2's tables also say the window each stage was pre-trained at (`pretrained_window_sizes`)."""
+    hints: Dict[str, Any] = {}
+    pretrained: Dict[int, int] = {}
     for k, v in state.items():
-        if k.endswith("relative_position_index") and v.dim() == 2:
+        if k.endswith("relative_position_index") and v.dim() == 2 and "window_size" not in hints:
             side = math.isqrt(int(v.shape[0]))
             if side * side == int(v.shape[0]):
-                return {"window_size": side}
-        if k.endswith("relative_coords_table") and v.dim() == 4:
-            return {"window_size": (int(v.shape[1]) + 1) // 2}
-    return {}
+                hints["window_size"] = side
+        if k.endswith("relative_coords_table") and v.dim() == 4 and v.shape[1] > 1:
+            window = (int(v.shape[1]) + 1) // 2
+            hints.setdefault("window_size", window)
+            stage = re.match(r"^(?:layers|stages)\.(\d+)\.blocks\.0\.", k)
+            if stage:
+                pretrained[int(stage[1])] = _pretrained_window(v, window)
+    if pretrained and any(pretrained[i] != hints["window_size"] for i in pretrained):
+        hints["pretrained_window_sizes"] = [pretrained[i] for i in sorted(pretrained)]
+    return hints
+
+
+def _pretrained_window(table, window: int) -> int:
+    """The pre-training window of a Swin V2 relative_coords_table: its largest entry is
+    log2(8 (w - 1) / (pw - 1) + 1) / log2(8), so pw = 1 + 8 (w - 1) / (8 ** entry - 1)."""
+    top = float(table.abs().max())
+    return max(1, round(1 + 8 * (window - 1) / (8 ** top - 1))) if top > 0 else window
 
 
 def _drop_buffers(state: Dict[str, Any]) -> Dict[str, Any]:

@@ -209,9 +209,8 @@ def official(tmp_path_factory):
     model = timm.create_model("swin_tiny_patch4_window7_224", **args).eval()
     state = timm_to_official(model.state_dict())
     for name, module in model.named_modules():  # the official file carries its index buffers
-        if name.endswith(".attn"):
-            key = re.sub(r"^layers\.(\d+)", lambda m: m[0], name)
-            state[f"{key}.relative_position_index"] = module.relative_position_index
+        if name.endswith(".attn"):  # blocks are named alike in both layouts
+            state[f"{name}.relative_position_index"] = module.relative_position_index
     path = tmp_path_factory.mktemp("official") / "swin_official.pth"
     torch.save({"model": state}, path)
     return model, path
@@ -228,9 +227,13 @@ def test_official_swin_loads_with_its_architecture(official):
         assert close(sparse_model(path, 32)(x), model(x))
 
 
-def test_official_swinv2_loads(tmp_path):
+@pytest.mark.parametrize("pretrained", [None, [3, 2]])
+def test_official_swinv2_loads(tmp_path, pretrained):
+    """Its relative_coords_table buffers say the window size and the window each stage was pre-trained at
+    (a V2 fine-tuned to a larger window keeps the pre-training's coordinate scale)."""
     torch.manual_seed(5)
-    model = timm.create_model("swinv2_tiny_window8_256", **dict(TIMM_SWIN, num_classes=3)).eval()
+    extra = {"pretrained_window_sizes": pretrained} if pretrained else {}
+    model = timm.create_model("swinv2_tiny_window8_256", **dict(TIMM_SWIN, num_classes=3, **extra)).eval()
     state = timm_to_official(model.state_dict())
     for name, module in model.named_modules():
         if name.endswith(".attn"):
@@ -238,9 +241,14 @@ def test_official_swinv2_loads(tmp_path):
     torch.save({"model": state}, tmp_path / "v2.pth")
     ckpt = read_checkpoint(tmp_path / "v2.pth")
     assert ckpt.architecture.family == "swinv2" and ckpt.architecture.window_size == 4
+    assert ckpt.architecture.extra_args.get("pretrained_window_sizes") == pretrained
     with torch.no_grad():
         x = images(32, seed=7)
         assert close(sparse_model(tmp_path / "v2.pth", 32)(x), model(x))
+    # timm's own V2 files keep no buffer: the window size is not in them, and a run without --model says so
+    torch.save(model.state_dict(), tmp_path / "timm_v2.pth")
+    with pytest.raises(UserError, match="Swin V2 without its window size"):
+        model_for(read_checkpoint(tmp_path / "timm_v2.pth"), None, {})
 
 
 def test_mmdet_backbone_equals_timm_from_the_official_file(official, tmp_path):
@@ -354,10 +362,17 @@ def test_every_layout_is_accepted_by_load_and_info(hf_swin, official, tmp_path, 
     transformers.ViTModel(transformers.ViTConfig(**VIT)).save_pretrained(tmp_path / "vit")
     files = [tmp_path / "timm.pth", path, tmp_path / "hf.bin", folder, tmp_path / "mmdet_backbone.pth",
              tmp_path / "det.pth", tmp_path / "vit"]
+    from safetensors.torch import save_file
+    save_file({f"module.{k}": v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "ddp.safetensors")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ddp.pth")
+    files += [tmp_path / "ddp.safetensors", tmp_path / "ddp.pth"]  # timm, saved from DDP
     for f in files:
         assert sv.load(f) is not None
         code, out, err = run_cli(["info", f], capsys)
         assert code == 0 and "layout" in out, (f, err)
+    loaded = sv.load(tmp_path / "ddp.safetensors").state_dict()  # built at 224 px: a timm Swin file has no size
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items() if "relative_position_index" not in k
+               and "attn_mask" not in k)
 
 
 def test_evaluate_takes_a_hf_folder_and_checks_its_classes(hf_swin, tmp_path, capsys):
