@@ -296,10 +296,9 @@ def test_detector_exports_its_sparse_backbone_stage_maps(task, tmp_path, capsys)
     said = " ".join(stdout.split())
     assert f"{task} model: exported the sparse backbone only (2 multi-scale stage maps" in said
     assert "real images" in said  # the demo COCO set's validation image, through the detector's transform
-    # a detector's backbone is exported with dynamic height and width where the format can: the sparse engine's
-    # per-size tables trace as constants, so ONNX cannot, and one line says so before the fixed-size export
-    assert "onnx cannot export this model with dynamic height and width (at 48x64 its relative error is" in said
-    assert "exported with a fixed 1x3x64x64 input instead" in said
+    # a detector's backbone is exported with dynamic height and width (the engine builds its tables in the graph),
+    # verified at the traced size, another one and the real image at the size the detector's transform gives it
+    assert "onnx: dynamic height and width, verified at 48x64, 64x64" in said
 
     import onnxruntime as ort
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -342,19 +341,82 @@ def test_dynamic_export_is_verified_at_two_sizes_and_runs_at_a_third(fmt, tmp_pa
     assert got.shape == (1, 4, 20, 44) and rel_err(torch_out(model, x)[0], got) < TOL
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
-def test_sparse_backbone_dynamic_export_falls_back_to_a_fixed_size_with_one_line(fmt, tmp_path):
-    """The sparse engine builds its window tables and shifted-window masks per input size in Python: traced,
-    they hold the traced size only (torch.export refuses the size-keyed caches outright). Verification at a
-    second size finds it, one line says so, and the fixed-size export is written and verified."""
-    from sparsevit_cli.detection.models import BackboneFeatures
+def _letterboxed(seed):
+    """A batch padded to a common size as a detector's transform pads it: a square image and a landscape one
+    on a 64x96 zero canvas (zero rows and columns: padding the engine never keeps)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(2, 3, 64, 96)
+    x[0, :, :, :64] = torch.randn(3, 64, 64, generator=g)
+    x[1, :, 8:40] = torch.randn(3, 32, 96, generator=g)
+    return x
 
-    model = BackboneFeatures(micro_swin([[0.3], [0.7]])).eval()
-    out = tmp_path / f"bb{FORMATS[fmt].suffix}"
-    report = export_model(model, fmt, out, [images(0, 64, batch=1)], time_it=False,
-                          dynamic_inputs=[torch.randn(1, 3, 48, 64)])
-    assert report["dynamic"] is False and out.is_file()
-    assert report["dynamic_note"].startswith(f"{fmt} cannot export this model with dynamic height and width (")
-    assert report["dynamic_note"].endswith("exported with a fixed 1x3x64x64 input instead")
-    assert "\n" not in report["dynamic_note"] and [c["size"] for c in report["checks"]] == ["64x64"]
+
+# portrait, landscape, square (other than the traced 64x64), and a padded batch; stage 2 of 80x32 is one window
+# wide (a size the traced one does not have)
+DYNAMIC_SIZES = [(48, 64), (80, 32), (96, 96)]
+
+
+def _micro_swin_v2(sparsity, features_only):
+    torch.manual_seed(0)
+    kw = dict(img_size=64, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4)
+    kw.update(features_only=True) if features_only else kw.update(num_classes=10)
+    return sv.sparsify(randomize_(timm.create_model("swinv2_tiny_window8_256", **kw)).eval(), sparsity)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("fmt,family,features_only,sparsity", [
+    ("onnx", "v1", False, [[0.3], [0.7]]),
+    ("onnx", "v2", True, [[0.0], [0.5]]),  # stage 1 is timm's own stage, in the graph at any size
+    ("pt2", "v1", True, [[0.0], [0.5]]),
+    ("pt2", "v2", False, [[0.3], [0.7]]),
+    ("torchscript", "v1", False, [[0.5], [0.5]]),
+])
+def test_sparse_swin_exports_with_dynamic_height_and_width(fmt, family, features_only, sparsity, tmp_path):
+    """Window tables, shifted-window masks, padding and kept counts are built in the graph from the input's
+    size: the file computes what PyTorch computes at sizes it was not traced at, and on a padded batch."""
+    if family == "v1":
+        torch.manual_seed(0)
+        kw = dict(ARGS, features_only=True) if features_only else ARGS
+        if features_only:
+            kw = {k: v for k, v in kw.items() if k != "num_classes"}
+        model = sv.sparsify(randomize_(timm.create_model(MODEL, **kw)).eval(), sparsity)
+    else:
+        model = _micro_swin_v2(sparsity, features_only)
+    out = tmp_path / f"m{FORMATS[fmt].suffix}"
+    others = [torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h + w)) for h, w in DYNAMIC_SIZES]
+    report = export_model(model, fmt, out, [images(0, 64)], tolerance=TOL, time_it=False,
+                          dynamic_inputs=others + [_letterboxed(1)])
+    assert report["dynamic"] is True and "dynamic_note" not in report, report.get("dynamic_note")
+    assert [c["size"] for c in report["checks"]] == ["64x64", "48x64", "80x32", "96x96", "64x96"]
     assert report["max_rel_error"] < TOL
+    x = _letterboxed(7)[:, :, :, :88]  # a size no check used
+    want, got = _output_list(torch_out(model, x)), _output_list(runtime_out_all(fmt, out, x))
+    assert [tuple(w.shape) for w in want] == [tuple(g.shape) for g in got]
+    assert all(rel_err(w, g) < TOL for w, g in zip(want, got))
+
+
+def _output_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def runtime_out_all(fmt, path, x):
+    """Every output of an exported file in its own runtime."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return [torch.from_numpy(o) for o in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+    module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+    return torch_out(module, x)
+
+
+def test_onnx_checks_write_nothing_to_stderr(tmp_path, capfd):
+    """onnxruntime's own log lines (a failed run's [E:...] line) never reach stderr: export says one line."""
+    from sparsevit_cli.commands.export import _load_onnx
+
+    model, out = micro_swin([[0.0], [0.5]]), tmp_path / "m.onnx"
+    export_model(model, "onnx", out, [images(0, 64, batch=1)], tolerance=TOL, time_it=False)
+    run = _load_onnx(out)
+    with pytest.raises(Exception):
+        run(np.zeros((1, 3, 64), dtype=np.float32))  # a wrong rank: onnxruntime logs an error and raises
+    captured = capfd.readouterr()
+    assert captured.err == "", captured.err

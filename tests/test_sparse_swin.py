@@ -8,7 +8,7 @@ import torch
 
 import sparsevit_cli as sv
 from sparsevit_cli.errors import UserError
-from sparsevit_cli.swin.patch import SparseSwinStage, build_grid, kept_windows, sparse_block_
+from sparsevit_cli.swin.patch import Kept, SparseSwinStage, build_grid, kept_windows, sparse_block_
 from timm.models.swin_transformer import SwinTransformer
 
 
@@ -135,6 +135,8 @@ def _window_ids_by_block(sparse, x):
     seen = {}
 
     def spy(run, block, buf, grid, ids):
+        if isinstance(ids, Kept):  # the same count per image here (no padding): (B, k)
+            ids = torch.stack(ids.by_image(buf.shape[0]))
         seen.setdefault(id(block), ids)
         return run(block, buf, grid, ids)
 
@@ -179,7 +181,8 @@ def test_centered_score_finds_a_dark_object_that_raw_l2_ranks_last():
     sparse.patch_embed.norm = torch.nn.Identity()
     sparse.set_sparsity([[0.8], [0.0], [0.0, 0.0, 0.0], [0.0]])
     x = torch.full((1, 3, 224, 224), 3.0)
-    x[..., 84:112, 84:112] = 0.0  # exactly window (3, 3) of the 8 x 8 stage-1 grid: id 27
+    # exactly window (3, 3) of the 8 x 8 stage-1 grid: id 27 (not exactly 0: that would be padding)
+    x[..., 84:112, 84:112] = 0.01
     with torch.no_grad():
         h = sparse.patch_embed(x).reshape(1, -1, 96)
     assert (h[0, 0] ** 2).sum() > (h[0, 21 * 56 + 21] ** 2).sum()  # background token outweighs object token

@@ -12,8 +12,11 @@ RPN and RoI heads (data-dependent proposal counts, NMS) stay in PyTorch.
 
 Dynamic height and width (`dynamic_inputs`): the graph is written with symbolic height and width (ONNX dynamic
 axes, torch.export dynamic shapes; a TorchScript trace has no declaration) and verified at the traced size AND at
-other sizes. A format that cannot (the exporter refuses, or the file computes something else at another size) is
-one line, and the model is exported again with a fixed input size, verified as usual.
+other sizes. The sparse Swin (V1 and V2, whole or features_only) builds its window tables, shifted-window masks,
+padding masks and kept counts from tensor operations on the input's size (`sparsevit_cli.swin.patch`), so every
+format takes any size its patch divides. A model that cannot (the exporter refuses, or the file computes
+something else at another size) is one line, and the model is exported again with a fixed input size, verified
+as usual.
 """
 from __future__ import annotations
 
@@ -78,8 +81,22 @@ def _load_onnx(path: Path) -> Runner:
         import onnxruntime as ort
     except ImportError:
         raise UserError("ONNX export needs onnxruntime: pip install 'sparsevit[export]'")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda a: _one_or_list(session.run(None, {"images": a}))
+    return _ort_runner(ort, path)
+
+
+#: onnxruntime's log severity for export's sessions: errors and warnings reach the user as one line (a failed
+#: run is a UserError), never as onnxruntime's own lines on stderr (3 = ERROR, 4 = FATAL)
+ORT_LOG_SEVERITY = 4
+
+
+def _ort_runner(ort, path: Path) -> Runner:
+    ort.set_default_logger_severity(ORT_LOG_SEVERITY)
+    options = ort.SessionOptions()
+    options.log_severity_level = ORT_LOG_SEVERITY
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    run_options = ort.RunOptions()
+    run_options.log_severity_level = ORT_LOG_SEVERITY
+    return lambda a: _one_or_list(session.run(None, {"images": a}, run_options))
 
 
 def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool = False) -> None:
@@ -123,8 +140,23 @@ def _write_pt2(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool = Fa
         warnings.simplefilter("ignore")
         # a copy: export marks the example's dynamic dimensions on the tensor itself, which would make a later
         # export of the same input (the fixed-size one after a refused dynamic one) dynamic too
-        program = torch.export.export(model, (x.clone(),), dynamic_shapes=shapes, strict=False)
+        with _size_oblivious(dynamic):
+            program = torch.export.export(model, (x.clone(),), dynamic_shapes=shapes, strict=False)
     _save_through_memory(lambda f: torch.export.save(program, f), path)
+
+
+@contextmanager
+def _size_oblivious(dynamic: bool) -> Iterator[None]:
+    """While exporting with dynamic sizes, make torch.export reason about sizes without specialising on 1 (its
+    ``backed_size_oblivious``): a map one window wide at the traced size would otherwise fix the graph to it,
+    and one more than a window wide would refuse the sizes where a map is one window wide."""
+    if not dynamic:
+        yield
+        return
+    from torch.fx.experimental import _config as fx_config
+
+    with fx_config.patch(backed_size_oblivious=True):
+        yield
 
 
 def _load_pt2(path: Path) -> Runner:

@@ -150,32 +150,52 @@ class WindowGrid:
         return self.index.shape[0]
 
 
-def build_grid(block: SwinTransformerBlock, H: int, W: int, device: torch.device) -> WindowGrid:
-    """Token index table of `block`'s window grid, matching timm's roll -> pad -> partition order."""
+def static_size(*sizes) -> bool:
+    """Whether sizes are plain ints (eager), not an exporter's symbolic sizes (SymInts, traced 0-d tensors)."""
+    return all(isinstance(n, int) for n in sizes)
+
+
+def _window_coords(window_size: Sequence[int], Hp, Wp, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(row, col), each (nW, N): the position on the (Hp, Wp) map padded to whole windows of every token of
+    every window, in timm's window_partition order (windows row-major, tokens row-major inside). Broadcast
+    arithmetic on aranges only: no reshape of a map, so symbolic sizes add no guard on the window counts."""
+    wh, ww = window_size
+    nw = Wp // ww
+    win = torch.arange((Hp // wh) * nw, device=device).unsqueeze(1)  # (nW, 1)
+    tok = torch.arange(wh * ww, device=device).unsqueeze(0)  # (1, N)
+    return (win // nw) * wh + tok // ww, (win % nw) * ww + tok % ww
+
+
+def build_grid(block: SwinTransformerBlock, H, W, device: torch.device) -> WindowGrid:
+    """Token index table of `block`'s window grid, matching timm's roll -> pad -> partition order.
+
+    Built from tensor operations on H and W only, so that under an exporter with symbolic sizes (ONNX dynamic
+    axes, torch.export dynamic shapes) the graph computes the table for the size at hand. With symbolic sizes
+    `valid` is always given (whether a size pads is not known while tracing)."""
     wh, ww = block.window_size
     sh, sw = block.shift_size
-    Hp, Wp = math.ceil(H / wh) * wh, math.ceil(W / ww) * ww
+    Hp, Wp = (H + wh - 1) // wh * wh, (W + ww - 1) // ww * ww
+    row, col = _window_coords(block.window_size, Hp, Wp, device)
     # position (i, j) of the rolled, padded map holds token ((i + sh) % H, (j + sw) % W) of the stage map
-    rows = torch.arange(Hp, device=device)
-    cols = torch.arange(Wp, device=device)
-    src = ((rows[:, None] + sh) % H) * W + (cols[None, :] + sw) % W
-    pad = (rows[:, None] >= H) | (cols[None, :] >= W)
-    src = torch.where(pad, torch.full_like(src, H * W), src)
-    nh, nw = Hp // wh, Wp // ww
-    index = src.view(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(nh * nw, wh * ww)
+    src = ((row + sh) % H) * W + (col + sw) % W
+    pad = (row >= H) | (col >= W)
+    index = torch.where(pad, torch.full_like(src, 0) + H * W, src)
     valid = None
-    if Hp > H or Wp > W:  # static shapes, not data: also safe while an exporter traces
-        valid = (~pad).view(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(nh * nw, wh * ww, 1).float()
+    if not static_size(H, W) or Hp > H or Wp > W:
+        valid = (~pad).to(torch.float32).unsqueeze(-1)
     return WindowGrid(index=index.contiguous(), valid=valid, mask=shift_mask(block, Hp, Wp, device))
 
 
-def shift_mask(block: nn.Module, Hp: int, Wp: int, device: torch.device) -> Optional[torch.Tensor]:
+def shift_mask(block: nn.Module, Hp, Wp, device: torch.device) -> Optional[torch.Tensor]:
     """timm's shifted-window attention mask (nW, N, N) of a Swin block (V1 or V2) on a (Hp, Wp) map padded to
     whole windows, float32; None for a block without shift. Built by timm's own mask builder once per size,
     layout and device, and kept on the block: the engine's kept windows and timm's own blocks
-    (`SizedMaskBlock`) read the same tensor."""
+    (`SizedMaskBlock`) read the same tensor. Symbolic sizes (an exporter tracing): `region_mask`, in the
+    graph, not cached."""
     if not any(block.shift_size):
         return None
+    if not static_size(Hp, Wp):
+        return region_mask(block, Hp, Wp, device)
     cache = block.__dict__.setdefault("_shift_masks", {})
     # a string device: dynamo guards on the key and cannot rebuild a torch.device
     key = (Hp, Wp, tuple(block.window_size), tuple(block.shift_size), str(device))
@@ -190,6 +210,19 @@ def shift_mask(block: nn.Module, Hp: int, Wp: int, device: torch.device) -> Opti
     return mask
 
 
+def region_mask(block: nn.Module, Hp, Wp, device: torch.device) -> torch.Tensor:
+    """timm's shifted-window mask (`get_attn_mask`) from tensor operations on (possibly symbolic) sizes: timm
+    labels the padded map in 3 x 3 regions (rows [0, Hp - wh), [Hp - wh, Hp - sh), [Hp - sh, Hp), columns
+    likewise) and masks (-100) token pairs of a window from different regions. float32 (nW, N, N)."""
+    wh, ww = block.window_size
+    sh, sw = block.shift_size
+    row, col = _window_coords(block.window_size, Hp, Wp, device)
+    region = (((row >= Hp - wh).long() + (row >= Hp - sh).long()) * 3
+              + (col >= Wp - ww).long() + (col >= Wp - sw).long())  # (nW, N)
+    differ = region.unsqueeze(1) != region.unsqueeze(2)
+    return differ.to(torch.float32) * -100.0
+
+
 class SizedMaskBlock:
     """Mixin in front of the class of every block of a sparse stage, for the blocks that run as timm's own
     (a stage or leading blocks that prune nothing). timm builds a block's static shifted-window mask for the
@@ -201,11 +234,13 @@ class SizedMaskBlock:
     def get_attn_mask(self, x: Optional[torch.Tensor] = None, device=None, dtype=None) -> Optional[torch.Tensor]:
         if x is None:  # timm's static buffer, or `shift_mask` building a size
             return super().get_attn_mask(device=device, dtype=dtype)
+        if not static_size(x.shape[1], x.shape[2]):  # an exporter with symbolic sizes: built in the graph
+            return region_mask(self, x.shape[1], x.shape[2], x.device).to(x.dtype)
         mask = shift_mask(self, x.shape[1], x.shape[2], x.device)
         return None if mask is None else mask.to(x.dtype)  # 0 / -100: exact in every float dtype
 
 
-def stage_grids(blocks: Sequence[nn.Module], H: int, W: int, device: torch.device,
+def stage_grids(blocks: Sequence[nn.Module], H, W, device: torch.device,
                 make_grid: Callable = build_grid) -> List[WindowGrid]:
     """One grid per block of a stage at (H, W); blocks with the same window layout share one object."""
     by_layout: Dict[Tuple, WindowGrid] = {}
@@ -218,11 +253,16 @@ def stage_grids(blocks: Sequence[nn.Module], H: int, W: int, device: torch.devic
     return grids
 
 
+def _grouped(mask: torch.Tensor, windows) -> bool:
+    """Whether `mask` (G, N, N) is shared by groups of `windows` (G < windows, both plain ints)."""
+    return static_size(mask.shape[0], windows) and mask.shape[0] != windows
+
+
 def window_attention(block: SwinTransformerBlock, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """timm WindowAttention.forward for windows that each carry their own mask.
 
     x: (B_, N, C) kept windows; mask: (G, N, N) with G dividing B_ (window w of x uses mask w % G), or
-    None. Same op order as timm.
+    None. Same op order as timm. Sizes an exporter made symbolic: the mask is one per window (G = B_).
     """
     attn_mod = block.attn
     B_, N, _ = x.shape
@@ -230,19 +270,23 @@ def window_attention(block: SwinTransformerBlock, x: torch.Tensor, mask: Optiona
     q, k, v = qkv.unbind(0)
     if attn_mod.fused_attn:
         attn_mask = attn_mod._get_rel_pos_bias()
-        if mask is not None:
+        if mask is not None and _grouped(mask, B_):
             G = mask.shape[0]
             attn_mask = (attn_mask.unsqueeze(0) + mask.view(1, G, 1, N, N)).expand(B_ // G, -1, -1, -1, -1)
             attn_mask = attn_mask.reshape(B_, -1, N, N)
+        elif mask is not None:  # one mask per window
+            attn_mask = attn_mask.unsqueeze(0) + mask.unsqueeze(1)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=attn_mod.attn_drop.p if attn_mod.training else 0.0)
     else:
         q = q * attn_mod.scale
         attn = q @ k.transpose(-2, -1)
         attn = attn + attn_mod._get_rel_pos_bias()
-        if mask is not None:
+        if mask is not None and _grouped(mask, B_):
             G = mask.shape[0]
             attn = (attn.view(-1, G, attn_mod.num_heads, N, N) + mask.view(1, G, 1, N, N)).view(B_, -1, N, N)
+        elif mask is not None:  # one mask per window
+            attn = attn + mask.unsqueeze(1)
         attn = attn_mod.softmax(attn)
         attn = attn_mod.attn_drop(attn)
         x = attn @ v
@@ -258,39 +302,62 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
-class Windows(NamedTuple):
-    """Kept windows gathered from a stage buffer by `gather_windows` (k windows of N tokens per image)."""
+class Kept(NamedTuple):
+    """The windows a block computes, over the whole batch: images keep different counts (padding windows are
+    never kept, so an image's count comes from its real windows), so they are listed flat, image by image."""
 
-    tokens: torch.Tensor  #: (B*k, N, C) the windows' tokens, padding tokens read from the dummy row
-    valid: Optional[torch.Tensor]  #: (B*k, N, 1) 1.0 real token, 0.0 padding; None when nothing is padded
-    #: timm's shifted-window attention mask: (B*k, N, N) one per kept window, or (nW, N, N) when every window
+    image: torch.Tensor  #: (T,) the image of each kept window
+    window: torch.Tensor  #: (T,) its window id in the grid
+    #: (T,) False for a slot that only fills a fixed count (torch.compile needs static shapes): it reads and
+    #: writes its image's dummy row, so it changes nothing; None when every slot is a kept window
+    live: Optional[torch.Tensor] = None
+
+    def by_image(self, batch: int) -> List[torch.Tensor]:
+        """The kept window ids of each image of the batch, best first."""
+        image, window = self.image, self.window
+        if self.live is not None:
+            image, window = image[self.live], window[self.live]
+        return [window[image == b] for b in range(batch)]
+
+
+class Windows(NamedTuple):
+    """Kept windows gathered from a stage buffer by `gather_windows` (T windows of N tokens)."""
+
+    tokens: torch.Tensor  #: (T, N, C) the windows' tokens, padding tokens read from the dummy row
+    valid: Optional[torch.Tensor]  #: (T, N, 1) 1.0 real token, 0.0 padding; None when nothing is padded
+    #: timm's shifted-window attention mask: (T, N, N) one per kept window, or (nW, N, N) when every window
     #: is kept (window w of image b uses mask w, as timm's grouped masks do); None on the plain grid
     mask: Optional[torch.Tensor]
-    flat_idx: torch.Tensor  #: (B*k*N,) rows of the buffer viewed as (B*(H*W + 1), C), for `scatter_windows`
+    flat_idx: torch.Tensor  #: (T*N,) rows of the buffer viewed as (B*(H*W + 1), C), for `scatter_windows`
 
 
-def gather_windows(buf: torch.Tensor, grid: WindowGrid, window_ids: Optional[torch.Tensor]) -> Windows:
+def gather_windows(buf: torch.Tensor, grid: WindowGrid, window_ids: Union[None, torch.Tensor, Kept]) -> Windows:
     """The tokens of the kept windows of `buf` (B, H*W + 1, C), with their padding and attention masks.
 
-    window_ids: (B, k) kept windows per image, or None for every window in grid order. The masks keep the
-    grid's dtype (float32); a block casts them to its compute dtype."""
+    window_ids: a `Kept` list, (B, k) kept windows per image (the same count for every image), or None for
+    every window in grid order. The masks keep the grid's dtype (float32); a block casts them to its compute
+    dtype."""
     B, L, C = buf.shape
     N = grid.index.shape[1]
     if window_ids is None:
-        idx = grid.index.unsqueeze(0).expand(B, -1, -1)
-        k = grid.num_windows
-    else:
-        idx = grid.index[window_ids]
+        flat_idx = (grid.index.unsqueeze(0) + (torch.arange(B, device=buf.device) * L).view(B, 1, 1)).reshape(-1)
+        tokens = buf.view(B * L, C).index_select(0, flat_idx).view(B * grid.num_windows, N, C)
+        valid = None if grid.valid is None else grid.valid.unsqueeze(0).expand(B, -1, -1, -1).reshape(-1, N, 1)
+        mask = grid.mask
+        if mask is not None and not static_size(tokens.shape[0], mask.shape[0]):  # symbolic: one mask per window
+            mask = mask.repeat(B, 1, 1)
+        return Windows(tokens, valid, mask, flat_idx)
+    if isinstance(window_ids, torch.Tensor):  # (B, k): the same count per image
         k = window_ids.shape[1]
-    flat_idx = (idx + (torch.arange(B, device=buf.device) * L).view(B, 1, 1)).reshape(-1)
-    tokens = buf.view(B * L, C).index_select(0, flat_idx).view(B * k, N, C)
-    valid = None
-    if grid.valid is not None:
-        valid = (grid.valid.unsqueeze(0).expand(B, -1, -1, -1) if window_ids is None
-                 else grid.valid[window_ids]).reshape(B * k, N, 1)
-    mask = grid.mask
-    if mask is not None and window_ids is not None:
-        mask = mask[window_ids].reshape(B * k, N, N)
+        image = torch.arange(B, device=buf.device).view(B, 1).expand(B, k).reshape(-1)
+        window_ids = Kept(image, window_ids.reshape(-1))
+    idx = grid.index[window_ids.window]  # (T, N)
+    if window_ids.live is not None:  # fill slots: the image's dummy row
+        idx = torch.where(window_ids.live[:, None], idx, torch.full_like(idx, L - 1))
+    flat_idx = (idx + (window_ids.image * L)[:, None]).reshape(-1)
+    tokens = buf.view(B * L, C).index_select(0, flat_idx).view(-1, N, C)
+    valid = None if grid.valid is None else grid.valid[window_ids.window]
+    mask = None if grid.mask is None else grid.mask[window_ids.window]
     return Windows(tokens, valid, mask, flat_idx)
 
 
@@ -322,20 +389,86 @@ def sparse_block_(block: SwinTransformerBlock, buf: torch.Tensor, grid: WindowGr
     return scatter_windows(buf, flat_idx, x)
 
 
-def _kept_token_masks(grids: List[WindowGrid], keeps: List[int], orders: Dict[int, torch.Tensor],
-                      B: int, H: int, W: int) -> List[torch.Tensor]:
+def _kept_token_masks(grids: List[WindowGrid], kept: List[Optional[Kept]], B: int, H: int, W: int
+                      ) -> List[torch.Tensor]:
     """(B, H, W) bool masks of the tokens each block of a stage computes (for `kept_window_masks`)."""
     masks = []
-    for grid, k in zip(grids, keeps):
+    for grid, sel in zip(grids, kept):
         device = grid.index.device
-        if k == grid.num_windows:
+        if sel is None:
             masks.append(torch.ones(B, H, W, dtype=torch.bool, device=device))
             continue
-        idx = grid.index[orders[id(grid)][:, :k]].reshape(B, -1)  # (B, k*N), may hold the dummy row H*W
+        idx = grid.index[sel.window]  # (T, N), may hold the dummy row H*W
+        if sel.live is not None:
+            idx = torch.where(sel.live[:, None], idx, torch.full_like(idx, H * W))
         m = torch.zeros(B, H * W + 1, dtype=torch.bool, device=device)
-        m.scatter_(1, idx, True)
+        m[sel.image[:, None].expand_as(idx), idx] = True
         masks.append(m[:, : H * W].reshape(B, H, W))
     return masks
+
+
+class PaddingMask:
+    """Which pixels of the model's input are padding, for the stages to find the windows that are all padding.
+
+    A forward pre-hook on the model's ``patch_embed`` (the first thing every forward runs: classifier,
+    ``forward_intermediates`` under a detector or segmenter, ``features_only`` backbone, an exported graph)
+    records the input; a stage asks `tokens` for its token map. The rule: **a pixel is padding when it is
+    exactly 0 in every channel of the model's input**, and a token (a window) when all its pixels are. That is
+    what torchvision's GeneralizedRCNNTransform writes (it normalises, then pads the batch with zeros), what
+    a letterbox on a zero canvas after normalisation writes, and what the zero rows beyond a smaller image in
+    a padded batch are. A real pixel is never exactly 0 in every channel after mean/std normalisation unless
+    it equals the mean to the last bit, and a token is padding only if all its pixels are."""
+
+    image: Optional[torch.Tensor] = None
+    _pixels: Optional[torch.Tensor] = None
+
+    def __call__(self, module: nn.Module, args) -> None:
+        self.image, self._pixels = (args[0] if args else None), None
+
+    def tokens(self, stride: int, H, W) -> Optional[torch.Tensor]:
+        """(B, H*W) bool, True for a real token of the (H, W) map at `stride` input pixels per token (a token
+        covers pixels [i*stride, (i+1)*stride), cut at the image's edge as timm's patch merging pads), or None
+        when no input was recorded or it does not lead to this map (a stage called on its own)."""
+        x = self.image
+        if x is None or x.dim() != 4 or not stride:
+            return None
+        if self._pixels is None:
+            self._pixels = (x.detach() != 0).any(dim=1, keepdim=True).to(torch.float32)  # (B, 1, H0, W0)
+        real = F.max_pool2d(self._pixels, stride, stride, ceil_mode=True)
+        if static_size(H, W) and tuple(real.shape[-2:]) != (H, W):
+            return None
+        return real.flatten(1) > 0
+
+
+def real_windows(grid: WindowGrid, token_real: Optional[torch.Tensor], B: int) -> torch.Tensor:
+    """(B, nW) bool: windows of `grid` holding at least one real token (all True without a padding mask)."""
+    if token_real is None:
+        return torch.ones_like(grid.index[:, 0], dtype=torch.bool).unsqueeze(0).expand(B, -1)
+    token_real = torch.cat([token_real, token_real.new_zeros(token_real.shape[0], 1)], dim=1)  # dummy: padding
+    return token_real[:, grid.index].any(dim=-1)
+
+
+def kept_counts(real: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """(B,) windows each image keeps at `sparsity`: `kept_windows` of its real windows, round((1-s)*R), at
+    least one; tensor operations (float64, as Python's float), so an exported graph counts at any size."""
+    R = real.sum(dim=1).to(torch.float64)
+    return torch.floor((1.0 - sparsity) * R + 0.5).to(torch.int64).clamp(min=1)
+
+
+def select_kept(order: torch.Tensor, counts: torch.Tensor, fixed: Optional[int] = None) -> Kept:
+    """The first `counts[b]` windows of each image's ranking `order` (B, nW), as one flat `Kept` list.
+
+    fixed: a static slot count per image (torch.compile needs static shapes): each image lists `fixed`
+    windows and the ones beyond its count are fill slots (`Kept.live` False) that touch only its dummy row."""
+    B, nW = order.shape
+    if fixed is not None:
+        order = order[:, :fixed]
+        live = torch.arange(order.shape[1], device=order.device).unsqueeze(0) < counts.unsqueeze(1)
+        image = torch.arange(B, device=order.device).unsqueeze(1).expand_as(order)
+        return Kept(image.reshape(-1), order.reshape(-1), live.reshape(-1))
+    slot = torch.arange(nW, device=order.device).unsqueeze(0) < counts.unsqueeze(1)  # (B, nW) in rank order
+    image = torch.arange(B, device=order.device).unsqueeze(1).expand_as(order)
+    return Kept(image[slot], order[slot])
 
 
 def rank_windows(scores: torch.Tensor) -> torch.Tensor:
@@ -347,11 +480,13 @@ def rank_windows(scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()  # scores pick windows; they are not trained through
-def rank_grids(window_score: str, tokens: torch.Tensor, grids: Sequence[WindowGrid]) -> Dict[int, torch.Tensor]:
+def rank_grids(window_score: str, tokens: torch.Tensor, grids: Sequence[WindowGrid],
+               real: Optional[Dict[int, torch.Tensor]] = None) -> Dict[int, torch.Tensor]:
     """Rank the windows of every distinct grid of a stage, best first: {id(grid): (B, nW) window ids}.
 
     tokens: the (B, H*W, C) token map the stage ranks on. Token values are computed once and reduced per
-    window of each grid (padding tokens count 0), so the plain and the shifted grid share one score."""
+    window of each grid (padding tokens count 0), so the plain and the shifted grid share one score.
+    real: {id(grid): (B, nW) bool} windows that hold real pixels (`real_windows`); the others rank last."""
     score = window_score_spec(window_score)
     values = score(tokens).float()
     values = torch.cat([values, values.new_zeros(values.shape[0], 1)], dim=1)  # the padding dummy row
@@ -361,13 +496,16 @@ def rank_grids(window_score: str, tokens: torch.Tensor, grids: Sequence[WindowGr
             per_token = values[:, g.index]  # (B, nW, N)
             per_window = (per_token.sum(-1) if score.window == "sum"
                           else torch.linalg.vector_norm(per_token, ord=2, dim=-1))
+            if real is not None and id(g) in real:
+                per_window = per_window.masked_fill(~real[id(g)], float("-inf"))
             orders[id(g)] = rank_windows(per_window)
     return orders
 
 
-def window_orders(window_score: str, buf: torch.Tensor, grids: Sequence[WindowGrid]) -> Dict[int, torch.Tensor]:
+def window_orders(window_score: str, buf: torch.Tensor, grids: Sequence[WindowGrid],
+                  real: Optional[Dict[int, torch.Tensor]] = None) -> Dict[int, torch.Tensor]:
     """`rank_grids` on a (B, H*W + 1, C) stage buffer (last row: the padding dummy)."""
-    return rank_grids(window_score, buf[:, : buf.shape[1] - 1], grids)
+    return rank_grids(window_score, buf[:, : buf.shape[1] - 1], grids, real)
 
 
 def _check_ratio(r: float) -> float:
@@ -424,12 +562,19 @@ class SparseSwinStage:
     window_score: str = DEFAULT_WINDOW_SCORE
     #: while `kept_window_masks` runs: the list this stage appends its per-block kept-token masks to
     _kept_recorder: Optional[List[List[torch.Tensor]]] = None
+    #: the model's input padding (shared by the model's stages, fed by a hook on its patch_embed)
+    _padding: Optional[PaddingMask] = None
+    #: input pixels per token of this stage's map (after its patch merging)
+    _token_stride: int = 0
     #: runs one block on the kept windows of the stage buffer (a model family's own block plugs in here)
     sparse_block = staticmethod(sparse_block_)
     make_grid = staticmethod(build_grid)
 
-    def grids(self, H: int, W: int, device: torch.device) -> List[WindowGrid]:
-        """Per-block window grids at (H, W), built once per resolution and device."""
+    def grids(self, H, W, device: torch.device) -> List[WindowGrid]:
+        """Per-block window grids at (H, W), built once per resolution and device (symbolic sizes, while an
+        exporter traces: built in the graph, not cached)."""
+        if not static_size(H, W):
+            return stage_grids(self.blocks, H, W, device, self.make_grid)
         key = (H, W, str(device))  # a string: dynamo guards on the key, and cannot rebuild a torch.device
         grids = self._grid_cache.get(key)
         if grids is None:
@@ -441,38 +586,80 @@ class SparseSwinStage:
     _prefix_index: int = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._prefix_cache is not None and self._kept_recorder is None and not self.training:
+        if self._prefix_cache is not None and self._kept_recorder is None and not self.training and not exporting():
             return forward_shared(self, x)
-        if self._kept_recorder is None and not any(self.ratios):
+        if self._kept_recorder is None and not any(self.ratios) and not exporting():
             return super().forward(x)  # timm's own stage: nothing to prune, nothing added
         return self.forward_blocks(self.downsample(x))
 
+    def real_windows(self, grids: Sequence[WindowGrid], B: int, H, W) -> Dict[int, torch.Tensor]:
+        """{id(grid): (B, nW) bool} the windows of each distinct grid that hold a real (non-padding) token of
+        the model's input (`PaddingMask`)."""
+        token_real = None if self._padding is None else self._padding.tokens(self._token_stride, H, W)
+        return {id(g): real_windows(g, token_real, B) for g in grids}
+
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """The blocks on the (B, H, W, C) map after patch merging."""
+        """The blocks on the (B, H, W, C) map after patch merging.
+
+        A block pair at ratio 0 computes every window (padding included: timm's dense model). A pair at ratio
+        s > 0 keeps, per image, ``round((1-s) * R)`` (at least one) of the image's R windows that hold a real
+        pixel, best first; windows that are all padding are never kept and not counted."""
         B, H, W, C = x.shape
         grids = self.grids(H, W, x.device)
-        keeps = [kept_windows(g.num_windows, self.ratios[i // 2]) for i, g in enumerate(grids)]
-        pruned = [bool(k < g.num_windows) for k, g in zip(keeps, grids)]  # bool: sizes are tensors in a trace
+        ratios = [self.ratios[i // 2] for i in range(len(grids))]
+        real = self.real_windows(grids, B, H, W)
+        counts = [kept_counts(real[id(g)], r) if r > 0 else None for g, r in zip(grids, ratios)]
+        compiling = torch.compiler.is_compiling() and not exporting()  # (torch.export compiles too)
+        graph = compiling or exporting()
+        # eager: a block that keeps every window of every image runs on them all (or as timm's own block);
+        # in a graph the counts are symbolic, and every block at a ratio > 0 selects
+        pruned = [c is not None and (graph or bool((c < g.num_windows).any())) for c, g in zip(counts, grids)]
         first = next((i for i, p in enumerate(pruned) if p), len(grids))
+        # blocks before `start` run as timm's own blocks on the map; from `start` on, on the stage buffer. An
+        # exporter gets the buffer from block 0: timm's blocks specialise on the traced size (whether it pads)
+        start = 0 if exporting() else first
         rank_late = window_score_spec(self.window_score).at_first_pruned_block
         orders: Dict[int, torch.Tensor] = {}
         if first < len(grids) and not rank_late:
-            orders = rank_grids(self.window_score, x.reshape(B, H * W, C), grids)
-        for i in range(first):  # blocks that keep every window are timm's blocks (no gather, no buffer)
+            orders = rank_grids(self.window_score, x.reshape(B, H * W, C), grids, real)
+        for i in range(start):  # blocks that keep every window are timm's blocks (no gather, no buffer)
             x = self.blocks[i](x)
-        if first < len(grids) and rank_late:
-            orders = rank_grids(self.window_score, x.reshape(B, H * W, C), grids)
-        if self._kept_recorder is not None:  # one check per stage; nothing else when not recording
-            self._kept_recorder.append(_kept_token_masks(grids, keeps, orders, B, H, W))
-        if first == len(grids):
+        if first < len(grids) and rank_late and start == first:
+            orders = rank_grids(self.window_score, x.reshape(B, H * W, C), grids, real)
+        if self._kept_recorder is not None:  # one check per stage; nothing else when not recording (eager)
+            self._kept_recorder.append(_kept_token_masks(
+                grids, self.kept(grids, ratios, pruned, counts, orders), B, H, W))
+        if start == len(grids):
             return x
 
         # one stage buffer with a dummy row per image for padding tokens: the only full copy
         buf = torch.cat([x.reshape(B, H * W, C), x.new_zeros(B, 1, C)], dim=1)
-        for i in range(first, len(grids)):
-            window_ids = orders[id(grids[i])][:, : keeps[i]] if pruned[i] else None
-            buf = self.sparse_block(self.blocks[i], buf, grids[i], window_ids)
+        kept: List[Optional[Kept]] = [None] * len(grids)
+        for i in range(start, len(grids)):
+            if i == first:
+                if rank_late and start < first:  # ranked at the first pruning block's input, as in eager
+                    orders = window_orders(self.window_score, buf, grids, real)
+                kept = self.kept(grids, ratios, pruned, counts, orders)
+            buf = self.sparse_block(self.blocks[i], buf, grids[i], kept[i])
         return buf[:, : H * W].reshape(B, H, W, C)
+
+    @staticmethod
+    def kept(grids: Sequence[WindowGrid], ratios: Sequence[float], pruned: Sequence[bool],
+             counts: Sequence[Optional[torch.Tensor]], orders: Dict[int, torch.Tensor]) -> List[Optional[Kept]]:
+        """The `Kept` windows of every block (None: every window), one selection per grid and ratio (a pair's
+        blocks on one grid, and consecutive pairs at one ratio, share it)."""
+        compiling = torch.compiler.is_compiling() and not exporting()  # (torch.export compiles too)
+        kept: List[Optional[Kept]] = []
+        by_choice: Dict[Tuple[int, float], Kept] = {}
+        for i, (g, r) in enumerate(zip(grids, ratios)):
+            if not pruned[i]:
+                kept.append(None)
+                continue
+            if (id(g), r) not in by_choice:
+                fixed = kept_windows(g.num_windows, r) if compiling else None
+                by_choice[id(g), r] = select_kept(orders[id(g)], counts[i], fixed)
+            kept.append(by_choice[id(g), r])
+        return kept
 
 
 class SparseSwinTransformer:
@@ -609,9 +796,14 @@ def patch_stages(model: nn.Module, stages: Sequence[nn.Module], model_mixin: typ
     if window_score is not None:
         check_window_score(window_score)  # before patching: a bad name leaves the model untouched
     model.__class__ = sparse_class(type(model), model_mixin)
+    padding = attach_padding_mask(model)
+    stride = _patch_stride(model)
     for stage in stages:
         stage.__class__ = sparse_class(type(stage), stage_mixin)
         stage._grid_cache = {}
+        if not isinstance(stage.downsample, nn.Identity):
+            stride *= 2
+        stage._padding, stage._token_stride = padding, stride
         for block in stage.blocks:
             block.__class__ = sparse_class(type(block), SizedMaskBlock)
             block.dynamic_mask = True  # timm asks get_attn_mask for the size at hand (answered from a cache)
@@ -619,6 +811,23 @@ def patch_stages(model: nn.Module, stages: Sequence[nn.Module], model_mixin: typ
     if hasattr(patch_embed, "strict_img_size"):
         patch_embed.strict_img_size = False  # any multiple of the patch: the engine follows the size
     return configure(model, 0.0 if sparsity is None else sparsity, window_score)
+
+
+def _patch_stride(model: nn.Module) -> int:
+    """Input pixels per token of the patch embedding (0: unknown, so no padding is detected)."""
+    size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return int(size) if size else 0
+
+
+def attach_padding_mask(model: nn.Module) -> Optional[PaddingMask]:
+    """A `PaddingMask` fed by a forward pre-hook on `model.patch_embed` (None without one)."""
+    patch_embed = getattr(model, "patch_embed", None)
+    if not isinstance(patch_embed, nn.Module):
+        return None
+    padding = PaddingMask()
+    patch_embed.register_forward_pre_hook(padding)
+    return padding
 
 
 def configure(model: SparseSwinTransformer, sparsity=None, window_score: Optional[str] = None) -> SparseSwinTransformer:
