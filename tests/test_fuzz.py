@@ -363,17 +363,34 @@ COCO_FIELDS = {"images": ["id", "file_name", "width", "height"],
 COCO_VALUES = st.sampled_from([
     1, 2, 7, "1", 1.0, True, [], [1, 2, 3], [0, 0, 5, 5], [[0, 0, 5, 0, 5, 5]], [[0, 0, 5, 0, 5]],
     [[0, 0, float("nan"), 0, 5, 5]], {"size": [48, 64], "counts": [3072]}, {"size": [48, 64], "counts": [3000]},
-    {"size": [48, 64], "counts": [-1, 3073]}, {"size": [64, 48], "counts": [3072]}, {"size": [48, 64], "counts": "0`0"},
+    {"size": [48, 64], "counts": [-1, 3073]}, {"size": [48, 64], "counts": [3072, 0]}, {"size": [64, 48], "counts": [3072]}, {"size": [48, 64], "counts": "0`0"},
     {"size": [48, 64], "counts": "garbage"}, {"size": [48, 64], "counts": "P`0"}, {"size": "48x64", "counts": []},
     {"counts": [3072]}, "a.png", "00000.png", "../00000.png", "missing.png"])
 
 
 @pytest.fixture(scope="module")
 def coco_world(tmp_path_factory):
-    """The demo's COCO val split (images and a valid instances file), the seed of every mutation."""
-    root = tmp_path_factory.mktemp("fuzz-coco")
-    write_demo_data(root, img_size=64, n_train=2, n_val=2, seed=0, detection=True)
-    return root / "det"
+    """A tiny COCO val split (two images; box, polygon and RLE annotations, a crowd one), the seed of every
+    mutation: `<root>/val/` and `<root>/annotations/instances_val.json`."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("fuzz-coco") / "det"
+    (root / "val").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images = [{"id": 1, "file_name": "00000.png", "width": 64, "height": 48},
+              {"id": 2, "file_name": "00001.png", "width": 48, "height": 64}]
+    for im in images:
+        Image.new("RGB", (im["width"], im["height"]), (90, 20, 200)).save(root / "val" / im["file_name"])
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 8], "area": 80, "iscrowd": 0,
+         "segmentation": [[4, 4, 14, 4, 14, 12, 4, 12]]},
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 10, 4, 2], "area": 8, "iscrowd": 1,
+         "segmentation": {"size": [48, 64], "counts": [20 * 48 + 10, 2, 46, 2, 46, 2, 46, 2, 48 * 64 - 1116]}},
+        {"id": 3, "image_id": 2, "category_id": 3, "bbox": [10, 20, 12, 12], "area": 144, "iscrowd": 0,
+         "segmentation": [[10, 20, 22, 20, 22, 32, 10, 32]]}]
+    categories = [{"id": c, "name": str(c)} for c in (1, 2, 3)]
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": categories}))
+    return root
 
 
 @st.composite
@@ -497,7 +514,7 @@ def test_fuzzed_output_paths_never_replace_an_input(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def detector_file(tmp_path_factory):
-    """An untrained micro detector for the demo COCO data's 10 categories."""
+    """An untrained micro detector for `coco_world`'s 3 categories."""
     import timm
     import torch
     from sparsevit_cli import sparsify
@@ -508,10 +525,10 @@ def detector_file(tmp_path_factory):
                "rpn_post_nms_top_n_test": 5, "box_detections_per_img": 5}
     sparse = sparsify(timm.create_model("swin_tiny_patch4_window7_224", **MICRO_ARGS), [[0.0], [0.5]])
     path = tmp_path_factory.mktemp("fuzz-det") / "det.safetensors"
-    save_model(path, build_task_model(sparse, "detection", 10, **options),
+    save_model(path, build_task_model(sparse, "detection", 3, **options),
                {"model": "swin_tiny_patch4_window7_224", "model_args": MICRO_ARGS, "img_size": 64, "task": "detection",
-                "num_classes": 10, "sparsity": [[0.0], [0.5]], "task_options": options,
-                "category_ids": list(range(1, 11))})
+                "num_classes": 3, "sparsity": [[0.0], [0.5]], "task_options": options,
+                "category_ids": [1, 2, 3]})
     return path
 
 
