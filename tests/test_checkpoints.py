@@ -366,6 +366,11 @@ def test_every_layout_is_accepted_by_load_and_info(hf_swin, official, tmp_path, 
     save_file({f"module.{k}": v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "ddp.safetensors")
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ddp.pth")
     files += [tmp_path / "ddp.safetensors", tmp_path / "ddp.pth"]  # timm, saved from DDP
+    segmentor = dict(mmdet, **{"decode_head.conv_seg.weight": torch.rand(3, 4, 1, 1),
+                               "auxiliary_head.conv_seg.weight": torch.rand(3, 4, 1, 1)})
+    torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": segmentor}, tmp_path / "mmseg.pth")
+    files.append(tmp_path / "mmseg.pth")
+    assert "decode_head.* (1 tensors), auxiliary_head.* (1 tensors)" in read_checkpoint(tmp_path / "mmseg.pth").dropped_line
     for f in files:
         assert sv.load(f) is not None
         code, out, err = run_cli(["info", f], capsys)
