@@ -393,3 +393,7 @@ def test_evaluate_takes_a_hf_folder_and_checks_its_classes(hf_swin, tmp_path, ca
     code, out, err = run_cli(["evaluate", "--checkpoint", tmp_path / "ten", "--data", data, "--json"], capsys)
     assert code == 0, err
     assert "top1" in out
+    transformers.SwinModel(transformers.SwinConfig(image_size=32, **SWIN)).save_pretrained(tmp_path / "headless")
+    capsys.readouterr()  # transformers' progress bar
+    code, _, err = run_cli(["evaluate", "--checkpoint", tmp_path / "headless", "--data", data], capsys)
+    assert_one_line_error(code, err, "holds a backbone without a classifier")
