@@ -135,7 +135,7 @@ def architecture_of(state: Dict[str, Any], config: Optional[Dict[str, Any]] = No
                            f"tensors' shapes)")
         pos = state.get("pos_embed")
         prefix = 1 if "cls_token" in state else 0
-        img = config.get("image_size")
+        img = _side(config.get("image_size"))
         if img is None and pos is not None:
             side = math.isqrt(int(pos.shape[1]) - prefix)
             img = side * patch if side * side == int(pos.shape[1]) - prefix else None
@@ -171,12 +171,12 @@ def architecture_of(state: Dict[str, Any], config: Optional[Dict[str, Any]] = No
     if v2 and window is None:
         assumed.append("window size not in the file")
     fc1 = state.get("layers.0.blocks.0.mlp.fc1.weight")
-    img = config.get("image_size")
+    img = _side(config.get("image_size"))
     return Architecture("swinv2" if v2 else "swin", patch, embed_dim, depths,
                         tuple(heads) if all(heads) else None, int(window) if window else None,
                         _classes(state, "head.fc"),
                         mlp_ratio=(int(fc1.shape[0]) / embed_dim) if fc1 is not None else 4.0,
-                        img_size=int(img) if isinstance(img, int) else None, extra_args=extra, assumed=assumed)
+                        img_size=img, extra_args=extra, assumed=assumed)
 
 
 def architecture_of_model(model: Any) -> Optional[Architecture]:
@@ -208,6 +208,13 @@ def architecture_mismatch(held: Architecture, model: Any, asked: str) -> Optiona
         f", heads {'-'.join(map(str, held.num_heads))} vs {'-'.join(map(str, mine.num_heads or ()))}"
     return (f"the checkpoint holds {held.describe()}; --model is {short} ({mine.describe().removeprefix('a ')}"
             f"{heads}): leave --model out to build the checkpoint's own architecture")
+
+
+def _side(size: Any) -> Optional[int]:
+    """A config.json's image_size (224 or [224, 224]) as one side; None when it says none."""
+    if isinstance(size, (list, tuple)) and size:
+        size = size[0]
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 def _count(state: Dict[str, Any], pattern: str) -> Dict[int, int]:
@@ -660,8 +667,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise UserError(f"checkpoint '{path}' ({layout.name} layout) cannot be converted: {first_line(e)}") from None
     try:
         arch = architecture_of(converted.state, config, converted.hints)
-    except (ValueError, AttributeError, IndexError) as e:
-        raise UserError(f"checkpoint '{path}' ({layout.name} layout) is incomplete: {e}") from None
+    except (ValueError, AttributeError, IndexError, TypeError, KeyError) as e:  # or a config.json of odd types
+        raise UserError(f"checkpoint '{path}' ({layout.name} layout) is incomplete: {first_line(e)}") from None
     hf_class = None
     if config:
         classes = config.get("architectures")

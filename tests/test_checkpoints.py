@@ -366,6 +366,11 @@ def test_every_layout_is_accepted_by_load_and_info(hf_swin, official, tmp_path, 
     save_file({f"module.{k}": v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "ddp.safetensors")
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ddp.pth")
     files += [tmp_path / "ddp.safetensors", tmp_path / "ddp.pth"]  # timm, saved from DDP
+    segmentor = dict(mmdet, **{"decode_head.conv_seg.weight": torch.rand(3, 4, 1, 1),
+                               "auxiliary_head.conv_seg.weight": torch.rand(3, 4, 1, 1)})
+    torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": segmentor}, tmp_path / "mmseg.pth")
+    files.append(tmp_path / "mmseg.pth")
+    assert "decode_head.* (1 tensors), auxiliary_head.* (1 tensors)" in read_checkpoint(tmp_path / "mmseg.pth").dropped_line
     for f in files:
         assert sv.load(f) is not None
         code, out, err = run_cli(["info", f], capsys)
@@ -388,3 +393,7 @@ def test_evaluate_takes_a_hf_folder_and_checks_its_classes(hf_swin, tmp_path, ca
     code, out, err = run_cli(["evaluate", "--checkpoint", tmp_path / "ten", "--data", data, "--json"], capsys)
     assert code == 0, err
     assert "top1" in out
+    transformers.SwinModel(transformers.SwinConfig(image_size=32, **SWIN)).save_pretrained(tmp_path / "headless")
+    capsys.readouterr()  # transformers' progress bar
+    code, _, err = run_cli(["evaluate", "--checkpoint", tmp_path / "headless", "--data", data], capsys)
+    assert_one_line_error(code, err, "holds a backbone without a classifier")

@@ -59,6 +59,9 @@ def run_evaluate(opts: EvaluateOptions) -> Optional[Dict[str, Any]]:
                     "model file": opts.checkpoint, "--config": opts.config}))
     config_file = config_option(opts.config, opts.sparsity)
     model, method, meta = load_model_file(opts.checkpoint, config_file, checkpoints=True)
+    if meta.task == "classification" and meta.num_classes == 0:  # a backbone checkpoint (mmdet, SwinModel)
+        raise UserError(f"'{opts.checkpoint}' holds a backbone without a classifier; fine-tune it on your data first "
+                        f"(`sparsevit adapt --checkpoint {opts.checkpoint} --data {opts.data}`)")
     backbone = backbone_of(model)
     config = meta.sparsity
     task = get_task(meta.task)
