@@ -420,3 +420,12 @@ def test_onnx_checks_write_nothing_to_stderr(tmp_path, capfd):
         run(np.zeros((1, 3, 64), dtype=np.float32))  # a wrong rank: onnxruntime logs an error and raises
     captured = capfd.readouterr()
     assert captured.err == "", captured.err
+
+
+@pytest.mark.parametrize("hp,wp", [(16, 16), (8, 24), (28, 12)])
+def test_region_mask_is_timms_shifted_window_mask(hp, wp):
+    """The mask an exported graph builds from the (symbolic) size equals timm's own builder's, V1 and V2."""
+    for model in (micro_swin(), _micro_swin_v2([[0.5], [0.5]], False)):
+        block = model.layers[0].blocks[1]
+        assert any(block.shift_size)
+        assert torch.equal(engine.region_mask(block, hp, wp, "cpu"), engine.shift_mask(block, hp, wp, "cpu"))

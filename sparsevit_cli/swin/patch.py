@@ -38,12 +38,22 @@ user's own detector runs exactly what the whole sparse classifier runs.
   Kept-window counts differ from the released code on purpose: it keeps ``int(nW * (1 - r))`` windows
   (floor) per block, this engine keeps ``max(1, round((1 - s) * nW))`` per block pair (`kept_windows`),
   so a ratio never empties a stage's last window and 10% steps are symmetric around the exact count.
-* A block with sparsity ``s`` keeps ``kept_windows(nW, s)`` windows per image. It gathers the tokens of
-  those windows straight from a flat (B, H*W + 1, C) stage buffer through an index table (plain or
-  shifted grid, built once per resolution), runs LN -> window attention (timm's relative position bias and
+* Padding is never computed (`PaddingMask`): a pixel that is exactly 0 in every channel of the model's input
+  is padding (torchvision's detection transform and letterboxing pad with zeros after normalising; a padded
+  batch is zero beyond each image), and so is a window all of whose tokens cover only padding pixels. At a
+  ratio ``s > 0`` such windows rank last and are never kept, and an image keeps ``kept_windows(R, s)`` of its
+  R real windows (`kept_counts`): images of a batch keep different counts, listed flat (`Kept`), so per-block
+  work is the kept real windows of the batch. Ratio 0 keeps every window, padding included (timm's model).
+* A block with sparsity ``s`` keeps ``kept_windows(R, s)`` windows per image (R: its real windows; nW without
+  padding). It gathers the tokens of those windows straight from a flat (B, H*W + 1, C) stage buffer through
+  an index table (plain or shifted grid, built once per resolution), runs LN -> window attention (timm's relative position bias and
   shifted-window masks, selected per kept window) -> LN -> MLP on them, and writes the results back in
   place. Unkept windows pass through untouched. No roll, partition or copy of the whole map happens per
   block, so per-block work scales with the kept windows.
+* Exported graphs take any size the patch divides: index tables, shifted-window masks (`region_mask`),
+  padding masks and kept counts are tensor operations on the input's size, so ONNX (dynamic axes),
+  TorchScript and torch.export (dynamic shapes) trace them instead of a size-keyed cache; in a graph every
+  block runs on the stage buffer (timm's own blocks specialise on the traced size).
 * Padding (resolutions not divisible by the window) follows timm exactly: roll first, then pad with zero
   tokens *after* norm1. Pad tokens point at one dummy row per image that is never read as output.
 
@@ -377,7 +387,7 @@ def sparse_block_(block: SwinTransformerBlock, buf: torch.Tensor, grid: WindowGr
     """Run the V1 `block` on the kept windows of `buf` (B, H*W + 1, C) and write them back
     (`scatter_windows`); returns the updated buffer.
 
-    window_ids: (B, k) kept windows per image, or None for all windows in grid order.
+    window_ids: the `Kept` windows, (B, k) kept windows per image, or None for all windows in grid order.
     """
     x, valid, mask, flat_idx = gather_windows(buf, grid, window_ids)
     h = block.norm1(x)

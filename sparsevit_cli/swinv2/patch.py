@@ -5,7 +5,8 @@ or its ``features_only=True`` backbone, in place (class swap: same object, param
 Everything but the block itself is the V1 engine's stage (`sparsevit_cli.swin.patch`, `SparseSwinStage`):
 a stage with nothing pruned is timm's own stage and the leading blocks that keep every window are timm's own
 blocks; the window score ranks windows once per stage, one consistent order for the plain and the shifted
-grid; a block pair at sparsity `s` keeps `kept_windows(nW, s)` windows per image, gathered straight from the
+grid; windows that are all padding (zero input pixels) are never kept; a block pair at sparsity `s` keeps
+`kept_windows(R, s)` of an image's R real windows, gathered straight from the
 flat stage buffer through index tables and scattered back (`gather_windows` / `scatter_windows`); timm's
 own shifted-window masks; padding in timm's order (roll, then pad). What V2 changes is the block
 (`sparse_block_v2_`, plugged into the stage as `sparse_block`):
@@ -38,7 +39,7 @@ def sparse_block_v2_(block: SwinTransformerV2Block, buf: torch.Tensor, grid: Win
     """Run the V2 `block` on the kept windows of `buf` (B, H*W + 1, C) and write them back
     (`scatter_windows`); returns the updated buffer.
 
-    window_ids: (B, k) kept windows per image, or None for every window in grid order."""
+    window_ids: the `Kept` windows, (B, k) kept windows per image, or None for every window in grid order."""
     x, valid, mask, flat_idx = gather_windows(buf, grid, window_ids)
     # timm pads the raw map with zeros; the dummy row holds stale outputs
     h = x if valid is None else x * valid.to(x.dtype)
