@@ -17,6 +17,16 @@ class UserError(ValueError):
     on stderr and exits with code 2."""
 
 
+def raise_own_user_error(error: Exception) -> None:
+    """Re-raise the UserError a pydantic validator raised (a ValueError, so pydantic wraps it in its
+    ValidationError): its own line already says what is wrong and how to fix it. Returns otherwise."""
+    errors = getattr(error, "errors", None)
+    first = errors()[0] if callable(errors) and errors() else {}
+    own = (first.get("ctx") or {}).get("error")
+    if isinstance(own, UserError):
+        raise own from None
+
+
 #: longest quoted value in an error line (a 1 MB config value is cut, not echoed whole)
 QUOTE_LIMIT = 80
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator, with_config
 from typing_extensions import TypedDict
 
-from .errors import UserError, first_line, shorten
+from .errors import UserError, first_line, raise_own_user_error, shorten
 from .io import atomic_write_bytes, check_file, note_input
 from .timm_models import nonfinite_tensor, state_dict_problem
 
@@ -117,6 +117,7 @@ class ModelMeta(BaseModel):
         try:
             return cls.model_validate(dict(meta))
         except ValidationError as e:
+            raise_own_user_error(e)
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "metadata"
             message = shorten(err["msg"].removeprefix("Value error, "), 200)

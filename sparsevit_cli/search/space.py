@@ -36,7 +36,7 @@ from typing import Annotated, Any, Dict, Iterator, List, Literal, Optional, Sequ
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag,
                       ValidationError)
 
-from ..errors import UserError
+from ..errors import UserError, raise_own_user_error
 from ..io import load_yaml
 from ..layers import Config
 
@@ -375,6 +375,7 @@ class _Builder:
         try:
             spec = SpaceFile.model_validate(data)
         except ValidationError as e:
+            raise_own_user_error(e)  # a validator's own line (a UserError is a ValueError: pydantic wraps it)
             errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")  # typos first
             key, msg = _problem(errors[0])
             raise UserError(f"search space {self.source}: " + (f"'{key}' {msg}" if key else msg))

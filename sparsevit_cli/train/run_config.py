@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import UserError, shorten
+from ..errors import UserError, raise_own_user_error, shorten
 from ..io import load_yaml, read_sparsity_file
 from ..layers import MAX_SEED
 
@@ -431,6 +431,7 @@ def parse_run_config(data: Any, src: str = "config", schema: Type[RunConfig] = R
     try:
         return schema.model_validate({} if data is None else data)
     except ValidationError as e:
+        raise_own_user_error(e)
         raise UserError(_message(e.errors()[0], src, schema)) from None
 
 
