@@ -18,7 +18,6 @@ fitness difference to scoring each network alone over every network both scored 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -12,7 +12,7 @@ records over all fitness images, the same number as scoring it without racing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence
 
 import numpy as np
 
