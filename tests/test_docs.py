@@ -48,7 +48,8 @@ SAMPLES = 3  # fitness and confirmation images of a search (my_data has 12 val i
 TINY_RUN = {"epochs": 1, "batch_size": 4, "eval_batch_size": 8,
             "pipeline": {"adapt": {"epochs": 1}, "finetune": {"epochs": 1}, "dense": {"epochs": 1},
                          "search": {"population": 3, "generations": 1, "parents": 2, "mutations": 1,
-                                    "crossovers": 1, "eval_samples": SAMPLES, "confirm_samples": SAMPLES},
+                                    "crossovers": 1, "eval_samples": SAMPLES, "confirm_samples": SAMPLES,
+                                    "report_samples": 2},
                          "evaluate": {"uniform": [0.4, 0.8], "pictures": 1, "repeats": 1, "throughput_batch": 2}}}
 #: flags added after a doc command's own
 TINY_FLAGS = {
@@ -190,7 +191,7 @@ def test_the_readme_starts_where_a_newcomer_starts():
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)  # the README's test command is the one CI runs
     langs = [lang for lang, _, _ in blocks("README.md")]
-    assert "python" in langs and re.search(r"sparsevit pipeline --checkpoint \S+ --model \S+ --data", text)
+    assert "python" in langs and re.search(r"sparsevit pipeline --checkpoint \S+ (--model \S+ )?--data", text)
     picture = re.search(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
     assert picture and (ROOT / picture.group(1)).is_file()
 
