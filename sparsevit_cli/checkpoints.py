@@ -74,7 +74,8 @@ class Architecture:
         """'a Swin with embed_dim 128, depths 2-2-18-2 (Swin-B)'."""
         deep = f"depth {self.depths[0]}" if self.family == "vit" else f"depths {'-'.join(map(str, self.depths))}"
         size = self.size_name
-        return f"a {FAMILY_WORDS[self.family]} with embed_dim {self.embed_dim}, {deep}" + (f" ({size[1]})" if size else "")
+        named = f" ({size[1]})" if size else ""
+        return f"a {FAMILY_WORDS[self.family]} with embed_dim {self.embed_dim}, {deep}{named}"
 
     def details(self) -> str:
         """Every field, for `info`."""
@@ -334,7 +335,8 @@ def unfold_reduction_to_official(w):
     """Undo mmdet's `correct_unfold_reduction_order`: its input columns are (channel, part) with the parts
     in nn.Unfold's order; the official layout is (part, channel) in x0, x1, x2, x3 order."""
     out_channels, in_channels = w.shape
-    return w.reshape(out_channels, in_channels // 4, 4).transpose(1, 2)[:, UNFOLD_ORDER, :].reshape(out_channels, in_channels)
+    parts = w.reshape(out_channels, in_channels // 4, 4).transpose(1, 2)
+    return parts[:, UNFOLD_ORDER, :].reshape(out_channels, in_channels)
 
 
 def unfold_norm_to_official(v):

@@ -77,7 +77,8 @@ class Trainer:
         self._seed_everything(cfg.seed)
         from ..model_file import read_meta
         # a toolkit model file fixes the model; the run config may only restate what the file says
-        self.checkpoint_meta = read_meta(cfg.checkpoint) if cfg.checkpoint and not os.path.isdir(cfg.checkpoint) else None
+        is_file = cfg.checkpoint and not os.path.isdir(cfg.checkpoint)  # a folder: a Hugging Face checkpoint
+        self.checkpoint_meta = read_meta(cfg.checkpoint) if is_file else None
         # any other checkpoint (timm, official Swin, Hugging Face, mmdetection) is read and recognised now,
         # before the data: its architecture is the model's unless model.name is given
         self.raw_checkpoint = None
