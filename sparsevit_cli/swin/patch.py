@@ -625,7 +625,7 @@ class SparseSwinStage:
         real = self.real_windows(grids, B, H, W)
         counts = [kept_counts(real[id(g)], r) if r > 0 else None for g, r in zip(grids, ratios)]
         compiling = torch.compiler.is_compiling() and not exporting()  # (torch.export compiles too)
-        graph = compiling or exporting()
+        graph = compiling or writing_graph()  # a plain jit trace (fvcore, TorchScript) decides as eager does
         # eager: a block that keeps every window of every image runs on them all (or as timm's own block);
         # in a graph the counts are symbolic, and every block at a ratio > 0 selects
         pruned = [c is not None and (graph or bool((c < g.num_windows).any())) for c, g in zip(counts, grids)]
