@@ -155,3 +155,38 @@ def test_a_stage_called_on_its_own_treats_every_window_as_real():
         stage = swin_stages(model)[1]
         out = stage(torch.randn(1, 12, 12, 16))  # a map of another size than the recorded input gives
     assert out.shape == (1, 6, 6, 32)
+
+
+def test_a_torchvision_detector_computes_no_padding_window():
+    """Under Faster R-CNN: its transform resizes a portrait and a landscape image and pads them with zeros to
+    one batch; the sparse backbone keeps no window of that padding, and the detector still detects."""
+    from sparsevit_cli.detection.models import build_detector
+
+    torch.manual_seed(0)
+    body = timm.create_model(FAMILIES["v1"], img_size=64, embed_dim=16, depths=[2, 2], num_heads=[1, 2],
+                             window_size=4)
+    det = build_detector(body, 3, masks=False, box_score_thresh=0.0, fpn_channels=32,
+                         rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20, box_detections_per_img=10).eval()
+    sv.sparsify(det.backbone.body, 0.5)
+    images = [torch.rand(3, *hw, generator=torch.Generator().manual_seed(i)) for i, hw in enumerate([(64, 24), (24, 64)])]
+    with torch.no_grad():
+        batch = det.transform(images)[0].tensors
+    seen = []
+    for stage in swin_stages(det.backbone.body):
+        run = stage.sparse_block
+        stage.sparse_block = (lambda b, buf, g, k, run=run, s=stage: (seen.append((s._token_stride, g, k)),
+                                                                       run(b, buf, g, k))[1])
+    try:
+        with torch.no_grad():
+            out = det(images)
+    finally:
+        for stage in swin_stages(det.backbone.body):
+            del stage.sparse_block
+    assert len(out) == 2 and seen
+    padding = 0
+    for stride, grid, kept in seen:
+        real = real_windows_of(batch, stride, grid)
+        padding += int((~real).sum())
+        for b, w in enumerate(kept.by_image(2)):
+            assert real[b, w].all()
+    assert padding > 0

@@ -312,6 +312,11 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
+def writing_graph() -> bool:
+    """Whether ONNX or torch.export is writing a graph (with possibly dynamic sizes), not a plain jit trace."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 class Kept(NamedTuple):
     """The windows a block computes, over the whole batch: images keep different counts (padding windows are
     never kept, so an image's count comes from its real windows), so they are listed flat, image by image."""
@@ -603,9 +608,9 @@ class SparseSwinStage:
     _prefix_index: int = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._prefix_cache is not None and self._kept_recorder is None and not self.training and not exporting():
+        if self._prefix_cache is not None and self._kept_recorder is None and not self.training and not writing_graph():
             return forward_shared(self, x)
-        if self._kept_recorder is None and not any(self.ratios) and not exporting():
+        if self._kept_recorder is None and not any(self.ratios) and not writing_graph():
             return super().forward(x)  # timm's own stage: nothing to prune, nothing added
         return self.forward_blocks(self.downsample(x))
 
@@ -632,14 +637,15 @@ class SparseSwinStage:
         real = self.real_windows(grids, B, H, W)
         counts = [kept_counts(real[id(g)], r) if r > 0 else None for g, r in zip(grids, ratios)]
         compiling = torch.compiler.is_compiling() and not exporting()  # (torch.export compiles too)
-        graph = compiling or exporting()
+        graph = compiling or writing_graph()  # a plain jit trace (fvcore, TorchScript) decides as eager does
         # eager: a block that keeps every window of every image runs on them all (or as timm's own block);
         # in a graph the counts are symbolic, and every block at a ratio > 0 selects
         pruned = [c is not None and (graph or bool((c < g.num_windows).any())) for c, g in zip(counts, grids)]
         first = next((i for i, p in enumerate(pruned) if p), n)
-        # blocks before `start` run as timm's own blocks on the map; from `start` on, on the stage buffer. An
-        # exporter gets the buffer from block 0: timm's blocks specialise on the traced size (whether it pads)
-        start = 0 if exporting() else first
+        # blocks before `start` run as timm's own blocks on the map; from `start` on, on the stage buffer. ONNX
+        # and torch.export get the buffer from block 0: timm's blocks specialise on the traced size (whether it
+        # pads). A plain jit trace (fvcore's MAC count, TorchScript) runs timm's blocks, as eager does
+        start = 0 if writing_graph() else first
         # windows are ranked on the stage input, or (a late score) on the input of the first pruning block
         rank_at = first if window_score_spec(self.window_score).at_first_pruned_block else 0
 
