@@ -130,3 +130,40 @@ def test_a_family_without_the_hook_is_scored_network_by_network():
     counts = SharingCounts()
     records = evaluate_records_many(vit, method, [cfg, cfg], data, task, 2, CPU, [0, 1], 32, counts=counts)
     assert same(records[0], records[1]) and counts.pairs_run == counts.pairs_asked
+
+
+def test_states_are_keyed_by_the_windows_each_image_keeps_under_padding():
+    """64 px, window 4: stage 1 has 16 windows, stage 2 has 4 (plain and shifted grid). An image whose right
+    half is zero padding has 2 real plain windows at stage 2 (4 shifted: they wrap around): ratios 0.0 / 0.1
+    keep 4 of 4 windows without padding (the same effective count) but 0.1 keeps 2 of the padded image's
+    plain ones (0.0 computes all 4, padding included), and 0.2 / 0.3 keep 3 of 4 but 2 / 1 of its real ones:
+    such networks must not share the stage-2 state. An image real only in its top-left quarter has 4 real
+    plain and 9 real shifted windows at stage 1: ratios 0.4 / 0.5 keep 10 / 8 of 16 (different effective
+    counts) but 2 and 5 of its real ones each: on a batch of such images they compute the same thing and
+    share it."""
+    model = micro().eval()
+    g = torch.Generator().manual_seed(3)
+    full, half, q1, q2 = (torch.randn(3, 64, 64, generator=g) for _ in range(4))
+    half[:, :, 32:] = 0
+    for q in (q1, q2):
+        q[:, 32:], q[:, :, 32:] = 0, 0
+    mixed, quarters = torch.stack([full, half]), torch.stack([q1, q2])
+    method = method_for_model(model)
+    assert method.effective(model, [[0.0], [0.0]], 64) == method.effective(model, [[0.0], [0.1]], 64)
+    assert method.effective(model, [[0.0], [0.2]], 64) == method.effective(model, [[0.0], [0.3]], 64)
+    assert method.effective(model, [[0.4], [0.0]], 64) != method.effective(model, [[0.5], [0.0]], 64)
+    with torch.no_grad():
+        cfgs = [[[0.2], [s]] for s in (0.0, 0.1, 0.2, 0.3)]
+        alone = [model.set_sparsity(c)(mixed) for c in cfgs]
+        with shared_prefixes(model) as cache:
+            tree = [model.set_sparsity(c)(mixed) for c in cfgs]
+        assert all(torch.equal(a, b) for a, b in zip(alone, tree))
+        assert len({tuple(t.flatten().tolist()) for t in tree}) == 4  # the four networks differ
+        assert cache.pairs_run == 1 + 4 < cache.pairs_asked == 8  # stage 1 once, stage 2 per network
+
+        cfgs = [[[0.4], [0.5]], [[0.5], [0.5]]]
+        alone = [model.set_sparsity(c)(quarters) for c in cfgs]
+        with shared_prefixes(model) as cache:
+            tree = [model.set_sparsity(c)(quarters) for c in cfgs]
+        assert all(torch.equal(a, b) for a, b in zip(alone, tree)) and torch.equal(alone[0], alone[1])
+        assert cache.pairs_run == 2 < cache.pairs_asked == 4  # the second network is wholly cached

@@ -440,16 +440,23 @@ class PaddingMask:
     def __call__(self, module: nn.Module, args) -> None:
         self.image, self._pixels = (args[0] if args else None), None
 
+    def pixels(self) -> Optional[torch.Tensor]:
+        """(B, 1, H0, W0) float32, 1.0 for a real pixel of the recorded input (None: no image input recorded)."""
+        x = self.image
+        if x is None or x.dim() != 4:
+            return None
+        if self._pixels is None:
+            self._pixels = (x.detach() != 0).any(dim=1, keepdim=True).to(torch.float32)
+        return self._pixels
+
     def tokens(self, stride: int, H, W) -> Optional[torch.Tensor]:
         """(B, H*W) bool, True for a real token of the (H, W) map at `stride` input pixels per token (a token
         covers pixels [i*stride, (i+1)*stride), cut at the image's edge as timm's patch merging pads), or None
         when no input was recorded or it does not lead to this map (a stage called on its own)."""
-        x = self.image
-        if x is None or x.dim() != 4 or not stride:
+        pixels = self.pixels()
+        if pixels is None or not stride:
             return None
-        if self._pixels is None:
-            self._pixels = (x.detach() != 0).any(dim=1, keepdim=True).to(torch.float32)  # (B, 1, H0, W0)
-        real = F.max_pool2d(self._pixels, stride, stride, ceil_mode=True)
+        real = F.max_pool2d(pixels, stride, stride, ceil_mode=True)
         if static_size(H, W) and tuple(real.shape[-2:]) != (H, W):
             return None
         return real.flatten(1) > 0
@@ -613,15 +620,20 @@ class SparseSwinStage:
         token_real = None if self._padding is None else self._padding.tokens(self._token_stride, H, W)
         return {id(g): real_windows(g, token_real, B) for g in grids}
 
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_blocks(self, x: torch.Tensor, cache: Optional["PrefixCache"] = None) -> torch.Tensor:
         """The blocks on the (B, H, W, C) map after patch merging.
 
         A block pair at ratio 0 computes every window (padding included: timm's dense model). A pair at ratio
         s > 0 keeps, per image, ``round((1-s) * R)`` (at least one) of the image's R windows that hold a real
-        pixel, best first; windows that are all padding are never kept and not counted."""
+        pixel, best first; windows that are all padding are never kept and not counted.
+
+        cache: while `shared_prefixes` runs, the `PrefixCache` this forward resumes from (the deepest state
+        after this stage's blocks that an earlier network with the same kept windows left) and fills after
+        every block; the operations are those of the forward without it, minus the blocks it skips."""
         B, H, W, C = x.shape
         grids = self.grids(H, W, x.device)
-        ratios = [self.ratios[i // 2] for i in range(len(grids))]
+        n = len(grids)
+        ratios = [self.ratios[i // 2] for i in range(n)]
         real = self.real_windows(grids, B, H, W)
         counts = [kept_counts(real[id(g)], r) if r > 0 else None for g, r in zip(grids, ratios)]
         compiling = torch.compiler.is_compiling() and not exporting()  # (torch.export compiles too)
@@ -629,35 +641,46 @@ class SparseSwinStage:
         # eager: a block that keeps every window of every image runs on them all (or as timm's own block);
         # in a graph the counts are symbolic, and every block at a ratio > 0 selects
         pruned = [c is not None and (graph or bool((c < g.num_windows).any())) for c, g in zip(counts, grids)]
-        first = next((i for i, p in enumerate(pruned) if p), len(grids))
+        first = next((i for i, p in enumerate(pruned) if p), n)
         # blocks before `start` run as timm's own blocks on the map; from `start` on, on the stage buffer. ONNX
         # and torch.export get the buffer from block 0: timm's blocks specialise on the traced size (whether it
         # pads). A plain jit trace (fvcore's MAC count, TorchScript) runs timm's blocks, as eager does
         start = 0 if writing_graph() else first
-        rank_late = window_score_spec(self.window_score).at_first_pruned_block
-        orders: Dict[int, torch.Tensor] = {}
-        if first < len(grids) and not rank_late:
-            orders = rank_grids(self.window_score, x.reshape(B, H * W, C), grids, real)
-        for i in range(start):  # blocks that keep every window are timm's blocks (no gather, no buffer)
-            x = self.blocks[i](x)
-        if first < len(grids) and rank_late and start == first:
-            orders = rank_grids(self.window_score, x.reshape(B, H * W, C), grids, real)
-        if self._kept_recorder is not None:  # one check per stage; nothing else when not recording (eager)
-            self._kept_recorder.append(_kept_token_masks(
-                grids, self.kept(grids, ratios, pruned, counts, orders), B, H, W))
-        if start == len(grids):
-            return x
+        # windows are ranked on the stage input, or (a late score) on the input of the first pruning block
+        rank_at = first if window_score_spec(self.window_score).at_first_pruned_block else 0
 
-        # one stage buffer with a dummy row per image for padding tokens: the only full copy
-        buf = torch.cat([x.reshape(B, H * W, C), x.new_zeros(B, 1, C)], dim=1)
-        kept: List[Optional[Kept]] = [None] * len(grids)
-        for i in range(start, len(grids)):
-            if i == first:
-                if rank_late and start < first:  # ranked at the first pruning block's input, as in eager
-                    orders = window_orders(self.window_score, buf, grids, real)
+        def rank(state: torch.Tensor) -> Dict[int, torch.Tensor]:  # on a map or a stage buffer
+            tokens = state.reshape(B, H * W, C) if state.dim() == 4 else state[:, : H * W]
+            return rank_grids(self.window_score, tokens, grids, real)
+
+        # the state before block `at`: the (B, H, W, C) map up to `start`, the (B, H*W + 1, C) buffer after
+        at, state = 0, x
+        orders: Dict[int, torch.Tensor] = {}
+        kept: List[Optional[Kept]] = [None] * n
+        if cache is not None:
+            # a block's key: the windows it keeps per image (None: every window), so equal keys compute alike
+            at, state = cache.resume([tuple(c.tolist()) if p else None for c, p in zip(counts, pruned)])
+            if at > start:
+                state = state.clone()  # blocks write the buffer in place: the cached state stays as it is
+            if first < at < n:  # resumed past the ranking: the order its prefix ranked
+                orders = cache.ranked(rank_at, rank)
                 kept = self.kept(grids, ratios, pruned, counts, orders)
-            buf = self.sparse_block(self.blocks[i], buf, grids[i], kept[i])
-        return buf[:, : H * W].reshape(B, H, W, C)
+        for i in range(at, n):
+            if i == rank_at and first < n:
+                orders = rank(state) if cache is None else cache.ranked(i, rank)
+            if i == start:  # one stage buffer with a dummy row per image for padding tokens: the only full copy
+                state = torch.cat([state.reshape(B, H * W, C), state.new_zeros(B, 1, C)], dim=1)
+            if i == first:
+                kept = self.kept(grids, ratios, pruned, counts, orders)
+            if i < start:  # blocks that keep every window are timm's blocks (no gather, no buffer)
+                state = self.blocks[i](state)
+            else:
+                state = self.sparse_block(self.blocks[i], state, grids[i], kept[i])
+            if cache is not None:
+                cache.store(i + 1, state.clone() if i >= start else state, pair=i % 2 == 0)
+        if self._kept_recorder is not None:  # one check per stage; nothing else when not recording (eager)
+            self._kept_recorder.append(_kept_token_masks(grids, kept, B, H, W))
+        return state[:, : H * W].reshape(B, H, W, C) if start < n else state
 
     @staticmethod
     def kept(grids: Sequence[WindowGrid], ratios: Sequence[float], pruned: Sequence[bool],
@@ -886,104 +909,94 @@ def sparse_class(cls: type, mixin: type = SparseSwinTransformer) -> type:
 # --------------------------------------------------------------------------------------------- shared prefixes
 class PrefixCache:
     """What `shared_prefixes` keeps while a model is run on one image batch under one network after another:
-    the state after every block of the network just run (the stage map, or the stage buffer, copied), keyed
-    by the kept-window counts of every block up to there, and each stage's window order with the state it was
-    ranked on. A network that keeps the same windows as the previous one in its first blocks starts from the
-    deepest state they share. Only the current path is kept: storing a state drops every state that is not a
-    prefix of it, so networks run in the lexicographic order of their kept-window counts reuse every shared
-    prefix and memory holds one path of stage buffers. A new batch (another stage-1 input) clears it.
+    the state after every block of the network just run (the stage map, or the stage buffer, copied), and
+    each stage's window order with the state it was ranked on. A state's key is, per stage up to it, the
+    windows every block keeps per image (None for a block that computes every window; otherwise the kept
+    count of each image of the batch, which with padding depends on the image's real windows): two networks
+    share a state only when every block up to it computed the same windows the same way. A network that keeps
+    the same windows as the previous one in its first blocks starts from the deepest state they share. Only the
+    current path is kept: storing a state drops every state that is not a prefix of it, so networks run in the
+    lexicographic order of their kept-window counts reuse every shared prefix and memory holds one path of
+    stage buffers. A new batch (another stage-1 input or padding) clears it.
 
     `blocks_run` / `pairs_run` count block (pair) executions; `pairs_asked` what running every network alone
     would have executed."""
 
     def __init__(self) -> None:
-        self.states: Dict[tuple, Tuple[str, torch.Tensor, Optional[Dict[int, torch.Tensor]]]] = {}
-        self.stage_input: Optional[torch.Tensor] = None
-        self.prefix: tuple = ()
+        self.states: Dict[tuple, Tuple[torch.Tensor, Optional[Dict[int, torch.Tensor]]]] = {}
+        self.batch: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None
+        self.prefix: tuple = ()  # the key of the state the current forward's previous stage left
+        self.blocks: tuple = ()  # the current stage's block keys (`resume`)
         self.blocks_run = self.pairs_run = self.pairs_asked = 0
 
-    def start(self, x: torch.Tensor) -> None:
-        """Stage 1's input of a forward: the same batch keeps the states, another one clears them."""
-        same = (self.stage_input is not None and self.stage_input.shape == x.shape
-                and self.stage_input.dtype == x.dtype and torch.equal(self.stage_input, x))
+    def start(self, x: torch.Tensor, padding: Optional[torch.Tensor]) -> None:
+        """Stage 1's input of a forward and the input's padding pixels (`PaddingMask.pixels`): the same batch
+        keeps the states, another one clears them."""
+        same = self.batch is not None and all(
+            (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
+                                          and a.dtype == b.dtype and torch.equal(a, b))
+            for a, b in zip(self.batch, (x, padding)))
         if not same:
             self.states.clear()
-            self.stage_input = x.clone()
+            self.batch = (x.clone(), None if padding is None else padding.clone())
         self.prefix = ()
 
-    def store(self, key: tuple, form: str, tensor: torch.Tensor,
-              orders: Optional[Dict[int, torch.Tensor]] = None) -> None:
+    def key(self, i: int) -> tuple:
+        """The key of the current stage's state after its downsample and `i` blocks."""
+        return self.prefix + (self.blocks[:i],)
+
+    def store(self, i: int, state: torch.Tensor, pair: bool = False) -> None:
+        """Keep `state`, the current stage's state after `i` blocks (not copied: a buffer that later blocks
+        write comes copied), dropping every state off its path; `pair`: block i - 1 opened a block pair."""
+        key = self.key(i)
         for old in [k for k in self.states if not _is_prefix(k, key)]:
             del self.states[old]
-        self.states[key] = (form, tensor, orders)
+        self.states[key] = (state, None)
+        if i:
+            self.blocks_run += 1
+            self.pairs_run += pair
+
+    def resume(self, blocks: Sequence[Optional[tuple]]) -> Tuple[int, torch.Tensor]:
+        """Set the current stage's block keys; the deepest cached state of its path and how many blocks it
+        holds (the stage's own forward stored the state after its downsample)."""
+        self.blocks = tuple(blocks)
+        at = max(i for i in range(len(self.blocks) + 1) if self.key(i) in self.states)
+        return at, self.states[self.key(at)][0]
+
+    def ranked(self, i: int, rank: Callable[[torch.Tensor], Dict[int, torch.Tensor]]) -> Dict[int, torch.Tensor]:
+        """The window order ranked (`rank`) on the current stage's cached state after `i` blocks, once."""
+        state, orders = self.states[self.key(i)]
+        if orders is None:
+            orders = rank(state)
+            self.states[self.key(i)] = (state, orders)
+        return orders
 
 
 def _is_prefix(a: tuple, b: tuple) -> bool:
-    """Whether key `a` (per-stage tuples of kept-window counts, the last one partial) is a prefix of `b`."""
+    """Whether key `a` (per-stage tuples of block keys, the last one partial) is a prefix of `b`."""
     if len(a) > len(b) or a[:-1] != b[: len(a) - 1]:
         return False
     return not a or a[-1] == b[len(a) - 1][: len(a[-1])]
 
 
 def forward_shared(stage: SparseSwinStage, x: torch.Tensor) -> torch.Tensor:
-    """`stage.forward` reading and filling its model's `PrefixCache`: the same operations in the same order
-    as a forward of the network alone (so the same numbers), minus the blocks a cached state already holds.
-    The stage's window order is the one ranked on the state its prefix computed."""
+    """`stage.forward` reading and filling its model's `PrefixCache`: the stage's own `forward_blocks` (the
+    same operations in the same order as a forward of the network alone, so the same numbers), minus the
+    downsample and the blocks a cached state already holds."""
     cache = stage._prefix_cache
     if stage._prefix_index == 0:
-        cache.start(x)
-    base = cache.prefix
-    n = len(stage.blocks)
-    keeps: List[int] = []
-
-    def key(i: int) -> tuple:  # the state after the downsample and i blocks of this stage
-        return base + (tuple(keeps[:i]),)
-
-    cache.pairs_asked += math.ceil(n / 2)
-    if key(0) in cache.states:
-        x = cache.states[key(0)][1]
+        cache.start(x, None if stage._padding is None else stage._padding.pixels())
+    cache.pairs_asked += math.ceil(len(stage.blocks) / 2)
+    cache.blocks = ()
+    if cache.key(0) in cache.states:
+        x = cache.states[cache.key(0)][0]
     else:
         x = stage.downsample(x)
-        cache.store(key(0), "map", x)
-    B, H, W, C = x.shape
-    grids = stage.grids(H, W, x.device)
-    keeps = [kept_windows(g.num_windows, stage.ratios[i // 2]) for i, g in enumerate(grids)]
-    pruned = [bool(k < g.num_windows) for k, g in zip(keeps, grids)]
-    first = next((i for i, p in enumerate(pruned) if p), n)
-    rank_at = first if window_score_spec(stage.window_score).at_first_pruned_block else 0
-
-    def ranked() -> Dict[int, torch.Tensor]:  # the order ranked on the state at `rank_at` (a stage map)
-        form, state, orders = cache.states[key(rank_at)]
-        if orders is None:
-            orders = rank_grids(stage.window_score, state.reshape(B, H * W, C), grids)
-            cache.states[key(rank_at)] = (form, state, orders)
-        return orders
-
-    start = max(i for i in range(n + 1) if i == 0 or key(i) in cache.states)
-    orders = ranked() if first < n and start > rank_at else None
-    form, state, _ = cache.states[key(start)]
-    if form == "buf":
-        buf = state.clone()  # later blocks write in place: the cached state stays as it is
-    else:
-        x = state
-    for i in range(start, n):
-        if i == rank_at and first < n:
-            orders = ranked()
-        if i < first:
-            x = stage.blocks[i](x)
-            cache.store(key(i + 1), "map", x)
-        else:
-            if i == first:
-                buf = torch.cat([x.reshape(B, H * W, C), x.new_zeros(B, 1, C)], dim=1)
-            window_ids = orders[id(grids[i])][:, : keeps[i]] if pruned[i] else None
-            buf = stage.sparse_block(stage.blocks[i], buf, grids[i], window_ids)
-            cache.store(key(i + 1), "buf", buf.clone())
-        cache.blocks_run += 1
-        cache.pairs_run += i % 2 == 0
-    cache.prefix = key(n)
-    form, state, _ = cache.states[key(n)]
+        cache.store(0, x)
+    out = stage.forward_blocks(x, cache)
+    cache.prefix = cache.key(len(stage.blocks))
     # a copy: what leaves the stage (to the next stage, a head, a neck) never aliases a cached state
-    return (state[:, : H * W].reshape(B, H, W, C) if form == "buf" else state).clone()
+    return out.clone()
 
 
 @contextlib.contextmanager
