@@ -161,3 +161,31 @@ def test_cli_choices_are_the_command_module_constants():
     from sparsevit_cli.commands.predict import ON_ERROR, TABLE_FORMATS
 
     assert tuple(e.value for e in OnError) == ON_ERROR and tuple(e.value for e in TableFormat) == TABLE_FORMATS
+
+
+def test_pictures_over_the_input_images_are_refused_and_the_images_kept(folder, tmp_path, capsys):
+    """`--images preds/pictures --out preds --pictures` would write a picture over each input image: refused in one
+    line (the one input registry every writer checks), every image byte-identical."""
+    import shutil
+
+    out = tmp_path / "preds"
+    shutil.copytree(folder, out / "pictures")
+    before = {p.name: p.read_bytes() for p in (out / "pictures").iterdir()}
+    model = _model_file(tmp_path / "c.safetensors", "classification", 10)
+    code, _, err = run_cli(["predict", "--model", model, "--images", out / "pictures", "--out", out, "--pictures",
+                            "--no-progress"], capsys)
+    assert_one_line_error(code, err, "is the command's")
+    assert {p.name: p.read_bytes() for p in (out / "pictures").iterdir()} == before
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_read(tmp_path, capsys):
+    import os
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(images / "a.png")
+    os.mkfifo(images / "x.png")
+    model = _model_file(tmp_path / "c.safetensors", "classification", 10)
+    code, _, err = run_cli(["predict", "--model", model, "--images", images, "--out", tmp_path / "out",
+                            "--no-progress"], capsys)
+    assert_one_line_error(code, err, "not a regular file")

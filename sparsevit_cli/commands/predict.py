@@ -64,13 +64,16 @@ class Prediction:
 # --------------------------------------------------------------------------------------------- inputs
 def list_images(path: str | os.PathLike) -> List[Path]:
     """The image files of a folder (by suffix, sorted by name), or the one file given; one line when none."""
+    from ..io import check_file, data_files
+
     path = Path(path)
     if path.is_file():
-        return [path]
+        return [check_file(path, "--images file")]
     if not path.is_dir():
         raise UserError(f"--images '{path}' is neither a folder nor a file")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)
-                   and not p.name.startswith("."))
+    # the one listing every loader uses: a FIFO named x.png is refused, and every image is noted as an input,
+    # so no output (a picture of `--out`) is ever written over one of them
+    files = data_files(path, IMAGE_EXTENSIONS, recursive=False, what="--images folder")
     if not files:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in '{path}'")
     return files
@@ -285,9 +288,10 @@ class OnnxEngine(Engine):
 def open_engine(path: str, device: str = "cpu") -> Engine:
     """The engine for a model file or an ONNX file (by its suffix)."""
     if Path(path).suffix.lower() == ".onnx":
-        from ..io import check_file
+        from ..io import check_file, note_input
 
         check_file(path, "ONNX file")
+        note_input(path, "ONNX file")
         if device != "cpu":
             raise UserError(f"--device {device}: ONNX files run on onnxruntime's CPU provider here; leave out --device")
         return OnnxEngine(path)
@@ -368,7 +372,7 @@ def run_predict(opts: PredictOptions, console=None, warn: Optional[Callable[[str
     """Predict every image of `opts.images` and write the outputs under `opts.out` (see the module doc).
     `warn` gets the one line of each image skipped. Returns {'task', 'images', 'predicted', 'skipped':
     [{'file', 'error'}], 'files': {what: path}}."""
-    from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_dir
+    from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_dir, refuse_input
 
     check_options(opts)
     files = list_images(opts.images)
@@ -387,6 +391,10 @@ def run_predict(opts: PredictOptions, console=None, warn: Optional[Callable[[str
     rows: List[Dict[str, Any]] = []
     skipped: List[Dict[str, str]] = []
     written: Dict[str, str] = {}
+    planned = [out / "masks" / f"{n}.png" for n in names] if task == "segmentation" else []
+    planned += [out / "pictures" / f"{n}.png" for n in names] if opts.pictures else []
+    for path in planned:  # an output over an input image is refused before any image is predicted
+        refuse_input(path, "--out")
     if task == "segmentation":
         (out / "masks").mkdir(parents=True, exist_ok=True)
     if opts.pictures:
