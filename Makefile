@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml
 demo: install  ## the main job on its built-in default: the whole workflow on the demo data
 	$(VENV)/bin/sparsevit demo
 
-test: install
-	$(VENV)/bin/pytest
+test: install  ## the whole suite, on 2 processes (pytest-xdist)
+	$(VENV)/bin/pytest -n 2
 
 fuzz: install  ## the fuzzer of tests/test_fuzz.py with many more examples (hostile run configs and command lines)
 	SPARSEVIT_FUZZ_EXAMPLES=400 $(VENV)/bin/pytest tests/test_fuzz.py

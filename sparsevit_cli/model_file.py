@@ -507,7 +507,13 @@ def inspect_model_file(path: str | os.PathLike) -> Tuple[List[Tuple[str, str]], 
 def is_raw_checkpoint(path: str | os.PathLike) -> bool:
     """True for what is not a sparsevit model file: a folder, or a file without sparsevit metadata (a
     checkpoint for `checkpoints.read_checkpoint`)."""
-    return os.path.isdir(path) or read_meta(path) is None
+    path = Path(path)
+    if path.is_dir() or path.suffix != SUFFIX:
+        return True
+    try:  # only whether sparsevit metadata is there: a file with faulty metadata is still a model file
+        return _raw_meta(path, limit=None) is None
+    except UserError:  # unreadable: the model-file path says why in one line
+        return False
 
 
 def _from_checkpoint(path: str | os.PathLike) -> Tuple[nn.Module, Any, ModelMeta]:

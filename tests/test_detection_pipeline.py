@@ -234,7 +234,8 @@ def test_latency_search_on_a_detector_times_it_end_to_end_on_val_images(tmp_path
     assert best["cost_unit"] == "ms" and best["metric"] == "box_ap"
     # the detector itself ran on real val images (a list of two, as its transform takes them)
     val = get_task("detection").dataset(demo, "val", SIZE, train=False)
-    assert timed and len(batches) == 1 and isinstance(batches[0], list) and len(batches[0]) == 2
+    # one batch for the budget pre-check (cheapest and densest config), one for the search
+    assert timed and len(batches) == 2 and all(isinstance(b, list) and len(b) == 2 for b in batches)
     assert torch.equal(batches[0][0], val[0][0]) and torch.equal(batches[0][1], val[1][0])
     for extra, needle in ((["--latency-table", str(tmp_path / "t.json")], "--latency-table"),
                           (["--compile"], "--compile")):

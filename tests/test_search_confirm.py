@@ -297,8 +297,10 @@ def test_a_gain_is_shown_only_at_the_family_level_over_the_candidates():
     assert shown.pick.config == [[0.5]] and shown.gain_over_uniform and shown.gain_test.low > 0
 
 
-def test_tables_stay_readable_when_output_is_not_a_terminal():
+def test_tables_stay_readable_when_output_is_not_a_terminal(monkeypatch):
     import io
+
+    monkeypatch.delenv("COLUMNS", raising=False)  # $COLUMNS, when set, is the width asked for
 
     from rich.table import Table
 

@@ -341,7 +341,9 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     for name in (state_path.name, "history.jsonl", "best.yaml", "pareto.png"):
         if (out / name).is_dir():  # found now, not when the search has run and its result cannot be written
             raise UserError(f"'{out / name}' is a directory; the search writes a file there")
-    if state_path.exists() and not opts.resume:
+    # rank 0's answer for every rank: rank 0 writes the state before generation 0, so a rank that looked later
+    # would find this run's own state
+    if dist.broadcast_object(state_path.exists()) and not opts.resume:
         raise UserError(f"'{out}' holds an unfinished or finished search; pass --resume to continue it "
                         f"or choose another --out")
     # what else the metrics and costs depend on: resuming from another model's or data set's state is refused
