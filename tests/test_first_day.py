@@ -254,3 +254,19 @@ def test_the_demo_on_a_missing_device_is_refused_before_writing_its_data(tmp_pat
     code, _, err = run_cli(["demo", "--device", "cuda", "--out", tmp_path / "demo", "--no-progress"], capsys)
     assert_one_line_error(code, err, "no CUDA GPU")
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_default_budget_below_the_cheapest_config_moves_up_not_refused(world, tmp_path, monkeypatch):
+    """No budget given, and the space cannot go as low as the default (a small image: later stages one window):
+    the budget becomes midway between the cheapest config and dense, said in one info line; a budget the user
+    gives is never moved (`--budget-macs 1%` is refused above)."""
+    import re
+    import sparsevit_cli.pipeline as settings
+    monkeypatch.setattr(settings, "DEFAULT_BUDGET", "1%")
+    cfg, said = resolved(world, tmp_path, monkeypatch, [])
+    m = re.search(r"the default budget 1% is below this model's cheapest config \((\d+)% of dense MACs at "
+                  rf"{IMG} px\): the budget is (\d+)%, midway between it and dense", said)
+    assert m, said
+    cheapest, budget = int(m[1]), int(m[2])
+    assert cfg.pipeline.budget.macs == f"{budget}%" and abs(budget - (cheapest + 100) / 2) <= 1
+    assert f"budget: --budget-macs {budget}%" in said

@@ -84,6 +84,9 @@ class BudgetAsk:
     macs: Optional[str] = None
     latency: Optional[str] = None
     macs_of: Optional[str] = None  # None: default_mac_scope(task)
+    #: the MAC budget is the default, not the user's: where the space cannot go that low, `check_budget` moves it
+    #: up (into `macs`) instead of refusing
+    default: bool = False
     macs_flag: str = "--budget-macs"
     latency_flag: str = "--budget-latency"
     scope_flag: str = "--budget-macs-of"
@@ -152,10 +155,18 @@ def check_budget(ask: BudgetAsk, *, model, method, task, space, img_size: int, b
         try:
             limit = costs.limit(ask.macs, ask.macs_flag)
         except UserError as e:
-            if scope == "model" and gmacs(dense_cfg, "backbone") < whole:  # a task model: heads on top
+            if ask.default:  # no budget given: midway between the cheapest config and dense, so the search has room
+                cheapest = costs.sparsest / costs.dense
+                given, ask.macs = ask.macs, f"{math.ceil(50 * (1 + cheapest))}%"
+                say(f"info: the default budget {given} is below this model's cheapest config ({cheapest:.0%} of "
+                    f"dense {'backbone ' if scope == 'backbone' else ''}MACs at {img_size} px): the budget is "
+                    f"{ask.macs}, midway between it and dense", highlight=False, soft_wrap=True)
+                limit = costs.limit(ask.macs, ask.macs_flag)
+            elif scope == "model" and gmacs(dense_cfg, "backbone") < whole:  # a task model: heads on top
                 raise UserError(f"{e}; or {ask.scope_flag} backbone to count the backbone alone (the neck and "
                                 f"heads are a fixed {whole - gmacs(dense_cfg, 'backbone'):.4g} GMACs)") from None
-            raise
+            else:
+                raise
         say(costs.line(ask.macs, limit, ask.macs_flag + (" (backbone)" if scope == "backbone" else "")),
             highlight=False, soft_wrap=True)
         return scope
@@ -233,8 +244,8 @@ def check_pipeline(cfg, console: Optional[Console] = None) -> None:
     if not p.budget_given and console is not None:
         console.print(f"info: no budget given: the default, {b.text(cfg.device)} (--budget-macs or "
                       f"--budget-latency to choose one)", highlight=False, soft_wrap=True)
-    scope = check_budget(BudgetAsk(macs=b.macs, latency=b.latency, macs_of=b.macs_of), model=model, method=method,
-                         task=task, space=space, img_size=img_size, batch_size=b.batch_size, device=device,
-                         dataset=val, console=console)
-    if b.macs is not None:
-        b.macs_of = scope  # the stages (and their fingerprints) see the scope that was checked
+    ask = BudgetAsk(macs=b.macs, latency=b.latency, macs_of=b.macs_of, default=not p.budget_given)
+    scope = check_budget(ask, model=model, method=method, task=task, space=space, img_size=img_size,
+                         batch_size=b.batch_size, device=device, dataset=val, console=console)
+    if b.macs is not None:  # the stages (and their fingerprints) see the budget and scope that were checked
+        b.macs, b.macs_of = ask.macs, scope
