@@ -296,3 +296,27 @@ def test_a_training_stage_that_stops_early_stops_the_pipeline(tmp_path, data_dir
     assert code == 0, err
     assert "the dense stage stopped before writing" in " ".join(out.split())
     assert (tmp_path / "out" / "dense" / "last.pt").is_file() and not (tmp_path / "out" / "adapt").exists()
+
+
+def test_a_detector_mac_budget_from_flags_counts_the_backbone_by_default(tmp_path, zygote):
+    """The first-day detector run: a timm checkpoint, mixed-aspect COCO data, `--budget-macs 90%` and no scope:
+    the budget counts the backbone (the heads are a fixed cost), one info line says so, and the card states it."""
+    from sparsevit_cli.timm_models import create_timm_model
+    data = tmp_path / "coco"
+    write_demo_data(data, img_size=96, n_train=4, n_val=4, seed=0, detection=True)
+    torch.manual_seed(0)
+    torch.save(create_timm_model("swin_tiny_patch4_window7_224", **DET).state_dict(), tmp_path / "swin.pth")
+    pipeline = {"finetune": {"run": False}, "search": {"population": 2, "generations": 1, "parents": 1,
+                                                       "mutations": 1, "crossovers": 0, "eval_samples": 1,
+                                                       "confirm_samples": 1, "report_samples": 2},
+                "evaluate": {"dense_finetune": False, "uniform": [0.5], "pictures": 0, "repeats": 1,
+                             "throughput_batch": 2}, "export": {"run": False}}
+    cfg = write_yaml(tmp_path / "det.yaml", "unused", pipeline, DET, task_options=LIGHT, batch_size=2,
+                     eval_batch_size=2, adapt={"report": [0.5]})
+    code, log = zygote.run(["pipeline", cfg, "--checkpoint", tmp_path / "swin.pth", "--data", data / "det",
+                            "--task", "detection", "--budget-macs", "90%", "--out", tmp_path / "out", "--no-progress"])
+    assert code == 0, log
+    assert "counts the backbone's MACs" in " ".join(log.split()), log
+    card = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert card["budget"]["text"] == "90% of dense backbone MACs"
+    assert card["rows"][-1]["backbone_gmacs"] <= card["budget"]["value"] * (1 + 1e-9)
