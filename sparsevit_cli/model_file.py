@@ -508,7 +508,7 @@ def is_raw_checkpoint(path: str | os.PathLike) -> bool:
     """True for what is not a sparsevit model file: a folder, or a file without sparsevit metadata (a
     checkpoint for `checkpoints.read_checkpoint`)."""
     path = Path(path)
-    if path.is_dir() or path.suffix != SUFFIX:
+    if os.path.isdir(path) or path.suffix != SUFFIX:  # (os.path: a name too long is no folder, not an error)
         return True
     try:  # only whether sparsevit metadata is there: a file with faulty metadata is still a model file
         return _raw_meta(path, limit=None) is None
