@@ -47,7 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 import sparsevit_cli as sv
-from common import add_model_options, add_pipeline_options, apply_smoke, unseen_by_search
+from common import LIGHT_HEADS, SMALL_SWIN, add_model_options, add_pipeline_options, apply_smoke, unseen_by_search
 from sparsevit_cli.detection.cost import detector_macs
 from sparsevit_cli.detection.models import BackboneFeatures
 from sparsevit_cli.io import atomic_write_json, read_sparsity_file
@@ -56,12 +56,6 @@ from sparsevit_cli.swin.patch import RATIO_CHOICES
 from sparsevit_cli.tasks import backbone_of, build_task_model, get_task
 from sparsevit_cli.timing import time_models
 
-#: a small Swin with several windows in every stage at 512 px (128x128 tokens, window 8: 16x16 windows in
-#: stage 1, 2x2 in stage 4)
-SMALL_SWIN = dict(embed_dim=32, depths=[2, 2, 6, 2], num_heads=[1, 2, 4, 8], window_size=8)
-#: heads sized to that backbone and to a few objects per canvas (torchvision's defaults: 256-channel FPN, 1000
-#: proposals, 100 detections): an FPN twice as wide as stage 1 (Swin-T's detectors: 256 over 96)
-LIGHT_HEADS = dict(fpn_channels=64, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
 #: Mask R-CNN: every RoI head scaled as the FPN is (64 of torchvision's 256): box MLP 1024 -> 256, mask head
 #: 4 x 256 -> 4 x 64 channels (the mask head is torchvision's 4 convolutions, as wide as the FPN)
 MASK_HEADS = dict(LIGHT_HEADS, box_representation_size=256, mask_head_convs=4, mask_head_channels=64)

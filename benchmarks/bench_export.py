@@ -14,6 +14,7 @@ patch-embedding norm has the same energy, so all first-stage window scores tie a
 onnxruntime, rounding differently, would pick different windows; trained models do not tie like that.
 """
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import sparsevit_cli as sv
 from sparsevit_cli.commands.export import FORMATS, export_model
 from sparsevit_cli.timing import time_models
 from sparsevit_cli.swin.cost import swin_macs
-from common import SMOKE_IMG_SIZE, add_model_options, apply_smoke
+from common import LIGHT_HEADS, SMALL_SWIN, SMOKE_IMG_SIZE, add_model_options, apply_smoke
 
 
 def randomize_norms_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -91,51 +92,67 @@ MIXED_ASPECT = ((320, 240), (240, 320), (384, 216), (256, 256))
 def add_detector_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--det-img-size", type=int, default=512, help="the detectors' canvas (px)")
     ap.add_argument("--det-sparsity", type=float, default=0.5, help="uniform window sparsity of the sparse detector")
+    ap.add_argument("--det-model-args", type=json.loads, default=SMALL_SWIN,
+                    help="the detectors' Swin (timm constructor args as JSON; default bench-det's small Swin, "
+                         "'{}': --model's own, e.g. the full Swin-T)")
+    ap.add_argument("--det-heads", type=json.loads, default=LIGHT_HEADS,
+                    help="the detectors' task_options as JSON (default bench-det's Faster R-CNN heads; '{}': "
+                         "torchvision's defaults)")
     ap.add_argument("--no-detector", dest="detector", action="store_false", help="skip the whole-detector rows")
 
 
 def detector_rows(args) -> dict:
-    """Dense vs sparse whole Faster R-CNN (random weights, every detection kept so both run the same heads) in
-    onnxruntime: each exported and verified by `export_whole_detector`, then timed interleaved on one square
-    image and on each image of the mixed-aspect set. Returns {'square': {label: ms}, 'mixed': {label: ms}, ...}."""
-    import numpy as np
-
+    """Dense vs sparse whole Faster R-CNN (bench-det's detector by default; random weights, every detection kept
+    so both run the same heads) in onnxruntime: each exported and verified by `export_whole_detector`, then
+    timed interleaved with the same two detectors in PyTorch (the reference the target is read against), on
+    one square image and on each image of the mixed-aspect set. Returns {'square': {label: ms}, 'mixed':
+    {label: ms}, ...} with labels 'onnxruntime dense', 'onnxruntime sparse 50%', 'PyTorch dense', ...."""
     from sparsevit_cli.commands.export_whole import (DETECTOR_INPUT, export_whole_detector, onnx_session)
     from sparsevit_cli.model_file import ModelMeta
     from sparsevit_cli.tasks import build_task_model
 
     S = args.det_img_size
+    model_args = args.model_args if args.smoke else args.det_model_args
+    heads = {} if args.smoke else args.det_heads
     torch.manual_seed(0)
-    body = sv.sparsify(randomize_norms_(timm.create_model(args.model, img_size=S, **args.model_args).eval()))
-    detector = build_task_model(body, "detection", 3, box_score_thresh=0.0).eval()
-    meta = ModelMeta(model=args.model, model_args=dict(args.model_args, img_size=S), img_size=S, task="detection",
-                     num_classes=3)
+    body = sv.sparsify(randomize_norms_(timm.create_model(args.model, img_size=S, **model_args).eval()))
+    detector = build_task_model(body, "detection", 3, box_score_thresh=0.0, **heads).eval()
+    meta = ModelMeta(model=args.model, model_args=dict(model_args, img_size=S), img_size=S, task="detection",
+                     num_classes=3, task_options=dict(heads, box_score_thresh=0.0))
     g = torch.Generator().manual_seed(0)
     square = torch.rand(3, S, S, generator=g)
     mixed = [torch.rand(3, h * S // 512, w * S // 512, generator=g) for w, h in MIXED_ASPECT]
-    labels = {"dense": 0.0, f"sparse {args.det_sparsity:.0%}": args.det_sparsity}
+    sparsities = {"dense": 0.0, f"sparse {args.det_sparsity:.0%}": args.det_sparsity}
     runners, notes, parity = {}, [], {}
     with tempfile.TemporaryDirectory() as d:
-        for i, (label, sparsity) in enumerate(labels.items()):
+        for i, (label, sparsity) in enumerate(sparsities.items()):
             body.set_sparsity(sparsity)
             # random weights: near-tied scores may reorder between runtimes; the parity is reported, not required
             report = export_whole_detector(detector, meta, Path(d) / f"det{i}.onnx", S, strict=False)
             parity[label] = max(c["boxes_px"] for c in report["checks"])
             notes += [report["note"]] if report.get("note") else []
             session = onnx_session(Path(d) / f"det{i}.onnx")
-            runners[label] = (lambda s: lambda x: s.run(None, {DETECTOR_INPUT: x.numpy()}))(session)
+            runners[f"onnxruntime {label}"] = (lambda s: lambda x: s.run(None, {DETECTOR_INPUT: x.numpy()}))(session)
+        for label, sparsity in sparsities.items():  # the same detector in PyTorch, its sparsity set per call
+            runners[f"PyTorch {label}"] = (lambda s: lambda x: (body.set_sparsity(s), detector([x])))(sparsity)
         square_ms = time_models(runners, square, warmup=args.warmup, repeats=args.repeats)
-        mixed_ms = {label: 0.0 for label in labels}
+        mixed_ms = {label: 0.0 for label in runners}
         for image in mixed:
             for label, ms in time_models(runners, image, warmup=args.warmup, repeats=args.repeats).items():
                 mixed_ms[label] += ms / len(mixed)
-    table = Table(title=f"whole Faster R-CNN ({args.model}) in onnxruntime {ort.__version__} CPU fp32, batch 1 "
-                        f"(median of {args.repeats}, interleaved)")
+    body.set_sparsity(0.0)
+    width = Console().width
+    table = Table(title=f"whole Faster R-CNN ({args.model} {json.dumps(model_args)}, heads {json.dumps(heads)}), "
+                        f"CPU fp32, {torch.get_num_threads()} threads, onnxruntime {ort.__version__}, batch 1 "
+                        f"(median of {args.repeats}, interleaved)", width=max(width, 120))
     for col in ("detector", f"{S}² ms", "speedup", "mixed-aspect ms (mean)", "speedup", "max box error (px)"):
         table.add_column(col, justify="right")
-    for label in labels:
-        table.add_row(label, f"{square_ms[label]:.1f}", f"{square_ms['dense'] / square_ms[label]:.2f}x",
-                      f"{mixed_ms[label]:.1f}", f"{mixed_ms['dense'] / mixed_ms[label]:.2f}x", f"{parity[label]:.2g}")
+    for runtime in ("onnxruntime", "PyTorch"):
+        for label in sparsities:
+            name, dense = f"{runtime} {label}", f"{runtime} dense"
+            table.add_row(name, f"{square_ms[name]:.1f}", f"{square_ms[dense] / square_ms[name]:.2f}x",
+                          f"{mixed_ms[name]:.1f}", f"{mixed_ms[dense] / mixed_ms[name]:.2f}x",
+                          f"{parity[label]:.2g}" if runtime == "onnxruntime" else "-")
     console = Console(width=120)
     for note in dict.fromkeys(notes):
         console.print(note, highlight=False)

@@ -33,7 +33,7 @@ import torch.nn as nn
 from rich.console import Console
 from rich.table import Table
 
-from common import add_model_options, add_pipeline_options, apply_smoke, unseen_by_search
+from common import SMALL_SWIN, add_model_options, add_pipeline_options, apply_smoke, unseen_by_search
 from sparsevit_cli.data.demo import IGNORE_INDEX, SEG_LABELS
 from sparsevit_cli.detection.models import BackboneFeatures
 from sparsevit_cli.evaluate import evaluate_images
@@ -44,7 +44,6 @@ from sparsevit_cli.search.confirm import compare
 from sparsevit_cli.tasks import backbone_of, get_task, mean_iou
 from sparsevit_cli.timing import time_models
 
-SMALL_SWIN = dict(embed_dim=32, depths=[2, 2, 6, 2], num_heads=[1, 2, 4, 8], window_size=8)
 SEG_HEADS = dict(fpn_channels=64, head_channels=32)
 console = Console(width=160)
 

@@ -8,6 +8,12 @@ from typing import List, Optional
 # two stages with 4x4-token windows: several windows per stage at 64 px, so sparsity still has work to skip
 MICRO_SWIN = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4)
 SMOKE_IMG_SIZE = 64
+#: a small Swin with several windows in every stage at 512 px (128x128 tokens, window 8: 16x16 windows in
+#: stage 1, 2x2 in stage 4): the backbone of bench-det, bench-seg and bench-export's whole detectors
+SMALL_SWIN = dict(embed_dim=32, depths=[2, 2, 6, 2], num_heads=[1, 2, 4, 8], window_size=8)
+#: Faster R-CNN heads sized to that backbone and to a few objects per canvas (torchvision's defaults: 256-channel
+#: FPN, 1000 proposals, 100 detections): an FPN twice as wide as stage 1 (Swin-T's detectors: 256 over 96)
+LIGHT_HEADS = dict(fpn_channels=64, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
 
 
 def add_model_options(ap: argparse.ArgumentParser, img_size: int, repeats: int, warmup: Optional[int] = None,
