@@ -84,17 +84,21 @@ def test_padding_windows_are_never_kept_nor_counted(family, make):
         seen = spy_kept(model, x)
         assert seen and any(k is not None for _, _, k in seen)
         padded = 0
-        for stride, grid, kept in seen:
+        for i, (stride, grid, kept) in enumerate(seen):
             real = real_windows_of(x, stride, grid)
             padded += int((~real).sum())
             if kept is None:  # every window of every image: only when no image has a padding window
                 assert real.all()
                 continue
+            # the pair's budget: the real windows of its plain grid (the block before a shifted one)
+            plain = real if grid.mask is None else real_windows_of(x, *seen[i - 1][:2])
+            assert grid.mask is None or seen[i - 1][1].mask is None
             ids = kept.by_image(x.shape[0])
             for b, w in enumerate(ids):
-                n_real = int(real[b].sum())
+                n_real, n_plain = int(real[b].sum()), int(plain[b].sum())
                 assert real[b, w].all(), f"ratio {r}: a padding window kept"
-                assert len(w) == max(1, int((1 - r) * n_real + 0.5)), (r, len(w), n_real)  # counted from real
+                budget = max(1, int((1 - r) * n_plain + 0.5))  # counted from the real windows
+                assert len(w) == min(budget, max(1, n_real)), (r, len(w), n_real, n_plain)
                 assert len(set(w.tolist())) == len(w)
         assert padded > 0  # the batch does pad in some stage
 
@@ -132,19 +136,24 @@ def test_features_backbone_under_a_detector_keeps_no_padding():
                 assert real[b, w].all()
 
 
-def test_a_padded_image_keeps_what_it_keeps_alone():
-    """The budget is the real windows': an image zero-padded on the right to whole windows keeps as many plain
-    (W-MSA) windows per block as the image alone (shifted windows wrap around the image alone, so their
-    counts differ by geometry)."""
+@pytest.mark.parametrize("family", ["v1", "v2"])
+def test_a_padded_image_keeps_what_it_keeps_alone(family):
+    """The budget is the real windows': an image zero-padded on the right, or letterboxed at the top of a
+    square canvas, keeps as many windows in every block, plain and shifted, as the image alone (the shifted
+    grid cuts the image's edge rows into extra windows; the pair's count comes from its plain grid)."""
     g = torch.Generator().manual_seed(3)
     alone = torch.randn(1, 3, 64, 32, generator=g)
-    canvas = torch.zeros(1, 3, 64, 96)
-    canvas[..., :32] = alone
-    model = sv.sparsify(micro("v1"), 0.5)
-    def plain(seen):
-        return [(stride, len(k.window)) for stride, g, k in seen if g.mask is None and stride in (4, 8)]
-    a, c = plain(spy_kept(model, alone)), plain(spy_kept(model, canvas))
-    assert a == c == [(4, 4), (8, 1)]
+    right = torch.zeros(1, 3, 64, 96)
+    right[..., :32] = alone
+    wide = torch.randn(1, 3, 40, 96, generator=g)  # 12:5, letterboxed on a 96 x 96 canvas
+    letterbox = torch.zeros(1, 3, 96, 96)
+    letterbox[:, :, :40] = wide
+    model = sv.sparsify(micro(family), 0.5)
+    def counts(x):  # stages 1 and 2 (in later ones the image alone can be one window: timm's own block runs)
+        return [(stride, g.mask is not None, len(k.window)) for stride, g, k in spy_kept(model, x) if stride < 16]
+    assert counts(alone) == counts(right)
+    assert counts(wide) == counts(letterbox)
+    assert [shifted for _, shifted, _ in counts(letterbox)] == [False, True, False, True]
 
 
 def test_a_stage_called_on_its_own_treats_every_window_as_real():

@@ -42,7 +42,8 @@ user's own detector runs exactly what the whole sparse classifier runs.
   is padding (torchvision's detection transform and letterboxing pad with zeros after normalising; a padded
   batch is zero beyond each image), and so is a window all of whose tokens cover only padding pixels. At a
   ratio ``s > 0`` such windows rank last and are never kept, and an image keeps ``kept_windows(R, s)`` of its
-  R real windows (`kept_counts`): images of a batch keep different counts, listed flat (`Kept`), so per-block
+  R real windows (`kept_counts`; R counted on the pair's plain grid, `block_counts`, so a letterboxed image
+  keeps what it keeps alone in both blocks of a pair): images of a batch keep different counts, listed flat (`Kept`), so per-block
   work is the kept real windows of the batch. Ratio 0 keeps every window, padding included (timm's model).
 * A block with sparsity ``s`` keeps ``kept_windows(R, s)`` windows per image (R: its real windows; nW without
   padding). It gathers the tokens of those windows straight from a flat (B, H*W + 1, C) stage buffer through
@@ -477,6 +478,29 @@ def kept_counts(real: torch.Tensor, sparsity: float) -> torch.Tensor:
     return torch.floor((1.0 - sparsity) * R + 0.5).to(torch.int64).clamp(min=1)
 
 
+def block_counts(grids: Sequence[WindowGrid], ratios: Sequence[float], real: Dict[int, torch.Tensor]
+                 ) -> List[Optional[torch.Tensor]]:
+    """(B,) kept windows per image for every block of a stage (None at ratio 0: every window).
+
+    A block pair keeps one count per image, `kept_counts` of the real windows of the pair's plain grid: the
+    shifted grid cuts the same real area into more windows where the image ends inside the map (a letterboxed
+    or batch-padded image: the rows timm's roll wraps around land beside the padding), so counting its own real
+    windows would let a padded image keep more shifted windows than the image alone. The shifted block keeps
+    that count, or all its real windows when it has fewer. Without padding both grids' windows are all real
+    and the counts are `kept_windows(nW, s)` in both."""
+    counts: List[Optional[torch.Tensor]] = []
+    for i, (g, r) in enumerate(zip(grids, ratios)):
+        if not r > 0:
+            counts.append(None)
+            continue
+        plain = grids[i - i % 2]
+        c = kept_counts(real[id(plain)], r)
+        if g is not plain:
+            c = torch.minimum(c, real[id(g)].sum(dim=1).clamp(min=1))
+        counts.append(c)
+    return counts
+
+
 def select_kept(order: torch.Tensor, counts: torch.Tensor, fixed: Optional[int] = None) -> Kept:
     """The first `counts[b]` windows of each image's ranking `order` (B, nW), as one flat `Kept` list.
 
@@ -635,7 +659,7 @@ class SparseSwinStage:
         n = len(grids)
         ratios = [self.ratios[i // 2] for i in range(n)]
         real = self.real_windows(grids, B, H, W)
-        counts = [kept_counts(real[id(g)], r) if r > 0 else None for g, r in zip(grids, ratios)]
+        counts = block_counts(grids, ratios, real)
         compiling = torch.compiler.is_compiling() and not exporting()  # (torch.export compiles too)
         graph = compiling or writing_graph()  # a plain jit trace (fvcore, TorchScript) decides as eager does
         # eager: a block that keeps every window of every image runs on them all (or as timm's own block);
