@@ -297,3 +297,59 @@ def test_evaluate_records_many_runs_wide_and_counts_like_alone(tmp_path):
     assert alone_counts.blocks_run == alone_counts.blocks_asked == counts.blocks_asked == 3 * 4
     # stage 1 block 0 once (wide), block 1 three times; stage 2 after 3 distinct stage-1 states, every block
     assert counts.blocks_run == 1 + 3 + 3 + 3 and counts.pairs_run == 1 + 3
+
+
+def test_a_search_cuts_its_chunks_from_the_sorted_networks():
+    """A generation's networks are sorted by their kept-window counts before they are cut into chunks, so each
+    chunk is a subtree: 9 networks (stage 1 keeps 3 / 8 / 16 windows, stage 2 keeps 1 / 2 / 4) in chunks of 3
+    are three chunks that each share stage 1, fewer block runs than the same chunks cut from a list ordered by
+    stage 2 first; the history (networks, scores, order) and the pick do not depend on the chunk size."""
+    import json
+
+    from sparsevit_cli.search.evolution import Budget, EvolutionSettings, run_evolution
+    from sparsevit_cli.search.space import SearchSpace
+
+    model = micro().eval()
+    method = method_for_model(model)
+    task = get_task("classification")
+    model_task = task.build(model, 3).eval()
+    data = ListSet((torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(8)), 0) for _ in range(2))
+    space = SearchSpace.from_dict({"method": "sparsevit", "choices": [0.0, 0.5, 0.8],
+                                   "groups": [{"genes": 1}, {"genes": 1}]})
+
+    def network(config):
+        return method.effective(model, config, 64)
+
+    def score(config):  # distinct per network: no ties
+        kept = network(config)
+        return -abs(kept[0][0] - 8) * 10 - abs(kept[1][0] - 2) + 0.01 * kept[1][0]
+
+    def search(chunk, run=True):
+        chunks, counts = [], SharingCounts()
+
+        def many(configs):
+            chunks.append([json.dumps(network(c)) for c in configs])
+            if run:
+                evaluate_records_many(model_task, method, configs, data, task, 2, CPU, [0, 1], 64, counts=counts)
+            return [score(c) for c in configs]
+
+        settings = EvolutionSettings(population=9, generations=2, parents=3, mutations=3, crossovers=3, seed=0)
+        result = run_evolution(space, score, lambda c: 1.0, Budget(max_cost=2.0), settings, progress=False,
+                               network=network, evaluate_many=many, chunk=chunk)
+        return result, chunks, counts
+
+    result, chunks, counts = search(3)
+    assert result.exhaustive and [len(c) for c in chunks] == [3, 3, 3]
+    flat = [k for c in chunks for k in c]
+    assert flat == sorted(flat, key=json.loads) and len(set(flat)) == 9
+    assert all(len({json.dumps(json.loads(k)[0]) for k in c}) == 1 for c in chunks)  # one stage-1 network each
+    whole, _, _ = search(100, run=False)
+    assert [(c["network"], c["metric"]) for c in result.evaluated] == [(c["network"], c["metric"])
+                                                                      for c in whole.evaluated]
+    assert result.best_config == whole.best_config
+    # the same chunk size over an order that is not a subtree per chunk: more executions
+    unsorted = sorted((space.decode(g) for g in space.all_genomes()), key=lambda c: network(c)[::-1])
+    other = SharingCounts()
+    for i in range(0, 9, 3):
+        evaluate_records_many(model_task, method, unsorted[i:i + 3], data, task, 2, CPU, [0, 1], 64, counts=other)
+    assert counts.blocks_asked == other.blocks_asked and counts.blocks_run < other.blocks_run
