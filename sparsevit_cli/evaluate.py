@@ -3,6 +3,7 @@ model under a config, on a fixed subset of a data set, sharded over torchrun ran
 task's metric (tasks.py holds every metric: one fact, one place)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -127,11 +128,26 @@ def _records(model, method, config, dataset, task: Task, batch_size: int, device
 
 @dataclass
 class SharingCounts:
-    """Block-pair executions of `evaluate_images_many`: run, and what scoring each network alone runs."""
+    """What `evaluate_images_many` executed (`_run`) and what scoring each network alone executes (`_asked`),
+    summed over image batches (see `swin.patch.PrefixCache`): `pairs_run` executions of a block pair's first
+    block on a distinct input (a wide execution, shared by networks that keep different windows of one input,
+    counts once), `blocks_run` those of every block, `windows_run` the windows they computed (the honest work
+    measure: a wide execution computes the most windows any of its networks keeps). `forwards`: network
+    forwards on an image batch. Scored alone (no sharing), run equals asked; a family without windows (PSViT)
+    counts pairs only."""
 
     pairs_run: int = 0
     pairs_asked: int = 0
+    blocks_run: int = 0
+    blocks_asked: int = 0
+    windows_run: int = 0
+    windows_asked: int = 0
     forwards: int = 0
+
+    def add(self, cache) -> None:
+        """Add a `shared_prefixes` cache's counts."""
+        for name in ("pairs_run", "pairs_asked", "blocks_run", "blocks_asked", "windows_run", "windows_asked"):
+            setattr(self, name, getattr(self, name) + getattr(cache, name))
 
 
 @torch.no_grad()
@@ -142,11 +158,13 @@ def evaluate_images_many(model: nn.Module, method: Method, configs: Sequence[Con
                          progress: Optional[ProgressReport] = None) -> List[ImageScores]:
     """`evaluate_images` of every config in `configs` (same order), scored batch by batch as a tree: on each
     image batch the networks run one after another in the order of their `effective` configs at `img_size`
-    (their per-block kept-window counts), inside the method's `shared_prefixes` context, so each distinct
-    prefix of blocks is computed once per batch and reused by every network sharing it (memory: one path of
-    stage buffers). The results equal scoring each config alone. A method without `shared_prefixes` (or
-    `share=False`) scores one config after another. Sharded over torchrun ranks like `evaluate_images`.
-    `counts` gets the block-pair executions; `progress` an 'images' counter (images x networks)."""
+    (their per-block kept-window counts), inside the method's `shared_prefixes` context with that order as its
+    plan, so each distinct prefix of blocks is computed once per batch and reused by every network sharing it,
+    and a pruned block runs once per distinct input, at the most windows any network sharing that input keeps
+    (memory: one path of stage buffers). The results equal scoring each config alone. A method without
+    `shared_prefixes` (or `share=False`) scores one config after another. Sharded over torchrun ranks like
+    `evaluate_images`. `counts` gets the executions (`SharingCounts`); `progress` an 'images' counter (images
+    x networks)."""
     task = get_task(task) if isinstance(task, str) else task
     return [task.image_scores(dataset, r) for r in
             evaluate_records_many(model, method, configs, dataset, task, batch_size, device, indices, img_size,
@@ -167,14 +185,17 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
     if counts is not None:
         counts.forwards += batches_here * len(configs)
     if not (share and shares_prefixes(method)) or len(configs) < 2:
-        out = []
-        for config in configs:
-            out.append(_records(model, method, config, dataset, task, batch_size, device, indices, amp,
-                                num_workers, progress, bar))
-            if counts is not None:
-                pairs = sum(method.group_sizes(backbone)) * batches_here
-                counts.pairs_run += pairs
-                counts.pairs_asked += pairs
+        # one network after another; a family with windows counts them as they run (nothing shared)
+        with (method.shared_prefixes(backbone, share=False) if shares_prefixes(method)
+              else contextlib.nullcontext()) as cache:
+            out = [_records(model, method, config, dataset, task, batch_size, device, indices, amp, num_workers,
+                            progress, bar) for config in configs]
+        if counts is not None and cache is not None:
+            counts.add(cache)
+        elif counts is not None:
+            pairs = sum(method.group_sizes(backbone)) * batches_here * len(configs)
+            counts.pairs_run += pairs
+            counts.pairs_asked += pairs
         return out
     order = sorted(range(len(configs)),
                    key=lambda i: (method.effective(backbone, configs[i], img_size) if img_size else configs[i]))
@@ -185,9 +206,11 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
                           collate_fn=task.collate)
     mine: List[List[Tuple[int, Any]]] = [[] for _ in configs]
     with method.shared_prefixes(backbone) as cache:
+        cache.plan([configs[i] for i in order])  # how wide a shared block runs: for the networks still to run
         for batch, (x, y) in zip(batches, iterate(loader)):
             x, y = task.to_device(x, y, device)
-            for i in order:
+            for position, i in enumerate(order):
+                cache.current = position
                 method.apply(backbone, configs[i])
                 with autocast(device, amp):
                     outputs = task.predict(model, x)
@@ -195,8 +218,7 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
             if progress is not None:
                 progress.update(bar, advance=len(batch) * dist.world_size() * len(configs))
         if counts is not None:
-            counts.pairs_run += cache.pairs_run
-            counts.pairs_asked += cache.pairs_asked
+            counts.add(cache)
     out = []
     parts = dist.all_gather_object(mine)
     for i in range(len(configs)):

@@ -167,3 +167,189 @@ def test_states_are_keyed_by_the_windows_each_image_keeps_under_padding():
             tree = [model.set_sparsity(c)(quarters) for c in cfgs]
         assert all(torch.equal(a, b) for a, b in zip(alone, tree)) and torch.equal(alone[0], alone[1])
         assert cache.pairs_run == 2 < cache.pairs_asked == 4  # the second network is wholly cached
+
+
+# --- wide execution: a pruned block runs once per distinct input, at the widest count of the planned networks
+
+
+def run_plan(model, cfgs, x, plan=True):
+    """Forwards of `model` on `x` under each config, in order, in one `shared_prefixes` context (with the
+    configs as its plan, or without one); (outputs, cache)."""
+    with torch.no_grad(), shared_prefixes(model) as cache:
+        if plan:
+            cache.plan(cfgs)
+        outs = []
+        for j, c in enumerate(cfgs):
+            cache.current = j
+            outs.append(model.set_sparsity(c)(x))
+    return outs, cache
+
+
+def alone(model, cfgs, x):
+    with torch.no_grad():
+        return [model.set_sparsity(c)(x) for c in cfgs]
+
+
+def counts_of(cache):
+    return {k: getattr(cache, k) for k in ("pairs_run", "pairs_asked", "blocks_run", "blocks_asked", "windows_run",
+                                           "windows_asked")}
+
+
+def test_wide_execution_counts_by_hand_without_padding():
+    """64 px, window 4, depths (2, 2): stage 1 has 16 windows per block, stage 2 has 4. Kept per image
+    (round((1 - s) * nW)): stage 1 at 0.8 / 0.5 / 0.2 / 0.0: 3 / 8 / 13 / 16; stage 2 at 0.8 / 0.5 / 0.0: 1 / 2 / 4.
+    Batch of 2 images, every count times 2.
+    stage 1 block 0, one input: the pruned networks run it once at 13 (26 windows), the dense one alone (32);
+    stage 1 block 1: inputs after 3, 8, 13 (twice: the last two networks share it) and 16: 4 runs, 6+16+26+32;
+    stage 2 block 0: dense after 3 (8), after 8 (8), the two networks after 13 once at max(2, 1) = 2 (4), after 16 at 2 (4);
+    stage 2 block 1: every network on its own input: 8 + 8 + 4 + 2 + 4."""
+    model = micro().eval()
+    cfgs = [[[0.8], [0.0]], [[0.5], [0.0]], [[0.2], [0.5]], [[0.2], [0.8]], [[0.0], [0.5]]]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    tree, cache = run_plan(model, cfgs, x)
+    assert all(torch.equal(a, b) for a, b in zip(alone(model, cfgs, x), tree))
+    asked = [2 * (3 + 3 + 4 + 4), 2 * (8 + 8 + 4 + 4), 2 * (13 + 13 + 2 + 2), 2 * (13 + 13 + 1 + 1), 2 * (16 + 16 + 2 + 2)]
+    assert counts_of(cache) == {
+        "blocks_run": 2 + 4 + 4 + 5, "pairs_run": 2 + 4, "blocks_asked": 5 * 4, "pairs_asked": 5 * 2,
+        "windows_run": (26 + 32) + (6 + 16 + 26 + 32) + (8 + 8 + 4 + 4) + (8 + 8 + 4 + 2 + 4),
+        "windows_asked": sum(asked)}
+    # without the plan each distinct prefix runs at its own counts (today's tree): stage 1 block 0 four times
+    again, old = run_plan(model, cfgs, x, plan=False)
+    assert all(torch.equal(a, b) for a, b in zip(tree, again))
+    assert (old.blocks_run, old.pairs_run) == (4 + 4 + 5 + 5, 4 + 5) and old.windows_asked == sum(asked)
+    assert old.windows_run == (6 + 16 + 26 + 32) * 2 + (8 + 8 + 4 + 2 + 4) * 2
+
+
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256"])
+def test_wide_execution_is_exact_under_padding_with_per_image_counts(name):
+    """A full image and one whose right half is zero padding (64 px, window 4). Stage 1 (16 windows): the padded
+    image has 8 real plain and 12 real shifted windows, so 0.2 keeps (13, 6) and (13, 10): shared by all. Stage
+    2 (4 windows; the padded image: 2 real plain, 4 real shifted): block 0 at 0.5 / 0.3 / 0.2 / 0.1 keeps
+    (2, 1) / (3, 1) / (3, 2) / (4, 2): one run at the per-image maximum (4, 2), 6 windows; block 1 keeps (2, 2) /
+    (3, 3) / (3, 3) / every window (0.1 keeps 4 of 4 of both images: timm's path, 8), each on its own input."""
+    model = micro(name).eval()
+    g = torch.Generator().manual_seed(5)
+    full, half = torch.randn(3, 64, 64, generator=g), torch.randn(3, 64, 64, generator=g)
+    half[:, :, 32:] = 0
+    x = torch.stack([full, half])
+    cfgs = [[[0.2], [s]] for s in (0.5, 0.3, 0.2, 0.1)]
+    tree, cache = run_plan(model, cfgs, x)
+    assert all(torch.equal(a, b) for a, b in zip(alone(model, cfgs, x), tree))
+    assert len({tuple(t.flatten().tolist()) for t in tree}) == 4  # the four networks differ
+    stage1 = (13 + 6) + (13 + 10)
+    assert counts_of(cache) == {
+        "blocks_run": 2 + 1 + 4, "pairs_run": 1 + 1, "blocks_asked": 4 * 4, "pairs_asked": 4 * 2,
+        "windows_run": stage1 + 6 + (4 + 6 + 6 + 8),
+        "windows_asked": 4 * stage1 + (3 + 4 + 5 + 6) + (4 + 6 + 6 + 8)}
+
+
+def test_wide_execution_with_a_late_score_and_a_plan_in_any_order():
+    """mean-abs ranks at the first pruning block (here stage 2's block 2 for some networks, block 0 for others);
+    72 px pads windows; a plan that is not sorted, and forwards that leave the plan, stay exact."""
+    model = micro(img_size=72, depths=(2, 4)).eval()
+    model.set_window_score("mean-abs")
+    R = (0.0, 0.5, 0.8)
+    cfgs = [[[a], [b, c]] for a, b, c in itertools.product(R, R, R) if b <= c]
+    x = torch.randn(2, 3, 72, 72, generator=torch.Generator().manual_seed(6))
+    x[1, :, 40:] = 0
+    expected = alone(model, cfgs, x)
+    tree, cache = run_plan(model, cfgs, x)
+    assert all(torch.equal(a, b) for a, b in zip(expected, tree))
+    _, old = run_plan(model, cfgs, x, plan=False)
+    assert cache.windows_asked == old.windows_asked and cache.blocks_run < old.blocks_run
+    with torch.no_grad(), shared_prefixes(model) as cache:  # the plan says one thing, the forwards run another
+        cache.plan(cfgs[::-1])
+        for j, c in enumerate(cfgs):
+            cache.current = j
+            assert torch.equal(model.set_sparsity(c)(x), expected[j])
+
+
+def test_resuming_at_the_first_pruned_block_after_an_early_ranking():
+    """Stage 2 ranks at its input (l2-centered) and prunes from block 2 on: the second network resumes at block
+    2 and needs the order ranked before it (this crashed before wide execution)."""
+    model = micro(depths=(2, 4)).eval()
+    cfgs = [[[0.0], [0.0, 0.5]], [[0.0], [0.0, 0.8]]]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    for plan in (True, False):
+        tree, cache = run_plan(model, cfgs, x, plan)
+        assert all(torch.equal(a, b) for a, b in zip(alone(model, cfgs, x), tree))
+        # stage 1 and stage 2's first pair once; block 2 once (wide) or twice; block 3 twice
+        assert cache.blocks_run == 2 + 2 + (1 if plan else 2) + 2
+
+
+def test_evaluate_records_many_runs_wide_and_counts_like_alone(tmp_path):
+    """The search's scoring: records identical to each network alone for a detector, fewer windows computed
+    than asked, and the not-shared path counts what it runs (run = asked)."""
+    root = tmp_path / "data"
+    write_demo_data(root, img_size=64, n_train=1, n_val=2, seed=0, detection=True)
+    task = get_task("detection")
+    dataset = task.dataset(root, "val", 64, train=False)
+    model = task.build(micro(), dataset.num_classes, fpn_channels=16, rpn_pre_nms_top_n_test=50,
+                       rpn_post_nms_top_n_test=20, box_detections_per_img=10, box_score_thresh=0.0).eval()
+    method = method_for_model(backbone_of(model))
+    cfgs = [[[0.2], [0.5]], [[0.8], [0.8]], [[0.5], [0.8]]]
+    counts, alone_counts = SharingCounts(), SharingCounts()
+    tree = evaluate_records_many(model, method, cfgs, dataset, task, 2, CPU, [0, 1], 64, counts=counts)
+    each = evaluate_records_many(model, method, cfgs, dataset, task, 2, CPU, [0, 1], 64, share=False,
+                                 counts=alone_counts)
+    assert all(same(a, b) for a, b in zip(tree, each))
+    assert alone_counts.windows_run == alone_counts.windows_asked == counts.windows_asked > counts.windows_run > 0
+    assert alone_counts.blocks_run == alone_counts.blocks_asked == counts.blocks_asked == 3 * 4
+    # stage 1 block 0 once (wide), block 1 three times; stage 2 after 3 distinct stage-1 states, every block
+    assert counts.blocks_run == 1 + 3 + 3 + 3 and counts.pairs_run == 1 + 3
+
+
+def test_a_search_cuts_its_chunks_from_the_sorted_networks():
+    """A generation's networks are sorted by their kept-window counts before they are cut into chunks, so each
+    chunk is a subtree: 9 networks (stage 1 keeps 3 / 8 / 16 windows, stage 2 keeps 1 / 2 / 4) in chunks of 3
+    are three chunks that each share stage 1, fewer block runs than the same chunks cut from a list ordered by
+    stage 2 first; the history (networks, scores, order) and the pick do not depend on the chunk size."""
+    import json
+
+    from sparsevit_cli.search.evolution import Budget, EvolutionSettings, run_evolution
+    from sparsevit_cli.search.space import SearchSpace
+
+    model = micro().eval()
+    method = method_for_model(model)
+    task = get_task("classification")
+    model_task = task.build(model, 3).eval()
+    data = ListSet((torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(8)), 0) for _ in range(2))
+    space = SearchSpace.from_dict({"method": "sparsevit", "choices": [0.0, 0.5, 0.8],
+                                   "groups": [{"genes": 1}, {"genes": 1}]})
+
+    def network(config):
+        return method.effective(model, config, 64)
+
+    def score(config):  # distinct per network: no ties
+        kept = network(config)
+        return -abs(kept[0][0] - 8) * 10 - abs(kept[1][0] - 2) + 0.01 * kept[1][0]
+
+    def search(chunk, run=True):
+        chunks, counts = [], SharingCounts()
+
+        def many(configs):
+            chunks.append([json.dumps(network(c)) for c in configs])
+            if run:
+                evaluate_records_many(model_task, method, configs, data, task, 2, CPU, [0, 1], 64, counts=counts)
+            return [score(c) for c in configs]
+
+        settings = EvolutionSettings(population=9, generations=2, parents=3, mutations=3, crossovers=3, seed=0)
+        result = run_evolution(space, score, lambda c: 1.0, Budget(max_cost=2.0), settings, progress=False,
+                               network=network, evaluate_many=many, chunk=chunk)
+        return result, chunks, counts
+
+    result, chunks, counts = search(3)
+    assert result.exhaustive and [len(c) for c in chunks] == [3, 3, 3]
+    flat = [k for c in chunks for k in c]
+    assert flat == sorted(flat, key=json.loads) and len(set(flat)) == 9
+    assert all(len({json.dumps(json.loads(k)[0]) for k in c}) == 1 for c in chunks)  # one stage-1 network each
+    whole, _, _ = search(100, run=False)
+    assert [(c["network"], c["metric"]) for c in result.evaluated] == [(c["network"], c["metric"])
+                                                                      for c in whole.evaluated]
+    assert result.best_config == whole.best_config
+    # the same chunk size over an order that is not a subtree per chunk: more executions
+    unsorted = sorted((space.decode(g) for g in space.all_genomes()), key=lambda c: network(c)[::-1])
+    other = SharingCounts()
+    for i in range(0, 9, 3):
+        evaluate_records_many(model_task, method, unsorted[i:i + 3], data, task, 2, CPU, [0, 1], 64, counts=other)
+    assert counts.blocks_asked == other.blocks_asked and counts.blocks_run < other.blocks_run

@@ -369,6 +369,8 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
                       + (f" ({counts.pairs_asked / counts.pairs_run:.2f}x fewer than the {counts.pairs_asked} of "
                          f"scoring each network alone: shared prefixes)" if counts.pairs_run < counts.pairs_asked
                          else "")
+                      + (f", computing {counts.windows_asked / counts.windows_run:.2f}x fewer windows"
+                         if 0 < counts.windows_run < counts.windows_asked else "")
                       + (f"; racing stopped {sum(1 for c in result.evaluated if c.get('images') is not None)} "
                          f"network(s) early" if opts.race else ""))
     conf = confirm(result, image_scores, dense_cfg, dense_cost, fitness, task.metric_name, opts.confirm_top,

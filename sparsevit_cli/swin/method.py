@@ -52,9 +52,10 @@ class SparseViT:
         """Kept-window count of every block at `img_size` (the engine keeps max(1, round((1-s)*nW)))."""
         return kept_window_counts(wrapped, config, img_size)
 
-    def shared_prefixes(self, wrapped: SparseSwinTransformer):
-        """Forwards under one config after another share the blocks they keep the same windows in."""
-        return shared_prefixes(wrapped)
+    def shared_prefixes(self, wrapped: SparseSwinTransformer, share: bool = True):
+        """Forwards under one config after another share the blocks they keep the same windows in (`share`
+        False: they are only counted)."""
+        return shared_prefixes(wrapped, share)
 
     def build_latency_table(self, wrapped: SparseSwinTransformer, x, warmup: int = 2, repeats: int = 5) -> dict:
         return build_swin_latency_table(wrapped, x, warmup=warmup, repeats=repeats)

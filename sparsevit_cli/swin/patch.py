@@ -632,11 +632,17 @@ class SparseSwinStage:
     _prefix_index: int = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._prefix_cache is not None and self._kept_recorder is None and not self.training and not writing_graph():
+        cache = self._prefix_cache
+        if self._kept_recorder is not None or self.training or writing_graph():
+            cache = None
+        if cache is not None and cache.share:
             return forward_shared(self, x)
         if self._kept_recorder is None and not any(self.ratios) and not writing_graph():
-            return super().forward(x)  # timm's own stage: nothing to prune, nothing added
-        return self.forward_blocks(self.downsample(x))
+            out = super().forward(x)  # timm's own stage: nothing to prune, nothing added
+            if cache is not None:
+                cache.count_alone(self, out)
+            return out
+        return self.forward_blocks(self.downsample(x), cache)
 
     def real_windows(self, grids: Sequence[WindowGrid], B: int, H, W) -> Dict[int, torch.Tensor]:
         """{id(grid): (B, nW) bool} the windows of each distinct grid that hold a real (non-padding) token of
@@ -653,7 +659,10 @@ class SparseSwinStage:
 
         cache: while `shared_prefixes` runs, the `PrefixCache` this forward resumes from (the deepest state
         after this stage's blocks that an earlier network with the same kept windows left) and fills after
-        every block; the operations are those of the forward without it, minus the blocks it skips."""
+        every block; the operations are those of the forward without it, minus the blocks it skips, and a
+        pruned block that another network of the cache's plan runs on the same input at other counts runs once,
+        at the widest (`PrefixCache.wide_counts`), each network taking its own windows' rows. A cache with
+        `share` False only counts."""
         B, H, W, C = x.shape
         grids = self.grids(H, W, x.device)
         n = len(grids)
@@ -681,30 +690,67 @@ class SparseSwinStage:
         at, state = 0, x
         orders: Dict[int, torch.Tensor] = {}
         kept: List[Optional[Kept]] = [None] * n
+        sharing = cache is not None and cache.share
+        keys: List[Optional[tuple]] = [None] * n
         if cache is not None:
             # a block's key: the windows it keeps per image (None: every window), so equal keys compute alike
-            at, state = cache.resume([tuple(c.tolist()) if p else None for c, p in zip(counts, pruned)])
+            keys = [tuple(c.tolist()) if p else None for c, p in zip(counts, pruned)]
+            cache.asked(keys, grids, B)
+        if sharing:
+            by_ratio: Dict[Tuple[int, float], Optional[tuple]] = {}
+
+            def plan_keys(pair_ratios: Sequence[float]) -> tuple:  # another network's keys, from the same counts
+                for g, r in zip(grids, (pair_ratios[i // 2] for i in range(n))):
+                    if (id(g), r) not in by_ratio:
+                        by_ratio[id(g), r] = block_key(kept_counts(real[id(g)], r), g) if r > 0 else None
+                return tuple(by_ratio[id(g), pair_ratios[i // 2]] for i, g in enumerate(grids))
+
+            at, state = cache.resume(keys, self._prefix_index, plan_keys)
             if at > start:
                 state = state.clone()  # blocks write the buffer in place: the cached state stays as it is
-            if first < at < n:  # resumed past the ranking: the order its prefix ranked
+            if rank_at < at < n and first < n:  # resumed past the ranking: the order its prefix ranked
                 orders = cache.ranked(rank_at, rank)
+            if first < at < n:  # and past the selection
                 kept = self.kept(grids, ratios, pruned, counts, orders)
         for i in range(at, n):
             if i == rank_at and first < n:
-                orders = rank(state) if cache is None else cache.ranked(i, rank)
+                orders = cache.ranked(i, rank) if sharing else rank(state)
             if i == start:  # one stage buffer with a dummy row per image for padding tokens: the only full copy
                 state = torch.cat([state.reshape(B, H * W, C), state.new_zeros(B, 1, C)], dim=1)
             if i == first:
                 kept = self.kept(grids, ratios, pruned, counts, orders)
+            ran: Optional[tuple] = keys[i]  # the counts block i runs at (None: every window; () nothing runs)
             if i < start:  # blocks that keep every window are timm's blocks (no gather, no buffer)
                 state = self.blocks[i](state)
+            elif sharing and keys[i] is not None:
+                state, ran = self._run_shared(i, state, grids[i], kept[i], orders, cache, keys[i])
             else:
                 state = self.sparse_block(self.blocks[i], state, grids[i], kept[i])
-            if cache is not None:
-                cache.store(i + 1, state.clone() if i >= start else state, pair=i % 2 == 0)
+            if cache is not None and ran != ():
+                cache.ran(i, block_windows(ran, grids[i], B))
+            if sharing:
+                cache.store(i + 1, state.clone() if i >= start else state)
         if self._kept_recorder is not None:  # one check per stage; nothing else when not recording (eager)
             self._kept_recorder.append(_kept_token_masks(grids, kept, B, H, W))
         return state[:, : H * W].reshape(B, H, W, C) if start < n else state
+
+    def _run_shared(self, i: int, state: torch.Tensor, grid: WindowGrid, kept: Kept,
+                    orders: Dict[int, torch.Tensor], cache: "PrefixCache", own: tuple) -> Tuple[torch.Tensor, tuple]:
+        """Pruned block `i` on the stage buffer `state` (the cached state after `i` blocks, or its copy) under
+        `cache`: its kept windows' rows taken from the block's wide output on this input (computed now, at the
+        counts `cache.wide_counts` asks for, when no stored one covers `own`), or the block run at `own` when no
+        other planned network needs this input. Returns the state after the block and the counts run (() none)."""
+        wide = cache.wide_output(i, own)
+        ran: tuple = ()
+        if wide is None:
+            counts = cache.wide_counts(i, own)
+            if counts is None:
+                return self.sparse_block(self.blocks[i], state, grid, kept), own
+            wider = select_kept(orders[id(grid)], torch.tensor(counts, dtype=torch.int64, device=state.device))
+            wide = self.sparse_block(self.blocks[i], state.clone(), grid, wider)
+            cache.keep_wide(i, counts, wide)
+            ran = counts
+        return take_windows(state, wide, grid, kept), ran
 
     @staticmethod
     def kept(grids: Sequence[WindowGrid], ratios: Sequence[float], pruned: Sequence[bool],
@@ -931,6 +977,41 @@ def sparse_class(cls: type, mixin: type = SparseSwinTransformer) -> type:
 
 
 # --------------------------------------------------------------------------------------------- shared prefixes
+def block_key(counts: Optional[torch.Tensor], grid: WindowGrid) -> Optional[tuple]:
+    """A block's key in a `PrefixCache`: the windows it keeps per image (`kept_counts`), or None when it computes
+    every window (ratio 0, or a ratio that keeps every window of every image: the block runs on all of them)."""
+    if counts is None:
+        return None
+    kept = tuple(counts.tolist())
+    return kept if min(kept) < grid.num_windows else None
+
+
+def block_windows(key: Optional[tuple], grid: WindowGrid, batch: int) -> int:
+    """Windows a block with `key` (`block_key`) computes on a batch of `batch` images (None: every window of
+    every image, padding included)."""
+    return batch * grid.num_windows if key is None else sum(key)
+
+
+def take_windows(buf: torch.Tensor, src: torch.Tensor, grid: WindowGrid, kept: Kept) -> torch.Tensor:
+    """`buf` (B, H*W + 1, C) with the token rows of its `kept` windows of `grid` copied from `src` (same shape),
+    in place (the indices `gather_windows` reads): a block's output on those windows taken from a run of the block
+    on more windows of the same input."""
+    windows = gather_windows(src, grid, kept)
+    return scatter_windows(buf, windows.flat_idx, windows.tokens)
+
+
+@dataclass
+class _Node:
+    """A cached state (the input of the next block) of a `PrefixCache`."""
+
+    state: torch.Tensor
+    #: the stage's window order ranked on this state (`PrefixCache.ranked`), once asked for
+    orders: Optional[Dict[int, torch.Tensor]] = None
+    #: the next block run on this state at more windows than the network that ran it keeps, for the networks of
+    #: the plan that keep fewer (`PrefixCache.wide_counts`): (the kept count of each image, the output buffer)
+    wide: Optional[Tuple[tuple, torch.Tensor]] = None
+
+
 class PrefixCache:
     """What `shared_prefixes` keeps while a model is run on one image batch under one network after another:
     the state after every block of the network just run (the stage map, or the stage buffer, copied), and
@@ -943,15 +1024,41 @@ class PrefixCache:
     lexicographic order of their kept-window counts reuse every shared prefix and memory holds one path of
     stage buffers. A new batch (another stage-1 input or padding) clears it.
 
-    `blocks_run` / `pairs_run` count block (pair) executions; `pairs_asked` what running every network alone
-    would have executed."""
+    Wide execution, with a `plan` (the networks to run, in order; `current` the one running): window attention,
+    LayerNorm and MLP act on each window alone, so on one input a block computed on an image's top-K windows
+    gives, on its top-k of them (k <= K), what the block computed on the top-k alone gives, bit for bit. A
+    pruned block is therefore run once per distinct input, at the per-image maximum of the counts of every
+    network still to run that shares this input and prunes this block; each of them takes its own windows' rows
+    of that wide output (`take_windows`). The wide output lives with its input's state (one path, as before).
+    Blocks that compute every window (key None) run as each network alone runs them (timm's block path), never
+    merged with pruned ones. Without a plan every block runs at the network's own counts.
 
-    def __init__(self) -> None:
-        self.states: Dict[tuple, Tuple[torch.Tensor, Optional[Dict[int, torch.Tensor]]]] = {}
+    Counts, over every forward in the context: `blocks_run` executions of a block on a distinct input (wide or
+    not; a network that takes its windows from a wide output runs nothing), `pairs_run` those of a pair's first
+    block (W-MSA); `windows_run` the windows those executions computed (a wide one: its wider counts).
+    `blocks_asked`, `pairs_asked` and `windows_asked`: what running every network alone runs. With
+    `share=False` (`shared_prefixes(model, share=False)`) forwards are not changed, only counted (run = asked)."""
+
+    def __init__(self, validate: Optional[Callable[[Sequence], List[List[float]]]] = None,
+                 share: bool = True) -> None:
+        self.share = share
+        self.states: Dict[tuple, _Node] = {}
         self.batch: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None
         self.prefix: tuple = ()  # the key of the state the current forward's previous stage left
         self.blocks: tuple = ()  # the current stage's block keys (`resume`)
-        self.blocks_run = self.pairs_run = self.pairs_asked = 0
+        self._validate = validate
+        self.configs: Optional[List[List[List[float]]]] = None  # the plan (`plan`)
+        self.current: Optional[int] = None  # the plan's network now running
+        self._stage_keys: Dict[int, List[tuple]] = {}  # per stage: every planned network's block keys (this batch)
+        self._peers: List[tuple] = []  # the current stage's block keys of later planned networks sharing its input
+        self.blocks_run = self.blocks_asked = self.pairs_run = self.pairs_asked = 0
+        self.windows_run = self.windows_asked = 0
+
+    def plan(self, configs: Sequence) -> None:
+        """The networks (sparsity configs) the forwards will run, in their order; set `current` to a network's
+        position before its forward. Only decides how wide a block runs: any order or forward stays exact."""
+        self.configs = [self._validate(c) if self._validate is not None else c for c in configs]
+        self._stage_keys, self.current = {}, None
 
     def start(self, x: torch.Tensor, padding: Optional[torch.Tensor]) -> None:
         """Stage 1's input of a forward and the input's padding pixels (`PaddingMask.pixels`): the same batch
@@ -962,6 +1069,7 @@ class PrefixCache:
             for a, b in zip(self.batch, (x, padding)))
         if not same:
             self.states.clear()
+            self._stage_keys = {}
             self.batch = (x.clone(), None if padding is None else padding.clone())
         self.prefix = ()
 
@@ -969,31 +1077,85 @@ class PrefixCache:
         """The key of the current stage's state after its downsample and `i` blocks."""
         return self.prefix + (self.blocks[:i],)
 
-    def store(self, i: int, state: torch.Tensor, pair: bool = False) -> None:
+    def store(self, i: int, state: torch.Tensor) -> None:
         """Keep `state`, the current stage's state after `i` blocks (not copied: a buffer that later blocks
-        write comes copied), dropping every state off its path; `pair`: block i - 1 opened a block pair."""
+        write comes copied), dropping every state off its path (with its wide output)."""
         key = self.key(i)
         for old in [k for k in self.states if not _is_prefix(k, key)]:
             del self.states[old]
-        self.states[key] = (state, None)
-        if i:
-            self.blocks_run += 1
-            self.pairs_run += pair
+        self.states[key] = _Node(state)
 
-    def resume(self, blocks: Sequence[Optional[tuple]]) -> Tuple[int, torch.Tensor]:
+    def asked(self, keys: Sequence[Optional[tuple]], grids: Sequence[WindowGrid], batch: int) -> None:
+        """Count a stage's blocks (`keys`, `block_key`) as a forward of the network alone runs them."""
+        self.blocks_asked += len(keys)
+        self.pairs_asked += math.ceil(len(keys) / 2)
+        self.windows_asked += sum(block_windows(k, g, batch) for k, g in zip(keys, grids))
+
+    def ran(self, i: int, windows: int) -> None:
+        """Count an execution of the current stage's block `i` on `windows` windows."""
+        self.blocks_run += 1
+        self.pairs_run += i % 2 == 0
+        self.windows_run += windows
+
+    def count_alone(self, stage: "SparseSwinStage", out: torch.Tensor) -> None:
+        """Count a stage that ran as timm's own stage (every window of every block) with output `out`."""
+        B, H, W = out.shape[:3]
+        grids = stage.grids(H, W, out.device)
+        self.asked([None] * len(grids), grids, B)
+        for i, g in enumerate(grids):
+            self.ran(i, block_windows(None, g, B))
+
+    def resume(self, blocks: Sequence[Optional[tuple]], stage: int = 0,
+               plan_keys: Optional[Callable[[Sequence[float]], tuple]] = None) -> Tuple[int, torch.Tensor]:
         """Set the current stage's block keys; the deepest cached state of its path and how many blocks it
-        holds (the stage's own forward stored the state after its downsample)."""
+        holds (the stage's own forward stored the state after its downsample). `stage`: the stage's index;
+        `plan_keys(ratios)`: the block keys of a network with these ratios in this stage on this batch (asked
+        once per planned network per stage per batch)."""
         self.blocks = tuple(blocks)
+        self._peers = self._later_sharing(stage, plan_keys)
         at = max(i for i in range(len(self.blocks) + 1) if self.key(i) in self.states)
-        return at, self.states[self.key(at)][0]
+        return at, self.states[self.key(at)].state
+
+    def _later_sharing(self, stage: int, plan_keys) -> List[tuple]:
+        """The block keys in `stage` of the planned networks after the current one whose earlier stages kept
+        what the current one kept (so they share this stage's input)."""
+        if self.configs is None or self.current is None or plan_keys is None:
+            return []
+        if stage not in self._stage_keys:
+            self._stage_keys[stage] = [plan_keys(c[stage]) for c in self.configs]
+        earlier = [self._stage_keys.get(t) for t in range(stage)]
+        if len(self.prefix) != stage or any(k is None for k in earlier):
+            return []
+        return [self._stage_keys[stage][j] for j in range(self.current + 1, len(self.configs))
+                if all(earlier[t][j] == self.prefix[t] for t in range(stage))]
+
+    def wide_output(self, i: int, own: tuple) -> Optional[torch.Tensor]:
+        """The wide output of block `i` on the cached state after `i` blocks, if it covers the windows `own`
+        (the current network's kept count per image) keeps; else None."""
+        wide = self.states[self.key(i)].wide
+        if wide is not None and all(k <= w for k, w in zip(own, wide[0])):
+            return wide[1]
+        return None
+
+    def wide_counts(self, i: int, own: tuple) -> Optional[tuple]:
+        """The per-image counts to run block `i` at on the cached state after `i` blocks: the elementwise
+        maximum of `own` and the counts of every later planned network that shares this state and prunes block
+        `i` differently; None when there is none (run at `own`, keep nothing)."""
+        others = [k[i] for k in self._peers if k[:i] == self.blocks[:i] and k[i] is not None and k[i] != own]
+        if not others:
+            return None
+        return tuple(max(c) for c in zip(own, *others))
+
+    def keep_wide(self, i: int, counts: tuple, out: torch.Tensor) -> None:
+        """Keep block `i`'s output `out`, run at `counts` on the cached state after `i` blocks, with that state."""
+        self.states[self.key(i)].wide = (counts, out)
 
     def ranked(self, i: int, rank: Callable[[torch.Tensor], Dict[int, torch.Tensor]]) -> Dict[int, torch.Tensor]:
         """The window order ranked (`rank`) on the current stage's cached state after `i` blocks, once."""
-        state, orders = self.states[self.key(i)]
-        if orders is None:
-            orders = rank(state)
-            self.states[self.key(i)] = (state, orders)
-        return orders
+        node = self.states[self.key(i)]
+        if node.orders is None:
+            node.orders = rank(node.state)
+        return node.orders
 
 
 def _is_prefix(a: tuple, b: tuple) -> bool:
@@ -1010,10 +1172,9 @@ def forward_shared(stage: SparseSwinStage, x: torch.Tensor) -> torch.Tensor:
     cache = stage._prefix_cache
     if stage._prefix_index == 0:
         cache.start(x, None if stage._padding is None else stage._padding.pixels())
-    cache.pairs_asked += math.ceil(len(stage.blocks) / 2)
     cache.blocks = ()
     if cache.key(0) in cache.states:
-        x = cache.states[cache.key(0)][0]
+        x = cache.states[cache.key(0)].state
     else:
         x = stage.downsample(x)
         cache.store(0, x)
@@ -1024,12 +1185,15 @@ def forward_shared(stage: SparseSwinStage, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def shared_prefixes(model: nn.Module) -> Iterator[PrefixCache]:
+def shared_prefixes(model: nn.Module, share: bool = True) -> Iterator[PrefixCache]:
     """Within this context, forwards of the sparse Swin `model` (eval mode, any config) on one image batch
     share every prefix of blocks they keep the same windows in: run the networks in the lexicographic order
     of their kept-window counts (`effective`) and each distinct prefix is computed once per batch, its
-    output bit-identical to the network's own forward. Yields the `PrefixCache` (its execution counts)."""
-    cache = PrefixCache()
+    output bit-identical to the network's own forward; with the networks given to `PrefixCache.plan` (and
+    `current` set before each forward), a pruned block runs once per distinct input, wide enough for every
+    network sharing that input. Yields the `PrefixCache` (its execution counts). `share=False`: the forwards
+    run as without the context, only counted."""
+    cache = PrefixCache(validate=lambda config: validate_sparsity(model, config), share=share)
     stages = [s for s in swin_stages(model) if isinstance(s, SparseSwinStage)]
     for i, stage in enumerate(stages):
         stage._prefix_cache, stage._prefix_index = cache, i
