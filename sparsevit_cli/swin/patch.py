@@ -697,13 +697,14 @@ class SparseSwinStage:
             keys = [tuple(c.tolist()) if p else None for c, p in zip(counts, pruned)]
             cache.asked(keys, grids, B)
         if sharing:
-            by_ratio: Dict[Tuple[int, float], Optional[tuple]] = {}
+            by_ratios: Dict[tuple, tuple] = {}
 
             def plan_keys(pair_ratios: Sequence[float]) -> tuple:  # another network's keys, from the same counts
-                for g, r in zip(grids, (pair_ratios[i // 2] for i in range(n))):
-                    if (id(g), r) not in by_ratio:
-                        by_ratio[id(g), r] = block_key(kept_counts(real[id(g)], r), g) if r > 0 else None
-                return tuple(by_ratio[id(g), pair_ratios[i // 2]] for i, g in enumerate(grids))
+                block_ratios = tuple(pair_ratios[i // 2] for i in range(n))
+                if block_ratios not in by_ratios:
+                    by_ratios[block_ratios] = tuple(block_key(c, g) for c, g in
+                                                    zip(block_counts(grids, block_ratios, real), grids))
+                return by_ratios[block_ratios]
 
             at, state = cache.resume(keys, self._prefix_index, plan_keys)
             if at > start:
