@@ -66,3 +66,41 @@ def unseen_by_search(best_yaml: Path, n: int) -> Optional[List[int]]:
     seen = set(int(i) for i in split.get("fitness", [])) | set(int(i) for i in split.get("confirmation", []))
     rest = [i for i in range(n) if i not in seen]
     return rest or None
+
+
+def random_model_file(path: Path, model: str, img_size: int, model_args: dict, num_classes: int = 10) -> Path:
+    """A dense SparseViT model file of a timm Swin with random weights (seed 0), written once at `path`: for
+    benchmarks whose numbers do not depend on training (a search's cost, the tests' smoke runs)."""
+    if path.exists():
+        return path
+    import timm
+    import torch
+
+    from sparsevit_cli import sparsify
+    from sparsevit_cli.model_file import save_model
+    from sparsevit_cli.tasks import build_task_model
+
+    torch.manual_seed(0)
+    backbone = sparsify(timm.create_model(model, img_size=img_size, **model_args))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(path, build_task_model(backbone, "classification", num_classes),
+               {"method": "sparsevit", "model": model, "model_args": dict(model_args), "img_size": img_size,
+                "task": "classification", "num_classes": num_classes,
+                "sparsity": [[0.0] * ((d + 1) // 2) for d in model_args["depths"]]})
+    return path
+
+
+def demo_run(folder: Path):
+    """A finished `sparsevit demo` folder's trained (adapted) model file, data folder and preset: what a benchmark
+    searches when it is given `--demo`. SystemExit naming what is missing."""
+    import json
+
+    from sparsevit_cli.commands.workflow import DemoPreset
+
+    model, data, marker = folder / "adapt" / "model.safetensors", folder / "data", folder / "demo_preset.json"
+    missing = [str(p) for p in (model, data, marker) if not p.exists()]
+    if missing:
+        raise SystemExit(f"--demo {folder}: not a finished demo run (missing {', '.join(missing)})")
+    fields = {k: v for k, v in json.loads(marker.read_text()).items() if k != "preset"}
+    fields["digit_frac"] = tuple(fields["digit_frac"])
+    return model, data, DemoPreset(**fields)
