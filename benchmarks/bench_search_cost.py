@@ -7,13 +7,14 @@ Settings (`--setting`):
 
 * `demo` (default): the demo's exhaustive search. The demo's default model (Swin, embed 32, depths [2, 4],
   2x2-token windows at 64 px: 64 windows in stage 1, 16 per block in stage 2), its default search space and
-  50% MAC budget, its 800 fitness and 800 confirmation images, and a first population larger than the 92
+  50% MAC budget, its 800 fitness and 800 confirmation images, and a first population larger than the 93
   networks in the budget, so that generation 0 scores every one of them (the run checks `result.exhaustive`).
 * `bench-search`: `benchmarks/bench_search.py`'s SETTING (Swin embed 32, depths [2, 4], 4x4-token windows at
   128 px), its evolution (population 12, 4 generations, 4 parents, 4 mutations and 4 crossovers each) and its
   1000 fitness and 1000 confirmation images, at the 50% MAC budget of its 30/50/70%.
 
-`--quick` scores the same networks on fewer images (QUICK_EVAL fitness, QUICK_CONFIRM confirmation). Random
+`--quick` scores the same networks on fewer images (128 fitness, 32 confirmation, in batches of 32, so that
+racing's 25/50/100% slices are 1, 2 and 4 batches): <= 5 minutes for the demo setting's four modes. Random
 weights unless `--demo` names a finished `sparsevit demo` folder (or --checkpoint a trained model file with
 --data its data folder): the cost does not depend on the weights, but racing's drops (and so whether it keeps
 the pick) do, so read racing's pick on a trained model only (and `benchmarks/racing_agreement.py` for how
@@ -54,12 +55,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODES = [("one network at a time", False, False), ("shared prefixes", True, False), ("racing", False, True),
          ("shared prefixes + racing", True, True)]
 SETTINGS = ("demo", "bench-search")
-#: the demo setting's first population: more than the 92 networks in the demo's 50% budget, so that
+#: the demo setting's first population: more than the 93 networks in the demo's 50% budget, so that
 #: generation 0 scores every one of them (an exhaustive search)
 EXHAUSTIVE_POPULATION = 128
 #: bench_search's MAC budgets are 30/50/70% of dense; this benchmark searches at the middle one
 BENCH_SEARCH_BUDGET = "50%"
-#: --quick: fitness and confirmation images (the demo setting's four modes: about 3-4 minutes on 2 quiet cores)
+#: --quick: fitness and confirmation images (the demo setting's four modes: about 1 minute on 2 quiet cores by
+#: estimate, from the demo's measured throughput and image loading; well under 5 minutes)
 QUICK_EVAL, QUICK_CONFIRM = 128, 32
 #: images per batch of the fitness scoring (the CLI's default; racing's slices are whole batches)
 BATCH = 64
@@ -105,16 +107,22 @@ def results_path(name: str, trained: bool, quick: bool) -> Path:
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--setting", choices=SETTINGS, default="demo",
-                    help="demo: the demo's exhaustive search (92 networks, 800 fitness images); bench-search: "
+                    help="demo: the demo's exhaustive search (93 networks, 800 fitness images); bench-search: "
                          "bench_search.py's evolution (36 networks, 1000 fitness images); default %(default)s")
     ap.add_argument("--quick", action="store_true",
                     help=f"the same networks on {QUICK_EVAL} fitness and {QUICK_CONFIRM} confirmation images in "
-                         f"batches of {QUICK_BATCH} (demo setting, all four modes: about 3-4 minutes on 2 quiet "
-                         f"cores, <= 5); default: the setting's own images")
+                         f"batches of {QUICK_BATCH} (demo setting, all four modes: about 1-2 minutes on 2 quiet "
+                         f"cores, <= 5); default: the setting's own images (demo: about 4 minutes, "
+                         f"bench-search: about 8)")
+    ap.add_argument("--eval-samples", type=int, default=None,
+                    help="fitness images (default: the setting's, or --quick's)")
+    ap.add_argument("--confirm-samples", type=int, default=None,
+                    help="confirmation images (default: the setting's, or --quick's)")
     ap.add_argument("--smoke", action="store_true", help="micro model, a few images (the tests run it)")
     ap.add_argument("--demo", default=None,
-                    help="a finished `sparsevit demo` folder: search its adapted model on its data (default: "
-                         "random weights on fresh demo data)")
+                    help="a finished `sparsevit demo` folder: search its adapted model on its data, with the "
+                         "setting's search and images (default: the setting's model with random weights on fresh "
+                         "demo data)")
     ap.add_argument("--checkpoint", default=None, help="a trained model file to search (default: random weights)")
     ap.add_argument("--data", default=None, help="its data folder (with --checkpoint)")
     ap.add_argument("--modes", default=None,
@@ -133,6 +141,10 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     modes = MODES if args.modes is None else [MODES[0]] + [MODES[int(i)] for i in args.modes.split(",") if int(i)]
     console = make_console()
     s = setting(args.setting, args.quick, args.smoke)
+    if args.eval_samples or args.confirm_samples:
+        s = replace(s, eval_samples=args.eval_samples or s.eval_samples,
+                    confirm_samples=args.confirm_samples or s.confirm_samples)
+        s = replace(s, n_val=s.eval_samples + s.confirm_samples)
     out = Path(args.out or f"runs/bench_search_cost/{s.name}{'_quick' if args.quick else ''}")
     out.mkdir(parents=True, exist_ok=True)
     if args.demo:
@@ -175,6 +187,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                      "fitness_pick": result.best_config, "pick": outcome.confirmation.pick.config,
                      "pick_confirm_metric": outcome.confirmation.pick.confirm_metric})
         console.print(f"{name}: {wall:.1f} s")
+        if s.name == "demo" and not result.exhaustive:
+            console.print(f"[yellow]not the demo's exhaustive search: {result.evaluations} of "
+                          f"{result.distinct_in_budget} networks in the budget scored (raise EXHAUSTIVE_POPULATION)[/]")
     base = rows[0]
     for r in rows:
         r["speedup_wall"] = base["wall_s"] / r["wall_s"]
