@@ -20,8 +20,8 @@ weights unless `--demo` names a finished `sparsevit demo` folder (or --checkpoin
 the pick) do, so read racing's pick on a trained model only (and `benchmarks/racing_agreement.py` for how
 often it keeps it over seeds).
 
-Per mode (one network at a time, shared prefixes, racing, shared prefixes + racing): wall time of the whole
-search (fitness scoring, confirmation, outputs), block-pair executions of the fitness scoring, kept-window
+Per mode (one network at a time, shared prefixes, racing, shared prefixes + racing; after one untimed warm-up
+search on one batch of images): wall time of the whole search (fitness scoring, confirmation, outputs), block-pair executions of the fitness scoring, kept-window
 executions (the work: windows computed, where the evaluator counts them), networks raced out, the fitness
 pick and the confirmed pick (what best.yaml says) and whether it is one-at-a-time's; for shared prefixes the
 largest fitness difference to scoring each network alone over every network both scored on the same images
@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional
 from rich.table import Table
 
 from bench_search import SETTING as BENCH_SEARCH
-from common import demo_run, random_model_file
+from common import demo_run, random_model_file, warm_up_search
 from sparsevit_cli.commands.search import SearchOptions, run_search
 from sparsevit_cli.commands.workflow import PRESETS, DemoPreset, evolution_settings
 from sparsevit_cli.data.demo import write_demo_data
@@ -112,8 +112,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     ap.add_argument("--quick", action="store_true",
                     help=f"the same networks on {QUICK_EVAL} fitness and {QUICK_CONFIRM} confirmation images in "
                          f"batches of {QUICK_BATCH} (demo setting, all four modes: about 1-2 minutes on 2 quiet "
-                         f"cores, <= 5); default: the setting's own images (demo: about 4 minutes, "
-                         f"bench-search: about 8)")
+                         f"cores, <= 5); default: the setting's own images (demo: about 5-10 minutes, "
+                         f"bench-search: about 10-20)")
     ap.add_argument("--eval-samples", type=int, default=None,
                     help="fitness images (default: the setting's, or --quick's)")
     ap.add_argument("--confirm-samples", type=int, default=None,
@@ -128,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     ap.add_argument("--modes", default=None,
                     help="comma-separated mode numbers to run, 0 (one at a time) always included: 1 shared "
                          "prefixes, 2 racing, 3 both; default all")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda; default %(default)s")
     ap.add_argument("--out", default=None, help="working folder (default runs/bench_search_cost/<setting>[_quick])")
     ap.add_argument("--results", default=None,
                     help="results JSON (+ .md beside it); default benchmarks/results/bench_search_cost"
@@ -138,7 +138,14 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         raise SystemExit("--demo names the model file and the data: leave --checkpoint and --data out")
     if bool(args.checkpoint) != bool(args.data):
         raise SystemExit("--checkpoint and --data go together")
-    modes = MODES if args.modes is None else [MODES[0]] + [MODES[int(i)] for i in args.modes.split(",") if int(i)]
+    try:
+        picked = sorted({int(i) for i in args.modes.split(",")} - {0}) if args.modes is not None else [1, 2, 3]
+        modes = [MODES[0]] + [MODES[i] for i in picked if 0 < i < len(MODES) or ap.error(f"no mode {i}")]
+    except ValueError:
+        ap.error(f"--modes takes mode numbers 1-3 separated by commas, got '{args.modes}'")
+    for value, option in ((args.eval_samples, "--eval-samples"), (args.confirm_samples, "--confirm-samples")):
+        if value is not None and value < 1:
+            ap.error(f"{option} must be a positive number of images, got {value}")
     console = make_console()
     s = setting(args.setting, args.quick, args.smoke)
     if args.eval_samples or args.confirm_samples:
@@ -159,6 +166,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                             num_classes=p.num_classes, digit_frac=p.digit_frac)
         checkpoint = random_model_file(out / "model.safetensors", p.model, p.img_size, p.model_args, p.num_classes)
     trained = bool(args.demo or args.checkpoint)
+    warm_up_search(SearchOptions(checkpoint=str(checkpoint), data=str(data), out=str(out / "warm_up"),
+                                 budget_macs=s.budget, device=args.device, eval_samples=s.batch, confirm_samples=2,
+                                 eval_batch_size=s.batch, settings=s.evolution, progress=False, shared_prefix=False))
     load_before = os.getloadavg()
     rows: List[Dict[str, Any]] = []
     fitness: Dict[str, Dict[Any, float]] = {}

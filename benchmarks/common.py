@@ -104,3 +104,18 @@ def demo_run(folder: Path):
     fields = {k: v for k, v in json.loads(marker.read_text()).items() if k != "preset"}
     fields["digit_frac"] = tuple(fields["digit_frac"])
     return model, data, DemoPreset(**fields)
+
+
+def warm_up_search(opts) -> None:
+    """An untimed search (`opts`: a `SearchOptions` on one batch of fitness images, scoring network by network)
+    before the timed ones: the first search in a process pays for imports (plotting, scipy) and first-call
+    initialisation of every network's shapes, which the later searches reuse; untimed here, they count against
+    no mode."""
+    import scipy.stats  # noqa: F401  (racing's bounds, imported on their first use)
+
+    from sparsevit_cli.commands.search import run_search
+    from sparsevit_cli.io import make_console
+
+    for f in ("search_state.json", "history.jsonl"):
+        (Path(opts.out) / f).unlink(missing_ok=True)
+    run_search(opts, console=make_console(quiet=True))
