@@ -23,9 +23,9 @@ often it keeps it over seeds).
 Per mode (one network at a time, shared prefixes, racing, shared prefixes + racing; after one untimed warm-up
 search on one batch of images): wall time of the whole search (fitness scoring, confirmation, outputs), block-pair executions of the fitness scoring, kept-window
 executions (the work: windows computed, where the evaluator counts them), networks raced out, the fitness
-pick and the confirmed pick (what best.yaml says) and whether it is one-at-a-time's; for shared prefixes the
-largest fitness difference to scoring each network alone over every network both scored on the same images
-(0: identical). Results: --out/results.json and benchmarks/results/bench_search_cost[_<setting>][_trained]
+pick and the confirmed pick (what best.yaml says) and whether it is one-at-a-time's; the largest fitness
+difference of a shared-prefix mode to the same search without shared prefixes, and of racing to one network
+at a time, over every network both scored on the same images (0: identical). Results: --out/results.json and benchmarks/results/bench_search_cost[_<setting>][_trained]
 [_quick].json (+ .md). The last two lines read `racing: N.NNx faster in total (shared prefixes + racing), same
 pick: yes/no` and `shared-prefix evaluation: N.NNx faster, fitness identical (max diff D)`.
 """
@@ -208,17 +208,18 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                                         if r["window_executions"] and base["window_executions"] else None)
         r["same_pick"] = r["pick"] == base["pick"]
         r["same_fitness_pick"] = r["fitness_pick"] == base["fitness_pick"]
-    # shared prefixes against the same search without them: every network both scored on the same images
+    # shared prefixes against the same search without them, racing against one network at a time: every
+    # network both scored on the same images (a race's survivors are scored on every fitness image)
     diffs: Dict[str, Dict[str, Any]] = {}
-    for name, shared, racing in modes:
-        alone = next((n for n, sh, ra in modes if ra == racing and not sh), None)
-        if shared and alone is not None:
+    for name, shared, racing in modes[1:]:
+        alone = next((n for n, sh, ra in modes if ra == racing and not sh), None) if shared else modes[0][0]
+        if alone is not None:
             common = set(fitness[name]) & set(fitness[alone])
             diffs[name] = {"vs": alone, "networks": len(common),
                            "max_diff": max((abs(fitness[name][k] - fitness[alone][k]) for k in common),
                                            default=float("nan"))}
     for r in rows:
-        r["max_fitness_diff_vs_unshared"] = diffs[r["mode"]]["max_diff"] if r["mode"] in diffs else None
+        r["max_fitness_diff"] = diffs[r["mode"]]["max_diff"] if r["mode"] in diffs else None
     doc = {"setting": {"name": s.name, "model": s.preset.model, "model_args": s.preset.model_args,
                        "img_size": s.preset.img_size, "budget": s.budget, "evolution": asdict(s.evolution),
                        "eval_samples": s.eval_samples, "confirm_samples": s.confirm_samples, "batch": s.batch,

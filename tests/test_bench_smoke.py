@@ -132,9 +132,11 @@ def test_bench_search_cost_smoke(bench, tmp_path, capsys):
         assert r["fewer_pair_executions"] == alone["pair_executions"] / r["pair_executions"]
     doc = json.loads((tmp_path / "cost" / "results.json").read_text())
     assert doc["setting"]["evolution"]["population"] == 8 and doc["rows"] == rows
-    for mode, unshared in (("shared prefixes", "one network at a time"), ("shared prefixes + racing", "racing")):
-        diff = doc["fitness_diffs"][mode]
-        assert diff["vs"] == unshared and diff["max_diff"] == 0.0 and diff["networks"] == alone["networks"]
+    for mode, unshared in (("shared prefixes", "one network at a time"), ("shared prefixes + racing", "racing"),
+                           ("racing", "one network at a time")):
+        diff = doc["fitness_diffs"][mode]  # a race's survivors score exactly as without racing
+        assert diff["vs"] == unshared and diff["max_diff"] == 0.0
+        assert diff["networks"] == alone["networks"] - (raced["raced_out"] if mode == "racing" else 0)
     *_, racing_line, last = capsys.readouterr().out.strip().splitlines()
     assert racing_line == (f"racing: {both['speedup_wall']:.2f}x faster in total (shared prefixes + racing), same "
                            f"pick: {'yes' if both['same_pick'] else 'no'}")
