@@ -25,7 +25,8 @@ search on one batch of images): wall time of the whole search (fitness scoring, 
 executions (the work: windows computed, where the evaluator counts them), networks raced out, the fitness
 pick and the confirmed pick (what best.yaml says) and whether it is one-at-a-time's; the largest fitness
 difference of a shared-prefix mode to the same search without shared prefixes, and of racing to one network
-at a time, over every network both scored on the same images (0: identical). Results: --out/results.json and benchmarks/results/bench_search_cost[_<setting>][_trained]
+at a time, over every network both scored on the same images (0: identical); with trained weights, each
+confirmed pick's top-1 on the val images no search saw and its paired difference to one at a time's pick. Results: --out/results.json and benchmarks/results/bench_search_cost[_<setting>][_trained]
 [_quick].json (+ .md). The last two lines read `racing: N.NNx faster in total (shared prefixes + racing), same
 pick: yes/no` and `shared-prefix evaluation: N.NNx faster, fitness identical (max diff D)`.
 """
@@ -42,12 +43,13 @@ from typing import Any, Dict, List, Optional
 from rich.table import Table
 
 from bench_search import SETTING as BENCH_SEARCH
-from common import demo_run, random_model_file, warm_up_search
+from common import ReportSplit, demo_run, random_model_file, warm_up_search
 from sparsevit_cli.commands.search import SearchOptions, run_search
 from sparsevit_cli.commands.workflow import PRESETS, DemoPreset, evolution_settings
 from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.io import atomic_write_json, atomic_write_text, make_console
 from sparsevit_cli.layers import format_config
+from sparsevit_cli.search.confirm import compare
 from sparsevit_cli.search.evolution import EvolutionSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,7 +86,7 @@ def setting(name: str, quick: bool, smoke: bool) -> CostSetting:
     if smoke:  # the micro Swin of the quick demo on a few images: every mode runs, nothing is timed
         p = PRESETS["quick"]
         return CostSetting("smoke", p, replace(evolution_settings(p), population=8, generations=1), "60%",
-                           eval_samples=4, confirm_samples=2, batch=2, n_val=6)
+                           eval_samples=4, confirm_samples=2, batch=2, n_val=10)  # 4 report images
     if name == "demo":
         p = PRESETS["default"]
         evo = replace(evolution_settings(p), population=EXHAUSTIVE_POPULATION, generations=1)
@@ -208,6 +210,12 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                                         if r["window_executions"] and base["window_executions"] else None)
         r["same_pick"] = r["pick"] == base["pick"]
         r["same_fitness_pick"] = r["fitness_pick"] == base["fitness_pick"]
+    if trained or args.smoke:  # each mode's pick on the val images no search saw: same pick, or within noise?
+        report = ReportSplit(checkpoint, data, s.eval_samples, s.confirm_samples, s.batch, args.device)
+        for r in rows:
+            c = compare(r["mode"], report(r["pick"]), base["mode"], report(base["pick"]))
+            r["report_images"], r["report_top1"] = len(report.indices), report(r["pick"]).metric()
+            r["report_vs_alone"] = {"diff": c.diff, "low": c.low, "high": c.high, "mcnemar_p": c.mcnemar_p}
     # shared prefixes against the same search without them, racing against one network at a time: every
     # network both scored on the same images (a race's survivors are scored on every fitness image)
     diffs: Dict[str, Dict[str, Any]] = {}
@@ -247,7 +255,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
 
 
 COLUMNS = ("mode", "wall s", "x faster", "block-pair executions", "x fewer", "kept-window executions", "x fewer",
-           "raced out", "fitness pick", "confirmed pick", "same pick as one at a time")
+           "raced out", "fitness pick", "confirmed pick", "same pick as one at a time",
+           "report top-1 (minus one at a time's, 95% CI)")
 
 
 def _cells(r: Dict[str, Any]) -> List[str]:
@@ -260,7 +269,15 @@ def _cells(r: Dict[str, Any]) -> List[str]:
     return [r["mode"], f"{r['wall_s']:.1f}", f"{r['speedup_wall']:.2f}", str(r["pair_executions"]),
             f"{r['fewer_pair_executions']:.2f}", "-" if windows is None else str(windows),
             "-" if r["fewer_window_executions"] is None else f"{r['fewer_window_executions']:.2f}",
-            str(r["raced_out"]), format_config(r["fitness_pick"]), format_config(r["pick"]), same]
+            str(r["raced_out"]), format_config(r["fitness_pick"]), format_config(r["pick"]), same, _report(r)]
+
+
+def _report(r: Dict[str, Any]) -> str:
+    """The pick's top-1 on the report split and its difference to one at a time's (trained weights only)."""
+    if "report_top1" not in r:
+        return "-"
+    d = r["report_vs_alone"]
+    return f"{r['report_top1']:.2f} ({d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}])"
 
 
 def _title(doc: Dict[str, Any]) -> str:
@@ -278,7 +295,8 @@ def _table(doc: Dict[str, Any]) -> Table:
     for r in doc["rows"]:
         table.add_row(*_cells(r))
     table.caption = ("block-pair and kept-window executions: of the fitness scoring; x faster / x fewer: against "
-                     "one network at a time; same pick: the confirmed pick (best.yaml's)")
+                     "one network at a time; same pick: the confirmed pick (best.yaml's); report top-1: the pick "
+                     "on the val images no search saw (trained weights only)")
     return table
 
 

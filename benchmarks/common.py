@@ -119,3 +119,35 @@ def warm_up_search(opts) -> None:
     for f in ("search_state.json", "history.jsonl"):
         (Path(opts.out) / f).unlink(missing_ok=True)
     run_search(opts, console=make_console(quiet=True))
+
+
+class ReportSplit:
+    """A trained model's per-image top-1 on the val images a search with these fitness and confirmation sizes
+    (split seed 0, the search's default) never saw: `evaluate.search_splits(...).rest`, scored once per config."""
+
+    def __init__(self, checkpoint: Path, data: Path, fitness: int, confirmation: int, batch: int, device: str):
+        from sparsevit_cli.evaluate import search_splits
+        from sparsevit_cli.model_file import load_model_file
+        from sparsevit_cli.tasks import get_task
+        from sparsevit_cli.timing import resolve_device
+
+        model, self.method, meta = load_model_file(str(checkpoint))
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.task = get_task(meta.task)
+        self.dataset = self.task.dataset(str(data), "val", meta.resolve_img_size(None, own_size_only=True),
+                                         train=False)
+        self.indices = search_splits(len(self.dataset), fitness, confirmation, 0).rest
+        self.batch = batch
+        self.memo = {}
+
+    def __call__(self, config):
+        import json
+
+        from sparsevit_cli.evaluate import evaluate_images
+
+        key = json.dumps(config)
+        if key not in self.memo:
+            self.memo[key] = evaluate_images(self.model, self.method, config, self.dataset, self.task, self.batch,
+                                             self.device, self.indices)
+        return self.memo[key]

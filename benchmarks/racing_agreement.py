@@ -31,18 +31,14 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from rich.table import Table
 
-from common import demo_run, random_model_file, warm_up_search
+from common import ReportSplit, demo_run, random_model_file, warm_up_search
 from sparsevit_cli.commands.search import SearchOptions, run_search
 from sparsevit_cli.commands.workflow import PRESETS, evolution_settings
 from sparsevit_cli.data.demo import write_demo_data
-from sparsevit_cli.evaluate import evaluate_images, search_splits
 from sparsevit_cli.io import atomic_write_json, atomic_write_text, make_console
 from sparsevit_cli.layers import format_config
-from sparsevit_cli.model_file import load_model_file
 from sparsevit_cli.search.confirm import compare
 from sparsevit_cli.search.stats import mean_bootstrap
-from sparsevit_cli.tasks import get_task
-from sparsevit_cli.timing import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: images per batch of the searches' scoring (the CLI's default; racing's slices are whole batches)
@@ -133,21 +129,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                       f"same pick: {'yes' if pair['full']['pick'] == pair['raced']['pick'] else 'no'}")
 
     # both picks of every seed on the report split (the same images for every search: split seed 0)
-    model, method, meta = load_model_file(str(checkpoint))
-    device = resolve_device(args.device)
-    model = model.to(device).eval()
-    task = get_task(meta.task)
-    dataset = task.dataset(str(data), "val", meta.resolve_img_size(None, own_size_only=True), train=False)
-    report = search_splits(len(dataset), p.eval_samples, p.confirm_samples or p.eval_samples, 0).rest
+    scores = ReportSplit(checkpoint, data, p.eval_samples, p.confirm_samples or p.eval_samples, args.batch,
+                         args.device)
+    report = scores.indices
     if any(r[k]["report_images"] != report for r in runs for k in r):
         raise SystemExit("a search's report split differs from this run's (another data folder?): use a fresh --out")
-    memo: Dict[str, Any] = {}
-
-    def scores(config):
-        key = json.dumps(config)
-        if key not in memo:
-            memo[key] = evaluate_images(model, method, config, dataset, task, args.batch, device, report)
-        return memo[key]
 
     rows: List[Dict[str, Any]] = []
     for seed, pair in enumerate(runs):

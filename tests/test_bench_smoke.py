@@ -129,6 +129,11 @@ def test_bench_search_cost_smoke(bench, tmp_path, capsys):
     assert tree["fitness_pick"] == alone["fitness_pick"] and tree["same_pick"] and tree["same_fitness_pick"]
     for r in rows:
         assert r["same_pick"] == (r["pick"] == alone["pick"])
+        assert r["report_images"] == 4  # 10 val images - 4 fitness - 2 confirmation
+        d = r["report_vs_alone"]
+        assert d["diff"] == pytest.approx(r["report_top1"] - alone["report_top1"])
+        if r["same_pick"]:
+            assert d["diff"] == d["low"] == d["high"] == 0.0
         assert r["fewer_pair_executions"] == alone["pair_executions"] / r["pair_executions"]
     doc = json.loads((tmp_path / "cost" / "results.json").read_text())
     assert doc["setting"]["evolution"]["population"] == 8 and doc["rows"] == rows
