@@ -242,15 +242,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     if results:
         atomic_write_json(Path(results), doc, 1, "results")
         atomic_write_text(Path(results).with_suffix(".md"), _markdown(doc), "results")
-    both = next((r for r in rows if r["shared_prefix"] and r["racing"]), None)
-    if both is not None:
-        console.print(f"racing: {both['speedup_wall']:.2f}x faster in total (shared prefixes + racing), "
-                      f"same pick: {'yes' if both['same_pick'] else 'no'}")
-    tree = next((r for r in rows if r["shared_prefix"] and not r["racing"]), None)
-    if tree is not None:
-        d = diffs[tree["mode"]]["max_diff"]
-        console.print(f"shared-prefix evaluation: {tree['speedup_wall']:.2f}x faster, fitness "
-                      f"{'identical' if d == 0 else 'NOT identical'} (max diff {d:.3g})")
+    for line in _verdicts(doc):
+        console.print(line)
     return rows
 
 
@@ -280,6 +273,21 @@ def _report(r: Dict[str, Any]) -> str:
     return f"{r['report_top1']:.2f} ({d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}])"
 
 
+def _verdicts(doc: Dict[str, Any]) -> List[str]:
+    """The racing line and (last) the shared-prefix line, for the modes that ran."""
+    rows, lines = doc["rows"], []
+    both = next((r for r in rows if r["shared_prefix"] and r["racing"]), None)
+    if both is not None:
+        lines.append(f"racing: {both['speedup_wall']:.2f}x faster in total (shared prefixes + racing), "
+                     f"same pick: {'yes' if both['same_pick'] else 'no'}")
+    tree = next((r for r in rows if r["shared_prefix"] and not r["racing"]), None)
+    if tree is not None:
+        d = doc["fitness_diffs"][tree["mode"]]["max_diff"]
+        lines.append(f"shared-prefix evaluation: {tree['speedup_wall']:.2f}x faster, fitness "
+                     f"{'identical' if d == 0 else 'NOT identical'} (max diff {d:.3g})")
+    return lines
+
+
 def _title(doc: Dict[str, Any]) -> str:
     s, base = doc["setting"], doc["rows"][0]
     scope = (" (exhaustive)" if base["exhaustive"] else
@@ -301,12 +309,14 @@ def _table(doc: Dict[str, Any]) -> Table:
 
 
 def _markdown(doc: Dict[str, Any]) -> str:
-    load = ", ".join(f"{v:.1f}" for v in doc["load_average_before"])
-    lines = [f"# {_title(doc)}", "", f"{doc['cpus']} CPUs, load average before the run {load}.", "",
+    before, after = (", ".join(f"{v:.1f}" for v in doc[k]) for k in ("load_average_before", "load_average_after"))
+    lines = [f"# {_title(doc)}", "", f"{doc['cpus']} CPUs; load average (1, 5, 15 min) before the timed searches "
+                                     f"{before}, after {after}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in doc["rows"]]
     lines += [""] + [f"- {name} vs {d['vs']}: max fitness difference {d['max_diff']:.3g} over {d['networks']} "
                      f"networks" for name, d in doc["fitness_diffs"].items()]
+    lines += [""] + _verdicts(doc)
     return "\n".join(lines) + "\n"
 
 

@@ -116,7 +116,8 @@ def test_bench_search_places_budgets_on_the_uniform_grid(bench):
 def test_bench_search_cost_smoke(bench, tmp_path, capsys):
     """Every mode runs; shared prefixes score every network exactly as alone with fewer block-pair (and, where
     counted, kept-window) executions; racing runs no more than the full scoring; the last two lines."""
-    rows = bench("bench_search_cost")["main"](["--smoke", "--out", str(tmp_path / "cost")])
+    rows = bench("bench_search_cost")["main"](["--smoke", "--out", str(tmp_path / "cost"),
+                                              "--results", str(tmp_path / "r.json")])
     assert [r["mode"] for r in rows] == ["one network at a time", "shared prefixes", "racing",
                                          "shared prefixes + racing"]
     alone, tree, raced, both = rows
@@ -146,6 +147,8 @@ def test_bench_search_cost_smoke(bench, tmp_path, capsys):
     assert racing_line == (f"racing: {both['speedup_wall']:.2f}x faster in total (shared prefixes + racing), same "
                            f"pick: {'yes' if both['same_pick'] else 'no'}")
     assert last == f"shared-prefix evaluation: {tree['speedup_wall']:.2f}x faster, fitness identical (max diff 0)"
+    assert (tmp_path / "r.md").read_text().splitlines()[-2:] == [racing_line, last]
+    assert json.loads((tmp_path / "r.json").read_text()) == doc
 
 
 def test_bench_search_cost_settings_have_one_owner(bench):
@@ -175,7 +178,7 @@ def test_racing_agreement_smoke(bench, tmp_path, capsys):
     """Both searches per seed, their picks on the same report split, the per-seed and pooled differences
     consistent with the picks; a rerun reuses every finished search."""
     main = bench("racing_agreement")["main"]
-    doc = main(["--smoke", "--out", str(tmp_path / "agree")])
+    doc = main(["--smoke", "--out", str(tmp_path / "agree"), "--results", str(tmp_path / "r.json")])
     rows = doc["rows"]
     assert doc["seeds"] == len(rows) == 2 and doc["report_images"] == 4  # 16 val - 8 fitness - 4 confirmation
     for r in rows:
@@ -191,6 +194,7 @@ def test_racing_agreement_smoke(bench, tmp_path, capsys):
     assert pooled["low"] <= pooled["diff"] <= pooled["high"]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith(f"racing kept the pick in {doc['same_pick']}/2 seeds")
+    assert f"- {last}" in (tmp_path / "r.md").read_text().splitlines()
     again = main(["--smoke", "--out", str(tmp_path / "agree")])  # every search recorded: only the report scoring
     assert [r["raced_wall_s"] for r in again["rows"]] == [r["raced_wall_s"] for r in rows]
     assert again["rows"] == rows
