@@ -21,14 +21,16 @@ the pick) do, so read racing's pick on a trained model only (and `benchmarks/rac
 often it keeps it over seeds).
 
 Per mode (one network at a time, shared prefixes, racing, shared prefixes + racing; after one untimed warm-up
-search on one batch of images): wall time of the whole search (fitness scoring, confirmation, outputs), block-pair executions of the fitness scoring, kept-window
-executions (the work: windows computed, where the evaluator counts them), networks raced out, the fitness
-pick and the confirmed pick (what best.yaml says) and whether it is one-at-a-time's; the largest fitness
-difference of a shared-prefix mode to the same search without shared prefixes, and of racing to one network
-at a time, over every network both scored on the same images (0: identical); with trained weights, each
-confirmed pick's top-1 on the val images no search saw and its paired difference to one at a time's pick. Results: --out/results.json and benchmarks/results/bench_search_cost[_<setting>][_trained]
-[_quick].json (+ .md). The last two lines read `racing: N.NNx faster in total (shared prefixes + racing), same
-pick: yes/no` and `shared-prefix evaluation: N.NNx faster, fitness identical (max diff D)`.
+search on one batch of images): wall time of the whole search (fitness scoring, confirmation, outputs),
+block-pair executions of the fitness scoring, kept-window executions (the work: windows computed, where the
+evaluator counts them), networks raced out, the fitness pick and the confirmed pick (what best.yaml says) and
+whether it is one-at-a-time's; the largest fitness difference of a shared-prefix mode to the same search
+without shared prefixes, and of racing to one network at a time, over every network both scored on the same
+images (0: identical); with trained weights, each confirmed pick's top-1 on the val images no search saw and
+its paired difference to one at a time's pick. Results: --out/results.json and
+benchmarks/results/bench_search_cost[_<setting>][_trained][_quick].json (+ .md). The last two lines read
+`racing: N.NNx faster in total (shared prefixes + racing), same pick: yes/no` and `shared-prefix evaluation:
+N.NNx faster, fitness identical (max diff D)`.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ Setting: a finished `sparsevit demo` folder (`--demo`, default runs/demo: its ad
 adapt/model.safetensors, its data/ and its demo_preset.json), searched as the demo searches it
 (`workflow.evolution_settings`: the preset's population, generations, parents and children; its MAC budget,
 fitness and confirmation images) with the evolution seed 0..N-1 (`--seeds N`), shared prefixes on in both
-(they change no score), after one untimed warm-up search. Both searches of a seed draw the same splits (split seed 0), so the report split
-(`evaluate.search_splits(...).rest`) is the same for both and unseen by either.
+(they change no score), after one untimed warm-up search. Both searches of a seed draw the same splits (split
+seed 0), so the report split (`evaluate.search_splits(...).rest`) is the same for both and unseen by either.
 
 Per seed: raced pick - full pick on the report split with its paired 95% bootstrap interval (and McNemar's
 p); pooled over seeds: each report image's raced-minus-full top-1 averaged over the seeds, one bootstrap over
@@ -63,10 +63,17 @@ def smoke_demo(folder: Path) -> Path:
 
 def search_once(checkpoint: Path, data: Path, out: Path, p, seed: int, race: bool, batch: int,
                 device: str) -> Dict[str, Any]:
-    """One search (or its recorded result, when this folder finished it before): picks, wall time, drops."""
+    """One search (or its recorded result, when this folder finished the same search before): picks, wall time,
+    drops."""
     record = out / "run.json"
+    same = {"checkpoint": str(Path(checkpoint).resolve()), "budget": p.budget, "eval_samples": p.eval_samples,
+            "batch": batch, "settings": asdict(evolution_settings(p, seed=seed))}
     if record.exists():
-        return json.loads(record.read_text())
+        run = json.loads(record.read_text())
+        if {k: run.get(k) for k in same} != same:
+            raise SystemExit(f"'{record}' records another search (model, budget, images or settings): use a fresh "
+                             f"--out")
+        return run
     for f in ("search_state.json", "history.jsonl"):  # an interrupted search starts over: its wall time counts
         (out / f).unlink(missing_ok=True)
     opts = SearchOptions(checkpoint=str(checkpoint), data=str(data), out=str(out), budget_macs=p.budget,
@@ -77,12 +84,12 @@ def search_once(checkpoint: Path, data: Path, out: Path, p, seed: int, race: boo
     outcome = run_search(opts, console=make_console(quiet=True))
     wall = time.perf_counter() - t0
     result = outcome.result
-    run = {"seed": seed, "race": race, "wall_s": wall, "networks": result.evaluations,
+    run = {**same, "seed": seed, "race": race, "wall_s": wall, "networks": result.evaluations,
            "raced_out": sum(1 for c in result.evaluated if c.get("images") is not None),
            "pair_executions": outcome.counts.pairs_run,
            "fitness_pick": result.best_config, "pick": outcome.confirmation.pick.config,
            "pick_confirm_metric": outcome.confirmation.pick.confirm_metric,
-           "report_images": outcome.splits.rest}
+           "pick_cost": outcome.confirmation.pick.cost, "report_images": outcome.splits.rest}
     atomic_write_json(record, run, 1, "run record")
     return run
 
@@ -90,7 +97,8 @@ def search_once(checkpoint: Path, data: Path, out: Path, p, seed: int, race: boo
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", default="runs/demo",
-                    help="a finished `sparsevit demo` folder (its adapted model, data and preset); default %(default)s")
+                    help="a finished `sparsevit demo` folder (its adapted model, data and preset); "
+                         "default %(default)s")
     ap.add_argument("--seeds", type=int, default=10,
                     help="evolution seeds 0..N-1 (the demo's trained default: about 1 minute per seed on 2 cores, "
                          "both searches and the report scoring); default %(default)s")
@@ -153,12 +161,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
            "evolution": asdict(evolution_settings(p)), "eval_samples": p.eval_samples,
            "confirm_samples": p.confirm_samples or p.eval_samples, "report_images": len(report), "seeds": args.seeds,
            "rows": rows,
-           "same_pick": sum(r["same_pick"] for r in rows), "same_fitness_pick": sum(r["same_fitness_pick"] for r in rows),
+           "same_pick": sum(r["same_pick"] for r in rows),
+           "same_fitness_pick": sum(r["same_fitness_pick"] for r in rows),
            "pooled_raced_minus_full": {"diff": pooled.diff, "low": pooled.low, "high": pooled.high},
            "wall_ratio_mean": statistics.mean(r["full_wall_s"] / r["raced_wall_s"] for r in rows)}
     console.print(_table(doc))
     atomic_write_json(out / "results.json", doc, 1, "results")
-    results = args.results if args.results is not None else ("" if args.smoke else str(RESULTS / "racing_agreement.json"))
+    results = args.results if args.results is not None else (
+        "" if args.smoke else str(RESULTS / "racing_agreement.json"))
     if results:
         atomic_write_json(Path(results), doc, 1, "results")
         atomic_write_text(Path(results).with_suffix(".md"), _markdown(doc), "results")
