@@ -198,3 +198,7 @@ def test_racing_agreement_smoke(bench, tmp_path, capsys):
     again = main(["--smoke", "--out", str(tmp_path / "agree")])  # every search recorded: only the report scoring
     assert [r["raced_wall_s"] for r in again["rows"]] == [r["raced_wall_s"] for r in rows]
     assert again["rows"] == rows
+    record = tmp_path / "agree" / "seed0" / "full" / "run.json"  # a record of another search is not reused
+    record.write_text(json.dumps({**json.loads(record.read_text()), "budget": "40%"}))
+    with pytest.raises(SystemExit, match="records another search"):
+        main(["--smoke", "--out", str(tmp_path / "agree")])
