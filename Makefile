@@ -50,7 +50,7 @@ bench-search: install  ## evolution vs random search vs best uniform vs downscal
 	$(PY) benchmarks/bench_search.py
 
 .PHONY: bench-search-cost racing-agreement
-bench-search-cost: install  ## one search alone / with shared prefixes / racing / both: wall, block-pair and kept-window executions, the pick. The demo's exhaustive search (93 networks, 800 images, ~5-10 min on 2 cores); ARGS=--quick (128 images, ~1-2 min, <= 5); ARGS="--setting bench-search" (bench-search's evolution at 128 px, ~10-20 min); ARGS="--demo runs/demo": its trained model
+bench-search-cost: install  ## one search alone / with shared prefixes / racing / both: wall, block-pair and kept-window executions, the pick. The demo's exhaustive search (93 networks, 800 images, ~5-10 min on 2 cores); ARGS=--quick (128 images, ~1-2 min, <= 5); ARGS="--setting bench-search" (bench-search's evolution at 128 px, ~7-15 min); ARGS="--demo runs/demo": its trained model
 	$(PY) benchmarks/bench_search_cost.py $(ARGS)
 
 racing-agreement: install  ## racing's pick vs the full search's on a trained demo (runs/demo, from `make demo`), 10 evolution seeds: same pick?, report-split top-1 of both (~10 min on 2 cores; ARGS="--demo DIR --seeds N")

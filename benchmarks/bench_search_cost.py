@@ -117,7 +117,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                     help=f"the same networks on {QUICK_EVAL} fitness and {QUICK_CONFIRM} confirmation images in "
                          f"batches of {QUICK_BATCH} (demo setting, all four modes: about 1-2 minutes on 2 quiet "
                          f"cores, <= 5); default: the setting's own images (demo: about 5-10 minutes, "
-                         f"bench-search: about 10-20)")
+                         f"bench-search: about 7-15)")
     ap.add_argument("--eval-samples", type=int, default=None,
                     help="fitness images (default: the setting's, or --quick's)")
     ap.add_argument("--confirm-samples", type=int, default=None,
