@@ -49,9 +49,12 @@ bench-seg: install  ## `sparsevit pipeline` on the demo segmentation data at 512
 bench-search: install  ## evolution vs random search vs best uniform vs downscaled dense, 5 seeds, 6 MAC budgets (at and between uniform grid points) + 1 latency budget
 	$(PY) benchmarks/bench_search.py
 
-.PHONY: bench-search-cost
-bench-search-cost: install  ## the demo's search with and without shared-prefix evaluation and racing: wall time, block-pair executions, the pick (--quick: <= 5 min)
+.PHONY: bench-search-cost racing-agreement
+bench-search-cost: install  ## one search alone / with shared prefixes / racing / both: wall, block-pair and kept-window executions, the pick. The demo's exhaustive search (93 networks, 800 images, ~5-10 min on 2 cores); ARGS=--quick (128 images, ~1-2 min, <= 5); ARGS="--setting bench-search" (bench-search's evolution at 128 px, ~7-15 min); ARGS="--demo runs/demo": its trained model
 	$(PY) benchmarks/bench_search_cost.py $(ARGS)
+
+racing-agreement: install  ## racing's pick vs the full search's on a trained demo (runs/demo, from `make demo`), 10 evolution seeds: same pick?, report-split top-1 of both (~10 min on 2 cores; ARGS="--demo DIR --seeds N")
+	$(PY) benchmarks/racing_agreement.py $(ARGS)
 
 bench-train: install  ## dense vs un-adapted vs adapted accuracy on the demo data (part of the report)
 	$(VENV)/bin/sparsevit report --preset repro --out runs/repro

@@ -45,14 +45,14 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from sparsevit_cli.commands.workflow import DemoPreset, run_config, train
+from sparsevit_cli.commands.workflow import DemoPreset, evolution_settings, run_config, train
 from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.evaluate import evaluate_images, search_splits
 from sparsevit_cli.io import atomic_torch_save, atomic_write_json, atomic_write_text, make_console
 from sparsevit_cli.latency import calibrated_table, predict_latency
 from sparsevit_cli.model_file import load_model_file
 from sparsevit_cli.search.confirm import compare, confirm
-from sparsevit_cli.search.evolution import Budget, EvolutionSettings, random_search, run_evolution
+from sparsevit_cli.search.evolution import Budget, random_search, run_evolution
 from sparsevit_cli.search.space import load_space
 from sparsevit_cli.search.stats import mean_bootstrap
 from sparsevit_cli.tasks import TopOneScores, backbone_of
@@ -184,8 +184,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     budgets = [("MACs", budget_fraction(b, grid(gmacs)), gmacs) for b in args.budgets.split(",")]
     if args.latency_budget > 0:
         budgets.append(("latency", args.latency_budget, latency))
-    settings = EvolutionSettings(population=p.population, generations=p.generations, parents=p.parents,
-                                 mutations=p.children, crossovers=p.children, mutation_prob=0.3)
+    settings = evolution_settings(p)
     rows: List[Dict[str, Any]] = []
     for kind, fraction, cost in budgets:
         dense_cost = cost(dense_cfg)

@@ -72,3 +72,88 @@ def unseen_by_search(best_yaml: Path, n: int) -> Optional[List[int]]:
     seen = set(int(i) for i in split.get("fitness", [])) | set(int(i) for i in split.get("confirmation", []))
     rest = [i for i in range(n) if i not in seen]
     return rest or None
+
+
+def random_model_file(path: Path, model: str, img_size: int, model_args: dict, num_classes: int = 10) -> Path:
+    """A dense SparseViT model file of a timm Swin with random weights (seed 0), written once at `path`: for
+    benchmarks whose numbers do not depend on training (a search's cost, the tests' smoke runs)."""
+    if path.exists():
+        return path
+    import timm
+    import torch
+
+    from sparsevit_cli import sparsify
+    from sparsevit_cli.model_file import save_model
+    from sparsevit_cli.tasks import build_task_model
+
+    torch.manual_seed(0)
+    backbone = sparsify(timm.create_model(model, img_size=img_size, **model_args))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(path, build_task_model(backbone, "classification", num_classes),
+               {"method": "sparsevit", "model": model, "model_args": dict(model_args), "img_size": img_size,
+                "task": "classification", "num_classes": num_classes,
+                "sparsity": [[0.0] * ((d + 1) // 2) for d in model_args["depths"]]})
+    return path
+
+
+def demo_run(folder: Path):
+    """A finished `sparsevit demo` folder's trained (adapted) model file, data folder and preset: what a benchmark
+    searches when it is given `--demo`. SystemExit naming what is missing."""
+    import json
+
+    from sparsevit_cli.commands.workflow import DemoPreset
+
+    model, data, marker = folder / "adapt" / "model.safetensors", folder / "data", folder / "demo_preset.json"
+    missing = [str(p) for p in (model, data, marker) if not p.exists()]
+    if missing:
+        raise SystemExit(f"--demo {folder}: not a finished demo run (missing {', '.join(missing)})")
+    fields = {k: v for k, v in json.loads(marker.read_text()).items() if k != "preset"}
+    fields["digit_frac"] = tuple(fields["digit_frac"])
+    return model, data, DemoPreset(**fields)
+
+
+def warm_up_search(opts) -> None:
+    """An untimed search (`opts`: a `SearchOptions` on one batch of fitness images, scoring network by network)
+    before the timed ones: the first search in a process pays for imports (plotting, scipy) and first-call
+    initialisation of every network's shapes, which the later searches reuse; untimed here, they count against
+    no mode."""
+    import scipy.stats  # noqa: F401  (racing's bounds, imported on their first use)
+
+    from sparsevit_cli.commands.search import run_search
+    from sparsevit_cli.io import make_console
+
+    for f in ("search_state.json", "history.jsonl"):
+        (Path(opts.out) / f).unlink(missing_ok=True)
+    run_search(opts, console=make_console(quiet=True))
+
+
+class ReportSplit:
+    """A trained model's per-image top-1 on the val images a search with these fitness and confirmation sizes
+    (split seed 0, the search's default) never saw: `evaluate.search_splits(...).rest`, scored once per config."""
+
+    def __init__(self, checkpoint: Path, data: Path, fitness: int, confirmation: int, batch: int, device: str):
+        from sparsevit_cli.evaluate import search_splits
+        from sparsevit_cli.model_file import load_model_file
+        from sparsevit_cli.tasks import get_task
+        from sparsevit_cli.timing import resolve_device
+
+        model, self.method, meta = load_model_file(str(checkpoint))
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.task = get_task(meta.task)
+        self.dataset = self.task.dataset(str(data), "val", meta.resolve_img_size(None, own_size_only=True),
+                                         train=False)
+        self.indices = search_splits(len(self.dataset), fitness, confirmation, 0).rest
+        self.batch = batch
+        self.memo = {}
+
+    def __call__(self, config):
+        import json
+
+        from sparsevit_cli.evaluate import evaluate_images
+
+        key = json.dumps(config)
+        if key not in self.memo:
+            self.memo[key] = evaluate_images(self.model, self.method, config, self.dataset, self.task, self.batch,
+                                             self.device, self.indices)
+        return self.memo[key]

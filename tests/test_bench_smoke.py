@@ -116,12 +116,91 @@ def test_bench_search_places_budgets_on_the_uniform_grid(bench):
 
 
 def test_bench_search_cost_smoke(bench, tmp_path, capsys):
-    rows = bench("bench_search_cost")["main"](["--smoke", "--out", str(tmp_path / "cost")])
-    assert [r["mode"] for r in rows] == ["one network at a time", "shared prefixes"]
-    alone, tree = rows
+    """Every mode runs; shared prefixes score every network exactly as alone with fewer block-pair (and, where
+    counted, kept-window) executions; racing runs no more than the full scoring; the last two lines."""
+    rows = bench("bench_search_cost")["main"](["--smoke", "--out", str(tmp_path / "cost"),
+                                              "--results", str(tmp_path / "r.json")])
+    assert [r["mode"] for r in rows] == ["one network at a time", "shared prefixes", "racing",
+                                         "shared prefixes + racing"]
+    alone, tree, raced, both = rows
     assert tree["pair_executions"] < alone["pair_executions"] == tree["pair_executions_alone"]
-    assert tree["fitness_pick"] == alone["fitness_pick"] and tree["same_pick"]
+    assert raced["pair_executions"] <= alone["pair_executions"] and both["pair_executions"] < alone["pair_executions"]
+    if alone["window_executions"] is not None:  # the evaluator counts kept windows
+        assert tree["window_executions"] < alone["window_executions"] == tree["window_executions_alone"]
+        assert tree["fewer_window_executions"] == alone["window_executions"] / tree["window_executions"]
+    assert alone["raced_out"] == tree["raced_out"] == 0
+    assert tree["fitness_pick"] == alone["fitness_pick"] and tree["same_pick"] and tree["same_fitness_pick"]
+    for r in rows:
+        assert r["same_pick"] == (r["pick"] == alone["pick"])
+        assert r["report_images"] == 4  # 10 val images - 4 fitness - 2 confirmation
+        d = r["report_vs_alone"]
+        assert d["diff"] == pytest.approx(r["report_top1"] - alone["report_top1"])
+        if r["same_pick"]:
+            assert d["diff"] == d["low"] == d["high"] == 0.0
+        assert r["fewer_pair_executions"] == alone["pair_executions"] / r["pair_executions"]
     doc = json.loads((tmp_path / "cost" / "results.json").read_text())
-    assert doc["max_fitness_diff"] == 0.0 and doc["networks_compared"] == alone["networks"]
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert doc["setting"]["evolution"]["population"] == 8 and doc["rows"] == rows
+    for mode, unshared in (("shared prefixes", "one network at a time"), ("shared prefixes + racing", "racing"),
+                           ("racing", "one network at a time")):
+        diff = doc["fitness_diffs"][mode]  # a race's survivors score exactly as without racing
+        assert diff["vs"] == unshared and diff["max_diff"] == 0.0
+        assert diff["networks"] == alone["networks"] - (raced["raced_out"] if mode == "racing" else 0)
+    *_, racing_line, last = capsys.readouterr().out.strip().splitlines()
+    assert racing_line == (f"racing: {both['speedup_wall']:.2f}x faster in total (shared prefixes + racing), same "
+                           f"pick: {'yes' if both['same_pick'] else 'no'}")
     assert last == f"shared-prefix evaluation: {tree['speedup_wall']:.2f}x faster, fitness identical (max diff 0)"
+    assert (tmp_path / "r.md").read_text().splitlines()[-2:] == [racing_line, last]
+    assert json.loads((tmp_path / "r.json").read_text()) == doc
+
+
+def test_bench_search_cost_settings_have_one_owner(bench):
+    """The demo setting is the demo preset's search made exhaustive; bench-search's is bench_search.SETTING's
+    evolution at its 50% budget; --quick keeps both searches and shrinks the images; each run its own file."""
+    from dataclasses import replace
+
+    from sparsevit_cli.commands.workflow import PRESETS, evolution_settings
+    mod = bench("bench_search_cost")
+    demo, quick = mod["setting"]("demo", False, False), mod["setting"]("demo", True, False)
+    assert demo.preset == PRESETS["default"] and demo.budget == PRESETS["default"].budget
+    assert demo.evolution == replace(evolution_settings(PRESETS["default"]), population=demo.evolution.population,
+                                     generations=1)
+    assert demo.evolution.population > 93 and (demo.eval_samples, demo.confirm_samples) == (800, 800)
+    assert quick.evolution == demo.evolution and quick.eval_samples < demo.eval_samples
+    search = bench("bench_search")["SETTING"]
+    other = mod["setting"]("bench-search", False, False)
+    assert other.preset == search and other.evolution == evolution_settings(search) and other.budget == "50%"
+    assert other.eval_samples == search.eval_samples == 1000
+    names = {mod["results_path"](name, trained, q).name for name in ("demo", "bench-search")
+             for trained in (False, True) for q in (False, True)}
+    assert len(names) == 8 and "bench_search_cost.json" in names
+    assert "bench_search_cost_bench_search_trained_quick.json" in names
+
+
+def test_racing_agreement_smoke(bench, tmp_path, capsys):
+    """Both searches per seed, their picks on the same report split, the per-seed and pooled differences
+    consistent with the picks; a rerun reuses every finished search."""
+    main = bench("racing_agreement")["main"]
+    doc = main(["--smoke", "--out", str(tmp_path / "agree"), "--results", str(tmp_path / "r.json")])
+    rows = doc["rows"]
+    assert doc["seeds"] == len(rows) == 2 and doc["report_images"] == 4  # 16 val - 8 fitness - 4 confirmation
+    for r in rows:
+        assert r["same_pick"] == (r["raced_pick"] == r["full_pick"])
+        assert r["full_raced_out"] == 0 and 0 <= r["raced_raced_out"] <= r["raced_networks"]
+        d = r["raced_minus_full"]
+        assert d["diff"] == pytest.approx(r["raced_report_top1"] - r["full_report_top1"])
+        if r["same_pick"]:
+            assert d["diff"] == d["low"] == d["high"] == 0.0
+    assert doc["same_pick"] == sum(r["same_pick"] for r in rows)
+    pooled = doc["pooled_raced_minus_full"]
+    assert pooled["diff"] == pytest.approx(sum(r["raced_minus_full"]["diff"] for r in rows) / 2)
+    assert pooled["low"] <= pooled["diff"] <= pooled["high"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"racing kept the pick in {doc['same_pick']}/2 seeds")
+    assert f"- {last}" in (tmp_path / "r.md").read_text().splitlines()
+    again = main(["--smoke", "--out", str(tmp_path / "agree")])  # every search recorded: only the report scoring
+    assert [r["raced_wall_s"] for r in again["rows"]] == [r["raced_wall_s"] for r in rows]
+    assert again["rows"] == rows
+    record = tmp_path / "agree" / "seed0" / "full" / "run.json"  # a record of another search is not reused
+    record.write_text(json.dumps({**json.loads(record.read_text()), "budget": "40%"}))
+    with pytest.raises(SystemExit, match="records another search"):
+        main(["--smoke", "--out", str(tmp_path / "agree")])

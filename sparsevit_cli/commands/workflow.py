@@ -96,6 +96,10 @@ PRESETS: Dict[str, DemoPreset] = {
 }
 
 
+#: per-gene probability of resampling in a mutant, in the presets' short searches (tens of networks)
+MUTATION_PROB = 0.3
+
+
 def run_config(p: DemoPreset, data: Path, out: Path, device: str, epochs: int, checkpoint: Optional[Path] = None,
                 lr: Optional[float] = None, sparsity: Any = 0.0):
     from ..train.run_config import parse_run_config
@@ -122,7 +126,7 @@ def pipeline_config(p: DemoPreset, data: Path, out: Path, device: str):
         "dense": {"run": True, "epochs": p.dense_epochs},
         "adapt": {"epochs": p.adapt_epochs},
         "search": {"population": p.population, "generations": p.generations, "parents": p.parents,
-                   "mutations": p.children, "crossovers": p.children, "mutation_prob": 0.3, "seed": 0,
+                   "mutations": p.children, "crossovers": p.children, "mutation_prob": MUTATION_PROB, "seed": 0,
                    "eval_samples": p.eval_samples, "confirm_samples": p.confirm_samples or p.eval_samples},
         "finetune": {"epochs": p.finetune_epochs},
         "evaluate": {"uniform": [0.3, 0.5, 0.7], "pictures": 2, "repeats": p.timing_repeats},
@@ -136,13 +140,18 @@ def train(mode: str, cfg, progress: bool, console: Console) -> None:
     (run_adapt if mode == "adapt" else run_finetune)(cfg, resume=True, progress=progress, console=console)
 
 
+def evolution_settings(p: DemoPreset, seed: int = 0):
+    """The preset's search as `EvolutionSettings` (the demo's, the pipeline's and the benchmarks' one source)."""
+    from ..search.evolution import EvolutionSettings
+    return EvolutionSettings(population=p.population, generations=p.generations, parents=p.parents,
+                             mutations=p.children, crossovers=p.children, mutation_prob=MUTATION_PROB, seed=seed)
+
+
 def search(p: DemoPreset, model_file: Path, data: Path, out: Path, device: str, progress: bool,
             console: Console):
     """Run (or resume) the preset's search; returns its `SearchOutcome`."""
-    from ..search.evolution import EvolutionSettings
     from .search import SearchOptions, run_search
-    settings = EvolutionSettings(population=p.population, generations=p.generations, parents=p.parents,
-                                 mutations=p.children, crossovers=p.children, mutation_prob=0.3, seed=0)
+    settings = evolution_settings(p)
     return run_search(SearchOptions(checkpoint=str(model_file), data=str(data), out=str(out), budget_macs=p.budget,
                              device=device, eval_samples=p.eval_samples,
                              confirm_samples=p.confirm_samples or p.eval_samples, settings=settings,
