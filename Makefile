@@ -5,7 +5,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 #: make bench-det TASK=instance_segmentation: the Mask R-CNN benchmark
 TASK ?= detection
 
-.PHONY: install demo test fuzz bench bench-gpu bench-export bench-latency bench-train bench-search repro clean
+.PHONY: install demo test fuzz bench bench-gpu bench-export bench-padding bench-latency bench-train bench-search repro clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ bench-gpu: install  ## Swin-T 1344², batch 8, fp16/bf16 x eager/CUDA graphs/com
 
 bench-export: install  ## exported ONNX dense vs sparse on onnxruntime CPU, with parity errors: the Swin backbone, then whole Faster R-CNN detectors at 512 px and on a mixed-aspect set
 	$(PY) benchmarks/bench_export.py
+
+bench-padding: install  ## a 16:9 image letterboxed on a square canvas vs alone (256², 512²), dense and 50%: MACs and time
+	$(PY) benchmarks/bench_padding.py
 
 bench-latency: install  ## latency-table predictions vs measurement (Swin-T 448² and DeiT-S 224², CPU)
 	$(PY) benchmarks/bench_latency_table.py

@@ -204,3 +204,16 @@ def test_racing_agreement_smoke(bench, tmp_path, capsys):
     record.write_text(json.dumps({**json.loads(record.read_text()), "budget": "40%"}))
     with pytest.raises(SystemExit, match="records another search"):
         main(["--smoke", "--out", str(tmp_path / "agree")])
+
+
+def test_bench_padding_smoke(bench):
+    """The letterbox benchmark: its ratios are the rows' own numbers, and the dense model pays for the canvas
+    (the sparse one's MAC ratio is its result, not asserted here)."""
+    rows = bench("bench_padding")["main"](["--smoke"])
+    assert [r["sparsity"] for r in rows] == [0.0, 0.5]
+    for r in rows:
+        assert r["macs_ratio"] == pytest.approx(r["gmacs"]["letterboxed"] / r["gmacs"]["alone"])
+        assert r["time_ratio"] == pytest.approx(r["ms"]["letterboxed"] / r["ms"]["alone"])
+    dense, sparse = rows
+    assert dense["macs_ratio"] > 1.3  # the dense model computes the bands
+    assert sparse["gmacs"]["letterboxed"] < dense["gmacs"]["letterboxed"]
