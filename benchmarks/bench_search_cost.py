@@ -245,7 +245,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         atomic_write_json(Path(results), doc, 1, "results")
         atomic_write_text(Path(results).with_suffix(".md"), _markdown(doc), "results")
     for line in _verdicts(doc):
-        console.print(line)
+        console.print(line, soft_wrap=True)  # one line each, whatever the width
     return rows
 
 

@@ -172,7 +172,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if results:
         atomic_write_json(Path(results), doc, 1, "results")
         atomic_write_text(Path(results).with_suffix(".md"), _markdown(doc), "results")
-    console.print(_summary(doc))
+    console.print(_summary(doc), soft_wrap=True)  # one line, as the docstring says, whatever the width
     return doc
 
 
