@@ -273,7 +273,8 @@ def search(
     shared_prefix: bool = typer.Option(True, help="Score each chunk of networks as a tree over their shared "
                                        "block prefixes (default: on; same fitness, fewer block executions)."),
     race: bool = typer.Option(False, help="Racing on growing slices of the fitness images (default: off): a "
-                              "network whose 99% upper bound is below the leader's lower bound stops early."),
+                              "network shown worse than the leader on the images so far (paired per-image differences, 99% "
+                              "over the round's comparisons) stops early."),
     eval_chunk: int = typer.Option(EVAL_CHUNK, min=1, help="Networks scored together and journaled together "
                                    f"(default: {EVAL_CHUNK} networks)."),
     progress: bool = typer.Option(True, help="Show progress bars."),

@@ -1,5 +1,6 @@
-"""Racing on growing slices drops a candidate only by the stated bound: its upper bound below the leader's
-lower bound (Student's t interval at RACE_LEVEL), checked on hand-built per-image scores."""
+"""Racing on growing slices drops a candidate only by the stated bound: the upper end of its per-image
+differences to the leader below 0 (Student's t, RACE_LEVEL Bonferroni-corrected over the round's comparisons),
+checked on hand-built per-image scores."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,16 +18,24 @@ def test_bound_is_the_t_interval_of_the_mean():
     assert bound([1.0]).low == -np.inf  # one image bounds nothing
 
 
-def test_a_candidate_stops_only_when_its_upper_bound_is_below_the_leaders_lower_bound():
-    spread = np.array([-1.0, 1.0] * 8)  # sd ~1.03 over 16 images
-    leader = 10.0 + spread
-    half = bound(leader).mean - bound(leader).low  # same spread: same half width for every candidate
-    # just below the gap of two half widths: intervals overlap, kept; just above it: disjoint, dropped
-    kept, dropped = leader - 2 * half + 1e-6, leader - 2 * half - 1e-6
+def test_a_candidate_stops_only_when_its_paired_difference_to_the_leader_is_below_zero():
+    rng = np.random.default_rng(1)
+    hard = rng.normal(0, 5, 16)  # what each image does to every candidate: large, shared
+    leader = 10.0 + hard
+    noise = np.array([-1.0, 1.0] * 8)  # the candidates' own per-image differences: sd ~1.03
+    each = 1 - (1 - RACE_LEVEL) / 2  # two comparisons with the leader in this round
+    half = t.ppf(0.5 + each / 2, 15) * np.std(noise, ddof=1) / 4.0
+    # mean difference just short of one half width: the bound reaches 0, kept; just past it: dropped
+    kept, dropped = leader - half + 1e-6 + noise, leader - half - 1e-6 + noise
     assert survivors([leader, kept, dropped]) == [True, True, False]
-    assert bound(dropped).high < bound(leader).low <= bound(kept).high
-    # noisier scores widen the interval: the same mean gap no longer drops it
-    assert survivors([leader, dropped.mean() + 5 * spread]) == [True, True]
+    assert bound(dropped - leader, each).high < 0 <= bound(kept - leader, each).high
+    # unpaired, the shared image effects hide the same gap: separate intervals overlap
+    assert bound(dropped).high > bound(leader).low
+    # Bonferroni: with more candidates in the round each comparison is stricter, and the same gap is kept
+    ties = [leader + 0.5 * noise for _ in range(20)]
+    assert survivors([leader, dropped] + ties)[1]
+    # noisier differences widen the interval: the same mean gap no longer drops it
+    assert survivors([leader, leader - half - 1e-6 + 5 * noise]) == [True, True]
 
 
 def test_slices_end_on_whole_batches_and_at_n():
@@ -52,4 +61,5 @@ def test_race_scores_survivors_on_every_image_and_stops_the_others_at_a_slice():
     assert all(np.array_equal(out.records[i], per_image[i][:out.images[i]]) for i in range(4))
     # what was dropped was dropped by the bound on the images it had seen
     first = [per_image[i][:16] for i in range(4)]
-    assert [bound(first[i]).high < bound(first[0]).low for i in range(4)] == [False, False, True, True]
+    each = 1 - (1 - RACE_LEVEL) / 3
+    assert [bound(first[i] - first[0], each).high < 0 for i in range(4)] == [False, False, True, True]
