@@ -464,3 +464,32 @@ def test_shared_prefix_search_equals_network_by_network(tmp_path, model_file, da
     assert (outs["tree"] / "history.jsonl").read_text() == (outs["alone"] / "history.jsonl").read_text()
     assert yaml.safe_load((outs["tree"] / "best.yaml").read_text()) == \
         yaml.safe_load((outs["alone"] / "best.yaml").read_text())
+
+
+def test_confirmation_scores_its_networks_as_one_tree(tmp_path, model_file, data_dir, capsys, monkeypatch):
+    """The confirmation split's networks (the leaders, the best uniform config, dense) are scored in one pass
+    over shared prefixes, each exactly as scoring it alone scores it, and best.yaml's confirmation rows are
+    those scores."""
+    import sparsevit_cli.commands.search as search_command
+    from sparsevit_cli.evaluate import evaluate_images
+
+    calls = []
+    tree = search_command.evaluate_images_many
+
+    def spy(model, method, configs, dataset, task, batch_size, device, indices, *args, **kwargs):
+        out = tree(model, method, configs, dataset, task, batch_size, device, indices, *args, **kwargs)
+        alone = [evaluate_images(model, method, c, dataset, task, batch_size, device, indices) for c in configs]
+        calls.append((list(configs), [(s.metric(), s.fitness("logprob")) for s in out],
+                      [(s.metric(), s.fitness("logprob")) for s in alone], kwargs.get("share")))
+        return out
+
+    monkeypatch.setattr(search_command, "evaluate_images_many", spy)
+    out = tmp_path / "s"
+    code, _, err = run_cli(search_args(model_file, data_dir, out, "--budget-macs", "60%"), capsys)
+    assert code == 0, err
+    [(configs, scored, alone, share)] = calls
+    assert share is True and scored == alone and len(configs) >= 3
+    assert configs[-1] == [[0.0] * len(stage) for stage in configs[0]]  # dense last
+    rows = yaml.safe_load((out / "best.yaml").read_text())["confirmation"]["candidates"]
+    by_config = {repr(c): m for c, (m, _) in zip(configs, scored)}
+    assert all(by_config[repr(r["config"])] == r["confirm_metric"] for r in rows)

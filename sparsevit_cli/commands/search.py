@@ -25,12 +25,13 @@ from rich.table import Table
 
 from ..errors import UserError
 from ..io import FolderLock, ProgressReport, make_console, remove_stale_temp_files, yaml_text
-from ..evaluate import SharingCounts, evaluate_all, evaluate_images, evaluate_records_many, search_splits
+from ..evaluate import (SharingCounts, evaluate_all, evaluate_images, evaluate_images_many, evaluate_records_many,
+                        search_splits)
 from ..latency import calibrated_table, predict_latency, read_latency_table
 from ..timing import compile_failures_as_user_errors, compile_model, resolve_device, time_fn
 from ..tasks import backbone_of, get_task
 from .. import dist
-from ..search.confirm import CONFIRM_TOP, DEFAULT_PICK_RULE, PICK_RULES, Confirmation, confirm
+from ..search.confirm import CONFIRM_TOP, DEFAULT_PICK_RULE, PICK_RULES, Confirmation, confirm, confirmed_candidates
 from ..layers import EVAL_CHUNK, format_config
 from ..search.evolution import Budget, EvolutionSettings, SearchResult, plot_pareto, run_evolution, write_output
 from ..search.racing import race
@@ -373,8 +374,19 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
                          if 0 < counts.windows_run < counts.windows_asked else "")
                       + (f"; racing stopped {sum(1 for c in result.evaluated if c.get('images') is not None)} "
                          f"network(s) early" if opts.race else ""))
-    conf = confirm(result, image_scores, dense_cfg, dense_cost, fitness, task.metric_name, opts.confirm_top,
-                   seed=opts.split_seed, rule=opts.pick)
+    # the confirmation split's networks (the leaders, the best uniform config, dense) scored together, as a
+    # tree over their shared prefixes like the fitness split's (the same scores as one by one)
+    confirming = [c["config"] for c in confirmed_candidates(result, opts.confirm_top)] + [dense_cfg]
+    confirmed = dict(zip(map(repr, confirming), evaluate_images_many(
+        model, method, confirming, dataset, task, opts.eval_batch_size, device, splits.confirmation, img_size,
+        share=opts.shared_prefix)))
+
+    def confirmation_scores(config, split: str):
+        return confirmed[repr(config)] if split == "confirmation" and repr(config) in confirmed else \
+            image_scores(config, split)
+
+    conf = confirm(result, confirmation_scores, dense_cfg, dense_cost, fitness, task.metric_name,
+                   opts.confirm_top, seed=opts.split_seed, rule=opts.pick)
     best_cfg = conf.pick.config
     report: Dict[str, Any] = {
         "method": method_name, "model": meta.model, "model_args": dict(meta.model_args),

@@ -89,6 +89,16 @@ class Confirmation(BaseModel):
     gain_test: Optional[Comparison] = None
 
 
+def confirmed_candidates(result: SearchResult, top: int = CONFIRM_TOP) -> List[Dict[str, Any]]:
+    """The candidates `confirm` re-scores on the confirmation split: the top `top` distinct ones of `result`
+    and its best uniform config."""
+    ranked = list(result.top[:top])
+    uniform = result.uniform[0] if result.uniform else None
+    if uniform is not None and all(c["network"] != uniform["network"] for c in ranked):
+        ranked.append(uniform)
+    return ranked
+
+
 def confirm(result: SearchResult, score: Callable[[Config, str], ImageScores], dense: Config, dense_cost: float,
             fitness: str, metric_name: str, top: int = CONFIRM_TOP, seed: int = 0, rule: str = DEFAULT_PICK_RULE) -> Confirmation:
     """Re-score the top `top` distinct candidates of `result` and its best uniform config on the confirmation
@@ -98,10 +108,8 @@ def confirm(result: SearchResult, score: Callable[[Config, str], ImageScores], d
     none)."""
     if rule not in PICK_RULES:
         raise ValueError(f"unknown pick rule {rule!r} (one of {PICK_RULES})")
-    ranked = list(result.top[:top])
+    ranked = confirmed_candidates(result, top)
     uniform = result.uniform[0] if result.uniform else None
-    if uniform is not None and all(c["network"] != uniform["network"] for c in ranked):
-        ranked.append(uniform)
     position = {c["network"]: i for i, c in enumerate(result.top)}
 
     def fitness_metric(c: Dict[str, Any]) -> float:
