@@ -63,3 +63,15 @@ def test_race_scores_survivors_on_every_image_and_stops_the_others_at_a_slice():
     first = [per_image[i][:16] for i in range(4)]
     each = 1 - (1 - RACE_LEVEL) / 3
     assert [bound(first[i] - first[0], each).high < 0 for i in range(4)] == [False, False, True, True]
+
+
+def test_a_kept_candidate_is_never_stopped():
+    """The search keeps its uniform configs in the race (the pick is set against the best of them): a flagged
+    candidate goes on to every image even when the bound would stop it."""
+    n = 64
+    rng = np.random.default_rng(0)
+    per_image = [m + rng.normal(0, 0.5, n) for m in (0.0, -3.0, -6.0)]
+    score = lambda alive, start, end: [list(per_image[i][start:end]) for i in alive]  # noqa: E731
+    assert race(score, np.asarray, 3, n, step=4).finished == [True, False, False]
+    out = race(score, np.asarray, 3, n, step=4, keep=[False, False, True])
+    assert out.finished == [True, False, True] and out.images == [64, 16, 64]

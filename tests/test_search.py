@@ -493,3 +493,27 @@ def test_confirmation_scores_its_networks_as_one_tree(tmp_path, model_file, data
     rows = yaml.safe_load((out / "best.yaml").read_text())["confirmation"]["candidates"]
     by_config = {repr(c): m for c, (m, _) in zip(configs, scored)}
     assert all(by_config[repr(r["config"])] == r["confirm_metric"] for r in rows)
+
+
+def test_racing_keeps_every_uniform_config_in_the_race(tmp_path, model_file, data_dir, capsys, monkeypatch):
+    """With --race the search flags its uniform configs as never stopped (the pick is confirmed against the
+    best of them), and only those."""
+    import sparsevit_cli.commands.search as search_command
+
+    seen = []
+    real = search_command.race
+
+    def spy(score, per_image, candidates, n, step, *args, keep=(), **kwargs):
+        seen.append(list(keep))
+        return real(score, per_image, candidates, n, step, *args, keep=keep, **kwargs)
+
+    monkeypatch.setattr(search_command, "race", spy)
+    out = tmp_path / "s"
+    code, _, err = run_cli(search_args(model_file, data_dir, out, "--budget-macs", "60%", "--race"), capsys)
+    assert code == 0, err
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    flags = [k for chunk in seen for k in chunk]
+    assert len(flags) == len(history) and any(flags)
+    for h, kept in zip(history, flags):
+        values = {v for stage in h["config"] for v in stage}
+        assert kept == (len(values) == 1), (h["config"], kept)

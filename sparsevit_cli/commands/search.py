@@ -307,8 +307,12 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         ids = splits.fitness
         outcome = race(lambda alive, start, end: records_many([configs[i] for i in alive], ids[start:end]),
                        lambda records: task.image_scores(dataset, records).per_image(fitness), len(configs),
-                       len(ids), opts.eval_batch_size * dist.world_size())
+                       len(ids), opts.eval_batch_size * dist.world_size(),
+                       keep=[repr(c) in uniform_configs for c in configs])
         return [fitness_of(r, done) for r, done in zip(outcome.records, outcome.finished)]
+
+    # racing never stops a uniform config: the pick is confirmed against the best of them
+    uniform_configs = {repr(space.decode(space.uniform(v))) for v in space.uniform_values()}
 
     def gmacs(config) -> float:
         return task.macs(model, method, config, img_size, opts.batch_size) / 1e9

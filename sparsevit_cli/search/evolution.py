@@ -225,10 +225,8 @@ class _Networks:
     def uniform(self) -> List[Tuple[float, Genome]]:
         """(value, genome) of every distinct uniform config inside the budget, densest first: a value every
         searched group offers, set on every searched gene."""
-        searched = [g for g in self.space.groups if g.fixed is None]
-        values = sorted(set.intersection(*(set(g.choices) for g in searched))) if searched else []
         out, seen = [], set()
-        for v in values:
+        for v in self.space.uniform_values():
             genome = self.space.uniform(v)
             if self.key(genome) not in seen and self.fits(genome):
                 seen.add(self.key(genome))

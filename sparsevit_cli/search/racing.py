@@ -78,9 +78,11 @@ class RaceOutcome:
 
 def race(score: Callable[[List[int], int, int], List[list]], per_image: Callable[[list], np.ndarray],
          candidates: int, n: int, step: int, level: float = RACE_LEVEL,
-         slices: Sequence[float] = RACE_SLICES) -> RaceOutcome:
+         slices: Sequence[float] = RACE_SLICES, keep: Sequence[bool] = ()) -> RaceOutcome:
     """Race `candidates` over n fitness images. `score(ids, start, end)` returns, for the candidates `ids`,
-    their records on images [start, end); `per_image(records)` their per-image fitness values."""
+    their records on images [start, end); `per_image(records)` their per-image fitness values. Candidates
+    flagged in `keep` are never stopped (the search keeps its uniform configs: the pick is set against the
+    best of them)."""
     records: List[list] = [[] for _ in range(candidates)]
     alive = list(range(candidates))
     start = 0
@@ -89,7 +91,7 @@ def race(score: Callable[[List[int], int, int], List[list]], per_image: Callable
             records[i] += list(part)
         start = end
         if end < n and len(alive) > 1:
-            keep = survivors([per_image(records[i]) for i in alive], level)
-            alive = [i for i, k in zip(alive, keep) if k]
+            going = survivors([per_image(records[i]) for i in alive], level)
+            alive = [i for i, k in zip(alive, going) if k or (i < len(keep) and keep[i])]
     return RaceOutcome(records=records, images=[len(r) for r in records],
                        finished=[len(r) == n for r in records])

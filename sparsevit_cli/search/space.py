@@ -222,6 +222,11 @@ class SearchSpace:
             genome += list(g.fixed) if g.fixed is not None else [0 if which == "dense" else len(g.choices) - 1] * g.size
         return genome
 
+    def uniform_values(self) -> List[float]:
+        """The values every searched group offers (each a uniform config), ascending."""
+        searched = [g for g in self.groups if g.fixed is None]
+        return sorted(set.intersection(*(set(g.choices) for g in searched))) if searched else []
+
     def uniform(self, value: float) -> Genome:
         """Every searchable gene set to `value` (fixed groups keep their pinned values)."""
         genome: Genome = []
