@@ -57,6 +57,7 @@ from sparsevit_cli.search.space import load_space
 from sparsevit_cli.search.stats import mean_bootstrap
 from sparsevit_cli.tasks import TopOneScores, backbone_of
 from sparsevit_cli.timing import time_fn
+from common import markdown_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: the evolution's candidates picked under `--pick gain-shown` (uniform unless a gain is shown on confirmation)
@@ -448,9 +449,8 @@ def _markdown(result: Dict[str, Any]) -> str:
              f"evaluations in this run, {result['device']}; cached models and scores are reused)", "",
              f"Report split: {result['splits']['report']} val images no search saw (fitness "
              f"{result['splits']['fitness']}, confirmation {result['splits']['confirmation']}); dense "
-             f"{result['dense_report_top1']:.2f}. Mean ± sd over {result['seeds']} seeds.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in _rows(result)]
+             f"{result['dense_report_top1']:.2f}. Mean ± sd over {result['seeds']} seeds.", ""]
+    lines += markdown_table(COLUMNS, _rows(result))
     lines += [""] + [f"- {what}: {'holds' if ok else 'does not hold'}" for what, ok in result["targets"].items()]
     return "\n".join(lines) + "\n"
 

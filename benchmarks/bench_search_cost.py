@@ -42,10 +42,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from rich.table import Table
 
 from bench_search import SETTING as BENCH_SEARCH
-from common import ReportSplit, demo_run, random_model_file, warm_up_search
+from common import ReportSplit, demo_run, markdown_table, random_model_file, results_table, warm_up_search
 from sparsevit_cli.commands.search import SearchOptions, run_search
 from sparsevit_cli.commands.workflow import PRESETS, DemoPreset, evolution_settings
 from sparsevit_cli.data.demo import write_demo_data
@@ -298,24 +297,18 @@ def _title(doc: Dict[str, Any]) -> str:
             f"{s['eval_samples']} fitness images, {doc['checkpoint']}")
 
 
-def _table(doc: Dict[str, Any]) -> Table:
-    table = Table(title=_title(doc))
-    for col in COLUMNS:
-        table.add_column(col, justify="right")
-    for r in doc["rows"]:
-        table.add_row(*_cells(r))
-    table.caption = ("block-pair and kept-window executions: of the fitness scoring; x faster / x fewer: against "
-                     "one network at a time; same pick: the confirmed pick (best.yaml's); report top-1: the pick "
-                     "on the val images no search saw (trained weights only)")
-    return table
+def _table(doc: Dict[str, Any]):
+    return results_table(_title(doc), COLUMNS, [_cells(r) for r in doc["rows"]],
+                         caption="block-pair and kept-window executions: of the fitness scoring; x faster / x "
+                                 "fewer: against one network at a time; same pick: the confirmed pick (best.yaml's); "
+                                 "report top-1: the pick on the val images no search saw (trained weights only)")
 
 
 def _markdown(doc: Dict[str, Any]) -> str:
     before, after = (", ".join(f"{v:.1f}" for v in doc[k]) for k in ("load_average_before", "load_average_after"))
     lines = [f"# {_title(doc)}", "", f"{doc['cpus']} CPUs; load average (1, 5, 15 min) before the timed searches "
-                                     f"{before}, after {after}.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in doc["rows"]]
+                                     f"{before}, after {after}.", ""]
+    lines += markdown_table(COLUMNS, [_cells(r) for r in doc["rows"]])
     lines += [""] + [f"- {name} vs {d['vs']}: max fitness difference {d['max_diff']:.3g} over {d['networks']} "
                      f"networks" for name, d in doc["fitness_diffs"].items()]
     lines += [""] + _verdicts(doc)

@@ -3,7 +3,7 @@ CPU, so that the test suite can check every script still runs (tests/test_bench_
 asserted."""
 import argparse
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 # two stages with 4x4-token windows: several windows per stage at 64 px, so sparsity still has work to skip
 MICRO_SWIN = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4)
@@ -157,3 +157,21 @@ class ReportSplit:
             self.memo[key] = evaluate_images(self.model, self.method, config, self.dataset, self.task, self.batch,
                                              self.device, self.indices)
         return self.memo[key]
+
+
+def results_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], caption: str = ""):
+    """A script's results as a rich table (every column right-aligned), from the same cells as its markdown."""
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption or None)
+    for col in columns:
+        table.add_column(col, justify="right")
+    for cells in rows:
+        table.add_row(*cells)
+    return table
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    """The lines of a markdown table of `rows` under `columns`."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + \
+        ["| " + " | ".join(cells) + " |" for cells in rows]

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-from rich.table import Table
 
-from common import ReportSplit, demo_run, random_model_file, warm_up_search
+from common import ReportSplit, demo_run, markdown_table, random_model_file, results_table, warm_up_search
 from sparsevit_cli.commands.search import SearchOptions, run_search
 from sparsevit_cli.commands.workflow import PRESETS, evolution_settings
 from sparsevit_cli.data.demo import write_demo_data
@@ -204,21 +203,15 @@ def _summary(doc: Dict[str, Any]) -> str:
             f"[{p['low']:+.2f}, {p['high']:+.2f}] points pooled over {doc['seeds']} seeds")
 
 
-def _table(doc: Dict[str, Any]) -> Table:
-    table = Table(title=_title(doc))
-    for col in COLUMNS:
-        table.add_column(col, justify="right")
-    for r in doc["rows"]:
-        table.add_row(*_cells(r))
-    table.caption = (f"pick: the confirmed pick (best.yaml's); raced - full: paired difference on the report "
-                     f"split, 95% bootstrap interval; full s / raced s: wall time of each search "
-                     f"(racing {doc['wall_ratio_mean']:.2f}x faster on average)")
-    return table
+def _table(doc: Dict[str, Any]):
+    return results_table(_title(doc), COLUMNS, [_cells(r) for r in doc["rows"]],
+                         caption=f"pick: the confirmed pick (best.yaml's); raced - full: paired difference on the "
+                                 f"report split, 95% bootstrap interval; full s / raced s: wall time of each search "
+                                 f"(racing {doc['wall_ratio_mean']:.2f}x faster on average)")
 
 
 def _markdown(doc: Dict[str, Any]) -> str:
-    lines = [f"# {_title(doc)}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in doc["rows"]]
+    lines = [f"# {_title(doc)}", ""] + markdown_table(COLUMNS, [_cells(r) for r in doc["rows"]])
     lines += ["", f"- {_summary(doc)}", f"- the raced search's wall time: {doc['wall_ratio_mean']:.2f}x less "
                                        f"on average (shared prefixes on in both)"]
     return "\n".join(lines) + "\n"
