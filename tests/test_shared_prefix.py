@@ -91,13 +91,19 @@ def test_tree_evaluation_equals_each_network_alone_for_segmentation():
     check_tree_equals_alone(model, task, data, configs())
 
 
-def test_tree_evaluation_equals_each_network_alone_for_a_detector(tmp_path):
+def micro_detector(tmp_path, n_val):
+    """A micro Faster R-CNN on `n_val` demo detection canvases (64 px): (model, task, dataset)."""
     root = tmp_path / "data"
-    write_demo_data(root, img_size=64, n_train=1, n_val=3, seed=0, detection=True)
+    write_demo_data(root, img_size=64, n_train=1, n_val=n_val, seed=0, detection=True)
     task = get_task("detection")
     dataset = task.dataset(root, "val", 64, train=False)
     model = task.build(micro(), dataset.num_classes, fpn_channels=16, rpn_pre_nms_top_n_test=50,
                        rpn_post_nms_top_n_test=20, box_detections_per_img=10, box_score_thresh=0.0).eval()
+    return model, task, dataset
+
+
+def test_tree_evaluation_equals_each_network_alone_for_a_detector(tmp_path):
+    model, task, dataset = micro_detector(tmp_path, n_val=3)
     check_tree_equals_alone(model, task, dataset, configs())
 
 
@@ -280,12 +286,7 @@ def test_resuming_at_the_first_pruned_block_after_an_early_ranking():
 def test_evaluate_records_many_runs_wide_and_counts_like_alone(tmp_path):
     """The search's scoring: records identical to each network alone for a detector, fewer windows computed
     than asked, and the not-shared path counts what it runs (run = asked)."""
-    root = tmp_path / "data"
-    write_demo_data(root, img_size=64, n_train=1, n_val=2, seed=0, detection=True)
-    task = get_task("detection")
-    dataset = task.dataset(root, "val", 64, train=False)
-    model = task.build(micro(), dataset.num_classes, fpn_channels=16, rpn_pre_nms_top_n_test=50,
-                       rpn_post_nms_top_n_test=20, box_detections_per_img=10, box_score_thresh=0.0).eval()
+    model, task, dataset = micro_detector(tmp_path, n_val=2)
     method = method_for_model(backbone_of(model))
     cfgs = [[[0.2], [0.5]], [[0.8], [0.8]], [[0.5], [0.8]]]
     counts, alone_counts = SharingCounts(), SharingCounts()

@@ -300,6 +300,9 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
         return {"fitness": scores.fitness(fitness), task.metric_name: scores.metric(),
                 **({} if finished else {"images": len(records)})}
 
+    # racing never stops a uniform config: the pick is confirmed against the best of them
+    uniform_configs = {repr(space.decode(space.uniform(v))) for v in space.uniform_values()}
+
     def metric_many(configs) -> List[Dict[str, float]]:
         """A chunk of networks: scored as a tree over shared prefixes and, with --race, on growing slices."""
         if not opts.race:
@@ -310,9 +313,6 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
                        len(ids), opts.eval_batch_size * dist.world_size(),
                        keep=[repr(c) in uniform_configs for c in configs])
         return [fitness_of(r, done) for r, done in zip(outcome.records, outcome.finished)]
-
-    # racing never stops a uniform config: the pick is confirmed against the best of them
-    uniform_configs = {repr(space.decode(space.uniform(v))) for v in space.uniform_values()}
 
     def gmacs(config) -> float:
         return task.macs(model, method, config, img_size, opts.batch_size) / 1e9
