@@ -17,7 +17,7 @@ from rich.table import Table
 
 from .errors import UserError
 from .io import make_console
-from .layers import DEFAULT_BUDGET, EVAL_CHUNK, MAX_SEED, format_config
+from .layers import DEFAULT_BUDGET, EVAL_CHUNK, MAX_SEED, PREFIX_MEMORY_MIB, format_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make vision transformers fast on high-resolution images by searching where to skip "
@@ -277,6 +277,10 @@ def search(
                               "over the round's comparisons) stops early."),
     eval_chunk: int = typer.Option(EVAL_CHUNK, min=1, help="Networks scored together and journaled together "
                                    f"(default: {EVAL_CHUNK} networks)."),
+    prefix_memory: int = typer.Option(PREFIX_MEMORY_MIB, min=0, help="MiB (on the search's device) kept from one "
+                                      "generation to the next of what the fitness batches compute before any "
+                                      "config (each batch's first block, run wide), so later generations skip it; "
+                                      f"0: off (default: {PREFIX_MEMORY_MIB} MiB; same fitness either way)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Evolutionary search (DEAP) for the most accurate config within a MAC or latency budget."""
@@ -291,7 +295,8 @@ def search(
                          batch_size=batch_size,
                          eval_samples=eval_samples, confirm_samples=confirm_samples, confirm_top=confirm_top,
                          pick=pick.value, fitness=fitness, split_seed=split_seed, settings=settings, resume=resume,
-                         progress=progress, shared_prefix=shared_prefix, race=race, eval_chunk=eval_chunk)
+                         progress=progress, shared_prefix=shared_prefix, race=race, eval_chunk=eval_chunk,
+                         prefix_memory=prefix_memory)
     run_search(opts, console=console)
 
 

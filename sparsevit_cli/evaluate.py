@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from . import dist
+from .batch_memory import BatchMemory
 from .data.datasets import build_loader, iterate
 from .errors import UserError
 from .io import ProgressReport
@@ -176,8 +177,12 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
                           batch_size: int, device: torch.device, indices: Sequence[int],
                           img_size: Optional[int] = None, amp: bool = False, num_workers: int = 0,
                           share: bool = True, counts: Optional[SharingCounts] = None,
-                          progress: Optional[ProgressReport] = None) -> List[List[Any]]:
-    """The per-image records (`task.image_records`, in the order of `indices`) of `evaluate_images_many`."""
+                          progress: Optional[ProgressReport] = None,
+                          memory: Optional[BatchMemory] = None) -> List[List[Any]]:
+    """The per-image records (`task.image_records`, in the order of `indices`) of `evaluate_images_many`.
+    `memory`: a `BatchMemory` this call and later ones on the same model and images share (a search's
+    generations on its fitness split): what the family computes from a batch before any config is kept there
+    and reused."""
     configs = list(configs)
     backbone = backbone_of(model)
     batches_here = _my_batches(len(indices), batch_size)
@@ -205,7 +210,7 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
     loader = build_loader(dataset, [[indices[p] for p in b] for b in batches], num_workers=num_workers,
                           collate_fn=task.collate)
     mine: List[List[Tuple[int, Any]]] = [[] for _ in configs]
-    with method.shared_prefixes(backbone) as cache:
+    with method.shared_prefixes(backbone, **({} if memory is None else {"memory": memory})) as cache:
         cache.plan([configs[i] for i in order])  # how wide a shared block runs: for the networks still to run
         for batch, (x, y) in zip(batches, iterate(loader)):
             x, y = task.to_device(x, y, device)

@@ -69,14 +69,15 @@ class Method(Protocol):
         search evaluates each network once."""
 
     # optional: a family whose networks can share their first blocks defines
-    #     def shared_prefixes(self, wrapped, share=True) -> ContextManager[<counts>]
+    #     def shared_prefixes(self, wrapped, share=True, memory=None) -> ContextManager[<counts>]
     # a context in which forwards of `wrapped` on one image batch under one config after another (in the
     # order of their `effective` configs, given to the yielded object's `plan(configs)`, its `current` set to
     # each one's position before its forward) compute each distinct prefix of blocks once, with outputs
     # identical to each config's own forward; the yielded object counts `pairs_run`, `pairs_asked`,
     # `blocks_run`, `blocks_asked`, `windows_run` and `windows_asked` (`evaluate.SharingCounts`); `share=False`
-    # only counts. A family without it (PSViT) is evaluated one network at a time
-    # (`evaluate.evaluate_images_many`, `shares_prefixes`).
+    # only counts; `memory` (a `batch_memory.BatchMemory`, kept across contexts on the same weights) holds what
+    # it computes from a batch before any config, for a later context on the same batch. A family without it
+    # (PSViT) is evaluated one network at a time (`evaluate.evaluate_images_many`, `shares_prefixes`).
 
     def build_latency_table(self, wrapped: nn.Module, x, warmup: int = 2, repeats: int = 5) -> dict:
         """Time the model's parts on x's device once (JSON-able), for `predict_latency`."""

@@ -11,6 +11,7 @@ import timm
 import torch
 
 from sparsevit_cli import sparsify
+from sparsevit_cli.batch_memory import BatchMemory
 from sparsevit_cli.data.demo import write_demo_data
 from sparsevit_cli.evaluate import SharingCounts, evaluate_records_many
 from sparsevit_cli.methods import method_for_model, shares_prefixes
@@ -354,3 +355,76 @@ def test_a_search_cuts_its_chunks_from_the_sorted_networks():
     for i in range(0, 9, 3):
         evaluate_records_many(model_task, method, unsorted[i:i + 3], data, task, 2, CPU, [0, 1], 64, counts=other)
     assert counts.blocks_asked == other.blocks_asked and counts.blocks_run < other.blocks_run
+
+
+def run_generations(model, generations, x, memory):
+    """One `shared_prefixes` context per generation (a list of configs, run as a plan) on the same batch `x`,
+    sharing `memory`; [(outputs, cache)] per generation."""
+    done = []
+    for cfgs in generations:
+        with torch.no_grad(), shared_prefixes(model, memory=memory) as cache:
+            cache.plan(cfgs)
+            outs = []
+            for j, c in enumerate(cfgs):
+                cache.current = j
+                outs.append(model.set_sparsity(c)(x))
+        done.append((outs, cache))
+    return done
+
+
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256"])
+def test_a_batch_memory_keeps_the_first_wide_block_from_one_generation_to_the_next(name):
+    """Stage 1 (16 windows per image, batch of 2): generation 1 runs block 0 once at 13 (0.2); generation 2
+    keeps at most 8 (0.5) there: it takes its rows from the kept output and runs block 0 not at all;
+    generation 3 asks 14 (0.1) > 13, so block 0 runs again (wide, at 14) and replaces what was kept; generation
+    4 (at most 14) runs it not at all. Every output equals the network alone."""
+    model = micro(name).eval()
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 64, 64, generator=g)
+    gens = [[[[0.2], [0.5]], [[0.5], [0.8]]], [[[0.5], [0.0]], [[0.8], [0.5]]], [[[0.1], [0.5]], [[0.5], [0.5]]],
+            [[[0.1], [0.0]], [[0.2], [0.8]]]]
+    memory = BatchMemory(2 ** 30)
+    done = run_generations(model, gens, x, memory)
+    for cfgs, (outs, _) in zip(gens, done):
+        assert all(torch.equal(a, b) for a, b in zip(alone(model, cfgs, x), outs))
+    block0 = [c.windows_run for _, c in done]
+    without = run_generations(model, gens, x, None)
+    # the stage-1 block 0 runs wide in generations 1 and 3 only; the others compute exactly 2 x 13 / 2 x 14
+    # windows fewer than without the memory
+    assert [w.windows_run - c for (_, w), c in zip(without, block0)] == [0, 2 * 8, 0, 2 * 14]
+    assert [w.pairs_run - c.pairs_run for (_, w), (_, c) in zip(without, done)] == [0, 1, 0, 1]
+    assert len(memory) == 1 and memory.hits == 3
+    # another batch, or the same pixels under other padding, is another key: nothing found
+    other = x.clone()
+    other[1, :, :, 32:] = 0
+    (_, c), = run_generations(model, gens[1:2], other, memory)
+    assert c.pairs_run == without[1][1].pairs_run and memory.hits == 3 and len(memory) == 2
+
+
+def test_a_batch_memory_over_its_budget_keeps_nothing_and_changes_nothing():
+    model = micro().eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    gens = [[[[0.2], [0.5]], [[0.5], [0.8]]], [[[0.5], [0.0]], [[0.8], [0.5]]]]
+    memory = BatchMemory(1000)  # bytes: less than one stage-1 map
+    done = run_generations(model, gens, x, memory)
+    without = run_generations(model, gens, x, None)
+    assert len(memory) == 0 and memory.used == 0
+    for (a, c), (b, w) in zip(done, without):
+        assert all(torch.equal(p, q) for p, q in zip(a, b)) and counts_of(c) == counts_of(w)
+
+
+def test_a_search_with_prefix_memory_scores_as_without_it(tmp_path):
+    """Two generations of the search's scoring on the same fitness images through `evaluate_records_many`:
+    identical records with and without the memory; the second generation runs one block-pair fewer per batch."""
+    model, task, dataset = micro_detector(tmp_path, n_val=4)
+    method = method_for_model(backbone_of(model))
+    gens = [[[[0.2], [0.5]], [[0.8], [0.8]], [[0.5], [0.8]]], [[[0.5], [0.5]], [[0.8], [0.0]]]]
+    memory = BatchMemory(2 ** 30)
+    for cfgs in gens:
+        with_memory, without = SharingCounts(), SharingCounts()
+        a = evaluate_records_many(model, method, cfgs, dataset, task, 2, CPU, [0, 1, 2, 3], 64, counts=with_memory,
+                                  memory=memory)
+        b = evaluate_records_many(model, method, cfgs, dataset, task, 2, CPU, [0, 1, 2, 3], 64, counts=without)
+        assert all(same(p, q) for p, q in zip(a, b))
+        assert without.pairs_run - with_memory.pairs_run == (0 if cfgs is gens[0] else 2)  # 2 batches
+    assert len(memory) == 2 and memory.hits == 2

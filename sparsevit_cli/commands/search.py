@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..batch_memory import BatchMemory
 from ..errors import UserError
 from ..io import FolderLock, ProgressReport, make_console, remove_stale_temp_files, yaml_text
 from ..evaluate import (SharingCounts, evaluate_all, evaluate_images, evaluate_images_many, evaluate_records_many,
@@ -32,7 +33,7 @@ from ..timing import compile_failures_as_user_errors, compile_model, resolve_dev
 from ..tasks import backbone_of, get_task
 from .. import dist
 from ..search.confirm import CONFIRM_TOP, DEFAULT_PICK_RULE, PICK_RULES, Confirmation, confirm, confirmed_candidates
-from ..layers import EVAL_CHUNK, format_config
+from ..layers import EVAL_CHUNK, PREFIX_MEMORY_MIB, format_config
 from ..search.evolution import Budget, EvolutionSettings, SearchResult, plot_pareto, run_evolution, write_output
 from ..search.racing import race
 from ..search.stats import LEVEL
@@ -94,6 +95,7 @@ class SearchOptions:
     shared_prefix: bool = True  # score a generation's networks as a tree over their shared block prefixes
     race: bool = False  # racing on growing subsets of the fitness images (search/racing.py)
     eval_chunk: int = EVAL_CHUNK  # networks scored together (and journaled together)
+    prefix_memory: int = PREFIX_MEMORY_MIB  # MiB of fitness batches' first wide blocks kept across generations
 
 
 def parse_budget(text: Optional[str], dense_value: float, unit: str, what: str) -> Optional[float]:
@@ -225,6 +227,8 @@ def run_search(opts: SearchOptions, console: Optional[Console] = None) -> Search
                           (opts.confirm_top, "--confirm-top"), (opts.eval_chunk, "--eval-chunk")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{option} must be a positive integer, got {value!r}")
+    if isinstance(opts.prefix_memory, bool) or not isinstance(opts.prefix_memory, int) or opts.prefix_memory < 0:
+        raise UserError(f"--prefix-memory must be a number of MiB >= 0, got {opts.prefix_memory!r}")
     if opts.compile and opts.latency_table:
         raise UserError("--compile times the compiled model itself; a --latency-table predicts eager latency "
                         "per block: give one or the other")
@@ -290,10 +294,12 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
 
     bar = ProgressReport("search", console=console, enabled=opts.progress and dist.is_main())
     counts = SharingCounts()
+    # the fitness batches' first wide blocks, reused by every later generation (same images, same weights)
+    memory = BatchMemory(opts.prefix_memory * 2 ** 20) if opts.shared_prefix and opts.prefix_memory else None
 
     def records_many(configs, indices):
         return evaluate_records_many(model, method, configs, dataset, task, opts.eval_batch_size, device, indices,
-                                     img_size, share=opts.shared_prefix, counts=counts, progress=bar)
+                                     img_size, share=opts.shared_prefix, counts=counts, progress=bar, memory=memory)
 
     def fitness_of(records, finished: bool = True) -> Dict[str, float]:
         scores = task.image_scores(dataset, records)
@@ -378,6 +384,9 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
                          if 0 < counts.windows_run < counts.windows_asked else "")
                       + (f"; racing stopped {sum(1 for c in result.evaluated if c.get('images') is not None)} "
                          f"network(s) early" if opts.race else ""))
+    if dist.is_main() and memory is not None and memory.hits:
+        console.print(f"{len(memory)} fitness batches kept their first block (run wide) from one generation to "
+                      f"the next ({memory.used / 2 ** 20:.0f} MiB of --prefix-memory), reused {memory.hits} times")
     # the confirmation split's networks (the leaders, the best uniform config, dense) scored together, as a
     # tree over their shared prefixes like the fitness split's (the same scores as one by one)
     confirming = [c["config"] for c in confirmed_candidates(result, opts.confirm_top)] + [dense_cfg]

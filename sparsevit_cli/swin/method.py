@@ -52,10 +52,11 @@ class SparseViT:
         """Kept-window count of every block at `img_size` (the engine keeps max(1, round((1-s)*nW)))."""
         return kept_window_counts(wrapped, config, img_size)
 
-    def shared_prefixes(self, wrapped: SparseSwinTransformer, share: bool = True):
+    def shared_prefixes(self, wrapped: SparseSwinTransformer, share: bool = True, memory=None):
         """Forwards under one config after another share the blocks they keep the same windows in (`share`
-        False: they are only counted)."""
-        return shared_prefixes(wrapped, share)
+        False: they are only counted); `memory` (a `BatchMemory`) keeps each batch's first wide block across
+        contexts."""
+        return shared_prefixes(wrapped, share, memory)
 
     def build_latency_table(self, wrapped: SparseSwinTransformer, x, warmup: int = 2, repeats: int = 5) -> dict:
         return build_swin_latency_table(wrapped, x, warmup=warmup, repeats=repeats)

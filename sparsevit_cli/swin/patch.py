@@ -75,6 +75,7 @@ from timm.layers import Format
 from timm.models._features import FeatureDictNet
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, SwinTransformerStage
 
+from ..batch_memory import BatchMemory, tensor_bytes
 from ..errors import UserError
 
 RATIO_CHOICES = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0 ... 0.8
@@ -1044,6 +1045,12 @@ class PrefixCache:
     Blocks that compute every window (key None) run as each network alone runs them (timm's block path), never
     merged with pruned ones. Without a plan every block runs at the network's own counts.
 
+    Across calls (a search's generations, `memory`, a `BatchMemory`): the root state of a batch (the stage-1
+    input) with the first block's wide output and window order on it depends on the batch and the weights only,
+    not on any config; when the batch changes the one left is offered to `memory`, and a batch found there starts
+    from it, so a later generation's networks take their first block's windows from it (when it covers their
+    counts; otherwise the block runs wide again and the stored output is replaced).
+
     Counts, over every forward in the context: `blocks_run` executions of a block on a distinct input (wide or
     not; a network that takes its windows from a wide output runs nothing), `pairs_run` those of a pair's first
     block (W-MSA); `windows_run` the windows those executions computed (a wide one: its wider counts).
@@ -1051,8 +1058,10 @@ class PrefixCache:
     `share=False` (`shared_prefixes(model, share=False)`) forwards are not changed, only counted (run = asked)."""
 
     def __init__(self, validate: Optional[Callable[[Sequence], List[List[float]]]] = None,
-                 share: bool = True) -> None:
+                 share: bool = True, memory: Optional[BatchMemory] = None) -> None:
         self.share = share
+        self.memory = memory
+        self._remembered = False  # whether the current batch's root came from `memory` (it is there already)
         self.states: Dict[tuple, _Node] = {}
         self.batch: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None
         self.prefix: tuple = ()  # the key of the state the current forward's previous stage left
@@ -1079,10 +1088,29 @@ class PrefixCache:
                                           and a.dtype == b.dtype and torch.equal(a, b))
             for a, b in zip(self.batch, (x, padding)))
         if not same:
+            self.finish()
             self.states.clear()
             self._stage_keys = {}
             self.batch = (x.clone(), None if padding is None else padding.clone())
+            root = None if self.memory is None else self.memory.find(self.batch)
+            self._remembered = root is not None
+            if root is not None:
+                self.states[self.key_root] = root
         self.prefix = ()
+
+    #: the key of a batch's root state: stage 1's input, before any block
+    key_root: tuple = ((),)
+
+    def finish(self) -> None:
+        """Offer the current batch's root state to `memory`, when a block ran wide on it (the end of a batch)."""
+        root = self.states.get(self.key_root)
+        if self.memory is None or self._remembered or root is None or root.wide is None:
+            return
+        x = self.batch[0]
+        if root.state is not x and root.state.shape == x.shape and torch.equal(root.state, x):
+            root.state = x  # stage 1 has no downsample: its input is the batch's key, kept once
+        self.memory.offer(self.batch, root, lambda node: tensor_bytes(
+            [node.state, node.wide[1], *(node.orders or {}).values()]))
 
     def key(self, i: int) -> tuple:
         """The key of the current stage's state after its downsample and `i` blocks."""
@@ -1196,20 +1224,23 @@ def forward_shared(stage: SparseSwinStage, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def shared_prefixes(model: nn.Module, share: bool = True) -> Iterator[PrefixCache]:
+def shared_prefixes(model: nn.Module, share: bool = True,
+                    memory: Optional[BatchMemory] = None) -> Iterator[PrefixCache]:
     """Within this context, forwards of the sparse Swin `model` (eval mode, any config) on one image batch
     share every prefix of blocks they keep the same windows in: run the networks in the lexicographic order
     of their kept-window counts (`effective`) and each distinct prefix is computed once per batch, its
     output bit-identical to the network's own forward; with the networks given to `PrefixCache.plan` (and
     `current` set before each forward), a pruned block runs once per distinct input, wide enough for every
     network sharing that input. Yields the `PrefixCache` (its execution counts). `share=False`: the forwards
-    run as without the context, only counted."""
-    cache = PrefixCache(validate=lambda config: validate_sparsity(model, config), share=share)
+    run as without the context, only counted. `memory`: a `BatchMemory` kept across contexts on the same model
+    (a search's generations): each batch's first block run wide is kept there and reused (`PrefixCache`)."""
+    cache = PrefixCache(validate=lambda config: validate_sparsity(model, config), share=share, memory=memory)
     stages = [s for s in swin_stages(model) if isinstance(s, SparseSwinStage)]
     for i, stage in enumerate(stages):
         stage._prefix_cache, stage._prefix_index = cache, i
     try:
         yield cache
+        cache.finish()
     finally:
         for stage in stages:
             stage.__dict__.pop("_prefix_cache", None)
