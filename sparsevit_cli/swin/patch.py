@@ -84,8 +84,9 @@ OUTPUT_FMTS = ("NHWC", "NCHW")
 
 
 def _l2_energy(x: torch.Tensor) -> torch.Tensor:
-    """(B, N, C) -> (B, N): ||x||^2 per token (the paper's L2 activation magnitude)."""
-    return torch.einsum("bnc,bnc->bn", x, x)
+    """(B, N, C) -> (B, N): ||x||^2 per token (the paper's L2 activation magnitude). A product and a sum, not
+    an einsum: onnxruntime's Einsum took 4 ms on a 512² stage-1 map where these take 0.25."""
+    return (x * x).sum(dim=-1)
 
 
 def _centered_l2_energy(x: torch.Tensor) -> torch.Tensor:
@@ -458,7 +459,9 @@ class PaddingMask:
         if x is None or x.dim() != 4:
             return None
         if self._pixels is None:
-            self._pixels = (x.detach() != 0).any(dim=1, keepdim=True).to(torch.float32)
+            # |x| at most 0 over the channels: every channel exactly 0 (float ops: an exported graph's `any` casts
+            # every pixel of every channel to int64 first)
+            self._pixels = (x.detach().abs().amax(dim=1, keepdim=True) != 0).to(torch.float32)
         return self._pixels
 
     def tokens(self, stride: int, H, W) -> Optional[torch.Tensor]:
