@@ -100,14 +100,16 @@ def write_detector_onnx(module: WholeDetector, example: torch.Tensor, path: Path
                           input_names=[DETECTOR_INPUT], output_names=names, dynamic_axes=axes)
 
 
-def onnx_session(path: Path):
-    """An onnxruntime CPU session that prints nothing (its warnings and errors go to our one line)."""
+def onnx_session(path: Path, threads: int = 0):
+    """An onnxruntime CPU session that prints nothing (its warnings and errors go to our one line); `threads`:
+    its intra-op threads (0: onnxruntime's default, one per core)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise UserError("ONNX export needs onnxruntime: pip install 'sparsevit[export]'") from None
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: a failing run is one line of ours, not ORT's [E:...] on stderr
+    options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
