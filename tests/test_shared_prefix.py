@@ -302,10 +302,11 @@ def test_evaluate_records_many_runs_wide_and_counts_like_alone(tmp_path):
 
 
 def test_a_search_cuts_its_chunks_from_the_sorted_networks():
-    """A generation's networks are sorted by their kept-window counts before they are cut into chunks, so each
-    chunk is a subtree: 9 networks (stage 1 keeps 3 / 8 / 16 windows, stage 2 keeps 1 / 2 / 4) in chunks of 3
-    are three chunks that each share stage 1, fewer block runs than the same chunks cut from a list ordered by
-    stage 2 first; the history (networks, scores, order) and the pick do not depend on the chunk size."""
+    """A generation's networks are sorted by their kept-window counts (the widest first) before they are cut into
+    chunks, so each chunk is a subtree: 9 networks (stage 1 keeps 3 / 8 / 16 windows, stage 2 keeps 1 / 2 / 4)
+    in chunks of 3 are three chunks that each share stage 1, fewer block runs than the same chunks cut from a
+    list ordered by stage 2 first; the history (networks, scores, order) and the pick do not depend on the chunk
+    size."""
     import json
 
     from sparsevit_cli.search.evolution import Budget, EvolutionSettings, run_evolution
@@ -326,13 +327,14 @@ def test_a_search_cuts_its_chunks_from_the_sorted_networks():
         kept = network(config)
         return -abs(kept[0][0] - 8) * 10 - abs(kept[1][0] - 2) + 0.01 * kept[1][0]
 
-    def search(chunk, run=True):
+    def search(chunk, run=True, memory=None):
         chunks, counts = [], SharingCounts()
 
         def many(configs):
             chunks.append([json.dumps(network(c)) for c in configs])
             if run:
-                evaluate_records_many(model_task, method, configs, data, task, 2, CPU, [0, 1], 64, counts=counts)
+                evaluate_records_many(model_task, method, configs, data, task, 2, CPU, [0, 1], 64, counts=counts,
+                                      memory=memory)
             return [score(c) for c in configs]
 
         settings = EvolutionSettings(population=9, generations=2, parents=3, mutations=3, crossovers=3, seed=0)
@@ -343,8 +345,12 @@ def test_a_search_cuts_its_chunks_from_the_sorted_networks():
     result, chunks, counts = search(3)
     assert result.exhaustive and [len(c) for c in chunks] == [3, 3, 3]
     flat = [k for c in chunks for k in c]
-    assert flat == sorted(flat, key=json.loads) and len(set(flat)) == 9
+    assert flat == sorted(flat, key=json.loads, reverse=True) and len(set(flat)) == 9  # the widest first
     assert all(len({json.dumps(json.loads(k)[0]) for k in c}) == 1 for c in chunks)  # one stage-1 network each
+    # with a memory across chunks: the chunk keeping 3 stage-1 windows takes them from the block the chunk
+    # keeping 8 ran (kept even though no other network of that chunk needed it wide); the dense chunk runs none
+    _, _, remembered = search(3, memory=BatchMemory(2 ** 30))
+    assert remembered.pairs_run == counts.pairs_run - 1 and remembered.blocks_run == counts.blocks_run - 1
     whole, _, _ = search(100, run=False)
     assert [(c["network"], c["metric"]) for c in result.evaluated] == [(c["network"], c["metric"])
                                                                       for c in whole.evaluated]

@@ -526,7 +526,9 @@ def run_evolution(space: SearchSpace, evaluate: MetricFn, cost: CostFn, budget: 
                     for ind in pending:
                         record(ind, evaluate(space.decode(ind)))
                 else:
-                    pending.sort(key=lambda ind: json.loads(nets.key(ind)))  # neighbours share prefixes
+                    # neighbours share prefixes; the widest first, so the first block a chunk runs wide on a
+                    # batch (kept across chunks, `BatchMemory`) covers the later chunks' counts
+                    pending.sort(key=lambda ind: json.loads(nets.key(ind)), reverse=True)
                     for i in range(0, len(pending), max(1, chunk)):
                         part = pending[i: i + max(1, chunk)]
                         for ind, value in zip(part, evaluate_many([space.decode(ind) for ind in part])):

@@ -759,8 +759,9 @@ class SparseSwinStage:
         ran: tuple = ()
         if wide is None:
             counts = cache.wide_counts(i, own)
-            if counts is None:
+            if counts is None and not cache.remembers(i):  # no other network needs this block on this input
                 return self.sparse_block(self.blocks[i], state, grid, kept), own
+            counts = own if counts is None else counts
             wider = select_kept(orders[id(grid)], torch.tensor(counts, dtype=torch.int64, device=state.device))
             wide = self.sparse_block(self.blocks[i], state.clone(), grid, wider)
             cache.keep_wide(i, counts, wide)
@@ -1187,6 +1188,10 @@ class PrefixCache:
         if not others:
             return None
         return tuple(max(c) for c in zip(own, *others))
+
+    def remembers(self, i: int) -> bool:
+        """Whether block `i`'s output on the cached state after `i` blocks goes to `memory` (the batch's root)."""
+        return self.memory is not None and self.key(i) == self.key_root
 
     def keep_wide(self, i: int, counts: tuple, out: torch.Tensor) -> None:
         """Keep block `i`'s output `out`, run at `counts` on the cached state after `i` blocks, with that state."""
