@@ -1,15 +1,16 @@
 """What a search keeps of its fitness images' batches from one generation to the next.
 
-A search scores every generation on the same fitness batches with the same weights, so whatever a family
-computes from a batch before any config matters (Swin: the first pruned block run wide on the stage-1 input,
-`swin.patch.PrefixCache`) is the same in every generation. `BatchMemory` holds such results, keyed by the
-batch's own tensors (compared exactly, never by position), up to a byte budget. A search passes over the batches
+A search scores every generation on the same fitness batches with the same weights, so the decoded batches
+themselves (keyed by their dataset indices) and whatever a family computes from a batch before any config
+matters (Swin: the first pruned block run wide on the stage-1 input, `swin.patch.PrefixCache`; keyed by the
+batch's own tensors, compared exactly, never by position) are the same in every generation. `BatchMemory` holds
+both, up to one byte budget. A search passes over the batches
 in the same order every generation, so the first batches that fit are kept and none is evicted for a later one
 (evicting in that cyclic order would keep nothing useful).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -55,6 +56,8 @@ class BatchMemory:
         self.used = 0
         self.hits = 0
         self._entries: List[Tuple[tuple, Keys, Any, int]] = []
+        self._images: Dict[tuple, Any] = {}  # decoded batches by their dataset indices
+        self.image_batches_bytes = 0
 
     def find(self, keys: Keys) -> Optional[Any]:
         """The payload kept for the batch with these `keys`, or None."""
@@ -72,7 +75,7 @@ class BatchMemory:
         is kept. `size(payload)`: its bytes beside the keys'."""
         fp = _fingerprint(keys)
         entries = [e for e in self._entries if not (e[0] == fp and _same(e[1], keys))]
-        used = sum(e[3] for e in entries)
+        used = sum(e[3] for e in entries) + self.image_batches_bytes
         need = size(payload) + tensor_bytes(keys)
         if used + need > self.max_bytes:
             return False
@@ -82,3 +85,31 @@ class BatchMemory:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def images(self, key: tuple) -> Optional[Any]:
+        """The decoded batch (what the data loader gave) kept for the dataset indices `key`, or None."""
+        return self._images.get(key)
+
+    def keep_images(self, key: tuple, batch: Any) -> bool:
+        """Keep a decoded batch of the dataset indices `key` if it fits the budget; whether it is kept."""
+        if key in self._images:
+            return True
+        need = tensor_bytes(list(nested_tensors(batch)))
+        if self.used + need > self.max_bytes:
+            return False
+        self._images[key] = batch
+        self.used += need
+        self.image_batches_bytes += need
+        return True
+
+
+def nested_tensors(obj: Any):
+    """Every tensor in `obj` (tensors, lists, tuples, dicts of them)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from nested_tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from nested_tensors(v)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -82,21 +82,40 @@ def search_splits(n: int, fitness: int, confirmation: int, seed: int = 0) -> Sea
 
 @torch.no_grad()
 def _batches(model: nn.Module, method: Method, config: Optional[Config], dataset, task: Task, batch_size: int,
-             device: torch.device, indices: Sequence[int], amp: bool, num_workers: int):
+             device: torch.device, indices: Sequence[int], amp: bool, num_workers: int,
+             memory: Optional[BatchMemory] = None):
     """`model` under `config` over this torchrun rank's share of `indices` (all of them on one process), in
-    batches: yields (positions in `indices`, the model's outputs, the targets)."""
+    batches: yields (positions in `indices`, the model's outputs, the targets). `memory`: decoded batches kept
+    from one call to the next (`BatchMemory`)."""
     if config is not None:
         method.apply(backbone_of(model), config)
     model.eval()
     positions = list(range(len(indices)))[dist.rank()::dist.world_size()]
     batches = [positions[i: i + batch_size] for i in range(0, len(positions), batch_size)]
-    loader = build_loader(dataset, [[indices[p] for p in b] for b in batches], num_workers=num_workers,
-                          collate_fn=task.collate)
-    for batch, (x, y) in zip(batches, iterate(loader)):
+    for batch, (x, y) in zip(batches, _loaded(dataset, task, [[indices[p] for p in b] for b in batches],
+                                              num_workers, memory)):
         x, y = task.to_device(x, y, device)
         with autocast(device, amp):
             outputs = task.predict(model, x)
         yield batch, outputs, y
+
+
+def _loaded(dataset, task: Task, batches: List[List[int]], num_workers: int,
+            memory: Optional[BatchMemory] = None) -> Iterator[Any]:
+    """The collated (x, y) of each batch of dataset indices in `batches`, in order: the ones `memory` holds from
+    it, the others read by a DataLoader (and offered to `memory`)."""
+    if memory is None:
+        yield from iterate(build_loader(dataset, batches, num_workers=num_workers, collate_fn=task.collate))
+        return
+    kept = [memory.images(tuple(b)) for b in batches]
+    missing = [b for b, got in zip(batches, kept) if got is None]
+    fresh = iterate(build_loader(dataset, missing, num_workers=num_workers, collate_fn=task.collate)) \
+        if missing else iter(())
+    for b, got in zip(batches, kept):
+        if got is None:
+            got = next(fresh)
+            memory.keep_images(tuple(b), got)
+        yield got
 
 
 @torch.no_grad()
@@ -112,11 +131,12 @@ def evaluate_images(model: nn.Module, method: Method, config: Optional[Config], 
 
 
 def _records(model, method, config, dataset, task: Task, batch_size: int, device, indices, amp: bool,
-             num_workers: int, progress: Optional[ProgressReport] = None, bar: int = 0) -> List[Any]:
+             num_workers: int, progress: Optional[ProgressReport] = None, bar: int = 0,
+             memory: Optional[BatchMemory] = None) -> List[Any]:
     """The task's per-image records of `model` under `config` on `indices` (in their order), every rank's."""
     mine: List[Tuple[int, Any]] = []
     for batch, outputs, y in _batches(model, method, config, dataset, task, batch_size, device, indices, amp,
-                                      num_workers):
+                                      num_workers, memory):
         mine += list(zip(batch, task.image_records(dataset, outputs, y)))
         if progress is not None:
             progress.update(bar, advance=len(batch) * dist.world_size())
@@ -181,8 +201,8 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
                           memory: Optional[BatchMemory] = None) -> List[List[Any]]:
     """The per-image records (`task.image_records`, in the order of `indices`) of `evaluate_images_many`.
     `memory`: a `BatchMemory` this call and later ones on the same model and images share (a search's
-    generations on its fitness split): what the family computes from a batch before any config is kept there
-    and reused."""
+    generations on its fitness split): the decoded batches and what the family computes from a batch before any
+    config are kept there and reused."""
     configs = list(configs)
     backbone = backbone_of(model)
     batches_here = _my_batches(len(indices), batch_size)
@@ -194,7 +214,7 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
         with (method.shared_prefixes(backbone, share=False) if shares_prefixes(method)
               else contextlib.nullcontext()) as cache:
             out = [_records(model, method, config, dataset, task, batch_size, device, indices, amp, num_workers,
-                            progress, bar) for config in configs]
+                            progress, bar, memory) for config in configs]
         if counts is not None and cache is not None:
             counts.add(cache)
         elif counts is not None:
@@ -207,12 +227,11 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
     model.eval()
     positions = list(range(len(indices)))[dist.rank()::dist.world_size()]
     batches = [positions[i: i + batch_size] for i in range(0, len(positions), batch_size)]
-    loader = build_loader(dataset, [[indices[p] for p in b] for b in batches], num_workers=num_workers,
-                          collate_fn=task.collate)
+    loaded = _loaded(dataset, task, [[indices[p] for p in b] for b in batches], num_workers, memory)
     mine: List[List[Tuple[int, Any]]] = [[] for _ in configs]
     with method.shared_prefixes(backbone, **({} if memory is None else {"memory": memory})) as cache:
         cache.plan([configs[i] for i in order])  # how wide a shared block runs: for the networks still to run
-        for batch, (x, y) in zip(batches, iterate(loader)):
+        for batch, (x, y) in zip(batches, loaded):
             x, y = task.to_device(x, y, device)
             for position, i in enumerate(order):
                 cache.current = position

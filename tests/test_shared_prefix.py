@@ -434,3 +434,36 @@ def test_a_search_with_prefix_memory_scores_as_without_it(tmp_path):
         assert all(same(p, q) for p, q in zip(a, b))
         assert without.pairs_run - with_memory.pairs_run == (0 if cfgs is gens[0] else 2)  # 2 batches
     assert len(memory) == 2 and memory.hits == 2
+
+
+class CountingSet(ListSet):
+    reads = 0
+
+    def __getitem__(self, i):
+        CountingSet.reads += 1
+        return super().__getitem__(i)
+
+
+def test_a_batch_memory_keeps_the_decoded_fitness_batches_within_its_budget():
+    """The search's later generations read no image the memory holds (alone or as a tree), and score the same;
+    a budget that holds one batch of two keeps that one and reads the other every time."""
+    model = micro().eval()
+    task = get_task("classification")
+    model_task = task.build(model, 3).eval()
+    g = torch.Generator().manual_seed(10)
+    data = CountingSet((torch.randn(3, 64, 64, generator=g), i % 3) for i in range(4))
+    method = method_for_model(model)
+    cfgs = [[[0.2], [0.5]], [[0.5], [0.8]]]
+    plain = evaluate_records_many(model_task, method, cfgs, data, task, 2, CPU, [0, 1, 2, 3], 64)
+    memory = BatchMemory(2 ** 30)
+    for configs, reads in ((cfgs, 4), (cfgs, 0), (cfgs[:1], 0)):  # a tree, again, then one network alone
+        CountingSet.reads = 0
+        got = evaluate_records_many(model_task, method, configs, data, task, 2, CPU, [0, 1, 2, 3], 64,
+                                    memory=memory)
+        assert all(same(a, b) for a, b in zip(got, plain)) and CountingSet.reads == reads
+    one_batch = 2 * 3 * 64 * 64 * 4 + 2 * 8  # two images and two int64 labels
+    small = BatchMemory(one_batch)
+    for expected in (4, 2, 2):
+        CountingSet.reads = 0
+        evaluate_records_many(model_task, method, cfgs[:1], data, task, 2, CPU, [0, 1, 2, 3], 64, memory=small)
+        assert CountingSet.reads == expected and small.used <= one_batch

@@ -284,9 +284,17 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
     def network(config):
         return method.effective(backbone, config, img_size)
 
+    # the fitness batches, decoded, and their first wide blocks, reused by every later generation (same images,
+    # same weights)
+    memory = BatchMemory(opts.prefix_memory * 2 ** 20) if opts.shared_prefix and opts.prefix_memory else None
+
     def image_scores(config, split: str):
+        if split == "fitness":  # e.g. dense, for the report: on the fitness batches the memory holds
+            return task.image_scores(dataset, evaluate_records_many(
+                model, method, [config], dataset, task, opts.eval_batch_size, device, splits.fitness, img_size,
+                memory=memory)[0])
         return evaluate_images(model, method, config, dataset, task, opts.eval_batch_size, device,
-                               splits.fitness if split == "fitness" else splits.confirmation)
+                               splits.confirmation)
 
     def metric(config) -> Dict[str, float]:
         scores = image_scores(config, "fitness")
@@ -294,8 +302,6 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
 
     bar = ProgressReport("search", console=console, enabled=opts.progress and dist.is_main())
     counts = SharingCounts()
-    # the fitness batches' first wide blocks, reused by every later generation (same images, same weights)
-    memory = BatchMemory(opts.prefix_memory * 2 ** 20) if opts.shared_prefix and opts.prefix_memory else None
 
     def records_many(configs, indices):
         return evaluate_records_many(model, method, configs, dataset, task, opts.eval_batch_size, device, indices,
@@ -386,7 +392,8 @@ def _search(opts: SearchOptions, device: torch.device, out: Path, console: Conso
                          f"network(s) early" if opts.race else ""))
     if dist.is_main() and memory is not None and memory.hits:
         console.print(f"{len(memory)} fitness batches kept their first block (run wide) from one generation to "
-                      f"the next ({memory.used / 2 ** 20:.0f} MiB of --prefix-memory), reused {memory.hits} times")
+                      f"the next, reused {memory.hits} times ({memory.used / 2 ** 20:.0f} MiB of --prefix-memory "
+                      f"with the decoded batches)")
     # the confirmation split's networks (the leaders, the best uniform config, dense) scored together, as a
     # tree over their shared prefixes like the fitness split's (the same scores as one by one)
     confirming = [c["config"] for c in confirmed_candidates(result, opts.confirm_top)] + [dense_cfg]
