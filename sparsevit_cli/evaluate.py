@@ -209,7 +209,8 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
     bar = 0 if progress is None else progress.counter("images", len(indices) * len(configs))
     if counts is not None:
         counts.forwards += batches_here * len(configs)
-    if not (share and shares_prefixes(method)) or len(configs) < 2:
+    # one network alone shares nothing within the call, but can take its first block from `memory`
+    if not (share and shares_prefixes(method)) or (len(configs) < 2 and memory is None):
         # one network after another; a family with windows counts them as they run (nothing shared)
         with (method.shared_prefixes(backbone, share=False) if shares_prefixes(method)
               else contextlib.nullcontext()) as cache:

@@ -420,11 +420,12 @@ def test_a_batch_memory_over_its_budget_keeps_nothing_and_changes_nothing():
 
 
 def test_a_search_with_prefix_memory_scores_as_without_it(tmp_path):
-    """Two generations of the search's scoring on the same fitness images through `evaluate_records_many`:
-    identical records with and without the memory; the second generation runs one block-pair fewer per batch."""
+    """Three generations of the search's scoring on the same fitness images through `evaluate_records_many`:
+    identical records with and without the memory; the later ones (the last a single network) run one
+    block-pair fewer per batch."""
     model, task, dataset = micro_detector(tmp_path, n_val=4)
     method = method_for_model(backbone_of(model))
-    gens = [[[[0.2], [0.5]], [[0.8], [0.8]], [[0.5], [0.8]]], [[[0.5], [0.5]], [[0.8], [0.0]]]]
+    gens = [[[[0.2], [0.5]], [[0.8], [0.8]], [[0.5], [0.8]]], [[[0.5], [0.5]], [[0.8], [0.0]]], [[[0.5], [0.0]]]]
     memory = BatchMemory(2 ** 30)
     for cfgs in gens:
         with_memory, without = SharingCounts(), SharingCounts()
@@ -433,7 +434,7 @@ def test_a_search_with_prefix_memory_scores_as_without_it(tmp_path):
         b = evaluate_records_many(model, method, cfgs, dataset, task, 2, CPU, [0, 1, 2, 3], 64, counts=without)
         assert all(same(p, q) for p, q in zip(a, b))
         assert without.pairs_run - with_memory.pairs_run == (0 if cfgs is gens[0] else 2)  # 2 batches
-    assert len(memory) == 2 and memory.hits == 2
+    assert len(memory) == 2 and memory.hits == 4  # the last generation: one network, from the memory too
 
 
 class CountingSet(ListSet):
