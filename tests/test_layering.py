@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "sparsevit_cli"
 
 # Lowest layer first. A module may import modules of its own layer or below, never above.
 LAYERS = [
-    {"errors", "layers", "io", "timing", "dist"},                  # foundations
+    {"errors", "layers", "io", "timing", "dist", "batch_memory"},  # foundations
     {"methods", "timm_models", "checkpoints", "data"},             # registries, timm access, checkpoints, data sets
     {"swin", "swinv2", "vit"},                                     # model families (engine, cost, latency, method)
     {"tasks", "model_file", "evaluate", "latency", "search", "detection"},   # what every pipeline step shares
