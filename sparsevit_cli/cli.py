@@ -277,10 +277,11 @@ def search(
                               "over the round's comparisons) stops early."),
     eval_chunk: int = typer.Option(EVAL_CHUNK, min=1, help="Networks scored together and journaled together "
                                    f"(default: {EVAL_CHUNK} networks)."),
-    prefix_memory: int = typer.Option(PREFIX_MEMORY_MIB, min=0, help="MiB (on the search's device) kept from one "
-                                      "generation to the next of what the fitness batches compute before any "
-                                      "config (each batch's first block, run wide), so later generations skip it; "
-                                      f"0: off (default: {PREFIX_MEMORY_MIB} MiB; same fitness either way)."),
+    prefix_memory: int = typer.Option(PREFIX_MEMORY_MIB, min=0, help="MiB kept from one generation to the next "
+                                      "of what the fitness batches give before any config (the decoded images, "
+                                      "on the host, and each batch's first block run wide, on the search's "
+                                      "device), so later generations skip it; 0: off (default: "
+                                      f"{PREFIX_MEMORY_MIB} MiB; same fitness either way)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Evolutionary search (DEAP) for the most accurate config within a MAC or latency budget."""

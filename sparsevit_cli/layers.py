@@ -37,6 +37,6 @@ class MacBreakdown:
 #: networks a search scores together (by one shared-prefix tree, or one race) and journals together: a kill
 #: loses at most one chunk's work
 EVAL_CHUNK = 16
-#: MiB a search keeps, from one generation to the next, of what its fitness batches compute before any config
-#: (`batch_memory.BatchMemory`; on the search's device)
+#: MiB a search keeps, from one generation to the next, of what its fitness batches give before any config
+#: (`batch_memory.BatchMemory`: the decoded batches and each batch's first wide block)
 PREFIX_MEMORY_MIB = 1024

@@ -95,7 +95,7 @@ class SearchOptions:
     shared_prefix: bool = True  # score a generation's networks as a tree over their shared block prefixes
     race: bool = False  # racing on growing subsets of the fitness images (search/racing.py)
     eval_chunk: int = EVAL_CHUNK  # networks scored together (and journaled together)
-    prefix_memory: int = PREFIX_MEMORY_MIB  # MiB of fitness batches' first wide blocks kept across generations
+    prefix_memory: int = PREFIX_MEMORY_MIB  # MiB of decoded fitness batches and first wide blocks kept (BatchMemory)
 
 
 def parse_budget(text: Optional[str], dense_value: float, unit: str, what: str) -> Optional[float]:
