@@ -449,9 +449,10 @@ class PaddingMask:
 
     image: Optional[torch.Tensor] = None
     _pixels: Optional[torch.Tensor] = None
+    _all_real: Optional[bool] = None
 
     def __call__(self, module: nn.Module, args) -> None:
-        self.image, self._pixels = (args[0] if args else None), None
+        self.image, self._pixels, self._all_real = (args[0] if args else None), None, None
 
     def pixels(self) -> Optional[torch.Tensor]:
         """(B, 1, H0, W0) float32, 1.0 for a real pixel of the recorded input (None: no image input recorded)."""
@@ -464,12 +465,22 @@ class PaddingMask:
             self._pixels = (x.detach().abs().amax(dim=1, keepdim=True) != 0).to(torch.float32)
         return self._pixels
 
+    def _no_padding(self, pixels: torch.Tensor) -> bool:
+        """Eager only: whether every pixel of the recorded input is real, asked once per forward; then the stages
+        skip the padding masks (every window real: the same counts, none of the per-stage pooling). A graph
+        (trace, compile, export) always builds the masks: its input may be padded."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or writing_graph():
+            return False
+        if self._all_real is None:
+            self._all_real = bool(pixels.all())
+        return self._all_real
+
     def tokens(self, stride: int, H, W) -> Optional[torch.Tensor]:
         """(B, H*W) bool, True for a real token of the (H, W) map at `stride` input pixels per token (a token
         covers pixels [i*stride, (i+1)*stride), cut at the image's edge as timm's patch merging pads), or None
         when no input was recorded or it does not lead to this map (a stage called on its own)."""
         pixels = self.pixels()
-        if pixels is None or not stride:
+        if pixels is None or not stride or self._no_padding(pixels):
             return None
         real = F.max_pool2d(pixels, stride, stride, ceil_mode=True)
         if static_size(H, W) and tuple(real.shape[-2:]) != (H, W):
