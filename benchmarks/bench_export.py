@@ -136,7 +136,6 @@ def detector_pair_rows(args, name: str, model_args: dict, heads: dict) -> dict:
     reference the target is read against), each runtime's pair interleaved, on one square image and on each
     image of the mixed-aspect set. Returns {'square': {label: ms}, 'mixed': {label: ms}, ...} with labels
     'onnxruntime dense', 'onnxruntime 1 thread sparse 50%', 'PyTorch dense', ...."""
-    import onnxruntime as ort_
     from sparsevit_cli.commands.export_whole import (DETECTOR_INPUT, export_whole_detector, onnx_session)
     from sparsevit_cli.model_file import ModelMeta
     from sparsevit_cli.tasks import build_task_model
@@ -178,7 +177,7 @@ def detector_pair_rows(args, name: str, model_args: dict, heads: dict) -> dict:
     width = Console().width
     table = Table(title=f"whole Faster R-CNN, {name} ({args.model} {json.dumps(model_args)}), heads "
                         f"{json.dumps(heads)}, CPU fp32, PyTorch {torch.get_num_threads()} threads, onnxruntime "
-                        f"{ort_.__version__}, batch 1 (median of {args.repeats}, each runtime's pair interleaved)",
+                        f"{ort.__version__}, batch 1 (median of {args.repeats}, each runtime's pair interleaved)",
                   width=max(width, 120))
     for col in ("detector", f"{S}² ms", "speedup", "mixed-aspect ms (mean)", "speedup", "max box error (px)"):
         table.add_column(col, justify="right")

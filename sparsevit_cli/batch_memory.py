@@ -4,9 +4,9 @@ A search scores every generation on the same fitness batches with the same weigh
 themselves (keyed by their dataset indices) and whatever a family computes from a batch before any config
 matters (Swin: the first pruned block run wide on the stage-1 input, `swin.patch.PrefixCache`; keyed by the
 batch's own tensors, compared exactly, never by position) are the same in every generation. `BatchMemory` holds
-both, up to one byte budget. A search passes over the batches
-in the same order every generation, so the first batches that fit are kept and none is evicted for a later one
-(evicting in that cyclic order would keep nothing useful).
+both, up to one byte budget. A search passes over the batches in the same order every generation, so the first
+batches that fit are kept and none is evicted for a later one (evicting in that cyclic order would keep nothing
+useful).
 """
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def _fingerprint(keys: Keys) -> tuple:
     return tuple(x.shape), x.dtype, tuple(flat[points].tolist())
 
 
-def _same(a: Keys, b: Keys) -> bool:
+def same_tensors(a: Keys, b: Keys) -> bool:
+    """Whether two tuples of tensors (or None) are equal element by element: same shapes, dtypes and values."""
     return len(a) == len(b) and all(
         (x is None and y is None) or (x is not None and y is not None and x.shape == y.shape
                                       and x.dtype == y.dtype and torch.equal(x, y)) for x, y in zip(a, b))
@@ -53,11 +54,17 @@ class BatchMemory:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.used = 0
         self.hits = 0
-        self._entries: List[Tuple[tuple, Keys, Any, int]] = []
-        self._images: Dict[tuple, Any] = {}  # decoded batches by their dataset indices
-        self.image_batches_bytes = 0
+        self._entries: List[Tuple[tuple, Keys, Any, int]] = []  # (fingerprint, keys, payload, bytes)
+        self._images: Dict[tuple, Tuple[Any, int]] = {}  # decoded batches (and their bytes) by dataset indices
+
+    @property
+    def used(self) -> int:
+        """Bytes held: the payloads with their keys and the decoded batches."""
+        return sum(e[3] for e in self._entries) + self._images_bytes()
+
+    def _images_bytes(self) -> int:
+        return sum(n for _, n in self._images.values())
 
     def find(self, keys: Keys) -> Optional[Any]:
         """The payload kept for the batch with these `keys`, or None."""
@@ -65,7 +72,7 @@ class BatchMemory:
             return None
         fp = _fingerprint(keys)
         for other_fp, other, payload, _ in self._entries:
-            if other_fp == fp and _same(other, keys):
+            if other_fp == fp and same_tensors(other, keys):
                 self.hits += 1
                 return payload
         return None
@@ -74,13 +81,11 @@ class BatchMemory:
         """Keep `payload` for the batch with these `keys` (replacing what it had) if it fits the budget; whether it
         is kept. `size(payload)`: its bytes beside the keys'."""
         fp = _fingerprint(keys)
-        entries = [e for e in self._entries if not (e[0] == fp and _same(e[1], keys))]
-        used = sum(e[3] for e in entries) + self.image_batches_bytes
+        entries = [e for e in self._entries if not (e[0] == fp and same_tensors(e[1], keys))]
         need = size(payload) + tensor_bytes(keys)
-        if used + need > self.max_bytes:
+        if sum(e[3] for e in entries) + self._images_bytes() + need > self.max_bytes:
             return False
         self._entries = entries + [(fp, keys, payload, need)]
-        self.used = used + need
         return True
 
     def __len__(self) -> int:
@@ -88,7 +93,8 @@ class BatchMemory:
 
     def images(self, key: tuple) -> Optional[Any]:
         """The decoded batch (what the data loader gave) kept for the dataset indices `key`, or None."""
-        return self._images.get(key)
+        got = self._images.get(key)
+        return None if got is None else got[0]
 
     def keep_images(self, key: tuple, batch: Any) -> bool:
         """Keep a decoded batch of the dataset indices `key` if it fits the budget; whether it is kept."""
@@ -97,9 +103,7 @@ class BatchMemory:
         need = tensor_bytes(list(nested_tensors(batch)))
         if self.used + need > self.max_bytes:
             return False
-        self._images[key] = batch
-        self.used += need
-        self.image_batches_bytes += need
+        self._images[key] = (batch, need)
         return True
 
 

@@ -230,7 +230,7 @@ def evaluate_records_many(model: nn.Module, method: Method, configs: Sequence[Co
     batches = [positions[i: i + batch_size] for i in range(0, len(positions), batch_size)]
     loaded = _loaded(dataset, task, [[indices[p] for p in b] for b in batches], num_workers, memory)
     mine: List[List[Tuple[int, Any]]] = [[] for _ in configs]
-    with method.shared_prefixes(backbone, **({} if memory is None else {"memory": memory})) as cache:
+    with method.shared_prefixes(backbone, memory=memory) as cache:
         cache.plan([configs[i] for i in order])  # how wide a shared block runs: for the networks still to run
         for batch, (x, y) in zip(batches, loaded):
             x, y = task.to_device(x, y, device)

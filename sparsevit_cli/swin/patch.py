@@ -75,7 +75,7 @@ from timm.layers import Format
 from timm.models._features import FeatureDictNet
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, SwinTransformerStage
 
-from ..batch_memory import BatchMemory, tensor_bytes
+from ..batch_memory import BatchMemory, same_tensors, tensor_bytes
 from ..errors import UserError
 
 RATIO_CHOICES = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0 ... 0.8
@@ -469,7 +469,7 @@ class PaddingMask:
         """Eager only: whether every pixel of the recorded input is real, asked once per forward; then the stages
         skip the padding masks (every window real: the same counts, none of the per-stage pooling). A graph
         (trace, compile, export) always builds the masks: its input may be padded."""
-        if torch.jit.is_tracing() or torch.compiler.is_compiling() or writing_graph():
+        if exporting() or torch.compiler.is_compiling():
             return False
         if self._all_real is None:
             self._all_real = bool(pixels.all())
@@ -1098,11 +1098,7 @@ class PrefixCache:
     def start(self, x: torch.Tensor, padding: Optional[torch.Tensor]) -> None:
         """Stage 1's input of a forward and the input's padding pixels (`PaddingMask.pixels`): the same batch
         keeps the states, another one clears them."""
-        same = self.batch is not None and all(
-            (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
-                                          and a.dtype == b.dtype and torch.equal(a, b))
-            for a, b in zip(self.batch, (x, padding)))
-        if not same:
+        if self.batch is None or not same_tensors(self.batch, (x, padding)):
             self.finish()
             self.states.clear()
             self._stage_keys = {}
